@@ -1,0 +1,30 @@
+/**
+ * The logger kvkeep writes through: any object with these four methods.
+ * kvkeep always calls them with one preformatted string (`kvkeep: <what> key=value ...`),
+ * which is what both `console` and pino print readably (pino treats extra arguments
+ * as printf interpolation, so structured objects are folded into the message instead).
+ */
+export interface Logger {
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+const noop = (): void => {};
+
+/** The default: kvkeep is silent unless given a logger. */
+export const silentLogger: Logger = Object.freeze({ debug: noop, info: noop, warn: noop, error: noop });
+
+/** `kvkeep: message a=1 b="two words"` — one line, stable, greppable. */
+export function logLine(message: string, fields?: Record<string, unknown>): string {
+  let line = `kvkeep: ${message}`;
+  if (fields) {
+    for (const [key, value] of Object.entries(fields)) {
+      if (value === undefined) continue;
+      const text = value instanceof Error ? value.message : typeof value === "string" ? value : JSON.stringify(value);
+      line += ` ${key}=${/[\s"=]/.test(text) ? JSON.stringify(text) : text}`;
+    }
+  }
+  return line;
+}

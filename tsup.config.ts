@@ -1,0 +1,16 @@
+import { defineConfig } from "tsup";
+
+export default defineConfig({
+  entry: {
+    index: "src/index.ts",
+    "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
+    "cli/main": "src/cli/main.ts",
+  },
+  format: ["esm"],
+  target: "node20",
+  dts: true,
+  sourcemap: true,
+  clean: true,
+  splitting: true,
+  external: ["node-llama-cpp"],
+});
