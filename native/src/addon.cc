@@ -1,0 +1,27 @@
+// Module entry point. Each concern registers its own exports.
+#include <napi.h>
+
+#include "fsops.h"
+#include "hash.h"
+#include "lock.h"
+#include "prefetch.h"
+
+namespace {
+
+// Bumped whenever the exported surface changes; the loader refuses a binary whose ABI
+// differs (a stale local build from an older checkout) instead of crashing on a missing
+// function later.
+constexpr int kKvkeepNativeAbi = 1;
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("abi", Napi::Number::New(env, kKvkeepNativeAbi));
+  kvkeep::InitLock(env, exports);
+  kvkeep::InitFsOps(env, exports);
+  kvkeep::InitPrefetch(env, exports);
+  kvkeep::InitHash(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kvkeep, Init)

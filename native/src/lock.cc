@@ -1,0 +1,192 @@
+// Advisory file locks for cross-process exclusion.
+//
+// Why flock(2) and not fcntl(F_SETLK) record locks: POSIX record locks belong to the
+// *process*, so closing any fd of the file anywhere in the process (e.g. an unrelated
+// fs.readFile of the lock file) silently drops the lock, and two holders in one process
+// never conflict. flock locks belong to the open file description: they are released
+// only when our fd is closed (or the process dies — the OS cleans up after SIGKILL),
+// and two handles in the same process conflict exactly like two processes do, which
+// lets the single-process tests exercise the real cross-process semantics.
+// (OFD locks, F_OFD_SETLK, would also work but are Linux-only; flock is on every BSD/macOS.)
+//
+// Why there is no blocking acquire here: a blocking flock() would have to run on a
+// libuv threadpool thread, which it would occupy for as long as the holder keeps the
+// lock — four waiters would starve every fs call and hash worker in the process — and
+// it cannot be interrupted when the caller's AbortSignal fires. So `tryAcquire` is
+// non-blocking and the TypeScript side polls it with a short backoff.
+//
+// Identity check: a holder may unlink the lock file before releasing it (to prune a
+// directory). A waiter that opened the file before the unlink would then acquire a lock
+// on an orphaned inode that nobody else can ever see, while a newcomer creates a fresh
+// file at the same path and locks that: two "holders". So after each successful flock we
+// compare fstat(fd) with stat(path) and, if the path is gone or now names another inode,
+// close, reopen (re-creating the file) and try again.
+#include "lock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "common.h"
+
+namespace kvkeep {
+namespace {
+
+// mkdir -p for the parent directory of `path`. Returns 0 or an errno value.
+int MakeParentDirs(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos || slash == 0) return 0;
+  const std::string dir = path.substr(0, slash);
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    const std::string prefix = dir.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0777) != 0 && errno != EEXIST) {
+      // EEXIST covers both "already a directory" and "a file is in the way"; the open
+      // that follows reports the latter as ENOTDIR.
+      return errno;
+    }
+  }
+  return 0;
+}
+
+// How many times one tryAcquire re-opens after finding a stale inode before it reports
+// "busy" and lets the caller poll again (only reachable if the path churns constantly).
+constexpr int kMaxIdentityRetries = 64;
+
+class Lock : public Napi::ObjectWrap<Lock> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Lock",
+                       {
+                           InstanceMethod<&Lock::TryAcquire>("tryAcquire"),
+                           InstanceMethod<&Lock::Release>("release"),
+                           InstanceMethod<&Lock::UnlinkAndRelease>("unlinkAndRelease"),
+                       });
+  }
+
+  // new Lock(path, exclusive): opens (creating the file and missing parent directories)
+  // without locking yet. Throws a system error if the file cannot be opened.
+  explicit Lock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Lock>(info) {
+    path_ = StringArg(info, 0, "path");
+    if (info.Length() < 2 || !info[1].IsBoolean()) {
+      throw Napi::TypeError::New(info.Env(), "exclusive must be a boolean");
+    }
+    exclusive_ = info[1].As<Napi::Boolean>().Value();
+    const int err = OpenFd();
+    if (err != 0) throw SystemError(info.Env(), err, "open", path_);
+  }
+
+  // If JS drops the last reference without releasing, nobody can ever release the lock:
+  // closing the fd on finalisation keeps a leaked handle from wedging the cache forever.
+  ~Lock() override { CloseFd(fd_); }
+
+ private:
+  // Opens path_ into fd_. Returns 0 or an errno value.
+  int OpenFd() {
+    for (int attempt = 0;; ++attempt) {
+      int fd = OpenRetry(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+      if (fd < 0 && (errno == EACCES || errno == EROFS)) {
+        // flock does not need write access: a lock file created by another user of a
+        // shared cache root, or on a read-only mount, can still be locked read-only.
+        fd = OpenRetry(path_.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) errno = EACCES;  // report the original failure
+      }
+      if (fd >= 0) {
+        fd_ = fd;
+        return 0;
+      }
+      const int err = errno;
+      // The parent directory is missing (never created, or pruned by another process
+      // between our mkdir and open): create it and retry, a bounded number of times.
+      if (err == ENOENT && attempt < kMaxIdentityRetries) {
+        const int mkdir_err = MakeParentDirs(path_);
+        if (mkdir_err != 0) return mkdir_err;
+        continue;
+      }
+      return err;
+    }
+  }
+
+  Napi::Value TryAcquire(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (held_) return Napi::Boolean::New(env, true);
+    if (fd_ < 0) throw Napi::Error::New(env, "kvkeep: this lock was already released");
+
+    const int op = (exclusive_ ? LOCK_EX : LOCK_SH) | LOCK_NB;
+    for (int attempt = 0; attempt < kMaxIdentityRetries; ++attempt) {
+      int rc;
+      do {
+        rc = ::flock(fd_, op);
+      } while (rc != 0 && errno == EINTR);
+      if (rc != 0) {
+        if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+        const int err = errno;
+        throw SystemError(env, err, "flock", path_);
+      }
+
+      struct stat held_st, path_st;
+      if (::fstat(fd_, &held_st) != 0) {
+        const int err = errno;
+        throw SystemError(env, err, "fstat", path_);
+      }
+      if (::stat(path_.c_str(), &path_st) == 0) {
+        if (path_st.st_dev == held_st.st_dev && path_st.st_ino == held_st.st_ino) {
+          held_ = true;
+          return Napi::Boolean::New(env, true);
+        }
+      } else if (errno != ENOENT) {
+        const int err = errno;
+        throw SystemError(env, err, "stat", path_);
+      }
+
+      // Stale: the file we locked was unlinked (and maybe replaced) while we waited.
+      // Closing drops the lock on the orphan; reopen the current file and try that.
+      CloseFd(fd_);
+      fd_ = -1;
+      const int err = OpenFd();
+      if (err != 0) throw SystemError(env, err, "open", path_);
+    }
+    return Napi::Boolean::New(env, false);
+  }
+
+  void Release(const Napi::CallbackInfo&) {
+    CloseFd(fd_);
+    fd_ = -1;
+    held_ = false;
+  }
+
+  // Unlinks the lock file (only if we hold it exclusively and the path still names our
+  // inode), then closes. Unlinking *before* closing is what makes pruning safe: nobody
+  // can acquire this inode between the unlink and the close, and waiters that already
+  // opened it detect the unlink through the identity check.
+  void UnlinkAndRelease(const Napi::CallbackInfo& info) {
+    if (fd_ < 0) return;
+    int err = 0;
+    if (held_ && exclusive_) {
+      struct stat held_st, path_st;
+      if (::fstat(fd_, &held_st) == 0 && ::stat(path_.c_str(), &path_st) == 0 &&
+          held_st.st_dev == path_st.st_dev && held_st.st_ino == path_st.st_ino) {
+        if (::unlink(path_.c_str()) != 0 && errno != ENOENT) err = errno;
+      }
+    }
+    CloseFd(fd_);
+    fd_ = -1;
+    held_ = false;
+    if (err != 0) throw SystemError(info.Env(), err, "unlink", path_);
+  }
+
+  std::string path_;
+  bool exclusive_ = false;
+  int fd_ = -1;
+  bool held_ = false;
+};
+
+}  // namespace
+
+void InitLock(Napi::Env env, Napi::Object exports) { exports.Set("Lock", Lock::Define(env)); }
+
+}  // namespace kvkeep

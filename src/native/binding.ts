@@ -1,0 +1,51 @@
+/** The raw addon as native/src/addon.cc exports it, and how a binary file is loaded and vetted. */
+import { createRequire } from "node:module";
+
+/** Must equal kKvkeepNativeAbi in native/src/addon.cc. */
+export const NATIVE_ABI = 1;
+
+export interface NativeLock {
+  /** Non-blocking flock + identity check; true once held (then idempotent). Throws a system error. */
+  tryAcquire(): boolean;
+  /** Closes the fd. Idempotent. */
+  release(): void;
+  /** Unlinks the file if held exclusively and still at the path, then closes. Idempotent. */
+  unlinkAndRelease(): void;
+}
+
+export interface NativeBinding {
+  readonly abi: number;
+  /** Opens (creating the file and parent dirs) without locking; throws a system error. */
+  readonly Lock: new (path: string, exclusive: boolean) => NativeLock;
+  fsyncFile(path: string): Promise<void>;
+  fsyncDir(path: string): Promise<void>;
+  /** Resolves with the method used; `forceLinkFallback` exercises the link()+unlink() path. */
+  renameNoReplace(from: string, to: string, forceLinkFallback?: boolean): Promise<"renameat2" | "link">;
+  prefetch(path: string): Promise<void>;
+  dropFromPageCache(path: string): Promise<void>;
+  /** `chunkBytes` (1 B – 64 MiB, default 1 MiB) is the read size; tests shrink it to split stripes. */
+  xxh64File(path: string, seed?: bigint, chunkBytes?: number): Promise<string>;
+  /** Synchronous XXH64 of a small buffer. */
+  xxh64(bytes: Uint8Array, seed?: bigint): string;
+}
+
+const requireFromHere = createRequire(import.meta.url);
+
+const FUNCTIONS = ["fsyncFile", "fsyncDir", "renameNoReplace", "prefetch", "dropFromPageCache", "xxh64File", "xxh64", "Lock"] as const;
+
+/**
+ * Loads a `.node` file and checks it is a kvkeep addon of this ABI. Throws (a plain Error
+ * with the reason) when it is not — a stale build from an older checkout, a binary for
+ * another platform or libc, or not ours at all.
+ */
+export function loadBindingFrom(binaryPath: string): NativeBinding {
+  const loaded = requireFromHere(binaryPath) as Partial<NativeBinding> | null;
+  if (loaded === null || typeof loaded !== "object") throw new Error("the binary exports nothing");
+  if (loaded.abi !== NATIVE_ABI) {
+    throw new Error(`the binary has native ABI ${String(loaded.abi)}, this kvkeep needs ${NATIVE_ABI} (rebuild it)`);
+  }
+  for (const name of FUNCTIONS) {
+    if (typeof loaded[name] !== "function") throw new Error(`the binary lacks ${name} (rebuild it)`);
+  }
+  return loaded as NativeBinding;
+}
