@@ -1,0 +1,37 @@
+/** Cache warming (DESIGN.md §3): the public names, re-exported from the package root. */
+export {
+  type ConversationSettings,
+  type ConversationState,
+  clampIntervalMs,
+  computeCachePct,
+  DEFAULT_INTERVAL_MS,
+  defaultSettings,
+  isTokenCurrent,
+  MAX_INTERVAL_MS,
+  MIN_INTERVAL_MS,
+  parseSettings,
+  serializeSettings,
+  settingsKey,
+  shouldWarm,
+} from "./pure.js";
+export type {
+  SettingsStorage,
+  TimerDeps,
+  TimerId,
+  WarmCallOptions,
+  WarmContext,
+  WarmError,
+  WarmFn,
+  WarmResult,
+  WarmUsage,
+} from "./types.js";
+export { type CacheWarmer, type CacheWarmerDeps, createCacheWarmer, type WarmerStateSnapshot } from "./warmer.js";
+export { createFileSettingsStorage, type FileSettingsStorageOptions } from "./file-storage.js";
+export {
+  createPrefetchWarm,
+  PREFETCH_CHUNK_BYTES,
+  type PrefetchFileOptions,
+  type PrefetchWarmOptions,
+  readFileThrough,
+} from "./strategies.js";
+export { connectWarmer, createStoreWarmer, type StoreWarmerOptions, warmSettingsDir } from "./store-warmer.js";
