@@ -1,0 +1,26 @@
+/**
+ * Named instants inside the commit protocol where the crash tests kill the process.
+ * In production `KVKEEP_TEST_CRASH_AT` is unset and `crashPoint` is one comparison.
+ * With `KVKEEP_TEST_CRASH_AT=<step>[@<n>]` (only in test child processes) the process
+ * SIGKILLs itself the n-th time (default: first) it reaches that step — how every step
+ * of a commit is proven crash-safe, not only random instants.
+ */
+export const CRASH_POINTS = [
+  "install:after-fsync-state",
+  "install:after-pending-manifest",
+  "install:after-rename",
+  "install:after-final-manifest",
+  "auto:after-target-installed",
+  "auto:after-source-removed",
+] as const;
+
+export type CrashPoint = (typeof CRASH_POINTS)[number];
+
+const [crashStep, crashNth] = (process.env.KVKEEP_TEST_CRASH_AT ?? "").split("@");
+let hits = 0;
+
+export function crashPoint(step: CrashPoint): void {
+  if (step !== crashStep) return;
+  hits++;
+  if (hits >= Number(crashNth ?? 1)) process.kill(process.pid, "SIGKILL");
+}

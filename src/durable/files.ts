@@ -1,0 +1,97 @@
+/** Small fs helpers with one meaning each: identity, atomic writes, idempotent removal, pruning. */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
+import type { FileIdentity } from "../manifest/format.js";
+import { tempPathFor } from "../layout/paths.js";
+import type { NativeFs } from "../native/index.js";
+
+/** Size, inode and mtime of a regular file; null when it does not exist. */
+export async function statIdentity(filePath: string): Promise<FileIdentity | null> {
+  try {
+    const st = await fs.stat(filePath, { bigint: true });
+    if (!st.isFile()) return null;
+    return { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
+    throw error;
+  }
+}
+
+/** Remove a file if it is there; true if it was removed. */
+export async function unlinkIfExists(filePath: string): Promise<boolean> {
+  try {
+    await fs.unlink(filePath);
+    return true;
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return false;
+    throw error;
+  }
+}
+
+/**
+ * Write a small file atomically: temp in the same directory, fsync, rename over the target,
+ * then (when `syncDir`) fsync the directory so the rename itself is durable.
+ * On any failure the temp file is removed and the target is untouched.
+ */
+export async function writeFileAtomic(
+  nfs: NativeFs,
+  target: string,
+  data: string | Uint8Array,
+  options: { syncDir: boolean },
+): Promise<void> {
+  const temp = tempPathFor(target);
+  try {
+    const handle = await fs.open(temp, "wx", 0o644);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.rename(temp, target);
+  } catch (error) {
+    await unlinkIfExists(temp).catch(() => {});
+    throw fsWriteError(`writing ${path.basename(target)}`, error);
+  }
+  if (options.syncDir) await nfs.fsyncDir(path.dirname(target));
+}
+
+/**
+ * Create `<root>/<a>/<b>` and make sure every level below the root is a real directory,
+ * not a symlink planted to lead writes outside the root.
+ */
+export async function mkdirUnderRoot(root: string, ...components: string[]): Promise<string> {
+  const full = path.join(root, ...components);
+  await fs.mkdir(full, { recursive: true });
+  let current = root;
+  for (const component of components) {
+    current = path.join(current, component);
+    const st = await fs.lstat(current);
+    if (!st.isDirectory()) {
+      throw new KvKeepError(
+        "UNSAFE_PATH",
+        `${current} is not a plain directory (a symlink or file); kvkeep never writes through it. Remove it or use another root.`,
+      );
+    }
+  }
+  return full;
+}
+
+/**
+ * Remove now-empty directories from `dir` upwards, stopping below `root` and at the first
+ * directory that is not empty or that `isInUse` claims (an in-flight turn still needs it).
+ */
+export async function pruneEmptyDirs(root: string, dir: string, isInUse: (dir: string) => boolean): Promise<void> {
+  let current = path.resolve(dir);
+  const top = path.resolve(root);
+  while (current !== top && current.startsWith(top + path.sep)) {
+    if (isInUse(current)) return;
+    try {
+      await fs.rmdir(current);
+    } catch {
+      return; // not empty, already gone, or not ours to remove: stop quietly
+    }
+    current = path.dirname(current);
+  }
+}

@@ -1,0 +1,87 @@
+import path from "node:path";
+import { KvKeepError } from "../errors.js";
+
+/** Longest file name most file systems accept, in UTF-8 bytes. */
+export const MAX_COMPONENT_BYTES = 255;
+
+/** Auto-mode keys look like this; a custom key may not, so the two never share a directory. */
+export const AUTO_KEY_PATTERN = /^auto-[0-9a-f]{16}$/;
+
+/** kvkeep's own files (settings, …) live here under the root. */
+export const INTERNAL_DIR_NAME = ".kvkeep";
+
+const CONFIG_HASH_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * Reject anything that is not exactly one safe path component, before any file is touched:
+ * empty, `.`/`..`, separators, NUL, absolute paths (POSIX or Windows), over 255 bytes.
+ * `argument` names the parameter in the error.
+ */
+export function assertSafeComponent(value: unknown, argument: string): asserts value is string {
+  if (typeof value !== "string" || value.length === 0) {
+    throw new KvKeepError("KEY_EMPTY", `${argument} must be a non-empty string.`, { argument });
+  }
+  if (value.includes("\0")) {
+    throw new KvKeepError("KEY_HAS_NUL", `${argument} contains a NUL byte; use a plain name.`, { argument });
+  }
+  if (path.posix.isAbsolute(value) || path.win32.isAbsolute(value) || /^[A-Za-z]:/.test(value)) {
+    throw new KvKeepError("KEY_ABSOLUTE", `${argument} ${JSON.stringify(value)} is an absolute path; pass a plain name.`, {
+      argument,
+    });
+  }
+  if (value.includes("/") || value.includes("\\")) {
+    throw new KvKeepError(
+      "KEY_HAS_SEPARATOR",
+      `${argument} ${JSON.stringify(value)} contains a path separator; it must be one path component (replace "/" and "\\").`,
+      { argument },
+    );
+  }
+  if (value === "." || value === "..") {
+    throw new KvKeepError("KEY_DOT_SEGMENT", `${argument} may not be "." or "..".`, { argument });
+  }
+  if (Buffer.byteLength(value, "utf8") > MAX_COMPONENT_BYTES) {
+    throw new KvKeepError(
+      "KEY_TOO_LONG",
+      `${argument} is ${Buffer.byteLength(value, "utf8")} bytes; the limit is ${MAX_COMPONENT_BYTES} (hash long names first).`,
+      { argument },
+    );
+  }
+}
+
+/** A custom key: a safe component that is neither an auto key nor kvkeep's internal directory. */
+export function assertCustomKey(value: unknown, argument = "customKey"): asserts value is string {
+  assertSafeComponent(value, argument);
+  if (AUTO_KEY_PATTERN.test(value) || value === INTERNAL_DIR_NAME) {
+    throw new KvKeepError(
+      "KEY_RESERVED",
+      `${argument} ${JSON.stringify(value)} is reserved (auto-mode keys and "${INTERNAL_DIR_NAME}"); choose another name.`,
+      { argument },
+    );
+  }
+}
+
+/** A key as `delete` accepts it: any custom key or auto key. */
+export function assertCacheKey(value: unknown, argument = "kvCacheKey"): asserts value is string {
+  assertSafeComponent(value, argument);
+  if (value === INTERNAL_DIR_NAME) {
+    throw new KvKeepError("KEY_RESERVED", `${argument} "${INTERNAL_DIR_NAME}" is kvkeep's own directory, not a cache.`, {
+      argument,
+    });
+  }
+}
+
+export function assertModelId(value: unknown, argument = "modelId"): asserts value is string {
+  assertSafeComponent(value, argument);
+}
+
+/** Config hashes name files: letters, digits, `_` and `-` only (what `generateConfigHash` returns fits). */
+export function assertConfigHash(value: unknown, argument = "configHash"): asserts value is string {
+  assertSafeComponent(value, argument);
+  if (!CONFIG_HASH_PATTERN.test(value)) {
+    throw new KvKeepError(
+      "INVALID_ARGUMENT",
+      `${argument} ${JSON.stringify(value)} must be 1-128 letters, digits, "_" or "-" (use generateConfigHash).`,
+      { argument },
+    );
+  }
+}

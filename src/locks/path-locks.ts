@@ -1,0 +1,115 @@
+/**
+ * Locks on cache files: a FIFO queue per path inside this process, then (with the native
+ * addon) an OS file lock that excludes other processes and dies with its holder.
+ *
+ * The table is process-wide, not per store, because two stores on one root in one process
+ * must exclude each other as two processes do. Order of acquisition: in-process grant
+ * first, OS lock second — so at most one waiter per path per process polls the OS lock,
+ * and flock never has to arbitrate between two handles of the same process.
+ */
+import { abortedError } from "../errors.js";
+import { lockPathOf } from "../layout/paths.js";
+import type { LockHandle, NativeFs } from "../native/index.js";
+
+export interface Lease {
+  readonly path: string;
+  /**
+   * Give the lock up. `removeLockFile` unlinks the lock file first (only when nobody in
+   * this process waits for it), so a cache that was removed leaves an empty directory.
+   */
+  release(options?: { removeLockFile?: boolean }): void;
+}
+
+interface Waiter {
+  grant: () => void;
+}
+
+interface Entry {
+  queue: Waiter[];
+}
+
+export class PathLockTable {
+  /** Present while the path is granted to someone in this process. */
+  readonly #entries = new Map<string, Entry>();
+
+  constructor(private readonly nativeFs: () => NativeFs) {}
+
+  isHeld(cachePath: string): boolean {
+    return this.#entries.has(cachePath);
+  }
+
+  /** Wait in line for the cache at `cachePath`. Rejects with ABORTED when `signal` aborts while waiting. */
+  async acquire(cachePath: string, signal?: AbortSignal): Promise<Lease> {
+    if (signal?.aborted) throw abortedError("waiting for the cache file", signal);
+    const entry = this.#entries.get(cachePath);
+    if (!entry) {
+      this.#entries.set(cachePath, { queue: [] });
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => {
+          const index = entry.queue.indexOf(waiter);
+          if (index >= 0) entry.queue.splice(index, 1);
+          reject(abortedError("waiting for the cache file", signal));
+        };
+        const waiter: Waiter = {
+          grant: () => {
+            signal?.removeEventListener("abort", onAbort);
+            resolve();
+          },
+        };
+        entry.queue.push(waiter);
+        signal?.addEventListener("abort", onAbort, { once: true });
+      });
+    }
+    // Granted in this process; now exclude other processes.
+    const nfs = this.nativeFs();
+    let osLock: LockHandle | null = null;
+    if (nfs.crossProcessLocks) {
+      try {
+        osLock = await nfs.lockFile(lockPathOf(cachePath), "exclusive", signal ? { signal } : {});
+      } catch (error) {
+        this.#handOff(cachePath);
+        throw error;
+      }
+    }
+    return this.#lease(cachePath, osLock);
+  }
+
+  /** Take the lock only if nobody (in this or another process) holds it; never waits. */
+  tryAcquire(cachePath: string): Lease | null {
+    if (this.#entries.has(cachePath)) return null;
+    const nfs = this.nativeFs();
+    let osLock: LockHandle | null = null;
+    if (nfs.crossProcessLocks) {
+      osLock = nfs.tryLockFile(lockPathOf(cachePath), "exclusive");
+      if (!osLock) return null;
+    }
+    this.#entries.set(cachePath, { queue: [] });
+    return this.#lease(cachePath, osLock);
+  }
+
+  #lease(cachePath: string, osLock: LockHandle | null): Lease {
+    let released = false;
+    return {
+      path: cachePath,
+      release: (options) => {
+        if (released) return;
+        released = true;
+        const waiting = (this.#entries.get(cachePath)?.queue.length ?? 0) > 0;
+        if (osLock) {
+          if (options?.removeLockFile && !waiting) osLock.unlinkAndRelease();
+          else osLock.release();
+        }
+        this.#handOff(cachePath);
+      },
+    };
+  }
+
+  #handOff(cachePath: string): void {
+    const entry = this.#entries.get(cachePath);
+    if (!entry) return;
+    const next = entry.queue.shift();
+    if (next) next.grant();
+    else this.#entries.delete(cachePath);
+  }
+}

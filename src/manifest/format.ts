@@ -1,0 +1,156 @@
+/**
+ * The manifest beside each cache file (pure: parse, serialise, decide trust).
+ *
+ * A manifest has two slots. `current` describes the committed state. `pending` describes a
+ * state being committed: it is written *before* the new file is renamed over the cache, so
+ * whatever instant a crash hits, the file on disk matches one of the two slots (see
+ * ARCHITECTURE.md, "Commit protocol"). A file is matched to a slot by its identity —
+ * size, inode and mtime — which a rename keeps and any rewrite changes.
+ */
+
+export const MANIFEST_FORMAT = 1;
+
+/** What identifies one version of a file on disk without reading it. */
+export interface FileIdentity {
+  size: number;
+  /** Inode number, as a decimal string (64-bit safe). */
+  ino: string;
+  /** Modification time in nanoseconds, as a decimal string. */
+  mtimeNs: string;
+}
+
+export interface ManifestEntry extends FileIdentity {
+  /** XXH64 of the whole file, 16 lowercase hex chars. */
+  xxh64: string;
+  /** Messages of the conversation the state covers (the saved count). */
+  messageCount: number;
+  /** Tokens in the state, when the engine reported it. */
+  tokenCount: number | null;
+  /** When the state was committed (ms since the epoch). */
+  committedAt: number;
+}
+
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT;
+  kind: "named" | "auto";
+  modelId: string;
+  fingerprint: string | null;
+  configHash: string;
+  cacheKey: string;
+  current: ManifestEntry | null;
+  pending: ManifestEntry | null;
+}
+
+/** What a cache must be to be handed to a given session's engine. */
+export interface ManifestExpectation {
+  modelId: string;
+  fingerprint: string | null;
+  configHash: string;
+  cacheKey: string;
+}
+
+const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const isDecimal = (v: unknown): v is string => typeof v === "string" && /^\d{1,20}$/.test(v);
+
+function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
+  if (value === null) return null;
+  const e = value as Partial<ManifestEntry> | undefined;
+  if (
+    !e ||
+    typeof e !== "object" ||
+    !isInt(e.size) ||
+    !isDecimal(e.ino) ||
+    !isDecimal(e.mtimeNs) ||
+    typeof e.xxh64 !== "string" ||
+    !/^[0-9a-f]{16}$/.test(e.xxh64) ||
+    !isInt(e.messageCount) ||
+    !(e.tokenCount === null || isInt(e.tokenCount)) ||
+    !isInt(e.committedAt)
+  ) {
+    return "invalid";
+  }
+  return {
+    size: e.size,
+    ino: e.ino,
+    mtimeNs: e.mtimeNs,
+    xxh64: e.xxh64,
+    messageCount: e.messageCount,
+    tokenCount: e.tokenCount,
+    committedAt: e.committedAt,
+  };
+}
+
+/** Parse a manifest; a reason string for anything garbled, truncated or of another format. */
+export function parseManifest(text: string): Manifest | { error: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { error: "manifest is not valid JSON" };
+  }
+  const m = raw as Partial<Manifest> | null;
+  if (!m || typeof m !== "object") return { error: "manifest is not an object" };
+  if (m.format !== MANIFEST_FORMAT) return { error: `manifest format ${String(m.format)} is not ${MANIFEST_FORMAT}` };
+  if (m.kind !== "named" && m.kind !== "auto") return { error: "manifest kind is invalid" };
+  for (const field of ["modelId", "configHash", "cacheKey"] as const) {
+    if (typeof m[field] !== "string") return { error: `manifest ${field} is missing` };
+  }
+  if (!(m.fingerprint === null || typeof m.fingerprint === "string")) return { error: "manifest fingerprint is invalid" };
+  const current = parseEntry(m.current);
+  const pending = parseEntry(m.pending);
+  if (current === "invalid" || pending === "invalid") return { error: "manifest entry is invalid" };
+  if (current === null && pending === null) return { error: "manifest describes no state" };
+  return {
+    format: MANIFEST_FORMAT,
+    kind: m.kind,
+    modelId: m.modelId!,
+    fingerprint: m.fingerprint ?? null,
+    configHash: m.configHash!,
+    cacheKey: m.cacheKey!,
+    current,
+    pending,
+  };
+}
+
+export function serializeManifest(manifest: Manifest): string {
+  return JSON.stringify(manifest, null, 1) + "\n";
+}
+
+export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
+  return a.size === b.size && a.ino === b.ino && a.mtimeNs === b.mtimeNs;
+}
+
+/**
+ * Which slot of a manifest the file on disk is, judged without reading the file.
+ * - `match`: the identity equals a slot's (the file is the one kvkeep committed);
+ * - `checksum`: a slot has the file's size but not its identity (copied, restored, or
+ *   rewritten in place) — only a checksum can tell, and `candidates` lists what to compare;
+ * - `reject`: the manifest belongs to another model/config/key, or no slot has the size.
+ */
+export type ManifestVerdict =
+  | { verdict: "match"; entry: ManifestEntry; slot: "current" | "pending" }
+  | { verdict: "checksum"; candidates: Array<{ entry: ManifestEntry; slot: "current" | "pending" }> }
+  | { verdict: "reject"; reason: string };
+
+export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file: FileIdentity): ManifestVerdict {
+  if (manifest.modelId !== expect.modelId) return { verdict: "reject", reason: `manifest is for model ${manifest.modelId}` };
+  if (manifest.cacheKey !== expect.cacheKey || manifest.configHash !== expect.configHash) {
+    return { verdict: "reject", reason: "manifest is for another cache key or config" };
+  }
+  if (manifest.fingerprint !== expect.fingerprint) {
+    return {
+      verdict: "reject",
+      reason: `model fingerprint differs (cache ${manifest.fingerprint ?? "none"}, session ${expect.fingerprint ?? "none"})`,
+    };
+  }
+  if (file.size === 0) return { verdict: "reject", reason: "cache file is empty" };
+  const slots = (["pending", "current"] as const).flatMap((slot) => {
+    const entry = manifest[slot];
+    return entry ? [{ entry, slot }] : [];
+  });
+  const exact = slots.find((s) => sameIdentity(s.entry, file));
+  if (exact) return { verdict: "match", entry: exact.entry, slot: exact.slot };
+  const sized = slots.filter((s) => s.entry.size === file.size);
+  if (sized.length > 0) return { verdict: "checksum", candidates: sized };
+  return { verdict: "reject", reason: `file size ${file.size} matches no committed state` };
+}

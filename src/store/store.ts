@@ -1,0 +1,201 @@
+/**
+ * The store: one cache root, its in-memory layers, its locks and its sessions.
+ * Sessions change state only through the `StoreContext` it hands them.
+ */
+import path from "node:path";
+import { KvKeepError } from "../errors.js";
+import { mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
+import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
+import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, isWithin } from "../layout/paths.js";
+import { PathLockTable } from "../locks/path-locks.js";
+import { type Logger, logLine, silentLogger } from "../logger.js";
+import { removeCacheFiles } from "../manifest/store.js";
+import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
+import { createSession, type TurnState } from "../session/session.js";
+import type { DeleteTarget, KvCacheSession, SessionOptions, TurnEvent } from "../types.js";
+import type { StoreContext } from "./context.js";
+import { StoreLayers } from "./layers.js";
+import { recoverRoot, type RecoveryReport } from "./recovery.js";
+import { listKeyDirs, scanKeyDir } from "./scan.js";
+
+export interface KvCacheStoreOptions {
+  /** The cache root. Default: `$KVKEEP_DIR`, else `$XDG_CACHE_HOME/kvkeep`, else `~/.cache/kvkeep`. */
+  root?: string | undefined;
+  /** Where kvkeep logs (any `{ debug, info, warn, error }`, e.g. `console` or pino). Default: silent. */
+  logger?: Logger | undefined;
+  /**
+   * What `rollback` does. `"clear"` (default): the contract's three-layer clear — file,
+   * saved count and init flag. `"keep-committed"`: keep the last committed state when the
+   * turn never touched `cachePath`, so a cancelled turn costs the user nothing.
+   */
+  onRollback?: "clear" | "keep-committed" | undefined;
+  /**
+   * How a cache is checked before its first use by this store. `"size"` (default): a valid
+   * manifest for this model, and a file whose size, inode and mtime match it (a checksum
+   * only when those disagree). `"checksum"`: also the file's XXH64, once per file per store.
+   */
+  verify?: "size" | "checksum" | undefined;
+}
+
+export interface KvCacheStore {
+  /** The absolute cache root. */
+  readonly root: string;
+  /** Which file-system backend is in use: a prebuilt or locally built addon, or the JS fallback. */
+  readonly backend: NativeBackendKind;
+  /** Resolves when recovery at open (leftover temp files, orphan manifests) has finished. */
+  readonly ready: Promise<RecoveryReport>;
+  createSession(modelId: string, options?: SessionOptions): KvCacheSession;
+  /**
+   * Remove a key's caches for every model (or one model), on disk and in memory, or
+   * everything with `{ all: true }`. Turns open on a removed cache are rolled back at
+   * their commit (`DELETED_DURING_TURN`). Only kvkeep's own files are removed.
+   */
+  delete(target: DeleteTarget): Promise<void>;
+  /** Listen to turn events (started/settled); returns the unsubscribe function. */
+  onTurnEvent(listener: (event: TurnEvent) => void): () => void;
+  /** Stop accepting turns and wait for background work. Open turns may still commit or roll back. */
+  close(): Promise<void>;
+}
+
+/** One lock table per process: two stores on one root in one process exclude each other. */
+let processLocks: PathLockTable | null = null;
+
+function sharedLocks(): PathLockTable {
+  processLocks ??= new PathLockTable(() => loadNativeFs());
+  return processLocks;
+}
+
+export class KvCacheStoreImpl implements KvCacheStore {
+  readonly root: string;
+  readonly backend: NativeBackendKind;
+  readonly ready: Promise<RecoveryReport>;
+  readonly layers = new StoreLayers();
+  readonly #ctx: StoreContext;
+  readonly #listeners = new Set<(event: TurnEvent) => void>();
+  #closed = false;
+
+  constructor(options: KvCacheStoreOptions = {}) {
+    if (options.root !== undefined && (typeof options.root !== "string" || options.root.length === 0)) {
+      throw new KvKeepError("INVALID_ARGUMENT", "options.root must be a non-empty path.", { argument: "root" });
+    }
+    if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
+      throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, {
+        argument: "onRollback",
+      });
+    }
+    if (options.verify !== undefined && options.verify !== "size" && options.verify !== "checksum") {
+      throw new KvKeepError("INVALID_ARGUMENT", `options.verify must be "size" or "checksum".`, { argument: "verify" });
+    }
+    this.root = path.resolve(options.root ?? defaultRoot());
+    const logger = options.logger ?? silentLogger;
+    const nfs: NativeFs = loadNativeFs(logger);
+    this.backend = nfs.kind;
+    const locks = sharedLocks();
+    const layers = this.layers;
+    const root = this.root;
+    this.#ctx = {
+      root,
+      logger,
+      nfs,
+      locks,
+      layers,
+      onRollback: options.onRollback ?? "clear",
+      verify: options.verify ?? "size",
+      openTurns: new Set<TurnState>(),
+      assertOpen: () => {
+        if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
+      },
+      ensureCacheDir: async (loc: CacheLocation) => {
+        await mkdirUnderRoot(root, loc.cacheKey, loc.modelId);
+      },
+      forgetCache: (cachePath, init) => layers.forget(cachePath, init),
+      prune: (cachePath) => pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir)),
+      emit: (event) => {
+        for (const listener of this.#listeners) {
+          try {
+            listener(event);
+          } catch (error) {
+            logger.warn(logLine("turn event listener threw", { type: event.type, error }));
+          }
+        }
+      },
+    };
+    this.ready = recoverRoot(this.#ctx).catch((error: unknown) => {
+      logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));
+      return { removedTemps: 0, removedManifests: 0, skippedBusy: 0 };
+    });
+  }
+
+  createSession(modelId: string, options?: SessionOptions): KvCacheSession {
+    this.#ctx.assertOpen();
+    return createSession(this.#ctx, modelId, options);
+  }
+
+  onTurnEvent(listener: (event: TurnEvent) => void): () => void {
+    if (typeof listener !== "function") {
+      throw new KvKeepError("INVALID_ARGUMENT", "onTurnEvent needs a function.", { argument: "listener" });
+    }
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async delete(target: DeleteTarget): Promise<void> {
+    const ctx = this.#ctx;
+    if (!target || typeof target !== "object") {
+      throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId? } or { all: true }.", {
+        argument: "target",
+      });
+    }
+    let scopes: Array<{ cacheKey: string; modelId?: string }>;
+    if ("all" in target) {
+      if (target.all !== true) {
+        throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
+      }
+      scopes = (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey }));
+    } else {
+      assertCacheKey(target.kvCacheKey);
+      if (target.modelId !== undefined) assertModelId(target.modelId);
+      scopes = [{ cacheKey: target.kvCacheKey, ...(target.modelId !== undefined ? { modelId: target.modelId } : {}) }];
+    }
+    for (const scope of scopes) {
+      const scopeDir =
+        scope.modelId === undefined ? cacheKeyDir(this.root, scope.cacheKey) : path.join(this.root, scope.cacheKey, scope.modelId);
+      for (const turn of ctx.openTurns) if (isWithin(scopeDir, turn.cachePath)) turn.invalidated = true;
+      for (const modelDir of await scanKeyDir(this.root, scope.cacheKey, scope.modelId)) {
+        for (const file of modelDir.files) {
+          if (file.kind === null) {
+            ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
+          } else if (file.kind === "lock") {
+            const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+            if (!ctx.nfs.crossProcessLocks) {
+              await unlinkIfExists(file.path);
+            } else {
+              // Only an unheld lock file may go: a holder must keep excluding newcomers.
+              ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
+            }
+          } else if (file.kind === "cache") {
+            await removeCacheFiles(file.path);
+          } else {
+            await unlinkIfExists(file.path);
+          }
+        }
+        ctx.layers.forgetUnder(modelDir.dir, () => false);
+        await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
+      }
+      ctx.layers.forgetUnder(
+        scopeDir,
+        (modelId, _configHash, cacheKey) => cacheKey === scope.cacheKey && (scope.modelId === undefined || modelId === scope.modelId),
+      );
+    }
+    if ("all" in target) this.layers.clear();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.ready;
+  }
+}
+
+export function openKvCacheStore(options?: KvCacheStoreOptions): KvCacheStore {
+  return new KvCacheStoreImpl(options);
+}

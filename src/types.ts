@@ -1,0 +1,156 @@
+/**
+ * Public types of kvkeep. The seed contract's names (`TurnHandle`, `BeginTurnInput`,
+ * `CommitResult`, `KvCacheSession`, …) keep their meaning; everything else is additive.
+ */
+import type { Logger } from "./logger.js";
+
+/** One chat message as auto mode keys it: role, content and attachment paths. */
+export interface CacheMessage {
+  role: string;
+  content: string;
+  attachments?: ReadonlyArray<{ path: string }> | undefined;
+}
+
+export interface TurnHandle {
+  /** The committed cache file the engine loads from (may not exist yet for a fresh auto key before priming). */
+  readonly cachePath: string;
+  /**
+   * Snapshot of the saved-message count at `beginTurn` time (0 if the cache was just primed).
+   * Consumed by `decideCachedHistorySlice` to pick the message tail for the engine.
+   */
+  readonly savedCount: number;
+  /**
+   * Where the engine must write the new state at the end of the turn: a temp file beside
+   * `cachePath`. `commitTurn` verifies it, fsyncs it and renames it into place, so a crash
+   * mid-save never leaves a torn cache. (Engines that write in place at `cachePath` still
+   * work, without that guarantee for the turn.)
+   */
+  readonly savePath: string;
+  /** The cache key: the custom key, or `auto-<16 hex>` for auto mode. */
+  readonly cacheKey: string;
+  readonly modelId: string;
+  readonly configHash: string;
+  readonly kind: "custom" | "auto";
+  /** True when this `beginTurn` called `primeIfMissing` (the cache held no history before). */
+  readonly primed: boolean;
+  /** The conversation this turn belongs to (`input.conversationId`, else the cache key). */
+  readonly conversationId: string;
+}
+
+interface BeginTurnCommon {
+  /** Hash of system prompt + (static) tool names (`generateConfigHash`). */
+  configHash: string;
+  /**
+   * Prime the cache: make the engine write a state holding only the system prompt (and
+   * static tools) to the path given — the turn's `savePath`. Called when no trusted cache
+   * exists in memory or on disk. kvkeep then verifies and commits that file as the cache
+   * with a saved count of 0 before `beginTurn` resolves.
+   */
+  primeIfMissing: (path: string) => Promise<void>;
+  /**
+   * Aborts the wait for the cache file while another turn holds it: the queued `beginTurn`
+   * rejects at once with `ABORTED` and gives its place up. Not consulted after the turn began.
+   */
+  signal?: AbortSignal | undefined;
+  /** Names the conversation in turn events (warming). Default: the cache key. */
+  conversationId?: string | undefined;
+}
+
+export interface BeginCustomTurnInput extends BeginTurnCommon {
+  kind: "custom";
+  /** User-provided session key (`completion({ kvCache: "session-a" })`): one safe path component. */
+  customKey: string;
+}
+
+export interface BeginAutoTurnInput extends BeginTurnCommon {
+  kind: "auto";
+  /** Conversation history; the lookup key is that of the history without its last message. */
+  history: readonly CacheMessage[];
+}
+
+export type BeginTurnInput = BeginCustomTurnInput | BeginAutoTurnInput;
+
+export interface StaticCommitResult {
+  kind: "static";
+  /** `history.length + 1` — the number of messages the new state covers. */
+  messageCount: number;
+  /** Tokens in the new state, when the engine reports it (kept in the manifest). */
+  tokenCount?: number | undefined;
+}
+
+export interface AutoRenameCommitResult {
+  kind: "autoRename";
+  /** `session.autoCachePath(configHash, [...history, reply])`: where the new state is kept. */
+  targetCachePath: string;
+  /** Number of messages the new state represents (`history.length + 1`). */
+  messageCount: number;
+  /** Tokens in the new state, when the engine reports it (kept in the manifest). */
+  tokenCount?: number | undefined;
+}
+
+export type CommitResult = StaticCommitResult | AutoRenameCommitResult;
+
+/** What `commitTurn` did (the contract's `Promise<void>` callers may ignore it). */
+export type CommitOutcome =
+  | { committed: true; cachePath: string; messageCount: number; keptExisting: boolean }
+  | { committed: false; reason: "not-open" };
+
+export interface KvCacheSession {
+  readonly modelId: string;
+  /** Open a turn: lock the cache file, verify or prime it, and return its handle. */
+  beginTurn(input: BeginTurnInput): Promise<TurnHandle>;
+  /**
+   * Commit a successful turn: durably install the state the engine saved at `savePath`
+   * (or in place at `cachePath`) and record its message count. A handle from another
+   * session, or one already committed or rolled back, is a no-op. If no new state was
+   * saved, or the install fails, the turn is rolled back and the promise rejects with a
+   * `KvKeepError` (`SAVE_MISSING`, `SAVE_EMPTY`, `NO_SPACE`, `IO_ERROR`, `DELETED_DURING_TURN`).
+   */
+  commitTurn(turn: TurnHandle, result: CommitResult): Promise<CommitOutcome>;
+  /**
+   * Roll back an open turn: with the default `onRollback: "clear"`, removes the file on
+   * disk, the saved count and the init flag at once (also when the file is already gone)
+   * and prunes empty key directories. Idempotent; a no-op after commit.
+   */
+  rollback(turn: TurnHandle): Promise<void>;
+  /** Forget the saved count of the turn's cache (file and init flag stay). */
+  dropStaleSavedCount(turn: TurnHandle): void;
+  /** Where auto mode keeps the cache of `history` (pass `[...history, reply]` for a commit target). */
+  autoCachePath(configHash: string, history: readonly CacheMessage[]): string;
+  /** Where a custom key's cache lives. */
+  customCachePath(customKey: string, configHash: string): string;
+}
+
+export interface SessionOptions {
+  /** Logger for this session's turns. Default: the store's logger. */
+  logger?: Logger | undefined;
+  /**
+   * Identifies the exact model and state layout (weights, context settings). A cache whose
+   * manifest carries another fingerprint is never handed to the engine: it is removed and
+   * re-primed. Default: none (only caches written without a fingerprint match).
+   */
+  fingerprint?: string | undefined;
+}
+
+export type DeleteTarget = { kvCacheKey: string; modelId?: string | undefined } | { all: true };
+
+/** Emitted around every turn, for warming and UIs. */
+export interface TurnEvent {
+  type: "turnStarted" | "turnSettled";
+  conversationId: string;
+  kind: "custom" | "auto";
+  cacheKey: string;
+  modelId: string;
+  configHash: string;
+  /**
+   * `turnStarted`: the cache the turn loads. `turnSettled`: the cache the next turn of this
+   * conversation will load — the committed path (the target for auto mode), or the turn's
+   * own path after a rollback.
+   */
+  cachePath: string;
+  /** Only on `turnSettled`. */
+  outcome?: "committed" | "rolledBack";
+  /** Only on a committed `turnSettled`: messages and tokens (if reported) the cache covers. */
+  messageCount?: number;
+  tokenCount?: number | null;
+}
