@@ -103,8 +103,10 @@ class Lock : public Napi::ObjectWrap<Lock> {
       // The parent directory is missing (never created, or pruned by another process
       // between our mkdir and open): create it and retry, a bounded number of times.
       if (err == ENOENT && attempt < kMaxIdentityRetries) {
+        // ENOENT from mkdir itself means a racing prune removed a component we had just
+        // seen exist: start over, like the open's own ENOENT.
         const int mkdir_err = MakeParentDirs(path_);
-        if (mkdir_err != 0) return mkdir_err;
+        if (mkdir_err != 0 && mkdir_err != ENOENT) return mkdir_err;
         continue;
       }
       return err;

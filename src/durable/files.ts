@@ -63,7 +63,19 @@ export async function writeFileAtomic(
  */
 export async function mkdirUnderRoot(root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
-  await fs.mkdir(full, { recursive: true });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await checkDirsUnderRoot(root, components);
+      return full;
+    } catch (error) {
+      // Another process pruned an empty directory between our mkdir and lstat: again.
+      if (errnoCode(error) !== "ENOENT" || attempt >= 16) throw error;
+    }
+  }
+}
+
+async function checkDirsUnderRoot(root: string, components: string[]): Promise<void> {
+  await fs.mkdir(path.join(root, ...components), { recursive: true });
   let current = root;
   for (const component of components) {
     current = path.join(current, component);
@@ -75,7 +87,6 @@ export async function mkdirUnderRoot(root: string, ...components: string[]): Pro
       );
     }
   }
-  return full;
 }
 
 /**
