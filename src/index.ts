@@ -29,9 +29,13 @@ export type {
   CommitOutcome,
   CommitResult,
   DeleteTarget,
+  EvictedCache,
   KvCacheSession,
   SessionOptions,
   StaticCommitResult,
+  StoreUsage,
+  SweepOptions,
+  SweepResult,
   TurnEvent,
   TurnHandle,
 } from "./types.js";

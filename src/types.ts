@@ -154,3 +154,39 @@ export interface TurnEvent {
   messageCount?: number;
   tokenCount?: number | null;
 }
+
+/** Overrides for one `store.sweep()`; the store's options apply to what is left out. */
+export interface SweepOptions {
+  /** Budget for the evictable caches, in bytes (see `KvCacheStoreOptions.maxBytes`). */
+  maxBytes?: number | undefined;
+  /** Evict evictable caches not used for this long, in ms (see `KvCacheStoreOptions.maxIdleMs`). */
+  maxIdleMs?: number | undefined;
+}
+
+/** One cache a sweep removed, and why. */
+export interface EvictedCache {
+  cacheKey: string;
+  modelId: string;
+  configHash: string;
+  bytes: number;
+  /** `idle`: not used for `maxIdleMs`; `budget`: least recently used while over `maxBytes`. */
+  reason: "idle" | "budget";
+}
+
+export interface SweepResult {
+  /** Idle ones first, then budget ones, each oldest use first. */
+  evicted: EvictedCache[];
+  /**
+   * Bytes of the evictable caches left after the sweep (auto caches, plus named ones with
+   * `evictNamed`). Above `maxBytes` only when caches in use had to be kept.
+   */
+  keptBytes: number;
+}
+
+/** What is on disk under the root: every cache, auto and named. */
+export interface StoreUsage {
+  bytes: number;
+  count: number;
+  autoBytes: number;
+  namedBytes: number;
+}

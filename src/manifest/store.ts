@@ -197,3 +197,25 @@ export async function removeCacheFiles(cachePath: string): Promise<void> {
   await unlinkIfExists(cachePath);
   await unlinkIfExists(manifestPathOf(cachePath));
 }
+
+/**
+ * When the cache was last used: its manifest's mtime (ms), which every commit rewrites and
+ * every load sets (`touchLastUse`). Null when there is no manifest.
+ */
+export async function readLastUse(cachePath: string): Promise<number | null> {
+  try {
+    return Math.floor((await fs.stat(manifestPathOf(cachePath))).mtimeMs);
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
+    throw error;
+  }
+}
+
+/**
+ * Record a use of the cache at `ms` as its manifest's mtime, so the last use survives a
+ * restart. Metadata only: the manifest's contents and the cache file are untouched.
+ */
+export async function touchLastUse(cachePath: string, ms: number): Promise<void> {
+  const seconds = ms / 1000;
+  await fs.utimes(manifestPathOf(cachePath), seconds, seconds);
+}

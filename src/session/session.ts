@@ -152,21 +152,28 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
       const identity = await statIdentity(cachePath);
       const known = ctx.layers.trusted.get(cachePath);
-      if (identity && known && sameIdentity(known, identity) && ctx.layers.initialized.has(init)) {
-        // This store wrote or verified exactly this file: no need to read it again.
+      if (
+        identity &&
+        known &&
+        known.fingerprint === fingerprint &&
+        sameIdentity(known, identity) &&
+        ctx.layers.initialized.has(init)
+      ) {
+        // This store wrote or verified exactly this file for this model: no need to read it again.
         committedEntry = known;
         savedCount = ctx.layers.savedCounts.get(cachePath) ?? 0;
       } else if (identity) {
         const verdict = await verifyCache(ctx.nfs, cachePath, header, { checksum: ctx.verify === "checksum" });
         if (verdict.ok) {
           committedEntry = verdict.entry;
-          ctx.layers.recordTrusted(cachePath, init, verdict.entry);
+          ctx.layers.recordTrusted(cachePath, init, verdict.entry, fingerprint);
           savedCount = verdict.entry.messageCount;
           log("debug", "verified cache", { cachePath, by: verdict.by });
         } else {
           const reason = verdict.missing ? "cache file vanished" : verdict.reason;
           log("warn", "cache not trusted; removing it and priming again", { cachePath, reason });
           await removeCacheFiles(cachePath);
+          ctx.retention.noteRemoved(cachePath);
           ctx.forgetCache(cachePath, init);
         }
       } else {
@@ -207,9 +214,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
           noReplace: false,
         });
         primeTemp = null;
-        ctx.layers.recordTrusted(cachePath, init, committedEntry);
+        ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
+        ctx.retention.noteCommitted(cachePath, committedEntry);
         primed = true;
         log("debug", "primed cache", { cachePath });
+      } else {
+        await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
       const handle: TurnHandle = Object.freeze({
@@ -322,7 +332,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       tokenCount: result.tokenCount ?? null,
       noReplace: false,
     });
-    ctx.layers.recordTrusted(st.cachePath, st.init, entry);
+    ctx.layers.recordTrusted(st.cachePath, st.init, entry, fingerprint);
+    ctx.retention.noteCommitted(st.cachePath, entry);
     return { committed: true, cachePath: st.cachePath, messageCount: result.messageCount, keptExisting: false };
   }
 
@@ -350,12 +361,13 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       try {
         const existing = await verifyCache(ctx.nfs, targetPath, targetHeader, { checksum: false });
         if (existing.ok) {
-          ctx.layers.recordTrusted(targetPath, targetInit, existing.entry);
+          ctx.layers.recordTrusted(targetPath, targetInit, existing.entry, fingerprint);
           outcome = { committed: true, cachePath: targetPath, messageCount: existing.entry.messageCount, keptExisting: true };
         } else {
           if (!existing.missing) {
             log("warn", "commit target not trusted; replacing it", { targetPath, reason: existing.reason });
             await removeCacheFiles(targetPath);
+            ctx.retention.noteRemoved(targetPath);
           }
           try {
             const entry = await installCache(ctx.nfs, {
@@ -367,7 +379,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
               tokenCount: result.tokenCount ?? null,
               noReplace: true,
             });
-            ctx.layers.recordTrusted(targetPath, targetInit, entry);
+            ctx.layers.recordTrusted(targetPath, targetInit, entry, fingerprint);
+            ctx.retention.noteCommitted(targetPath, entry);
             outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false };
           } catch (error) {
             if (!isKvKeepError(error, "TARGET_EXISTS")) throw error;
@@ -384,6 +397,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     // The source is superseded by the target: remove it and every layer of it.
     if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
     await removeCacheFiles(st.cachePath);
+    ctx.retention.noteRemoved(st.cachePath);
     ctx.forgetCache(st.cachePath, st.init);
     crashPoint("auto:after-source-removed");
     return outcome;
@@ -404,6 +418,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         st.status = "committed";
         // An auto commit moved the cache away: its lock file goes too, so the directory can be pruned.
         finish(st, result.kind === "autoRename");
+        ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
         await settle(st, {
           outcome: "committed",
           cachePath: outcome.committed ? outcome.cachePath : st.cachePath,
@@ -469,6 +484,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     if (clear) {
       try {
         await removeCacheFiles(st.cachePath);
+        ctx.retention.noteRemoved(st.cachePath);
       } catch (error) {
         log("warn", "could not remove the cache file during rollback; it will be re-verified before use", {
           cachePath: st.cachePath,

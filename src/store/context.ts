@@ -2,10 +2,27 @@
 import type { CacheLocation } from "../layout/paths.js";
 import type { Logger } from "../logger.js";
 import type { PathLockTable } from "../locks/path-locks.js";
+import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
 import type { TurnState } from "../session/session.js";
 import type { TurnEvent } from "../types.js";
 import type { StoreLayers } from "./layers.js";
+
+/**
+ * What sessions and `store.delete` tell retention (src/retention/retention.ts), which keeps
+ * the index of the root: each call right after the change it reports (sessions hold the
+ * cache's lock then).
+ */
+export interface RetentionHooks {
+  /** A state was installed at `cachePath` (prime or commit): a write, and a use. */
+  noteCommitted(cachePath: string, entry: ManifestEntry): void;
+  /** A turn loads the trusted cache at `cachePath`: a use (also recorded on disk; never throws). */
+  noteUsed(cachePath: string, entry: ManifestEntry): Promise<void>;
+  /** The cache at `cachePath` was removed. */
+  noteRemoved(cachePath: string): void;
+  /** A commit succeeded: start a background sweep if one is due (never waits for it). */
+  afterCommit(): void;
+}
 
 export interface StoreContext {
   readonly root: string;
@@ -26,4 +43,5 @@ export interface StoreContext {
   /** Remove the cache's directory and its key directory if empty and unused. */
   prune(cachePath: string): Promise<void>;
   emit(event: TurnEvent): void;
+  readonly retention: RetentionHooks;
 }

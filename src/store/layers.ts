@@ -6,7 +6,8 @@
  * - `initialized`: (modelId, configHash, cacheKey) whose cache this store primed or
  *   verified (seed layer 3);
  * - `trusted`: cache path → the committed manifest entry of the file this store wrote or
- *   verified, so a later turn skips re-verification while size, inode and mtime are unchanged;
+ *   verified, and the model fingerprint it was verified for, so a later turn of the same
+ *   model skips re-verification while size, inode and mtime are unchanged;
  * - `activeDirs`: directory → in-flight turns using it, so pruning never removes a
  *   directory a turn is about to write into.
  */
@@ -19,15 +20,18 @@ export function initKey(modelId: string, configHash: string, cacheKey: string): 
   return `${modelId}\0${configHash}\0${cacheKey}`;
 }
 
+/** A committed entry this store trusts, for sessions of one model fingerprint. */
+export type TrustedCache = ManifestEntry & { fingerprint: string | null };
+
 export class StoreLayers {
   readonly savedCounts = new Map<string, number>();
   readonly initialized = new Set<string>();
-  readonly trusted = new Map<string, ManifestEntry>();
+  readonly trusted = new Map<string, TrustedCache>();
   readonly #activeDirs = new Map<string, number>();
 
   /** A cache this store now trusts (primed, verified or committed), with its saved count. */
-  recordTrusted(cachePath: string, init: string, entry: ManifestEntry): void {
-    this.trusted.set(cachePath, entry);
+  recordTrusted(cachePath: string, init: string, entry: ManifestEntry, fingerprint: string | null): void {
+    this.trusted.set(cachePath, { ...entry, fingerprint });
     this.initialized.add(init);
     this.savedCounts.set(cachePath, entry.messageCount);
   }

@@ -8,7 +8,7 @@ import { statIdentity, unlinkIfExists } from "../durable/files.js";
 import { cachePathOf, manifestPathOf, tempOwnerPid } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
-import { scanRoot } from "./scan.js";
+import { type ScannedModelDir, scanRoot } from "./scan.js";
 
 export interface RecoveryReport {
   removedTemps: number;
@@ -28,9 +28,17 @@ function processAlive(pid: number): boolean {
   }
 }
 
-export async function recoverRoot(ctx: StoreContext): Promise<RecoveryReport> {
+/**
+ * `visit` sees every model directory of the walk first (the retention index is built from
+ * the same walk, so the root is walked once at open).
+ */
+export async function recoverRoot(
+  ctx: StoreContext,
+  visit?: (modelDir: ScannedModelDir) => Promise<void>,
+): Promise<RecoveryReport> {
   const report: RecoveryReport = { removedTemps: 0, removedManifests: 0, skippedBusy: 0 };
   for await (const modelDir of scanRoot(ctx.root)) {
+    await visit?.(modelDir);
     const names = new Set(modelDir.files.map((f) => f.name));
     for (const file of modelDir.files) {
       const isOrphanManifest = file.kind === "manifest" && !names.has(`${file.configHash}.bin`);

@@ -32,17 +32,35 @@ async function readDirs(dir: string): Promise<Dirent[]> {
   }
 }
 
-/** The model directories under one key directory (`keyDir` itself must not be a symlink). */
-export async function scanKeyDir(root: string, cacheKey: string, modelId?: string): Promise<ScannedModelDir[]> {
+/**
+ * The model directories under one key directory (`keyDir` itself must not be a symlink).
+ * `keyDirChecked`: the caller found `cacheKey` as a directory entry of type directory
+ * (never a symlink), so it need not be lstat-ed again.
+ */
+export async function scanKeyDir(
+  root: string,
+  cacheKey: string,
+  modelId?: string,
+  keyDirChecked = false,
+): Promise<ScannedModelDir[]> {
   const keyDir = path.join(root, cacheKey);
-  const keyStat = await fs.lstat(keyDir).catch(() => null);
-  if (!keyStat?.isDirectory()) return [];
-  const models = modelId === undefined ? (await readDirs(keyDir)).filter((d) => d.isDirectory()).map((d) => d.name) : [modelId];
+  if (!keyDirChecked) {
+    const keyStat = await fs.lstat(keyDir).catch(() => null);
+    if (!keyStat?.isDirectory()) return [];
+  }
+  // Listed model directories are plain directories by their entry type (a symlink is not);
+  // a named one is lstat-ed.
+  const models =
+    modelId === undefined
+      ? (await readDirs(keyDir)).filter((d) => d.isDirectory()).map((d) => ({ name: d.name, checked: true }))
+      : [{ name: modelId, checked: false }];
   const result: ScannedModelDir[] = [];
-  for (const model of models) {
+  for (const { name: model, checked } of models) {
     const dir = path.join(keyDir, model);
-    const st = await fs.lstat(dir).catch(() => null);
-    if (!st?.isDirectory()) continue;
+    if (!checked) {
+      const st = await fs.lstat(dir).catch(() => null);
+      if (!st?.isDirectory()) continue;
+    }
     const files = (await readDirs(dir))
       .filter((d) => d.isFile())
       .map((d) => {
@@ -59,9 +77,26 @@ export async function listKeyDirs(root: string): Promise<string[]> {
   return (await readDirs(root)).filter((d) => d.isDirectory() && d.name !== INTERNAL_DIR_NAME).map((d) => d.name);
 }
 
-/** Every model directory under the root. */
-export async function* scanRoot(root: string): AsyncGenerator<ScannedModelDir> {
-  for (const cacheKey of await listKeyDirs(root)) {
-    for (const modelDir of await scanKeyDir(root, cacheKey)) yield modelDir;
+/**
+ * Every model directory under the root, in key order. Up to `readAhead` key directories
+ * are read at once ahead of the consumer: on a root of many small key directories (one
+ * per auto conversation) the walk is bound by round trips, not by the disk.
+ */
+export async function* scanRoot(root: string, readAhead = 16): AsyncGenerator<ScannedModelDir> {
+  const keys = await listKeyDirs(root);
+  const window: Array<Promise<ScannedModelDir[]>> = [];
+  let next = 0;
+  const fill = (): void => {
+    while (window.length < readAhead && next < keys.length) {
+      const pending = scanKeyDir(root, keys[next++]!, undefined, true);
+      pending.catch(() => {}); // awaited in turn below; until then a rejection is not unhandled
+      window.push(pending);
+    }
+  };
+  fill();
+  while (window.length > 0) {
+    const modelDirs = await window.shift()!;
+    fill();
+    for (const modelDir of modelDirs) yield modelDir;
   }
 }

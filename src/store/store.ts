@@ -11,8 +11,9 @@ import { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
+import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
 import { createSession, type TurnState } from "../session/session.js";
-import type { DeleteTarget, KvCacheSession, SessionOptions, TurnEvent } from "../types.js";
+import type { DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
 import type { StoreContext } from "./context.js";
 import { StoreLayers } from "./layers.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
@@ -35,6 +36,35 @@ export interface KvCacheStoreOptions {
    * only when those disagree). `"checksum"`: also the file's XXH64, once per file per store.
    */
   verify?: "size" | "checksum" | undefined;
+  /**
+   * Disk budget in bytes for the *evictable* caches — auto-mode caches, plus named
+   * (custom-key) ones only with `evictNamed`. A sweep evicts the least recently used of
+   * them until they fit (caches in use are never evicted, so they may stay above it).
+   * Named caches are not counted against it unless `evictNamed`; `usage()` reports
+   * everything on disk. Default: 4 GiB (pass e.g. 512 MiB on mobile).
+   */
+  maxBytes?: number | undefined;
+  /**
+   * Evictable caches not used for this long (ms) are evicted first. A use is a turn that
+   * loaded the cache or a commit that wrote it. Default: 24 h (86 400 000).
+   */
+  maxIdleMs?: number | undefined;
+  /**
+   * A sweep starts in the background after a commit when the last one started at least
+   * this long ago (ms); never on the path of `beginTurn`, and no timer is kept.
+   * Default: 5 min (300 000).
+   */
+  sweepIntervalMs?: number | undefined;
+  /**
+   * Let sweeps evict named (custom-key) caches too, and count them against `maxBytes`.
+   * Default: false — named caches are the user's; only auto caches are evicted.
+   */
+  evictNamed?: boolean | undefined;
+}
+
+/** Options for tests and benchmarks; not part of the public API. @internal */
+export interface InternalStoreOptions {
+  retentionInternals?: RetentionInternals | undefined;
 }
 
 export interface KvCacheStore {
@@ -53,7 +83,19 @@ export interface KvCacheStore {
   delete(target: DeleteTarget): Promise<void>;
   /** Listen to turn events (started/settled); returns the unsubscribe function. */
   onTurnEvent(listener: (event: TurnEvent) => void): () => void;
-  /** Stop accepting turns and wait for background work. Open turns may still commit or roll back. */
+  /**
+   * Run one retention sweep now (after any sweep already running), with the store's limits
+   * or the given overrides: evictable caches idle for longer than `maxIdleMs` first, then
+   * the least recently used until they fit in `maxBytes`. A cache a turn holds — in this
+   * process or another — is skipped, never waited for. Each eviction is logged (info).
+   */
+  sweep(options?: SweepOptions): Promise<SweepResult>;
+  /** Bytes and count of every cache under the root (auto and named), from the store's index. */
+  usage(): Promise<StoreUsage>;
+  /**
+   * Stop accepting turns and wait for background work (recovery, a running sweep, the
+   * index log's pending appends). Open turns may still commit or roll back.
+   */
   close(): Promise<void>;
 }
 
@@ -70,11 +112,13 @@ export class KvCacheStoreImpl implements KvCacheStore {
   readonly backend: NativeBackendKind;
   readonly ready: Promise<RecoveryReport>;
   readonly layers = new StoreLayers();
+  /** @internal retention's index, log and stats (tests read them). */
+  readonly retention: Retention;
   readonly #ctx: StoreContext;
   readonly #listeners = new Set<(event: TurnEvent) => void>();
   #closed = false;
 
-  constructor(options: KvCacheStoreOptions = {}) {
+  constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
     if (options.root !== undefined && (typeof options.root !== "string" || options.root.length === 0)) {
       throw new KvKeepError("INVALID_ARGUMENT", "options.root must be a non-empty path.", { argument: "root" });
     }
@@ -86,6 +130,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     if (options.verify !== undefined && options.verify !== "size" && options.verify !== "checksum") {
       throw new KvKeepError("INVALID_ARGUMENT", `options.verify must be "size" or "checksum".`, { argument: "verify" });
     }
+    const retentionSettings = resolveRetentionSettings(options);
     this.root = path.resolve(options.root ?? defaultRoot());
     const logger = options.logger ?? silentLogger;
     const nfs: NativeFs = loadNativeFs(logger);
@@ -93,6 +138,15 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const locks = sharedLocks();
     const layers = this.layers;
     const root = this.root;
+    const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
+    const prune = (cachePath: string): Promise<void> =>
+      pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
+    const retention = new Retention(
+      { root, logger, nfs, locks, forgetCache, prune },
+      retentionSettings,
+      options.retentionInternals,
+    );
+    this.retention = retention;
     this.#ctx = {
       root,
       logger,
@@ -108,8 +162,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       ensureCacheDir: async (loc: CacheLocation) => {
         await mkdirUnderRoot(root, loc.cacheKey, loc.modelId);
       },
-      forgetCache: (cachePath, init) => layers.forget(cachePath, init),
-      prune: (cachePath) => pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir)),
+      forgetCache,
+      prune,
       emit: (event) => {
         for (const listener of this.#listeners) {
           try {
@@ -119,8 +173,10 @@ export class KvCacheStoreImpl implements KvCacheStore {
           }
         }
       },
+      retention,
     };
-    this.ready = recoverRoot(this.#ctx).catch((error: unknown) => {
+    // One walk of the root at open: recovery, and the retention index built from it.
+    this.ready = retention.buildAtOpen((visit) => recoverRoot(this.#ctx, visit)).catch((error: unknown) => {
       logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));
       return { removedTemps: 0, removedManifests: 0, skippedBusy: 0 };
     });
@@ -175,6 +231,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
             }
           } else if (file.kind === "cache") {
             await removeCacheFiles(file.path);
+            ctx.retention.noteRemoved(file.path);
           } else {
             await unlinkIfExists(file.path);
           }
@@ -190,9 +247,20 @@ export class KvCacheStoreImpl implements KvCacheStore {
     if ("all" in target) this.layers.clear();
   }
 
+  async sweep(options?: SweepOptions): Promise<SweepResult> {
+    this.#ctx.assertOpen();
+    return this.retention.sweep(options);
+  }
+
+  async usage(): Promise<StoreUsage> {
+    this.#ctx.assertOpen();
+    return this.retention.usage();
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     await this.ready;
+    await this.retention.close();
   }
 }
 

@@ -88,6 +88,14 @@ describe("every bad file is a miss: removed, re-primed, and logged with its reas
     expect(ctx.logger.lines.some((l) => /fingerprint differs/.test(l))).toBe(true);
   });
 
+  it("within one store, a session of another fingerprint never takes a cache the store wrote for the first", async () => {
+    const store = openKvCacheStore({ root: tempDir() });
+    await customTurn(store.createSession(MODEL, { fingerprint: "fp-a" }), "conv", configHash, 5);
+    const { turn, primed } = await beginAfterRestart(store, "fp-b");
+    expect(primed).toBe(true);
+    expect(turn.savedCount).toBe(0);
+  });
+
   it("a session without a fingerprint does not take a fingerprinted cache, nor the reverse", async () => {
     const ctx = await committedThenRestart({}, "fp-a");
     const { primed } = await ctx.second.createSession(MODEL).beginTurn({

@@ -36,8 +36,12 @@ export async function customTurn(
   return turn;
 }
 
-/** Every file under `dir`, relative, sorted (to compare trees). */
-export async function listTree(dir: string): Promise<string[]> {
+/**
+ * Every file under `dir`, relative, sorted (to compare trees). kvkeep's own directory
+ * `.kvkeep/` (the retention index log, warm settings) is left out unless `internal` is set:
+ * it holds no cache state.
+ */
+export async function listTree(dir: string, options: { internal?: boolean } = {}): Promise<string[]> {
   const out: string[] = [];
   async function walk(d: string, rel: string): Promise<void> {
     let entries;
@@ -47,6 +51,7 @@ export async function listTree(dir: string): Promise<string[]> {
       return;
     }
     for (const e of entries) {
+      if (!rel && e.name === ".kvkeep" && !options.internal) continue;
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) {
         out.push(`${r}/`);

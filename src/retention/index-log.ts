@@ -1,0 +1,282 @@
+/**
+ * The shared append-only index log, `<root>/.kvkeep/index.log`: how stores in several
+ * processes tell each other about caches they write, use and remove, without walking the
+ * root. Each store appends its own records and reads the others' from the offset it last
+ * read. The log is a hint (see ARCHITECTURE.md, "Retention index"): a lost or torn record
+ * only makes another store's index slightly stale until its next resync.
+ *
+ * Appending: records are queued and written by one background flush per batch through a
+ * file descriptor kept open with O_APPEND, each batch in one `write` (whole lines only, so
+ * writers never interleave inside a record). A commit never waits for it. Before each
+ * batch the path is stat-ed: if a compaction replaced the file (another inode), the fd is
+ * reopened on the new one.
+ *
+ * Reading: `readNew` returns the complete lines after the last read offset (a trailing
+ * line without its newline is left for the next read: a writer may be mid-write), or says
+ * the file was replaced (another inode, or shorter than what was read), in which case the
+ * reader cannot know what it missed and resyncs from the disk.
+ */
+import { closeSync, constants as fsConstants, openSync, writeSync } from "node:fs";
+import { promises as fs } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { errnoCode, KvKeepError } from "../errors.js";
+import { internalDir } from "../layout/paths.js";
+import { type Logger, logLine } from "../logger.js";
+import { decodeLines, encodeRecord, type LogRecord } from "./log-record.js";
+
+export const INDEX_LOG_NAME = "index.log";
+export const INDEX_LOCK_NAME = "index.lock";
+
+/** Where a reader is in the log: the file (inode) and the offset after the last complete line read. */
+export interface LogPosition {
+  ino: bigint | null;
+  offset: number;
+}
+
+export type LogRead = { replaced: true } | { replaced: false; records: LogRecord[]; skipped: number };
+
+const READ_CHUNK = 1 << 20;
+const APPEND_FLAGS = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
+
+async function statIno(filePath: string): Promise<{ ino: bigint; size: number } | null> {
+  try {
+    const st = await fs.stat(filePath, { bigint: true });
+    return { ino: st.ino, size: Number(st.size) };
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
+    throw error;
+  }
+}
+
+export class IndexLog {
+  readonly path: string;
+  readonly dir: string;
+  /** Identifies this store's records, so its own reads skip them. */
+  readonly writerId: string;
+  readonly #logger: Logger;
+
+  #fd: FileHandle | null = null;
+  #fdIno: bigint | null = null;
+  #queue: string[] = [];
+  #flushScheduled = false;
+  #flushing: Promise<void> = Promise.resolve();
+  #closed = false;
+  #warnedAppend = false;
+
+  #readIno: bigint | null = null;
+  #readOffset = 0;
+  /** The log's size at the last read (what compaction compares with its threshold). */
+  lastSeenSize = 0;
+
+  constructor(root: string, writerId: string, logger: Logger) {
+    this.dir = internalDir(root);
+    this.path = path.join(this.dir, INDEX_LOG_NAME);
+    this.writerId = writerId;
+    this.#logger = logger;
+  }
+
+  get lockPath(): string {
+    return path.join(this.dir, INDEX_LOCK_NAME);
+  }
+
+  /** Queue one record; written in the background (after `close`, written at once). */
+  append(record: LogRecord): void {
+    const line = encodeRecord(record);
+    if (this.#closed) {
+      this.#appendOnce(line);
+      return;
+    }
+    this.#queue.push(line);
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      this.#flushing = this.#flushing.then(() => this.#flush());
+    }
+  }
+
+  /** Resolves when every record appended so far has been written (or dropped on error). */
+  flushed(): Promise<void> {
+    return this.#flushing;
+  }
+
+  async #flush(): Promise<void> {
+    this.#flushScheduled = false;
+    const batch = this.#queue.join("");
+    this.#queue = [];
+    if (batch.length === 0) return;
+    try {
+      const fd = await this.#appendFd();
+      await fd.write(batch);
+    } catch (error) {
+      this.#appendFailed(error);
+    }
+  }
+
+  /** The append fd, reopened when the path now names another file (a compaction replaced it). */
+  async #appendFd(): Promise<FileHandle> {
+    const now = await statIno(this.path);
+    if (this.#fd && now && now.ino === this.#fdIno) return this.#fd;
+    await this.#closeFd();
+    await this.#ensureDir();
+    const fd = await fs.open(this.path, APPEND_FLAGS, 0o644);
+    try {
+      this.#fdIno = (await fd.stat({ bigint: true })).ino;
+    } catch (error) {
+      await fd.close().catch(() => {});
+      throw error;
+    }
+    this.#fd = fd;
+    return fd;
+  }
+
+  /** `<root>/.kvkeep`, created if missing — never through a symlink, never the root itself. */
+  async #ensureDir(): Promise<void> {
+    try {
+      await fs.mkdir(this.dir);
+    } catch (error) {
+      if (errnoCode(error) !== "EEXIST") throw error;
+    }
+    const st = await fs.lstat(this.dir);
+    if (!st.isDirectory()) {
+      throw new KvKeepError("UNSAFE_PATH", `${this.dir} is not a plain directory; kvkeep does not write its index log through it.`);
+    }
+  }
+
+  /** After close: one synchronous open-write-close, so no fd outlives the store. */
+  #appendOnce(line: string): void {
+    try {
+      const fd = openSync(this.path, APPEND_FLAGS, 0o644);
+      try {
+        writeSync(fd, line);
+      } finally {
+        closeSync(fd);
+      }
+    } catch (error) {
+      this.#appendFailed(error);
+    }
+  }
+
+  #appendFailed(error: unknown): void {
+    // Only a hint is lost: other stores see the change at their next resync.
+    const level = this.#warnedAppend ? "debug" : "warn";
+    this.#warnedAppend = true;
+    this.#logger[level](
+      logLine("could not append to the retention index log; other processes see this change at their next resync", {
+        path: this.path,
+        error,
+      }),
+    );
+  }
+
+  async #closeFd(): Promise<void> {
+    const fd = this.#fd;
+    this.#fd = null;
+    this.#fdIno = null;
+    await fd?.close().catch(() => {});
+  }
+
+  /** Where the log ends now: record it before a disk walk, and read from it after. */
+  async position(): Promise<LogPosition> {
+    const st = await statIno(this.path);
+    return st ? { ino: st.ino, offset: st.size } : { ino: null, offset: 0 };
+  }
+
+  setReadPosition(position: LogPosition): void {
+    this.#readIno = position.ino;
+    this.#readOffset = position.offset;
+    this.lastSeenSize = position.offset;
+  }
+
+  /** Other stores' records appended since the last read, or `replaced`. */
+  async readNew(): Promise<LogRead> {
+    const st = await statIno(this.path);
+    if (!st) {
+      // Gone (the root was cleared?): whatever was read may be stale.
+      if (this.#readIno !== null) return { replaced: true };
+      return { replaced: false, records: [], skipped: 0 };
+    }
+    this.lastSeenSize = st.size;
+    if (this.#readIno !== null && st.ino !== this.#readIno) return { replaced: true };
+    if (st.size < this.#readOffset) return { replaced: true };
+    if (st.size === this.#readOffset) return { replaced: false, records: [], skipped: 0 };
+    let handle: FileHandle;
+    try {
+      handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") return { replaced: true };
+      throw error;
+    }
+    try {
+      if ((await handle.stat({ bigint: true })).ino !== st.ino) return { replaced: true };
+      const records: LogRecord[] = [];
+      let skipped = 0;
+      let offset = this.#readOffset;
+      const end = st.size;
+      let carry = Buffer.alloc(0);
+      while (offset + carry.length < end) {
+        const want = Math.min(READ_CHUNK, end - offset - carry.length);
+        const chunk = Buffer.allocUnsafe(want);
+        const { bytesRead } = await handle.read(chunk, 0, want, offset + carry.length);
+        if (bytesRead === 0) break;
+        const data = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
+        const lastNewline = data.lastIndexOf(0x0a);
+        if (lastNewline < 0) {
+          carry = Buffer.from(data);
+          continue;
+        }
+        const decoded = decodeLines(data.subarray(0, lastNewline).toString("utf8"));
+        for (const record of decoded.records) if (record.w !== this.writerId) records.push(record);
+        skipped += decoded.skipped;
+        offset += lastNewline + 1;
+        carry = Buffer.from(data.subarray(lastNewline + 1));
+      }
+      // A trailing partial line stays unread: its writer may still be writing it.
+      this.#readIno = st.ino;
+      this.#readOffset = offset;
+      return { replaced: false, records, skipped };
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * Compaction (the caller holds the index lock): write `records` — a snapshot of the
+   * caller's just refreshed index — to a temp file and rename it over the log. Appenders
+   * notice the new inode at their next batch; readers see `replaced` and resync.
+   */
+  async replaceWith(records: Iterable<LogRecord>): Promise<void> {
+    const temp = `${this.path}.compacting`;
+    const handle = await fs.open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, 0o644);
+    try {
+      let buffer: string[] = [];
+      let length = 0;
+      for (const record of records) {
+        const line = encodeRecord(record);
+        buffer.push(line);
+        length += line.length;
+        if (length >= READ_CHUNK) {
+          await handle.write(buffer.join(""));
+          buffer = [];
+          length = 0;
+        }
+      }
+      if (buffer.length) await handle.write(buffer.join(""));
+    } catch (error) {
+      await handle.close().catch(() => {});
+      await fs.unlink(temp).catch(() => {});
+      throw error;
+    }
+    await handle.close();
+    await fs.rename(temp, this.path);
+    const st = await statIno(this.path);
+    if (st) this.setReadPosition({ ino: st.ino, offset: st.size });
+  }
+
+  /** Write what is queued, then close the fd. Later appends open, write and close at once. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#flushing;
+    if (this.#queue.length > 0) await this.#flush();
+    await this.#closeFd();
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * The records of the shared index log (pure: encode and decode lines).
+ *
+ * One JSON object per line, each describing one change to one cache:
+ *   {"op":"put","p":"<cacheKey>/<modelId>/<configHash>.bin","b":<bytes>,"u":<ms>,"w":"<writer>"}
+ *   {"op":"use","p":"…","b":<bytes>,"u":<ms>,"w":"…"}
+ *   {"op":"del","p":"…","u":<ms>,"w":"…"}
+ * `p` is relative to the cache root with `/` separators; `u` is when it happened
+ * (ms since the epoch); `w` identifies the store that wrote it, so a store skips its own.
+ */
+
+export type LogOp = "put" | "use" | "del";
+
+export interface LogRecord {
+  op: LogOp;
+  /** `<cacheKey>/<modelId>/<configHash>.bin`, relative to the root. */
+  p: string;
+  /** Bytes of the cache (`put`; also `use`, so a reader that missed the `put` learns of it). */
+  b?: number;
+  u: number;
+  w: string;
+}
+
+export function encodeRecord(record: LogRecord): string {
+  return JSON.stringify(record) + "\n";
+}
+
+const isMs = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+function parseRecord(text: string): LogRecord | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const r = raw as Partial<LogRecord> | null;
+  if (!r || typeof r !== "object") return null;
+  if (r.op !== "put" && r.op !== "use" && r.op !== "del") return null;
+  if (typeof r.p !== "string" || typeof r.w !== "string" || !isMs(r.u)) return null;
+  if (r.op === "put" && !isMs(r.b)) return null;
+  return r.op !== "del" && isMs(r.b) ? { op: r.op, p: r.p, b: r.b, u: r.u, w: r.w } : { op: r.op, p: r.p, u: r.u, w: r.w };
+}
+
+/**
+ * Decode complete lines. A line that does not parse is skipped — except that a record
+ * glued to the torn remains of a writer killed mid-line (`{"op":"pu{"op":"del",…}`) is
+ * recovered from its last `{"op":`.
+ */
+export function decodeLines(text: string): { records: LogRecord[]; skipped: number } {
+  const records: LogRecord[] = [];
+  let skipped = 0;
+  for (const line of text.split("\n")) {
+    if (line.length === 0) continue;
+    let record = parseRecord(line);
+    if (!record) {
+      const start = line.lastIndexOf('{"op":');
+      if (start > 0) record = parseRecord(line.slice(start));
+    }
+    if (record) records.push(record);
+    else skipped++;
+  }
+  return { records, skipped };
+}

@@ -1,0 +1,580 @@
+/**
+ * Retention for one store: the index of the root (built at open, kept current by this
+ * store's turns and other processes' log records), sweeps that evict idle and least
+ * recently used caches, and the throttled background sweep after commits.
+ *
+ * Consistency rule (ARCHITECTURE.md, "Retention index"): the index is a hint for planning;
+ * the disk under the cache's lock is the truth. A sweep takes each victim's lock without
+ * waiting (skipping what is held, here or in another process) and re-checks it on disk
+ * before removing it, so a stale index can only delay an eviction or make its order
+ * slightly stale — never evict a held cache, or one used after the threshold it was
+ * chosen for.
+ */
+import { randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { errnoCode, KvKeepError } from "../errors.js";
+import { statIdentity } from "../durable/files.js";
+import { AUTO_KEY_PATTERN } from "../keys/safe-key.js";
+import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
+import type { PathLockTable } from "../locks/path-locks.js";
+import { type Logger, logLine } from "../logger.js";
+import type { ManifestEntry } from "../manifest/format.js";
+import { readLastUse, removeCacheFiles, touchLastUse } from "../manifest/store.js";
+import type { NativeFs } from "../native/index.js";
+import type { RetentionHooks } from "../store/context.js";
+import { initKey } from "../store/layers.js";
+import { type ScannedModelDir, scanRoot } from "../store/scan.js";
+import type { EvictedCache, StoreUsage, SweepOptions, SweepResult } from "../types.js";
+import { IndexLog, type LogRead } from "./index-log.js";
+import type { LogRecord } from "./log-record.js";
+import {
+  type Candidate,
+  checkLimit,
+  DEFAULT_MAX_BYTES,
+  DEFAULT_MAX_IDLE_MS,
+  DEFAULT_SWEEP_INTERVAL_MS,
+  type IndexEntry,
+  planSweep,
+  type RetentionLimits,
+  stillVictim,
+  type SweepPlan,
+} from "./plan.js";
+import { RetentionIndex } from "./retention-index.js";
+
+/** What retention needs from its store. */
+export interface RetentionDeps {
+  readonly root: string;
+  readonly logger: Logger;
+  readonly nfs: NativeFs;
+  readonly locks: PathLockTable;
+  forgetCache(cachePath: string, init: string): void;
+  prune(cachePath: string): Promise<void>;
+}
+
+export interface RetentionSettings {
+  maxBytes: number;
+  maxIdleMs: number;
+  sweepIntervalMs: number;
+  evictNamed: boolean;
+}
+
+/** Knobs for tests and benchmarks; not part of the public options. */
+export interface RetentionInternals {
+  /** Compact the shared log once it is larger than this. Default 8 MiB. */
+  compactLogBytes?: number;
+  /** Resync the index from the disk every this many sweeps. Default 12 (hourly at the default interval). */
+  resyncEverySweeps?: number;
+  /** Evictions a sweep runs at once. Default 8. */
+  evictConcurrency?: number;
+  /** Awaited before each eviction attempt (tests pause a sweep here). */
+  beforeEvict?: (cachePath: string) => Promise<void>;
+}
+
+export interface RetentionStats {
+  /** Sweeps run (manual and background). */
+  sweeps: number;
+  /** Full walks of the root after the one at open (periodic, or after another process compacted the log). */
+  resyncs: number;
+  /** Compactions of the shared log this store did. */
+  compactions: number;
+  /** Other processes' log records applied. */
+  recordsApplied: number;
+}
+
+export const DEFAULT_COMPACT_LOG_BYTES = 8 * 1024 * 1024;
+const DEFAULT_RESYNC_EVERY_SWEEPS = 12;
+const DEFAULT_EVICT_CONCURRENCY = 8;
+/** Model directories stat-ed at once while the index is built from a walk. */
+const COLLECT_CONCURRENCY = 32;
+
+type Visit = (modelDir: ScannedModelDir) => Promise<void>;
+
+export function resolveRetentionSettings(options: {
+  maxBytes?: unknown;
+  maxIdleMs?: unknown;
+  sweepIntervalMs?: unknown;
+  evictNamed?: unknown;
+}): RetentionSettings {
+  if (options.evictNamed !== undefined && typeof options.evictNamed !== "boolean") {
+    throw new KvKeepError("INVALID_ARGUMENT", "options.evictNamed must be a boolean.", { argument: "evictNamed" });
+  }
+  return {
+    maxBytes: options.maxBytes === undefined ? DEFAULT_MAX_BYTES : checkLimit(options.maxBytes, "maxBytes"),
+    maxIdleMs: options.maxIdleMs === undefined ? DEFAULT_MAX_IDLE_MS : checkLimit(options.maxIdleMs, "maxIdleMs"),
+    sweepIntervalMs:
+      options.sweepIntervalMs === undefined ? DEFAULT_SWEEP_INTERVAL_MS : checkLimit(options.sweepIntervalMs, "sweepIntervalMs"),
+    evictNamed: options.evictNamed ?? false,
+  };
+}
+
+function relativeOf(loc: CacheLocation): string {
+  return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
+}
+
+function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexEntry {
+  return {
+    cacheKey: loc.cacheKey,
+    modelId: loc.modelId,
+    configHash: loc.configHash,
+    kind: AUTO_KEY_PATTERN.test(loc.cacheKey) ? "auto" : "named",
+    bytes,
+    lastUsedMs,
+  };
+}
+
+export class Retention implements RetentionHooks {
+  readonly index = new RetentionIndex();
+  readonly log: IndexLog;
+  readonly settings: RetentionSettings;
+  readonly stats: RetentionStats = { sweeps: 0, resyncs: 0, compactions: 0, recordsApplied: 0 };
+  readonly #deps: RetentionDeps;
+  readonly #internals: Required<Omit<RetentionInternals, "beforeEvict">> & Pick<RetentionInternals, "beforeEvict">;
+
+  /** Resolves (never rejects) once the index was first built. */
+  #built: Promise<void> = Promise.resolve();
+  /** Index refreshes and rebuilds, one at a time. */
+  #indexWork: Promise<unknown> = Promise.resolve();
+  /** Sweeps, one at a time. */
+  #sweepChain: Promise<unknown> = Promise.resolve();
+  #sweepsQueued = 0;
+  #lastSweepStart = Number.NEGATIVE_INFINITY;
+  #sweepsSinceResync = 0;
+  #needsResync = false;
+  #closed = false;
+
+  constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
+    this.#deps = deps;
+    this.settings = settings;
+    this.#internals = {
+      compactLogBytes: internals.compactLogBytes ?? DEFAULT_COMPACT_LOG_BYTES,
+      resyncEverySweeps: internals.resyncEverySweeps ?? DEFAULT_RESYNC_EVERY_SWEEPS,
+      evictConcurrency: Math.max(1, internals.evictConcurrency ?? DEFAULT_EVICT_CONCURRENCY),
+      beforeEvict: internals.beforeEvict,
+    };
+    const writerId = `${process.pid.toString(36)}-${randomBytes(4).toString("hex")}`;
+    this.log = new IndexLog(deps.root, writerId, deps.logger);
+  }
+
+  /**
+   * Build the index at open from a walk of the root that someone else drives (recovery
+   * calls `visit` for each model directory, so the root is walked once). Returns the
+   * walk's result; a failed walk leaves the index to be rebuilt by the next sweep.
+   */
+  buildAtOpen<T>(walk: (visit: Visit) => Promise<T>): Promise<T> {
+    const result = this.#serialIndexWork(() => this.#rebuild(walk));
+    this.#built = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+
+  // ── Hooks for the session and the store (RetentionHooks) ────────────────────────────
+
+  noteCommitted(cachePath: string, entry: ManifestEntry): void {
+    const loc = parseCachePath(this.#deps.root, cachePath);
+    if (!loc) return;
+    const u = Date.now();
+    this.index.put(cachePath, entryFor(loc, entry.size, u));
+    this.log.append({ op: "put", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId });
+  }
+
+  async noteUsed(cachePath: string, entry: ManifestEntry): Promise<void> {
+    const loc = parseCachePath(this.#deps.root, cachePath);
+    if (!loc) return;
+    const u = Date.now();
+    try {
+      await touchLastUse(cachePath, u);
+    } catch (error) {
+      // Only the persisted use time is lost (a restart sees the last commit instead).
+      this.#deps.logger.debug(logLine("could not record the cache's last use on disk", { cachePath, error }));
+    }
+    this.index.use(cachePath, u, entryFor(loc, entry.size, u));
+    this.log.append({ op: "use", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId });
+  }
+
+  noteRemoved(cachePath: string): void {
+    const loc = parseCachePath(this.#deps.root, cachePath);
+    if (!loc) return;
+    const u = Date.now();
+    this.index.remove(cachePath, u);
+    this.log.append({ op: "del", p: relativeOf(loc), u, w: this.log.writerId });
+  }
+
+  /** After a successful commit: start a background sweep when the last one started `sweepIntervalMs` ago or more. */
+  afterCommit(): void {
+    if (this.#closed) return;
+    const now = Date.now();
+    if (now - this.#lastSweepStart < this.settings.sweepIntervalMs) return;
+    if (this.#sweepsQueued > 0) return; // one is running or queued: this one may be skipped
+    this.#lastSweepStart = now; // claimed now, so a burst of commits starts one sweep
+    this.#enqueueSweep(this.#limits()).catch((error: unknown) => {
+      this.#deps.logger.warn(logLine("background retention sweep failed; the next commit after the interval retries", { error }));
+    });
+  }
+
+  // ── Public operations (through the store) ───────────────────────────────────────────
+
+  /** One sweep now, after any running one. */
+  sweep(options?: SweepOptions): Promise<SweepResult> {
+    let limits: RetentionLimits;
+    try {
+      limits = this.#limits(options);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#enqueueSweep(limits);
+  }
+
+  async usage(): Promise<StoreUsage> {
+    await this.#built;
+    await this.#refresh(false);
+    return this.index.usage();
+  }
+
+  /** Resolves when no sweep is running or queued. */
+  async whenIdle(): Promise<void> {
+    while (this.#sweepsQueued > 0) await this.#sweepChain;
+  }
+
+  /** No new background sweeps; wait for running ones, the index work and the log's pending appends. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.whenIdle();
+    await this.#built;
+    await this.#indexWork.catch(() => {});
+    await this.log.close();
+  }
+
+  // ── Sweeping ────────────────────────────────────────────────────────────────────────
+
+  #limits(options?: SweepOptions): RetentionLimits {
+    if (options !== undefined && (options === null || typeof options !== "object")) {
+      throw new KvKeepError("INVALID_ARGUMENT", "sweep takes { maxBytes?, maxIdleMs? } or nothing.", { argument: "options" });
+    }
+    return {
+      maxBytes: options?.maxBytes === undefined ? this.settings.maxBytes : checkLimit(options.maxBytes, "maxBytes"),
+      maxIdleMs: options?.maxIdleMs === undefined ? this.settings.maxIdleMs : checkLimit(options.maxIdleMs, "maxIdleMs"),
+      evictNamed: this.settings.evictNamed,
+    };
+  }
+
+  #enqueueSweep(limits: RetentionLimits): Promise<SweepResult> {
+    this.#sweepsQueued++;
+    const run = this.#sweepChain.then(() => this.#runSweep(limits));
+    this.#sweepChain = run.then(
+      () => {
+        this.#sweepsQueued--;
+      },
+      () => {
+        this.#sweepsQueued--;
+      },
+    );
+    return run;
+  }
+
+  async #runSweep(limits: RetentionLimits): Promise<SweepResult> {
+    await this.#built;
+    const started = Date.now();
+    this.#lastSweepStart = started;
+    this.stats.sweeps++;
+    this.#sweepsSinceResync++;
+    const periodic = this.#sweepsSinceResync >= this.#internals.resyncEverySweeps;
+    if (periodic) this.#sweepsSinceResync = 0;
+    await this.#refresh(periodic);
+    await this.#maybeCompact();
+
+    const plan = planSweep(this.index.entries(), limits, Date.now());
+    const evicted = await this.#execute(plan, limits);
+    const keptBytes = this.index.evictableBytes(limits.evictNamed);
+    this.#deps.logger.debug(
+      logLine("retention sweep finished", {
+        evicted: evicted.length,
+        freedBytes: evicted.reduce((sum, e) => sum + e.bytes, 0),
+        keptBytes,
+        maxBytes: limits.maxBytes,
+        ms: Date.now() - started,
+      }),
+    );
+    return { evicted, keptBytes };
+  }
+
+  /** Evict the idle candidates, then LRU ones until the budget holds; a few at a time. */
+  async #execute(plan: SweepPlan, limits: RetentionLimits): Promise<EvictedCache[]> {
+    const done: Array<{ candidate: Candidate; evicted: EvictedCache }> = [];
+    let remaining = plan.evictableBytes;
+    const attempt = async (candidate: Candidate): Promise<void> => {
+      const outcome = await this.#evictOne(candidate, plan.idleCutoffMs);
+      if (outcome === "kept") return;
+      remaining -= candidate.entry.bytes; // evicted, or already gone: either way not on disk
+      if (outcome !== "gone") done.push({ candidate, evicted: outcome });
+    };
+
+    const idle = plan.idle[Symbol.iterator]();
+    await this.#pool(
+      () => {
+        const next = idle.next();
+        return next.done ? null : next.value;
+      },
+      attempt,
+    );
+
+    const order = plan.budgetOrder();
+    let inFlight = 0;
+    await this.#pool(
+      () => {
+        if (remaining - inFlight <= limits.maxBytes) return null;
+        const next = order.next();
+        if (next.done) return null;
+        inFlight += next.value.entry.bytes;
+        return next.value;
+      },
+      async (candidate) => {
+        try {
+          await attempt(candidate);
+        } finally {
+          inFlight -= candidate.entry.bytes;
+        }
+      },
+    );
+
+    done.sort(
+      (a, b) =>
+        (a.candidate.reason === b.candidate.reason ? 0 : a.candidate.reason === "idle" ? -1 : 1) ||
+        a.candidate.entry.lastUsedMs - b.candidate.entry.lastUsedMs,
+    );
+    return done.map((d) => d.evicted);
+  }
+
+  /** Run `work` on what `next` hands out, `evictConcurrency` at a time, until it hands out null. */
+  async #pool(next: () => Candidate | null, work: (candidate: Candidate) => Promise<unknown>): Promise<void> {
+    const worker = async (): Promise<void> => {
+      for (let candidate = next(); candidate; candidate = next()) await work(candidate);
+    };
+    await Promise.all(Array.from({ length: this.#internals.evictConcurrency }, worker));
+  }
+
+  /**
+   * Evict one candidate if it is still a victim: its lock taken without waiting (held →
+   * kept), then, under the lock, the file still there and its last use on disk still
+   * what made it a victim. `gone`: it was not on disk any more (a removal whose record was
+   * not seen yet). Never throws: a failure keeps the cache and is logged.
+   */
+  async #evictOne(candidate: Candidate, idleCutoffMs: number): Promise<EvictedCache | "kept" | "gone"> {
+    const { cachePath, entry } = candidate;
+    const { locks, logger } = this.#deps;
+    try {
+      await this.#internals.beforeEvict?.(cachePath);
+      // Checked before locking too, so a vanished cache gets no lock file (or directories) made for it.
+      if (!(await statIdentity(cachePath))) {
+        this.index.remove(cachePath);
+        return "gone";
+      }
+      const lease = locks.tryAcquire(cachePath);
+      if (!lease) {
+        logger.debug(logLine("retention kept a cache in use", { cachePath, reason: candidate.reason }));
+        return "kept";
+      }
+      let removed = false;
+      let vanished = false;
+      let bytes = 0;
+      try {
+        const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
+        if (!identity) {
+          vanished = true;
+        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs)) {
+          // Used since the index last heard of it: learn that, and keep it.
+          if (diskUseMs !== null) this.index.use(cachePath, diskUseMs);
+          return "kept";
+        } else {
+          await removeCacheFiles(cachePath);
+          removed = true;
+          bytes = identity.size;
+        }
+      } finally {
+        lease.release({ removeLockFile: removed || vanished });
+      }
+      if (vanished) {
+        this.index.remove(cachePath);
+        await this.#deps.prune(cachePath);
+        return "gone";
+      }
+      const u = Date.now();
+      this.index.remove(cachePath);
+      this.log.append({ op: "del", p: relativeOf(entry), u, w: this.log.writerId });
+      this.#deps.forgetCache(cachePath, initKey(entry.modelId, entry.configHash, entry.cacheKey));
+      await this.#deps.prune(cachePath);
+      logger.info(
+        logLine("evicted cache", {
+          reason: candidate.reason,
+          cacheKey: entry.cacheKey,
+          modelId: entry.modelId,
+          configHash: entry.configHash,
+          bytes,
+          idleMs: u - entry.lastUsedMs,
+        }),
+      );
+      return { cacheKey: entry.cacheKey, modelId: entry.modelId, configHash: entry.configHash, bytes, reason: candidate.reason };
+    } catch (error) {
+      logger.warn(logLine("retention could not evict a cache; it stays", { cachePath, error }));
+      return "kept";
+    }
+  }
+
+  // ── The index: refresh from the log, rebuild from the disk, compaction ─────────────
+
+  #serialIndexWork<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#indexWork.then(work);
+    this.#indexWork = run.catch(() => {});
+    return run;
+  }
+
+  /** Apply other processes' new log records; resync from the disk when asked, due, or when the log was replaced. */
+  #refresh(forceResync: boolean): Promise<void> {
+    return this.#serialIndexWork(async () => {
+      let resync = forceResync || this.#needsResync;
+      if (!resync) {
+        const read = await this.#readLog();
+        if (read.replaced) resync = true; // compacted by another process: what we missed is unknowable
+        else this.#apply(read.records);
+      }
+      if (!resync) return;
+      this.stats.resyncs++;
+      await this.#rebuild(async (visit) => {
+        for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
+      });
+      const read = await this.#readLog();
+      if (read.replaced) this.#needsResync = true;
+      else this.#apply(read.records);
+    });
+  }
+
+  /** The log's new records; an unreadable log counts as replaced (the disk is walked instead). */
+  async #readLog(): Promise<LogRead> {
+    try {
+      return await this.log.readNew();
+    } catch (error) {
+      this.#deps.logger.warn(logLine("could not read the retention index log; resyncing from the disk", { path: this.log.path, error }));
+      return { replaced: true };
+    }
+  }
+
+  /**
+   * Rebuild the index from a walk of the disk: the log's end is recorded first and read
+   * from afterwards, and this store's own changes during the walk are replayed onto it,
+   * so nothing that happens while the walk runs is lost.
+   */
+  async #rebuild<T>(walk: (visit: Visit) => Promise<T>): Promise<T> {
+    let mark = await this.log.position().catch(() => null);
+    this.index.beginRebuild();
+    const fresh = new Map<string, IndexEntry>();
+    // Directories are stat-ed a few at a time without holding the walk up.
+    const inFlight = new Set<Promise<void>>();
+    let failure: { error: unknown } | null = null;
+    const visit = async (modelDir: ScannedModelDir): Promise<void> => {
+      const pending: Promise<void> = this.#collect(modelDir).then(
+        (found) => {
+          for (const [cachePath, entry] of found) fresh.set(cachePath, entry);
+        },
+        (error: unknown) => {
+          failure ??= { error };
+        },
+      );
+      inFlight.add(pending);
+      void pending.finally(() => inFlight.delete(pending));
+      if (inFlight.size >= COLLECT_CONCURRENCY) await Promise.race(inFlight);
+    };
+    try {
+      const result = await walk(visit);
+      await Promise.all(inFlight);
+      if (failure) throw (failure as { error: unknown }).error;
+      this.index.finishRebuild(fresh);
+      mark ??= { ino: null, offset: 0 };
+      this.log.setReadPosition(mark);
+      this.#needsResync = false;
+      return result;
+    } catch (error) {
+      await Promise.all(inFlight);
+      this.index.abortRebuild();
+      this.#needsResync = true;
+      throw error;
+    }
+  }
+
+  /** The caches of one model directory: every `.bin` with a manifest; bytes from a stat, last use from the manifest's mtime. */
+  async #collect(modelDir: ScannedModelDir): Promise<Array<[string, IndexEntry]>> {
+    const names = new Set(modelDir.files.map((f) => f.name));
+    const found = await Promise.all(
+      modelDir.files
+        .filter((f) => f.kind === "cache" && names.has(`${f.configHash}.meta.json`))
+        .map(async (f): Promise<[string, IndexEntry] | null> => {
+          const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
+          const cachePath = cachePathOf(this.#deps.root, loc);
+          try {
+            const [bin, manifest] = await Promise.all([fs.stat(cachePath), fs.stat(manifestPathOf(cachePath))]);
+            if (!bin.isFile()) return null;
+            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs))];
+          } catch (error) {
+            if (errnoCode(error) === "ENOENT") return null; // removed while walking
+            throw error;
+          }
+        }),
+    );
+    return found.filter((x): x is [string, IndexEntry] => x !== null);
+  }
+
+  #apply(records: LogRecord[]): void {
+    const root = this.#deps.root;
+    for (const record of records) {
+      const parts = record.p.split("/");
+      if (parts.length !== 3) continue;
+      const cachePath = path.join(root, ...parts);
+      const loc = parseCachePath(root, cachePath);
+      // Only exactly `<key>/<model>/<hash>.bin` under this root: a record never names anything else.
+      if (!loc || relativeOf(loc) !== record.p) continue;
+      this.stats.recordsApplied++;
+      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u));
+      else if (record.op === "use") {
+        this.index.use(cachePath, record.u, record.b === undefined ? undefined : entryFor(loc, record.b, record.u));
+      } else this.index.remove(cachePath, record.u);
+    }
+  }
+
+  /**
+   * When the log has grown past the threshold, the sweeping store that can take the index
+   * lock without waiting rewrites it as a snapshot of its (just refreshed) index.
+   */
+  async #maybeCompact(): Promise<void> {
+    if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+    let lock;
+    try {
+      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive");
+    } catch (error) {
+      this.#deps.logger.debug(logLine("could not take the index log's lock; not compacting", { error }));
+      return;
+    }
+    if (!lock) return; // another process is compacting
+    try {
+      await this.#serialIndexWork(async () => {
+        const read = await this.#readLog();
+        if (read.replaced) {
+          this.#needsResync = true; // someone compacted just before us
+          return;
+        }
+        this.#apply(read.records);
+        if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+        const writer = this.log.writerId;
+        const snapshot: LogRecord[] = [];
+        for (const [, e] of this.index.entries()) snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer });
+        await this.log.replaceWith(snapshot);
+        this.stats.compactions++;
+        this.#deps.logger.debug(logLine("compacted the retention index log", { path: this.log.path, caches: this.index.size }));
+      });
+    } catch (error) {
+      this.#deps.logger.warn(logLine("could not compact the retention index log", { error }));
+    } finally {
+      lock.release();
+    }
+  }
+}
