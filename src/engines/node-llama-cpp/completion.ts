@@ -1,0 +1,374 @@
+/**
+ * A completion handler over a node-llama-cpp model that keeps each conversation's KV cache
+ * with kvkeep. It uses the session exactly as a handler should: begin the turn (priming
+ * the system prompt when the cache is missing), load the state, evaluate only what the
+ * cache does not hold, generate, save to `savePath`, commit — and roll back from `finally`
+ * on abort or error. Reuse is decided by tokens, never by message counts.
+ */
+import os from "node:os";
+import {
+  type ChatWrapper,
+  type LlamaContext,
+  type LlamaContextSequence,
+  type LlamaModel,
+  type LlamaContextOptions,
+  type SequenceEvaluateOptions,
+  type Token,
+  resolveChatWrapper,
+} from "node-llama-cpp";
+import { getDefaultStore } from "../../default-store.js";
+import { statIdentity } from "../../durable/files.js";
+import { KvKeepError } from "../../errors.js";
+import { generateConfigHash } from "../../keys/config-hash.js";
+import { type Logger, logLine, silentLogger } from "../../logger.js";
+import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
+import type { KvCacheStore } from "../../store/store.js";
+import type { CacheMessage, KvCacheSession, TurnHandle } from "../../types.js";
+import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
+import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
+
+export interface LlamaCppCompletionOptions {
+  /** The loaded model. The adapter never disposes it. */
+  model: LlamaModel;
+  /** The kvkeep store. Default: the default store (root from `KVKEEP_DIR`, else the XDG cache dir). */
+  store?: KvCacheStore | undefined;
+  /** The model id caches are filed under. Default: the model's file name, made a safe path component. */
+  modelId?: string | undefined;
+  /** Context size in tokens. Default: the model's training context, at most 4096. */
+  contextSize?: number | undefined;
+  /**
+   * CPU threads. Default: `os.availableParallelism()` — node-llama-cpp's own default is at
+   * least 4, which on a 2-core machine makes small models hundreds of times slower.
+   */
+  threads?: number | undefined;
+  /** Further context options (flash attention, KV cache types, batch size); they enter the fingerprint. */
+  contextOptions?: Omit<LlamaContextOptions, "contextSize" | "threads" | "sequences"> | undefined;
+  /** The chat wrapper. Default: the one node-llama-cpp resolves for the model. */
+  chatWrapper?: ChatWrapper | undefined;
+  /**
+   * Identifies model + state layout in each cache's manifest. Default: derived from the GGUF
+   * metadata and tensor info, sampled weight bytes, file size, the llama.cpp release and the
+   * context's size, flash attention and KV types (`fingerprintModel`).
+   */
+  fingerprint?: string | undefined;
+  /**
+   * The model's GGUF file, for the fingerprint's weight samples. Default: the path the model
+   * was loaded from (read from node-llama-cpp).
+   */
+  modelPath?: string | undefined;
+  /** Where the adapter logs. Default: silent. */
+  logger?: Logger | undefined;
+}
+
+export interface CompletionParams {
+  /** The conversation so far, ending with the new user message. */
+  history: readonly CacheMessage[];
+  /** A session name (named cache), `true` (auto mode: keyed by the history) or `false` (no cache, cold). */
+  kvCache: string | boolean;
+  /** Tools to describe to the model; their names enter the config hash. */
+  tools?: readonly LlamaTool[] | undefined;
+  /** Stop after this many generated tokens. Default: until the model ends its reply or the context is full. */
+  maxTokens?: number | undefined;
+  /** Sampling, passed to the engine as given; nothing is added (no repeat penalty unless asked). */
+  temperature?: number | undefined;
+  topK?: number | undefined;
+  topP?: number | undefined;
+  minP?: number | undefined;
+  seed?: number | undefined;
+  repeatPenalty?: SequenceEvaluateOptions["repeatPenalty"];
+  /** Aborts waiting for the cache and generation; the turn rolls back and the call rejects with ABORTED. */
+  signal?: AbortSignal | undefined;
+  /** Called with each piece of generated text as it is produced. */
+  onToken?: ((text: string) => void) | undefined;
+}
+
+export interface CompletionStats {
+  /** A cached state supplied part of the prompt. */
+  hit: boolean;
+  /** Tokens of the rendered prompt. */
+  promptTokens: number;
+  /** Prompt tokens that came from the cache (primed system tokens of a fresh cache do not count). */
+  reusedTokens: number;
+  /** Prompt tokens evaluated in this call: `reusedTokens + evaluatedTokens === promptTokens`. */
+  evaluatedTokens: number;
+  /** From the start of the call (after its place in the adapter's queue) to the first generated token. */
+  ttftMs: number;
+  /** Time spent loading the cache state into the engine (0 when none was loaded). */
+  loadMs: number;
+  /** Time spent saving the new state and committing it. */
+  saveMs: number;
+}
+
+export interface CompletionResult {
+  text: string;
+  stats: CompletionStats;
+}
+
+export interface LlamaCppCompletion {
+  /** Run one completion. Calls on one adapter are queued and run one at a time. */
+  completion(params: CompletionParams): Promise<CompletionResult>;
+  /** Wait for queued calls and free the context (not the model). */
+  dispose(): Promise<void>;
+}
+
+interface Engine {
+  context: LlamaContext;
+  sequence: LlamaContextSequence;
+  session: KvCacheSession;
+}
+
+/** Which committed cache file the live sequence holds exactly, so its load can be skipped. */
+interface Holding {
+  cachePath: string;
+  identity: FileIdentity;
+}
+
+const now = (): number => performance.now();
+
+function validateParams(params: CompletionParams): void {
+  const bad = (message: string, argument: string): KvKeepError => new KvKeepError("INVALID_ARGUMENT", message, { argument });
+  if (!params || typeof params !== "object") throw bad("completion needs a params object.", "params");
+  if (!Array.isArray(params.history) || params.history.length === 0) {
+    throw bad("history must be a non-empty array of { role, content } messages.", "history");
+  }
+  const kv = params.kvCache;
+  if (typeof kv !== "boolean" && typeof kv !== "string") throw bad("kvCache must be a session name, true or false.", "kvCache");
+  if (params.maxTokens !== undefined && (!Number.isSafeInteger(params.maxTokens) || params.maxTokens < 1)) {
+    throw bad("maxTokens must be a positive integer.", "maxTokens");
+  }
+  if (params.onToken !== undefined && typeof params.onToken !== "function") throw bad("onToken must be a function.", "onToken");
+}
+
+export class LlamaCppCompletionImpl implements LlamaCppCompletion {
+  readonly #options: LlamaCppCompletionOptions;
+  readonly #store: KvCacheStore;
+  readonly #modelId: string;
+  readonly #wrapper: ChatWrapper;
+  readonly #logger: Logger;
+  #engine: Promise<Engine> | null = null;
+  #queue: Promise<unknown> = Promise.resolve();
+  #holding: Holding | null = null;
+  #disposed = false;
+
+  constructor(options: LlamaCppCompletionOptions) {
+    if (!options?.model) throw new KvKeepError("INVALID_ARGUMENT", "createLlamaCppCompletion needs a loaded model.", { argument: "model" });
+    this.#options = options;
+    this.#store = options.store ?? getDefaultStore();
+    this.#modelId = options.modelId ?? modelIdFromModel(options.model);
+    this.#wrapper = options.chatWrapper ?? resolveChatWrapper(options.model);
+    this.#logger = options.logger ?? silentLogger;
+  }
+
+  completion(params: CompletionParams): Promise<CompletionResult> {
+    if (this.#disposed) return Promise.reject(new KvKeepError("STORE_CLOSED", "this completion adapter was disposed."));
+    const run = this.#queue.then(() => this.#run(params));
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  async dispose(): Promise<void> {
+    this.#disposed = true;
+    await this.#queue;
+    const engine = await this.#engine?.catch(() => null);
+    await engine?.context.dispose();
+  }
+
+  #openEngine(): Promise<Engine> {
+    this.#engine ??= (async () => {
+      const { model } = this.#options;
+      const context = await model.createContext({
+        ...this.#options.contextOptions,
+        contextSize: this.#options.contextSize ?? Math.min(model.trainContextSize, 4096),
+        threads: this.#options.threads ?? Math.max(1, os.availableParallelism()),
+        sequences: 1,
+      });
+      const modelPath = modelFilePath(model, this.#options.modelPath);
+      if (!modelPath && !this.#options.fingerprint) {
+        this.#logger.warn(
+          logLine("model file path unknown: the fingerprint covers shapes, not weights; pass modelPath to tell same-shape models apart"),
+        );
+      }
+      const fingerprint = this.#options.fingerprint ?? (await fingerprintModel(model, context, modelPath));
+      const session = this.#store.createSession(this.#modelId, {
+        fingerprint,
+        ...(this.#options.logger ? { logger: this.#options.logger } : {}),
+      });
+      return { context, sequence: context.getSequence(), session };
+    })();
+    this.#engine.catch(() => (this.#engine = null));
+    return this.#engine;
+  }
+
+  async #run(params: CompletionParams): Promise<CompletionResult> {
+    validateParams(params);
+    const started = now();
+    const { model } = this.#options;
+    const engine = await this.#openEngine();
+    const { sequence, session } = engine;
+    const prompt = renderPrompt(model, this.#wrapper, params.history, params.tools);
+    if (prompt.tokens.length >= sequence.contextSize) {
+      throw new KvKeepError("INVALID_ARGUMENT", `the prompt (${prompt.tokens.length} tokens) does not fit the context (${sequence.contextSize}).`, {
+        argument: "history",
+      });
+    }
+
+    if (params.kvCache === false) {
+      this.#holding = null;
+      await sequence.clearHistory();
+      const generation = await this.#generate(sequence, prompt, 0, params, started);
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation.ttftMs, 0, 0) };
+    }
+
+    const systemPrompt = params.history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
+    const configHash = generateConfigHash(systemPrompt, params.tools?.map((t) => t.name));
+    const primePrefix = (): Token[] => primeTokens(model, this.#wrapper, params.history, prompt.tokens, params.tools);
+    const turn = await session.beginTurn({
+      ...(params.kvCache === true
+        ? { kind: "auto" as const, history: params.history }
+        : { kind: "custom" as const, customKey: params.kvCache }),
+      configHash,
+      signal: params.signal,
+      primeIfMissing: async (path) => {
+        this.#holding = null;
+        await sequence.clearHistory();
+        await sequence.evaluateWithoutGeneratingNewTokens(primePrefix());
+        await sequence.saveStateToFile(path);
+      },
+    });
+    let committed = false;
+    try {
+      let loadMs = 0;
+      if (!turn.primed && !(await this.#holds(turn))) {
+        this.#holding = null;
+        const loadStart = now();
+        await sequence.loadStateFromFile(turn.cachePath, { acceptRisk: true });
+        loadMs = now() - loadStart;
+      }
+      // Reuse stops exactly where the cached tokens and the prompt differ; at least one
+      // prompt token is always evaluated, because logits are not part of a saved state.
+      const { firstDifferentIndex } = sequence.compareContextTokens(prompt.tokens);
+      const keep = Math.min(firstDifferentIndex, prompt.tokens.length - 1);
+      this.#holding = null;
+      const generation = await this.#generate(sequence, prompt, keep, params, started);
+      if (generation.aborted) {
+        throw new KvKeepError("ABORTED", "the completion was aborted; its turn was rolled back.", { cause: params.signal?.reason });
+      }
+      const saveStart = now();
+      await sequence.saveStateToFile(turn.savePath);
+      const outcome = await this.#commit(session, turn, params, configHash, generation.text, sequence.contextTokens.length);
+      committed = true;
+      if (outcome && !outcome.keptExisting) {
+        const identity = await statIdentity(outcome.cachePath);
+        this.#holding = identity ? { cachePath: outcome.cachePath, identity } : null;
+      }
+      const reused = turn.primed ? 0 : keep;
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation.ttftMs, loadMs, now() - saveStart) };
+    } finally {
+      if (!committed) await session.rollback(turn);
+    }
+  }
+
+  /** Whether the live sequence already holds exactly the committed file the turn names. */
+  async #holds(turn: TurnHandle): Promise<boolean> {
+    const holding = this.#holding;
+    if (!holding || holding.cachePath !== turn.cachePath) return false;
+    const identity = await statIdentity(turn.cachePath);
+    return identity !== null && sameIdentity(identity, holding.identity);
+  }
+
+  /** Commit the turn; a failed commit is logged, never a failed completion (the reply exists). */
+  async #commit(
+    session: KvCacheSession,
+    turn: TurnHandle,
+    params: CompletionParams,
+    configHash: string,
+    reply: string,
+    tokenCount: number,
+  ): Promise<{ cachePath: string; keptExisting: boolean } | null> {
+    const messageCount = params.history.length + 1;
+    try {
+      const outcome = await session.commitTurn(
+        turn,
+        turn.kind === "custom"
+          ? { kind: "static", messageCount, tokenCount }
+          : {
+              kind: "autoRename",
+              targetCachePath: session.autoCachePath(configHash, [...params.history, { role: "assistant", content: reply }]),
+              messageCount,
+              tokenCount,
+            },
+      );
+      return outcome.committed ? outcome : null;
+    } catch (error) {
+      this.#logger.warn(logLine("could not commit the turn's cache; the reply stands, the next turn re-primes", { error }));
+      return null;
+    }
+  }
+
+  async #generate(
+    sequence: LlamaContextSequence,
+    prompt: { tokens: Token[]; stopTexts: string[] },
+    keep: number,
+    params: CompletionParams,
+    started: number,
+  ): Promise<{ text: string; ttftMs: number; aborted: boolean }> {
+    const { model } = this.#options;
+    if (sequence.nextTokenIndex > keep) await sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }]);
+    const sampling: SequenceEvaluateOptions = {
+      ...(params.temperature !== undefined ? { temperature: params.temperature } : {}),
+      ...(params.topK !== undefined ? { topK: params.topK } : {}),
+      ...(params.topP !== undefined ? { topP: params.topP } : {}),
+      ...(params.minP !== undefined ? { minP: params.minP } : {}),
+      ...(params.seed !== undefined ? { seed: params.seed } : {}),
+      ...(params.repeatPenalty !== undefined ? { repeatPenalty: params.repeatPenalty } : {}),
+    };
+    const generated: Token[] = [];
+    let text = "";
+    let ttftMs = Number.NaN;
+    let aborted = false;
+    const maxTokens = params.maxTokens ?? Number.POSITIVE_INFINITY;
+    const iterator = sequence.evaluate(prompt.tokens.slice(keep), { ...sampling, yieldEogToken: true });
+    try {
+      for await (const token of iterator) {
+        if (generated.length === 0 && Number.isNaN(ttftMs)) ttftMs = now() - started;
+        if (model.isEogToken(token)) break;
+        const piece = model.detokenize([token], false, generated.slice(-8));
+        generated.push(token);
+        text += piece;
+        const stop = prompt.stopTexts.find((s) => text.includes(s));
+        if (stop !== undefined) {
+          text = text.slice(0, text.indexOf(stop));
+          break;
+        }
+        params.onToken?.(piece);
+        if (params.signal?.aborted) {
+          aborted = true;
+          break;
+        }
+        if (generated.length >= maxTokens || sequence.nextTokenIndex >= sequence.contextSize - 1) break;
+      }
+    } finally {
+      // Close the generator before anyone saves: the saved tokens are then the ones evaluated.
+      await iterator.return();
+    }
+    if (prompt.stopTexts.length === 0) text = model.detokenize(generated);
+    return { text, ttftMs, aborted: aborted || params.signal?.aborted === true };
+  }
+
+  #stats(promptTokens: number, reusedTokens: number, ttftMs: number, loadMs: number, saveMs: number): CompletionStats {
+    return {
+      hit: reusedTokens > 0,
+      promptTokens,
+      reusedTokens,
+      evaluatedTokens: promptTokens - reusedTokens,
+      ttftMs,
+      loadMs,
+      saveMs,
+    };
+  }
+}
+
+/** A completion handler over `options.model` that keeps conversations' KV caches with kvkeep. */
+export function createLlamaCppCompletion(options: LlamaCppCompletionOptions): LlamaCppCompletion {
+  return new LlamaCppCompletionImpl(options);
+}
