@@ -25,6 +25,7 @@ export type {
   BeginAutoTurnInput,
   BeginCustomTurnInput,
   BeginTurnInput,
+  CacheInfo,
   CacheMessage,
   CommitOutcome,
   CommitResult,

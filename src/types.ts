@@ -190,3 +190,14 @@ export interface StoreUsage {
   autoBytes: number;
   namedBytes: number;
 }
+
+/** A committed cache as `store.useCache` hands it out. */
+export interface CacheInfo {
+  cachePath: string;
+  /** Messages of the conversation the state covers. */
+  messageCount: number;
+  /** Tokens in the state, when the engine reported them at commit. */
+  tokenCount: number | null;
+  /** Size of the state file in bytes. */
+  bytes: number;
+}

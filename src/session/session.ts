@@ -14,6 +14,7 @@ import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } fr
 import { installCache, removeCacheFiles, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
+import { establishTrust, manifestHeader } from "./trust.js";
 import type { StoreContext } from "../store/context.js";
 import type {
   BeginTurnInput,
@@ -139,47 +140,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       await ctx.ensureCacheDir(loc);
       lease = await ctx.locks.acquire(cachePath, input.signal);
       ctx.assertOpen();
-      const header = {
-        kind: kind === "custom" ? ("named" as const) : ("auto" as const),
-        modelId: loc.modelId,
-        fingerprint,
-        configHash: loc.configHash,
-        cacheKey: loc.cacheKey,
-      };
-      let committedEntry: ManifestEntry | null = null;
-      let savedCount = 0;
+      const header = manifestHeader(loc, fingerprint);
       let primed = false;
-
-      const identity = await statIdentity(cachePath);
-      const known = ctx.layers.trusted.get(cachePath);
-      if (
-        identity &&
-        known &&
-        known.fingerprint === fingerprint &&
-        sameIdentity(known, identity) &&
-        ctx.layers.initialized.has(init)
-      ) {
-        // This store wrote or verified exactly this file for this model: no need to read it again.
-        committedEntry = known;
-        savedCount = ctx.layers.savedCounts.get(cachePath) ?? 0;
-      } else if (identity) {
-        const verdict = await verifyCache(ctx.nfs, cachePath, header, { checksum: ctx.verify === "checksum" });
-        if (verdict.ok) {
-          committedEntry = verdict.entry;
-          ctx.layers.recordTrusted(cachePath, init, verdict.entry, fingerprint);
-          savedCount = verdict.entry.messageCount;
-          log("debug", "verified cache", { cachePath, by: verdict.by });
-        } else {
-          const reason = verdict.missing ? "cache file vanished" : verdict.reason;
-          log("warn", "cache not trusted; removing it and priming again", { cachePath, reason });
-          await removeCacheFiles(cachePath);
-          ctx.retention.noteRemoved(cachePath);
-          ctx.forgetCache(cachePath, init);
-        }
-      } else {
-        // Nothing on disk: whatever memory says about this path is stale.
-        ctx.forgetCache(cachePath, init);
-      }
+      const trusted = await establishTrust(ctx, cachePath, loc, fingerprint);
+      let committedEntry: ManifestEntry | null = trusted;
+      // A count dropped as stale stays dropped for this store: 0 until the next commit.
+      const savedCount = trusted ? (ctx.layers.savedCounts.get(cachePath) ?? 0) : 0;
 
       if (!committedEntry) {
         if (onlyIfCached) {

@@ -6,16 +6,17 @@ import path from "node:path";
 import { KvKeepError } from "../errors.js";
 import { mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
-import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, isWithin } from "../layout/paths.js";
+import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, isWithin, parseCachePath } from "../layout/paths.js";
 import { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
 import { createSession, type TurnState } from "../session/session.js";
-import type { DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
+import { establishTrust } from "../session/trust.js";
+import type { CacheInfo, DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
 import type { StoreContext } from "./context.js";
-import { StoreLayers } from "./layers.js";
+import { StoreLayers, type TrustedCache } from "./layers.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 
@@ -83,6 +84,13 @@ export interface KvCacheStore {
   delete(target: DeleteTarget): Promise<void>;
   /** Listen to turn events (started/settled); returns the unsubscribe function. */
   onTurnEvent(listener: (event: TurnEvent) => void): () => void;
+  /**
+   * Run `use` on a committed cache outside any turn — e.g. to preload it into an idle
+   * engine — while holding its lock, only if it is trusted for `fingerprint` (the checks
+   * `beginTurn` makes; it never primes, and removes an untrusted file). Never waits: a cache
+   * a turn holds (here or in another process) resolves to null, as does a missing one.
+   */
+  useCache<T>(cachePath: string, options: { fingerprint?: string | null }, use: (cache: CacheInfo) => Promise<T>): Promise<T | null>;
   /**
    * Run one retention sweep now (after any sweep already running), with the store's limits
    * or the given overrides: evictable caches idle for longer than `maxIdleMs` first, then
@@ -255,6 +263,37 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async usage(): Promise<StoreUsage> {
     this.#ctx.assertOpen();
     return this.retention.usage();
+  }
+
+  async useCache<T>(
+    cachePath: string,
+    options: { fingerprint?: string | null },
+    use: (cache: CacheInfo) => Promise<T>,
+  ): Promise<T | null> {
+    const ctx = this.#ctx;
+    ctx.assertOpen();
+    const loc = typeof cachePath === "string" ? parseCachePath(this.root, cachePath) : null;
+    if (!loc) {
+      throw new KvKeepError("INVALID_ARGUMENT", `${String(cachePath)} is not a cache path of this store's root.`, {
+        argument: "cachePath",
+      });
+    }
+    const resolved = cachePathOf(this.root, loc);
+    const lease = ctx.locks.tryAcquire(resolved);
+    if (!lease) return null;
+    ctx.layers.refDir(resolved);
+    let trusted: TrustedCache | null = null;
+    try {
+      trusted = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null);
+      if (!trusted) return null;
+      const result = await use({ cachePath: resolved, messageCount: trusted.messageCount, tokenCount: trusted.tokenCount, bytes: trusted.size });
+      await ctx.retention.noteUsed(resolved, trusted);
+      return result;
+    } finally {
+      lease.release({ removeLockFile: trusted === null });
+      ctx.layers.unrefDir(resolved);
+      if (trusted === null) await ctx.prune(resolved);
+    }
   }
 
   async close(): Promise<void> {

@@ -23,7 +23,8 @@ import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { CacheMessage, KvCacheSession, TurnHandle } from "../../types.js";
+import type { CacheInfo, CacheMessage, KvCacheSession, TurnHandle } from "../../types.js";
+import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
 import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
 
@@ -107,6 +108,18 @@ export interface CompletionResult {
 export interface LlamaCppCompletion {
   /** Run one completion. Calls on one adapter are queued and run one at a time. */
   completion(params: CompletionParams): Promise<CompletionResult>;
+  /**
+   * Load a committed cache into the adapter's idle sequence (in its queue, between
+   * completions), so the next turn on that cache skips the load. Only a cache trusted for
+   * this model is loaded; resolves to what was loaded, or null (missing, untrusted, or held
+   * by a turn, or `signal` aborted).
+   */
+  preload(cachePath: string, options?: { signal?: AbortSignal }): Promise<CacheInfo | null>;
+  /**
+   * A warm strategy for `createCacheWarmer`/`createStoreWarmer`: preloads the cache a
+   * conversation's last turn settled on (`ctx.cachePath`) and reports its tokens as read.
+   */
+  readonly preloadWarm: WarmFn;
   /** Wait for queued calls and free the context (not the model). */
   dispose(): Promise<void>;
 }
@@ -115,6 +128,7 @@ interface Engine {
   context: LlamaContext;
   sequence: LlamaContextSequence;
   session: KvCacheSession;
+  fingerprint: string;
 }
 
 /** Which committed cache file the live sequence holds exactly, so its load can be skipped. */
@@ -166,6 +180,36 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     return run;
   }
 
+  preload(cachePath: string, options: { signal?: AbortSignal } = {}): Promise<CacheInfo | null> {
+    if (this.#disposed) return Promise.reject(new KvKeepError("STORE_CLOSED", "this completion adapter was disposed."));
+    const run = this.#queue.then(async () => {
+      if (options.signal?.aborted) return null;
+      const { sequence, fingerprint } = await this.#openEngine();
+      return this.#store.useCache(cachePath, { fingerprint }, async (cache) => {
+        if (options.signal?.aborted) return null;
+        this.#holding = null;
+        await sequence.loadStateFromFile(cache.cachePath, { acceptRisk: true });
+        const identity = await statIdentity(cache.cachePath);
+        this.#holding = identity ? { cachePath: cache.cachePath, identity } : null;
+        return cache;
+      });
+    });
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  readonly preloadWarm: WarmFn = async (_conversationId, ctx, options) => {
+    if (typeof ctx.cachePath !== "string") return { error: "nothing to preload: the last turn named no cache" };
+    try {
+      const cache = await this.preload(ctx.cachePath, { signal: options.signal });
+      if (!cache) return { error: `cache not preloaded (missing, untrusted, in use, or aborted): ${ctx.cachePath}` };
+      const tokens = cache.tokenCount ?? 1;
+      return { inputTokens: tokens, cacheReadTokens: tokens, outputTokens: 0, cacheWriteTokens: 0 };
+    } catch (error) {
+      return { error: `preload failed: ${(error as Error)?.message ?? String(error)}` };
+    }
+  };
+
   async dispose(): Promise<void> {
     this.#disposed = true;
     await this.#queue;
@@ -193,7 +237,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         fingerprint,
         ...(this.#options.logger ? { logger: this.#options.logger } : {}),
       });
-      return { context, sequence: context.getSequence(), session };
+      return { context, sequence: context.getSequence(), session, fingerprint };
     })();
     this.#engine.catch(() => (this.#engine = null));
     return this.#engine;

@@ -1,0 +1,62 @@
+/**
+ * Trust on load, in one place: whether the cache at `cachePath` may be handed to an engine
+ * of a given model fingerprint. Used by `beginTurn` and by `store.useCache` (preloading).
+ * The caller holds the cache's lock.
+ */
+import { statIdentity } from "../durable/files.js";
+import { AUTO_KEY_PATTERN } from "../keys/safe-key.js";
+import type { CacheLocation } from "../layout/paths.js";
+import { logLine } from "../logger.js";
+import { type Manifest, sameIdentity } from "../manifest/format.js";
+import { removeCacheFiles, verifyCache } from "../manifest/store.js";
+import type { StoreContext } from "../store/context.js";
+import { initKey, type TrustedCache } from "../store/layers.js";
+
+export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
+  return {
+    kind: AUTO_KEY_PATTERN.test(loc.cacheKey) ? "auto" : "named",
+    modelId: loc.modelId,
+    fingerprint,
+    configHash: loc.configHash,
+    cacheKey: loc.cacheKey,
+  };
+}
+
+/**
+ * The trusted committed entry of the cache, or null — after removing a file that is not
+ * trusted (logged with its reason) and forgetting a missing one. A file this store wrote or
+ * verified for the same fingerprint is trusted while its identity is unchanged; any other
+ * is verified against its manifest (and by checksum with `verify: "checksum"`).
+ */
+export async function establishTrust(
+  ctx: StoreContext,
+  cachePath: string,
+  loc: CacheLocation,
+  fingerprint: string | null,
+): Promise<TrustedCache | null> {
+  const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
+  const identity = await statIdentity(cachePath);
+  if (!identity) {
+    // Nothing on disk: whatever memory says about this path is stale.
+    ctx.forgetCache(cachePath, init);
+    return null;
+  }
+  const known = ctx.layers.trusted.get(cachePath);
+  if (known && known.fingerprint === fingerprint && sameIdentity(known, identity) && ctx.layers.initialized.has(init)) {
+    return known;
+  }
+  const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, fingerprint), {
+    checksum: ctx.verify === "checksum",
+  });
+  if (verdict.ok) {
+    ctx.layers.recordTrusted(cachePath, init, verdict.entry, fingerprint);
+    ctx.logger.debug(logLine("verified cache", { cachePath, by: verdict.by }));
+    return ctx.layers.trusted.get(cachePath)!;
+  }
+  const reason = verdict.missing ? "cache file vanished" : verdict.reason;
+  ctx.logger.warn(logLine("cache not trusted; removing it (the next turn primes again)", { cachePath, reason }));
+  await removeCacheFiles(cachePath);
+  ctx.retention.noteRemoved(cachePath);
+  ctx.forgetCache(cachePath, init);
+  return null;
+}
