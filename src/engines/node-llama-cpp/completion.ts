@@ -92,7 +92,10 @@ export interface CompletionStats {
   reusedTokens: number;
   /** Prompt tokens evaluated in this call: `reusedTokens + evaluatedTokens === promptTokens`. */
   evaluatedTokens: number;
-  /** From the start of the call (after its place in the adapter's queue) to the first generated token. */
+  /**
+   * From the start of the call (after its place in the adapter's queue, and after the
+   * adapter's one-time context creation on its first call) to the first generated token.
+   */
   ttftMs: number;
   /** Time spent loading the cache state into the engine (0 when none was loaded). */
   loadMs: number;
@@ -245,9 +248,10 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 
   async #run(params: CompletionParams): Promise<CompletionResult> {
     validateParams(params);
-    const started = now();
     const { model } = this.#options;
     const engine = await this.#openEngine();
+    // The clock starts once the engine is open: creating the context is a one-time cost.
+    const started = now();
     const { sequence, session } = engine;
     const prompt = renderPrompt(model, this.#wrapper, params.history, params.tools);
     if (prompt.tokens.length >= sequence.contextSize) {

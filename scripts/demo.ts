@@ -1,0 +1,141 @@
+/**
+ * The kvkeep demo (`npm run demo`): a local model resumes a conversation from its kvkeep
+ * cache in a fresh process, against re-reading the whole history cold.
+ *
+ * 1. Generates the 512-dim, 8-layer test model (random weights, ~117 MB) if needed.
+ * 2. Holds a short conversation with it through kvkeep's node-llama-cpp adapter.
+ * 3. Runs the next turn again in two fresh processes — once cold (no cache), once resumed
+ *    from kvkeep — and prints the time to first token of each and their ratio.
+ *
+ * The model's weights are random, so its replies are gibberish; the timings and the state
+ * files are real. Nothing outside a temp directory is written.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createLlamaCppCompletion } from "../src/engines/node-llama-cpp/index.js";
+import { openKvCacheStore, type CacheMessage } from "../src/index.js";
+import { ensureModel } from "../test/fixtures/gguf/models.js";
+import { openLlama } from "../test/fixtures/engine.js";
+
+const CONTEXT = 4096;
+const REPLY_TOKENS = 48;
+const SESSION = "demo-chat";
+
+/** A long system prompt (the byte-level vocab makes one token per character): ~1 500 tokens. */
+const SYSTEM = [
+  "You are the support assistant of a hardware shop that sells keyboards, mice and monitors.",
+  "Answer briefly. Quote prices in euros. Never promise delivery dates you cannot keep.",
+  ...Array.from({ length: 18 }, (_, i) => `Policy ${i + 1}: returns within 30 days need the receipt, the original box and every accessory; refunds go to the original payment method.`),
+].join("\n");
+
+const USER_TURNS = [
+  "Hello! I bought a mechanical keyboard last week and two keys feel sticky. What can I do?",
+  "I still have the box but I lost the receipt. Can I return it anyway?",
+  "Fine. Which monitor would you recommend for programming, under 300 euros?",
+  "And does it come with a cable for a laptop with only USB-C ports?",
+];
+
+interface TurnReport {
+  text: string;
+  stats: { hit: boolean; promptTokens: number; reusedTokens: number; evaluatedTokens: number; ttftMs: number; loadMs: number; saveMs: number };
+}
+
+async function adapterFor(modelPath: string, root: string) {
+  const llama = await openLlama();
+  const model = await llama.loadModel({ modelPath });
+  const store = openKvCacheStore({ root, onRollback: "keep-committed" });
+  return { adapter: createLlamaCppCompletion({ model, store, contextSize: CONTEXT, modelPath }), store };
+}
+
+/** Child mode: run one turn in this fresh process and print its report as JSON. */
+async function childTurn(modelPath: string, root: string, mode: "cold" | "resumed", historyJson: string): Promise<void> {
+  const { adapter, store } = await adapterFor(modelPath, root);
+  const history = JSON.parse(historyJson) as CacheMessage[];
+  const result = await adapter.completion({
+    history,
+    kvCache: mode === "cold" ? false : SESSION,
+    maxTokens: REPLY_TOKENS,
+    temperature: 0,
+  });
+  await adapter.dispose();
+  await store.close();
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+function runChildTurn(modelPath: string, root: string, mode: "cold" | "resumed", history: CacheMessage[]): Promise<TurnReport> {
+  const script = fileURLToPath(import.meta.url);
+  return new Promise((resolve, reject) => {
+    // execArgv carries tsx's loader, so the child runs this same TypeScript file.
+    const child = spawn(process.execPath, [...process.execArgv, script, "--child", modelPath, root, mode, JSON.stringify(history)], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
+    child.on("exit", (code) => {
+      const line = out.trim().split("\n").pop() ?? "";
+      if (code === 0 && line.startsWith("{")) resolve(JSON.parse(line) as TurnReport);
+      else reject(new Error(`the ${mode} child exited with ${code}`));
+    });
+  });
+}
+
+const ms = (n: number): string => `${n.toFixed(1)} ms`;
+
+async function main(): Promise<void> {
+  console.log("kvkeep demo — resume a local model's conversation from its on-disk KV cache\n");
+  const started = performance.now();
+  console.log("1. test model (512-dim, 8 layers, random weights; generated once, ~117 MB)");
+  const modelPath = await ensureModel("realistic");
+  console.log(`   ${modelPath}  (${ms(performance.now() - started)})\n`);
+
+  const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-demo-"));
+  try {
+    console.log(`2. a conversation, cached by kvkeep under ${root}`);
+    const { adapter, store } = await adapterFor(modelPath, root);
+    let history: CacheMessage[] = [{ role: "system", content: SYSTEM }];
+    for (const user of USER_TURNS.slice(0, -1)) {
+      history = [...history, { role: "user", content: user }];
+      const { text, stats } = await adapter.completion({ history, kvCache: SESSION, maxTokens: REPLY_TOKENS, temperature: 0 });
+      console.log(
+        `   turn ${history.length / 2 | 0}: prompt ${stats.promptTokens} tokens, ${stats.reusedTokens} from the cache, ` +
+          `${stats.evaluatedTokens} evaluated, first token after ${ms(stats.ttftMs)}`,
+      );
+      history = [...history, { role: "assistant", content: text }];
+    }
+    console.log(`   backend: ${store.backend}; the model's replies are gibberish (random weights)\n`);
+    await adapter.dispose();
+    await store.close();
+
+    const next = [...history, { role: "user", content: USER_TURNS.at(-1)! }];
+    console.log("3. the next turn in a fresh process (as after an app restart), twice:");
+    const cold = await runChildTurn(modelPath, root, "cold", next);
+    const resumed = await runChildTurn(modelPath, root, "resumed", next);
+
+    const rows = [
+      ["", "prompt tokens", "from cache", "evaluated", "load", "time to first token"],
+      ["cold (no cache)", cold.stats.promptTokens, cold.stats.reusedTokens, cold.stats.evaluatedTokens, "-", ms(cold.stats.ttftMs)],
+      ["resumed (kvkeep)", resumed.stats.promptTokens, resumed.stats.reusedTokens, resumed.stats.evaluatedTokens, ms(resumed.stats.loadMs), ms(resumed.stats.ttftMs)],
+    ].map((r) => r.map(String));
+    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+    for (const row of rows) console.log("   " + row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("   "));
+    const ratio = resumed.stats.ttftMs / cold.stats.ttftMs;
+    console.log(`\n   resumed / cold time to first token: ${ratio.toFixed(3)}  (${(1 / ratio).toFixed(1)}× faster)`);
+    let same = 0;
+    while (same < Math.min(cold.text.length, resumed.text.length) && cold.text[same] === resumed.text[same]) same++;
+    console.log(`   the two replies agree on their first ${same} of ${Math.max(cold.text.length, resumed.text.length)} characters (greedy decoding)`);
+    console.log(`\ndone in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === "--child") {
+  const [, , , modelPath, root, mode, historyJson] = process.argv as string[];
+  await childTurn(modelPath!, root!, mode as "cold" | "resumed", historyJson!);
+  process.exit(0);
+} else {
+  await main();
+}
