@@ -4,7 +4,7 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
-    "cli/main": "src/cli/main.ts",
+    "cli/bin": "src/cli/bin.ts",
   },
   format: ["esm"],
   target: "node20",

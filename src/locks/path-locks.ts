@@ -9,7 +9,7 @@
  */
 import { abortedError } from "../errors.js";
 import { lockPathOf } from "../layout/paths.js";
-import type { LockHandle, NativeFs } from "../native/index.js";
+import { type LockHandle, loadNativeFs, type NativeFs } from "../native/index.js";
 
 export interface Lease {
   readonly path: string;
@@ -112,4 +112,12 @@ export class PathLockTable {
     if (next) next.grant();
     else this.#entries.delete(cachePath);
   }
+}
+
+let table: PathLockTable | null = null;
+
+/** The process-wide table: two stores on one root in one process exclude each other like two processes. */
+export function processLocks(): PathLockTable {
+  table ??= new PathLockTable(() => loadNativeFs());
+  return table;
 }

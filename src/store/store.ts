@@ -7,7 +7,7 @@ import { KvKeepError } from "../errors.js";
 import { mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, isWithin, parseCachePath } from "../layout/paths.js";
-import { PathLockTable } from "../locks/path-locks.js";
+import { processLocks } from "../locks/path-locks.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
@@ -107,13 +107,6 @@ export interface KvCacheStore {
   close(): Promise<void>;
 }
 
-/** One lock table per process: two stores on one root in one process exclude each other. */
-let processLocks: PathLockTable | null = null;
-
-function sharedLocks(): PathLockTable {
-  processLocks ??= new PathLockTable(() => loadNativeFs());
-  return processLocks;
-}
 
 export class KvCacheStoreImpl implements KvCacheStore {
   readonly root: string;
@@ -143,7 +136,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const logger = options.logger ?? silentLogger;
     const nfs: NativeFs = loadNativeFs(logger);
     this.backend = nfs.kind;
-    const locks = sharedLocks();
+    const locks = processLocks();
     const layers = this.layers;
     const root = this.root;
     const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
