@@ -29,6 +29,17 @@ export async function unlinkIfExists(filePath: string): Promise<boolean> {
   }
 }
 
+/** Create `filePath` (it must not exist), write `data` and fsync it. */
+export async function writeSynced(filePath: string, data: string | Uint8Array): Promise<void> {
+  const handle = await fs.open(filePath, "wx", 0o644);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
  * Write a small file atomically: temp in the same directory, fsync, rename over the target,
  * then (when `syncDir`) fsync the directory so the rename itself is durable.
@@ -42,13 +53,7 @@ export async function writeFileAtomic(
 ): Promise<void> {
   const temp = tempPathFor(target);
   try {
-    const handle = await fs.open(temp, "wx", 0o644);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeSynced(temp, data);
     await fs.rename(temp, target);
   } catch (error) {
     await unlinkIfExists(temp).catch(() => {});

@@ -6,7 +6,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists, writeFileAtomic } from "../durable/files.js";
+import { statIdentity, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
 import { manifestPathOf, tempPathFor } from "../layout/paths.js";
 import type { NativeFs } from "../native/index.js";
 import {
@@ -173,13 +173,7 @@ async function installFresh(nfs: NativeFs, params: InstallParams, manifestText: 
   const manifestPath = manifestPathOf(params.target);
   const manifestTemp = tempPathFor(manifestPath);
   try {
-    const handle = await fs.open(manifestTemp, "wx", 0o644);
-    try {
-      await handle.writeFile(manifestText);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeSynced(manifestTemp, manifestText);
     if (params.noReplace) await nfs.renameNoReplace(params.source, params.target);
     else await fs.rename(params.source, params.target);
     crashPoint("install:after-rename");

@@ -10,7 +10,7 @@
 import { constants as fsConstants, closeSync, mkdirSync, openSync, unlinkSync } from "node:fs";
 import { lstat, link, open, stat, rename, unlink } from "node:fs/promises";
 import path from "node:path";
-import xxhash, { type XXHashAPI } from "xxhash-wasm";
+import { createXxh64 } from "../keys/hash.js";
 import { abortedError, errnoCode, fsWriteError } from "../errors.js";
 import { checkMode, checkPath, checkSeed, fsReadError, invalidArgument, lockError, renameError } from "./fs-errors.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
@@ -75,10 +75,14 @@ class FallbackLockHandle implements LockHandle {
   }
 }
 
-let xxhashApi: Promise<XXHashAPI> | undefined;
-function getXxhash(): Promise<XXHashAPI> {
-  xxhashApi ??= xxhash();
-  return xxhashApi;
+/** fsync a file or (on POSIX) a directory through a read-only descriptor. */
+async function openAndSync(absPath: string): Promise<void> {
+  const handle = await open(absPath, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 const READ_CHUNK = 1 << 20;
@@ -115,12 +119,7 @@ export function createJsFallbackFs(): NativeFs {
     async fsyncFile(filePath: string): Promise<void> {
       const absPath = path.resolve(checkPath(filePath));
       try {
-        const handle = await open(absPath, "r");
-        try {
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
+        await openAndSync(absPath);
       } catch (error) {
         throw fsWriteError(`fsync of ${absPath}`, error);
       }
@@ -135,12 +134,7 @@ export function createJsFallbackFs(): NativeFs {
         }
         // Windows cannot open a directory for fsync; NTFS metadata is journaled anyway.
         if (process.platform === "win32") return;
-        const handle = await open(absPath, "r");
-        try {
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
+        await openAndSync(absPath);
       } catch (error) {
         throw fsWriteError(`fsync of directory ${absPath}`, error);
       }
@@ -211,9 +205,8 @@ export function createJsFallbackFs(): NativeFs {
     async xxh64File(filePath: string, seed?: bigint): Promise<string> {
       const absPath = path.resolve(checkPath(filePath));
       const checkedSeed = checkSeed(seed);
-      const api = await getXxhash();
       try {
-        const hasher = api.create64(checkedSeed);
+        const hasher = createXxh64(checkedSeed);
         const handle = await open(absPath, "r");
         try {
           const buffer = Buffer.allocUnsafe(READ_CHUNK);
@@ -225,7 +218,7 @@ export function createJsFallbackFs(): NativeFs {
         } finally {
           await handle.close();
         }
-        return hasher.digest().toString(16).padStart(16, "0");
+        return hasher.digestHex();
       } catch (error) {
         throw fsReadError(`hashing ${absPath}`, error);
       }

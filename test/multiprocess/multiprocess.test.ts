@@ -6,7 +6,6 @@
  * that it lacks exactly these guarantees.
  */
 import { promises as fs } from "node:fs";
-import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
 import { parseManifest } from "../../src/manifest/format.js";
