@@ -16,6 +16,7 @@ export interface Lease {
   /**
    * Give the lock up. `removeLockFile` unlinks the lock file first (only when nobody in
    * this process waits for it), so a cache that was removed leaves an empty directory.
+   * Never throws: a lock file that cannot be removed is left behind.
    */
   release(options?: { removeLockFile?: boolean }): void;
 }
@@ -96,11 +97,18 @@ export class PathLockTable {
         if (released) return;
         released = true;
         const waiting = (this.#entries.get(cachePath)?.queue.length ?? 0) > 0;
-        if (osLock) {
-          if (options?.removeLockFile && !waiting) osLock.unlinkAndRelease();
-          else osLock.release();
+        try {
+          if (osLock) {
+            if (options?.removeLockFile && !waiting) osLock.unlinkAndRelease();
+            else osLock.release();
+          }
+        } catch {
+          // The unlink failed (the fd is closed either way). A stray lock file only keeps
+          // its directory from being pruned; it must never keep the path locked.
+          osLock?.release();
+        } finally {
+          this.#handOff(cachePath);
         }
-        this.#handOff(cachePath);
       },
     };
   }
