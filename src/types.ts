@@ -12,7 +12,7 @@ export interface CacheMessage {
 }
 
 export interface TurnHandle {
-  /** The committed cache file the engine loads from (may not exist yet for a fresh auto key before priming). */
+  /** The committed cache file the engine loads from: it exists, trusted, when `beginTurn` resolves. */
   readonly cachePath: string;
   /**
    * Snapshot of the saved-message count at `beginTurn` time (0 if the cache was just primed).
@@ -42,9 +42,10 @@ interface BeginTurnCommon {
   configHash: string;
   /**
    * Prime the cache: make the engine write a state holding only the system prompt (and
-   * static tools) to the path given — the turn's `savePath`. Called when no trusted cache
-   * exists in memory or on disk. kvkeep then verifies and commits that file as the cache
-   * with a saved count of 0 before `beginTurn` resolves.
+   * static tools) to the path given — a temp file beside the cache. Called when no trusted
+   * cache exists in memory or on disk. kvkeep then verifies and commits that file as the
+   * cache with a saved count of 0 before `beginTurn` resolves. An error it throws passes
+   * through `beginTurn` unchanged.
    */
   primeIfMissing: (path: string) => Promise<void>;
   /**
@@ -52,7 +53,11 @@ interface BeginTurnCommon {
    * rejects at once with `ABORTED` and gives its place up. Not consulted after the turn began.
    */
   signal?: AbortSignal | undefined;
-  /** Names the conversation in turn events (warming). Default: the cache key. */
+  /**
+   * Names the conversation in turn events (warming). Default: the custom key; in auto mode
+   * `conv-<hash>` of the history up to its first user message (stable across the turns of
+   * one conversation, shared by conversations that open identically).
+   */
   conversationId?: string | undefined;
 }
 
@@ -92,7 +97,20 @@ export type CommitResult = StaticCommitResult | AutoRenameCommitResult;
 
 /** What `commitTurn` did (the contract's `Promise<void>` callers may ignore it). */
 export type CommitOutcome =
-  | { committed: true; cachePath: string; messageCount: number; keptExisting: boolean }
+  | {
+      committed: true;
+      /** Where the committed state is (the target for auto mode). */
+      cachePath: string;
+      messageCount: number;
+      /** An existing cache for the same history was kept and this turn's state dropped. */
+      keptExisting: boolean;
+      /**
+       * The identity (size, inode, mtime ns) of the file this commit installed, taken under
+       * the cache's lock — an engine can tell whether it still holds exactly that state.
+       * Null when an existing cache was kept.
+       */
+      file: { size: number; ino: string; mtimeNs: string } | null;
+    }
   | { committed: false; reason: "not-open" };
 
 export interface KvCacheSession {

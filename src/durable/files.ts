@@ -6,7 +6,10 @@ import type { FileIdentity } from "../manifest/format.js";
 import { tempPathFor } from "../layout/paths.js";
 import type { NativeFs } from "../native/index.js";
 
-/** Size, inode and mtime of a regular file; null when it does not exist. */
+/**
+ * Size, inode and mtime of a regular file; null when it does not exist. Other failures
+ * (EIO, ELOOP, EACCES, …) are `KvKeepError`s like every error kvkeep raises.
+ */
 export async function statIdentity(filePath: string): Promise<FileIdentity | null> {
   try {
     const st = await fs.stat(filePath, { bigint: true });
@@ -14,7 +17,7 @@ export async function statIdentity(filePath: string): Promise<FileIdentity | nul
     return { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
-    throw error;
+    throw fsWriteError(`checking ${filePath}`, error);
   }
 }
 
@@ -25,7 +28,7 @@ export async function unlinkIfExists(filePath: string): Promise<boolean> {
     return true;
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return false;
-    throw error;
+    throw fsWriteError(`removing ${filePath}`, error);
   }
 }
 
@@ -64,34 +67,63 @@ export async function writeFileAtomic(
 
 /**
  * Create `<root>/<a>/<b>` and make sure every level below the root is a real directory,
- * not a symlink planted to lead writes outside the root.
+ * not a symlink planted to lead writes outside the root. Directories it creates are made
+ * durable: the parent of each is fsynced, so a commit into a new directory that has
+ * resolved survives a power cut (its entry would otherwise live only in memory).
  */
-export async function mkdirUnderRoot(root: string, ...components: string[]): Promise<string> {
+export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
   for (let attempt = 0; ; attempt++) {
     try {
-      await checkDirsUnderRoot(root, components);
+      const firstCreated = await fs.mkdir(full, { recursive: true });
+      if (!(await assertRealDirs(root, components))) {
+        // Another process pruned a level between our mkdir and the check: again.
+        if (attempt >= 16) throw new KvKeepError("IO_ERROR", `${full} keeps disappearing while being created.`);
+        continue;
+      }
+      if (firstCreated !== undefined) {
+        // Each new directory's entry lives in its parent: sync from the parent of the
+        // first one created down to the parent of the deepest.
+        let dir = path.dirname(path.resolve(firstCreated));
+        await nfs.fsyncDir(dir);
+        for (const part of path.relative(dir, path.dirname(path.resolve(full))).split(path.sep).filter(Boolean)) {
+          dir = path.join(dir, part);
+          await nfs.fsyncDir(dir);
+        }
+      }
       return full;
     } catch (error) {
       // Another process pruned an empty directory between our mkdir and lstat: again.
-      if (errnoCode(error) !== "ENOENT" || attempt >= 16) throw error;
+      if (errnoCode(error) !== "ENOENT" || attempt >= 16) {
+        throw error instanceof KvKeepError ? error : fsWriteError(`creating ${full}`, error);
+      }
     }
   }
 }
 
-async function checkDirsUnderRoot(root: string, components: string[]): Promise<void> {
-  await fs.mkdir(path.join(root, ...components), { recursive: true });
+/**
+ * True when every level `<root>/<a>/<b>` exists as a real directory; false when one is
+ * missing; UNSAFE_PATH when one is a symlink or a file. Creates nothing.
+ */
+export async function assertRealDirs(root: string, components: readonly string[]): Promise<boolean> {
   let current = root;
   for (const component of components) {
     current = path.join(current, component);
-    const st = await fs.lstat(current);
+    let st;
+    try {
+      st = await fs.lstat(current);
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") return false;
+      throw fsWriteError(`checking ${current}`, error);
+    }
     if (!st.isDirectory()) {
       throw new KvKeepError(
         "UNSAFE_PATH",
-        `${current} is not a plain directory (a symlink or file); kvkeep never writes through it. Remove it or use another root.`,
+        `${current} is not a plain directory (a symlink or file); kvkeep never reads or writes through it. Remove it or use another root.`,
       );
     }
   }
+  return true;
 }
 
 /**

@@ -82,3 +82,15 @@ export function autoCacheKey(history: readonly CacheMessage[]): string {
 export function autoLookupHistory(history: readonly CacheMessage[]): readonly CacheMessage[] {
   return history.length <= 1 ? [] : history.slice(0, -1);
 }
+
+/**
+ * The conversation an auto-mode history belongs to, for turn events and warming: stable
+ * across its turns (its cache key changes every turn). Derived from the history up to and
+ * including the first user message, so two conversations that open with the same system
+ * prompt and first message share it — pass `conversationId` to tell them apart.
+ */
+export function autoConversationId(history: readonly CacheMessage[]): string {
+  const firstUser = history.findIndex((m) => m.role === "user");
+  const chain = autoKeyChain(history.slice(0, firstUser < 0 ? history.length : firstUser + 1));
+  return `conv-${chain.at(-1)!.slice("auto-".length)}`;
+}

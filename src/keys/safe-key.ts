@@ -7,6 +7,11 @@ export const MAX_COMPONENT_BYTES = 255;
 /** Auto-mode keys look like this; a custom key may not, so the two never share a directory. */
 export const AUTO_KEY_PATTERN = /^auto-[0-9a-f]{16}$/;
 
+/** Auto-mode caches are kvkeep's (evictable by default); any other key is the user's, "named". */
+export function cacheKindOf(cacheKey: string): "auto" | "named" {
+  return AUTO_KEY_PATTERN.test(cacheKey) ? "auto" : "named";
+}
+
 /** kvkeep's own files (settings, …) live here under the root. */
 export const INTERNAL_DIR_NAME = ".kvkeep";
 

@@ -123,7 +123,7 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   let entry: ManifestEntry;
   try {
     await nfs.fsyncFile(source);
-    crashPoint("install:after-fsync-state");
+    await crashPoint("install:after-fsync-state");
     entry = {
       ...identity,
       xxh64: await nfs.xxh64File(source),
@@ -140,10 +140,11 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
     return entry;
   }
   if (!inPlace) {
-    await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: params.previous, pending: entry }), {
+    const previous = params.previous!; // a fresh target took the path above
+    await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: previous, pending: entry }), {
       syncDir: true,
     });
-    crashPoint("install:after-pending-manifest");
+    await crashPoint("install:after-pending-manifest");
     try {
       if (params.noReplace) await nfs.renameNoReplace(source, target);
       else await fs.rename(source, target);
@@ -151,21 +152,17 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
     } catch (error) {
       // The manifest still has `previous` as current, so the old state stays trusted;
       // drop the pending slot so it cannot match a later file by accident.
-      if (params.previous) {
-        await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: params.previous, pending: null }), {
-          syncDir: false,
-        }).catch(() => unlinkIfExists(manifestPath));
-      } else {
-        await unlinkIfExists(manifestPath).catch(() => {});
-      }
+      await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: previous, pending: null }), {
+        syncDir: false,
+      }).catch(() => unlinkIfExists(manifestPath));
       throw error instanceof KvKeepError ? error : fsWriteError("renaming the new state into place", error);
     }
-    crashPoint("install:after-rename");
+    await crashPoint("install:after-rename");
   }
   await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: entry, pending: null }), {
     syncDir: inPlace,
   });
-  crashPoint("install:after-final-manifest");
+  await crashPoint("install:after-final-manifest");
   return entry;
 }
 
@@ -176,14 +173,14 @@ async function installFresh(nfs: NativeFs, params: InstallParams, manifestText: 
     await writeSynced(manifestTemp, manifestText);
     if (params.noReplace) await nfs.renameNoReplace(params.source, params.target);
     else await fs.rename(params.source, params.target);
-    crashPoint("install:after-rename");
+    await crashPoint("install:after-rename");
     await fs.rename(manifestTemp, manifestPath);
     await nfs.fsyncDir(path.dirname(params.target));
   } catch (error) {
     await unlinkIfExists(manifestTemp).catch(() => {});
     throw error instanceof KvKeepError ? error : fsWriteError("installing the new state", error);
   }
-  crashPoint("install:after-final-manifest");
+  await crashPoint("install:after-final-manifest");
 }
 
 /** Remove a cache file and its manifest (file first: a manifest alone is never trusted). */

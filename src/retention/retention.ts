@@ -15,7 +15,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
-import { AUTO_KEY_PATTERN } from "../keys/safe-key.js";
+import { cacheKindOf } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
@@ -117,7 +117,7 @@ function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexE
     cacheKey: loc.cacheKey,
     modelId: loc.modelId,
     configHash: loc.configHash,
-    kind: AUTO_KEY_PATTERN.test(loc.cacheKey) ? "auto" : "named",
+    kind: cacheKindOf(loc.cacheKey),
     bytes,
     lastUsedMs,
   };

@@ -3,15 +3,15 @@
  * savePath) → commitTurn | rollback. A session is bound to one model; all state it changes
  * belongs to its store (`StoreContext`), so sessions are cheap and disposable.
  */
-import { isKvKeepError, KvKeepError } from "../errors.js";
+import { fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
-import { assertHistory, autoCacheKey, autoKeyChain } from "../keys/auto-key.js";
+import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } from "../manifest/format.js";
-import { installCache, removeCacheFiles, verifyCache } from "../manifest/store.js";
+import { installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "./trust.js";
@@ -26,6 +26,10 @@ import type {
   TurnHandle,
 } from "../types.js";
 
+type CommittedOutcome = Extract<CommitOutcome, { committed: true }>;
+
+const identityOf = (f: FileIdentity): CommittedOutcome["file"] => ({ size: f.size, ino: f.ino, mtimeNs: f.mtimeNs });
+
 type TurnStatus = "open" | "committing" | "committed" | "rolledBack";
 
 /** Everything the session knows about one open turn; the handle is only its public face. */
@@ -35,15 +39,14 @@ export interface TurnState {
   readonly cachePath: string;
   readonly init: string;
   readonly lease: Lease;
-  readonly logger: Logger;
   readonly header: Omit<Manifest, "current" | "pending" | "format">;
   /** The cache file as the turn found it (after priming); null if there was none. */
   readonly beginIdentity: FileIdentity | null;
   /** The committed manifest entry at begin; kept valid while a new state is installed. */
   readonly committedEntry: ManifestEntry | null;
   status: TurnStatus;
-  /** Set when `delete` removed this turn's cache while it was open: commit must not resurrect it. */
-  invalidated: boolean;
+  /** The store's delete generation when the turn took its lock: a later delete covering its cache ends it. */
+  readonly deleteGeneration: number;
   /** Resolves when a commit in progress has finished (so a racing rollback can wait). */
   settling: Promise<unknown> | null;
 }
@@ -139,24 +142,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       // The directory first: it refuses symlinks, and the OS lock file is created inside it.
       await ctx.ensureCacheDir(loc);
       lease = await ctx.locks.acquire(cachePath, input.signal);
+      const deleteGeneration = ctx.deletionGeneration();
       ctx.assertOpen();
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
-      const trusted = await establishTrust(ctx, cachePath, loc, fingerprint);
-      let committedEntry: ManifestEntry | null = trusted;
+      let committedEntry: ManifestEntry | null = await establishTrust(ctx, cachePath, loc, fingerprint);
       // A count dropped as stale stays dropped for this store: 0 until the next commit.
-      const savedCount = trusted ? (ctx.layers.savedCounts.get(cachePath) ?? 0) : 0;
+      const savedCount = committedEntry ? (ctx.layers.savedCounts.get(cachePath) ?? 0) : 0;
 
       if (!committedEntry) {
         if (onlyIfCached) {
-          lease.release({ removeLockFile: true });
+          await ctx.releaseCache(lease, cachePath, true);
           lease = null;
-          ctx.layers.unrefDir(cachePath);
-          await ctx.prune(cachePath);
           return null;
         }
         primeTemp = tempPathFor(cachePath);
         await input.primeIfMissing(primeTemp);
+        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
         const primedIdentity = await statIdentity(primeTemp);
         if (!primedIdentity) {
           throw new KvKeepError(
@@ -185,6 +187,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
+        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
         await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
@@ -197,7 +200,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         configHash: loc.configHash,
         kind,
         primed,
-        conversationId: input.conversationId ?? loc.cacheKey,
+        conversationId: input.conversationId ?? (input.kind === "auto" ? autoConversationId(input.history) : loc.cacheKey),
       });
       const st: TurnState = {
         handle,
@@ -205,23 +208,24 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         cachePath,
         init,
         lease,
-        logger,
         header,
         beginIdentity: await statIdentity(cachePath),
         committedEntry,
         status: "open",
-        invalidated: false,
+        deleteGeneration,
         settling: null,
       };
       lease = null; // owned by the turn from here on
       return st;
     } catch (error) {
       if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
-      const cacheGone = !(await statIdentity(cachePath).catch(() => null));
-      if (cacheGone) ctx.forgetCache(cachePath, init);
-      lease?.release({ removeLockFile: cacheGone });
-      ctx.layers.unrefDir(cachePath);
-      await ctx.prune(cachePath);
+      let cacheGone = false;
+      if (lease) {
+        // Only under the lock: an aborted wait must not touch another turn's cache state.
+        cacheGone = !(await statIdentity(cachePath).catch(() => null));
+        if (cacheGone) ctx.forgetCache(cachePath, init);
+      }
+      await ctx.releaseCache(lease, cachePath, cacheGone).catch(() => {});
       throw error;
     }
   }
@@ -253,7 +257,6 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
     if (!st) throw new Error("unreachable: openTurn returned no turn without onlyIfCached");
     turns.set(st.handle, st);
-    ctx.openTurns.add(st);
     ctx.emit({
       type: "turnStarted",
       conversationId: st.handle.conversationId,
@@ -287,7 +290,20 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     );
   }
 
-  async function commitStatic(st: TurnState, result: CommitResult): Promise<CommitOutcome> {
+  function assertNotDeletedWhileBeginning(cachePath: string, generation: number): void {
+    if (ctx.deletedSince(cachePath, generation)) {
+      throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.");
+    }
+  }
+
+  /** Refuse to keep what a delete covering `paths` removed (or meant to) since the turn began. */
+  async function assertNotDeleted(st: TurnState, installed: string | null, ...paths: string[]): Promise<void> {
+    if (!paths.some((p) => ctx.deletedSince(p, st.deleteGeneration))) return;
+    if (installed) await ctx.removeCache(installed);
+    throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
+  }
+
+  async function commitStatic(st: TurnState, result: CommitResult): Promise<CommittedOutcome> {
     const source = await findNewState(st);
     const entry = await installCache(ctx.nfs, {
       source: source.path,
@@ -298,42 +314,49 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       tokenCount: result.tokenCount ?? null,
       noReplace: false,
     });
+    await assertNotDeleted(st, st.cachePath, st.cachePath);
     ctx.layers.recordTrusted(st.cachePath, st.init, entry, fingerprint);
     ctx.retention.noteCommitted(st.cachePath, entry);
-    return { committed: true, cachePath: st.cachePath, messageCount: result.messageCount, keptExisting: false };
+    return { committed: true, cachePath: st.cachePath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
   }
 
-  async function commitAuto(st: TurnState, result: CommitResult & { kind: "autoRename" }, target: CacheLocation) {
+  /**
+   * Move the turn's new state to the key of `history + reply`. If that target already holds
+   * a committed cache (the same history, committed by another turn or process), keep it and
+   * drop ours — never mix the two. The target is held only briefly by others (a sweep, a
+   * preload, recovery) unless a turn resumes from it, which means it exists: so wait for it
+   * when it does not exist, and keep theirs when it does.
+   */
+  async function commitAuto(
+    st: TurnState,
+    result: CommitResult & { kind: "autoRename" },
+    target: CacheLocation,
+  ): Promise<CommittedOutcome> {
     const targetPath = cachePathOf(ctx.root, target);
     if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" });
     const source = await findNewState(st);
     const targetInit = initKey(target.modelId, target.configHash, target.cacheKey);
-    const targetHeader = { ...st.header, cacheKey: target.cacheKey };
-    let outcome: CommitOutcome;
-
-    // Another turn (here or in another process) holding the target means the target is in
-    // use: keep theirs and drop ours, never wait inside a commit and never mix the two.
+    const targetHeader = manifestHeader(target, fingerprint);
+    let outcome: CommittedOutcome;
+    let targetLease: Lease | null = null;
+    let targetExists = false;
     ctx.layers.refDir(targetPath);
-    await ctx.ensureCacheDir(target).catch((error: unknown) => {
-      ctx.layers.unrefDir(targetPath);
-      throw error;
-    });
-    const targetLease = ctx.locks.tryAcquire(targetPath);
-    if (!targetLease) {
-      ctx.layers.unrefDir(targetPath);
-      log("debug", "commit target is busy; keeping the existing cache", { targetPath });
-      outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true };
-    } else {
-      try {
+    try {
+      await ctx.ensureCacheDir(target);
+      targetLease = ctx.locks.tryAcquire(targetPath);
+      if (!targetLease && (await statIdentity(targetPath))) {
+        log("debug", "commit target is in use and exists; keeping it", { targetPath });
+        outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true, file: null };
+      } else {
+        targetLease ??= await ctx.locks.acquire(targetPath);
         const existing = await verifyCache(ctx.nfs, targetPath, targetHeader, { checksum: false });
         if (existing.ok) {
           ctx.layers.recordTrusted(targetPath, targetInit, existing.entry, fingerprint);
-          outcome = { committed: true, cachePath: targetPath, messageCount: existing.entry.messageCount, keptExisting: true };
+          outcome = { committed: true, cachePath: targetPath, messageCount: existing.entry.messageCount, keptExisting: true, file: null };
         } else {
           if (!existing.missing) {
             log("warn", "commit target not trusted; replacing it", { targetPath, reason: existing.reason });
-            await removeCacheFiles(targetPath);
-            ctx.retention.noteRemoved(targetPath);
+            await ctx.removeCache(targetPath);
           }
           try {
             const entry = await installCache(ctx.nfs, {
@@ -347,27 +370,30 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             });
             ctx.layers.recordTrusted(targetPath, targetInit, entry, fingerprint);
             ctx.retention.noteCommitted(targetPath, entry);
-            outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false };
+            outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
           } catch (error) {
             if (!isKvKeepError(error, "TARGET_EXISTS")) throw error;
             // Lost a race with a process that has no lock to respect (JS fallback): theirs stays.
-            outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true };
+            outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true, file: null };
           }
         }
-      } finally {
-        ctx.layers.unrefDir(targetPath);
-        targetLease.release();
+        await assertNotDeleted(st, outcome.keptExisting ? null : targetPath, targetPath, st.cachePath);
       }
+      targetExists = (await statIdentity(targetPath)) !== null;
+    } finally {
+      if (targetLease) await ctx.releaseCache(targetLease, targetPath, !targetExists);
+      else ctx.layers.unrefDir(targetPath);
     }
-    crashPoint("auto:after-target-installed");
+    await crashPoint("auto:after-target-installed");
     // The source is superseded by the target: remove it and every layer of it.
     if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
-    await removeCacheFiles(st.cachePath);
-    ctx.retention.noteRemoved(st.cachePath);
-    ctx.forgetCache(st.cachePath, st.init);
-    crashPoint("auto:after-source-removed");
+    await ctx.removeCache(st.cachePath);
+    await crashPoint("auto:after-source-removed");
     return outcome;
   }
+
+  /** Failures that are the turn's own (nothing saved, cache deleted) roll back per the policy. */
+  const TURN_FAILURES = new Set(["SAVE_MISSING", "SAVE_EMPTY", "DELETED_DURING_TURN"]);
 
   async function commitTurn(turn: TurnHandle, result: CommitResult): Promise<CommitOutcome> {
     const st = turns.get(turn);
@@ -375,51 +401,44 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     const target = validateCommitResult(ctx, st, result);
     st.status = "committing";
     const work = (async (): Promise<CommitOutcome> => {
+      let outcome: CommittedOutcome;
       try {
-        if (st.invalidated) {
-          throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
-        }
-        const outcome =
-          result.kind === "static" ? await commitStatic(st, result) : await commitAuto(st, result, target!);
-        st.status = "committed";
-        // An auto commit moved the cache away: its lock file goes too, so the directory can be pruned.
-        finish(st, result.kind === "autoRename");
-        ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
-        await settle(st, {
-          outcome: "committed",
-          cachePath: outcome.committed ? outcome.cachePath : st.cachePath,
-          messageCount: outcome.committed ? outcome.messageCount : 0,
-          tokenCount: result.tokenCount ?? null,
-          pruneSource: result.kind === "autoRename",
-        });
-        return outcome;
-      } catch (error) {
-        // A commit that failed in kvkeep's own I/O (disk full, …) says nothing against the
-        // last committed state: keep it whatever the policy. A turn that saved nothing, or
-        // whose cache was deleted, rolls back per the policy like any failed turn.
-        const ioFailure = isKvKeepError(error, "NO_SPACE") || isKvKeepError(error, "IO_ERROR");
+        await assertNotDeleted(st, null, st.cachePath);
+        outcome = result.kind === "static" ? await commitStatic(st, result) : await commitAuto(st, result, target!);
+      } catch (caught) {
+        // Any failure in kvkeep's own I/O (disk full, EIO, …) says nothing against the last
+        // committed state: keep it whatever the policy. A turn that saved nothing, or whose
+        // cache was deleted, rolls back per the policy like any failed turn.
+        const error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
         log("warn", "commit failed; rolling the turn back", { cachePath: st.cachePath, error });
         st.status = "open";
-        await rollbackTurn(st, ioFailure ? "keep-committed" : ctx.onRollback);
+        await rollbackTurn(st, TURN_FAILURES.has(error.code) ? ctx.onRollback : "keep-committed");
         throw error;
       }
+      st.status = "committed";
+      ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
+      // An auto commit moved the cache away: its lock file goes too, so the directory can be pruned.
+      await settle(st, result.kind === "autoRename", {
+        outcome: "committed",
+        cachePath: outcome.cachePath,
+        messageCount: outcome.messageCount,
+        tokenCount: result.tokenCount ?? null,
+      });
+      return outcome;
     })();
     st.settling = work;
     return work;
   }
 
-  /** Release what a finished turn holds (lease, open-turn entry). */
-  function finish(st: TurnState, removeLockFile: boolean): void {
-    ctx.openTurns.delete(st);
-    st.lease.release({ removeLockFile });
-  }
-
+  /** End a turn: release its lock and directory ref (pruning if its cache went), then say so. */
   async function settle(
     st: TurnState,
-    info: { outcome: "committed" | "rolledBack"; cachePath: string; messageCount?: number; tokenCount?: number | null; pruneSource: boolean },
+    removed: boolean,
+    info: { outcome: "committed" | "rolledBack"; cachePath: string; messageCount?: number; tokenCount?: number | null },
   ): Promise<void> {
-    ctx.layers.unrefDir(st.cachePath);
-    if (info.pruneSource) await ctx.prune(st.cachePath);
+    await ctx.releaseCache(st.lease, st.cachePath, removed).catch((error: unknown) => {
+      log("warn", "could not prune the cache directory", { cachePath: st.cachePath, error });
+    });
     ctx.emit({
       type: "turnSettled",
       conversationId: st.handle.conversationId,
@@ -442,25 +461,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     if (st.status !== "open") return;
     st.status = "rolledBack";
     await unlinkIfExists(st.handle.savePath).catch(() => {});
-    let clear = policy === "clear" || st.invalidated;
+    let clear = policy === "clear" || ctx.deletedSince(st.cachePath, st.deleteGeneration);
     if (!clear) {
       const now = await statIdentity(st.cachePath).catch(() => null);
       clear = !(now && st.beginIdentity && sameIdentity(now, st.beginIdentity));
     }
     if (clear) {
       try {
-        await removeCacheFiles(st.cachePath);
-        ctx.retention.noteRemoved(st.cachePath);
+        await ctx.removeCache(st.cachePath);
       } catch (error) {
+        ctx.forgetCache(st.cachePath, st.init);
         log("warn", "could not remove the cache file during rollback; it will be re-verified before use", {
           cachePath: st.cachePath,
           error,
         });
       }
-      ctx.forgetCache(st.cachePath, st.init);
     }
-    finish(st, clear);
-    await settle(st, { outcome: "rolledBack", cachePath: st.cachePath, pruneSource: clear });
+    await settle(st, clear, { outcome: "rolledBack", cachePath: st.cachePath });
   }
 
   async function rollback(turn: TurnHandle): Promise<void> {

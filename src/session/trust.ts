@@ -4,7 +4,7 @@
  * The caller holds the cache's lock.
  */
 import { statIdentity } from "../durable/files.js";
-import { AUTO_KEY_PATTERN } from "../keys/safe-key.js";
+import { cacheKindOf } from "../keys/safe-key.js";
 import type { CacheLocation } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import { type Manifest, sameIdentity } from "../manifest/format.js";
@@ -14,7 +14,7 @@ import { initKey, type TrustedCache } from "../store/layers.js";
 
 export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
   return {
-    kind: AUTO_KEY_PATTERN.test(loc.cacheKey) ? "auto" : "named",
+    kind: cacheKindOf(loc.cacheKey),
     modelId: loc.modelId,
     fingerprint,
     configHash: loc.configHash,

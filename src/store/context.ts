@@ -1,10 +1,9 @@
 /** What a session may use of its store: the internals, never exported from the package. */
 import type { CacheLocation } from "../layout/paths.js";
 import type { Logger } from "../logger.js";
-import type { PathLockTable } from "../locks/path-locks.js";
+import type { Lease, PathLockTable } from "../locks/path-locks.js";
 import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
-import type { TurnState } from "../session/session.js";
 import type { TurnEvent } from "../types.js";
 import type { StoreLayers } from "./layers.js";
 
@@ -32,8 +31,6 @@ export interface StoreContext {
   readonly layers: StoreLayers;
   readonly onRollback: "clear" | "keep-committed";
   readonly verify: "size" | "checksum";
-  /** Turns begun and not yet committed or rolled back, for `delete` to invalidate. */
-  readonly openTurns: Set<TurnState>;
   /** Throws STORE_CLOSED once `close()` was called. */
   assertOpen(): void;
   /** mkdir -p the cache's directory, refusing symlinks below the root. */
@@ -42,6 +39,17 @@ export interface StoreContext {
   forgetCache(cachePath: string, init: string): void;
   /** Remove the cache's directory and its key directory if empty and unused. */
   prune(cachePath: string): Promise<void>;
+  /** Remove a cache everywhere at once: its files, its index entry, its in-memory layers. */
+  removeCache(cachePath: string): Promise<void>;
+  /**
+   * Give a cache up after using it: release the lease (removing the lock file when the
+   * cache was `removed`), drop the directory ref, and prune emptied directories.
+   */
+  releaseCache(lease: Lease | null, cachePath: string, removed: boolean): Promise<void>;
+  /** How many deletes this store has run (a turn records it when it takes its lock). */
+  deletionGeneration(): number;
+  /** True when a delete after `generation` covered `cachePath` (its key, model, or everything). */
+  deletedSince(cachePath: string, generation: number): boolean;
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
 }

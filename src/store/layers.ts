@@ -77,9 +77,6 @@ export class StoreLayers {
     return this.#activeDirs.has(path.resolve(dir));
   }
 
-  activeDirCount(): number {
-    return this.#activeDirs.size;
-  }
 
   #dirsOf(cachePath: string): string[] {
     const modelDir = path.dirname(path.resolve(cachePath));

@@ -4,19 +4,19 @@
  */
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
-import { mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
+import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
-import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, isWithin, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
 import { processLocks } from "../locks/path-locks.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
-import { createSession, type TurnState } from "../session/session.js";
+import { createSession } from "../session/session.js";
 import { establishTrust } from "../session/trust.js";
 import type { CacheInfo, DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
 import type { StoreContext } from "./context.js";
-import { StoreLayers, type TrustedCache } from "./layers.js";
+import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 
@@ -117,6 +117,14 @@ export class KvCacheStoreImpl implements KvCacheStore {
   readonly retention: Retention;
   readonly #ctx: StoreContext;
   readonly #listeners = new Set<(event: TurnEvent) => void>();
+  /**
+   * Deletes so far, and the last one that covered each scope directory (the root for
+   * `{ all: true }`). A turn records the generation when it takes its lock; a commit that
+   * finds a later delete covering its cache refuses (DELETED_DURING_TURN) — also when the
+   * delete ran during the commit itself, or while the turn was still beginning.
+   */
+  #deleteGeneration = 0;
+  readonly #deletedScopes = new Map<string, number>();
   #closed = false;
 
   constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
@@ -142,6 +150,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
     const prune = (cachePath: string): Promise<void> =>
       pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
+    const deletedScopes = this.#deletedScopes;
     const retention = new Retention(
       { root, logger, nfs, locks, forgetCache, prune },
       retentionSettings,
@@ -156,15 +165,33 @@ export class KvCacheStoreImpl implements KvCacheStore {
       layers,
       onRollback: options.onRollback ?? "clear",
       verify: options.verify ?? "size",
-      openTurns: new Set<TurnState>(),
       assertOpen: () => {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
       },
       ensureCacheDir: async (loc: CacheLocation) => {
-        await mkdirUnderRoot(root, loc.cacheKey, loc.modelId);
+        await mkdirUnderRoot(nfs, root, loc.cacheKey, loc.modelId);
       },
       forgetCache,
       prune,
+      removeCache: async (cachePath) => {
+        await removeCacheFiles(cachePath);
+        retention.noteRemoved(cachePath);
+        const loc = parseCachePath(root, cachePath);
+        if (loc) forgetCache(cachePath, initKey(loc.modelId, loc.configHash, loc.cacheKey));
+      },
+      releaseCache: async (lease, cachePath, removed) => {
+        lease?.release({ removeLockFile: removed });
+        layers.unrefDir(cachePath);
+        if (removed) await prune(cachePath);
+      },
+      deletionGeneration: () => this.#deleteGeneration,
+      deletedSince: (cachePath, generation) => {
+        const modelDir = path.dirname(cachePath);
+        for (const dir of [root, path.dirname(modelDir), modelDir]) {
+          if ((deletedScopes.get(dir) ?? -1) > generation) return true;
+        }
+        return false;
+      },
       emit: (event) => {
         for (const listener of this.#listeners) {
           try {
@@ -214,10 +241,13 @@ export class KvCacheStoreImpl implements KvCacheStore {
       if (target.modelId !== undefined) assertModelId(target.modelId);
       scopes = [{ cacheKey: target.kvCacheKey, ...(target.modelId !== undefined ? { modelId: target.modelId } : {}) }];
     }
+    // Recorded before any file goes, so a commit racing this delete sees it afterwards.
+    const generation = ++this.#deleteGeneration;
+    if ("all" in target) this.#deletedScopes.set(this.root, generation);
     for (const scope of scopes) {
       const scopeDir =
         scope.modelId === undefined ? cacheKeyDir(this.root, scope.cacheKey) : path.join(this.root, scope.cacheKey, scope.modelId);
-      for (const turn of ctx.openTurns) if (isWithin(scopeDir, turn.cachePath)) turn.invalidated = true;
+      this.#deletedScopes.set(scopeDir, generation);
       for (const modelDir of await scanKeyDir(this.root, scope.cacheKey, scope.modelId)) {
         for (const file of modelDir.files) {
           if (file.kind === null) {
@@ -231,8 +261,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
               ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
             }
           } else if (file.kind === "cache") {
-            await removeCacheFiles(file.path);
-            ctx.retention.noteRemoved(file.path);
+            await ctx.removeCache(file.path);
           } else {
             await unlinkIfExists(file.path);
           }
@@ -272,6 +301,9 @@ export class KvCacheStoreImpl implements KvCacheStore {
       });
     }
     const resolved = cachePathOf(this.root, loc);
+    // Never through a symlink planted below the root, and never creating directories:
+    // a missing level means there is no cache (UNSAFE_PATH for a symlink or file).
+    if (!(await assertRealDirs(this.root, [loc.cacheKey, loc.modelId]))) return null;
     const lease = ctx.locks.tryAcquire(resolved);
     if (!lease) return null;
     ctx.layers.refDir(resolved);
@@ -283,9 +315,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       await ctx.retention.noteUsed(resolved, trusted);
       return result;
     } finally {
-      lease.release({ removeLockFile: trusted === null });
-      ctx.layers.unrefDir(resolved);
-      if (trusted === null) await ctx.prune(resolved);
+      await ctx.releaseCache(lease, resolved, trusted === null);
     }
   }
 

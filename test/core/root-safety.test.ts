@@ -77,6 +77,16 @@ describe("nothing outside the root is created or deleted", () => {
     expect(await snapshot(outside)).toEqual(before);
   });
 
+  it("useCache never reads or writes through a symlink planted as a key directory", async () => {
+    await fs.mkdir(root, { recursive: true });
+    await fs.symlink(outside, path.join(root, "planted"));
+    const before = await snapshot(outside);
+    await expect(store.useCache(path.join(root, "planted", "m", `${configHash}.bin`), {}, async () => 1)).rejects.toMatchObject({
+      code: "UNSAFE_PATH",
+    });
+    expect(await snapshot(outside)).toEqual(before);
+  });
+
   it("an auto commit target outside the root is refused and the turn stays usable", async () => {
     const session = store.createSession("m");
     const turn = await session.beginTurn({

@@ -120,7 +120,14 @@ describe("3. commit", () => {
     const turn = await session.beginTurn({ kind: "custom", customKey: "c", configHash, primeIfMissing: countingPrime() });
     const bytes = await writeState(turn.savePath);
     const outcome = await session.commitTurn(turn, { kind: "static", messageCount: 7 });
-    expect(outcome).toEqual({ committed: true, cachePath: turn.cachePath, messageCount: 7, keptExisting: false });
+    const st = await fs.stat(turn.cachePath, { bigint: true });
+    expect(outcome).toEqual({
+      committed: true,
+      cachePath: turn.cachePath,
+      messageCount: 7,
+      keptExisting: false,
+      file: { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() },
+    });
     expect(hooks.getSavedCount(turn.cachePath)).toBe(7);
     expect(await fs.readFile(turn.cachePath)).toEqual(bytes);
     expect(existsSync(turn.savePath)).toBe(false);
