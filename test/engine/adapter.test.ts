@@ -203,6 +203,39 @@ describe("restarts and mismatches", () => {
     await adapter.dispose();
   });
 
+  it("an already-aborted call rejects with ABORTED before touching any cache", async () => {
+    const root = tempDir();
+    const adapter = adapterOn(openKvCacheStore({ root }));
+    for (const kvCache of ["c", true, false] as const) {
+      await expect(
+        adapter.completion({ history: [system, u1], kvCache, maxTokens: 4, signal: AbortSignal.abort() }),
+      ).rejects.toMatchObject({ code: "ABORTED" });
+    }
+    const { readdirSync } = await import("node:fs");
+    expect(readdirSync(root)).toEqual([]);
+    await adapter.dispose();
+  });
+
+  it("passes the caller's conversationId to the store's turn events", async () => {
+    const store = openKvCacheStore({ root: tempDir() });
+    const ids: string[] = [];
+    store.onTurnEvent((e) => ids.push(`${e.type}:${e.conversationId}`));
+    const adapter = adapterOn(store);
+    await adapter.completion({ history: [system, u1], kvCache: true, maxTokens: 2, conversationId: "thread-7" });
+    expect(ids).toEqual(["turnStarted:thread-7", "turnSettled:thread-7"]);
+    await adapter.dispose();
+  });
+
+  it("with a wrapper that stops on text, the streamed pieces join to exactly the returned text", async () => {
+    const plain = (await loadFixtureModel("tiny", { overrides: { chatTemplate: "none" } })).model;
+    const adapter = createLlamaCppCompletion({ model: plain, store: openKvCacheStore({ root: tempDir() }), contextSize: CONTEXT });
+    let streamed = "";
+    const result = await adapter.completion({ history: [system, u1], kvCache: "g", maxTokens: 48, temperature: 0, onToken: (t) => (streamed += t) });
+    expect(streamed).toBe(result.text);
+    expect(result.text).not.toContain("### Human");
+    await adapter.dispose();
+  });
+
   it("kvCache: false is a cold run that touches no cache", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });

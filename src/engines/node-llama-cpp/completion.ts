@@ -23,10 +23,12 @@ import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { CacheInfo, CacheMessage, KvCacheSession, TurnHandle } from "../../types.js";
+import type { CacheInfo, CacheMessage, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
+import { parseCachePath } from "../../layout/paths.js";
 import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
 import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
+import { StopTextStream } from "./stop-text-stream.js";
 
 export interface LlamaCppCompletionOptions {
   /** The loaded model. The adapter never disposes it. */
@@ -77,9 +79,21 @@ export interface CompletionParams {
   minP?: number | undefined;
   seed?: number | undefined;
   repeatPenalty?: SequenceEvaluateOptions["repeatPenalty"];
-  /** Aborts waiting for the cache and generation; the turn rolls back and the call rejects with ABORTED. */
+  /**
+   * Aborts the call: checked while waiting for the cache, before generation starts and
+   * after each generated token (not inside one evaluation batch). The turn rolls back and
+   * the call rejects with ABORTED.
+   */
   signal?: AbortSignal | undefined;
-  /** Called with each piece of generated text as it is produced. */
+  /**
+   * Names the conversation in the store's turn events (warming). Default: the session name;
+   * in auto mode, an id derived from the history's opening (see `TurnHandle.conversationId`).
+   */
+  conversationId?: string | undefined;
+  /**
+   * Called with each piece of generated text as it is produced. The pieces join to exactly
+   * the returned text: text that might begin a stop sequence is held back until it cannot.
+   */
   onToken?: ((text: string) => void) | undefined;
 }
 
@@ -187,11 +201,14 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     if (this.#disposed) return Promise.reject(new KvKeepError("STORE_CLOSED", "this completion adapter was disposed."));
     const run = this.#queue.then(async () => {
       if (options.signal?.aborted) return null;
+      // Only this adapter's caches: another model's may share a fingerprint given by hand.
+      if (parseCachePath(this.#store.root, cachePath)?.modelId !== this.#modelId) return null;
       const { sequence, fingerprint } = await this.#openEngine();
       return this.#store.useCache(cachePath, { fingerprint }, async (cache) => {
         if (options.signal?.aborted) return null;
         this.#holding = null;
         await sequence.loadStateFromFile(cache.cachePath, { acceptRisk: true });
+        // Under the cache's lock: the file cannot change between the load and this stat.
         const identity = await statIdentity(cache.cachePath);
         this.#holding = identity ? { cachePath: cache.cachePath, identity } : null;
         return cache;
@@ -260,6 +277,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       });
     }
 
+    if (params.signal?.aborted) throw abortedCompletion(params.signal);
     if (params.kvCache === false) {
       this.#holding = null;
       await sequence.clearHistory();
@@ -276,6 +294,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         : { kind: "custom" as const, customKey: params.kvCache }),
       configHash,
       signal: params.signal,
+      conversationId: params.conversationId,
       primeIfMissing: async (path) => {
         this.#holding = null;
         await sequence.clearHistory();
@@ -292,23 +311,20 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         await sequence.loadStateFromFile(turn.cachePath, { acceptRisk: true });
         loadMs = now() - loadStart;
       }
+      if (params.signal?.aborted) throw abortedCompletion(params.signal);
       // Reuse stops exactly where the cached tokens and the prompt differ; at least one
       // prompt token is always evaluated, because logits are not part of a saved state.
       const { firstDifferentIndex } = sequence.compareContextTokens(prompt.tokens);
       const keep = Math.min(firstDifferentIndex, prompt.tokens.length - 1);
       this.#holding = null;
       const generation = await this.#generate(sequence, prompt, keep, params, started);
-      if (generation.aborted) {
-        throw new KvKeepError("ABORTED", "the completion was aborted; its turn was rolled back.", { cause: params.signal?.reason });
-      }
+      if (generation.aborted) throw abortedCompletion(params.signal);
       const saveStart = now();
       await sequence.saveStateToFile(turn.savePath);
       const outcome = await this.#commit(session, turn, params, configHash, generation.text, sequence.contextTokens.length);
       committed = true;
-      if (outcome && !outcome.keptExisting) {
-        const identity = await statIdentity(outcome.cachePath);
-        this.#holding = identity ? { cachePath: outcome.cachePath, identity } : null;
-      }
+      // The sequence holds exactly the state this commit installed (identity taken under its lock).
+      this.#holding = outcome?.file ? { cachePath: outcome.cachePath, identity: outcome.file } : null;
       const reused = turn.primed ? 0 : keep;
       return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation.ttftMs, loadMs, now() - saveStart) };
     } finally {
@@ -332,7 +348,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     configHash: string,
     reply: string,
     tokenCount: number,
-  ): Promise<{ cachePath: string; keptExisting: boolean } | null> {
+  ): Promise<Extract<CommitOutcome, { committed: true }> | null> {
     const messageCount = params.history.length + 1;
     try {
       const outcome = await session.commitTurn(
@@ -371,24 +387,17 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       ...(params.repeatPenalty !== undefined ? { repeatPenalty: params.repeatPenalty } : {}),
     };
     const generated: Token[] = [];
-    let text = "";
+    const stream = new StopTextStream(prompt.stopTexts, params.onToken);
     let ttftMs = Number.NaN;
     let aborted = false;
     const maxTokens = params.maxTokens ?? Number.POSITIVE_INFINITY;
     const iterator = sequence.evaluate(prompt.tokens.slice(keep), { ...sampling, yieldEogToken: true });
     try {
       for await (const token of iterator) {
-        if (generated.length === 0 && Number.isNaN(ttftMs)) ttftMs = now() - started;
+        if (Number.isNaN(ttftMs)) ttftMs = now() - started;
         if (model.isEogToken(token)) break;
-        const piece = model.detokenize([token], false, generated.slice(-8));
         generated.push(token);
-        text += piece;
-        const stop = prompt.stopTexts.find((s) => text.includes(s));
-        if (stop !== undefined) {
-          text = text.slice(0, text.indexOf(stop));
-          break;
-        }
-        params.onToken?.(piece);
+        if (stream.push(model.detokenize([token], false, generated.slice(-9, -1)))) break; // a stop text
         if (params.signal?.aborted) {
           aborted = true;
           break;
@@ -399,7 +408,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       // Close the generator before anyone saves: the saved tokens are then the ones evaluated.
       await iterator.return();
     }
-    if (prompt.stopTexts.length === 0) text = model.detokenize(generated);
+    // The whole reply detokenized at once (multi-byte characters intact), cut at a stop text.
+    const text = stream.finish(model.detokenize(generated));
     return { text, ttftMs, aborted: aborted || params.signal?.aborted === true };
   }
 
@@ -419,4 +429,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 /** A completion handler over `options.model` that keeps conversations' KV caches with kvkeep. */
 export function createLlamaCppCompletion(options: LlamaCppCompletionOptions): LlamaCppCompletion {
   return new LlamaCppCompletionImpl(options);
+}
+
+function abortedCompletion(signal: AbortSignal | undefined): KvKeepError {
+  return new KvKeepError("ABORTED", "the completion was aborted; its turn was rolled back.", { cause: signal?.reason });
 }
