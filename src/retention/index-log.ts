@@ -56,8 +56,6 @@ export class IndexLog {
   readonly writerId: string;
   readonly #logger: Logger;
 
-  #fd: FileHandle | null = null;
-  #fdIno: bigint | null = null;
   #queue: string[] = [];
   #flushScheduled = false;
   #flushing: Promise<void> = Promise.resolve();
@@ -105,28 +103,19 @@ export class IndexLog {
     this.#queue = [];
     if (batch.length === 0) return;
     try {
-      const fd = await this.#appendFd();
-      await fd.write(batch);
+      // Open per batch (batches run in the background, off the commit's path): every open
+      // names the current log, so a compaction's replacement needs no tracking, and no fd
+      // outlives the batch — a store dropped without close() leaks nothing.
+      await this.#ensureDir();
+      const fd = await fs.open(this.path, APPEND_FLAGS, 0o644);
+      try {
+        await fd.write(batch);
+      } finally {
+        await fd.close();
+      }
     } catch (error) {
       this.#appendFailed(error);
     }
-  }
-
-  /** The append fd, reopened when the path now names another file (a compaction replaced it). */
-  async #appendFd(): Promise<FileHandle> {
-    const now = await statIno(this.path);
-    if (this.#fd && now && now.ino === this.#fdIno) return this.#fd;
-    await this.#closeFd();
-    await this.#ensureDir();
-    const fd = await fs.open(this.path, APPEND_FLAGS, 0o644);
-    try {
-      this.#fdIno = (await fd.stat({ bigint: true })).ino;
-    } catch (error) {
-      await fd.close().catch(() => {});
-      throw error;
-    }
-    this.#fd = fd;
-    return fd;
   }
 
   /** `<root>/.kvkeep`, created if missing — never through a symlink, never the root itself. */
@@ -166,13 +155,6 @@ export class IndexLog {
         error,
       }),
     );
-  }
-
-  async #closeFd(): Promise<void> {
-    const fd = this.#fd;
-    this.#fd = null;
-    this.#fdIno = null;
-    await fd?.close().catch(() => {});
   }
 
   /** Where the log ends now: record it before a disk walk, and read from it after. */
@@ -272,11 +254,10 @@ export class IndexLog {
     if (st) this.setReadPosition({ ino: st.ino, offset: st.size });
   }
 
-  /** Write what is queued, then close the fd. Later appends open, write and close at once. */
+  /** Write what is queued. Later appends open, write and close at once. */
   async close(): Promise<void> {
     this.#closed = true;
     await this.#flushing;
     if (this.#queue.length > 0) await this.#flush();
-    await this.#closeFd();
   }
 }
