@@ -111,9 +111,18 @@ interface ProbeResult {
   readonly result?: { loaded: boolean; error?: string; logs?: string; contextTokens?: number; tokens?: number[] };
 }
 
+const writtenProbes = new Set<string>();
+
+/**
+ * Write a probe script once per run. Concurrent tests share it: rewriting it (truncate,
+ * then write) while a sibling's child starts would hand that child an empty script.
+ */
 function probeScript(name: string, code: string): string {
   const file = join(dir, name);
-  writeFileSync(file, code);
+  if (!writtenProbes.has(file)) {
+    writeFileSync(file, code);
+    writtenProbes.add(file);
+  }
   return file;
 }
 
@@ -260,8 +269,8 @@ describe("1. state files", () => {
 
     it("control: the same model and settings load it and continue identically", async () => {
       const r = await runLoadProbe(modelPath, statePath, { contextSize: 1024 }, nextToken);
-      expect(r.signal).toBeNull();
-      expect(r.result).toEqual({ loaded: true, contextTokens: savedTokens, tokens: reference });
+      expect(r.signal, r.stderr).toBeNull();
+      expect(r.result, r.stderr).toEqual({ loaded: true, contextTokens: savedTokens, tokens: reference });
     });
 
     it("a truncated state file aborts the whole process (SIGABRT), it does not throw", async () => {
