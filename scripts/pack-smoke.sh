@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The package as a user gets it: pack (which builds dist and bundles the prebuilt addon),
+# install the tarball into an empty project WITHOUT install scripts (npm 11's default for
+# dependencies), and check that kvkeep loads the prebuilt binary and commits a turn.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+npm pack --pack-destination "$work" --silent > /dev/null
+mkdir "$work/app" && cd "$work/app"
+npm init -y > /dev/null
+npm install --ignore-scripts --no-audit --no-fund "$work"/kvkeep-*.tgz > /dev/null
+cat > smoke.mjs <<'JS'
+import { generateConfigHash, openKvCacheStore } from "kvkeep";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+const store = openKvCacheStore({ root: fs.mkdtempSync(path.join(os.tmpdir(), "kvkeep-smoke-")) });
+const session = store.createSession("m");
+const turn = await session.beginTurn({ kind: "custom", customKey: "c", configHash: generateConfigHash("s"), primeIfMissing: (p) => fs.promises.writeFile(p, "primed") });
+await fs.promises.writeFile(turn.savePath, "state");
+const outcome = await session.commitTurn(turn, { kind: "static", messageCount: 2 });
+await store.close();
+if (store.backend !== "prebuilt" || !outcome.committed) throw new Error(`backend ${store.backend}, outcome ${JSON.stringify(outcome)}`);
+console.log(`packed kvkeep works: backend ${store.backend}, commit ok`);
+JS
+node smoke.mjs
+npx --no-install kvkeep backend
