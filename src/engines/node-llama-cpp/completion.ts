@@ -72,6 +72,11 @@ export interface CompletionParams {
   tools?: readonly LlamaTool[] | undefined;
   /** Stop after this many generated tokens. Default: until the model ends its reply or the context is full. */
   maxTokens?: number | undefined;
+  /**
+   * Texts that end the reply (as OpenAI's `stop`), besides the chat wrapper's own: the reply
+   * is cut before the first one that appears, and `finishReason` is `"stop"`.
+   */
+  stop?: readonly string[] | undefined;
   /** Sampling, passed to the engine as given; nothing is added (no repeat penalty unless asked). */
   temperature?: number | undefined;
   topK?: number | undefined;
@@ -115,6 +120,12 @@ export interface CompletionStats {
   loadMs: number;
   /** Time spent saving the new state and committing it. */
   saveMs: number;
+  /** The part of `saveMs` spent in `commitTurn` (verify, fsync, rename, manifest). */
+  commitMs: number;
+  /** Tokens generated for the reply (the end-of-generation token not counted). */
+  completionTokens: number;
+  /** `"length"`: `maxTokens` or the context's end cut the reply; `"stop"`: the model ended it, or a stop text did. */
+  finishReason: "stop" | "length";
 }
 
 export interface CompletionResult {
@@ -148,6 +159,15 @@ interface Engine {
   fingerprint: string;
 }
 
+/** What one generation produced, and why it ended. */
+interface Generation {
+  text: string;
+  ttftMs: number;
+  aborted: boolean;
+  completionTokens: number;
+  finishReason: "stop" | "length";
+}
+
 /** Which committed cache file the live sequence holds exactly, so its load can be skipped. */
 interface Holding {
   cachePath: string;
@@ -168,6 +188,9 @@ function validateParams(params: CompletionParams): void {
     throw bad("maxTokens must be a positive integer.", "maxTokens");
   }
   if (params.onToken !== undefined && typeof params.onToken !== "function") throw bad("onToken must be a function.", "onToken");
+  if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((t) => typeof t !== "string" || t.length === 0))) {
+    throw bad("stop must be an array of non-empty strings.", "stop");
+  }
 }
 
 export class LlamaCppCompletionImpl implements LlamaCppCompletion {
@@ -282,7 +305,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       this.#holding = null;
       await sequence.clearHistory();
       const generation = await this.#generate(sequence, prompt, 0, params, started);
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation.ttftMs, 0, 0) };
+      if (generation.aborted) throw abortedCompletion(params.signal);
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation, 0, 0, 0) };
     }
 
     const systemPrompt = params.history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
@@ -321,12 +345,14 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       if (generation.aborted) throw abortedCompletion(params.signal);
       const saveStart = now();
       await sequence.saveStateToFile(turn.savePath);
+      const commitStart = now();
       const outcome = await this.#commit(session, turn, params, configHash, generation.text, sequence.contextTokens.length);
+      const commitMs = now() - commitStart;
       committed = true;
       // The sequence holds exactly the state this commit installed (identity taken under its lock).
       this.#holding = outcome?.file ? { cachePath: outcome.cachePath, identity: outcome.file } : null;
       const reused = turn.primed ? 0 : keep;
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation.ttftMs, loadMs, now() - saveStart) };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation, loadMs, now() - saveStart, commitMs) };
     } finally {
       if (!committed) await session.rollback(turn);
     }
@@ -375,7 +401,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     keep: number,
     params: CompletionParams,
     started: number,
-  ): Promise<{ text: string; ttftMs: number; aborted: boolean }> {
+  ): Promise<Generation> {
     const { model } = this.#options;
     if (sequence.nextTokenIndex > keep) await sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }]);
     const sampling: SequenceEvaluateOptions = {
@@ -387,9 +413,10 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       ...(params.repeatPenalty !== undefined ? { repeatPenalty: params.repeatPenalty } : {}),
     };
     const generated: Token[] = [];
-    const stream = new StopTextStream(prompt.stopTexts, params.onToken);
+    const stream = new StopTextStream(params.stop?.length ? [...prompt.stopTexts, ...params.stop] : prompt.stopTexts, params.onToken);
     let ttftMs = Number.NaN;
     let aborted = false;
+    let finishReason: Generation["finishReason"] = "stop";
     const maxTokens = params.maxTokens ?? Number.POSITIVE_INFINITY;
     const iterator = sequence.evaluate(prompt.tokens.slice(keep), { ...sampling, yieldEogToken: true });
     try {
@@ -402,7 +429,10 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
           aborted = true;
           break;
         }
-        if (generated.length >= maxTokens || sequence.nextTokenIndex >= sequence.contextSize - 1) break;
+        if (generated.length >= maxTokens || sequence.nextTokenIndex >= sequence.contextSize - 1) {
+          finishReason = "length";
+          break;
+        }
       }
     } finally {
       // Close the generator before anyone saves: the saved tokens are then the ones evaluated.
@@ -410,18 +440,21 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     }
     // The whole reply detokenized at once (multi-byte characters intact), cut at a stop text.
     const text = stream.finish(model.detokenize(generated));
-    return { text, ttftMs, aborted: aborted || params.signal?.aborted === true };
+    return { text, ttftMs, aborted: aborted || params.signal?.aborted === true, completionTokens: generated.length, finishReason };
   }
 
-  #stats(promptTokens: number, reusedTokens: number, ttftMs: number, loadMs: number, saveMs: number): CompletionStats {
+  #stats(promptTokens: number, reusedTokens: number, generation: Generation, loadMs: number, saveMs: number, commitMs: number): CompletionStats {
     return {
       hit: reusedTokens > 0,
       promptTokens,
       reusedTokens,
       evaluatedTokens: promptTokens - reusedTokens,
-      ttftMs,
+      ttftMs: generation.ttftMs,
       loadMs,
       saveMs,
+      commitMs,
+      completionTokens: generation.completionTokens,
+      finishReason: generation.finishReason,
     };
   }
 }
