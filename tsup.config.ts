@@ -5,6 +5,8 @@ export default defineConfig({
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
     "cli/bin": "src/cli/bin.ts",
+    "metrics/index": "src/metrics/index.ts",
+    "server/bin": "src/server/bin.ts",
   },
   format: ["esm"],
   target: "node20",
@@ -12,5 +14,5 @@ export default defineConfig({
   sourcemap: true,
   clean: true,
   splitting: true,
-  external: ["node-llama-cpp"],
+  external: ["node-llama-cpp", "fastify", "prom-client"],
 });

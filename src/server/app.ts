@@ -1,0 +1,282 @@
+/**
+ * The HTTP side of `kvkeep serve`: a Fastify app with OpenAI's routes over a pool of
+ * completion engines (one node-llama-cpp adapter per slot). It knows nothing of model
+ * loading: `serve.ts` builds the engines and the store and hands them in.
+ */
+import { timingSafeEqual } from "node:crypto";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
+import type { CompletionParams, CompletionResult } from "../engines/node-llama-cpp/completion.js";
+import { isKvKeepError } from "../errors.js";
+import { type Logger, logLine } from "../logger.js";
+import type { KvKeepMetrics } from "../metrics/index.js";
+import {
+  ApiError,
+  type ChatCompletionBody,
+  chatCompletionBodySchema,
+  chunkBody,
+  type CompletionHead,
+  completionBody,
+  completionId,
+  errorBody,
+  paramOfPath,
+  sseEvent,
+  toTurnRequest,
+  type TurnRequest,
+  usageOf,
+} from "./openai.js";
+import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
+
+/** What a slot runs: the node-llama-cpp adapter's `completion`. */
+export interface CompletionEngine {
+  completion(params: CompletionParams): Promise<CompletionResult>;
+}
+
+export interface AppDeps {
+  /** The id clients pass as `model` (and `/v1/models` lists). */
+  modelId: string;
+  /** Unix seconds for `/v1/models`' `created` (the model file's mtime). */
+  modelCreated: number;
+  pool: SlotPool<CompletionEngine>;
+  parallel: number;
+  metrics: KvKeepMetrics;
+  apiKey: string | null;
+  bodyLimit: number;
+  /** False: every turn runs without kvkeep (`--no-cache`). */
+  cacheEnabled: boolean;
+  logger: Logger;
+  /** Called after each turn that ran with a cache (the server schedules sweeps there). */
+  afterCachedTurn(): void;
+}
+
+export interface ServeApp {
+  app: FastifyInstance;
+  /** Abort every running turn (they roll back, keeping the last committed state). */
+  abortAll(reason: string): void;
+}
+
+/** A turn aborted while its client is still connected: the server is closing. */
+const shuttingDown = (): ApiError => new ApiError(503, "The server is shutting down; retry the request.", "server_error", null, "server_shutting_down");
+const notFound = (what: string): ApiError => new ApiError(404, what, "invalid_request_error", null, "unknown_url");
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** Map anything thrown in a request to an OpenAI-style error; never a stack trace. */
+function toApiError(error: FastifyError | Error, logger: Logger): ApiError {
+  if (error instanceof ApiError) return error;
+  const fastifyError = error as FastifyError;
+  if (fastifyError.validation?.length) {
+    const first = fastifyError.validation[0]!;
+    const param = paramOfPath(first.instancePath, (first.params as { missingProperty?: unknown })?.missingProperty);
+    const what = param ?? "the request body";
+    return new ApiError(400, `Invalid value for '${what}': ${first.message ?? "invalid"}.`, "invalid_request_error", param, "invalid_value");
+  }
+  switch (fastifyError.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return new ApiError(413, "The request body is larger than this server accepts (--max-body).", "invalid_request_error", null, "request_too_large");
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return new ApiError(400, "We could not parse the JSON body of your request: send a valid JSON object.", "invalid_request_error", null, "invalid_json");
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return new ApiError(415, "The request body must be JSON (Content-Type: application/json).", "invalid_request_error", null, "unsupported_media_type");
+  }
+  if (error instanceof SyntaxError) {
+    return new ApiError(400, "We could not parse the JSON body of your request: send a valid JSON object.", "invalid_request_error", null, "invalid_json");
+  }
+  const status = fastifyError.statusCode;
+  if (typeof status === "number" && status >= 400 && status < 500) {
+    return new ApiError(status, fastifyError.message, "invalid_request_error", null, fastifyError.code ?? null);
+  }
+  logger.error(logLine("request failed", { error: error.message, code: fastifyError.code }));
+  return new ApiError(500, "The server had an error while processing your request.", "server_error");
+}
+
+export function buildApp(deps: AppDeps): ServeApp {
+  const { metrics, pool, logger } = deps;
+  const running = new Set<AbortController>();
+  let recentTurnMs = 1000;
+
+  const app = Fastify({
+    logger: false,
+    bodyLimit: deps.bodyLimit,
+    // Strict JSON: no type coercion, nothing silently dropped.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
+  });
+
+  app.setErrorHandler((error: FastifyError, _request, reply) => {
+    const apiError = toApiError(error, logger);
+    void reply.code(apiError.status).headers(apiError.headers).send(errorBody(apiError));
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const apiError = notFound(`Unknown request URL: ${request.method} ${request.url.split("?")[0]}.`);
+    void reply.code(404).send(errorBody(apiError));
+  });
+
+  // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
+  app.addHook("onRequest", async (request, reply) => {
+    if (deps.apiKey === null || request.url === "/health") return;
+    const header = request.headers.authorization;
+    const token = typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
+    if (token === null || !sameSecret(token, deps.apiKey)) {
+      const apiError = new ApiError(
+        401,
+        token === null ? "You didn't provide an API key: send 'Authorization: Bearer KEY'." : "Incorrect API key provided.",
+        "invalid_request_error",
+        null,
+        "invalid_api_key",
+      );
+      return reply.code(401).send(errorBody(apiError));
+    }
+  });
+
+  app.get("/health", async () => ({ status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth }));
+
+  app.get("/metrics", async (_request, reply) => {
+    void reply.header("content-type", metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  const modelObject = () => ({ id: deps.modelId, object: "model", created: deps.modelCreated, owned_by: "kvkeep" });
+  app.get("/v1/models", async () => ({ object: "list", data: [modelObject()] }));
+  app.get<{ Params: { model: string } }>("/v1/models/:model", async (request) => {
+    if (request.params.model !== deps.modelId) {
+      throw new ApiError(404, `The model '${request.params.model}' does not exist.`, "invalid_request_error", "model", "model_not_found");
+    }
+    return modelObject();
+  });
+
+  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: chatCompletionBodySchema } }, async (request, reply) => {
+    const header = request.headers["x-kv-cache"];
+    const turn = toTurnRequest(request.body, {
+      modelId: deps.modelId,
+      kvCacheHeader: Array.isArray(header) ? header[0] : header,
+      cacheEnabled: deps.cacheEnabled,
+    });
+
+    // A client that goes away — while queued, or mid-turn — aborts its turn.
+    const controller = new AbortController();
+    const onClose = (): void => {
+      if (!reply.raw.writableFinished) controller.abort(new Error("the client disconnected"));
+    };
+    reply.raw.on("close", onClose);
+    let lease;
+    try {
+      lease = await pool.acquire(controller.signal);
+    } catch (error) {
+      reply.raw.off("close", onClose);
+      if (error instanceof QueueFullError) {
+        const seconds = retryAfterSeconds(pool.queueDepth, deps.parallel, recentTurnMs);
+        throw new ApiError(429, `The server is busy (${deps.parallel} running, ${pool.queueDepth} queued); retry after ${seconds} s.`, "rate_limit_error", null, "rate_limit_exceeded", {
+          "retry-after": String(seconds),
+        });
+      }
+      if (error instanceof QueueAbortedError) return reply.hijack(); // nobody is listening
+      throw error;
+    }
+    running.add(controller);
+    const started = performance.now();
+    try {
+      return await runTurn(turn, lease.slot, controller.signal, reply);
+    } finally {
+      running.delete(controller);
+      reply.raw.off("close", onClose);
+      lease.release();
+      recentTurnMs = 0.8 * recentTurnMs + 0.2 * (performance.now() - started);
+    }
+  });
+
+  async function runTurn(turn: TurnRequest, engine: CompletionEngine, signal: AbortSignal, reply: FastifyReply) {
+    const head: CompletionHead = { id: completionId(), created: Math.floor(Date.now() / 1000), model: deps.modelId };
+    const params: CompletionParams = {
+      history: turn.history,
+      kvCache: turn.kvCache,
+      maxTokens: turn.maxTokens,
+      temperature: turn.temperature,
+      topP: turn.topP,
+      seed: turn.seed,
+      stop: turn.stop,
+      signal,
+    };
+    if (!turn.stream) {
+      let result: CompletionResult;
+      try {
+        result = await complete(engine, params, turn);
+      } catch (error) {
+        if (!isKvKeepError(error, "ABORTED")) throw error;
+        if (reply.raw.destroyed) return reply.hijack(); // the client went away
+        throw shuttingDown();
+      }
+      return completionBody(head, result.text, result.stats.finishReason, usageOf(result.stats));
+    }
+
+    // Streaming. The head (status 200 and the role chunk) goes out with the first piece of
+    // text, so a turn that fails before generating (e.g. a prompt longer than the context)
+    // still gets its HTTP status.
+    const raw = reply.raw;
+    const usageField = turn.includeUsage ? null : undefined;
+    let headSent = false;
+    const write = (data: unknown): void => {
+      if (!headSent) {
+        headSent = true;
+        reply.hijack();
+        raw.writeHead(200, {
+          "content-type": "text/event-stream; charset=utf-8",
+          "cache-control": "no-cache",
+          connection: "keep-alive",
+          "x-accel-buffering": "no",
+        });
+        write(chunkBody(head, { delta: { role: "assistant", content: "" }, finishReason: null }, usageField));
+      }
+      if (!raw.destroyed && !raw.writableEnded) raw.write(sseEvent(data));
+    };
+    try {
+      const onToken = (piece: string): void => write(chunkBody(head, { delta: { content: piece }, finishReason: null }, usageField));
+      const result = await complete(engine, { ...params, onToken }, turn);
+      write(chunkBody(head, { delta: {}, finishReason: result.stats.finishReason }, usageField));
+      if (turn.includeUsage) write(chunkBody(head, null, usageOf(result.stats)));
+      write("[DONE]");
+    } catch (error) {
+      const apiError = isKvKeepError(error, "ABORTED") ? shuttingDown() : toApiError(error as Error, logger);
+      if (!headSent) {
+        if (raw.destroyed) return reply.hijack(); // the client went away
+        throw apiError;
+      }
+      write(errorBody(apiError)); // mid-stream: an error event, then the end of the stream
+    } finally {
+      if (headSent && !raw.destroyed) raw.end();
+    }
+    return reply;
+  }
+
+  /** Run the turn and record it; a failure is counted as a rollback and mapped to an API error. */
+  async function complete(engine: CompletionEngine, params: CompletionParams, turn: TurnRequest): Promise<CompletionResult> {
+    let result: CompletionResult;
+    try {
+      result = await engine.completion(params);
+    } catch (error) {
+      if (isKvKeepError(error, "ABORTED")) {
+        metrics.observeRollback("aborted");
+        throw error;
+      }
+      if (isKvKeepError(error, "INVALID_ARGUMENT")) {
+        const code = error.argument === "history" ? "context_length_exceeded" : null;
+        throw new ApiError(400, error.message, "invalid_request_error", error.argument === "history" ? "messages" : (error.argument ?? null), code);
+      }
+      metrics.observeRollback("error");
+      throw error;
+    }
+    metrics.observeTurn(result.stats, { cache: turn.kvCache !== false });
+    if (turn.kvCache !== false) deps.afterCachedTurn();
+    return result;
+  }
+
+  return {
+    app,
+    abortAll(reason) {
+      for (const controller of running) controller.abort(new Error(reason));
+    },
+  };
+}

@@ -1,0 +1,78 @@
+/**
+ * `kvkeep serve`: the command-line entry (`runServe`). It parses flags strictly, then
+ * imports the server lazily — Fastify, prom-client and node-llama-cpp load only to serve —
+ * and runs until SIGINT or SIGTERM.
+ */
+import type { Logger } from "../logger.js";
+import { isLoopbackHost, parseServeArgs, USAGE, UsageError } from "./options.js";
+
+export interface ServeIo {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+}
+
+/** Packages `kvkeep serve` needs besides kvkeep (optional peer dependencies of the library). */
+const SERVE_PACKAGES = ["node-llama-cpp", "fastify", "prom-client"];
+
+function missingPackage(error: unknown): string | null {
+  if ((error as NodeJS.ErrnoException)?.code !== "ERR_MODULE_NOT_FOUND") return null;
+  const message = (error as Error).message;
+  return SERVE_PACKAGES.find((name) => message.includes(`'${name}'`)) ?? null;
+}
+
+/** Run `kvkeep serve` with `argv` (the arguments after `serve`); resolves to the exit code when the server stops. */
+export async function runServe(argv: string[], io: ServeIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  let options;
+  try {
+    options = parseServeArgs(argv);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    io.stderr.write(`kvkeep serve: ${error.message}\nRun 'kvkeep serve --help' for the options.\n`);
+    return 2;
+  }
+  if ("help" in options) {
+    io.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const line = (text: string): void => void io.stderr.write(`${text}\n`);
+  const logger: Logger = { debug: () => {}, info: line, warn: line, error: line };
+
+  let serve: typeof import("./serve.js");
+  try {
+    serve = await import("./serve.js");
+  } catch (error) {
+    const name = missingPackage(error);
+    if (!name) throw error;
+    io.stderr.write(`kvkeep serve: needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}\n`);
+    return 1;
+  }
+  if (!isLoopbackHost(options.host) && options.apiKey === null) {
+    io.stderr.write(`kvkeep serve: warning: listening on ${options.host} without --api-key: anyone who can reach it can use it.\n`);
+  }
+
+  let server;
+  try {
+    server = await serve.startServer(options, logger);
+  } catch (error) {
+    if (!(error instanceof serve.ServeStartError)) throw error;
+    io.stderr.write(`kvkeep serve: ${error.message}\n`);
+    return 1;
+  }
+  io.stdout.write(
+    `kvkeep serve: listening on ${server.url} (model ${server.modelId}, ${options.parallel} parallel, ` +
+      `${options.cache ? `cache root ${server.root}` : "cache off"})\n`,
+  );
+
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+      resolve();
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+  io.stdout.write("kvkeep serve: shutting down\n");
+  await server.close();
+  return 0;
+}

@@ -1,0 +1,134 @@
+/** `kvkeep serve`'s flags: strict parsing (node's `util.parseArgs`) and checks. Pure. */
+import os from "node:os";
+import { parseArgs } from "node:util";
+
+export interface ServeOptions {
+  modelPath: string;
+  host: string;
+  port: number;
+  /** Context size of each sequence; null = the model's training context, at most 4096. */
+  contextSize: number | null;
+  /** Requests served at once (one engine context each). */
+  parallel: number;
+  /** Requests that may wait for a free sequence; more get 429. */
+  maxQueue: number;
+  /** Cache root; null = kvkeep's default root. */
+  root: string | null;
+  apiKey: string | null;
+  /** Disk budget of the auto caches (the store's `maxBytes`); null = the store's default. */
+  maxBytes: number | null;
+  /** Largest accepted request body. */
+  maxBodyBytes: number;
+  /** CPU threads shared by the sequences. */
+  threads: number;
+  /** Serve without kvkeep (every turn a full prefill): the baseline of `bench/serve.ts`. */
+  cache: boolean;
+}
+
+export const USAGE = `Usage: kvkeep serve --model PATH [options]
+
+An OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health, /metrics)
+whose conversations keep their KV cache on disk with kvkeep.
+
+Options:
+  --model PATH        the GGUF model file (required)
+  --host HOST         address to bind (default 127.0.0.1; another one exposes the server)
+  --port N            port (default 8080; 0 = any free port)
+  --ctx N             context size of each sequence in tokens (default: the model's, at most 4096)
+  --parallel N        requests served at once, one context each (default 1)
+  --max-queue N       requests that may wait for a free sequence; more get 429 (default 32)
+  --root DIR          cache root (default $KVKEEP_DIR, else $XDG_CACHE_HOME/kvkeep, else ~/.cache/kvkeep)
+  --api-key KEY       require "Authorization: Bearer KEY" (default $KVKEEP_API_KEY, else none)
+  --max-bytes SIZE    disk budget of automatic caches, e.g. 4G (default 4G)
+  --max-body SIZE     largest request body (default 4M)
+  --threads N         CPU threads shared by the sequences (default: the machine's)
+  --no-cache          serve without kvkeep (every turn evaluates its whole prompt)
+  -h, --help          this text
+Sizes take K, M, G, T (powers of 1024), optionally followed by B or iB.`;
+
+/** A command-line mistake: printed with a hint, exit code 2. */
+export class UsageError extends Error {
+  override readonly name = "UsageError";
+}
+
+const UNITS: Record<string, number> = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** `4G` → 4 GiB; `512M`, `1.5G`, `100K`, `4GiB`, `4GB` and plain bytes are accepted. */
+export function parseSize(text: string, flag: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`${flag} must be a size such as 512M or 4G (got ${JSON.stringify(text)}).`);
+  const bytes = Math.floor(Number(match[1]) * UNITS[match[2]!.toUpperCase()]!);
+  if (!Number.isSafeInteger(bytes)) throw new UsageError(`${flag} is too large (got ${text}).`);
+  return bytes;
+}
+
+function parseInteger(text: string, flag: string, min: number, max: number): number {
+  if (!/^\d+$/.test(text.trim())) throw new UsageError(`${flag} must be a whole number (got ${JSON.stringify(text)}).`);
+  const n = Number(text);
+  if (n < min || n > max) throw new UsageError(`${flag} must be between ${min} and ${max} (got ${n}).`);
+  return n;
+}
+
+/** Parse `kvkeep serve`'s arguments; `{ help: true }` for --help. Throws `UsageError` on anything unknown or invalid. */
+export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeOptions | { help: true } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        model: { type: "string" },
+        host: { type: "string" },
+        port: { type: "string" },
+        ctx: { type: "string" },
+        parallel: { type: "string" },
+        "max-queue": { type: "string" },
+        root: { type: "string" },
+        "api-key": { type: "string" },
+        "max-bytes": { type: "string" },
+        "max-body": { type: "string" },
+        threads: { type: "string" },
+        "no-cache": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) return { help: true };
+  if (!v.model) throw new UsageError("--model PATH is required (a GGUF model file).");
+  const apiKey = v["api-key"] ?? env.KVKEEP_API_KEY ?? null;
+  if (apiKey !== null && apiKey.length === 0) throw new UsageError("--api-key must not be empty.");
+  if (v.host !== undefined && v.host.length === 0) throw new UsageError("--host must not be empty.");
+  if (v.root !== undefined && v.root.length === 0) throw new UsageError("--root must not be empty.");
+  const cores = Math.max(1, os.availableParallelism());
+  return {
+    modelPath: v.model,
+    host: v.host ?? "127.0.0.1",
+    port: v.port === undefined ? 8080 : parseInteger(v.port, "--port", 0, 65535),
+    contextSize: v.ctx === undefined ? null : parseInteger(v.ctx, "--ctx", 64, 1 << 24),
+    parallel: v.parallel === undefined ? 1 : parseInteger(v.parallel, "--parallel", 1, 256),
+    maxQueue: v["max-queue"] === undefined ? 32 : parseInteger(v["max-queue"], "--max-queue", 0, 1_000_000),
+    root: v.root ?? null,
+    apiKey,
+    maxBytes: v["max-bytes"] === undefined ? null : parseSize(v["max-bytes"], "--max-bytes"),
+    maxBodyBytes: v["max-body"] === undefined ? 4 * 1024 ** 2 : parseSize(v["max-body"], "--max-body"),
+    threads: v.threads === undefined ? cores : parseInteger(v.threads, "--threads", 1, 4096),
+    cache: !v["no-cache"],
+  };
+}
+
+/** Whether `host` binds only this machine's loopback interface. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127(?:\.\d{1,3}){3}$/.test(host);
+}
+
+/**
+ * Threads for each of `parallel` contexts sharing `threads`: CPU evaluation is compute-bound,
+ * so more threads than cores in total only adds contention.
+ */
+export function threadsPerContext(threads: number, parallel: number): number {
+  return Math.max(1, Math.floor(threads / parallel));
+}

@@ -1,0 +1,158 @@
+/**
+ * Starting `kvkeep serve`: load the model with node-llama-cpp, open the kvkeep store, build
+ * one adapter (one context, one sequence) per parallel slot, warm each up, and listen.
+ * Imported lazily by `cli.ts`, so the CLI loads Fastify, prom-client and node-llama-cpp only
+ * when it serves.
+ */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
+import { Registry, collectDefaultMetrics } from "prom-client";
+import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
+import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
+import { type Logger, logLine } from "../logger.js";
+import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
+import { type KvCacheStore, openKvCacheStore } from "../store/store.js";
+import { buildApp, type CompletionEngine } from "./app.js";
+import { type ServeOptions, threadsPerContext } from "./options.js";
+import { SlotPool } from "./pool.js";
+
+/** Retention sweeps run from the server (so their evictions reach the metrics) at most this often. */
+const SWEEP_INTERVAL_MS = 5 * 60 * 1000;
+
+export interface RunningServer {
+  /** `http://host:port` the server listens on. */
+  readonly url: string;
+  readonly port: number;
+  readonly modelId: string;
+  readonly root: string;
+  readonly metrics: KvKeepMetrics;
+  /** Abort running turns (they keep their last committed state), stop listening, free the engine. */
+  close(): Promise<void>;
+}
+
+/** A model-file problem the user can fix: the CLI prints the message without a stack. */
+export class ServeStartError extends Error {
+  override readonly name = "ServeStartError";
+}
+
+/** Runs `store.sweep()` after cached turns, at most every `intervalMs`, one at a time, and counts its evictions. */
+function sweepScheduler(store: KvCacheStore, metrics: KvKeepMetrics, logger: Logger, intervalMs: number) {
+  let lastStart = Number.NEGATIVE_INFINITY;
+  let running: Promise<void> | null = null;
+  return {
+    afterTurn(): void {
+      const now = Date.now();
+      if (running || now - lastStart < intervalMs) return;
+      lastStart = now;
+      running = store
+        .sweep()
+        .then((result) => metrics.observeSweep(result))
+        .catch((error: unknown) => logger.warn(logLine("retention sweep failed; the next turn after the interval retries", { error })))
+        .finally(() => (running = null));
+    },
+    idle: (): Promise<void> => running ?? Promise.resolve(),
+  };
+}
+
+export async function startServer(options: ServeOptions, logger: Logger): Promise<RunningServer> {
+  const modelPath = path.resolve(options.modelPath);
+  const modelStat = await fs.stat(modelPath).catch(() => null);
+  if (!modelStat?.isFile()) throw new ServeStartError(`--model ${options.modelPath}: no such file (pass a GGUF model file).`);
+
+  const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
+  let model: LlamaModel;
+  try {
+    model = await llama.loadModel({ modelPath });
+  } catch (error) {
+    await llama.dispose();
+    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load it: ${(error as Error).message}`);
+  }
+  const modelId = modelIdFromModel(model);
+  const store = openKvCacheStore({
+    ...(options.root !== null ? { root: options.root } : {}),
+    logger,
+    // An aborted or failed turn keeps the conversation's last committed state.
+    onRollback: "keep-committed",
+    ...(options.maxBytes !== null ? { maxBytes: options.maxBytes } : {}),
+    // Sweeps are run by the server (sweepScheduler), so their evictions are counted.
+    sweepIntervalMs: Number.MAX_SAFE_INTEGER,
+  });
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const metrics = createKvKeepMetrics({ registry, store });
+  const sweeps = sweepScheduler(store, metrics, logger, SWEEP_INTERVAL_MS);
+
+  const threads = threadsPerContext(options.threads, options.parallel);
+  const adapters: LlamaCppCompletion[] = Array.from({ length: options.parallel }, () =>
+    createLlamaCppCompletion({
+      model,
+      store,
+      modelId,
+      modelPath,
+      threads,
+      logger,
+      ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
+    }),
+  );
+  const disposeAll = async (): Promise<void> => {
+    await Promise.allSettled(adapters.map((adapter) => adapter.dispose()));
+    await sweeps.idle();
+    await store.close();
+    await model.dispose();
+    await llama.dispose();
+  };
+
+  try {
+    // Warm-up (as llama-server does): each slot creates its context and runs one token now,
+    // so a bad --ctx fails at start and the first request's TTFT is not the context's creation.
+    for (const adapter of adapters) {
+      await adapter.completion({ history: [{ role: "user", content: "warm-up" }], kvCache: false, maxTokens: 1, temperature: 0 });
+    }
+  } catch (error) {
+    await disposeAll();
+    throw new ServeStartError(`could not create ${options.parallel} context(s) for the model: ${(error as Error).message}`);
+  }
+
+  const pool = new SlotPool<CompletionEngine>(adapters, options.maxQueue, (depth) => metrics.queueDepth.set(depth));
+  const { app, abortAll } = buildApp({
+    modelId,
+    modelCreated: Math.floor(modelStat.mtimeMs / 1000),
+    pool,
+    parallel: options.parallel,
+    metrics,
+    apiKey: options.apiKey,
+    bodyLimit: options.maxBodyBytes,
+    cacheEnabled: options.cache,
+    logger,
+    afterCachedTurn: () => sweeps.afterTurn(),
+  });
+  try {
+    await app.listen({ host: options.host, port: options.port });
+  } catch (error) {
+    await disposeAll();
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE") throw new ServeStartError(`${options.host}:${options.port} is already in use: pass another --port.`);
+    throw new ServeStartError(`could not listen on ${options.host}:${options.port}: ${(error as Error).message}`);
+  }
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : options.port;
+  const host = options.host.includes(":") && !options.host.startsWith("[") ? `[${options.host}]` : options.host;
+
+  let closing: Promise<void> | null = null;
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    modelId,
+    root: store.root,
+    metrics,
+    close() {
+      closing ??= (async () => {
+        abortAll("the server is shutting down");
+        await app.close();
+        await disposeAll();
+      })();
+      return closing;
+    },
+  };
+}
