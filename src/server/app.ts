@@ -102,9 +102,15 @@ export function buildApp(deps: AppDeps): ServeApp {
   const app = Fastify({
     logger: false,
     bodyLimit: deps.bodyLimit,
+    // Closing destroys every connection: running turns were aborted first, and a keep-alive
+    // connection on which no request ever arrived would otherwise hold close() for a minute.
+    forceCloseConnections: true,
     // Strict JSON: no type coercion, nothing silently dropped.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
   });
+
+  // JSON only: a text/plain body is refused (415), not handed to the schema as a string.
+  app.removeContentTypeParser("text/plain");
 
   app.setErrorHandler((error: FastifyError, _request, reply) => {
     const apiError = toApiError(error, logger);
@@ -257,15 +263,17 @@ export function buildApp(deps: AppDeps): ServeApp {
     try {
       result = await engine.completion(params);
     } catch (error) {
+      // A turn without a cache (kv_cache: false, --no-cache) has nothing to roll back.
+      const cached = params.kvCache !== false;
       if (isKvKeepError(error, "ABORTED")) {
-        metrics.observeRollback("aborted");
+        if (cached) metrics.observeRollback("aborted");
         throw error;
       }
       if (isKvKeepError(error, "INVALID_ARGUMENT")) {
         const code = error.argument === "history" ? "context_length_exceeded" : null;
         throw new ApiError(400, error.message, "invalid_request_error", error.argument === "history" ? "messages" : (error.argument ?? null), code);
       }
-      metrics.observeRollback("error");
+      if (cached) metrics.observeRollback("error");
       throw error;
     }
     metrics.observeTurn(result.stats, { cache: turn.kvCache !== false });
