@@ -1,0 +1,216 @@
+/**
+ * The server's pure parts: strict flags, sizes, the slot pool and its queue, the mapping of
+ * OpenAI requests, and `runServe`'s exit codes; and the metrics module on its own registry.
+ */
+import { Registry } from "prom-client";
+import { describe, expect, it } from "vitest";
+import { createKvKeepMetrics } from "../../src/metrics/index.js";
+import { runServe } from "../../src/server/cli.js";
+import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from "../../src/server/openai.js";
+import { isLoopbackHost, parseServeArgs, parseSize, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
+import { parsePrometheus } from "./helpers.js";
+
+describe("kvkeep serve flags", () => {
+  it("parses every flag, with sizes in powers of 1024 and loopback defaults", () => {
+    const options = parseServeArgs(
+      ["--model", "m.gguf", "--host", "::1", "--port", "0", "--ctx", "2048", "--parallel", "4", "--max-queue", "3", "--root", "/r",
+        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache"],
+      {},
+    );
+    expect(options).toEqual({
+      modelPath: "m.gguf", host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKey: "k",
+      maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false,
+    });
+    expect(parseServeArgs(["--model", "m.gguf"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({
+      host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKey: "from-env", maxBytes: null, cache: true,
+    });
+    expect(parseServeArgs(["--help"])).toEqual({ help: true });
+    expect([parseSize("1.5G", "x"), parseSize("100", "x"), parseSize("4GiB", "x"), parseSize("4gb", "x")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
+  });
+
+  it("refuses unknown flags, positionals, missing values and out-of-range numbers", () => {
+    for (const argv of [
+      ["--model", "m", "--bogus"],
+      ["--model", "m", "extra"],
+      ["--model"],
+      [],
+      ["--model", "m", "--port", "70000"],
+      ["--model", "m", "--parallel", "0"],
+      ["--model", "m", "--parallel", "2.5"],
+      ["--model", "m", "--max-bytes", "4X"],
+      ["--model", "m", "--api-key", ""],
+    ]) {
+      expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(UsageError);
+    }
+  });
+
+  it("runServe exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
+    const io = () => {
+      const out = { stdout: "", stderr: "" };
+      return { out, io: { stdout: { write: (t: string) => (out.stdout += t) }, stderr: { write: (t: string) => (out.stderr += t) } } };
+    };
+    const help = io();
+    expect(await runServe(["--help"], help.io)).toBe(0);
+    expect(help.out.stdout).toContain("Usage: kvkeep serve --model PATH");
+    const bad = io();
+    expect(await runServe(["--model", "m.gguf", "--prot", "1"], bad.io)).toBe(2);
+    expect(bad.out.stderr).toMatch(/--prot[\s\S]*kvkeep serve --help/);
+    const missing = io();
+    expect(await runServe(["--model", "/nonexistent/model.gguf"], missing.io)).toBe(1);
+    expect(missing.out.stderr).toContain("no such file");
+  });
+
+  it("knows loopback hosts and shares threads among the contexts", () => {
+    expect(["127.0.0.1", "127.1.2.3", "localhost", "::1"].every(isLoopbackHost)).toBe(true);
+    expect(["0.0.0.0", "192.168.1.2", "::", "example.com"].some(isLoopbackHost)).toBe(false);
+    expect([threadsPerContext(2, 1), threadsPerContext(2, 2), threadsPerContext(2, 8), threadsPerContext(8, 3)]).toEqual([2, 1, 1, 2]);
+  });
+});
+
+describe("the slot pool", () => {
+  it("hands slots out first come, first served, queues up to its bound and refuses past it", async () => {
+    const depths: number[] = [];
+    const pool = new SlotPool(["a", "b"], 2, (d) => depths.push(d));
+    const first = await pool.acquire();
+    const second = await pool.acquire();
+    const order: string[] = [];
+    const third = pool.acquire().then((l) => (order.push(`third:${l.slot}`), l));
+    const fourth = pool.acquire().then((l) => (order.push(`fourth:${l.slot}`), l));
+    await expect(pool.acquire()).rejects.toBeInstanceOf(QueueFullError);
+    expect(pool.queueDepth).toBe(2);
+    second.release();
+    second.release(); // idempotent: b is handed out once
+    first.release();
+    const [l3, l4] = await Promise.all([third, fourth]);
+    expect(order).toEqual(["third:b", "fourth:a"]);
+    expect(depths).toEqual([1, 2, 1, 0]);
+    l3.release();
+    l4.release();
+    expect(new Set([(await pool.acquire()).slot, (await pool.acquire()).slot])).toEqual(new Set(["a", "b"]));
+  });
+
+  it("a waiter whose signal aborts leaves the queue and the slot goes to the next one", async () => {
+    const pool = new SlotPool(["only"], 4);
+    const held = await pool.acquire();
+    const controller = new AbortController();
+    const gone = pool.acquire(controller.signal);
+    const next = pool.acquire();
+    controller.abort();
+    await expect(gone).rejects.toBeInstanceOf(QueueAbortedError);
+    expect(pool.queueDepth).toBe(1);
+    held.release();
+    expect((await next).slot).toBe("only");
+    await expect(pool.acquire(AbortSignal.abort())).rejects.toBeInstanceOf(QueueAbortedError);
+  });
+
+  it("suggests a Retry-After from the queue ahead and the recent turn time, between 1 and 60 s", () => {
+    expect(retryAfterSeconds(0, 1, 100)).toBe(1);
+    expect(retryAfterSeconds(5, 2, 2000)).toBe(6);
+    expect(retryAfterSeconds(1000, 1, 5000)).toBe(60);
+  });
+});
+
+describe("OpenAI requests", () => {
+  const base: ChatCompletionBody = { model: "m", messages: [{ role: "user", content: "hi" }] };
+  const map = (body: Partial<ChatCompletionBody>, header?: string, cacheEnabled = true) =>
+    toTurnRequest({ ...base, ...body }, { modelId: "m", kvCacheHeader: header, cacheEnabled });
+  const refused = (body: Partial<ChatCompletionBody>, header?: string): ApiError => {
+    try {
+      map(body, header);
+    } catch (error) {
+      expect(error).toBeInstanceOf(ApiError);
+      return error as ApiError;
+    }
+    throw new Error("expected the request to be refused");
+  };
+
+  it("maps messages, sampling and the cache choice to the adapter's terms", () => {
+    const turn = map({
+      messages: [
+        { role: "developer", content: "Be brief." },
+        { role: "user", content: [{ type: "text", text: "Hel" }, { type: "text", text: "lo" }] },
+      ],
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: 10,
+      max_completion_tokens: 20,
+      temperature: 0.5,
+      top_p: 0.9,
+      seed: 7,
+      stop: "END",
+    });
+    expect(turn).toEqual({
+      history: [{ role: "system", content: "Be brief." }, { role: "user", content: "Hello" }],
+      kvCache: true,
+      stream: true,
+      includeUsage: true,
+      maxTokens: 20,
+      temperature: 0.5,
+      topP: 0.9,
+      seed: 7,
+      stop: ["END"],
+    });
+    expect(map({ kv_cache: "chat-1" }, "other").kvCache).toBe("chat-1"); // the body wins
+    expect(map({}, "chat-2").kvCache).toBe("chat-2");
+    expect(map({ kv_cache: false }).kvCache).toBe(false);
+    expect(map({ kv_cache: "chat-1" }, undefined, false).kvCache).toBe(false); // --no-cache
+    expect(map({ stream: false, stream_options: { include_usage: true } }).includeUsage).toBe(false);
+  });
+
+  it("refuses what it cannot honour with the parameter named", () => {
+    expect(refused({ model: "gpt-4o" })).toMatchObject({ status: 404, code: "model_not_found", param: "model" });
+    expect(refused({ n: 2 })).toMatchObject({ status: 400, param: "n" });
+    expect(refused({ tools: [{ type: "function" }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ frequency_penalty: 0.5 })).toMatchObject({ status: 400, param: "frequency_penalty" });
+    expect(map({ frequency_penalty: 0, presence_penalty: null }).kvCache).toBe(true);
+    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
+    expect(refused({ messages: [{ role: "user", content: [{ type: "image_url" }] }] })).toMatchObject({ param: "messages[0].content[0].type" });
+    expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
+    expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
+    expect(refused({}, "a/b")).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
+    expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
+  });
+
+  it("names a parameter from a JSON-schema path", () => {
+    expect(paramOfPath("/messages/0/role")).toBe("messages[0].role");
+    expect(paramOfPath("", "model")).toBe("model");
+    expect(paramOfPath("/stop/1")).toBe("stop[1]");
+    expect(paramOfPath("")).toBeNull();
+  });
+});
+
+describe("kvkeep/metrics", () => {
+  it("counts hits and misses by source, tokens, latencies, rollbacks and evictions on the given registry", async () => {
+    const registry = new Registry();
+    const metrics = createKvKeepMetrics({
+      registry,
+      store: { usage: async () => ({ bytes: 30, count: 2, autoBytes: 10, namedBytes: 20 }) },
+    });
+    const turn = { reusedTokens: 90, evaluatedTokens: 10, completionTokens: 5, ttftMs: 20, loadMs: 3, saveMs: 8, commitMs: 6 };
+    metrics.observeTurn({ ...turn, hit: true }); // no source: an older adapter → own
+    metrics.observeTurn({ ...turn, hit: true, source: "prefix" });
+    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "foreign" });
+    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
+    metrics.observeRollback("aborted");
+    metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
+    const samples = parsePrometheus(await registry.metrics());
+    expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(1);
+    expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(1);
+    expect(samples.get('kvkeep_cache_misses_total{reason="foreign"}')).toBe(1);
+    expect(samples.get('kvkeep_cache_misses_total{reason="none"}')).toBe(0);
+    expect(samples.get("kvkeep_prompt_tokens_reused_total")).toBe(180);
+    expect(samples.get("kvkeep_prompt_tokens_evaluated_total")).toBe(40);
+    expect(samples.get("kvkeep_completion_tokens_total")).toBe(20);
+    expect(samples.get("kvkeep_time_to_first_token_seconds_count")).toBe(4);
+    expect(samples.get("kvkeep_cache_load_seconds_count")).toBe(2);
+    expect(samples.get("kvkeep_cache_save_seconds_count")).toBe(3);
+    expect(samples.get("kvkeep_cache_commit_seconds_sum")).toBeCloseTo(0.018);
+    expect(samples.get('kvkeep_turns_rolled_back_total{reason="aborted"}')).toBe(1);
+    expect(samples.get('kvkeep_evictions_total{reason="idle"}')).toBe(1);
+    expect(samples.get('kvkeep_evictions_total{reason="budget"}')).toBe(1);
+    expect(samples.get('kvkeep_store_bytes{kind="auto"}')).toBe(10);
+    expect(samples.get('kvkeep_store_bytes{kind="named"}')).toBe(20);
+    expect(() => createKvKeepMetrics({ registry })).toThrow(); // names are fixed: once per registry
+  });
+});
