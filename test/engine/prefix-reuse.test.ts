@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { createLlamaCppCompletion, modelIdFromModel } from "../../src/engines/node-llama-cpp/index.js";
 import { cachePathOf, manifestPathOf } from "../../src/layout/paths.js";
 import { type CacheMessage, generateConfigHash, openKvCacheStore, type KvCacheStore } from "../../src/index.js";
-import { createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
+import { coldGreedyReply, createContext, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -47,15 +47,8 @@ function startTurnInChild(root: string, history: CacheMessage[], kvCache: string
   return runChild(child, [modelPath, root, JSON.stringify({ history, kvCache, maxTokens: MAX })]);
 }
 
-async function coldReply(history: CacheMessage[]): Promise<string> {
-  const context = await createContext(model, { contextSize: CONTEXT });
-  try {
-    const tokens = renderChat(model, history as ChatMessage[]);
-    const { tokens: out, endedWithEog } = await greedyGenerate(context.getSequence(), tokens, MAX);
-    return model.detokenize(endedWithEog ? out.slice(0, -1) : out);
-  } finally {
-    await context.dispose();
-  }
+function coldReply(history: CacheMessage[]): Promise<string> {
+  return coldGreedyReply(model, history as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX });
 }
 
 /** The tokens a committed state file holds (loaded into a scratch context; the file is only read). */
