@@ -14,24 +14,32 @@ import { openaiClient, type ServeProcess, servedModel, startServe, tokensHeldAft
 type Message = OpenAI.ChatCompletionMessageParam;
 
 let root: string;
+let referenceRoot: string;
 const servers = new Set<ServeProcess>();
 let model: string;
+/** The same configuration on a root of its own: uninterrupted runs that share no cache with the others. */
+let reference: ServeProcess;
+/** Two servers on `root`, like two workers behind a load balancer. */
+let a: ServeProcess;
+let b: ServeProcess;
 
-async function serve(): Promise<ServeProcess> {
+async function serve(on = root): Promise<ServeProcess> {
   // The same threads per context everywhere, so greedy replies agree exactly; one thread,
   // because llama.cpp's thread barriers crawl when other test files load the cores.
-  const server = await startServe(["--root", root, "--parallel", "1", "--threads", "1", "--ctx", "4096"]);
+  const server = await startServe(["--root", on, "--parallel", "1", "--threads", "1", "--ctx", "4096"]);
   servers.add(server);
   return server;
 }
 
 beforeAll(async () => {
   root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-serve-restart-"));
+  referenceRoot = mkdtempSync(path.join(os.tmpdir(), "kvkeep-serve-reference-"));
+  [reference, a, b] = await Promise.all([serve(referenceRoot), serve(), serve()]);
 });
 
 afterAll(async () => {
   await Promise.all([...servers].map((s) => (s.run.child.exitCode === null && s.run.child.signalCode === null ? s.stop() : null)));
-  rmSync(root, { recursive: true, force: true });
+  for (const dir of [root, referenceRoot]) rmSync(dir, { recursive: true, force: true });
 });
 
 interface Turn {
@@ -59,20 +67,6 @@ function script(tag: string): Message[] {
   ];
 }
 
-/** The replies of an uninterrupted single-server run of the script, in a named session. */
-async function referenceReplies(server: ServeProcess, tag: string, turns: number): Promise<string[]> {
-  const [system, ...users] = script(tag);
-  const history: Message[] = [system!];
-  const replies: string[] = [];
-  for (const user of users.slice(0, turns)) {
-    history.push(user);
-    const turn = await complete(server, history, { kv_cache: `reference-${tag}` });
-    replies.push(turn.text);
-    history.push({ role: "assistant", content: turn.text });
-  }
-  return replies;
-}
-
 /** Drives one auto-mode conversation through the script, turn by turn, on any server. */
 function conversation(tag: string) {
   const [system, ...users] = script(tag);
@@ -89,10 +83,17 @@ function conversation(tag: string) {
   };
 }
 
+/** The replies of an uninterrupted run of the script on the reference server. */
+async function referenceReplies(tag: string, turns: number): Promise<string[]> {
+  const chat = conversation(tag);
+  const replies: string[] = [];
+  for (let t = 0; t < turns; t++) replies.push((await chat.turn(reference)).text);
+  return replies;
+}
+
 describe("conversations across server processes", () => {
   it("two servers on one root continue each other's conversations with cached tokens and the same replies", async () => {
-    const [a, b] = await Promise.all([serve(), serve()]);
-    const expected = await referenceReplies(a, "shared", 4);
+    const expected = await referenceReplies("shared", 4);
     const chat = conversation("shared");
     const t1 = await chat.turn(a);
     expect(cached(t1)).toBe(0);
@@ -103,14 +104,13 @@ describe("conversations across server processes", () => {
     const t4 = await chat.turn(b);
     expect(cached(t4)).toBe(tokensHeldAfter(t3.usage, t3.finish));
     expect([t1.text, t2.text, t3.text, t4.text]).toEqual(expected);
-    await Promise.all([a.stop(), b.stop()]);
   });
 
   it("a server killed with SIGKILL (mid-stream, then between turns) restarts and continues with the cached tokens it had", async () => {
-    const witness = await serve(); // stays up on the same root throughout
-    const expected = await referenceReplies(witness, "killed", 4);
+    const witness = b; // stays up on the same root throughout
+    const expected = await referenceReplies("killed", 4);
     const chat = conversation("killed");
-    let server = await serve();
+    let server = a;
     const t1 = await chat.turn(server);
     const t2 = await chat.turn(server);
 

@@ -14,21 +14,24 @@ type Message = OpenAI.ChatCompletionMessageParam;
 
 const KEY = "sk-test-kvkeep";
 const MAX_QUEUE = 6;
-let root: string;
+const roots: string[] = [];
 let server: ServeProcess;
+/** The same configuration on a root of its own: replies computed one client at a time, sharing no cache with `server`. */
+let reference: ServeProcess;
 let client: OpenAI;
 let model: string;
 
 beforeAll(async () => {
-  root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-serve-"));
-  server = await startServe(["--parallel", "2", "--max-queue", String(MAX_QUEUE), "--ctx", "4096", "--api-key", KEY, "--root", root, "--max-body", "64K"]);
+  const flags = (root: string) => ["--parallel", "2", "--max-queue", String(MAX_QUEUE), "--ctx", "4096", "--api-key", KEY, "--root", root, "--max-body", "64K"];
+  for (let i = 0; i < 2; i++) roots.push(mkdtempSync(path.join(os.tmpdir(), "kvkeep-serve-")));
+  [server, reference] = await Promise.all([startServe(flags(roots[0]!)), startServe(flags(roots[1]!))]);
   client = openaiClient(server, KEY);
   model = await servedModel(client);
 });
 
 afterAll(async () => {
-  if (server) expect(await server.stop(), server.run.stderr()).toBe(0);
-  rmSync(root, { recursive: true, force: true });
+  for (const s of [server, reference]) if (s) expect(await s.stop(), s.run.stderr()).toBe(0);
+  for (const root of roots) rmSync(root, { recursive: true, force: true });
 });
 
 interface Turn {
@@ -37,8 +40,8 @@ interface Turn {
   usage: OpenAI.CompletionUsage;
 }
 
-async function complete(messages: Message[], extra: Record<string, unknown> = {}, options: OpenAI.RequestOptions = {}): Promise<Turn> {
-  const response = await client.chat.completions.create(
+async function complete(messages: Message[], extra: Record<string, unknown> = {}, options: OpenAI.RequestOptions = {}, on = client): Promise<Turn> {
+  const response = await on.chat.completions.create(
     { model, messages, max_tokens: 16, temperature: 0, ...extra } as OpenAI.ChatCompletionCreateParamsNonStreaming,
     options,
   );
@@ -165,6 +168,26 @@ describe("completions", () => {
     expect(t2.usage.prompt_tokens).toBeGreaterThan(cached(t2));
   });
 
+  it("without any id, regenerate, edits and a new chat with the same system prompt reuse what other caches share", async () => {
+    const c = conversation("auto-edits");
+    const h1: Message[] = [c.system, c.user(1)];
+    const t1 = await complete(h1);
+    const h2: Message[] = [...h1, { role: "assistant", content: t1.text }, c.user(2)];
+    const t2 = await complete(h2);
+    // Regenerate: the client sends the same history again.
+    const again = await complete(h2);
+    expect(again.text).toBe(t2.text);
+    expect(cached(again)).toBe(again.usage.prompt_tokens - 1); // one token is always evaluated
+    // Edit the last question: reuse reaches into the edited message, past the first reply.
+    const editLast = await complete([...h1, { role: "assistant", content: t1.text }, { role: "user", content: "Something else entirely." }]);
+    expect(cached(editLast)).toBeGreaterThanOrEqual(tokensHeldAfter(t1.usage, t1.finish));
+    expect(cached(editLast)).toBeLessThan(editLast.usage.prompt_tokens);
+    // Edit the first question (a new chat with the same system prompt): the system prompt is reused.
+    const editFirst = await complete([c.system, { role: "user", content: "A different first question." }]);
+    expect(cached(editFirst)).toBeGreaterThanOrEqual((c.system.content as string).length); // byte-level vocab: a token per character
+    expect(cached(editFirst)).toBeLessThan(tokensHeldAfter(t1.usage, t1.finish));
+  });
+
   it("a named session (kv_cache in the body or the X-KV-Cache header) reuses its prefix on regenerate and edit", async () => {
     const c = conversation("named");
     const h1: Message[] = [c.system, c.user(1)];
@@ -188,19 +211,19 @@ describe("completions", () => {
 describe("concurrency", () => {
   it("8 concurrent two-turn conversations on --parallel 2 each get exactly their single-client replies", async () => {
     const N = 8;
-    const run = async (i: number, kv: Record<string, unknown>): Promise<string[]> => {
+    const run = async (i: number, on: OpenAI): Promise<string[]> => {
       const c = conversation(`parallel-${i}`);
-      const t1 = await complete([c.system, c.user(1)], kv);
-      const t2 = await complete([c.system, c.user(1), { role: "assistant", content: t1.text }, c.user(2)], kv);
-      if (kv.kv_cache === undefined) expect(cached(t2)).toBe(tokensHeldAfter(t1.usage, t1.finish));
+      const t1 = await complete([c.system, c.user(1)], {}, {}, on);
+      const t2 = await complete([c.system, c.user(1), { role: "assistant", content: t1.text }, c.user(2)], {}, {}, on);
+      expect(cached(t2)).toBe(tokensHeldAfter(t1.usage, t1.finish));
       return [t1.text, t2.text];
     };
-    // One client at a time, each conversation in its own named session.
+    // One client at a time, on the reference server.
     const single: string[][] = [];
-    for (let i = 0; i < N; i++) single.push(await run(i, { kv_cache: `single-${i}` }));
+    for (let i = 0; i < N; i++) single.push(await run(i, openaiClient(reference, KEY)));
     expect(new Set(single.map((r) => r.join("|"))).size).toBe(N); // the conversations really differ
-    // All at once, keyed by history (auto mode): 2 run, 6 wait in the queue.
-    const concurrent = await Promise.all(Array.from({ length: N }, (_, i) => run(i, {})));
+    // All at once: 2 run, 6 wait in the queue.
+    const concurrent = await Promise.all(Array.from({ length: N }, (_, i) => run(i, client)));
     expect(concurrent).toEqual(single);
     expect((await fetchJson("/health")).body).toMatchObject({ status: "ok", queued: 0 });
   });
@@ -210,7 +233,10 @@ describe("concurrency", () => {
     const h1: Message[] = [c.system, c.user(1)];
     const t1 = await complete(h1);
     const h2: Message[] = [...h1, { role: "assistant", content: t1.text }, c.user(2)];
-    const reference = await complete(h2, { kv_cache: "abort-reference" }); // an uninterrupted run of the same turn
+    // The same two turns uninterrupted, on the reference server.
+    const r1 = await complete(h1, {}, {}, openaiClient(reference, KEY));
+    expect(r1.text).toBe(t1.text);
+    const r2 = await complete(h2, {}, {}, openaiClient(reference, KEY));
 
     const before = (await metrics()).get('kvkeep_turns_rolled_back_total{reason="aborted"}')!;
     const controller = new AbortController();
@@ -223,7 +249,7 @@ describe("concurrency", () => {
     await until("the aborted turn rolled back", async () => (await metrics()).get('kvkeep_turns_rolled_back_total{reason="aborted"}')! > before);
 
     const next = await complete(h2);
-    expect(next.text).toBe(reference.text);
+    expect(next.text).toBe(r2.text);
     expect(cached(next)).toBe(tokensHeldAfter(t1.usage, t1.finish)); // turn 1's state, kept
     expect((await fetchJson("/health")).body).toMatchObject({ status: "ok", queued: 0 });
   });
@@ -311,13 +337,14 @@ describe("security and errors", () => {
 });
 
 describe("metrics", () => {
-  it("/metrics parses as Prometheus text and its counters move as a two-turn conversation and an abort say", async () => {
+  it("/metrics parses as Prometheus text and its counters move as two turns, a regenerate and an abort say", async () => {
     const before = await metrics();
     const c = conversation("metrics");
     const h1: Message[] = [c.system, c.user(1)];
     const t1 = await complete(h1);
     const h2: Message[] = [...h1, { role: "assistant", content: t1.text }, c.user(2)];
     const t2 = await complete(h2);
+    const regenerated = await complete(h2); // from the cache turn 2 committed (another key: a prefix hit)
     const controller = new AbortController();
     await readEvents(await streamRequest({ messages: [...h2, { role: "assistant", content: t2.text }, c.user(3)], max_tokens: 3000 }, controller.signal), (e) => e.length >= 3);
     controller.abort();
@@ -327,20 +354,22 @@ describe("metrics", () => {
 
     expect(delta('kvkeep_cache_misses_total{reason="none"}')).toBe(1); // turn 1: a new conversation
     expect(delta('kvkeep_cache_hits_total{source="own"}')).toBe(1); // turn 2
+    expect(delta('kvkeep_cache_hits_total{source="prefix"}')).toBe(1); // the regenerate
     expect(delta('kvkeep_turns_rolled_back_total{reason="aborted"}')).toBe(1);
     expect(delta('kvkeep_turns_rolled_back_total{reason="error"}')).toBe(0);
-    expect(delta("kvkeep_prompt_tokens_reused_total")).toBe(cached(t2));
-    expect(delta("kvkeep_prompt_tokens_evaluated_total")).toBe(t1.usage.prompt_tokens + t2.usage.prompt_tokens - cached(t2));
-    expect(delta("kvkeep_completion_tokens_total")).toBe(t1.usage.completion_tokens + t2.usage.completion_tokens);
-    expect(delta("kvkeep_time_to_first_token_seconds_count")).toBe(2);
-    expect(delta("kvkeep_cache_commit_seconds_count")).toBe(2);
-    expect(delta("kvkeep_cache_save_seconds_count")).toBe(2);
+    const turns = [t1, t2, regenerated];
+    const sum = (f: (t: Turn) => number): number => turns.reduce((n, t) => n + f(t), 0);
+    expect(delta("kvkeep_prompt_tokens_reused_total")).toBe(sum(cached));
+    expect(delta("kvkeep_prompt_tokens_evaluated_total")).toBe(sum((t) => t.usage.prompt_tokens - cached(t)));
+    expect(delta("kvkeep_completion_tokens_total")).toBe(sum((t) => t.usage.completion_tokens));
+    expect(delta("kvkeep_time_to_first_token_seconds_count")).toBe(3);
+    expect(delta("kvkeep_cache_commit_seconds_count")).toBe(3);
+    expect(delta("kvkeep_cache_save_seconds_count")).toBe(3);
     expect(after.get('kvkeep_time_to_first_token_seconds_bucket{le="+Inf"}')).toBe(after.get("kvkeep_time_to_first_token_seconds_count"));
     expect(after.get('kvkeep_store_bytes{kind="auto"}')).toBeGreaterThan(0);
     expect(after.has('kvkeep_store_bytes{kind="named"}')).toBe(true);
     expect(after.get("kvkeep_queue_depth")).toBe(0);
     for (const reason of ["idle", "budget"]) expect(after.has(`kvkeep_evictions_total{reason="${reason}"}`)).toBe(true);
     for (const reason of ["foreign", "corrupt"]) expect(after.has(`kvkeep_cache_misses_total{reason="${reason}"}`)).toBe(true);
-    expect(after.has('kvkeep_cache_hits_total{source="prefix"}')).toBe(true);
   });
 });
