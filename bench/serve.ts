@@ -25,11 +25,12 @@ const { values: flags } = parseArgs({ options: { svg: { type: "string" } }, stri
 const conversations = Number(process.env.BENCH_CONVERSATIONS ?? 4);
 const turns = Number(process.env.BENCH_TURNS ?? 5);
 const shape = (process.env.BENCH_SHAPE ?? "realistic") as ModelShapeName;
-const REPLY_TOKENS = 24;
-// Byte-level vocab: one token per character. ~1 000-token system prompt + ~200 per user turn
-// + the replies: turn 5's prompt is ~2 100 tokens.
-const SYSTEM_CHARS = 1000;
-const USER_CHARS = 200;
+const REPLY_TOKENS = 32;
+// Byte-level vocab: one token per character. A ~1 200-token system prompt, ~120-character
+// questions and 32-token replies: turn 5's prompt is ~2 100 tokens. Each turn still evaluates
+// its new question (~140 tokens with the chat template), which bounds the ratio from below.
+const SYSTEM_CHARS = 1200;
+const USER_CHARS = 120;
 
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -76,7 +77,7 @@ async function streamTurn(client: OpenAI, model: string, messages: Message[]): P
 function barChartSvg(title: string, categories: string[], series: Array<{ name: string; color: string; values: number[] }>): string {
   const width = 640;
   const height = 320;
-  const left = 56;
+  const left = 72;
   const bottom = 40;
   const top = 56;
   const plotW = width - left - 16;
@@ -152,6 +153,8 @@ try {
         samples[variant][t]!.push(sample);
       }
     }
+    const p50 = (v: Variant) => median(samples[v][t]!.map((s) => s.ttftMs)).toFixed(0);
+    process.stderr.write(`turn ${t + 1}: p50 TTFT kvkeep ${p50("kvkeep")} ms, off ${p50("off")} ms\n`);
   };
 
   for (let t = 0; t < turns; t++) await runTurn(t);

@@ -152,11 +152,37 @@ describe("completions", () => {
     expect(chunks.at(-2)!.choices[0]!.finish_reason).toBe(whole.finish);
     expect(chunks.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(whole.text);
 
-    // The official client's stream, with a cache this time: the same text.
-    const stream = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stream: true });
+    // The official client's stream: the same text. (kv_cache: false on both sides, because a
+    // cold prefill and a primed-then-continued one may differ in the last bits of the logits.)
+    const stream = await client.chat.completions.create({ model, messages, max_tokens: 20, temperature: 0, stream: true, kv_cache: false } as OpenAI.ChatCompletionCreateParamsStreaming);
     let text = "";
     for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
     expect(text).toBe(whole.text);
+  });
+
+  it("passes sampling options to the engine: a seed repeats a sampled reply, stop cuts it (streamed too)", async () => {
+    const c = conversation("sampling");
+    const messages = [c.system, c.user(1)];
+    const sampled = (seed: number) => complete(messages, { kv_cache: false, temperature: 1, top_p: 0.95, seed, max_tokens: 16 });
+    const first = await sampled(7);
+    expect((await sampled(7)).text).toBe(first.text);
+    const others = await Promise.all([8, 9, 10].map(async (seed) => (await sampled(seed)).text));
+    expect(others.some((text) => text !== first.text)).toBe(true);
+
+    const greedy = await complete(messages, { kv_cache: false, max_tokens: 24 });
+    expect(greedy.text.length).toBeGreaterThan(11);
+    const stop = greedy.text.slice(8, 11);
+    const expected = greedy.text.slice(0, greedy.text.indexOf(stop));
+    const cut = await complete(messages, { kv_cache: false, max_tokens: 24, stop: [stop] });
+    expect(cut).toMatchObject({ text: expected, finish: "stop" });
+    const stream = await client.chat.completions.create({ model, messages, max_tokens: 24, temperature: 0, stop, stream: true, kv_cache: false } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let text = "";
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? "";
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    expect({ text, finish }).toEqual({ text: expected, finish: "stop" });
   });
 
   it("a second turn reports cached_tokens: exactly the tokens the first turn left in the cache, ≥ 90% of its prompt", async () => {
