@@ -27,6 +27,7 @@ export type {
   BeginTurnInput,
   CacheInfo,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   DeleteTarget,

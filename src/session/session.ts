@@ -3,7 +3,7 @@
  * savePath) → commitTurn | rollback. A session is bound to one model; all state it changes
  * belongs to its store (`StoreContext`), so sessions are cheap and disposable.
  */
-import { fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
+import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
 import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
@@ -19,6 +19,7 @@ import type { StoreContext } from "../store/context.js";
 import type {
   BeginTurnInput,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   KvCacheSession,
@@ -109,13 +110,44 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   return target;
 }
 
+/** The outcome's reason for a commit failure (its error's code, in the outcome's words). */
+function failureReason(error: KvKeepError): CommitFailureReason {
+  switch (error.code) {
+    case "SAVE_MISSING":
+      return "save-missing";
+    case "SAVE_EMPTY":
+      return "save-empty";
+    case "DELETED_DURING_TURN":
+      return "deleted-during-turn";
+    case "NO_SPACE":
+      return "no-space";
+    case "UNSAFE_PATH":
+      return "unsafe-path";
+    default:
+      return "io-error";
+  }
+}
+
+function deletedDuringTurnError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.", {
+    cause,
+  });
+}
+
 export function createSession(ctx: StoreContext, modelId: string, options: SessionOptions = {}): KvCacheSession {
   assertModelId(modelId);
+  if (options === null || typeof options !== "object") {
+    throw new KvKeepError("INVALID_ARGUMENT", "session options must be an object.", { argument: "options" });
+  }
   if (options.fingerprint !== undefined && typeof options.fingerprint !== "string") {
     throw new KvKeepError("INVALID_ARGUMENT", "options.fingerprint must be a string.", { argument: "fingerprint" });
   }
+  if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
+    throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, { argument: "onRollback" });
+  }
   const logger = options.logger ?? ctx.logger;
   const fingerprint = options.fingerprint ?? null;
+  const policy = options.onRollback ?? ctx.onRollback;
   // Only handles this session made are honoured: a WeakMap keyed by the handle object.
   const turns = new WeakMap<TurnHandle, TurnState>();
 
@@ -296,11 +328,18 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
   }
 
+  /** True when a delete covering `cachePath` ran after the turn took its lock. */
+  async function deletedSinceTurnBegan(st: TurnState, cachePath: string): Promise<boolean> {
+    return ctx.deletedSince(cachePath, st.deleteGeneration);
+  }
+
   /** Refuse to keep what a delete covering `paths` removed (or meant to) since the turn began. */
   async function assertNotDeleted(st: TurnState, installed: string | null, ...paths: string[]): Promise<void> {
-    if (!paths.some((p) => ctx.deletedSince(p, st.deleteGeneration))) return;
+    let deleted = false;
+    for (const p of paths) deleted ||= await deletedSinceTurnBegan(st, p);
+    if (!deleted) return;
     if (installed) await ctx.removeCache(installed);
-    throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
+    throw deletedDuringTurnError();
   }
 
   async function commitStatic(st: TurnState, result: CommitResult): Promise<CommittedOutcome> {
@@ -406,14 +445,24 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         await assertNotDeleted(st, null, st.cachePath);
         outcome = result.kind === "static" ? await commitStatic(st, result) : await commitAuto(st, result, target!);
       } catch (caught) {
+        // A bug (no KvKeepError, no errno) is not a commit outcome: it rolls back and rejects.
+        if (!isKvKeepError(caught) && errnoCode(caught) === undefined) {
+          st.status = "open";
+          await rollbackTurn(st, "keep-committed");
+          throw caught;
+        }
+        let error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
+        // A delete that removed the turn's files makes them look missing: say what happened.
+        if (error.code !== "DELETED_DURING_TURN" && (await deletedSinceTurnBegan(st, st.cachePath))) {
+          error = deletedDuringTurnError(error);
+        }
         // Any failure in kvkeep's own I/O (disk full, EIO, …) says nothing against the last
         // committed state: keep it whatever the policy. A turn that saved nothing, or whose
         // cache was deleted, rolls back per the policy like any failed turn.
-        const error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
-        log("warn", "commit failed; rolling the turn back", { cachePath: st.cachePath, error });
         st.status = "open";
-        await rollbackTurn(st, TURN_FAILURES.has(error.code) ? ctx.onRollback : "keep-committed");
-        throw error;
+        const cleared = await rollbackTurn(st, TURN_FAILURES.has(error.code) ? policy : "keep-committed");
+        log("warn", "commit failed; the turn was rolled back", { cachePath: st.cachePath, code: error.code, error });
+        return { committed: false, reason: failureReason(error), error, keptCommitted: !cleared };
       }
       st.status = "committed";
       ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
@@ -453,15 +502,16 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   }
 
   /**
-   * Roll back per the store's policy. "clear" (and any turn that rewrote the cache in place,
-   * or whose cache was deleted) removes all three layers; "keep-committed" only drops the
-   * turn's unsaved state when the committed cache was never touched.
+   * Roll back per the session's policy. "clear" (and any turn that rewrote the cache in
+   * place, or whose cache was deleted) removes all three layers; "keep-committed" only drops
+   * the turn's unsaved state when the committed cache was never touched. True when the
+   * cache was cleared.
    */
-  async function rollbackTurn(st: TurnState, policy = ctx.onRollback): Promise<void> {
-    if (st.status !== "open") return;
+  async function rollbackTurn(st: TurnState, rollbackPolicy = policy): Promise<boolean> {
+    if (st.status !== "open") return false;
     st.status = "rolledBack";
     await unlinkIfExists(st.handle.savePath).catch(() => {});
-    let clear = policy === "clear" || ctx.deletedSince(st.cachePath, st.deleteGeneration);
+    let clear = rollbackPolicy === "clear" || (await deletedSinceTurnBegan(st, st.cachePath));
     if (!clear) {
       const now = await statIdentity(st.cachePath).catch(() => null);
       clear = !(now && st.beginIdentity && sameIdentity(now, st.beginIdentity));
@@ -478,6 +528,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       }
     }
     await settle(st, clear, { outcome: "rolledBack", cachePath: st.cachePath });
+    return clear;
   }
 
   async function rollback(turn: TurnHandle): Promise<void> {

@@ -26,9 +26,11 @@ export interface KvCacheStoreOptions {
   /** Where kvkeep logs (any `{ debug, info, warn, error }`, e.g. `console` or pino). Default: silent. */
   logger?: Logger | undefined;
   /**
-   * What `rollback` does. `"clear"` (default): the contract's three-layer clear — file,
-   * saved count and init flag. `"keep-committed"`: keep the last committed state when the
-   * turn never touched `cachePath`, so a cancelled turn costs the user nothing.
+   * What `rollback` does (a session may override it). `"keep-committed"` (default): keep the
+   * last committed state when the turn never touched `cachePath` — kvkeep's commits are
+   * atomic, so a cancelled turn (a Stop button) costs the user nothing. `"clear"`: the seed
+   * contract's three-layer clear — file, saved count and init flag (what the module-level
+   * `createKvCacheSession` uses).
    */
   onRollback?: "clear" | "keep-committed" | undefined;
   /**
@@ -163,7 +165,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       nfs,
       locks,
       layers,
-      onRollback: options.onRollback ?? "clear",
+      onRollback: options.onRollback ?? "keep-committed",
       verify: options.verify ?? "size",
       assertOpen: () => {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");

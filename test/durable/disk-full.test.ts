@@ -69,9 +69,11 @@ describe("disk full", () => {
     const turn = await session.beginTurn({ kind: "custom", customKey: "conv", configHash, primeIfMissing: countingPrime() });
     await writeState(turn.savePath, 300_000); // the engine's save fit...
     await fillDisk(mountPoint); // ...and then the disk filled up
-    await expect(session.commitTurn(turn, { kind: "static", messageCount: 5 })).rejects.toMatchObject({
-      code: "NO_SPACE",
-      message: expect.stringContaining("disk is full"),
+    expect(await session.commitTurn(turn, { kind: "static", messageCount: 5 })).toMatchObject({
+      committed: false,
+      reason: "no-space",
+      error: { code: "NO_SPACE", message: expect.stringContaining("disk is full") },
+      keptCommitted: true,
     });
     await fs.unlink(path.join(mountPoint, "filler"));
 

@@ -176,7 +176,7 @@ describe("named caches and usage", () => {
 
   it("usage() counts every cache on disk and splits auto from named bytes; it follows deletes and rollbacks", async () => {
     const root = tempDir();
-    const store = openKvCacheStore({ root }); // default onRollback: "clear"
+    const store = openKvCacheStore({ root, onRollback: "clear" });
     const session = store.createSession(MODEL);
     await commitNamed(session, "n1", 2000);
     await commitNamed(session, "n2", 500);
