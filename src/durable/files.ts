@@ -2,6 +2,7 @@
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
+import { crashPoint } from "./crash-points.js";
 import type { FileIdentity } from "../manifest/format.js";
 import { tempPathFor } from "../layout/paths.js";
 import type { NativeFs } from "../native/index.js";
@@ -57,11 +58,13 @@ export async function writeFileAtomic(
   const temp = tempPathFor(target);
   try {
     await writeSynced(temp, data);
+    await crashPoint("atomic-write:after-temp-synced");
     await fs.rename(temp, target);
   } catch (error) {
     await unlinkIfExists(temp).catch(() => {});
-    throw fsWriteError(`writing ${path.basename(target)}`, error);
+    throw error instanceof KvKeepError ? error : fsWriteError(`writing ${path.basename(target)}`, error);
   }
+  await crashPoint("atomic-write:after-rename");
   if (options.syncDir) await nfs.fsyncDir(path.dirname(target));
 }
 

@@ -11,7 +11,7 @@ import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } fr
 import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } from "../manifest/format.js";
-import { installCache, verifyCache } from "../manifest/store.js";
+import { type InstallParams, installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "./trust.js";
@@ -204,7 +204,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             `primeIfMissing resolved but the cache file is empty at ${primeTemp}; the engine's save failed (disk full?).`,
           );
         }
-        committedEntry = await installCache(ctx.nfs, {
+        committedEntry = await install({
           source: primeTemp,
           target: cachePath,
           header,
@@ -328,6 +328,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
   }
 
+  /**
+   * Install a new state (the commit protocol). A failure after the new state took the
+   * cache file's place does not undo it (the previous state is gone by then): the new
+   * state is committed, and the missing last step is logged.
+   */
+  async function install(params: InstallParams): Promise<ManifestEntry> {
+    const { entry, unsettled } = await installCache(ctx.nfs, params);
+    if (unsettled) {
+      log("warn", "the new state is installed, but a last step of its commit failed; its manifest is settled at its next use", {
+        cachePath: params.target,
+        code: unsettled.code,
+        error: unsettled,
+      });
+    }
+    return entry;
+  }
+
   /** True when a delete covering `cachePath` ran after the turn took its lock. */
   async function deletedSinceTurnBegan(st: TurnState, cachePath: string): Promise<boolean> {
     return ctx.deletedSince(cachePath, st.deleteGeneration);
@@ -344,7 +361,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   async function commitStatic(st: TurnState, result: CommitResult): Promise<CommittedOutcome> {
     const source = await findNewState(st);
-    const entry = await installCache(ctx.nfs, {
+    const entry = await install({
       source: source.path,
       target: st.cachePath,
       header: st.header,
@@ -398,7 +415,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             await ctx.removeCache(targetPath);
           }
           try {
-            const entry = await installCache(ctx.nfs, {
+            const entry = await install({
               source: source.path,
               target: targetPath,
               header: targetHeader,
@@ -418,16 +435,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         }
         await assertNotDeleted(st, outcome.keptExisting ? null : targetPath, targetPath, st.cachePath);
       }
-      targetExists = (await statIdentity(targetPath)) !== null;
+      targetExists = (await statIdentity(targetPath).catch(() => undefined)) !== null;
     } finally {
       if (targetLease) await ctx.releaseCache(targetLease, targetPath, !targetExists);
       else ctx.layers.unrefDir(targetPath);
     }
-    await crashPoint("auto:after-target-installed");
-    // The source is superseded by the target: remove it and every layer of it.
-    if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
-    await ctx.removeCache(st.cachePath);
-    await crashPoint("auto:after-source-removed");
+    // The target is committed: from here a failure only leaves the superseded source
+    // behind (a valid cache of the shorter history, for retention to evict) — never fails
+    // the commit.
+    try {
+      await crashPoint("auto:after-target-installed");
+      // The source is superseded by the target: remove it and every layer of it.
+      if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
+      await ctx.removeCache(st.cachePath);
+      await crashPoint("auto:after-source-removed");
+    } catch (error) {
+      log("warn", "the auto commit is done, but its superseded source cache could not be removed", { cachePath: st.cachePath, error });
+    }
     return outcome;
   }
 

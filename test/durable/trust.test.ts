@@ -198,9 +198,9 @@ describe("onRollback: 'keep-committed'", () => {
     expect(store.layers.savedCounts.has(turn.cachePath)).toBe(false);
   });
 
-  it("'clear' (the default) removes the committed state on rollback, as the seed contract says", async () => {
+  it("'clear' removes the committed state on rollback, as the seed contract says", async () => {
     const root = tempDir();
-    const store = openKvCacheStore({ root });
+    const store = openKvCacheStore({ root, onRollback: "clear" });
     const session = store.createSession(MODEL);
     await customTurn(session, "conv", configHash, 4);
     const turn = await session.beginTurn({ kind: "custom", customKey: "conv", configHash, primeIfMissing: countingPrime() });
