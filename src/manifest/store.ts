@@ -6,9 +6,9 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
+import { inspectFile, removeEntry, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
 import { manifestPathOf, tempPathFor } from "../layout/paths.js";
-import type { NativeFs } from "../native/index.js";
+import { loadNativeFs, type NativeFs } from "../native/index.js";
 import {
   type FileIdentity,
   judgeFile,
@@ -16,21 +16,29 @@ import {
   type ManifestEntry,
   type ManifestExpectation,
   MANIFEST_FORMAT,
+  MANIFEST_MAX_BYTES,
   parseManifest,
+  sameIdentity,
   serializeManifest,
 } from "./format.js";
 
 export type ManifestRead = { manifest: Manifest } | { missing: true } | { error: string };
 
-export async function readManifest(cachePath: string): Promise<ManifestRead> {
-  let text: string;
+/**
+ * Read and parse the manifest of the cache at `cachePath`: opened without following a
+ * symlink and without blocking, a regular file of at most MANIFEST_MAX_BYTES — anything
+ * else (a symlink, FIFO, device, directory, a huge or sparse file) is an `error`, so the
+ * cache is untrusted, within milliseconds.
+ */
+export async function readManifest(cachePath: string, nfs: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<ManifestRead> {
+  let read;
   try {
-    text = await fs.readFile(manifestPathOf(cachePath), "utf8");
+    read = await nfs.readFileBounded(manifestPathOf(cachePath), MANIFEST_MAX_BYTES);
   } catch (error) {
-    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return { missing: true };
     return { error: `manifest unreadable: ${(error as Error).message}` };
   }
-  const parsed = parseManifest(text);
+  if (read === null) return { missing: true };
+  const parsed = parseManifest(read.data.toString("utf8"));
   return "error" in parsed ? parsed : { manifest: parsed };
 }
 
@@ -51,9 +59,13 @@ export async function verifyCache(
   expect: ManifestExpectation,
   options: { checksum: boolean },
 ): Promise<Verification> {
-  const identity = await statIdentity(cachePath);
-  if (!identity) return { ok: false, missing: true };
-  const read = await readManifest(cachePath);
+  const state = await inspectFile(cachePath, nfs);
+  if (state.kind === "missing") return { ok: false, missing: true };
+  if (state.kind === "other") {
+    return { ok: false, missing: false, reason: `the cache path is a ${state.type}, not a regular file` };
+  }
+  const identity = state.identity;
+  const read = await readManifest(cachePath, nfs);
   if ("missing" in read) return { ok: false, missing: false, reason: "cache file has no manifest" };
   if ("error" in read) return { ok: false, missing: false, reason: read.error };
   const { manifest } = read;
@@ -71,6 +83,11 @@ export async function verifyCache(
     const digest = await nfs.xxh64File(cachePath);
     const hit = candidates.find((c) => c.entry.xxh64 === digest);
     if (!hit) return { ok: false, missing: false, reason: `checksum ${digest} matches no committed state` };
+    // The bytes hashed must be the file judged (the hash opens the path again).
+    const after = await inspectFile(cachePath, nfs);
+    if (after.kind !== "file" || !sameIdentity(after.identity, identity)) {
+      return { ok: false, missing: false, reason: "the cache file changed while it was verified" };
+    }
     ({ entry, slot } = hit);
   }
   // Re-anchor the entry to the file as it is now (same bytes, maybe a new inode after a
@@ -143,10 +160,14 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   const { source, target } = params;
   const manifestPath = manifestPathOf(target);
   const inPlace = path.resolve(source) === path.resolve(target);
-  const identity = await statIdentity(source);
-  if (!identity) {
+  const sourceState = await inspectFile(source, nfs);
+  if (sourceState.kind === "missing") {
     throw new KvKeepError("SAVE_MISSING", `the new state at ${source} disappeared before it could be committed.`);
   }
+  if (sourceState.kind === "other") {
+    throw new KvKeepError("UNSAFE_PATH", `the new state at ${source} is a ${sourceState.type}, not a regular file; kvkeep never commits through it.`);
+  }
+  const identity = sourceState.identity;
   if (identity.size === 0) throw new KvKeepError("SAVE_EMPTY", `the new state at ${source} is empty (0 bytes).`);
   let entry: ManifestEntry;
   try {
@@ -162,6 +183,10 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   } catch (error) {
     throw asKvKeepError("syncing the new state", error);
   }
+  // Anything but a regular file where the manifest goes (a directory, a symlink, a FIFO)
+  // describes nothing and would fail every manifest write: it goes first.
+  const manifestState = await inspectFile(manifestPath, nfs);
+  if (manifestState.kind === "other") await removeEntry(manifestPath);
   const header = { format: MANIFEST_FORMAT, ...params.header } as const;
   const manifestOf = (current: ManifestEntry, pending: ManifestEntry | null): string =>
     serializeManifest({ ...header, current, pending });
@@ -238,10 +263,13 @@ async function installFresh(nfs: NativeFs, params: InstallParams, entry: Manifes
   return { entry, unsettled: null };
 }
 
-/** Remove a cache file and its manifest (file first: a manifest alone is never trusted). */
+/**
+ * Remove a cache file and its manifest (file first: a manifest alone is never trusted) —
+ * whatever they are: a symlink is removed itself, a directory planted there with its contents.
+ */
 export async function removeCacheFiles(cachePath: string): Promise<void> {
-  await unlinkIfExists(cachePath);
-  await unlinkIfExists(manifestPathOf(cachePath));
+  await removeEntry(cachePath);
+  await removeEntry(manifestPathOf(cachePath));
 }
 
 /**
@@ -250,7 +278,7 @@ export async function removeCacheFiles(cachePath: string): Promise<void> {
  */
 export async function readLastUse(cachePath: string): Promise<number | null> {
   try {
-    return Math.floor((await fs.stat(manifestPathOf(cachePath))).mtimeMs);
+    return Math.floor((await fs.lstat(manifestPathOf(cachePath))).mtimeMs);
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
     throw error;
@@ -263,5 +291,6 @@ export async function readLastUse(cachePath: string): Promise<number | null> {
  */
 export async function touchLastUse(cachePath: string, ms: number): Promise<void> {
   const seconds = ms / 1000;
-  await fs.utimes(manifestPathOf(cachePath), seconds, seconds);
+  // lutimes: a manifest replaced by a symlink gets the link's times, never its target's.
+  await fs.lutimes(manifestPathOf(cachePath), seconds, seconds);
 }

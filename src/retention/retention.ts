@@ -512,8 +512,9 @@ export class Retention implements RetentionHooks {
           const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
           try {
-            const [bin, manifest] = await Promise.all([fs.stat(cachePath), fs.stat(manifestPathOf(cachePath))]);
-            if (!bin.isFile()) return null;
+            // lstat: the entries themselves, never what a symlink planted there points to.
+            const [bin, manifest] = await Promise.all([fs.lstat(cachePath), fs.lstat(manifestPathOf(cachePath))]);
+            if (!bin.isFile() || !manifest.isFile()) return null;
             return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs))];
           } catch (error) {
             if (errnoCode(error) === "ENOENT") return null; // removed while walking
@@ -549,7 +550,7 @@ export class Retention implements RetentionHooks {
     if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
     let lock;
     try {
-      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive");
+      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive", { under: this.#deps.root });
     } catch (error) {
       this.#deps.logger.debug(logLine("could not take the index log's lock; not compacting", { error }));
       return;

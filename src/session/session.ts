@@ -5,7 +5,7 @@
  */
 import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists } from "../durable/files.js";
+import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
@@ -191,7 +191,14 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         primeTemp = tempPathFor(cachePath);
         await input.primeIfMissing(primeTemp);
         assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
-        const primedIdentity = await statIdentity(primeTemp);
+        const primeState = await inspectFile(primeTemp, ctx.nfs);
+        if (primeState.kind === "other") {
+          throw new KvKeepError(
+            "UNSAFE_PATH",
+            `primeIfMissing left a ${primeState.type} at ${primeTemp}, not a regular file; kvkeep never commits through it.`,
+          );
+        }
+        const primedIdentity = primeState.kind === "file" ? primeState.identity : null;
         if (!primedIdentity) {
           throw new KvKeepError(
             "NO_CACHE_WRITTEN",
@@ -283,7 +290,10 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       if (n > 1) {
         const lookup = locate(chain[n - 1]!, input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
-        if (await statIdentity(cachePathOf(ctx.root, lookup))) st = await openTurn(lookup, "auto", input, true);
+        // Anything there is looked at (a bad entry is removed under the lock, not skipped forever).
+        if ((await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing") {
+          st = await openTurn(lookup, "auto", input, true);
+        }
       }
       st ??= await openTurn(locate(chain[n]!, input.configHash), "auto", input, false);
     }
@@ -303,15 +313,25 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   /** The new state the engine saved: at savePath, or rewritten in place at cachePath. */
   async function findNewState(st: TurnState): Promise<{ path: string; inPlace: boolean }> {
-    const saved = await statIdentity(st.handle.savePath);
-    if (saved) {
-      if (saved.size === 0) {
+    const savedState = await inspectFile(st.handle.savePath, ctx.nfs);
+    if (savedState.kind === "other") {
+      throw new KvKeepError(
+        "UNSAFE_PATH",
+        `turn.savePath (${st.handle.savePath}) is a ${savedState.type}, not a regular file; kvkeep never commits through it. The turn was rolled back.`,
+      );
+    }
+    if (savedState.kind === "file") {
+      if (savedState.identity.size === 0) {
         await unlinkIfExists(st.handle.savePath);
         throw new KvKeepError("SAVE_EMPTY", `the engine saved an empty state at ${st.handle.savePath}; the turn was rolled back.`);
       }
       return { path: st.handle.savePath, inPlace: false };
     }
-    const current = await statIdentity(st.cachePath);
+    const currentState = await inspectFile(st.cachePath, ctx.nfs);
+    if (currentState.kind === "other") {
+      throw new KvKeepError("UNSAFE_PATH", `the cache path ${st.cachePath} became a ${currentState.type} during the turn; nothing was committed.`);
+    }
+    const current = currentState.kind === "file" ? currentState.identity : null;
     if (current && !(st.beginIdentity && sameIdentity(current, st.beginIdentity))) {
       if (current.size === 0) throw new KvKeepError("SAVE_EMPTY", `the engine left an empty state at ${st.cachePath}.`);
       return { path: st.cachePath, inPlace: true };

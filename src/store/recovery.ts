@@ -4,7 +4,7 @@
  * happens under the cache's lock taken without waiting, so a cache another live process
  * (or a turn of this one) is writing is never touched.
  */
-import { statIdentity, unlinkIfExists } from "../durable/files.js";
+import { inspectFile, unlinkIfExists } from "../durable/files.js";
 import { cachePathOf, manifestPathOf, tempOwnerPid } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
@@ -58,13 +58,13 @@ export async function recoverRoot(
       try {
         if (isDeadTemp) {
           if (await unlinkIfExists(file.path)) report.removedTemps++;
-        } else if (!(await statIdentity(cachePath)) && (await unlinkIfExists(manifestPathOf(cachePath)))) {
+        } else if ((await inspectFile(cachePath, ctx.nfs)).kind === "missing" && (await unlinkIfExists(manifestPathOf(cachePath)))) {
           // (re-checked under the lock: a commit may have created the file since the scan)
           report.removedManifests++;
         }
       } finally {
         // Taking the lock may have created a lock file; leave none beside a cache that is gone.
-        lease.release({ removeLockFile: !(await statIdentity(cachePath)) });
+        lease.release({ removeLockFile: (await inspectFile(cachePath, ctx.nfs)).kind === "missing" });
       }
     }
   }

@@ -63,7 +63,7 @@ describe("a delete racing a turn never lets the cache come back", () => {
 });
 
 describe("commit failures that are kvkeep's own keep the committed cache", () => {
-  it("an unreadable savePath (a symlink loop) is an IO_ERROR KvKeepError and the last commit survives under 'clear'", async () => {
+  it("a savePath that is a symlink (here a loop) is refused (UNSAFE_PATH) and the last commit survives under 'clear'", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root, onRollback: "clear" });
     const session = store.createSession("m");
@@ -73,8 +73,8 @@ describe("commit failures that are kvkeep's own keep the committed cache", () =>
     await fs.symlink(turn.savePath, turn.savePath);
     expect(await session.commitTurn(turn, { kind: "static", messageCount: 5 })).toMatchObject({
       committed: false,
-      reason: "io-error",
-      error: { name: "KvKeepError", code: "IO_ERROR" },
+      reason: "unsafe-path",
+      error: { name: "KvKeepError", code: "UNSAFE_PATH" },
       keptCommitted: true,
     });
     expect(await fs.readFile(committed.cachePath)).toEqual(bytes);
