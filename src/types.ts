@@ -249,10 +249,17 @@ export interface SweepResult {
 
 /** What is on disk under the root: every cache, auto and named. */
 export interface StoreUsage {
+  /** Everything kvkeep has on disk under the root: the caches, plus `staleTempBytes`. */
   bytes: number;
+  /** Caches (auto and named). */
   count: number;
   autoBytes: number;
   namedBytes: number;
+  /**
+   * Temp files left by writers that died (a crash mid-save) that the last walk of the root
+   * (at open, or a sweep's periodic resync) found and could not remove yet.
+   */
+  staleTempBytes: number;
 }
 
 /** A committed cache as `store.useCache` hands it out. */

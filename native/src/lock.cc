@@ -177,15 +177,27 @@ class Lock : public Napi::ObjectWrap<Lock> {
   // Opens path_ into fd_. Returns 0 or an errno value.
   int OpenFd() {
     if (!under_.empty()) {
-      std::string name;
-      const int dirfd = OpenDirUnder(under_, path_, &name);
-      if (dirfd < 0) return errno;
-      const int fd = OpenLockFileAt(dirfd, name.c_str());
-      const int err = errno;
-      CloseFd(dirfd);
-      if (fd < 0) return err;
-      fd_ = fd;
-      return 0;
+      for (int attempt = 0;; ++attempt) {
+        std::string name;
+        const int dirfd = OpenDirUnder(under_, path_, &name);
+        int fd = -1;
+        int err = 0;
+        if (dirfd < 0) {
+          err = errno;
+        } else {
+          fd = OpenLockFileAt(dirfd, name.c_str());
+          err = errno;
+          CloseFd(dirfd);
+        }
+        if (fd >= 0) {
+          fd_ = fd;
+          return 0;
+        }
+        // ENOENT: another process pruned a level between our walk's steps (a directory we
+        // hold open was removed, so nothing can be made in it): walk again from `under`.
+        if (err == ENOENT && attempt < kMaxIdentityRetries) continue;
+        return err;
+      }
     }
     for (int attempt = 0;; ++attempt) {
       const int fd = OpenLockFileAt(AT_FDCWD, path_.c_str());

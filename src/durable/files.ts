@@ -4,7 +4,7 @@ import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
 import type { FileIdentity } from "../manifest/format.js";
-import { tempPathFor } from "../layout/paths.js";
+import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
 
 /** What is at a path kvkeep keeps a file at: nothing, a regular file (with its identity), or something else. */
@@ -91,7 +91,7 @@ export async function writeFileAtomic(
   data: string | Uint8Array,
   options: { syncDir: boolean },
 ): Promise<void> {
-  const temp = tempPathFor(target);
+  const temp = ownTempPath(target);
   try {
     await writeSynced(temp, data);
     await crashPoint("atomic-write:after-temp-synced");
@@ -150,8 +150,10 @@ export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: stri
       for (const dir of created) await nfs.fsyncDir(dir);
       return full;
     } catch (error) {
-      // Another process pruned an empty directory between our mkdir and the next level: again.
-      if (errnoCode(error) !== "ENOENT" || attempt >= 16) {
+      // Another process pruned an empty directory between our mkdir and the next level (or
+      // its fsync, which reports ENOENT as the cause of an IO_ERROR): again.
+      const code = error instanceof KvKeepError ? errnoCode(error.cause) : errnoCode(error);
+      if (code !== "ENOENT" || attempt >= 16) {
         throw error instanceof KvKeepError ? error : fsWriteError(`creating ${full}`, error);
       }
     }

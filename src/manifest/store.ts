@@ -7,7 +7,8 @@ import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
 import { inspectFile, removeEntry, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
-import { manifestPathOf, tempPathFor } from "../layout/paths.js";
+import { manifestPathOf } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
 import { loadNativeFs, type NativeFs } from "../native/index.js";
 import {
   type FileIdentity,
@@ -235,7 +236,7 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
 
 async function installFresh(nfs: NativeFs, params: InstallParams, entry: ManifestEntry, manifestText: string): Promise<Installed> {
   const manifestPath = manifestPathOf(params.target);
-  const manifestTemp = tempPathFor(manifestPath);
+  const manifestTemp = ownTempPath(manifestPath);
   let placed = false;
   try {
     await writeSynced(manifestTemp, manifestText);

@@ -15,6 +15,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
@@ -50,6 +51,11 @@ export interface RetentionDeps {
   readonly locks: PathLockTable;
   forgetCache(cachePath: string, init: string): void;
   prune(cachePath: string): Promise<void>;
+  /**
+   * Walks the root for a resync, calling `visit` for every model directory (the store's
+   * recovery walk, which also removes dead writers' temp files). Default: a plain scan.
+   */
+  walkRoot?: ((visit: Visit) => Promise<unknown>) | undefined;
 }
 
 export interface RetentionSettings {
@@ -108,6 +114,17 @@ export function resolveRetentionSettings(options: {
   };
 }
 
+/** Bytes of the temp files in `modelDir` whose writer is dead (recovery's walk removes them; these remained). */
+async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
+  let bytes = 0;
+  for (const file of modelDir.files) {
+    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    const st = await fs.lstat(file.path).catch(() => null);
+    if (st?.isFile()) bytes += st.size;
+  }
+  return bytes;
+}
+
 function relativeOf(loc: CacheLocation): string {
   return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
 }
@@ -142,6 +159,8 @@ export class Retention implements RetentionHooks {
   #sweepsSinceResync = 0;
   #needsResync = false;
   #closed = false;
+  /** Bytes of dead writers' temp files the last walk found and could not remove. */
+  #staleTempBytes = 0;
 
   constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
     this.#deps = deps;
@@ -230,7 +249,8 @@ export class Retention implements RetentionHooks {
   async usage(): Promise<StoreUsage> {
     await this.#built;
     await this.#refresh(false);
-    return this.index.usage();
+    const caches = this.index.usage();
+    return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
   }
 
   /** Resolves when no sweep is running or queued. */
@@ -441,9 +461,12 @@ export class Retention implements RetentionHooks {
       }
       if (!resync) return;
       this.stats.resyncs++;
-      await this.#rebuild(async (visit) => {
-        for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
-      });
+      await this.#rebuild(
+        this.#deps.walkRoot ??
+          (async (visit) => {
+            for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
+          }),
+      );
       const read = await this.#readLog();
       if (read.replaced) this.#needsResync = true;
       else this.#apply(read.records);
@@ -469,13 +492,15 @@ export class Retention implements RetentionHooks {
     let mark = await this.log.position().catch(() => null);
     this.index.beginRebuild();
     const fresh = new Map<string, IndexEntry>();
+    const staleTemps = new Map<string, number>();
     // Directories are stat-ed a few at a time without holding the walk up.
     const inFlight = new Set<Promise<void>>();
     let failure: { error: unknown } | null = null;
     const visit = async (modelDir: ScannedModelDir): Promise<void> => {
-      const pending: Promise<void> = this.#collect(modelDir).then(
-        (found) => {
+      const pending: Promise<void> = Promise.all([this.#collect(modelDir), staleTempBytesIn(modelDir)]).then(
+        ([found, tempBytes]) => {
           for (const [cachePath, entry] of found) fresh.set(cachePath, entry);
+          if (tempBytes > 0) staleTemps.set(modelDir.dir, tempBytes);
         },
         (error: unknown) => {
           failure ??= { error };
@@ -490,6 +515,7 @@ export class Retention implements RetentionHooks {
       await Promise.all(inFlight);
       if (failure) throw (failure as { error: unknown }).error;
       this.index.finishRebuild(fresh);
+      this.#staleTempBytes = [...staleTemps.values()].reduce((a, b) => a + b, 0);
       mark ??= { ino: null, offset: 0 };
       this.log.setReadPosition(mark);
       this.#needsResync = false;

@@ -8,7 +8,8 @@ import { crashPoint } from "../durable/crash-points.js";
 import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, parseCachePath } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
 import { type Logger, logLine } from "../logger.js";
 import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } from "../manifest/format.js";
 import { type InstallParams, installCache, verifyCache } from "../manifest/store.js";
@@ -16,6 +17,7 @@ import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "./trust.js";
 import type { StoreContext } from "../store/context.js";
+import type { DeleteMark } from "../store/deletes.js";
 import type {
   BeginTurnInput,
   CacheMessage,
@@ -46,8 +48,8 @@ export interface TurnState {
   /** The committed manifest entry at begin; kept valid while a new state is installed. */
   readonly committedEntry: ManifestEntry | null;
   status: TurnStatus;
-  /** The store's delete generation when the turn took its lock: a later delete covering its cache ends it. */
-  readonly deleteGeneration: number;
+  /** The delete records when the turn took its lock: a later delete covering its cache (any process) ends it. */
+  readonly deleteMark: DeleteMark;
   /** Resolves when a commit in progress has finished (so a racing rollback can wait). */
   settling: Promise<unknown> | null;
 }
@@ -128,6 +130,12 @@ function failureReason(error: KvKeepError): CommitFailureReason {
   }
 }
 
+function deletedWhileBeginningError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.", {
+    cause,
+  });
+}
+
 function deletedDuringTurnError(cause?: unknown): KvKeepError {
   return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.", {
     cause,
@@ -170,11 +178,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     ctx.layers.refDir(cachePath);
     let lease: Lease | null = null;
     let primeTemp: string | null = null;
+    let deleteMark: DeleteMark | null = null;
     try {
       // The directory first: it refuses symlinks, and the OS lock file is created inside it.
       await ctx.ensureCacheDir(loc);
       lease = await ctx.locks.acquire(cachePath, input.signal);
-      const deleteGeneration = ctx.deletionGeneration();
+      deleteMark = await ctx.deleteMark();
       ctx.assertOpen();
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
@@ -188,9 +197,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
           lease = null;
           return null;
         }
-        primeTemp = tempPathFor(cachePath);
+        primeTemp = ownTempPath(cachePath);
         await input.primeIfMissing(primeTemp);
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
         const primeState = await inspectFile(primeTemp, ctx.nfs);
         if (primeState.kind === "other") {
           throw new KvKeepError(
@@ -223,17 +232,19 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         primeTemp = null;
         ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
         ctx.retention.noteCommitted(cachePath, committedEntry);
+        // A delete that started after the mark may have scanned before the install: take it back.
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, true);
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
         await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
       const handle: TurnHandle = Object.freeze({
         cachePath,
         savedCount,
-        savePath: tempPathFor(cachePath),
+        savePath: ownTempPath(cachePath),
         cacheKey: loc.cacheKey,
         modelId: loc.modelId,
         configHash: loc.configHash,
@@ -251,13 +262,26 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         beginIdentity: await statIdentity(cachePath),
         committedEntry,
         status: "open",
-        deleteGeneration,
+        deleteMark,
         settling: null,
       };
       lease = null; // owned by the turn from here on
       return st;
-    } catch (error) {
+    } catch (caught) {
+      let error = caught;
       if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
+      // A delete from another process removes the files a beginning turn works on, which then
+      // look missing or empty (NO_CACHE_WRITTEN, IO_ERROR ENOENT, …): say what really
+      // happened. (An error of the caller's own primeIfMissing passes through unchanged.)
+      if (
+        deleteMark !== null &&
+        isKvKeepError(error) &&
+        error.code !== "DELETED_DURING_TURN" &&
+        error.code !== "ABORTED" &&
+        (await ctx.deletedSince(cachePath, deleteMark).catch(() => false))
+      ) {
+        error = deletedWhileBeginningError(error);
+      }
       let cacheGone = false;
       if (lease) {
         // Only under the lock: an aborted wait must not touch another turn's cache state.
@@ -342,10 +366,11 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     );
   }
 
-  function assertNotDeletedWhileBeginning(cachePath: string, generation: number): void {
-    if (ctx.deletedSince(cachePath, generation)) {
-      throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.");
-    }
+  /** Refuse to begin a turn on a cache a delete covered since the mark (removing what the turn installed). */
+  async function assertNotDeletedWhileBeginning(cachePath: string, mark: DeleteMark, installed: boolean): Promise<void> {
+    if (!(await ctx.deletedSince(cachePath, mark))) return;
+    if (installed) await ctx.removeCache(cachePath);
+    throw deletedWhileBeginningError();
   }
 
   /**
@@ -367,7 +392,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   /** True when a delete covering `cachePath` ran after the turn took its lock. */
   async function deletedSinceTurnBegan(st: TurnState, cachePath: string): Promise<boolean> {
-    return ctx.deletedSince(cachePath, st.deleteGeneration);
+    return ctx.deletedSince(cachePath, st.deleteMark);
   }
 
   /** Refuse to keep what a delete covering `paths` removed (or meant to) since the turn began. */
