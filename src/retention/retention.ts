@@ -32,6 +32,7 @@ import type { LogRecord } from "./log-record.js";
 import {
   type Candidate,
   checkLimit,
+  clampUse,
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_IDLE_MS,
   DEFAULT_SWEEP_INTERVAL_MS,
@@ -403,9 +404,9 @@ export class Retention implements RetentionHooks {
         const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
         if (!identity) {
           vanished = true;
-        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs)) {
+        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs, Date.now())) {
           // Used since the index last heard of it: learn that, and keep it.
-          if (diskUseMs !== null) this.index.use(cachePath, diskUseMs);
+          if (diskUseMs !== null) this.index.use(cachePath, clampUse(diskUseMs, Date.now()));
           return "kept";
         } else {
           await removeCacheFiles(cachePath);
@@ -541,7 +542,7 @@ export class Retention implements RetentionHooks {
             // lstat: the entries themselves, never what a symlink planted there points to.
             const [bin, manifest] = await Promise.all([fs.lstat(cachePath), fs.lstat(manifestPathOf(cachePath))]);
             if (!bin.isFile() || !manifest.isFile()) return null;
-            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs))];
+            return [cachePath, entryFor(loc, bin.size, clampUse(Math.floor(manifest.mtimeMs), Date.now()))];
           } catch (error) {
             if (errnoCode(error) === "ENOENT") return null; // removed while walking
             throw error;
@@ -553,7 +554,9 @@ export class Retention implements RetentionHooks {
 
   #apply(records: LogRecord[]): void {
     const root = this.#deps.root;
-    for (const record of records) {
+    const now = Date.now();
+    for (const raw of records) {
+      const record = { ...raw, u: clampUse(raw.u, now) }; // another process's clock may run ahead
       const parts = record.p.split("/");
       if (parts.length !== 3) continue;
       const cachePath = path.join(root, ...parts);

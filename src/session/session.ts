@@ -68,7 +68,15 @@ function validateBeginInput(input: BeginTurnInput): void {
   }
   assertConfigHash(input.configHash);
   if (input.kind === "custom") assertCustomKey(input.customKey);
-  else assertHistory(input.history);
+  else {
+    assertHistory(input.history);
+    // An auto-mode cache is the state of a history: with none there is nothing to key or resume.
+    if (input.history.length === 0) {
+      throw new KvKeepError("INVALID_ARGUMENT", "an auto-mode turn needs a non-empty history (at least the new user message).", {
+        argument: "history",
+      });
+    }
+  }
   if (typeof input.primeIfMissing !== "function") {
     throw new KvKeepError("INVALID_ARGUMENT", "primeIfMissing must be a function (path) => Promise<void>.", {
       argument: "primeIfMissing",
