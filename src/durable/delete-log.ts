@@ -59,8 +59,11 @@ export class DeleteLog {
   readonly #dir: string;
   readonly #root: string;
   readonly #nfs: NativeFs;
+  readonly #rotateBytes: number;
 
-  constructor(root: string, nfs: NativeFs) {
+  /** `rotateBytes`: tests shrink it to rotate after a few records. */
+  constructor(root: string, nfs: NativeFs, options: { rotateBytes?: number } = {}) {
+    this.#rotateBytes = options.rotateBytes ?? DELETE_LOG_ROTATE_BYTES;
     this.#root = root;
     this.#dir = internalDir(root);
     this.path = path.join(this.#dir, DELETE_LOG_NAME);
@@ -82,7 +85,7 @@ export class DeleteLog {
   async append(scope: string, phase: DeletePhase): Promise<void> {
     const line = `${JSON.stringify({ s: scope, p: phase })}\n`;
     try {
-      await this.#ensureDir();
+      if (!(await this.#ensureDir())) return;
       const handle = await openRegularFile(this.path, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT);
       let size: number;
       try {
@@ -91,7 +94,7 @@ export class DeleteLog {
       } finally {
         await handle.close();
       }
-      if (phase === "end" && size > DELETE_LOG_ROTATE_BYTES) await this.#rotate();
+      if (phase === "end" && size > this.#rotateBytes) await this.#rotate();
     } catch (error) {
       throw error instanceof KvKeepError ? error : fsWriteError(`recording a delete in ${this.path}`, error);
     }
@@ -165,16 +168,21 @@ export class DeleteLog {
     return { ino: entry.ino, size: entry.size };
   }
 
-  /** `<root>/.kvkeep`, created if missing — never through a symlink. */
-  async #ensureDir(): Promise<void> {
+  /**
+   * `<root>/.kvkeep`, created if missing — never through a symlink. False when the root
+   * itself does not exist: there is no cache to protect, and a delete must not create it.
+   */
+  async #ensureDir(): Promise<boolean> {
     try {
       await fs.mkdir(this.#dir);
     } catch (error) {
+      if (errnoCode(error) === "ENOENT") return false;
       if (errnoCode(error) !== "EEXIST") throw error;
     }
     if (!(await fs.lstat(this.#dir)).isDirectory()) {
       throw new KvKeepError("UNSAFE_PATH", `${this.#dir} is not a plain directory; kvkeep does not record deletes through it.`);
     }
+    return true;
   }
 
   /** Move the log aside, once, by whoever gets the rotation lock without waiting. */
@@ -183,7 +191,7 @@ export class DeleteLog {
     if (!lock) return;
     try {
       const current = await this.#stat(this.path);
-      if (current && current.size > DELETE_LOG_ROTATE_BYTES) await fs.rename(this.path, this.rotatedPath);
+      if (current && current.size > this.#rotateBytes) await fs.rename(this.path, this.rotatedPath);
     } finally {
       lock.release();
     }
