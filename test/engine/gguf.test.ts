@@ -372,7 +372,7 @@ describe("recurrent and sliding-window fixture models", () => {
     for (const name of ["tinyMamba", "tinySwa"] as const) {
       const { model } = await loadFixtureModel(name);
       expect(defaultChatWrapper(model).wrapperName, name).toBe("ChatML");
-      const context = await createContext(model, { contextSize: 512 });
+      const context = await createContext(model, { contextSize: 512, threads: 1 }); // tiny: 1 thread is fastest
       try {
         const prompt = renderChat(model, [
           { role: "system", content: "You are terse." },
