@@ -1,6 +1,7 @@
 /**
- * The adapter's `stop` texts, `finishReason`, `completionTokens` and `commitMs` (what an
- * OpenAI-compatible server reports), on the real engine and the tiny generated model.
+ * The adapter's `stop` texts, `finishReason`, `completionTokens`, `commitMs` and
+ * `commitFailure` (what an OpenAI-compatible server reports and counts), on the real engine
+ * and the tiny generated model.
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import type { LlamaModel } from "node-llama-cpp";
@@ -70,6 +71,28 @@ describe("stop texts and finish reasons", () => {
         },
       }),
     ).rejects.toMatchObject({ code: "ABORTED" });
+    await adapter.dispose();
+  });
+
+  it("a commit that fails reports why in stats.commitFailure, and the reply stands", async () => {
+    const store = openKvCacheStore({ root: tempDir() });
+    const adapter = createLlamaCppCompletion({ model, store, contextSize: 512 });
+    let deleted: Promise<void> | undefined;
+    const doomed = await adapter.completion({
+      history,
+      kvCache: "doomed",
+      maxTokens: 8,
+      temperature: 0,
+      onToken: () => {
+        deleted ??= store.delete({ kvCacheKey: "doomed" }); // a delete while the turn is open
+      },
+    });
+    await deleted;
+    expect(doomed.stats.commitFailure).toBe("deleted-during-turn");
+    expect(doomed.text.length).toBeGreaterThan(0);
+    const fine = await adapter.completion({ history, kvCache: "fine", maxTokens: 4, temperature: 0 });
+    expect(fine.stats.commitFailure).toBeNull();
+    expect((await adapter.completion({ history, kvCache: false, maxTokens: 2 })).stats.commitFailure).toBeNull();
     await adapter.dispose();
   });
 });

@@ -24,7 +24,7 @@ import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { BorrowedCache, CacheInfo, CacheMessage, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
+import type { BorrowedCache, CacheInfo, CacheMessage, CommitFailureReason, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
 import { parseCachePath } from "../../layout/paths.js";
 import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
@@ -132,6 +132,12 @@ export interface CompletionStats {
   saveMs: number;
   /** The part of `saveMs` spent in `commitTurn` (verify, fsync, rename, manifest). */
   commitMs: number;
+  /**
+   * Why the turn's new state was not committed (the reply stands; the turn rolled back as
+   * `commitTurn` says, keeping the last committed state for kvkeep's own I/O failures), or
+   * null when it was committed or no cache was used. `"error"`: `commitTurn` threw.
+   */
+  commitFailure: CommitFailureReason | "error" | null;
   /** Tokens generated for the reply (the end-of-generation token not counted). */
   completionTokens: number;
   /** `"length"`: `maxTokens` or the context's end cut the reply; `"stop"`: the model ended it, or a stop text did. */
@@ -344,7 +350,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       await sequence.clearHistory();
       const generation = await this.#generate(sequence, prompt, 0, params, started);
       if (generation.aborted) throw abortedCompletion(params.signal);
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation, { source: "none", sourceKey: null, loadMs: 0 }, 0, 0) };
+      const start: Start = { source: "none", sourceKey: null, loadMs: 0 };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation, start, { saveMs: 0, commitMs: 0, failure: null }) };
     }
 
     const systemPrompt = params.history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
@@ -419,7 +426,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       const saveStart = now();
       await sequence.saveStateToFile(turn.savePath);
       const commitStart = now();
-      const outcome = await this.#commit(session, turn, params, configHash, generation.text, sequence.contextTokens.length);
+      const { outcome, failure } = await this.#commit(session, turn, params, configHash, generation.text, sequence.contextTokens.length);
       const commitMs = now() - commitStart;
       committed = true;
       // The sequence holds exactly the state this commit installed (identity taken under its lock).
@@ -427,7 +434,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       // A prime's tokens were evaluated in this call unless they came from another cache.
       const reused = turn.primed && !borrowed ? Math.min(keep, primeStart.kept) : keep;
       if (reused === 0) start = { source: "none", sourceKey: null, loadMs: start.loadMs };
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation, start, now() - saveStart, commitMs) };
+      const save = { saveMs: now() - saveStart, commitMs, failure };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation, start, save) };
     } finally {
       if (!committed) await session.rollback(turn);
     }
@@ -502,7 +510,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     configHash: string,
     reply: string,
     tokenCount: number,
-  ): Promise<Extract<CommitOutcome, { committed: true }> | null> {
+  ): Promise<{ outcome: Extract<CommitOutcome, { committed: true }> | null; failure: CompletionStats["commitFailure"] }> {
     const messageCount = params.history.length + 1;
     try {
       const outcome = await session.commitTurn(
@@ -516,10 +524,11 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
               tokenCount,
             },
       );
-      return outcome.committed ? outcome : null;
+      if (outcome.committed) return { outcome, failure: null };
+      return { outcome: null, failure: outcome.reason === "not-open" ? "error" : outcome.reason };
     } catch (error) {
       this.#logger.warn(logLine("could not commit the turn's cache; the reply stands, the next turn re-primes", { error }));
-      return null;
+      return { outcome: null, failure: "error" };
     }
   }
 
@@ -573,7 +582,13 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     return { text, ttftMs, aborted: aborted || params.signal?.aborted === true, completionTokens: generated.length, finishReason };
   }
 
-  #stats(promptTokens: number, reusedTokens: number, generation: Generation, start: Start, saveMs: number, commitMs: number): CompletionStats {
+  #stats(
+    promptTokens: number,
+    reusedTokens: number,
+    generation: Generation,
+    start: Start,
+    save: { saveMs: number; commitMs: number; failure: CompletionStats["commitFailure"] },
+  ): CompletionStats {
     return {
       hit: reusedTokens > 0,
       promptTokens,
@@ -581,8 +596,9 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       evaluatedTokens: promptTokens - reusedTokens,
       ttftMs: generation.ttftMs,
       loadMs: start.loadMs,
-      saveMs,
-      commitMs,
+      saveMs: save.saveMs,
+      commitMs: save.commitMs,
+      commitFailure: save.failure,
       completionTokens: generation.completionTokens,
       finishReason: generation.finishReason,
       source: start.source,
