@@ -36,6 +36,8 @@ export interface TurnStats {
   saveMs: number;
   /** The commit's part of `saveMs`. */
   commitMs?: number | undefined;
+  /** Why the turn's state was not committed (it rolled back), e.g. `no-space`; null or absent when it was. */
+  commitFailure?: string | null | undefined;
 }
 
 export interface KvKeepMetricsOptions {
@@ -62,11 +64,17 @@ export interface KvKeepMetrics {
   readonly commitSeconds: Histogram;
   /** Caches evicted by retention, by `reason` (`idle`, `budget`). */
   readonly evictions: Counter<"reason">;
-  /** Turns that ended without committing, by `reason` (e.g. `aborted`, `error`). */
+  /**
+   * Turns that ended without committing, by `reason`: `aborted`, `error` (the turn failed),
+   * or the commit's failure (`save-missing`, `no-space`, `deleted-during-turn`, …).
+   */
   readonly rollbacks: Counter<"reason">;
   /** Requests waiting for a free engine sequence. */
   readonly queueDepth: Gauge;
-  /** Record one finished turn. `cache: false` (a turn run without kvkeep) counts no hit or miss. */
+  /**
+   * Record one finished turn. `cache: false` (a turn run without kvkeep) counts no hit or
+   * miss; a `commitFailure` counts as a rollback with that reason.
+   */
   observeTurn(stats: TurnStats, options?: { cache?: boolean }): void;
   /** Record a turn that rolled back instead of committing. */
   observeRollback(reason: string): void;
@@ -136,6 +144,7 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
       if (stats.completionTokens !== undefined) metrics.completionTokens.inc(stats.completionTokens);
       if (Number.isFinite(stats.ttftMs)) metrics.timeToFirstToken.observe(stats.ttftMs / 1000);
       if (stats.loadMs > 0) metrics.loadSeconds.observe(stats.loadMs / 1000);
+      if (stats.commitFailure) rollbacks.inc({ reason: stats.commitFailure });
       if (stats.saveMs > 0) {
         const commitMs = stats.commitMs ?? 0;
         metrics.saveSeconds.observe((stats.saveMs - commitMs) / 1000);

@@ -193,20 +193,22 @@ describe("kvkeep/metrics", () => {
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "foreign" });
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
     metrics.observeRollback("aborted");
+    metrics.observeTurn({ ...turn, hit: true, commitFailure: "no-space" }); // the reply stood, its state did not
     metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
     const samples = parsePrometheus(await registry.metrics());
-    expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(1);
+    expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(2);
     expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(1);
     expect(samples.get('kvkeep_cache_misses_total{reason="foreign"}')).toBe(1);
     expect(samples.get('kvkeep_cache_misses_total{reason="none"}')).toBe(0);
-    expect(samples.get("kvkeep_prompt_tokens_reused_total")).toBe(180);
-    expect(samples.get("kvkeep_prompt_tokens_evaluated_total")).toBe(40);
-    expect(samples.get("kvkeep_completion_tokens_total")).toBe(20);
-    expect(samples.get("kvkeep_time_to_first_token_seconds_count")).toBe(4);
-    expect(samples.get("kvkeep_cache_load_seconds_count")).toBe(2);
-    expect(samples.get("kvkeep_cache_save_seconds_count")).toBe(3);
-    expect(samples.get("kvkeep_cache_commit_seconds_sum")).toBeCloseTo(0.018);
+    expect(samples.get("kvkeep_prompt_tokens_reused_total")).toBe(270);
+    expect(samples.get("kvkeep_prompt_tokens_evaluated_total")).toBe(50);
+    expect(samples.get("kvkeep_completion_tokens_total")).toBe(25);
+    expect(samples.get("kvkeep_time_to_first_token_seconds_count")).toBe(5);
+    expect(samples.get("kvkeep_cache_load_seconds_count")).toBe(3);
+    expect(samples.get("kvkeep_cache_save_seconds_count")).toBe(4);
+    expect(samples.get("kvkeep_cache_commit_seconds_sum")).toBeCloseTo(0.024);
     expect(samples.get('kvkeep_turns_rolled_back_total{reason="aborted"}')).toBe(1);
+    expect(samples.get('kvkeep_turns_rolled_back_total{reason="no-space"}')).toBe(1);
     expect(samples.get('kvkeep_evictions_total{reason="idle"}')).toBe(1);
     expect(samples.get('kvkeep_evictions_total{reason="budget"}')).toBe(1);
     expect(samples.get('kvkeep_store_bytes{kind="auto"}')).toBe(10);
