@@ -26,6 +26,8 @@ export type KvKeepErrorCode =
   | "NO_SPACE"
   | "IO_ERROR"
   | "TARGET_EXISTS"
+  // Remote tier (kvkeep/redis), for the calls that report it (CLI listing, explicit deletes).
+  | "REMOTE_UNAVAILABLE"
   // Native addon.
   | "NATIVE_UNAVAILABLE";
 
