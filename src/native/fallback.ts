@@ -10,7 +10,7 @@
 import { constants as fsConstants, closeSync, mkdirSync, openSync, unlinkSync } from "node:fs";
 import { lstat, link, open, stat, rename, unlink } from "node:fs/promises";
 import path from "node:path";
-import { createXxh64 } from "../keys/hash.js";
+import { createXxh64, hashReady } from "../keys/hash.js";
 import { abortedError, errnoCode, fsWriteError } from "../errors.js";
 import { checkMode, checkPath, checkSeed, fsReadError, invalidArgument, lockError, renameError } from "./fs-errors.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
@@ -206,6 +206,7 @@ export function createJsFallbackFs(): NativeFs {
       const absPath = path.resolve(checkPath(filePath));
       const checkedSeed = checkSeed(seed);
       try {
+        await hashReady; // stream through WebAssembly, not the buffering JS fallback
         const hasher = createXxh64(checkedSeed);
         const handle = await open(absPath, "r");
         try {

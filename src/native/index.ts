@@ -3,6 +3,7 @@
  * XXH64 of files — behind one typed interface, from the native addon when it loads and
  * from a pure-JS fallback otherwise. Every other module gets them through loadNativeFs().
  */
+import { useNativeXxh64 } from "../keys/hash.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
@@ -33,7 +34,11 @@ function fallbackWarning(problems: readonly string[]): string {
  * logger (warn) which cross-process guarantees it lacks and how to get them.
  */
 export function loadNativeFs(logger?: Logger): NativeFs {
-  selection ??= selectBackend();
+  if (!selection) {
+    selection = selectBackend();
+    // Sync hashing (config hashes, auto keys) uses the addon until the WebAssembly is ready.
+    if (selection.binding) useNativeXxh64(selection.binding.xxh64);
+  }
   if (logger !== undefined && logger !== silentLogger && !reported) {
     reported = true;
     const { fs, problems } = selection;
