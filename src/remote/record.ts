@@ -4,7 +4,8 @@
  * that is not exactly well-formed, or that names another cache than the one asked for, is
  * refused — its fields are never used as paths, and its bytes are verified after download.
  */
-import { AUTO_KEY_PATTERN, assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
+import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
+import { MAX_CHAIN_KEYS } from "../manifest/format.js";
 import type { RemoteCacheId, RemoteStateRecord } from "./types.js";
 
 export const RECORD_FORMAT = 1;
@@ -12,7 +13,7 @@ export const RECORD_FORMAT = 1;
 export const MAX_CHUNK_BYTES = 256 * 1024 * 1024;
 /** Largest state a record may declare: far beyond any KV cache, small enough for safe integers. */
 export const MAX_STATE_BYTES = 2 ** 44;
-const MAX_CHAIN = 1_000_000;
+const CHAIN_KEY = /^[0-9a-f]{16}$/;
 
 export interface RemoteRecord extends RemoteStateRecord {
   format: typeof RECORD_FORMAT;
@@ -91,7 +92,12 @@ export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord 
   }
   let parsedChain: string[] | null = null;
   if (chain !== null) {
-    if (!Array.isArray(chain) || chain.length > MAX_CHAIN || !chain.every((k) => typeof k === "string" && AUTO_KEY_PATTERN.test(k))) {
+    if (
+      !Array.isArray(chain) ||
+      chain.length > MAX_CHAIN_KEYS ||
+      chain.length > (messageCount as number) ||
+      !chain.every((k) => typeof k === "string" && CHAIN_KEY.test(k))
+    ) {
       return { error: "record chain is invalid" };
     }
     parsedChain = chain as string[];

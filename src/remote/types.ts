@@ -34,8 +34,9 @@ export interface RemoteState {
   messageCount: number;
   tokenCount: number | null;
   /**
-   * The chained message keys of the history the state covers (`autoKeyChain`: element i is
-   * the key of history.slice(0, i)), when the committing store knew it; enables prefix reuse.
+   * What the state holds, for prefix reuse: the message-key chain of its conversation as
+   * the manifest keeps it (`ManifestEntry.chain`: element j is the key of the first j + 1
+   * messages, 16 hex chars), or null when unknown.
    */
   chain: readonly string[] | null;
   /** When the state was committed on the machine that made it (ms since the epoch). */
@@ -142,10 +143,15 @@ export interface RemoteTier {
   fetchTo(id: RemoteCacheId, tempPath: string): Promise<FetchOutcome>;
   /**
    * The remote state covering the longest prefix of a history in `scope`, given the
-   * history's chain (`autoKeyChain(history)`); null for none (or when unavailable).
-   * Only prefixes of at least `minMessages` (default 1) count.
+   * history's keys (element j = key of its first j + 1 messages, as in a manifest chain);
+   * null for none (or when unavailable). Only prefixes of at least `minMessages` (default
+   * 1) count; with `exactAncestor`, only states whose whole conversation is such a prefix.
    */
-  lookupPrefix(scope: RemoteScope, chain: readonly string[], options?: { minMessages?: number }): Promise<RemotePrefixHit | null>;
+  lookupPrefix(
+    scope: RemoteScope,
+    historyKeys: readonly string[],
+    options?: { minMessages?: number | undefined; exactAncestor?: boolean | undefined },
+  ): Promise<RemotePrefixHit | null>;
   /** Remove remote states and leave a tombstone that refuses uploads ordered before it. */
   remove(target: RemoteDeleteTarget): Promise<RemoveOutcome>;
   /** Every published state (for `kvkeep scan --remote`); walks the whole key space. */

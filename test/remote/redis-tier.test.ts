@@ -6,7 +6,7 @@
  */
 import { createClient, createCluster, RESP_TYPES } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { autoKeyChain } from "../../src/keys/auto-key.js";
+import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { createRedisTier, type RedisTier } from "../../src/remote/redis/index.js";
 import { scopeTag } from "../../src/remote/redis/keys.js";
 import { parseRecord } from "../../src/remote/record.js";
@@ -245,22 +245,25 @@ describe.each([
       { role: "user", content: "Tell me more" },
       { role: "assistant", content: "More." },
     ];
-    const chain = autoKeyChain(history);
-    const short = await makeState(dir, cacheId(chain[3]!), 3000, { chain: chain.slice(0, 4), messageCount: 3 });
-    const long = await makeState(dir, cacheId(chain[5]!), 4000, { chain, messageCount: 5 });
+    /** Keys 1…n of a history, as a manifest chain holds them. */
+    const keysOf = (h: typeof history): string[] => messageKeyChain(h).keys().slice(1);
+    const chain = keysOf(history);
+    const short = await makeState(dir, cacheId("short-one"), 3000, { chain: chain.slice(0, 3), messageCount: 3 });
+    const long = await makeState(dir, cacheId("long-one"), 4000, { chain, messageCount: 5 });
     await reserveAndUpload(tier, short);
     await reserveAndUpload(tier, long);
     const scope = { modelId: "tiny", fingerprint: "fp-1", configHash: "cfg0123456789abc" };
     // A history that follows the long one's first four messages, then differs.
-    const query = autoKeyChain([...history.slice(0, 4), { role: "assistant", content: "Something else" }, { role: "user", content: "?" }]);
-    expect(await tier.lookupPrefix(scope, query)).toMatchObject({ cacheKey: chain[5], commonMessages: 4, messageCount: 5, bytes: 4000 });
-    expect(await tier.lookupPrefix(scope, autoKeyChain(history.slice(0, 3)))).toMatchObject({ commonMessages: 3 });
+    const query = keysOf([...history.slice(0, 4), { role: "assistant", content: "Something else" }, { role: "user", content: "?" }]);
+    expect(await tier.lookupPrefix(scope, query)).toMatchObject({ cacheKey: "long-one", commonMessages: 4, messageCount: 5, bytes: 4000 });
+    expect(await tier.lookupPrefix(scope, keysOf(history.slice(0, 3)))).toMatchObject({ commonMessages: 3 });
+    expect(await tier.lookupPrefix(scope, query, { exactAncestor: true })).toMatchObject({ cacheKey: "short-one", commonMessages: 3 });
     expect(await tier.lookupPrefix(scope, query, { minMessages: 5 })).toBeNull();
     expect(await tier.lookupPrefix({ ...scope, fingerprint: "fp-2" }, query)).toBeNull();
-    expect(await tier.lookupPrefix(scope, autoKeyChain([{ role: "system", content: "Other" }]))).toBeNull();
+    expect(await tier.lookupPrefix(scope, keysOf([{ role: "system", content: "Other" }]))).toBeNull();
     // Once the long state is deleted, the next best is the short one.
-    await tier.remove({ cacheKey: chain[5]! });
-    expect(await tier.lookupPrefix(scope, query)).toMatchObject({ cacheKey: chain[3], commonMessages: 3 });
+    await tier.remove({ cacheKey: "long-one" });
+    expect(await tier.lookupPrefix(scope, query)).toMatchObject({ cacheKey: "short-one", commonMessages: 3 });
   });
 
   it("delete of everything removes every state and refuses uploads ordered before it", async () => {

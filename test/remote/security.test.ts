@@ -7,7 +7,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { autoKeyChain } from "../../src/keys/auto-key.js";
+import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { createRedisTier, type RedisTier } from "../../src/remote/redis/index.js";
 import { freePort, type RedisServer, startRedis } from "./helpers/redis-server.js";
 import { cacheId, fetchBytes, makeState, reserveAndUpload } from "./helpers/states.js";
@@ -73,8 +73,8 @@ describe("ACL users and tenants", () => {
   it("never trusts a prefix index entry that names an unsafe key", async () => {
     const a = tier({ url: server.url, keyPrefix: "hostile:" });
     const scope = { modelId: "tiny", fingerprint: "fp-1", configHash: "cfg0123456789abc" };
-    const chain = autoKeyChain([{ role: "system", content: "x" }, { role: "user", content: "y" }]);
-    await server.cli("hset", a.keys.prefixIndex(scope), chain[2]!, JSON.stringify(["../../etc", "/abs/path", ".kvkeep", 42]));
+    const chain = messageKeyChain([{ role: "system", content: "x" }, { role: "user", content: "y" }]).keys().slice(1);
+    await server.cli("hset", a.keys.prefixIndex(scope), chain[1]!, JSON.stringify(["../../etc", "/abs/path", ".kvkeep", 42]));
     expect(await a.lookupPrefix(scope, chain)).toBeNull();
   });
 });

@@ -6,7 +6,7 @@
  *   <p>{<key tag>}:heads                      HASH  scope tag → the record of that scope's state
  *   <p>{<key tag>}:tombs                      HASH  "*" | "m:<modelId>" → generation of the last delete
  *   <p>{<key tag>}:data:<scope>:<xxh64>:<gen> HASH  chunk index → bytes; one upload's own key
- *   <p>{<scope tag>}:prefix                   HASH  chain key → { cache key, generation } (prefix index)
+ *   <p>{<scope tag>}:prefix                   HASH  chain key → cache keys of states covering it (prefix index)
  *   <p>{kvkeep}:gen                           the fleet's generation clock
  *   <p>{kvkeep}:deleted-all                   generation of the last delete of everything
  *

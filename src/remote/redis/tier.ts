@@ -17,7 +17,7 @@ import { promises as fs } from "node:fs";
 import { createClient, type RedisClientOptions } from "redis";
 import { crashPoint } from "../../durable/crash-points.js";
 import { fsWriteError, KvKeepError } from "../../errors.js";
-import { createXxh64 } from "../../keys/hash.js";
+import { createXxh64, hashReady } from "../../keys/hash.js";
 import { assertCacheKey, assertConfigHash, assertModelId } from "../../keys/safe-key.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type Guarded, RemoteGuard } from "../guard.js";
@@ -320,7 +320,7 @@ export class RedisTier implements RemoteTier {
       if (!reuse) await this.#unlinkQuietly(dataKey);
       return { outcome: "deleted" };
     }
-    if (record.chain && record.chain.length > 1) await this.#indexPrefixes(record);
+    if (record.chain && record.chain.length > 0) await this.#indexPrefixes(record);
     return { outcome: "published", bytes };
   }
 
@@ -328,6 +328,7 @@ export class RedisTier implements RemoteTier {
   async #sendChunks(dataKey: string, state: RemoteState, file: FileHandle): Promise<UploadOutcome | null> {
     const stat = await file.stat();
     if (stat.size !== state.size) return { outcome: "changed" };
+    await hashReady; // stream through WebAssembly (the fallback keeps every chunk until the end)
     const hash = createXxh64();
     const chunks = chunkCount(state.size, this.chunkBytes);
     const inFlight: Array<Promise<Guarded<unknown>>> = [];
@@ -373,7 +374,7 @@ export class RedisTier implements RemoteTier {
     await this.#transfer("index prefixes", (c) =>
       c.eval(INDEX_PREFIXES, {
         keys: [this.keys.prefixIndex(record.id)],
-        arguments: [record.id.cacheKey, String(this.ttlSeconds ?? 0), ...chain.slice(1)],
+        arguments: [record.id.cacheKey, String(this.ttlSeconds ?? 0), ...chain],
       }),
     );
   }
@@ -472,6 +473,7 @@ export class RedisTier implements RemoteTier {
    */
   async #download(record: RemoteRecord, tempPath: string): Promise<DownloadResult> {
     const dataKey = this.keys.data(record.id, record.xxh64, record.dataGeneration);
+    await hashReady;
     const handle = await fs.open(tempPath, "wx", 0o644);
     try {
       const hash = createXxh64();
@@ -525,33 +527,43 @@ export class RedisTier implements RemoteTier {
 
   // ---- prefix lookup --------------------------------------------------------------------
 
-  async lookupPrefix(scope: RemoteScope, chain: readonly string[], options?: { minMessages?: number }): Promise<RemotePrefixHit | null> {
+  async lookupPrefix(
+    scope: RemoteScope,
+    historyKeys: readonly string[],
+    options?: { minMessages?: number | undefined; exactAncestor?: boolean | undefined },
+  ): Promise<RemotePrefixHit | null> {
     assertCacheId({ ...scope, cacheKey: "x" });
-    if (!Array.isArray(chain) || chain.some((k) => typeof k !== "string")) throw invalid("chain", "chain must be autoKeyChain(history).");
+    if (!Array.isArray(historyKeys) || historyKeys.some((k) => typeof k !== "string")) {
+      throw invalid("historyKeys", "historyKeys must be the history's message-key chain (keys 1…n).");
+    }
     const minMessages = Math.max(1, options?.minMessages ?? 1);
-    const n = chain.length - 1;
+    const n = historyKeys.length;
     if (n < minMessages) return null;
     const c = this.#guard.counters;
     c.lookups += 1;
+    // Fields for the longest prefixes first: key j holds the first j + 1 messages.
     const indexes: number[] = [];
-    for (let i = n; i >= minMessages; i--) indexes.push(i);
-    const read = await this.#lookup("read prefix index", (cmd) => cmd.hmGet(this.keys.prefixIndex(scope), indexes.map((i) => chain[i]!)));
+    for (let j = n - 1; j >= minMessages - 1; j--) indexes.push(j);
+    const read = await this.#lookup("read prefix index", (cmd) =>
+      cmd.hmGet(this.keys.prefixIndex(scope), indexes.map((j) => historyKeys[j]!)),
+    );
     if (!read.ok) return null;
     const values = Array.isArray(read.value) ? read.value : [];
     const tried = new Set<string>();
-    for (let j = 0; j < indexes.length && tried.size < PREFIX_CANDIDATES; j++) {
-      const text = asText(values[j]);
+    for (let i = 0; i < indexes.length && tried.size < PREFIX_CANDIDATES; i++) {
+      const text = asText(values[i]);
       for (const cacheKey of text === null ? [] : parsePrefixEntry(text)) {
         if (tried.has(cacheKey) || tried.size >= PREFIX_CANDIDATES) continue;
         tried.add(cacheKey);
         const record = await this.#readRecord({ ...scope, cacheKey });
         if (record === "unavailable") return null;
         if (record === null || "error" in record || !record.chain) continue;
-        // Chain keys are cumulative: equal at i means equal up to i. The state may share
+        // Chain keys are cumulative: equal at j means equal up to j. The state may share
         // more than the field it was found under (the index keeps a few per field).
-        let common = Math.min(n, record.chain.length - 1);
-        while (common >= minMessages && record.chain[common] !== chain[common]) common -= 1;
+        let common = Math.min(n, record.chain.length);
+        while (common >= minMessages && record.chain[common - 1] !== historyKeys[common - 1]) common -= 1;
         if (common < minMessages) continue;
+        if (options?.exactAncestor && record.messageCount !== common) continue;
         c.hits += 1;
         return {
           cacheKey,
