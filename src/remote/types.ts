@@ -139,6 +139,8 @@ export interface RemoteTier {
    * only if the bytes read match `state.size` and `state.xxh64`.
    */
   upload(ticket: UploadTicket, state: RemoteState, file: import("node:fs/promises").FileHandle): Promise<UploadOutcome>;
+  /** Whether a state of `id` is published (false when unavailable): a cheap look before a fetch. */
+  has(id: RemoteCacheId): Promise<boolean>;
   /** Stream the state of `id` into a new file at `tempPath` (created exclusively) and verify it. */
   fetchTo(id: RemoteCacheId, tempPath: string): Promise<FetchOutcome>;
   /**

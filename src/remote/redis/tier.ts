@@ -218,8 +218,17 @@ export class RedisTier implements RemoteTier {
     });
   }
 
-  async #nextGeneration(timeout: "lookup" | "transfer"): Promise<Guarded<number>> {
-    const run = timeout === "lookup" ? this.#lookup.bind(this) : this.#transfer.bind(this);
+  /** One guarded round trip with the deadline of explicit deletes (a caller waits, but not for long). */
+  #control<T>(label: string, op: (c: ReturnType<RedisLink["commands"]>) => Promise<T>): Promise<Guarded<T>> {
+    const timeoutMs = Math.max(this.timeoutMs * 5, 1000);
+    return this.#guard.run(label, timeoutMs, async (signal) => {
+      await this.#link.ready();
+      return op(this.#link.commands(signal, timeoutMs));
+    });
+  }
+
+  async #nextGeneration(timeout: "lookup" | "control"): Promise<Guarded<number>> {
+    const run = timeout === "lookup" ? this.#lookup.bind(this) : this.#control.bind(this);
     const attempt = await run("reserve a generation", (c) => c.eval(NEXT_GENERATION, { keys: [this.keys.clock], arguments: [] }));
     if (!attempt.ok) return attempt;
     const generation = Number(asText(attempt.value));
@@ -392,6 +401,12 @@ export class RedisTier implements RemoteTier {
   }
 
   // ---- fetch ----------------------------------------------------------------------------
+
+  async has(id: RemoteCacheId): Promise<boolean> {
+    assertCacheId(id);
+    const record = await this.#readRecord(id);
+    return record !== null && record !== "unavailable" && !("error" in record);
+  }
 
   async fetchTo(id: RemoteCacheId, tempPath: string): Promise<FetchOutcome> {
     assertCacheId(id);
@@ -583,7 +598,7 @@ export class RedisTier implements RemoteTier {
 
   async remove(target: RemoteDeleteTarget): Promise<RemoveOutcome> {
     if (!target || typeof target !== "object") throw invalid("target", "remove needs { cacheKey, modelId? } or { all: true }.");
-    const generation = await this.#nextGeneration("transfer");
+    const generation = await this.#nextGeneration("control");
     if (!generation.ok) return { ok: false, reason: failure(generation, "reserving a generation").reason };
     const outcome = "all" in target ? await this.#removeAll(generation.value) : await this.#removeKey(target, generation.value);
     if (outcome.ok) this.#guard.counters.removes += outcome.removed;
@@ -593,7 +608,7 @@ export class RedisTier implements RemoteTier {
   async #removeKey(target: { cacheKey: string; modelId?: string | undefined }, generation: number): Promise<RemoveOutcome> {
     assertCacheKey(target.cacheKey, "cacheKey");
     if (target.modelId !== undefined) assertModelId(target.modelId);
-    const removed = await this.#transfer("delete", (c) =>
+    const removed = await this.#control("delete", (c) =>
       c.eval(REMOVE, {
         keys: [this.keys.heads(target.cacheKey), this.keys.tombs(target.cacheKey)],
         arguments: [String(generation), target.modelId ?? "", String(TOMBSTONE_TTL_SECONDS)],
