@@ -6,6 +6,7 @@ import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
 import type { TurnEvent } from "../types.js";
 import type { StoreLayers } from "./layers.js";
+import type { RemoteSync } from "./remote-sync.js";
 
 /**
  * What sessions and `store.delete` tell retention (src/retention/retention.ts), which keeps
@@ -52,4 +53,6 @@ export interface StoreContext {
   deletedSince(cachePath: string, generation: number): boolean;
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
+  /** The remote tier's hooks (`openKvCacheStore({ remote })`), or null without one. */
+  readonly remote: RemoteSync | null;
 }
