@@ -12,7 +12,7 @@ import { scopeTag } from "../../src/remote/redis/keys.js";
 import { parseRecord } from "../../src/remote/record.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { type RedisCluster, type RedisServer, startCluster, startRedis } from "./helpers/redis-server.js";
-import { cacheId, exists, fetchBytes, makeState, reserveAndUpload, recordingLogger, uploadWith } from "./helpers/states.js";
+import { cacheId, exists, fetchBytes, makeState, reserveAndUpload, recordingLogger, TEST_TIMEOUT_MS, uploadWith } from "./helpers/states.js";
 
 /** What a test needs of a deployment: a tier factory and raw commands to tamper with. */
 interface Deployment {
@@ -48,7 +48,7 @@ async function singleDeployment(): Promise<Deployment> {
   return {
     name: "single instance",
     tier: (options = {}) => {
-      const tier = createRedisTier({ url: server.url, ...options });
+      const tier = createRedisTier({ url: server.url, timeoutMs: TEST_TIMEOUT_MS, ...options });
       tiers.push(tier);
       return tier;
     },
@@ -71,7 +71,7 @@ async function clusterDeployment(): Promise<Deployment> {
     tier: (options = {}) => {
       const client = createCluster({ rootNodes: cluster.rootNodes });
       clients.push(client);
-      const tier = createRedisTier({ client, ...options });
+      const tier = createRedisTier({ client, timeoutMs: TEST_TIMEOUT_MS, ...options });
       tiers.push(tier);
       return tier;
     },

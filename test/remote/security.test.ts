@@ -10,14 +10,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { createRedisTier, type RedisTier } from "../../src/remote/redis/index.js";
 import { freePort, type RedisServer, startRedis } from "./helpers/redis-server.js";
-import { cacheId, fetchBytes, makeState, reserveAndUpload } from "./helpers/states.js";
+import { cacheId, fetchBytes, makeState, reserveAndUpload, TEST_TIMEOUT_MS } from "./helpers/states.js";
 import { tempDir } from "../helpers/temp-root.js";
 
 describe("ACL users and tenants", () => {
   let server: RedisServer;
   const tiers: RedisTier[] = [];
   const tier = (options: Parameters<typeof createRedisTier>[0]): RedisTier => {
-    const t = createRedisTier(options);
+    const t = createRedisTier({ timeoutMs: TEST_TIMEOUT_MS, ...options });
     tiers.push(t);
     return t;
   };
@@ -104,7 +104,7 @@ describe("TLS", () => {
 
   it("connects over rediss:// with the CA passed through clientOptions", async () => {
     const dir = tempDir();
-    const tier = createRedisTier({ url: `rediss://127.0.0.1:${server.port}`, clientOptions: { socket: { tls: true, ca } } });
+    const tier = createRedisTier({ url: `rediss://127.0.0.1:${server.port}`, timeoutMs: TEST_TIMEOUT_MS, clientOptions: { socket: { tls: true, ca } } });
     try {
       const file = await makeState(dir, cacheId("tls"), 300_000);
       expect((await reserveAndUpload(tier, file)).outcome).toBe("published");

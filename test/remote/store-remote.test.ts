@@ -24,7 +24,7 @@ import {
 } from "../index/helpers.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { type RedisServer, startRedis } from "./helpers/redis-server.js";
-import { recordingLogger } from "./helpers/states.js";
+import { recordingLogger, TEST_TIMEOUT_MS } from "./helpers/states.js";
 
 const FINGERPRINT = "fp-store-remote";
 
@@ -45,7 +45,7 @@ function machines(options: { logger?: ReturnType<typeof recordingLogger>; maxPen
       root: tempDir(),
       logger: options.logger,
       maxPendingUploads: options.maxPendingUploads,
-      remote: createRedisTier({ url: server.url, keyPrefix, chunkBytes: 4096, timeoutMs: options.timeoutMs }),
+      remote: createRedisTier({ url: server.url, keyPrefix, chunkBytes: 4096, timeoutMs: options.timeoutMs ?? TEST_TIMEOUT_MS }),
     });
   return { open, keyPrefix };
 }

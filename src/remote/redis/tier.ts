@@ -357,7 +357,8 @@ export class RedisTier implements RemoteTier {
         this.#transfer("send chunk", async (c) => {
           const sent = c.hSet(dataKey, String(index), buffer);
           if (refreshTtl) await c.expire(dataKey, PENDING_TTL_SECONDS);
-          return sent;
+          await sent;
+          await crashPoint("remote:after-chunk");
         }),
       );
       if (inFlight.length >= PIPELINE_DEPTH) {
@@ -366,7 +367,6 @@ export class RedisTier implements RemoteTier {
           failed = failure(attempt, "sending a chunk");
           break;
         }
-        await crashPoint("remote:after-chunk");
       }
     }
     for (const attempt of await Promise.all(inFlight.splice(0))) {

@@ -5,6 +5,13 @@ import path from "node:path";
 import { xxh64Hex } from "../../../src/keys/hash.js";
 import type { RemoteCacheId, RemoteState, RemoteTier, UploadOutcome } from "../../../src/remote/types.js";
 
+/**
+ * The deadline the functional tests give lookups. The machine running the tests is shared
+ * and often loaded: a 200 ms deadline there measures the machine, not kvkeep, and a late
+ * reply would read as an outage. The tests that pin deadlines (faults.test.ts) set theirs.
+ */
+export const TEST_TIMEOUT_MS = 3000;
+
 let counter = 0;
 
 export function cacheId(cacheKey: string, overrides: Partial<RemoteCacheId> = {}): RemoteCacheId {
