@@ -13,7 +13,7 @@
  */
 import { constants as fsConstants, existsSync, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
-import { KvKeepError } from "../errors.js";
+import { errnoCode, KvKeepError } from "../errors.js";
 import { assertRealDirs, statIdentity } from "../durable/files.js";
 import type { PrefixCandidate } from "../index/prefix-index.js";
 import { assertHistory, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
@@ -193,7 +193,13 @@ async function lendOne<T>(
       return skip("its conversation no longer matches the index");
     }
     if (q.query.exactAncestor && entry.messageCount !== commonMessages) return skip("not an exact ancestor");
-    handle = await fs.open(cachePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    try {
+      handle = await fs.open(cachePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    } catch (error) {
+      // A delete does not wait for holders: the file may go between the check and the open.
+      gone = errnoCode(error) === "ENOENT";
+      return skip(`could not be opened: ${errnoCode(error) ?? String(error)}`);
+    }
     const st = await handle.stat({ bigint: true });
     const opened = { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
     if (!st.isFile() || !sameIdentity(opened, identity)) return skip("changed while being verified");

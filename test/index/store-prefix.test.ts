@@ -7,6 +7,7 @@ import { promises as fs, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { manifestPathOf } from "../../src/layout/paths.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 import {
   assistant,
@@ -253,6 +254,75 @@ describe("store.borrowPrefix", () => {
     const source = await commitAutoConversation(store.createSession(MODEL), full);
     const respaced = full.map((m) => (m.role === "assistant" ? assistant(`  ${m.content}\r\n`) : m));
     expect((await store.findPrefix({ modelId: MODEL, configHash, history: respaced }))?.cachePath).toBe(source);
+    await store.close();
+  });
+});
+
+describe("borrowing across processes", () => {
+  it("two processes borrowing one source while a third deletes and evicts it are each lent a whole state or none — never a torn one", async () => {
+    const root = tempDir();
+    const worker = await bundleFixture("test/index/fixtures/borrow-worker.ts");
+    const store = openStore(root);
+    const session = store.createSession(MODEL);
+    const full = conversation("src", 2);
+    await commitAutoConversation(session, full, 512 * 1024);
+    const children = [runChild(worker, [root, "300"]), runChild(worker, [root, "300"])];
+    await Promise.all(children.map((c) => c.waitForLine((l) => l === "ready")));
+    await new Promise((r) => setTimeout(r, 20)); // a first stretch with the source in place
+    let finished = false;
+    void Promise.all(children.map((c) => c.exited)).then(() => (finished = true));
+    let deletes = 0;
+    let sweeps = 0;
+    const key = session.autoCachePath(configHash, full).split("/").at(-3)!;
+    while (!finished) {
+      // Recreate the source, then take it away by a delete or by an eviction.
+      await commitAutoConversation(session, full, 512 * 1024).catch(() => {});
+      await new Promise((r) => setTimeout(r, Math.random() * 3));
+      if (Math.random() < 0.5) {
+        await store.delete({ kvCacheKey: key });
+        deletes++;
+      } else {
+        await store.sweep({ maxBytes: 0 });
+        sweeps++;
+      }
+    }
+    const totals = { whole: 0, none: 0, torn: 0 };
+    for (const child of children) {
+      expect(await child.exited, child.stderr()).toBe(0);
+      const counts = JSON.parse(child.stdout().trim().split("\n").at(-1)!) as typeof totals;
+      totals.whole += counts.whole;
+      totals.none += counts.none;
+      totals.torn += counts.torn;
+    }
+    console.log(`borrows: ${JSON.stringify(totals)} while ${deletes} deletes and ${sweeps} sweeps ran`);
+    expect(totals.torn).toBe(0);
+    expect(totals.whole + totals.none).toBe(600);
+    expect(totals.whole).toBeGreaterThan(0);
+    expect(deletes + sweeps).toBeGreaterThan(0);
+    await store.close();
+  }, 120_000);
+});
+
+describe("a store just opened", () => {
+  it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
+    const root = tempDir();
+    const writer = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(writer.createSession(MODEL), full);
+    await writer.close();
+
+    let openWalk!: () => void;
+    const walkPaused = new Promise<void>((resolve) => (openWalk = resolve));
+    const store = new KvCacheStoreImpl({ root, retentionInternals: { beforeOpenWalk: () => walkPaused } });
+    let ready = false;
+    void store.ready.then(() => (ready = true));
+    const found = await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) });
+    expect(ready).toBe(false); // the walk has not even started
+    expect(found?.cachePath).toBe(source);
+    expect((await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (s) => s.cachePath))?.value).toBe(source);
+    openWalk();
+    await store.ready;
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
     await store.close();
   });
 });
