@@ -43,7 +43,7 @@ afterAll(async () => {
 
 interface TurnResult {
   text: string;
-  stats: { hit: boolean; reusedTokens: number; promptTokens: number };
+  stats: { hit: boolean; reusedTokens: number; promptTokens: number; source: "own" | "prefix" | "none" };
 }
 
 /** A fresh tenant prefix per test, so tests never see each other's states. */
@@ -59,8 +59,7 @@ function fleet(options: { chunkBytes?: number } = {}) {
   return {
     redis,
     turn: (root: string, history: CacheMessage[], kvCache: string | boolean, env?: NodeJS.ProcessEnv) =>
-      run<TurnResult>(root, { op: "turn", history, kvCache }, env),
-    prefix: (root: string, history: CacheMessage[]) => run<{ text: string; reused: number; commonMessages: number }>(root, { op: "prefix", history }),
+      run<TurnResult>(root, { history, kvCache }, env),
   };
 }
 
@@ -97,25 +96,26 @@ describe("a fleet of workers sharing Redis (real engine, separate processes)", (
     expect(onB.value.text).toBe(await cold(second));
   });
 
-  it("auto mode: B resumes A's conversation by its history, and C reuses it as the prefix of a branch", async () => {
+  it("auto mode: B resumes A's conversation by its history; C, whose conversation branches from it, starts from it (prefix)", async () => {
     const f = fleet();
     const t1 = await f.turn(tempDir(), [system, u1], true);
     const second = [...withReply([system, u1], t1.value.text), u2];
     const onB = await f.turn(tempDir(), second, true);
-    expect(onB.value.stats.hit).toBe(true);
+    expect(onB.value.stats).toMatchObject({ hit: true, source: "own" });
     expect(onB.value.text).toBe(await cold(second));
-    // C's conversation shares A's first three messages, then goes elsewhere.
-    const branched = [...withReply([system, u1], t1.value.text), u2b];
-    const onC = await f.prefix(tempDir(), branched);
-    expect(onC.value.commonMessages).toBe(3);
-    expect(onC.value.reused).toBeGreaterThan(0);
+    // C regenerates B's last reply differently and asks on: its own key is nowhere, but B's
+    // state (uploaded after B's turn) shares its first four messages.
+    const branched = [...second, { role: "assistant" as const, content: "Another answer entirely." }, u2b];
+    const onC = await f.turn(tempDir(), branched, true);
+    expect(onC.value.stats).toMatchObject({ hit: true, source: "prefix" }); // hit = tokens reused
+    expect(onC.value.stats.reusedTokens).toBeGreaterThan(0);
     expect(onC.value.text).toBe(await cold(branched));
   });
 
   it("A killed (-9) in the middle of its upload: B never sees part of a state, and answers as a cold run", async () => {
     const f = fleet({ chunkBytes: 4096 });
     const rootA = tempDir();
-    const child = runChild(worker, [modelPath, rootA, JSON.stringify({ redis: f.redis, op: "turn", history: [system, u1], kvCache: "crashy" })], {
+    const child = runChild(worker, [modelPath, rootA, JSON.stringify({ redis: f.redis, history: [system, u1], kvCache: "crashy" })], {
       KVKEEP_TEST_CRASH_AT: "remote:after-chunk@2",
     });
     expect(await child.exited, child.stderr()).toBe("SIGKILL");
@@ -125,7 +125,7 @@ describe("a fleet of workers sharing Redis (real engine, separate processes)", (
     const reply = (await cold([system, u1])).trim();
     const second = [system, u1, { role: "assistant", content: reply }, u2];
     const onB = await f.turn(tempDir(), second, "crashy");
-    expect(onB.value.stats.hit).toBe(false);
+    expect(onB.value.stats).toMatchObject({ hit: false, source: "none" });
     expect(onB.value.text).toBe(await cold(second));
   });
 
@@ -138,7 +138,7 @@ describe("a fleet of workers sharing Redis (real engine, separate processes)", (
     await deleter.close();
     const second = [...withReply([system, u1], t1.value.text), u2];
     const onB = await f.turn(tempDir(), second, "forget-me");
-    expect(onB.value.stats.hit).toBe(false);
+    expect(onB.value.stats).toMatchObject({ hit: false, source: "none" });
   });
 
   it("a flipped byte in Redis: B misses, logs it, and still answers correctly", async () => {
@@ -150,7 +150,7 @@ describe("a fleet of workers sharing Redis (real engine, separate processes)", (
     await server.cli("hset", keys[0]!, "0", "x".repeat(Number(chunk0)));
     const second = [...withReply([system, u1], t1.value.text), u2];
     const onB = await f.turn(tempDir(), second, "tampered");
-    expect(onB.value.stats.hit).toBe(false);
+    expect(onB.value.stats).toMatchObject({ hit: false, source: "none" });
     expect(onB.stderr).toContain("remote state is broken");
     expect(onB.value.text).toBe(await cold(second));
   });
