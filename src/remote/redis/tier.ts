@@ -210,11 +210,11 @@ export class RedisTier implements RemoteTier {
     });
   }
 
-  /** One guarded round trip with the transfer deadline. */
+  /** One guarded round trip with the transfer deadline, on the bulk connection. */
   #transfer<T>(label: string, op: (c: ReturnType<RedisLink["commands"]>) => Promise<T>, binary = false): Promise<Guarded<T>> {
     return this.#guard.run(label, this.transferTimeoutMs, async (signal) => {
-      await this.#link.ready();
-      return op(this.#link.commands(signal, this.transferTimeoutMs, binary));
+      await this.#link.ready("bulk");
+      return op(this.#link.commands(signal, this.transferTimeoutMs, { binary, lane: "bulk" }));
     });
   }
 
