@@ -89,16 +89,40 @@ async function launch(port: number, dir: string, args: string[]): Promise<ChildP
   return child;
 }
 
+/**
+ * Start a redis-server. Without a given port, a free one is picked; another process may
+ * take it before redis binds, so a start that fails is retried on new ports.
+ */
 export async function startRedis(options: StartOptions = {}): Promise<RedisServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRedisOnce({
+        ...options,
+        port: options.port ?? (await freePort()),
+        ...(options.clusterPort === undefined ? {} : { clusterPort: attempt === 1 ? options.clusterPort : await freePort() }),
+      });
+    } catch (error) {
+      if (options.port !== undefined || attempt >= 3) throw error;
+    }
+  }
+}
+
+async function startRedisOnce(options: StartOptions & { port: number }): Promise<RedisServer> {
   assertRedisInstalled();
-  const port = options.port ?? (await freePort());
+  const port = options.port;
   const dir = options.dir ?? mkdtempSync(path.join(os.tmpdir(), "kvkeep-redis-"));
   const args = [...(options.args ?? [])];
   if (options.clusterPort !== undefined) {
     args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${port}.conf`, "--cluster-node-timeout", "2000");
     args.push("--cluster-port", String(options.clusterPort));
   }
-  let child: ChildProcess | null = await launch(port, dir, args);
+  let child: ChildProcess | null;
+  try {
+    child = await launch(port, dir, args);
+  } catch (error) {
+    if (options.dir === undefined) rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
   const exitOf = (c: ChildProcess): Promise<void> =>
     c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", () => r()));
   return {
@@ -145,12 +169,7 @@ export interface RedisCluster {
 export async function startCluster(): Promise<RedisCluster> {
   const nodes: RedisServer[] = [];
   try {
-    for (let i = 0; i < 3; i++) {
-      const port = await freePort();
-      let clusterPort = await freePort();
-      while (clusterPort === port) clusterPort = await freePort();
-      nodes.push(await startRedis({ port, clusterPort }));
-    }
+    for (let i = 0; i < 3; i++) nodes.push(await startRedis({ clusterPort: await freePort() }));
     await run("redis-cli", ["--cluster", "create", ...nodes.map((n) => `127.0.0.1:${n.port}`), "--cluster-replicas", "0", "--cluster-yes"]);
     const deadline = Date.now() + 20_000;
     for (const node of nodes) {
