@@ -20,7 +20,8 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
-import { type CacheLocation, cachePathOf, isWithin, parseCachePath, tempPathFor } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
+import { type CacheLocation, cachePathOf, isWithin, parseCachePath } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
 import { installCache, readManifest, removeCacheFiles } from "../manifest/store.js";
@@ -143,12 +144,12 @@ export class RemoteSync {
    */
   async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null> {
     const ctx = this.#ctx();
-    const temp = tempPathFor(cachePath);
+    const temp = ownTempPath(cachePath);
     try {
       const got = await this.tier.fetchTo(cacheIdOf(loc, fingerprint), temp);
       if (!got.hit) return null;
       const { state } = got;
-      const entry = await installCache(ctx.nfs, {
+      const { entry, unsettled } = await installCache(ctx.nfs, {
         source: temp,
         target: cachePath,
         header: manifestHeader(loc, fingerprint),
@@ -158,6 +159,9 @@ export class RemoteSync {
         chain: state.chain,
         noReplace: false,
       });
+      if (unsettled) {
+        ctx.logger.warn(logLine("a state from the remote tier is installed, but a last step of its commit failed; settled at its next use", { cachePath, error: unsettled }));
+      }
       if (entry.xxh64 !== state.xxh64 || entry.size !== state.size) {
         // The tier verified the bytes it wrote; the file must still be them.
         await removeCacheFiles(cachePath);
