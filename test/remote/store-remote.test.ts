@@ -267,4 +267,17 @@ describe("store with a Redis tier", () => {
     await session(b).rollback(turn);
     await b.close();
   });
+
+  it("refuses a remote that is not a tier, and a queue bound that is not a positive integer", () => {
+    for (const [options, argument] of [
+      [{ remote: { url: "redis://x" } }, "remote"],
+      [{ remote: "redis://x" }, "remote"],
+      [{ maxPendingUploads: 0 }, "maxPendingUploads"],
+      [{ maxPendingUploads: 1.5 }, "maxPendingUploads"],
+    ] as const) {
+      expect(() => openKvCacheStore({ root: tempDir(), ...(options as object) })).toThrow(
+        expect.objectContaining({ code: "INVALID_ARGUMENT", argument }),
+      );
+    }
+  });
 });
