@@ -4,6 +4,7 @@
 #include "fsops.h"
 #include "hash.h"
 #include "lock.h"
+#include "platform.h"
 #include "prefetch.h"
 
 namespace {
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kvkeep::InitFsOps(env, exports);
   kvkeep::InitPrefetch(env, exports);
   kvkeep::InitHash(env, exports);
+  kvkeep::InitPlatform(env, exports);
   return exports;
 }
 
