@@ -14,6 +14,7 @@
  *   npx tsx scripts/build-bare.ts [outdir]     (npm run build runs it after tsup)
  */
 import { build, type BuildResult, type Plugin } from "esbuild";
+import { rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -57,6 +58,7 @@ const builtinsPlugin: Plugin = {
 };
 
 export async function buildBare(outdir: string = path.join(repoRoot, "dist", "bare")): Promise<BuildResult> {
+  rmSync(outdir, { recursive: true, force: true }); // chunk names change with content
   return build({
     absWorkingDir: repoRoot,
     entryPoints: Object.fromEntries(Object.entries(BARE_ENTRIES).map(([out, src]) => [out, path.join(repoRoot, src)])),

@@ -6,6 +6,7 @@
 //   statNs(path, follow)         Promise<string[13]>: stat/lstat fields as decimal strings
 //   fstatNs(fd)                  Promise<string[13]>: the same for an open descriptor
 //   randomFill(bytes)            fills a Uint8Array from the OS's CSPRNG
+//   monotonicMs()                CLOCK_MONOTONIC in milliseconds (Bare has no performance.now)
 //
 // The stat fields are exact 64-bit values (Node's BigIntStats): dev, ino, mode, nlink, uid,
 // gid, rdev, size, blksize, blocks, atimeNs, mtimeNs, ctimeNs.
@@ -14,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
@@ -150,6 +152,12 @@ Napi::Value RandomFill(const Napi::CallbackInfo& info) {
   return info[0];
 }
 
+Napi::Value MonotonicMs(const Napi::CallbackInfo& info) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return Napi::Number::New(info.Env(), static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6);
+}
+
 Napi::Object Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
   c.Set("O_EXCL", Napi::Number::New(env, O_EXCL));
@@ -172,6 +180,7 @@ void InitPlatform(Napi::Env env, Napi::Object exports) {
   exports.Set("statNs", Napi::Function::New(env, StatNs, "statNs"));
   exports.Set("fstatNs", Napi::Function::New(env, FstatNs, "fstatNs"));
   exports.Set("randomFill", Napi::Function::New(env, RandomFill, "randomFill"));
+  exports.Set("monotonicMs", Napi::Function::New(env, MonotonicMs, "monotonicMs"));
 }
 
 }  // namespace kvkeep

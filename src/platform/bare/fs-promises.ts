@@ -161,6 +161,11 @@ export function rename(from: string, to: string): Promise<void> {
   return fsBare.rename(from, to);
 }
 
+/** Node's copyFile; `mode` takes COPYFILE_EXCL / COPYFILE_FICLONE (libuv tries a reflink, then copy_file_range). */
+export function copyFile(from: string, to: string, mode = 0): Promise<void> {
+  return fsBare.copyFile(from, to, mode);
+}
+
 export function link(from: string, to: string): Promise<void> {
   return fsBare.link(from, to);
 }

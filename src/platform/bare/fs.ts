@@ -18,7 +18,20 @@ function bareConstant(name: string): number {
   return value;
 }
 
-const FROM_BARE_FS = ["O_RDONLY", "O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "S_IFMT", "S_IFREG", "S_IFDIR", "S_IFLNK"] as const;
+const FROM_BARE_FS = [
+  "O_RDONLY",
+  "O_WRONLY",
+  "O_RDWR",
+  "O_CREAT",
+  "O_TRUNC",
+  "O_APPEND",
+  "S_IFMT",
+  "S_IFREG",
+  "S_IFDIR",
+  "S_IFLNK",
+  "COPYFILE_EXCL",
+  "COPYFILE_FICLONE",
+] as const;
 const FROM_ADDON = ["O_EXCL", "O_NOFOLLOW", "O_NONBLOCK", "O_DIRECTORY", "O_SYNC"] as const;
 
 type ConstantName = (typeof FROM_BARE_FS)[number] | (typeof FROM_ADDON)[number] | "O_DSYNC";

@@ -1,13 +1,16 @@
 /**
  * What kvkeep's code reads as globals and Bare does not define (`process`, `TextEncoder`,
- * `AbortController`). The Bare build injects these exports where the code names the globals
+ * `AbortController`, `performance`). The Bare build injects these exports where the code names the globals
  * (esbuild `inject`): nothing is patched onto the global object, so an app's own globals are
- * left alone.
+ * left alone. Imports only bare-* packages and import-free modules, so these exist before
+ * any kvkeep module that uses them is evaluated.
  */
 import { AbortController as BareAbortController } from "bare-abort-controller";
 import { TextEncoder as BareTextEncoder } from "bare-encoding";
 import env from "bare-env";
 import { bareGlobal, osBare } from "./runtime.js";
+
+export { performance } from "./clock.js";
 
 export const AbortController = BareAbortController;
 export const TextEncoder = BareTextEncoder;

@@ -7,6 +7,7 @@
  */
 import { KvKeepError } from "../../errors.js";
 import { openNativeBackend } from "../../native/loader.js";
+import { useMonotonicClock } from "./clock.js";
 
 export interface PlatformConstants {
   readonly O_EXCL: number;
@@ -26,6 +27,7 @@ export interface PlatformBinding {
   statNs(path: string, follow: boolean): Promise<StatFields>;
   fstatNs(fd: number): Promise<StatFields>;
   randomFill(bytes: Uint8Array): Uint8Array;
+  monotonicMs(): number;
 }
 
 let binding: PlatformBinding | null = null;
@@ -39,7 +41,8 @@ export function platformBinding(): PlatformBinding {
     typeof candidate.platformConstants !== "object" ||
     typeof candidate.statNs !== "function" ||
     typeof candidate.fstatNs !== "function" ||
-    typeof candidate.randomFill !== "function"
+    typeof candidate.randomFill !== "function" ||
+    typeof candidate.monotonicMs !== "function"
   ) {
     throw new KvKeepError(
       "NATIVE_UNAVAILABLE",
@@ -47,5 +50,6 @@ export function platformBinding(): PlatformBinding {
     );
   }
   binding = candidate as PlatformBinding;
+  useMonotonicClock(binding.monotonicMs);
   return binding;
 }

@@ -77,6 +77,7 @@ export interface BareFs {
   rename(from: string, to: string): Promise<void>;
   renameSync(from: string, to: string): void;
   link(from: string, to: string): Promise<void>;
+  copyFile(from: string, to: string, mode: number): Promise<void>;
   unlink(path: string): Promise<void>;
   unlinkSync(path: string): void;
   rmdir(path: string): Promise<void>;
