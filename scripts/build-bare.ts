@@ -57,11 +57,18 @@ const builtinsPlugin: Plugin = {
   },
 };
 
-export async function buildBare(outdir: string = path.join(repoRoot, "dist", "bare")): Promise<BuildResult> {
+/**
+ * Build `entries` (output name → source, relative to the repo) for Bare into `outdir`,
+ * which is emptied first. Tests build their own probes with the same mapping.
+ */
+export async function buildBare(
+  outdir: string = path.join(repoRoot, "dist", "bare"),
+  entries: Readonly<Record<string, string>> = BARE_ENTRIES,
+): Promise<BuildResult> {
   rmSync(outdir, { recursive: true, force: true }); // chunk names change with content
   return build({
     absWorkingDir: repoRoot,
-    entryPoints: Object.fromEntries(Object.entries(BARE_ENTRIES).map(([out, src]) => [out, path.join(repoRoot, src)])),
+    entryPoints: Object.fromEntries(Object.entries(entries).map(([out, src]) => [out, path.join(repoRoot, src)])),
     outdir,
     bundle: true,
     splitting: true,

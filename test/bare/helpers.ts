@@ -33,6 +33,7 @@ function contentHash(): string {
   const files = [
     ...listFiles(path.join(repoRoot, "src")),
     ...listFiles(FIXTURES),
+    path.join(repoRoot, "test", "bare", "fs-conformance.ts"),
     path.join(repoRoot, "scripts", "build-bare.ts"),
     path.join(repoRoot, "package.json"),
   ].sort();
@@ -45,8 +46,14 @@ let pkg: Promise<string> | null = null;
 /** The directory holding the installed-like package and the fixtures (built on first use). */
 export function barePackage(): Promise<string> {
   pkg ??= (async () => {
-    const dir = path.join(repoRoot, ".cache", "bare-pkg", contentHash());
+    const parent = path.join(repoRoot, ".cache", "bare-pkg");
+    const dir = path.join(parent, contentHash());
     if (existsSync(path.join(dir, "ready"))) return dir;
+    // Builds of older sources (a day old: no test run still uses them) go.
+    for (const old of existsSync(parent) ? readdirSync(parent) : []) {
+      const oldPath = path.join(parent, old);
+      if (Date.now() - statSync(oldPath).mtimeMs > 24 * 3600_000) rmSync(oldPath, { recursive: true, force: true });
+    }
     const temp = `${dir}.${process.pid}.tmp`;
     rmSync(temp, { recursive: true, force: true });
     const kvkeep = path.join(temp, "node_modules", "kvkeep");
@@ -57,6 +64,8 @@ export function barePackage(): Promise<string> {
       if (existsSync(path.join(repoRoot, build))) symlinkSync(path.join(repoRoot, build), path.join(kvkeep, build));
     }
     cpSync(FIXTURES, path.join(temp, "fixtures"), { recursive: true });
+    // The fs conformance probe, built with the same builtin mapping as the package.
+    await buildBare(path.join(temp, "probes"), { "fs-conformance": "test/bare/fs-conformance.ts" });
     writeFileSync(path.join(temp, "ready"), "");
     try {
       renameSync(temp, dir);

@@ -170,6 +170,10 @@ export function link(from: string, to: string): Promise<void> {
   return fsBare.link(from, to);
 }
 
+export function symlink(target: string, linkPath: string): Promise<void> {
+  return fsBare.symlink(target, linkPath);
+}
+
 export function unlink(filePath: string): Promise<void> {
   return fsBare.unlink(filePath);
 }

@@ -78,6 +78,7 @@ export interface BareFs {
   renameSync(from: string, to: string): void;
   link(from: string, to: string): Promise<void>;
   copyFile(from: string, to: string, mode: number): Promise<void>;
+  symlink(target: string, linkPath: string): Promise<void>;
   unlink(path: string): Promise<void>;
   unlinkSync(path: string): void;
   rmdir(path: string): Promise<void>;
