@@ -81,6 +81,12 @@ export interface StaticCommitResult {
   messageCount: number;
   /** Tokens in the new state, when the engine reports it (kept in the manifest). */
   tokenCount?: number | undefined;
+  /**
+   * The messages the new state covers (`[...history, reply]`, `messageCount` of them). When
+   * given, the state is indexed for prefix reuse: other conversations that share its opening
+   * can start from it (`store.findPrefix`). Auto-mode commits are indexed without it.
+   */
+  history?: readonly CacheMessage[] | undefined;
 }
 
 export interface AutoRenameCommitResult {
@@ -218,4 +224,49 @@ export interface CacheInfo {
   tokenCount: number | null;
   /** Size of the state file in bytes. */
   bytes: number;
+}
+
+/** A question to the prefix index: which cache of this model and config shares the most of `history`? */
+export interface PrefixQuery {
+  modelId: string;
+  /** The model fingerprint the caches must have been written for (as in `SessionOptions`). Default: none. */
+  fingerprint?: string | null | undefined;
+  configHash: string;
+  /** The conversation to resume (the whole prompt's messages). */
+  history: readonly CacheMessage[];
+  /** Cache paths never to return, e.g. the turn's own `cachePath`. */
+  exclude?: readonly string[] | undefined;
+  /** Only caches sharing at least this many leading messages. Default 1. */
+  minCommonMessages?: number | undefined;
+  /**
+   * Only exact ancestors: caches whose whole conversation is a prefix of `history`, for
+   * engines that cannot cut a longer state back (recurrent, hybrid, sliding-window models).
+   * Default false: a longer cache counts, and the engine cuts it at the first differing token.
+   */
+  exactAncestor?: boolean | undefined;
+}
+
+/** A cache sharing a prefix with a history, as the prefix index knows it. */
+export interface PrefixMatch {
+  cachePath: string;
+  cacheKey: string;
+  kind: "named" | "auto";
+  /** Leading messages its conversation shares with the history. */
+  commonMessages: number;
+  /** Messages its state covers (more than `commonMessages` when it continues differently). */
+  messageCount: number;
+  /** Tokens in its state, when its engine reported them. */
+  tokenCount: number | null;
+  /** Size of its state file. */
+  bytes: number;
+}
+
+/** A source lent by `store.borrowPrefix`: verified, held, and read-only for the duration of `use`. */
+export interface BorrowedCache extends PrefixMatch {
+  /**
+   * Where the engine loads the state from while `use` runs: the very file that was verified
+   * (on Linux `/proc/self/fd/<n>` of a descriptor kvkeep holds open, so a delete or a commit
+   * replacing it meanwhile cannot change what is loaded), else `cachePath`.
+   */
+  loadPath: string;
 }

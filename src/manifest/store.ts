@@ -43,13 +43,14 @@ export type Verification =
  * Decide whether the cache file may be handed to the engine: a valid manifest for this
  * model/fingerprint/config/key, and a file that is one of its slots — by identity, or by
  * checksum when `checksum` is asked for or the identity alone cannot tell. A file matching
- * the `pending` slot (a commit cut short after its rename) is promoted to `current`.
+ * the `pending` slot (a commit cut short after its rename) is promoted to `current` —
+ * unless `readOnly`, which leaves the manifest as it is.
  */
 export async function verifyCache(
   nfs: NativeFs,
   cachePath: string,
   expect: ManifestExpectation,
-  options: { checksum: boolean },
+  options: { checksum: boolean; readOnly?: boolean },
 ): Promise<Verification> {
   const identity = await statIdentity(cachePath);
   if (!identity) return { ok: false, missing: true };
@@ -76,7 +77,8 @@ export async function verifyCache(
   // Re-anchor the entry to the file as it is now (same bytes, maybe a new inode after a
   // restore) and settle a pending commit, so the next check is a cheap identity match.
   const settled: ManifestEntry = { ...entry, ...identity };
-  if (slot === "pending" || verdict.verdict !== "match") {
+  // `readOnly` (borrowing another conversation's cache): judge, never write.
+  if (!options.readOnly && (slot === "pending" || verdict.verdict !== "match")) {
     const next: Manifest = { ...manifest, current: settled, pending: null };
     await writeFileAtomic(nfs, manifestPathOf(cachePath), serializeManifest(next), { syncDir: false });
     return { ok: true, entry: settled, identity, manifest: next, by };
@@ -93,6 +95,8 @@ export interface InstallParams {
   previous: ManifestEntry | null;
   messageCount: number;
   tokenCount: number | null;
+  /** The message-key chain of what the new state holds (prefix reuse), or null when unknown. */
+  chain: readonly string[] | null;
   /** Refuse to replace an existing target (auto targets): rejects with TARGET_EXISTS. */
   noReplace: boolean;
 }
@@ -130,6 +134,7 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
       messageCount: params.messageCount,
       tokenCount: params.tokenCount,
       committedAt: Date.now(),
+      chain: params.chain,
     };
   } catch (error) {
     throw error instanceof KvKeepError ? error : fsWriteError("syncing the new state", error);

@@ -19,6 +19,17 @@ export interface IndexEntry {
   bytes: number;
   /** Last use (a turn that loaded it, or a commit/prime that wrote it), ms since the epoch. */
   lastUsedMs: number;
+  /** What the state holds, for the prefix index (src/index/); absent when unknown. */
+  prefix?: PrefixInfo | null | undefined;
+}
+
+/** The part of a cache's manifest entry the prefix index needs. */
+export interface PrefixInfo {
+  fingerprint: string | null;
+  /** Message keys 1…k of the conversation the state holds. */
+  chain: readonly string[];
+  messageCount: number;
+  tokenCount: number | null;
 }
 
 export interface RetentionLimits {

@@ -19,15 +19,17 @@ import { cacheKindOf } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
-import type { ManifestEntry } from "../manifest/format.js";
-import { readLastUse, removeCacheFiles, touchLastUse } from "../manifest/store.js";
+import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../index/prefix-index.js";
+import { prefixScope } from "../index/prefix-index.js";
+import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { readLastUse, readManifest, removeCacheFiles, touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
 import type { RetentionHooks } from "../store/context.js";
 import { initKey } from "../store/layers.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 import type { EvictedCache, StoreUsage, SweepOptions, SweepResult } from "../types.js";
 import { IndexLog, type LogRead } from "./index-log.js";
-import type { LogRecord } from "./log-record.js";
+import { type LogRecord, prefixFields, prefixOfRecord } from "./log-record.js";
 import {
   type Candidate,
   checkLimit,
@@ -36,6 +38,7 @@ import {
   DEFAULT_SWEEP_INTERVAL_MS,
   type IndexEntry,
   planSweep,
+  type PrefixInfo,
   type RetentionLimits,
   stillVictim,
   type SweepPlan,
@@ -112,7 +115,7 @@ function relativeOf(loc: CacheLocation): string {
   return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
 }
 
-function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexEntry {
+function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, prefix: PrefixInfo | null = null): IndexEntry {
   return {
     cacheKey: loc.cacheKey,
     modelId: loc.modelId,
@@ -120,7 +123,22 @@ function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexE
     kind: cacheKindOf(loc.cacheKey),
     bytes,
     lastUsedMs,
+    prefix,
   };
+}
+
+/** The prefix facts of a committed entry; null when its conversation is unknown (a prime). */
+function prefixInfoOf(entry: ManifestEntry, fingerprint: string | null): PrefixInfo | null {
+  if (!entry.chain || entry.chain.length === 0) return null;
+  return { fingerprint, chain: entry.chain, messageCount: entry.messageCount, tokenCount: entry.tokenCount };
+}
+
+/** The prefix facts of the manifest slot the file on disk is (by identity), or null. */
+function prefixOfManifest(read: Awaited<ReturnType<typeof readManifest>>, file: { size: number; ino: string; mtimeNs: string }): PrefixInfo | null {
+  if (!("manifest" in read)) return null;
+  const { manifest } = read;
+  const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, file));
+  return entry ? prefixInfoOf(entry, manifest.fingerprint) : null;
 }
 
 export class Retention implements RetentionHooks {
@@ -172,12 +190,13 @@ export class Retention implements RetentionHooks {
 
   // ── Hooks for the session and the store (RetentionHooks) ────────────────────────────
 
-  noteCommitted(cachePath: string, entry: ManifestEntry): void {
+  noteCommitted(cachePath: string, entry: ManifestEntry, fingerprint: string | null): void {
     const loc = parseCachePath(this.#deps.root, cachePath);
     if (!loc) return;
     const u = Date.now();
-    this.index.put(cachePath, entryFor(loc, entry.size, u));
-    this.log.append({ op: "put", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId });
+    const prefix = prefixInfoOf(entry, fingerprint);
+    this.index.put(cachePath, entryFor(loc, entry.size, u, prefix));
+    this.log.append({ op: "put", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId, ...prefixFields(prefix) });
   }
 
   async noteUsed(cachePath: string, entry: ManifestEntry): Promise<void> {
@@ -231,6 +250,20 @@ export class Retention implements RetentionHooks {
     await this.#built;
     await this.#refresh(false);
     return this.index.usage();
+  }
+
+  /**
+   * Caches sharing the longest message prefix with `history` in one scope, from the index
+   * (after the open-time walk, and with other processes' new log records applied).
+   */
+  async lookupPrefix(
+    scope: { modelId: string; fingerprint: string | null; configHash: string },
+    history: HistoryChain,
+    options?: PrefixLookup,
+  ): Promise<PrefixCandidate[]> {
+    await this.#built;
+    await this.#refresh(false);
+    return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash), history, options);
   }
 
   /** Resolves when no sweep is running or queued. */
@@ -502,7 +535,10 @@ export class Retention implements RetentionHooks {
     }
   }
 
-  /** The caches of one model directory: every `.bin` with a manifest; bytes from a stat, last use from the manifest's mtime. */
+  /**
+   * The caches of one model directory: every `.bin` with a manifest; bytes from a stat, last
+   * use from the manifest's mtime, prefix facts from the manifest slot the file matches.
+   */
   async #collect(modelDir: ScannedModelDir): Promise<Array<[string, IndexEntry]>> {
     const names = new Set(modelDir.files.map((f) => f.name));
     const found = await Promise.all(
@@ -512,9 +548,13 @@ export class Retention implements RetentionHooks {
           const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
           try {
-            const [bin, manifest] = await Promise.all([fs.stat(cachePath), fs.stat(manifestPathOf(cachePath))]);
-            if (!bin.isFile()) return null;
-            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs))];
+            const [bin, manifest, read] = await Promise.all([
+              statIdentity(cachePath),
+              fs.stat(manifestPathOf(cachePath)),
+              readManifest(cachePath),
+            ]);
+            if (!bin) return null;
+            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs), prefixOfManifest(read, bin))];
           } catch (error) {
             if (errnoCode(error) === "ENOENT") return null; // removed while walking
             throw error;
@@ -534,7 +574,7 @@ export class Retention implements RetentionHooks {
       // Only exactly `<key>/<model>/<hash>.bin` under this root: a record never names anything else.
       if (!loc || relativeOf(loc) !== record.p) continue;
       this.stats.recordsApplied++;
-      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u));
+      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
       else if (record.op === "use") {
         this.index.use(cachePath, record.u, record.b === undefined ? undefined : entryFor(loc, record.b, record.u));
       } else this.index.remove(cachePath, record.u);
@@ -566,7 +606,9 @@ export class Retention implements RetentionHooks {
         if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
-        for (const [, e] of this.index.entries()) snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer });
+        for (const [, e] of this.index.entries()) {
+          snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix) });
+        }
         await this.log.replaceWith(snapshot);
         this.stats.compactions++;
         this.#deps.logger.debug(logLine("compacted the retention index log", { path: this.log.path, caches: this.index.size }));

@@ -6,11 +6,11 @@
 import { fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
-import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
+import { assertHistory, autoCacheKey, autoConversationId, autoKeyOf, chainKeyOfAuto, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
-import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { type FileIdentity, type Manifest, type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
 import { installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
@@ -49,6 +49,18 @@ export interface TurnState {
   readonly deleteGeneration: number;
   /** Resolves when a commit in progress has finished (so a racing rollback can wait). */
   settling: Promise<unknown> | null;
+  /** Auto mode: the key chain of the turn's history (the commit's chain is it plus the reply). */
+  readonly historyChain: KeyChain | null;
+}
+
+/**
+ * The manifest chain of a state covering the history whose key chain is `chain` (keys 1…n),
+ * plus `extra` keys; never longer than the state's message count (a manifest says no more
+ * than its state covers) nor MAX_CHAIN_KEYS.
+ */
+function stateChain(chain: KeyChain, messageCount: number, extra: string[] = []): string[] {
+  const keys = chain.keys().slice(1, MAX_CHAIN_KEYS + 1);
+  return [...keys, ...extra].slice(0, Math.min(MAX_CHAIN_KEYS, messageCount));
 }
 
 function isAbortSignal(value: unknown): value is AbortSignal {
@@ -93,7 +105,15 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   if (result.kind !== expected) {
     throw bad(`a ${st.handle.kind} turn commits with kind "${expected}", not ${JSON.stringify(result.kind)}.`, "kind");
   }
-  if (result.kind === "static") return null;
+  if (result.kind === "static") {
+    if (result.history !== undefined) {
+      assertHistory(result.history, "history");
+      if (result.history.length !== result.messageCount) {
+        throw bad(`result.history has ${result.history.length} messages but messageCount is ${result.messageCount}.`, "history");
+      }
+    }
+    return null;
+  }
   const target = typeof result.targetCachePath === "string" ? parseCachePath(ctx.root, result.targetCachePath) : null;
   if (
     !target ||
@@ -132,6 +152,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     kind: "custom" | "auto",
     input: BeginTurnInput,
     onlyIfCached: boolean,
+    historyChain: KeyChain | null,
   ): Promise<TurnState | null> {
     const cachePath = cachePathOf(ctx.root, loc);
     const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
@@ -179,11 +200,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
           previous: null,
           messageCount: 0,
           tokenCount: null,
+          chain: null,
           noReplace: false,
         });
         primeTemp = null;
         ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
-        ctx.retention.noteCommitted(cachePath, committedEntry);
+        ctx.retention.noteCommitted(cachePath, committedEntry, fingerprint);
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
@@ -214,6 +236,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         status: "open",
         deleteGeneration,
         settling: null,
+        historyChain,
       };
       lease = null; // owned by the turn from here on
       return st;
@@ -240,20 +263,20 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
     let st: TurnState | null;
     if (input.kind === "custom") {
-      st = await openTurn(locate(input.customKey, input.configHash), "custom", input, false);
+      st = await openTurn(locate(input.customKey, input.configHash), "custom", input, false, null);
     } else {
       // One pass gives the key of every prefix: the lookup key (history without its last
       // message) and, for a miss, the key of the whole history — unique to this
       // conversation, so first turns of different conversations never queue on one file.
-      const chain = autoKeyChain(input.history);
+      const chain = messageKeyChain(input.history);
       const n = input.history.length;
       st = null;
       if (n > 1) {
-        const lookup = locate(chain[n - 1]!, input.configHash);
+        const lookup = locate(autoKeyOf(chain.key(n - 1)), input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
-        if (await statIdentity(cachePathOf(ctx.root, lookup))) st = await openTurn(lookup, "auto", input, true);
+        if (await statIdentity(cachePathOf(ctx.root, lookup))) st = await openTurn(lookup, "auto", input, true, chain);
       }
-      st ??= await openTurn(locate(chain[n]!, input.configHash), "auto", input, false);
+      st ??= await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain);
     }
     if (!st) throw new Error("unreachable: openTurn returned no turn without onlyIfCached");
     turns.set(st.handle, st);
@@ -303,7 +326,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
   }
 
-  async function commitStatic(st: TurnState, result: CommitResult): Promise<CommittedOutcome> {
+  async function commitStatic(st: TurnState, result: CommitResult, chain: readonly string[] | null): Promise<CommittedOutcome> {
     const source = await findNewState(st);
     const entry = await installCache(ctx.nfs, {
       source: source.path,
@@ -312,11 +335,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       previous: source.inPlace ? null : st.committedEntry,
       messageCount: result.messageCount,
       tokenCount: result.tokenCount ?? null,
+      chain,
       noReplace: false,
     });
     await assertNotDeleted(st, st.cachePath, st.cachePath);
     ctx.layers.recordTrusted(st.cachePath, st.init, entry, fingerprint);
-    ctx.retention.noteCommitted(st.cachePath, entry);
+    ctx.retention.noteCommitted(st.cachePath, entry, fingerprint);
     return { committed: true, cachePath: st.cachePath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
   }
 
@@ -333,7 +357,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     target: CacheLocation,
   ): Promise<CommittedOutcome> {
     const targetPath = cachePathOf(ctx.root, target);
-    if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" });
+    // What the new state holds: the turn's history and the reply, whose key names the target.
+    const chain = st.historyChain ? stateChain(st.historyChain, result.messageCount, [chainKeyOfAuto(target.cacheKey)]) : null;
+    if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" }, chain);
     const source = await findNewState(st);
     const targetInit = initKey(target.modelId, target.configHash, target.cacheKey);
     const targetHeader = manifestHeader(target, fingerprint);
@@ -366,10 +392,11 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
               previous: null,
               messageCount: result.messageCount,
               tokenCount: result.tokenCount ?? null,
+              chain,
               noReplace: true,
             });
             ctx.layers.recordTrusted(targetPath, targetInit, entry, fingerprint);
-            ctx.retention.noteCommitted(targetPath, entry);
+            ctx.retention.noteCommitted(targetPath, entry, fingerprint);
             outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
           } catch (error) {
             if (!isKvKeepError(error, "TARGET_EXISTS")) throw error;
@@ -404,7 +431,10 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       let outcome: CommittedOutcome;
       try {
         await assertNotDeleted(st, null, st.cachePath);
-        outcome = result.kind === "static" ? await commitStatic(st, result) : await commitAuto(st, result, target!);
+        outcome =
+          result.kind === "static"
+            ? await commitStatic(st, result, result.history ? stateChain(messageKeyChain(result.history), result.messageCount) : null)
+            : await commitAuto(st, result, target!);
       } catch (caught) {
         // Any failure in kvkeep's own I/O (disk full, EIO, …) says nothing against the last
         // committed state: keep it whatever the policy. A turn that saved nothing, or whose

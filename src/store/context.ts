@@ -13,8 +13,8 @@ import type { StoreLayers } from "./layers.js";
  * cache's lock then).
  */
 export interface RetentionHooks {
-  /** A state was installed at `cachePath` (prime or commit): a write, and a use. */
-  noteCommitted(cachePath: string, entry: ManifestEntry): void;
+  /** A state was installed at `cachePath` (prime or commit) for `fingerprint`: a write, and a use. */
+  noteCommitted(cachePath: string, entry: ManifestEntry, fingerprint: string | null): void;
   /** A turn loads the trusted cache at `cachePath`: a use (also recorded on disk; never throws). */
   noteUsed(cachePath: string, entry: ManifestEntry): Promise<void>;
   /** The cache at `cachePath` was removed. */

@@ -14,7 +14,20 @@ import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/i
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
 import { createSession } from "../session/session.js";
 import { establishTrust } from "../session/trust.js";
-import type { CacheInfo, DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
+import type {
+  BorrowedCache,
+  CacheInfo,
+  DeleteTarget,
+  KvCacheSession,
+  PrefixMatch,
+  PrefixQuery,
+  SessionOptions,
+  StoreUsage,
+  SweepOptions,
+  SweepResult,
+  TurnEvent,
+} from "../types.js";
+import { borrowPrefix, findPrefix } from "./borrow.js";
 import type { StoreContext } from "./context.js";
 import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
@@ -100,6 +113,22 @@ export interface KvCacheStore {
   sweep(options?: SweepOptions): Promise<SweepResult>;
   /** Bytes and count of every cache under the root (auto and named), from the store's index. */
   usage(): Promise<StoreUsage>;
+  /**
+   * The committed cache of this model (fingerprint) and config whose conversation shares the
+   * most leading messages with `query.history` — a longer one counts: an engine cuts it back
+   * at the first differing token — or null. Answered from the prefix index (no directory
+   * scan; other processes' commits included), so it is a hint: `borrowPrefix` re-checks it.
+   * Waits for the store's open-time walk of the root on first use.
+   */
+  findPrefix(query: PrefixQuery): Promise<PrefixMatch | null>;
+  /**
+   * Lend the best source for `query` to `use` — e.g. `(src) => sequence.loadStateFromFile(src.loadPath)`
+   * — and resolve to `{ value }` with what `use` returned, or null when no cache qualifies or
+   * every candidate is in use (never waits), gone, or not what the index said. The source is
+   * read-only: its file, manifest, saved count and retention position never change; it is
+   * held only while `use` runs. Errors thrown by `use` pass through.
+   */
+  borrowPrefix<T>(query: PrefixQuery, use: (source: BorrowedCache) => Promise<T>): Promise<{ value: T } | null>;
   /**
    * Stop accepting turns and wait for background work (recovery, a running sweep, the
    * index log's pending appends). Open turns may still commit or roll back.
@@ -285,6 +314,14 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async usage(): Promise<StoreUsage> {
     this.#ctx.assertOpen();
     return this.retention.usage();
+  }
+
+  findPrefix(query: PrefixQuery): Promise<PrefixMatch | null> {
+    return findPrefix(this.#ctx, this.retention, query);
+  }
+
+  borrowPrefix<T>(query: PrefixQuery, use: (source: BorrowedCache) => Promise<T>): Promise<{ value: T } | null> {
+    return borrowPrefix(this.#ctx, this.retention, query, use);
   }
 
   async useCache<T>(

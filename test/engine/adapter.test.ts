@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import type { LlamaModel } from "node-llama-cpp";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
 import { openKvCacheStore, type CacheMessage, type KvCacheStore } from "../../src/index.js";
-import { createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
+import { coldGreedyReply, createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -50,15 +50,8 @@ async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
 }
 
 /** A cold full prefill of `history` on a fresh context. */
-async function coldReply(history: CacheMessage[]): Promise<string> {
-  const context = await createContext(model, { contextSize: CONTEXT });
-  try {
-    const tokens = renderChat(model, history as ChatMessage[]);
-    const { tokens: out, endedWithEog } = await greedyGenerate(context.getSequence(), tokens, MAX);
-    return model.detokenize(endedWithEog ? out.slice(0, -1) : out);
-  } finally {
-    await context.dispose();
-  }
+function coldReply(history: CacheMessage[]): Promise<string> {
+  return coldGreedyReply(model, history as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX });
 }
 
 function adapterOn(store: KvCacheStore, extra: Partial<Parameters<typeof createLlamaCppCompletion>[0]> = {}) {

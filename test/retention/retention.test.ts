@@ -306,7 +306,7 @@ describe("the shared index log", () => {
     await store.close();
   });
 
-  it("the log's records are one JSON line each, with the cache's relative path, bytes, time and writer", async () => {
+  it("the log's records are one JSON line each, with the cache's relative path, bytes, time, writer and (for a known conversation) its prefix facts", async () => {
     const root = tempDir();
     const store = openStore(root);
     const session = store.createSession(MODEL);
@@ -314,7 +314,17 @@ describe("the shared index log", () => {
     await store.close();
     const lines = (await fs.readFile(path.join(root, ".kvkeep", INDEX_LOG_NAME), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
     const rel = path.relative(root, cachePath).split(path.sep).join("/");
-    expect(lines).toContainEqual({ op: "put", p: rel, b: 1000, u: expect.any(Number), w: store.retention.log.writerId });
+    expect(lines).toContainEqual({
+      op: "put",
+      p: rel,
+      b: 1000,
+      u: expect.any(Number),
+      w: store.retention.log.writerId,
+      f: null,
+      c: [expect.stringMatching(/^[0-9a-f]{16}$/), expect.stringMatching(/^[0-9a-f]{16}$/)],
+      m: 2,
+      t: null,
+    });
     expect(lines.some((l) => l.op === "del")).toBe(true); // the primed source, moved to the target
   });
 
