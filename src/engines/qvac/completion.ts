@@ -64,6 +64,11 @@ export interface QvacCompletionParams {
 export interface QvacCompletionStats {
   /** A cached conversation supplied part of the prompt. */
   hit: boolean;
+  /**
+   * Where the reused tokens came from: this conversation's own cache, or none. (The addon
+   * cannot cut a state back, so kvkeep/qvac never borrows another conversation's prefix.)
+   */
+  source: "own" | "none";
   /** Tokens of the prompt: those in the state the run started from plus those it evaluated. */
   promptTokens: number;
   /** Prompt tokens that came from the cache (the system prompt primed by this call does not count). */
@@ -347,6 +352,7 @@ class QvacCompletionImpl implements QvacCompletion {
     const promptTokens = outcome.loadedTokens + outcome.evaluatedTokens;
     return {
       hit,
+      source: hit ? "own" : "none",
       promptTokens,
       reusedTokens: reused,
       evaluatedTokens: promptTokens - reused,
