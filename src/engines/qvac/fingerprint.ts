@@ -25,6 +25,7 @@ const NOT_STATE = new Set([
   "system_prompt",
   "reasoning_budget",
   "openclCacheDir",
+  "threads",
 ]);
 
 export async function fingerprintQvacModel(model: QvacModel): Promise<string> {
