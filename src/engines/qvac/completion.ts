@@ -21,7 +21,7 @@
 import { copyFile } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
 import { getDefaultStore } from "../../default-store.js";
-import { KvKeepError } from "../../errors.js";
+import { fsWriteError, KvKeepError } from "../../errors.js";
 import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { decideCachedHistorySlice } from "../../slice/decide.js";
@@ -239,7 +239,11 @@ class QvacCompletionImpl implements QvacCompletion {
       let loadMs = 0;
       if (!stale) {
         const copyStart = now();
-        await copyFile(turn.cachePath, turn.savePath, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+        try {
+          await copyFile(turn.cachePath, turn.savePath, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+        } catch (error) {
+          throw fsWriteError("copying the committed state to the turn's own key", error);
+        }
         loadMs = now() - copyStart;
       }
       if (signal?.aborted) throw abortedCompletion(signal);
