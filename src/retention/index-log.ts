@@ -222,6 +222,28 @@ export class IndexLog {
   }
 
   /**
+   * Every record in the log now (any writer), without moving the read position: the hint a
+   * store starts from before its walk of the root has finished. Null when there is no log.
+   */
+  async readAll(): Promise<LogRecord[] | null> {
+    let text: string;
+    try {
+      const handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      try {
+        if (!(await handle.stat()).isFile()) return null;
+        text = await handle.readFile("utf8");
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
+      throw error;
+    }
+    // A trailing line without its newline may be mid-write: left out.
+    return decodeLines(text.slice(0, text.lastIndexOf("\n") + 1)).records;
+  }
+
+  /**
    * Compaction (the caller holds the index lock): write `records` — a snapshot of the
    * caller's just refreshed index — to a temp file and rename it over the log. Appenders
    * notice the new inode at their next batch; readers see `replaced` and resync.

@@ -72,6 +72,8 @@ export interface RetentionInternals {
   evictConcurrency?: number;
   /** Awaited before each eviction attempt (tests pause a sweep here). */
   beforeEvict?: (cachePath: string) => Promise<void>;
+  /** Awaited before the walk of the root at open (tests pause it here). */
+  beforeOpenWalk?: () => Promise<void>;
 }
 
 export interface RetentionStats {
@@ -147,10 +149,14 @@ export class Retention implements RetentionHooks {
   readonly settings: RetentionSettings;
   readonly stats: RetentionStats = { sweeps: 0, resyncs: 0, compactions: 0, recordsApplied: 0 };
   readonly #deps: RetentionDeps;
-  readonly #internals: Required<Omit<RetentionInternals, "beforeEvict">> & Pick<RetentionInternals, "beforeEvict">;
+  readonly #internals: Required<Omit<RetentionInternals, "beforeEvict" | "beforeOpenWalk">> &
+    Pick<RetentionInternals, "beforeEvict" | "beforeOpenWalk">;
 
   /** Resolves (never rejects) once the index was first built. */
   #built: Promise<void> = Promise.resolve();
+  /** Resolves once the log's records were applied at open (before the walk finishes). */
+  #hinted: Promise<void> = Promise.resolve();
+  #buildDone = true;
   /** Index refreshes and rebuilds, one at a time. */
   #indexWork: Promise<unknown> = Promise.resolve();
   /** Sweeps, one at a time. */
@@ -169,6 +175,7 @@ export class Retention implements RetentionHooks {
       resyncEverySweeps: internals.resyncEverySweeps ?? DEFAULT_RESYNC_EVERY_SWEEPS,
       evictConcurrency: Math.max(1, internals.evictConcurrency ?? DEFAULT_EVICT_CONCURRENCY),
       beforeEvict: internals.beforeEvict,
+      beforeOpenWalk: internals.beforeOpenWalk,
     };
     const writerId = `${process.pid.toString(36)}-${randomBytes(4).toString("hex")}`;
     this.log = new IndexLog(deps.root, writerId, deps.logger);
@@ -180,11 +187,26 @@ export class Retention implements RetentionHooks {
    * walk's result; a failed walk leaves the index to be rebuilt by the next sweep.
    */
   buildAtOpen<T>(walk: (visit: Visit) => Promise<T>): Promise<T> {
-    const result = this.#serialIndexWork(() => this.#rebuild(walk));
+    this.#buildDone = false;
+    // Until the walk is done (seconds on a big root), the index starts from the shared log:
+    // a hint the prefix index can answer from at once (a borrow re-checks every candidate).
+    this.#hinted = this.#serialIndexWork(async () => {
+      try {
+        const records = await this.log.readAll();
+        if (records) this.#apply(records);
+      } catch (error) {
+        this.#deps.logger.debug(logLine("could not read the index log at open; waiting for the walk", { error }));
+      }
+    });
+    const result = this.#serialIndexWork(async () => {
+      await this.#internals.beforeOpenWalk?.();
+      return this.#rebuild(walk);
+    });
     this.#built = result.then(
       () => undefined,
       () => undefined,
     );
+    void this.#built.then(() => (this.#buildDone = true));
     return result;
   }
 
@@ -261,8 +283,9 @@ export class Retention implements RetentionHooks {
     history: HistoryChain,
     options?: PrefixLookup,
   ): Promise<PrefixCandidate[]> {
-    await this.#built;
-    await this.#refresh(false);
+    // Never waits for the walk of the root at open: the log's records answer meanwhile.
+    await this.#hinted;
+    if (this.#buildDone) await this.#refresh(false);
     return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash), history, options);
   }
 

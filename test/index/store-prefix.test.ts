@@ -267,6 +267,8 @@ describe("borrowing across processes", () => {
     const full = conversation("src", 2);
     await commitAutoConversation(session, full, 512 * 1024);
     const children = [runChild(worker, [root, "300"]), runChild(worker, [root, "300"])];
+    await Promise.all(children.map((c) => c.waitForLine((l) => l === "ready")));
+    await new Promise((r) => setTimeout(r, 20)); // a first stretch with the source in place
     let finished = false;
     void Promise.all(children.map((c) => c.exited)).then(() => (finished = true));
     let deletes = 0;
@@ -287,7 +289,7 @@ describe("borrowing across processes", () => {
     const totals = { whole: 0, none: 0, torn: 0 };
     for (const child of children) {
       expect(await child.exited, child.stderr()).toBe(0);
-      const counts = JSON.parse(child.stdout().trim()) as typeof totals;
+      const counts = JSON.parse(child.stdout().trim().split("\n").at(-1)!) as typeof totals;
       totals.whole += counts.whole;
       totals.none += counts.none;
       totals.torn += counts.torn;
@@ -299,4 +301,28 @@ describe("borrowing across processes", () => {
     expect(deletes + sweeps).toBeGreaterThan(0);
     await store.close();
   }, 120_000);
+});
+
+describe("a store just opened", () => {
+  it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
+    const root = tempDir();
+    const writer = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(writer.createSession(MODEL), full);
+    await writer.close();
+
+    let openWalk!: () => void;
+    const walkPaused = new Promise<void>((resolve) => (openWalk = resolve));
+    const store = new KvCacheStoreImpl({ root, retentionInternals: { beforeOpenWalk: () => walkPaused } });
+    let ready = false;
+    void store.ready.then(() => (ready = true));
+    const found = await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) });
+    expect(ready).toBe(false); // the walk has not even started
+    expect(found?.cachePath).toBe(source);
+    expect((await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (s) => s.cachePath))?.value).toBe(source);
+    openWalk();
+    await store.ready;
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
+    await store.close();
+  });
 });

@@ -333,17 +333,13 @@ class QvacCompletionImpl implements QvacCompletion {
   ): Promise<boolean> {
     const messageCount = history.length + 1;
     const tokenCount = outcome.tokensAfter;
+    const covered = [...history, { role: "assistant", content: outcome.text }];
     try {
       const result = await session.commitTurn(
         turn,
         turn.kind === "custom"
-          ? { kind: "static", messageCount, tokenCount }
-          : {
-              kind: "autoRename",
-              targetCachePath: session.autoCachePath(configHash, [...history, { role: "assistant", content: outcome.text }]),
-              messageCount,
-              tokenCount,
-            },
+          ? { kind: "static", messageCount, tokenCount, history: covered } // indexed for prefix lookups
+          : { kind: "autoRename", targetCachePath: session.autoCachePath(configHash, covered), messageCount, tokenCount },
       );
       return result.committed;
     } catch (error) {
