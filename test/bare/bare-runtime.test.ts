@@ -99,6 +99,23 @@ describe.skipIf(!bareAvailable())("kvkeep on Bare", () => {
     await Promise.all([node.close(), node2.close()]);
   });
 
+  it("shares warm settings with Node: the same files (SHA-256 names), read and written both ways", async () => {
+    const dir = path.join(tempDir(), "warm");
+    const node = kvkeepNode.createFileSettingsStorage(dir);
+    await node.set("chat ✓ ünï", '{"enabled":false,"intervalMs":5000}');
+    const bare = await runBare("store-worker.mjs", {
+      root: tempDir(),
+      steps: [{ settings: { dir, read: ["chat ✓ ünï", "missing"], write: { "from bare": '{"enabled":true,"intervalMs":1000}' } } }],
+    });
+    expect(bare.status).toBe(0);
+    expect(bare.lines[1]).toEqual({
+      step: "settings",
+      read: { "chat ✓ ünï": '{"enabled":false,"intervalMs":5000}', missing: null },
+      keys: ["chat ✓ ünï", "from bare"].sort(),
+    });
+    expect(await node.get("from bare")).toBe('{"enabled":true,"intervalMs":1000}');
+  });
+
   it("excludes Node turns while a Bare turn holds the cache, and Bare turns while Node holds it", async () => {
     const root = tempDir();
     const release = path.join(root, "release-bare");
