@@ -28,6 +28,7 @@ export type {
   BeginTurnInput,
   CacheInfo,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   DeleteTarget,

@@ -163,6 +163,7 @@ Napi::Object Constants(Napi::Env env) {
   c.Set("O_EXCL", Napi::Number::New(env, O_EXCL));
   c.Set("O_NOFOLLOW", Napi::Number::New(env, O_NOFOLLOW));
   c.Set("O_NONBLOCK", Napi::Number::New(env, O_NONBLOCK));
+  c.Set("O_NOCTTY", Napi::Number::New(env, O_NOCTTY));
   c.Set("O_CLOEXEC", Napi::Number::New(env, O_CLOEXEC));
   c.Set("O_DIRECTORY", Napi::Number::New(env, O_DIRECTORY));
   c.Set("O_SYNC", Napi::Number::New(env, O_SYNC));

@@ -10,6 +10,13 @@
 
 export const MANIFEST_FORMAT = 1;
 
+/**
+ * The largest manifest kvkeep reads (256 KiB). A manifest kvkeep writes is well under 1 KiB
+ * today; the bound leaves room for per-entry data to come (a prefix chain of ~4096 messages ×
+ * 16 hex chars per slot is ~140 KiB) while a planted huge or sparse file costs nothing.
+ */
+export const MANIFEST_MAX_BYTES = 256 * 1024;
+
 /** What identifies one version of a file on disk without reading it. */
 export interface FileIdentity {
   size: number;

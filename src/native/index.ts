@@ -8,7 +8,7 @@ import { type Logger, logLine, silentLogger } from "../logger.js";
 import { selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
 
-export type { LockHandle, NativeBackendKind, NativeFs } from "./types.js";
+export type { EntryIdentity, EntryType, LockHandle, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
 
 let selection: Selection | undefined;
 let reported = false;

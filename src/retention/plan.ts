@@ -70,6 +70,16 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 5 * 60 * 1000;
  */
 export const USE_TIME_SLACK_MS = 1;
 
+/**
+ * A last use read from the disk (a manifest's mtime) or from another process's record, as
+ * retention may believe it: never later than `now`. A time in the future — a skewed clock,
+ * a restored or hand-touched file — would otherwise exempt a cache from idle eviction for
+ * as long as it lies ahead, whatever `maxIdleMs` says (even 0).
+ */
+export function clampUse(ms: number, now: number): number {
+  return Math.min(ms, now);
+}
+
 /** A retention limit must be a finite, non-negative number (use a huge one to disable a limit). */
 export function checkLimit(value: unknown, argument: string): number {
   if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
@@ -153,8 +163,10 @@ function* heapOrder(items: Candidate[]): Generator<Candidate> {
  * - budget: only if it was not used after what the plan knew (`indexedUseMs`): a use the
  *   index missed (another process's record not read yet, or lost) moves it to the back.
  */
-export function stillVictim(candidate: Candidate, diskUseMs: number | null, idleCutoffMs: number): boolean {
+export function stillVictim(candidate: Candidate, diskUseMs: number | null, idleCutoffMs: number, now = Number.POSITIVE_INFINITY): boolean {
   if (diskUseMs === null) return true;
+  // A use in the future says nothing newer than the plan knew (see clampUse).
+  if (diskUseMs > now) diskUseMs = candidate.entry.lastUsedMs;
   if (candidate.reason === "idle") return diskUseMs < idleCutoffMs;
   return diskUseMs <= candidate.entry.lastUsedMs + USE_TIME_SLACK_MS;
 }

@@ -15,6 +15,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
@@ -33,6 +34,7 @@ import { type LogRecord, prefixFields, prefixOfRecord } from "./log-record.js";
 import {
   type Candidate,
   checkLimit,
+  clampUse,
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_IDLE_MS,
   DEFAULT_SWEEP_INTERVAL_MS,
@@ -53,6 +55,11 @@ export interface RetentionDeps {
   readonly locks: PathLockTable;
   forgetCache(cachePath: string, init: string): void;
   prune(cachePath: string): Promise<void>;
+  /**
+   * Walks the root for a resync, calling `visit` for every model directory (the store's
+   * recovery walk, which also removes dead writers' temp files). Default: a plain scan.
+   */
+  walkRoot?: ((visit: Visit) => Promise<unknown>) | undefined;
 }
 
 export interface RetentionSettings {
@@ -113,6 +120,17 @@ export function resolveRetentionSettings(options: {
   };
 }
 
+/** Bytes of the temp files in `modelDir` whose writer is dead (recovery's walk removes them; these remained). */
+async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
+  let bytes = 0;
+  for (const file of modelDir.files) {
+    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    const st = await fs.lstat(file.path).catch(() => null);
+    if (st?.isFile()) bytes += st.size;
+  }
+  return bytes;
+}
+
 function relativeOf(loc: CacheLocation): string {
   return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
 }
@@ -166,6 +184,8 @@ export class Retention implements RetentionHooks {
   #sweepsSinceResync = 0;
   #needsResync = false;
   #closed = false;
+  /** Bytes of dead writers' temp files the last walk found and could not remove. */
+  #staleTempBytes = 0;
 
   constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
     this.#deps = deps;
@@ -271,7 +291,8 @@ export class Retention implements RetentionHooks {
   async usage(): Promise<StoreUsage> {
     await this.#built;
     await this.#refresh(false);
-    return this.index.usage();
+    const caches = this.index.usage();
+    return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
   }
 
   /**
@@ -439,9 +460,9 @@ export class Retention implements RetentionHooks {
         const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
         if (!identity) {
           vanished = true;
-        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs)) {
+        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs, Date.now())) {
           // Used since the index last heard of it: learn that, and keep it.
-          if (diskUseMs !== null) this.index.use(cachePath, diskUseMs);
+          if (diskUseMs !== null) this.index.use(cachePath, clampUse(diskUseMs, Date.now()));
           return "kept";
         } else {
           await removeCacheFiles(cachePath);
@@ -497,9 +518,12 @@ export class Retention implements RetentionHooks {
       }
       if (!resync) return;
       this.stats.resyncs++;
-      await this.#rebuild(async (visit) => {
-        for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
-      });
+      await this.#rebuild(
+        this.#deps.walkRoot ??
+          (async (visit) => {
+            for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
+          }),
+      );
       const read = await this.#readLog();
       if (read.replaced) this.#needsResync = true;
       else this.#apply(read.records);
@@ -525,13 +549,15 @@ export class Retention implements RetentionHooks {
     let mark = await this.log.position().catch(() => null);
     this.index.beginRebuild();
     const fresh = new Map<string, IndexEntry>();
+    const staleTemps = new Map<string, number>();
     // Directories are stat-ed a few at a time without holding the walk up.
     const inFlight = new Set<Promise<void>>();
     let failure: { error: unknown } | null = null;
     const visit = async (modelDir: ScannedModelDir): Promise<void> => {
-      const pending: Promise<void> = this.#collect(modelDir).then(
-        (found) => {
+      const pending: Promise<void> = Promise.all([this.#collect(modelDir), staleTempBytesIn(modelDir)]).then(
+        ([found, tempBytes]) => {
           for (const [cachePath, entry] of found) fresh.set(cachePath, entry);
+          if (tempBytes > 0) staleTemps.set(modelDir.dir, tempBytes);
         },
         (error: unknown) => {
           failure ??= { error };
@@ -546,6 +572,7 @@ export class Retention implements RetentionHooks {
       await Promise.all(inFlight);
       if (failure) throw (failure as { error: unknown }).error;
       this.index.finishRebuild(fresh);
+      this.#staleTempBytes = [...staleTemps.values()].reduce((a, b) => a + b, 0);
       mark ??= { ino: null, offset: 0 };
       this.log.setReadPosition(mark);
       this.#needsResync = false;
@@ -571,13 +598,15 @@ export class Retention implements RetentionHooks {
           const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
           try {
+            // lstat: the entries themselves, never what a symlink planted there points to.
             const [bin, manifest, read] = await Promise.all([
               statIdentity(cachePath),
-              fs.stat(manifestPathOf(cachePath)),
-              readManifest(cachePath),
+              fs.lstat(manifestPathOf(cachePath)),
+              readManifest(cachePath, this.#deps.nfs),
             ]);
-            if (!bin) return null;
-            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs), prefixOfManifest(read, bin))];
+            if (!bin || !manifest.isFile()) return null;
+            const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
+            return [cachePath, entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin))];
           } catch (error) {
             if (errnoCode(error) === "ENOENT") return null; // removed while walking
             throw error;
@@ -589,7 +618,9 @@ export class Retention implements RetentionHooks {
 
   #apply(records: LogRecord[]): void {
     const root = this.#deps.root;
-    for (const record of records) {
+    const now = Date.now();
+    for (const raw of records) {
+      const record = { ...raw, u: clampUse(raw.u, now) }; // another process's clock may run ahead
       const parts = record.p.split("/");
       if (parts.length !== 3) continue;
       const cachePath = path.join(root, ...parts);
@@ -612,7 +643,7 @@ export class Retention implements RetentionHooks {
     if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
     let lock;
     try {
-      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive");
+      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive", { under: this.#deps.root });
     } catch (error) {
       this.#deps.logger.debug(logLine("could not take the index log's lock; not compacting", { error }));
       return;

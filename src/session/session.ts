@@ -3,22 +3,25 @@
  * savePath) → commitTurn | rollback. A session is bound to one model; all state it changes
  * belongs to its store (`StoreContext`), so sessions are cheap and disposable.
  */
-import { fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
+import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists } from "../durable/files.js";
+import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { assertHistory, autoCacheKey, autoConversationId, autoKeyOf, chainKeyOfAuto, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, parseCachePath } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
 import { type Logger, logLine } from "../logger.js";
 import { type FileIdentity, type Manifest, type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
-import { installCache, verifyCache } from "../manifest/store.js";
+import { type InstallParams, installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "./trust.js";
 import type { StoreContext } from "../store/context.js";
+import type { DeleteMark } from "../store/deletes.js";
 import type {
   BeginTurnInput,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   KvCacheSession,
@@ -45,8 +48,8 @@ export interface TurnState {
   /** The committed manifest entry at begin; kept valid while a new state is installed. */
   readonly committedEntry: ManifestEntry | null;
   status: TurnStatus;
-  /** The store's delete generation when the turn took its lock: a later delete covering its cache ends it. */
-  readonly deleteGeneration: number;
+  /** The delete records when the turn took its lock: a later delete covering its cache (any process) ends it. */
+  readonly deleteMark: DeleteMark;
   /** Resolves when a commit in progress has finished (so a racing rollback can wait). */
   settling: Promise<unknown> | null;
   /** Auto mode: the key chain of the turn's history (the commit's chain is it plus the reply). */
@@ -77,7 +80,15 @@ function validateBeginInput(input: BeginTurnInput): void {
   }
   assertConfigHash(input.configHash);
   if (input.kind === "custom") assertCustomKey(input.customKey);
-  else assertHistory(input.history);
+  else {
+    assertHistory(input.history);
+    // An auto-mode cache is the state of a history: with none there is nothing to key or resume.
+    if (input.history.length === 0) {
+      throw new KvKeepError("INVALID_ARGUMENT", "an auto-mode turn needs a non-empty history (at least the new user message).", {
+        argument: "history",
+      });
+    }
+  }
   if (typeof input.primeIfMissing !== "function") {
     throw new KvKeepError("INVALID_ARGUMENT", "primeIfMissing must be a function (path) => Promise<void>.", {
       argument: "primeIfMissing",
@@ -129,13 +140,50 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   return target;
 }
 
+/** The outcome's reason for a commit failure (its error's code, in the outcome's words). */
+function failureReason(error: KvKeepError): CommitFailureReason {
+  switch (error.code) {
+    case "SAVE_MISSING":
+      return "save-missing";
+    case "SAVE_EMPTY":
+      return "save-empty";
+    case "DELETED_DURING_TURN":
+      return "deleted-during-turn";
+    case "NO_SPACE":
+      return "no-space";
+    case "UNSAFE_PATH":
+      return "unsafe-path";
+    default:
+      return "io-error";
+  }
+}
+
+function deletedWhileBeginningError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.", {
+    cause,
+  });
+}
+
+function deletedDuringTurnError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.", {
+    cause,
+  });
+}
+
 export function createSession(ctx: StoreContext, modelId: string, options: SessionOptions = {}): KvCacheSession {
   assertModelId(modelId);
+  if (options === null || typeof options !== "object") {
+    throw new KvKeepError("INVALID_ARGUMENT", "session options must be an object.", { argument: "options" });
+  }
   if (options.fingerprint !== undefined && typeof options.fingerprint !== "string") {
     throw new KvKeepError("INVALID_ARGUMENT", "options.fingerprint must be a string.", { argument: "fingerprint" });
   }
+  if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
+    throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, { argument: "onRollback" });
+  }
   const logger = options.logger ?? ctx.logger;
   const fingerprint = options.fingerprint ?? null;
+  const policy = options.onRollback ?? ctx.onRollback;
   // Only handles this session made are honoured: a WeakMap keyed by the handle object.
   const turns = new WeakMap<TurnHandle, TurnState>();
 
@@ -159,11 +207,12 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     ctx.layers.refDir(cachePath);
     let lease: Lease | null = null;
     let primeTemp: string | null = null;
+    let deleteMark: DeleteMark | null = null;
     try {
       // The directory first: it refuses symlinks, and the OS lock file is created inside it.
       await ctx.ensureCacheDir(loc);
       lease = await ctx.locks.acquire(cachePath, input.signal);
-      const deleteGeneration = ctx.deletionGeneration();
+      deleteMark = await ctx.deleteMark();
       ctx.assertOpen();
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
@@ -177,10 +226,17 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
           lease = null;
           return null;
         }
-        primeTemp = tempPathFor(cachePath);
+        primeTemp = ownTempPath(cachePath);
         await input.primeIfMissing(primeTemp);
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
-        const primedIdentity = await statIdentity(primeTemp);
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
+        const primeState = await inspectFile(primeTemp, ctx.nfs);
+        if (primeState.kind === "other") {
+          throw new KvKeepError(
+            "UNSAFE_PATH",
+            `primeIfMissing left a ${primeState.type} at ${primeTemp}, not a regular file; kvkeep never commits through it.`,
+          );
+        }
+        const primedIdentity = primeState.kind === "file" ? primeState.identity : null;
         if (!primedIdentity) {
           throw new KvKeepError(
             "NO_CACHE_WRITTEN",
@@ -193,7 +249,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             `primeIfMissing resolved but the cache file is empty at ${primeTemp}; the engine's save failed (disk full?).`,
           );
         }
-        committedEntry = await installCache(ctx.nfs, {
+        committedEntry = await install({
           source: primeTemp,
           target: cachePath,
           header,
@@ -206,17 +262,19 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         primeTemp = null;
         ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
         ctx.retention.noteCommitted(cachePath, committedEntry, fingerprint);
+        // A delete that started after the mark may have scanned before the install: take it back.
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, true);
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
         await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
       const handle: TurnHandle = Object.freeze({
         cachePath,
         savedCount,
-        savePath: tempPathFor(cachePath),
+        savePath: ownTempPath(cachePath),
         cacheKey: loc.cacheKey,
         modelId: loc.modelId,
         configHash: loc.configHash,
@@ -234,14 +292,27 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         beginIdentity: await statIdentity(cachePath),
         committedEntry,
         status: "open",
-        deleteGeneration,
+        deleteMark,
         settling: null,
         historyChain,
       };
       lease = null; // owned by the turn from here on
       return st;
-    } catch (error) {
+    } catch (caught) {
+      let error = caught;
       if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
+      // A delete from another process removes the files a beginning turn works on, which then
+      // look missing or empty (NO_CACHE_WRITTEN, IO_ERROR ENOENT, …): say what really
+      // happened. (An error of the caller's own primeIfMissing passes through unchanged.)
+      if (
+        deleteMark !== null &&
+        isKvKeepError(error) &&
+        error.code !== "DELETED_DURING_TURN" &&
+        error.code !== "ABORTED" &&
+        (await ctx.deletedSince(cachePath, deleteMark).catch(() => false))
+      ) {
+        error = deletedWhileBeginningError(error);
+      }
       let cacheGone = false;
       if (lease) {
         // Only under the lock: an aborted wait must not touch another turn's cache state.
@@ -274,7 +345,10 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       if (n > 1) {
         const lookup = locate(autoKeyOf(chain.key(n - 1)), input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
-        if (await statIdentity(cachePathOf(ctx.root, lookup))) st = await openTurn(lookup, "auto", input, true, chain);
+        // Anything there is looked at (a bad entry is removed under the lock, not skipped forever).
+        if ((await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing") {
+          st = await openTurn(lookup, "auto", input, true, chain);
+        }
       }
       st ??= await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain);
     }
@@ -294,15 +368,25 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   /** The new state the engine saved: at savePath, or rewritten in place at cachePath. */
   async function findNewState(st: TurnState): Promise<{ path: string; inPlace: boolean }> {
-    const saved = await statIdentity(st.handle.savePath);
-    if (saved) {
-      if (saved.size === 0) {
+    const savedState = await inspectFile(st.handle.savePath, ctx.nfs);
+    if (savedState.kind === "other") {
+      throw new KvKeepError(
+        "UNSAFE_PATH",
+        `turn.savePath (${st.handle.savePath}) is a ${savedState.type}, not a regular file; kvkeep never commits through it. The turn was rolled back.`,
+      );
+    }
+    if (savedState.kind === "file") {
+      if (savedState.identity.size === 0) {
         await unlinkIfExists(st.handle.savePath);
         throw new KvKeepError("SAVE_EMPTY", `the engine saved an empty state at ${st.handle.savePath}; the turn was rolled back.`);
       }
       return { path: st.handle.savePath, inPlace: false };
     }
-    const current = await statIdentity(st.cachePath);
+    const currentState = await inspectFile(st.cachePath, ctx.nfs);
+    if (currentState.kind === "other") {
+      throw new KvKeepError("UNSAFE_PATH", `the cache path ${st.cachePath} became a ${currentState.type} during the turn; nothing was committed.`);
+    }
+    const current = currentState.kind === "file" ? currentState.identity : null;
     if (current && !(st.beginIdentity && sameIdentity(current, st.beginIdentity))) {
       if (current.size === 0) throw new KvKeepError("SAVE_EMPTY", `the engine left an empty state at ${st.cachePath}.`);
       return { path: st.cachePath, inPlace: true };
@@ -313,22 +397,47 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     );
   }
 
-  function assertNotDeletedWhileBeginning(cachePath: string, generation: number): void {
-    if (ctx.deletedSince(cachePath, generation)) {
-      throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.");
+  /** Refuse to begin a turn on a cache a delete covered since the mark (removing what the turn installed). */
+  async function assertNotDeletedWhileBeginning(cachePath: string, mark: DeleteMark, installed: boolean): Promise<void> {
+    if (!(await ctx.deletedSince(cachePath, mark))) return;
+    if (installed) await ctx.removeCache(cachePath);
+    throw deletedWhileBeginningError();
+  }
+
+  /**
+   * Install a new state (the commit protocol). A failure after the new state took the
+   * cache file's place does not undo it (the previous state is gone by then): the new
+   * state is committed, and the missing last step is logged.
+   */
+  async function install(params: InstallParams): Promise<ManifestEntry> {
+    const { entry, unsettled } = await installCache(ctx.nfs, params);
+    if (unsettled) {
+      log("warn", "the new state is installed, but a last step of its commit failed; its manifest is settled at its next use", {
+        cachePath: params.target,
+        code: unsettled.code,
+        error: unsettled,
+      });
     }
+    return entry;
+  }
+
+  /** True when a delete covering `cachePath` ran after the turn took its lock. */
+  async function deletedSinceTurnBegan(st: TurnState, cachePath: string): Promise<boolean> {
+    return ctx.deletedSince(cachePath, st.deleteMark);
   }
 
   /** Refuse to keep what a delete covering `paths` removed (or meant to) since the turn began. */
   async function assertNotDeleted(st: TurnState, installed: string | null, ...paths: string[]): Promise<void> {
-    if (!paths.some((p) => ctx.deletedSince(p, st.deleteGeneration))) return;
+    let deleted = false;
+    for (const p of paths) deleted ||= await deletedSinceTurnBegan(st, p);
+    if (!deleted) return;
     if (installed) await ctx.removeCache(installed);
-    throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
+    throw deletedDuringTurnError();
   }
 
   async function commitStatic(st: TurnState, result: CommitResult, chain: readonly string[] | null): Promise<CommittedOutcome> {
     const source = await findNewState(st);
-    const entry = await installCache(ctx.nfs, {
+    const entry = await install({
       source: source.path,
       target: st.cachePath,
       header: st.header,
@@ -385,7 +494,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             await ctx.removeCache(targetPath);
           }
           try {
-            const entry = await installCache(ctx.nfs, {
+            const entry = await install({
               source: source.path,
               target: targetPath,
               header: targetHeader,
@@ -406,16 +515,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         }
         await assertNotDeleted(st, outcome.keptExisting ? null : targetPath, targetPath, st.cachePath);
       }
-      targetExists = (await statIdentity(targetPath)) !== null;
+      targetExists = (await statIdentity(targetPath).catch(() => undefined)) !== null;
     } finally {
       if (targetLease) await ctx.releaseCache(targetLease, targetPath, !targetExists);
       else ctx.layers.unrefDir(targetPath);
     }
-    await crashPoint("auto:after-target-installed");
-    // The source is superseded by the target: remove it and every layer of it.
-    if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
-    await ctx.removeCache(st.cachePath);
-    await crashPoint("auto:after-source-removed");
+    // The target is committed: from here a failure only leaves the superseded source
+    // behind (a valid cache of the shorter history, for retention to evict) — never fails
+    // the commit.
+    try {
+      await crashPoint("auto:after-target-installed");
+      // The source is superseded by the target: remove it and every layer of it.
+      if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
+      await ctx.removeCache(st.cachePath);
+      await crashPoint("auto:after-source-removed");
+    } catch (error) {
+      log("warn", "the auto commit is done, but its superseded source cache could not be removed", { cachePath: st.cachePath, error });
+    }
     return outcome;
   }
 
@@ -436,14 +552,24 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             ? await commitStatic(st, result, result.history ? stateChain(messageKeyChain(result.history), result.messageCount) : null)
             : await commitAuto(st, result, target!);
       } catch (caught) {
+        // A bug (no KvKeepError, no errno) is not a commit outcome: it rolls back and rejects.
+        if (!isKvKeepError(caught) && errnoCode(caught) === undefined) {
+          st.status = "open";
+          await rollbackTurn(st, "keep-committed");
+          throw caught;
+        }
+        let error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
+        // A delete that removed the turn's files makes them look missing: say what happened.
+        if (error.code !== "DELETED_DURING_TURN" && (await deletedSinceTurnBegan(st, st.cachePath))) {
+          error = deletedDuringTurnError(error);
+        }
         // Any failure in kvkeep's own I/O (disk full, EIO, …) says nothing against the last
         // committed state: keep it whatever the policy. A turn that saved nothing, or whose
         // cache was deleted, rolls back per the policy like any failed turn.
-        const error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
-        log("warn", "commit failed; rolling the turn back", { cachePath: st.cachePath, error });
         st.status = "open";
-        await rollbackTurn(st, TURN_FAILURES.has(error.code) ? ctx.onRollback : "keep-committed");
-        throw error;
+        const cleared = await rollbackTurn(st, TURN_FAILURES.has(error.code) ? policy : "keep-committed");
+        log("warn", "commit failed; the turn was rolled back", { cachePath: st.cachePath, code: error.code, error });
+        return { committed: false, reason: failureReason(error), error, keptCommitted: !cleared };
       }
       st.status = "committed";
       ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
@@ -483,15 +609,16 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   }
 
   /**
-   * Roll back per the store's policy. "clear" (and any turn that rewrote the cache in place,
-   * or whose cache was deleted) removes all three layers; "keep-committed" only drops the
-   * turn's unsaved state when the committed cache was never touched.
+   * Roll back per the session's policy. "clear" (and any turn that rewrote the cache in
+   * place, or whose cache was deleted) removes all three layers; "keep-committed" only drops
+   * the turn's unsaved state when the committed cache was never touched. True when the
+   * cache was cleared.
    */
-  async function rollbackTurn(st: TurnState, policy = ctx.onRollback): Promise<void> {
-    if (st.status !== "open") return;
+  async function rollbackTurn(st: TurnState, rollbackPolicy = policy): Promise<boolean> {
+    if (st.status !== "open") return false;
     st.status = "rolledBack";
     await unlinkIfExists(st.handle.savePath).catch(() => {});
-    let clear = policy === "clear" || ctx.deletedSince(st.cachePath, st.deleteGeneration);
+    let clear = rollbackPolicy === "clear" || (await deletedSinceTurnBegan(st, st.cachePath));
     if (!clear) {
       const now = await statIdentity(st.cachePath).catch(() => null);
       clear = !(now && st.beginIdentity && sameIdentity(now, st.beginIdentity));
@@ -508,6 +635,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       }
     }
     await settle(st, clear, { outcome: "rolledBack", cachePath: st.cachePath });
+    return clear;
   }
 
   async function rollback(turn: TurnHandle): Promise<void> {

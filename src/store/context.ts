@@ -5,6 +5,7 @@ import type { Lease, PathLockTable } from "../locks/path-locks.js";
 import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
 import type { TurnEvent } from "../types.js";
+import type { DeleteMark } from "./deletes.js";
 import type { StoreLayers } from "./layers.js";
 
 /**
@@ -46,10 +47,13 @@ export interface StoreContext {
    * cache was `removed`), drop the directory ref, and prune emptied directories.
    */
   releaseCache(lease: Lease | null, cachePath: string, removed: boolean): Promise<void>;
-  /** How many deletes this store has run (a turn records it when it takes its lock). */
-  deletionGeneration(): number;
-  /** True when a delete after `generation` covered `cachePath` (its key, model, or everything). */
-  deletedSince(cachePath: string, generation: number): boolean;
+  /** Where the delete records are now (a turn takes it right after its lock). */
+  deleteMark(): Promise<DeleteMark>;
+  /**
+   * True when a delete recorded after `mark` — by this store, another store or another
+   * process — covered `cachePath` (its key, its model, or everything).
+   */
+  deletedSince(cachePath: string, mark: DeleteMark): Promise<boolean>;
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
 }

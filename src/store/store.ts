@@ -5,6 +5,7 @@
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
 import { processLocks } from "../locks/path-locks.js";
@@ -30,6 +31,7 @@ import type {
 import { borrowPrefix, findPrefix } from "./borrow.js";
 import type { StoreContext } from "./context.js";
 import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
+import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 
@@ -39,9 +41,11 @@ export interface KvCacheStoreOptions {
   /** Where kvkeep logs (any `{ debug, info, warn, error }`, e.g. `console` or pino). Default: silent. */
   logger?: Logger | undefined;
   /**
-   * What `rollback` does. `"clear"` (default): the contract's three-layer clear — file,
-   * saved count and init flag. `"keep-committed"`: keep the last committed state when the
-   * turn never touched `cachePath`, so a cancelled turn costs the user nothing.
+   * What `rollback` does (a session may override it). `"keep-committed"` (default): keep the
+   * last committed state when the turn never touched `cachePath` — kvkeep's commits are
+   * atomic, so a cancelled turn (a Stop button) costs the user nothing. `"clear"`: the seed
+   * contract's three-layer clear — file, saved count and init flag (what the module-level
+   * `createKvCacheSession` uses).
    */
   onRollback?: "clear" | "keep-committed" | undefined;
   /**
@@ -147,13 +151,12 @@ export class KvCacheStoreImpl implements KvCacheStore {
   readonly #ctx: StoreContext;
   readonly #listeners = new Set<(event: TurnEvent) => void>();
   /**
-   * Deletes so far, and the last one that covered each scope directory (the root for
-   * `{ all: true }`). A turn records the generation when it takes its lock; a commit that
-   * finds a later delete covering its cache refuses (DELETED_DURING_TURN) — also when the
-   * delete ran during the commit itself, or while the turn was still beginning.
+   * Deletes, recorded in memory and in the root's shared delete log. A turn marks them
+   * when it takes its lock; a commit that finds a later delete covering its cache refuses
+   * (DELETED_DURING_TURN) — also when the delete ran in another process, during the commit
+   * itself, or while the turn was still beginning.
    */
-  #deleteGeneration = 0;
-  readonly #deletedScopes = new Map<string, number>();
+  readonly #deletes: Deletes;
   #closed = false;
 
   constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
@@ -179,9 +182,10 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
     const prune = (cachePath: string): Promise<void> =>
       pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
-    const deletedScopes = this.#deletedScopes;
+    const deletes = new Deletes(root, nfs, logger);
+    this.#deletes = deletes;
     const retention = new Retention(
-      { root, logger, nfs, locks, forgetCache, prune },
+      { root, logger, nfs, locks, forgetCache, prune, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
       retentionSettings,
       options.retentionInternals,
     );
@@ -192,7 +196,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       nfs,
       locks,
       layers,
-      onRollback: options.onRollback ?? "clear",
+      onRollback: options.onRollback ?? "keep-committed",
       verify: options.verify ?? "size",
       assertOpen: () => {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
@@ -213,14 +217,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
         layers.unrefDir(cachePath);
         if (removed) await prune(cachePath);
       },
-      deletionGeneration: () => this.#deleteGeneration,
-      deletedSince: (cachePath, generation) => {
-        const modelDir = path.dirname(cachePath);
-        for (const dir of [root, path.dirname(modelDir), modelDir]) {
-          if ((deletedScopes.get(dir) ?? -1) > generation) return true;
-        }
-        return false;
-      },
+      deleteMark: () => deletes.mark(),
+      deletedSince: (cachePath, mark) => deletes.coveredSince(cachePath, mark),
       emit: (event) => {
         for (const listener of this.#listeners) {
           try {
@@ -259,51 +257,65 @@ export class KvCacheStoreImpl implements KvCacheStore {
         argument: "target",
       });
     }
-    let scopes: Array<{ cacheKey: string; modelId?: string }>;
+    let recorded: DeleteScope[];
     if ("all" in target) {
       if (target.all !== true) {
         throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
       }
-      scopes = (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey }));
+      recorded = [{}];
     } else {
       assertCacheKey(target.kvCacheKey);
       if (target.modelId !== undefined) assertModelId(target.modelId);
-      scopes = [{ cacheKey: target.kvCacheKey, ...(target.modelId !== undefined ? { modelId: target.modelId } : {}) }];
+      recorded = [{ cacheKey: target.kvCacheKey, modelId: target.modelId }];
     }
-    // Recorded before any file goes, so a commit racing this delete sees it afterwards.
-    const generation = ++this.#deleteGeneration;
-    if ("all" in target) this.#deletedScopes.set(this.root, generation);
-    for (const scope of scopes) {
-      const scopeDir =
-        scope.modelId === undefined ? cacheKeyDir(this.root, scope.cacheKey) : path.join(this.root, scope.cacheKey, scope.modelId);
-      this.#deletedScopes.set(scopeDir, generation);
-      for (const modelDir of await scanKeyDir(this.root, scope.cacheKey, scope.modelId)) {
-        for (const file of modelDir.files) {
-          if (file.kind === null) {
-            ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
-          } else if (file.kind === "lock") {
-            const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
-            if (!ctx.nfs.crossProcessLocks) {
-              await unlinkIfExists(file.path);
-            } else {
-              // Only an unheld lock file may go: a holder must keep excluding newcomers.
-              ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
-            }
-          } else if (file.kind === "cache") {
-            await ctx.removeCache(file.path);
-          } else {
-            await unlinkIfExists(file.path);
-          }
-        }
-        ctx.layers.forgetUnder(modelDir.dir, () => false);
-        await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
-      }
-      ctx.layers.forgetUnder(
-        scopeDir,
-        (modelId, _configHash, cacheKey) => cacheKey === scope.cacheKey && (scope.modelId === undefined || modelId === scope.modelId),
-      );
+    ctx.assertOpen();
+    // Recorded before any file goes (in memory and in the shared log), so a turn in any
+    // process that took its lock before this point sees it at its commit; and again when
+    // everything is gone, so a turn that took its lock while this ran sees it too.
+    await this.#deletes.record(recorded, "start");
+    try {
+      const scopes: Array<{ cacheKey: string; modelId?: string | undefined }> =
+        "all" in target ? (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey })) : [recorded[0] as { cacheKey: string; modelId?: string }];
+      for (const scope of scopes) await this.#removeScope(scope.cacheKey, scope.modelId);
+    } finally {
+      await this.#deletes.record(recorded, "end");
     }
     if ("all" in target) this.layers.clear();
+  }
+
+  /** Remove every kvkeep file of a key (one model, or all), and what memory knows of it. */
+  async #removeScope(cacheKey: string, modelId: string | undefined): Promise<void> {
+    const ctx = this.#ctx;
+    const scopeDir = modelId === undefined ? cacheKeyDir(this.root, cacheKey) : path.join(this.root, cacheKey, modelId);
+    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId)) {
+      for (const file of modelDir.files) {
+        if (file.kind === null) {
+          ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
+        } else if (file.kind === "lock") {
+          const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+          if (!ctx.nfs.crossProcessLocks) {
+            await unlinkIfExists(file.path);
+          } else {
+            // Only an unheld lock file may go: a holder must keep excluding newcomers.
+            ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
+          }
+        } else if (file.kind === "cache") {
+          await ctx.removeCache(file.path);
+        } else if (file.kind === "temp") {
+          // A live writer's temp belongs to a turn in flight: it ends that turn itself (its
+          // commit sees this delete and refuses). A dead writer's is a leftover.
+          if (!tempWriterAlive(file.name)) await unlinkIfExists(file.path);
+        } else {
+          await unlinkIfExists(file.path);
+        }
+      }
+      ctx.layers.forgetUnder(modelDir.dir, () => false);
+      await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
+    }
+    ctx.layers.forgetUnder(
+      scopeDir,
+      (m, _configHash, k) => k === cacheKey && (modelId === undefined || m === modelId),
+    );
   }
 
   async sweep(options?: SweepOptions): Promise<SweepResult> {

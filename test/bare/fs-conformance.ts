@@ -4,8 +4,8 @@
  * (real node:fs) and, bundled by scripts/build-bare.ts's builtin mapping, under Bare (the
  * shims of src/platform/bare/) — and compares.
  */
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
-import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, symlink, unlink, utimes } from "node:fs/promises";
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { copyFile, link, lstat, lutimes, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, symlink, unlink, utimes } from "node:fs/promises";
 import { createHash, randomBytes } from "node:crypto";
 import path from "node:path";
 
@@ -83,6 +83,42 @@ export async function behaviour(dir: string): Promise<Record<string, string>> {
   });
   r.fstatSize = await outcome(async () => (await rh.stat()).size);
   await rh.close();
+  const rest = await open(p("data"), "r");
+  await rest.read(Buffer.alloc(6), 0, 6, null);
+  r.handleReadFileRest = await outcome(() => rest.readFile("utf8"));
+  await rest.close();
+
+  // The safe-open flags kvkeep uses (no-follow, non-blocking, no controlling tty).
+  const SAFE = constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+  r.safeOpenFile = await outcome(async () => {
+    const h = await open(p("data"), constants.O_RDONLY | SAFE);
+    const isFile = (await h.stat()).isFile();
+    await h.close();
+    return isFile;
+  });
+  r.safeOpenDirIsFile = await outcome(async () => {
+    const h = await open(dir, constants.O_RDONLY | SAFE);
+    const isFile = (await h.stat()).isFile();
+    await h.close();
+    return isFile;
+  });
+  r.safeOpenLink = await outcome(() => open(p("link"), constants.O_RDONLY | SAFE));
+  r.fstatSync = await outcome(() => {
+    const fd = openSync(p("data"), constants.O_RDONLY | SAFE);
+    try {
+      const st = fstatSync(fd);
+      return `${st.isFile()}:${st.size}`;
+    } finally {
+      closeSync(fd);
+    }
+  });
+  // lutimes sets the link's own times, never its target's.
+  r.lutimes = await outcome(async () => {
+    const targetBefore = (await stat(p("x"), { bigint: true })).mtimeNs;
+    await lutimes(p("link"), 1_600_000_000, 1_600_000_000);
+    const linkMs = (await lstat(p("link"), { bigint: true })).mtimeMs.toString();
+    return `${linkMs}:${(await stat(p("x"), { bigint: true })).mtimeNs === targetBefore}`;
+  });
 
   // Sync calls: open flags as numbers, write strings, append.
   const fd = openSync(p("log"), constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o644);

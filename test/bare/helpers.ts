@@ -63,6 +63,9 @@ export function barePackage(): Promise<string> {
     for (const build of ["build-cmake", "build"]) {
       if (existsSync(path.join(repoRoot, build))) symlinkSync(path.join(repoRoot, build), path.join(kvkeep, build));
     }
+    // The app's own package.json: without it, a fixture's "kvkeep" would resolve to the repo
+    // itself (package self-reference) and its dist/bare — possibly stale, or not built.
+    writeFileSync(path.join(temp, "package.json"), JSON.stringify({ name: "kvkeep-bare-test-app", private: true, type: "module" }));
     cpSync(FIXTURES, path.join(temp, "fixtures"), { recursive: true });
     // The fs conformance probe, built with the same builtin mapping as the package.
     await buildBare(path.join(temp, "probes"), { "fs-conformance": "test/bare/fs-conformance.ts" });

@@ -72,6 +72,22 @@ export class FileHandle {
     await this.write(toBytes(data, enc ?? "utf8"));
   }
 
+  /** The rest of the file from the current position, as Node's `FileHandle.readFile`. */
+  readFile(encoding: BufferEncoding | { encoding: BufferEncoding }): Promise<string>;
+  readFile(options?: null): Promise<Buffer>;
+  async readFile(options?: Encoding): Promise<string | Buffer> {
+    const chunks: Buffer[] = [];
+    for (;;) {
+      const chunk = Buffer.alloc(64 * 1024);
+      const bytesRead = await fsBare.read(this.#fd, chunk, 0, chunk.byteLength, -1);
+      if (bytesRead === 0) break;
+      chunks.push(chunk.subarray(0, bytesRead));
+    }
+    const all = Buffer.concat(chunks);
+    const encoding = encodingOf(options);
+    return encoding ? all.toString(encoding) : all;
+  }
+
   async sync(): Promise<void> {
     await fsBare.fsync(this.#fd);
   }
@@ -188,6 +204,10 @@ export function rm(target: string, options?: { recursive?: boolean; force?: bool
 
 function seconds(time: number | Date): number {
   return typeof time === "number" ? time : time.getTime() / 1000;
+}
+
+export function lutimes(filePath: string, atime: number | Date, mtime: number | Date): Promise<void> {
+  return fsBare.lutimes(filePath, seconds(atime), seconds(mtime));
 }
 
 export function utimes(filePath: string, atime: number | Date, mtime: number | Date): Promise<void> {

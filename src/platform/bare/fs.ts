@@ -32,7 +32,7 @@ const FROM_BARE_FS = [
   "COPYFILE_EXCL",
   "COPYFILE_FICLONE",
 ] as const;
-const FROM_ADDON = ["O_EXCL", "O_NOFOLLOW", "O_NONBLOCK", "O_DIRECTORY", "O_SYNC"] as const;
+const FROM_ADDON = ["O_EXCL", "O_NOFOLLOW", "O_NONBLOCK", "O_NOCTTY", "O_DIRECTORY", "O_SYNC"] as const;
 
 type ConstantName = (typeof FROM_BARE_FS)[number] | (typeof FROM_ADDON)[number] | "O_DSYNC";
 
@@ -76,6 +76,11 @@ export function statSync(filePath: string, options?: { bigint?: false }): BareSt
 export function lstatSync(filePath: string, options?: { bigint?: false }): BareStats {
   noBigint(options, "lstatSync");
   return fsBare.lstatSync(filePath);
+}
+
+export function fstatSync(fd: number, options?: { bigint?: false }): BareStats {
+  noBigint(options, "fstatSync");
+  return fsBare.fstatSync(fd);
 }
 
 export function openSync(filePath: string, flags: string | number = "r", mode = 0o666): number {

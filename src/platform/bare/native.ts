@@ -6,13 +6,17 @@
  * silently weaken, so a missing addon is a NATIVE_UNAVAILABLE error on first use.
  */
 import { KvKeepError } from "../../errors.js";
-import { openNativeBackend } from "../../native/loader.js";
+// Not the loader (src/native/loader.ts): it imports the JS fallback, whose modules read
+// fs.constants at evaluation — a cycle back into the fs shim that is still being evaluated.
+import { loadBindingFrom } from "../../native/binding.js";
+import { nativeCandidates } from "../../native/paths.js";
 import { useMonotonicClock } from "./clock.js";
 
 export interface PlatformConstants {
   readonly O_EXCL: number;
   readonly O_NOFOLLOW: number;
   readonly O_NONBLOCK: number;
+  readonly O_NOCTTY: number;
   readonly O_CLOEXEC: number;
   readonly O_DIRECTORY: number;
   readonly O_SYNC: number;
@@ -32,24 +36,34 @@ export interface PlatformBinding {
 
 let binding: PlatformBinding | null = null;
 
-/** The addon's platform exports (loaded once). */
+/** The addon's platform exports: the first candidate binary that loads (as the loader orders them), once. */
 export function platformBinding(): PlatformBinding {
   if (binding) return binding;
-  const { binding: raw, fs } = openNativeBackend();
-  const candidate = raw as unknown as Partial<PlatformBinding>;
-  if (
-    typeof candidate.platformConstants !== "object" ||
-    typeof candidate.statNs !== "function" ||
-    typeof candidate.fstatNs !== "function" ||
-    typeof candidate.randomFill !== "function" ||
-    typeof candidate.monotonicMs !== "function"
-  ) {
-    throw new KvKeepError(
-      "NATIVE_UNAVAILABLE",
-      `kvkeep's native addon at ${fs.binaryPath ?? "?"} has no platform functions (it predates Bare support); rebuild it with \`npm run build:native\`.`,
-    );
+  const problems: string[] = [];
+  for (const candidate of nativeCandidates()) {
+    let raw: Partial<PlatformBinding>;
+    try {
+      raw = loadBindingFrom(candidate.path) as unknown as Partial<PlatformBinding>;
+    } catch (error) {
+      problems.push(`${candidate.path} did not load: ${(error as Error).message}`);
+      continue;
+    }
+    if (
+      typeof raw.platformConstants !== "object" ||
+      typeof raw.statNs !== "function" ||
+      typeof raw.fstatNs !== "function" ||
+      typeof raw.randomFill !== "function" ||
+      typeof raw.monotonicMs !== "function"
+    ) {
+      problems.push(`${candidate.path} has no platform functions (it predates Bare support)`);
+      continue;
+    }
+    binding = raw as PlatformBinding;
+    useMonotonicClock(binding.monotonicMs);
+    return binding;
   }
-  binding = candidate as PlatformBinding;
-  useMonotonicClock(binding.monotonicMs);
-  return binding;
+  throw new KvKeepError(
+    "NATIVE_UNAVAILABLE",
+    `kvkeep under Bare needs its native addon (${problems.length ? problems.join("; ") : "no prebuilt or local build was found"}). Build it with \`npm run build:native\` in kvkeep's package directory (cmake-js, a C++17 compiler).`,
+  );
 }

@@ -63,6 +63,7 @@ export interface BareFs {
   writeSync(fd: number, data: Uint8Array, offset: number, length: number, position: number): number;
   fsync(fd: number): Promise<void>;
   fstat(fd: number): Promise<BareStats>;
+  fstatSync(fd: number): BareStats;
   stat(path: string): Promise<BareStats>;
   lstat(path: string): Promise<BareStats>;
   statSync(path: string): BareStats;
@@ -84,6 +85,7 @@ export interface BareFs {
   rmdir(path: string): Promise<void>;
   rm(path: string, options: { recursive?: boolean; force?: boolean }): Promise<void>;
   utimes(path: string, atimeSeconds: number, mtimeSeconds: number): Promise<void>;
+  lutimes(path: string, atimeSeconds: number, mtimeSeconds: number): Promise<void>;
 }
 
 export const fsBare = bareFs as unknown as BareFs;
