@@ -4,6 +4,7 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
+    "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
   },
   format: ["esm"],

@@ -27,7 +27,9 @@ export type KvKeepErrorCode =
   | "IO_ERROR"
   | "TARGET_EXISTS"
   // Native addon.
-  | "NATIVE_UNAVAILABLE";
+  | "NATIVE_UNAVAILABLE"
+  // An engine kvkeep cannot drive (kvkeep/qvac: not @qvac/llm-llamacpp 0.53.0).
+  | "ENGINE_UNSUPPORTED";
 
 export class KvKeepError extends Error {
   override readonly name = "KvKeepError";
