@@ -5,6 +5,7 @@ export default defineConfig({
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
     "remote/redis/index": "src/remote/redis/index.ts",
+    "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
   },
   format: ["esm"],

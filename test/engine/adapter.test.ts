@@ -27,7 +27,7 @@ const u3: CacheMessage = { role: "user", content: "Tell me one more." };
 
 /** Replies of the raw engine over consecutive turns, continuing from its in-memory state. */
 async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
-  const context = await createContext(model, { contextSize: CONTEXT });
+  const context = await createContext(model, { contextSize: CONTEXT, threads: 1 });
   try {
     const sequence = context.getSequence();
     const replies: string[] = [];
@@ -55,7 +55,7 @@ function coldReply(history: CacheMessage[]): Promise<string> {
 }
 
 function adapterOn(store: KvCacheStore, extra: Partial<Parameters<typeof createLlamaCppCompletion>[0]> = {}) {
-  return createLlamaCppCompletion({ model, store, contextSize: CONTEXT, ...extra });
+  return createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, ...extra });
 }
 
 function agreement(a: string, b: string): string {
@@ -160,7 +160,7 @@ describe("restarts and mismatches", () => {
     const h2 = [...history, { role: "assistant", content: t1.text }, u2];
 
     const otherWeights = (await loadFixtureModel("tiny", { overrides: { seed: 2 } })).model;
-    const other = createLlamaCppCompletion({ model: otherWeights, store, contextSize: CONTEXT, modelId: "shared-id" });
+    const other = createLlamaCppCompletion({ threads: 1, model: otherWeights, store, contextSize: CONTEXT, modelId: "shared-id" });
     const t2 = await other.completion({ history: h2, kvCache: "same-key", maxTokens: 4, temperature: 0 });
     expect(t2.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0 });
     await other.dispose();
@@ -221,7 +221,7 @@ describe("restarts and mismatches", () => {
 
   it("with a wrapper that stops on text, the streamed pieces join to exactly the returned text", async () => {
     const plain = (await loadFixtureModel("tiny", { overrides: { chatTemplate: "none" } })).model;
-    const adapter = createLlamaCppCompletion({ model: plain, store: openKvCacheStore({ root: tempDir() }), contextSize: CONTEXT });
+    const adapter = createLlamaCppCompletion({ threads: 1, model: plain, store: openKvCacheStore({ root: tempDir() }), contextSize: CONTEXT });
     let streamed = "";
     const result = await adapter.completion({ history: [system, u1], kvCache: "g", maxTokens: 48, temperature: 0, onToken: (t) => (streamed += t) });
     expect(streamed).toBe(result.text);

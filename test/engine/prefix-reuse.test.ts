@@ -53,7 +53,7 @@ function coldReply(history: CacheMessage[]): Promise<string> {
 
 /** The tokens a committed state file holds (loaded into a scratch context; the file is only read). */
 async function stateTokens(cachePath: string): Promise<Token[]> {
-  const context = await createContext(model, { contextSize: CONTEXT });
+  const context = await createContext(model, { contextSize: CONTEXT, threads: 1 });
   try {
     const sequence = context.getSequence();
     await sequence.loadStateFromFile(cachePath, { acceptRisk: true });
@@ -71,7 +71,7 @@ function commonPrefix(a: readonly Token[], b: readonly Token[]): number {
 
 /** A two-turn auto conversation committed by an adapter in this process; returns its history and cache. */
 async function seedConversation(store: KvCacheStore): Promise<{ history: CacheMessage[]; cachePath: string }> {
-  const adapter = createLlamaCppCompletion({ model, store, contextSize: CONTEXT });
+  const adapter = createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT });
   const t1 = await adapter.completion({ history: [system, u1], kvCache: true, maxTokens: MAX, temperature: 0 });
   const h2 = [system, u1, { role: "assistant", content: t1.text }, u2];
   const t2 = await adapter.completion({ history: h2, kvCache: true, maxTokens: MAX, temperature: 0 });
@@ -149,9 +149,9 @@ describe("starting from another conversation's cache (real engine, each reuse in
     const modelId = modelIdOf();
     const otherWeights = (await loadFixtureModel("tiny", { overrides: { seed: 2 } })).model;
     const variants = [
-      createLlamaCppCompletion({ model: otherWeights, store, contextSize: CONTEXT, modelId }),
-      createLlamaCppCompletion({ model, store, contextSize: 1024, modelId }),
-      createLlamaCppCompletion({ model, store, contextSize: CONTEXT, modelId, contextOptions: { experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" } }),
+      createLlamaCppCompletion({ threads: 1, model: otherWeights, store, contextSize: CONTEXT, modelId }),
+      createLlamaCppCompletion({ threads: 1, model, store, contextSize: 1024, modelId }),
+      createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, modelId, contextOptions: { experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" } }),
     ];
     for (const adapter of variants) {
       const result = await adapter.completion({ history: newChat, kvCache: true, maxTokens: 4, temperature: 0 });
@@ -159,7 +159,7 @@ describe("starting from another conversation's cache (real engine, each reuse in
       await adapter.dispose();
     }
     // …while the same model and context do borrow it.
-    const same = createLlamaCppCompletion({ model, store, contextSize: CONTEXT });
+    const same = createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT });
     expect((await same.completion({ history: [system, { role: "user", content: "Riddle me that." }], kvCache: true, maxTokens: 4, temperature: 0 })).stats).toMatchObject({
       source: "prefix",
       sourceKey: seeded.cachePath.split("/").at(-3),

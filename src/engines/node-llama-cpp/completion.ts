@@ -29,7 +29,7 @@ import { parseCachePath } from "../../layout/paths.js";
 import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
 import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
-import { canCutState } from "./state-cut.js";
+import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 import { StopTextStream } from "./stop-text-stream.js";
 
 export interface LlamaCppCompletionOptions {
@@ -164,8 +164,11 @@ interface Engine {
   sequence: LlamaContextSequence;
   session: KvCacheSession;
   fingerprint: string;
-  /** Whether a loaded state can be cut back to any prefix (not for recurrent, hybrid, SWA models). */
-  canCut: boolean;
+  /**
+   * How far a state loaded from a file may be cut back: any prefix for attention models, one
+   * token for sliding-window models, none for recurrent and hybrid ones (state-trim.ts).
+   */
+  trim: StateTrimPolicy;
 }
 
 /** What a turn starts from: reused tokens and where they came from. */
@@ -241,7 +244,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       return this.#store.useCache(cachePath, { fingerprint }, async (cache) => {
         if (options.signal?.aborted) return null;
         this.#holding = null;
-        await sequence.loadStateFromFile(cache.cachePath, { acceptRisk: true });
+        await loadInto(sequence, cache.cachePath);
         // Under the cache's lock: the file cannot change between the load and this stat.
         const identity = await statIdentity(cache.cachePath);
         this.#holding = identity ? { cachePath: cache.cachePath, identity } : null;
@@ -291,7 +294,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         fingerprint,
         ...(this.#options.logger ? { logger: this.#options.logger } : {}),
       });
-      return { context, sequence: context.getSequence(), session, fingerprint, canCut: canCutState(model, context) };
+      const trim = stateTrimPolicy(readStateTrimTraits(model, this.#options.contextOptions ?? {}));
+      return { context, sequence: context.getSequence(), session, fingerprint, trim };
     })();
     this.#engine.catch(() => (this.#engine = null));
     return this.#engine;
@@ -340,7 +344,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         const tokens = primePrefix();
         this.#holding = null;
         primeStart = { source: "none", sourceKey: null, loadMs: 0, kept: 0, reach: 0 };
-        if (systemMessages > 0 && engine.canCut) {
+        // (Only where a state can be cut back to its system prompt: attention models.)
+        if (systemMessages > 0 && engine.trim.maxCutBack === Number.POSITIVE_INFINITY) {
           const borrowed = await this.#borrow(engine, params.history, configHash, [], systemMessages);
           if (borrowed) {
             const reach = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1);
@@ -371,7 +376,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         this.#holding = null;
         const loadStart = now();
         try {
-          await sequence.loadStateFromFile(turn.cachePath, { acceptRisk: true });
+          await loadInto(sequence, turn.cachePath);
         } catch (error) {
           // A state llama.cpp refuses costs the reuse, never the reply: start cold.
           this.#logger.warn(logLine("the engine could not load the cache; starting cold", { cachePath: turn.cachePath, error }));
@@ -383,7 +388,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       if (params.signal?.aborted) throw abortedCompletion(params.signal);
       // Reuse stops exactly where the cached tokens and the prompt differ; at least one
       // prompt token is always evaluated, because logits are not part of a saved state.
-      const keep = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1, engine.canCut);
+      const keep = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1, engine.trim);
       this.#holding = null;
       const generation = await this.#generate(sequence, prompt, keep, params, started);
       if (generation.aborted) throw abortedCompletion(params.signal);
@@ -404,13 +409,14 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 
   /**
    * How many leading `tokens` the live sequence can keep: up to the first token it differs
-   * in, at most `max`. A model that cannot erase KV cells keeps only a state that is wholly
-   * a prefix (else the sequence is cleared and nothing is kept).
+   * in, at most `max` — and nothing when keeping them would cut the state back further than
+   * `trim` allows (recurrent models would re-evaluate all of it; a sliding window would give
+   * wrong output).
    */
-  #cutTo(sequence: LlamaContextSequence, tokens: Token[], max: number, canCut = true): number {
+  #cutTo(sequence: LlamaContextSequence, tokens: Token[], max: number, trim?: StateTrimPolicy): number {
     const { firstDifferentIndex } = sequence.compareContextTokens(tokens);
     const keep = Math.min(firstDifferentIndex, max);
-    if (!canCut && keep < sequence.nextTokenIndex) return 0;
+    if (trim && sequence.nextTokenIndex - keep > trim.maxCutBack) return 0;
     return keep;
   }
 
@@ -437,12 +443,12 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
           history,
           exclude,
           minCommonMessages: minCommon,
-          exactAncestor: !engine.canCut,
+          exactAncestor: engine.trim.maxCutBack !== Number.POSITIVE_INFINITY,
         },
         async (source: BorrowedCache): Promise<Start> => {
           this.#holding = null;
           const loadStart = now();
-          await sequence.loadStateFromFile(source.loadPath, { acceptRisk: true });
+          await loadInto(sequence, source.loadPath);
           return { source: "prefix", sourceKey: source.cacheKey, loadMs: now() - loadStart };
         },
       );
@@ -555,6 +561,16 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 /** A completion handler over `options.model` that keeps conversations' KV caches with kvkeep. */
 export function createLlamaCppCompletion(options: LlamaCppCompletionOptions): LlamaCppCompletion {
   return new LlamaCppCompletionImpl(options);
+}
+
+/**
+ * Load a state file into the sequence, clearing it first: node-llama-cpp keeps a sequence's
+ * checkpoints (recurrent and sliding-window models) across loads, and a cut after the load
+ * could restore a checkpoint of the previous conversation (test/fixtures/ENGINE-FACTS.md).
+ */
+async function loadInto(sequence: LlamaContextSequence, filePath: string): Promise<void> {
+  await sequence.clearHistory();
+  await sequence.loadStateFromFile(filePath, { acceptRisk: true });
 }
 
 function abortedCompletion(signal: AbortSignal | undefined): KvKeepError {
