@@ -4,6 +4,8 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
+    "remote/redis/index": "src/remote/redis/index.ts",
+    "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
     "metrics/index": "src/metrics/index.ts",
     "server/bin": "src/server/bin.ts",
@@ -14,5 +16,5 @@ export default defineConfig({
   sourcemap: true,
   clean: true,
   splitting: true,
-  external: ["node-llama-cpp", "fastify", "prom-client"],
+  external: ["node-llama-cpp", "redis", "fastify", "prom-client"],
 });

@@ -4,6 +4,7 @@
 #include "fsops.h"
 #include "hash.h"
 #include "lock.h"
+#include "platform.h"
 #include "prefetch.h"
 #include "safeio.h"
 
@@ -23,6 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kvkeep::InitPrefetch(env, exports);
   kvkeep::InitHash(env, exports);
   kvkeep::InitSafeIo(env, exports);
+  kvkeep::InitPlatform(env, exports);
   return exports;
 }
 

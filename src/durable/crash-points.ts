@@ -25,7 +25,10 @@ export const CRASH_POINTS = [
   "auto:after-source-removed",
 ] as const;
 
-export type CrashPoint = (typeof CRASH_POINTS)[number];
+/** Remote tier uploads (src/remote/redis/tier.ts): a chunk acknowledged; every chunk sent, before publishing. */
+export const REMOTE_CRASH_POINTS = ["remote:after-chunk", "remote:before-publish"] as const;
+
+export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof REMOTE_CRASH_POINTS)[number];
 
 const [crashStep, crashNth] = (process.env.KVKEEP_TEST_CRASH_AT ?? "").split("@");
 let hits = 0;

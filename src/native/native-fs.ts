@@ -133,7 +133,11 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
       const absPath = path.resolve(checkPath(filePath));
       checkMaxBytes(maxBytes);
       try {
-        return await binding.readFileBounded(absPath, maxBytes);
+        const read = await binding.readFileBounded(absPath, maxBytes);
+        // Node-API buffers are Buffers in Node but plain Uint8Arrays in Bare: a Buffer view of
+        // the same bytes (no copy) gives both runtimes Buffer's toString("utf8").
+        const data: Uint8Array = read.data;
+        return Buffer.isBuffer(data) ? read : { ...read, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) };
       } catch (error) {
         if (isMissing(error)) return null;
         throw boundedReadError(`reading ${absPath}`, maxBytes, error);

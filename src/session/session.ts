@@ -217,6 +217,13 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
       let committedEntry: ManifestEntry | null = await establishTrust(ctx, cachePath, loc, fingerprint);
+      // Remote hook (read-through): a local miss asks the shared tier; a verified state is
+      // installed here under this lock and the turn goes on as a hit.
+      let fetched = false;
+      if (!committedEntry && ctx.remote) {
+        committedEntry = await ctx.remote.readThrough(cachePath, loc, fingerprint);
+        fetched = committedEntry !== null;
+      }
       // A count dropped as stale stays dropped for this store: 0 until the next commit.
       const savedCount = committedEntry ? (ctx.layers.savedCounts.get(cachePath) ?? 0) : 0;
 
@@ -267,7 +274,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
-        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
+        // A state fetched from the remote tier was installed here: a delete since the mark takes it back.
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, fetched);
         await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
@@ -346,9 +354,10 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         const lookup = locate(autoKeyOf(chain.key(n - 1)), input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
         // Anything there is looked at (a bad entry is removed under the lock, not skipped forever).
-        if ((await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing") {
-          st = await openTurn(lookup, "auto", input, true, chain);
-        }
+        // Remote hook: without a local file, the shared tier may have it (a cheap look first).
+        const cached =
+          (await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing" || (await ctx.remote?.has(lookup, fingerprint));
+        if (cached) st = await openTurn(lookup, "auto", input, true, chain);
       }
       st ??= await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain);
     }
@@ -573,6 +582,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       }
       st.status = "committed";
       ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
+      // Remote hook (write-behind): queue the upload of what this commit installed; never awaited.
+      if (!outcome.keptExisting) ctx.remote?.afterCommit(outcome.cachePath, fingerprint);
       // An auto commit moved the cache away: its lock file goes too, so the directory can be pruned.
       await settle(st, result.kind === "autoRename", {
         outcome: "committed",

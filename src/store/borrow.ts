@@ -20,12 +20,13 @@ import { assertHistory, type KeyChain, messageKeyChain } from "../keys/auto-key.
 import { assertConfigHash, assertModelId } from "../keys/safe-key.js";
 import { parseCachePath } from "../layout/paths.js";
 import { logLine } from "../logger.js";
-import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
 import type { Retention } from "../retention/retention.js";
 import { manifestHeader } from "../session/trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
 import type { StoreContext } from "./context.js";
+import type { RemotePrefixQuery } from "./remote-sync.js";
 
 /** Candidates tried per borrow (held, vanished or stale ones are skipped for the next). */
 const BORROW_CANDIDATES = 4;
@@ -67,7 +68,29 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
   };
 }
 
-async function candidatesFor(retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+async function candidatesFor(ctx: StoreContext, retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+  const local = await localCandidates(retention, q, limit);
+  // Remote hook: the fleet may hold a longer prefix than this machine; one pulled here is
+  // installed under the root and found by the local index like any other cache.
+  if (ctx.remote && (await ctx.remote.pullPrefix(remotePrefixQuery(q), local[0]?.commonMessages ?? 0))) {
+    return localCandidates(retention, q, limit);
+  }
+  return local;
+}
+
+function remotePrefixQuery(q: CheckedQuery): RemotePrefixQuery {
+  return {
+    modelId: q.query.modelId,
+    fingerprint: q.fingerprint,
+    configHash: q.query.configHash,
+    historyKeys: q.chain.keys().slice(1, MAX_CHAIN_KEYS + 1),
+    minCommonMessages: q.query.minCommonMessages ?? 1,
+    exactAncestor: q.query.exactAncestor ?? false,
+    exclude: q.exclude,
+  };
+}
+
+async function localCandidates(retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
   return retention.lookupPrefix(
     { modelId: q.query.modelId, fingerprint: q.fingerprint, configHash: q.query.configHash },
     q.chain,
@@ -91,7 +114,7 @@ function matchOf(c: PrefixCandidate): PrefixMatch {
 export async function findPrefix(ctx: StoreContext, retention: Retention, query: PrefixQuery): Promise<PrefixMatch | null> {
   ctx.assertOpen();
   const q = checkQuery(query);
-  const [best] = await candidatesFor(retention, q, 1);
+  const [best] = await candidatesFor(ctx, retention, q, 1);
   return best ? matchOf(best) : null;
 }
 
@@ -117,7 +140,7 @@ export async function borrowPrefix<T>(
     throw new KvKeepError("INVALID_ARGUMENT", "borrowPrefix needs a function (source) => Promise.", { argument: "use" });
   }
   const q = checkQuery(query);
-  for (const candidate of await candidatesFor(retention, q, BORROW_CANDIDATES)) {
+  for (const candidate of await candidatesFor(ctx, retention, q, BORROW_CANDIDATES)) {
     const lent = await lendOne(ctx, q, candidate, use);
     if (lent) return lent;
   }

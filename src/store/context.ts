@@ -7,6 +7,7 @@ import type { NativeFs } from "../native/index.js";
 import type { TurnEvent } from "../types.js";
 import type { DeleteMark } from "./deletes.js";
 import type { StoreLayers } from "./layers.js";
+import type { RemoteSync } from "./remote-sync.js";
 
 /**
  * What sessions and `store.delete` tell retention (src/retention/retention.ts), which keeps
@@ -56,4 +57,6 @@ export interface StoreContext {
   deletedSince(cachePath: string, mark: DeleteMark): Promise<boolean>;
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
+  /** The remote tier's hooks (`openKvCacheStore({ remote })`), or null without one. */
+  readonly remote: RemoteSync | null;
 }

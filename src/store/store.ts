@@ -33,6 +33,8 @@ import type { StoreContext } from "./context.js";
 import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
 import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
+import { RemoteSync } from "./remote-sync.js";
+import type { RemoteTier } from "../remote/types.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 
 export interface KvCacheStoreOptions {
@@ -78,6 +80,14 @@ export interface KvCacheStoreOptions {
    * Default: false — named caches are the user's; only auto caches are evicted.
    */
   evictNamed?: boolean | undefined;
+  /**
+   * A shared remote tier behind the local one, e.g. `createRedisTier({ url })` from
+   * `kvkeep/redis`: commits are uploaded in the background, a local miss asks it, deletes
+   * reach it. The store owns it from here on: `close()` finishes pending uploads and closes it.
+   */
+  remote?: RemoteTier | undefined;
+  /** Uploads waiting for the remote tier at most, one per cache (the oldest is dropped past it). Default 64. */
+  maxPendingUploads?: number | undefined;
 }
 
 /** Options for tests and benchmarks; not part of the public API. @internal */
@@ -171,6 +181,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     if (options.verify !== undefined && options.verify !== "size" && options.verify !== "checksum") {
       throw new KvKeepError("INVALID_ARGUMENT", `options.verify must be "size" or "checksum".`, { argument: "verify" });
     }
+    const remote = checkRemoteOptions(options);
     const retentionSettings = resolveRetentionSettings(options);
     this.root = path.resolve(options.root ?? defaultRoot());
     const logger = options.logger ?? silentLogger;
@@ -229,7 +240,9 @@ export class KvCacheStoreImpl implements KvCacheStore {
         }
       },
       retention,
+      remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads }),
     };
+    remote?.setLogger(logger);
     // One walk of the root at open: recovery, and the retention index built from it.
     this.ready = retention.buildAtOpen((visit) => recoverRoot(this.#ctx, visit)).catch((error: unknown) => {
       logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));
@@ -281,6 +294,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       await this.#deletes.record(recorded, "end");
     }
     if ("all" in target) this.layers.clear();
+    // Remote hook: the fleet's copy goes too, with a tombstone against uploads in flight.
+    await ctx.remote?.afterDelete(target);
   }
 
   /** Remove every kvkeep file of a key (one model, or all), and what memory knows of it. */
@@ -371,8 +386,25 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async close(): Promise<void> {
     this.#closed = true;
     await this.ready;
+    // Remote hook: pending uploads finish before the tier closes.
+    await this.#ctx.remote?.close();
     await this.retention.close();
   }
+}
+
+function checkRemoteOptions(options: KvCacheStoreOptions): RemoteTier | null {
+  const { remote, maxPendingUploads } = options;
+  if (maxPendingUploads !== undefined && (!Number.isSafeInteger(maxPendingUploads) || maxPendingUploads < 1)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "options.maxPendingUploads must be a positive integer.", { argument: "maxPendingUploads" });
+  }
+  if (remote === undefined) return null;
+  const methods = ["reserve", "upload", "has", "fetchTo", "lookupPrefix", "remove", "close", "setLogger"] as const;
+  if (!remote || typeof remote !== "object" || methods.some((m) => typeof remote[m] !== "function")) {
+    throw new KvKeepError("INVALID_ARGUMENT", "options.remote must be a remote tier, e.g. createRedisTier({ url }) from kvkeep/redis.", {
+      argument: "remote",
+    });
+  }
+  return remote;
 }
 
 export function openKvCacheStore(options?: KvCacheStoreOptions): KvCacheStore {
