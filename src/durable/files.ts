@@ -1,5 +1,5 @@
 /** Small fs helpers with one meaning each: identity, atomic writes, idempotent removal, pruning. */
-import { promises as fs } from "node:fs";
+import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import type { FileIdentity } from "../manifest/format.js";
@@ -93,10 +93,32 @@ export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: stri
       }
       return full;
     } catch (error) {
+      // A recursive mkdir on a read-only file system reports ENOENT (for the missing
+      // level), not EROFS: say what is really wrong instead of retrying.
+      if (errnoCode(error) === "EROFS" || (errnoCode(error) === "ENOENT" && (await onReadOnlyFs(full)))) {
+        throw new KvKeepError(
+          "IO_ERROR",
+          `creating ${full} failed: the cache root is on a read-only file system (EROFS). kvkeep needs a writable root to save caches: remount it read-write or open the store on another root.`,
+          { cause: error },
+        );
+      }
       // Another process pruned an empty directory between our mkdir and lstat: again.
       if (errnoCode(error) !== "ENOENT" || attempt >= 16) {
         throw error instanceof KvKeepError ? error : fsWriteError(`creating ${full}`, error);
       }
+    }
+  }
+}
+
+/** True when the nearest existing ancestor of `dir` is on a read-only file system. */
+async function onReadOnlyFs(dir: string): Promise<boolean> {
+  for (let current = path.resolve(dir); ; current = path.dirname(current)) {
+    try {
+      await fs.access(current, fsConstants.W_OK);
+      return false;
+    } catch (error) {
+      if (errnoCode(error) === "EROFS") return true;
+      if (errnoCode(error) !== "ENOENT" || path.dirname(current) === current) return false;
     }
   }
 }

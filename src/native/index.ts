@@ -4,7 +4,7 @@
  * from a pure-JS fallback otherwise. Every other module gets them through loadNativeFs().
  */
 import { type Logger, logLine, silentLogger } from "../logger.js";
-import { selectBackend, type Selection } from "./loader.js";
+import { nativeDisabledByEnv, selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
 
 export type { LockHandle, NativeBackendKind, NativeFs } from "./types.js";
@@ -25,6 +25,25 @@ function fallbackWarning(problems: readonly string[]): string {
   );
 }
 
+/** The code of the process warning below: stable, so users can filter it (`node --disable-warning=KVKEEP_NATIVE_FALLBACK`). */
+export const FALLBACK_WARNING_CODE = "KVKEEP_NATIVE_FALLBACK";
+
+let warned = false;
+
+/**
+ * Once per process, on stderr through Node's warning channel — loggers are silent by
+ * default, and losing cross-process locks must not go unnoticed. Not when the fallback
+ * was chosen with KVKEEP_NO_NATIVE.
+ */
+function emitFallbackWarning(problems: readonly string[]): void {
+  if (warned) return;
+  warned = true;
+  process.emitWarning(
+    `kvkeep's native addon is not available for ${process.platform}-${process.arch} (${problems.join("; ")}), so kvkeep uses its pure-JS fallback: locks do not exclude other processes sharing the cache root. Build the addon with \`npm rebuild kvkeep\` (needs cmake and a C++17 compiler), or set KVKEEP_NO_NATIVE=1 to choose the fallback without this warning.`,
+    { type: "KvKeepWarning", code: FALLBACK_WARNING_CODE },
+  );
+}
+
 /**
  * Load once (memoised): prebuilt binary `prebuilds/<platform>-<arch>/kvkeep.node` shipped
  * in the package, then a local build (`build-cmake/Release` from cmake-js,
@@ -33,7 +52,10 @@ function fallbackWarning(problems: readonly string[]): string {
  * logger (warn) which cross-process guarantees it lacks and how to get them.
  */
 export function loadNativeFs(logger?: Logger): NativeFs {
-  selection ??= selectBackend();
+  if (selection === undefined) {
+    selection = selectBackend();
+    if (selection.fs.kind === "js-fallback" && !nativeDisabledByEnv()) emitFallbackWarning(selection.problems);
+  }
   if (logger !== undefined && logger !== silentLogger && !reported) {
     reported = true;
     const { fs, problems } = selection;
