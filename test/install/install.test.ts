@@ -7,13 +7,16 @@
  *      npm clones, installs dev dependencies, runs `prepare`, packs).
  * Each app then imports kvkeep, commits a turn, and runs the `kvkeep` binary.
  * The checkout is a `git clone` of this repository's HEAD: uncommitted changes are not in it.
+ * Offline: npm's cache has the locked tarballs but not the registry's metadata, which a
+ * new dependency range needs; so xxhash-wasm (kvkeep's one dependency) is handed to the
+ * apps as a tarball too, packed from the checkout's node_modules.
  */
-import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot } from "../cli/helpers.js";
-import { tempDir } from "../helpers/temp-root.js";
 
 const version = (JSON.parse(readFileSync(path.join(repoRoot, "package.json"), "utf8")) as { version: string }).version;
 const NPM_QUIET = ["--offline", "--no-audit", "--no-fund", "--loglevel=error"];
@@ -23,7 +26,8 @@ const MINUTES = 60_000;
 function sh(cwd: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): string {
   const result = spawnSync(command, args, { cwd, env: { ...process.env, ...env }, encoding: "utf8", timeout: 10 * MINUTES });
   if (result.status !== 0) {
-    throw new Error(`${command} ${args.join(" ")} (in ${cwd}) exited ${result.status ?? result.signal}:\n${result.stdout}\n${result.stderr}`);
+    const why = result.error?.message ?? `exited ${result.status ?? result.signal}`;
+    throw new Error(`${command} ${args.join(" ")} (in ${cwd}): ${why}:\n${result.stdout}\n${result.stderr}`);
   }
   return result.stdout + result.stderr;
 }
@@ -60,25 +64,29 @@ function tryApp(dir: string): { backend: string; stderr: string; version: string
   const run = spawnSync(process.execPath, ["smoke.mjs"], { cwd: dir, env, encoding: "utf8", timeout: MINUTES });
   expect(run.status, run.stderr).toBe(0);
   const bin = path.join(dir, "node_modules", ".bin", "kvkeep");
-  const cli = (args: string[]): string => execFileSync(bin, args, { cwd: dir, env, encoding: "utf8" }).trim();
+  const cli = (args: string[]): string => {
+    const result = spawnSync(bin, args, { cwd: dir, env, encoding: "utf8", timeout: MINUTES });
+    expect(result.status, result.stderr).toBe(0);
+    return result.stdout.trim();
+  };
   return { backend: JSON.parse(run.stdout).backend, stderr: run.stderr, version: cli(["--version"]), cliBackend: cli(["backend"]) };
 }
 
 let work = "";
 let checkout = "";
+let xxhashTarball = "";
 
 beforeAll(() => {
-  work = tempDir("kvkeep-install-");
+  work = mkdtempSync(path.join(os.tmpdir(), "kvkeep-install-")); // for the whole file, not one test
   checkout = path.join(work, "kvkeep");
   sh(work, "git", ["clone", "--quiet", repoRoot, checkout]);
-  // The README's first step. KVKEEP_NO_NATIVE only skips the addon build here (time);
-  // the local-path install below builds it.
-  sh(checkout, "npm", ["install", ...NPM_QUIET], { KVKEEP_NO_NATIVE: "1" });
+  sh(checkout, "npm", ["install", ...NPM_QUIET]); // the README's first step: builds the addon and dist/
+  const packed = sh(work, "npm", ["pack", path.join(checkout, "node_modules", "xxhash-wasm"), "--loglevel=error"]).trim().split("\n").pop()!;
+  xxhashTarball = path.join(work, packed);
 }, 15 * MINUTES);
 
 afterAll(() => {
-  // npm leaves read-only files in its cache-like dirs: make the tree removable.
-  if (work) spawnSync("chmod", ["-R", "u+w", work]);
+  if (work) rmSync(work, { recursive: true, force: true, maxRetries: 5 });
 });
 
 describe("installing kvkeep as the README says", () => {
@@ -90,7 +98,7 @@ describe("installing kvkeep as the README says", () => {
 
   it("local path: `npm install /path/to/checkout` gives a working kvkeep with the checkout's addon build", () => {
     const dir = app("local-path-app");
-    sh(dir, "npm", ["install", ...NPM_QUIET, checkout]); // runs the checkout's install hook: builds the addon
+    sh(dir, "npm", ["install", ...NPM_QUIET, checkout]); // a link: runs the checkout's install hook and prepare again
     const result = tryApp(dir);
     expect(result.backend).toBe("local-build");
     expect(result.version).toBe(version);
@@ -108,7 +116,7 @@ describe("installing kvkeep as the README says", () => {
     }
     expect(existsSync(path.join(checkout, "prebuilds", `${process.platform}-${process.arch}`))).toBe(false); // postpack cleaned up
     const dir = app("tarball-app");
-    sh(dir, "npm", ["install", ...NPM_QUIET, "--ignore-scripts", tarball]);
+    sh(dir, "npm", ["install", ...NPM_QUIET, "--ignore-scripts", xxhashTarball, tarball]);
     const result = tryApp(dir);
     expect(result.backend).toBe("prebuilt");
     expect(result.cliBackend).toMatch(/^prebuilt .*cross-process locks: yes$/);
@@ -118,7 +126,8 @@ describe("installing kvkeep as the README says", () => {
 
   it("git: `npm install git+file://…` builds dist/ through prepare; with no addon it warns once and works", () => {
     const dir = app("git-app");
-    sh(dir, "npm", ["install", ...NPM_QUIET, `git+file://${checkout}`], { KVKEEP_NO_NATIVE: "1" });
+    // KVKEEP_NO_NATIVE only saves time: the addon npm's clone would build is not packed.
+    sh(dir, "npm", ["install", ...NPM_QUIET, xxhashTarball, `git+file://${checkout}`], { KVKEEP_NO_NATIVE: "1" });
     expect(readdirSync(path.join(dir, "node_modules", "kvkeep", "dist"))).toContain("index.js");
     const result = tryApp(dir);
     expect(result.backend).toBe("js-fallback"); // no compiler step ran: the documented fallback
