@@ -10,6 +10,20 @@ function optionLines(specs: Readonly<Record<string, OptionSpec>>): string[] {
   return renderTable([{ header: "" }, { header: "" }], rows).slice(1);
 }
 
+/** Words into lines of at most `width` characters. */
+function wrap(text: string, width = 88): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
 function exampleLines(examples: ReadonlyArray<readonly [string, string]>): string[] {
   return examples.flatMap(([line, what]) => [`  ${line}`, `      ${what}`]);
 }
@@ -51,7 +65,7 @@ export function commandHelp(command: Command): string[] {
   return [
     `Usage: ${c.usage}`,
     "",
-    c.description,
+    ...wrap(c.description),
     ...(Object.keys(c.options).length > 0 ? ["", "Options:", ...optionLines(c.options)] : []),
     "",
     "Global options:",
