@@ -85,7 +85,7 @@ try {
   console.log("goals: resumed/cold ≤ 0.10 at ~2000 tokens; resumed/floor ≤ 1.15");
   if (chart) {
     const results = {
-      setup: `realistic model (512-dim, 8 layers), ${os.availableParallelism()} CPU threads, backend ${store.backend}, median of ${repeats}`,
+      setup: `realistic model (512-dim, 8 layers), ${os.availableParallelism()} CPU threads, median of ${repeats}, load average ${os.loadavg()[1]!.toFixed(1)}`,
       measuredAt: new Date().toISOString().slice(0, 10),
       points,
     };
