@@ -10,7 +10,9 @@
         "native/src/fsops.cc",
         "native/src/hash.cc",
         "native/src/lock.cc",
+        "native/src/platform.cc",
         "native/src/prefetch.cc",
+        "native/src/safeio.cc",
         "native/src/xxh64.cc"
       ],
       # node_addon_api_except: include path + C++ exceptions on (NAPI_CPP_EXCEPTIONS).

@@ -4,6 +4,8 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "engines/node-llama-cpp/index": "src/engines/node-llama-cpp/index.ts",
+    "remote/redis/index": "src/remote/redis/index.ts",
+    "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
   },
   format: ["esm"],
@@ -12,5 +14,5 @@ export default defineConfig({
   sourcemap: true,
   clean: true,
   splitting: true,
-  external: ["node-llama-cpp"],
+  external: ["node-llama-cpp", "redis"],
 });

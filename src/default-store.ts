@@ -17,9 +17,17 @@ export function getDefaultStore(): KvCacheStoreImpl {
   return defaultStore;
 }
 
-/** A session on the default store (the seed's entry point). */
+/**
+ * A session on the default store (the seed's entry point). Its rollback is the seed's
+ * three-layer clear unless `options.onRollback` says otherwise (the store's own default,
+ * used by adapters and `openKvCacheStore`, keeps the last committed state).
+ */
 export function createKvCacheSession(modelId: string, options?: SessionOptions): KvCacheSession {
-  return getDefaultStore().createSession(modelId, options);
+  const seedDefaults = options === undefined || (typeof options === "object" && options !== null);
+  return getDefaultStore().createSession(
+    modelId,
+    seedDefaults ? { ...options, onRollback: options?.onRollback ?? "clear" } : options, // a bad value: createSession says so
+  );
 }
 
 /** Delete a key's caches (all models, or one) or everything, on the default store. */

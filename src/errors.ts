@@ -26,8 +26,12 @@ export type KvKeepErrorCode =
   | "NO_SPACE"
   | "IO_ERROR"
   | "TARGET_EXISTS"
+  // Remote tier (kvkeep/redis), for the calls that report it (CLI listing, explicit deletes).
+  | "REMOTE_UNAVAILABLE"
   // Native addon.
-  | "NATIVE_UNAVAILABLE";
+  | "NATIVE_UNAVAILABLE"
+  // An engine kvkeep cannot drive (kvkeep/qvac: not @qvac/llm-llamacpp 0.53.0).
+  | "ENGINE_UNSUPPORTED";
 
 export class KvKeepError extends Error {
   override readonly name = "KvKeepError";

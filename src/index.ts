@@ -14,7 +14,7 @@ export {
   __kvCacheSessionTestHooks,
 } from "./default-store.js";
 export { generateConfigHash, type ToolLike } from "./keys/config-hash.js";
-export { autoCacheKey, normalizeAssistantContent } from "./keys/auto-key.js";
+export { autoCacheKey, KeyChain, messageKeyChain, normalizeAssistantContent } from "./keys/auto-key.js";
 export { decideCachedHistorySlice, type HistorySlice } from "./slice/decide.js";
 export { KvKeepError, isKvKeepError, type KvKeepErrorCode } from "./errors.js";
 export type { Logger } from "./logger.js";
@@ -22,16 +22,20 @@ export type { NativeBackendKind } from "./native/index.js";
 export * from "./warm/index.js";
 export type {
   AutoRenameCommitResult,
+  BorrowedCache,
   BeginAutoTurnInput,
   BeginCustomTurnInput,
   BeginTurnInput,
   CacheInfo,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   DeleteTarget,
   EvictedCache,
   KvCacheSession,
+  PrefixMatch,
+  PrefixQuery,
   SessionOptions,
   StaticCommitResult,
   StoreUsage,

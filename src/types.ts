@@ -2,6 +2,7 @@
  * Public types of kvkeep. The seed contract's names (`TurnHandle`, `BeginTurnInput`,
  * `CommitResult`, `KvCacheSession`, …) keep their meaning; everything else is additive.
  */
+import type { KvKeepError } from "./errors.js";
 import type { Logger } from "./logger.js";
 
 /** One chat message as auto mode keys it: role, content and attachment paths. */
@@ -81,6 +82,12 @@ export interface StaticCommitResult {
   messageCount: number;
   /** Tokens in the new state, when the engine reports it (kept in the manifest). */
   tokenCount?: number | undefined;
+  /**
+   * The messages the new state covers (`[...history, reply]`, `messageCount` of them). When
+   * given, the state is indexed for prefix reuse: other conversations that share its opening
+   * can start from it (`store.findPrefix`). Auto-mode commits are indexed without it.
+   */
+  history?: readonly CacheMessage[] | undefined;
 }
 
 export interface AutoRenameCommitResult {
@@ -95,7 +102,27 @@ export interface AutoRenameCommitResult {
 
 export type CommitResult = StaticCommitResult | AutoRenameCommitResult;
 
-/** What `commitTurn` did (the contract's `Promise<void>` callers may ignore it). */
+/** Why `commitTurn` committed nothing although the turn was open (the turn was rolled back). */
+export type CommitFailureReason =
+  /** The engine saved nothing at `savePath` (nor rewrote `cachePath`). */
+  | "save-missing"
+  /** The engine saved an empty state. */
+  | "save-empty"
+  /** A delete (in this or another process) covered the cache while the turn was open. */
+  | "deleted-during-turn"
+  /** The disk filled up while the new state was installed. */
+  | "no-space"
+  /** Another I/O failure while the new state was installed. */
+  | "io-error"
+  /** A symlink or non-directory was found where kvkeep keeps the cache. */
+  | "unsafe-path";
+
+/**
+ * What `commitTurn` did. It resolves for every outcome that left the store consistent —
+ * including the failures above, which are also logged as a warning — and rejects only for
+ * programmer errors (a bad `result`). The seed contract's `Promise<void>` callers may
+ * ignore it.
+ */
 export type CommitOutcome =
   | {
       committed: true;
@@ -111,7 +138,20 @@ export type CommitOutcome =
        */
       file: { size: number; ino: string; mtimeNs: string } | null;
     }
-  | { committed: false; reason: "not-open" };
+  /** The handle is not an open turn of this session (another session's, or already ended): nothing was done. */
+  | { committed: false; reason: "not-open" }
+  | {
+      committed: false;
+      reason: CommitFailureReason;
+      /** The failure, as a `KvKeepError` whose code names it (`SAVE_MISSING`, `NO_SPACE`, …). */
+      error: KvKeepError;
+      /**
+       * True when the last committed state is still the cache (`onRollback: "keep-committed"`,
+       * and every failure in kvkeep's own I/O whatever the policy); false when the rollback
+       * cleared it, or a delete removed it.
+       */
+      keptCommitted: boolean;
+    };
 
 export interface KvCacheSession {
   readonly modelId: string;
@@ -120,15 +160,20 @@ export interface KvCacheSession {
   /**
    * Commit a successful turn: durably install the state the engine saved at `savePath`
    * (or in place at `cachePath`) and record its message count. A handle from another
-   * session, or one already committed or rolled back, is a no-op. If no new state was
-   * saved, or the install fails, the turn is rolled back and the promise rejects with a
-   * `KvKeepError` (`SAVE_MISSING`, `SAVE_EMPTY`, `NO_SPACE`, `IO_ERROR`, `DELETED_DURING_TURN`).
+   * session, or one already committed or rolled back, is a no-op (`reason: "not-open"`).
+   * If no new state was saved, the cache was deleted meanwhile, or the install fails, the
+   * turn is rolled back, a warning is logged and the promise resolves with
+   * `{ committed: false, reason, error }`: a failed install keeps the last committed state
+   * (or, when it failed after the new state took its place, commits the new one).
+   * It rejects only for a bad `result` (`INVALID_ARGUMENT`), leaving the turn open.
    */
   commitTurn(turn: TurnHandle, result: CommitResult): Promise<CommitOutcome>;
   /**
-   * Roll back an open turn: with the default `onRollback: "clear"`, removes the file on
-   * disk, the saved count and the init flag at once (also when the file is already gone)
-   * and prunes empty key directories. Idempotent; a no-op after commit.
+   * Roll back an open turn. With `onRollback: "clear"` (the seed's `createKvCacheSession`),
+   * removes the file on disk, the saved count and the init flag at once (also when the file
+   * is already gone) and prunes empty key directories; with `"keep-committed"` (the default
+   * of `openKvCacheStore` sessions) the last committed state stays. Idempotent; a no-op
+   * after commit.
    */
   rollback(turn: TurnHandle): Promise<void>;
   /** Forget the saved count of the turn's cache (file and init flag stay). */
@@ -148,6 +193,13 @@ export interface SessionOptions {
    * re-primed. Default: none (only caches written without a fingerprint match).
    */
   fingerprint?: string | undefined;
+  /**
+   * What `rollback` does for this session's turns. `"keep-committed"`: a cancelled or failed
+   * turn keeps the last committed state (kvkeep's commits are atomic, so it is intact);
+   * `"clear"`: the seed's three-layer clear — file, saved count and init flag. Default: the
+   * store's `onRollback` (`"keep-committed"`); `createKvCacheSession` defaults to `"clear"`.
+   */
+  onRollback?: "clear" | "keep-committed" | undefined;
 }
 
 export type DeleteTarget = { kvCacheKey: string; modelId?: string | undefined } | { all: true };
@@ -203,10 +255,17 @@ export interface SweepResult {
 
 /** What is on disk under the root: every cache, auto and named. */
 export interface StoreUsage {
+  /** Everything kvkeep has on disk under the root: the caches, plus `staleTempBytes`. */
   bytes: number;
+  /** Caches (auto and named). */
   count: number;
   autoBytes: number;
   namedBytes: number;
+  /**
+   * Temp files left by writers that died (a crash mid-save) that the last walk of the root
+   * (at open, or a sweep's periodic resync) found and could not remove yet.
+   */
+  staleTempBytes: number;
 }
 
 /** A committed cache as `store.useCache` hands it out. */
@@ -218,4 +277,49 @@ export interface CacheInfo {
   tokenCount: number | null;
   /** Size of the state file in bytes. */
   bytes: number;
+}
+
+/** A question to the prefix index: which cache of this model and config shares the most of `history`? */
+export interface PrefixQuery {
+  modelId: string;
+  /** The model fingerprint the caches must have been written for (as in `SessionOptions`). Default: none. */
+  fingerprint?: string | null | undefined;
+  configHash: string;
+  /** The conversation to resume (the whole prompt's messages). */
+  history: readonly CacheMessage[];
+  /** Cache paths never to return, e.g. the turn's own `cachePath`. */
+  exclude?: readonly string[] | undefined;
+  /** Only caches sharing at least this many leading messages. Default 1. */
+  minCommonMessages?: number | undefined;
+  /**
+   * Only exact ancestors: caches whose whole conversation is a prefix of `history`, for
+   * engines that cannot cut a longer state back (recurrent, hybrid, sliding-window models).
+   * Default false: a longer cache counts, and the engine cuts it at the first differing token.
+   */
+  exactAncestor?: boolean | undefined;
+}
+
+/** A cache sharing a prefix with a history, as the prefix index knows it. */
+export interface PrefixMatch {
+  cachePath: string;
+  cacheKey: string;
+  kind: "named" | "auto";
+  /** Leading messages its conversation shares with the history. */
+  commonMessages: number;
+  /** Messages its state covers (more than `commonMessages` when it continues differently). */
+  messageCount: number;
+  /** Tokens in its state, when its engine reported them. */
+  tokenCount: number | null;
+  /** Size of its state file. */
+  bytes: number;
+}
+
+/** A source lent by `store.borrowPrefix`: verified, held, and read-only for the duration of `use`. */
+export interface BorrowedCache extends PrefixMatch {
+  /**
+   * Where the engine loads the state from while `use` runs: the very file that was verified
+   * (on Linux `/proc/self/fd/<n>` of a descriptor kvkeep holds open, so a delete or a commit
+   * replacing it meanwhile cannot change what is loaded), else `cachePath`.
+   */
+  loadPath: string;
 }

@@ -4,14 +4,18 @@
 #include "fsops.h"
 #include "hash.h"
 #include "lock.h"
+#include "platform.h"
 #include "prefetch.h"
+#include "safeio.h"
 
 namespace {
 
 // Bumped whenever the exported surface changes; the loader refuses a binary whose ABI
 // differs (a stale local build from an older checkout) instead of crashing on a missing
 // function later.
-constexpr int kKvkeepNativeAbi = 1;
+// 2: identity, readFileBounded; Lock(path, exclusive, under?) opens without following
+//    symlinks; every file read refuses symlinks and anything but a regular file.
+constexpr int kKvkeepNativeAbi = 2;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abi", Napi::Number::New(env, kKvkeepNativeAbi));
@@ -19,6 +23,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kvkeep::InitFsOps(env, exports);
   kvkeep::InitPrefetch(env, exports);
   kvkeep::InitHash(env, exports);
+  kvkeep::InitSafeIo(env, exports);
+  kvkeep::InitPlatform(env, exports);
   return exports;
 }
 

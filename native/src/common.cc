@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 
 namespace kvkeep {
 
 const char* ErrnoName(int err) {
+  if (err == kErrNotRegular) return "ENOTREG";
   switch (err) {
 #define KVKEEP_ERRNO(name) \
   case name:               \
@@ -53,8 +55,8 @@ const char* ErrnoName(int err) {
 
 Napi::Error SystemError(Napi::Env env, int err, const char* syscall, const std::string& path,
                         const std::string& dest) {
-  std::string message = std::string(ErrnoName(err)) + ": " + std::strerror(err) + ", " + syscall +
-                        " '" + path + "'";
+  const char* text = err == kErrNotRegular ? "not a regular file" : std::strerror(err);
+  std::string message = std::string(ErrnoName(err)) + ": " + text + ", " + syscall + " '" + path + "'";
   if (!dest.empty()) message += " -> '" + dest + "'";
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, ErrnoName(err)));
@@ -110,8 +112,77 @@ int OpenRetry(const char* path, int flags, int mode) {
   return fd;
 }
 
+int OpenAtRetry(int dirfd, const char* path, int flags, int mode) {
+  int fd;
+  do {
+    fd = ::openat(dirfd, path, flags, mode);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
 void CloseFd(int fd) {
   if (fd >= 0) ::close(fd);
+}
+
+int SafeReadFlags() { return O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY; }
+
+int OpenRegularFile(int dirfd, const char* path, int extra, struct stat* st) {
+  const int fd = OpenAtRetry(dirfd, path, SafeReadFlags() | extra);
+  if (fd < 0) return -1;
+  if (::fstat(fd, st) != 0) {
+    const int err = errno;
+    CloseFd(fd);
+    errno = err;
+    return -1;
+  }
+  if (!S_ISREG(st->st_mode)) {
+    CloseFd(fd);
+    errno = kErrNotRegular;
+    return -1;
+  }
+  return fd;
+}
+
+namespace {
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISREG(mode)) return "file";
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISLNK(mode)) return "symlink";
+  if (S_ISFIFO(mode)) return "fifo";
+  if (S_ISSOCK(mode)) return "socket";
+  if (S_ISCHR(mode)) return "char-device";
+  if (S_ISBLK(mode)) return "block-device";
+  return "unknown";
+}
+
+}  // namespace
+
+Napi::Object IdentityObject(Napi::Env env, const struct stat& st) {
+#if defined(__APPLE__)
+  const struct timespec mtime = st.st_mtimespec;
+#else
+  const struct timespec mtime = st.st_mtim;
+#endif
+  // sec * 1e9 + nsec, as Node's bigint stat computes mtimeNs (times before 1970 are not ours).
+  const unsigned __int128 ns = static_cast<unsigned __int128>(mtime.tv_sec < 0 ? 0 : mtime.tv_sec) * 1000000000u +
+                               static_cast<unsigned __int128>(mtime.tv_nsec);
+  char digits[48];
+  size_t n = 0;
+  unsigned __int128 rest = ns;
+  do {
+    digits[n++] = static_cast<char>('0' + static_cast<int>(rest % 10));
+    rest /= 10;
+  } while (rest != 0);
+  std::string mtime_ns(digits, n);
+  std::reverse(mtime_ns.begin(), mtime_ns.end());
+
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("type", Napi::String::New(env, FileTypeName(st.st_mode)));
+  out.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  out.Set("ino", Napi::String::New(env, std::to_string(static_cast<unsigned long long>(st.st_ino))));
+  out.Set("mtimeNs", Napi::String::New(env, mtime_ns));
+  return out;
 }
 
 }  // namespace kvkeep

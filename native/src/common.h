@@ -4,6 +4,8 @@
 
 #include <napi.h>
 
+#include <sys/stat.h>
+
 #include <string>
 
 namespace kvkeep {
@@ -63,7 +65,27 @@ std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* 
 
 // open(2) retried on EINTR.
 int OpenRetry(const char* path, int flags, int mode = 0);
+// openat(2) retried on EINTR.
+int OpenAtRetry(int dirfd, const char* path, int flags, int mode = 0);
 // close(2) that ignores EINTR (on Linux the fd is gone either way).
 void CloseFd(int fd);
+
+// A pseudo errno for "the path names something other than a regular file" (a FIFO, a
+// device, a directory, a socket). Reported with code "ENOTREG".
+constexpr int kErrNotRegular = 1 << 20;
+
+// Flags for opening a file kvkeep reads: never through a symlink at the last component
+// (ELOOP), never blocking (a FIFO opens at once instead of waiting for a writer, a device
+// without a carrier does not hang), no controlling terminal.
+int SafeReadFlags();
+
+// Opens `path` (relative to `dirfd`, or AT_FDCWD) with SafeReadFlags() | `extra` and checks
+// with fstat on the descriptor that it is a regular file. Returns the fd (and fills `st`),
+// or -1 with errno set (kErrNotRegular for anything that is not a regular file).
+int OpenRegularFile(int dirfd, const char* path, int extra, struct stat* st);
+
+// The identity of a file as kvkeep compares it — type, size, inode, mtime in ns — as
+// { type, size, ino, mtimeNs } (ino and mtimeNs as decimal strings, like Node's bigint stat).
+Napi::Object IdentityObject(Napi::Env env, const struct stat& st);
 
 }  // namespace kvkeep

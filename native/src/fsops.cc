@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -32,8 +33,11 @@ class FsyncWorker : public PromiseWorker {
     // O_RDONLY is enough: fsync flushes the inode whatever the fd's access mode, and a
     // directory can only be opened read-only. fsync on a directory makes the entries
     // created/renamed in it durable — the step an atomic rename needs to survive a crash.
-    const int flags = O_RDONLY | O_CLOEXEC | (directory_ ? O_DIRECTORY : 0);
-    const int fd = OpenRetry(path_.c_str(), flags);
+    // A file is opened like every file kvkeep reads (no symlink, no blocking, regular
+    // only); a directory must be one (the root itself may legitimately be a symlink).
+    struct stat st;
+    const int fd = directory_ ? OpenRetry(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECTORY)
+                              : OpenRegularFile(AT_FDCWD, path_.c_str(), 0, &st);
     if (fd < 0) {
       failure_.Set(errno, "open", path_);
       return;

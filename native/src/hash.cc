@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -52,7 +53,9 @@ class HashFileWorker : public PromiseWorker {
 
  protected:
   void Work() override {
-    const int fd = OpenRetry(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    // Never through a symlink, never blocking on a FIFO or device, only a regular file.
+    struct stat st;
+    const int fd = OpenRegularFile(AT_FDCWD, path_.c_str(), 0, &st);
     if (fd < 0) {
       failure_.Set(errno, "open", path_);
       return;

@@ -19,7 +19,7 @@
 // directory). A waiter that opened the file before the unlink would then acquire a lock
 // on an orphaned inode that nobody else can ever see, while a newcomer creates a fresh
 // file at the same path and locks that: two "holders". So after each successful flock we
-// compare fstat(fd) with stat(path) and, if the path is gone or now names another inode,
+// compare fstat(fd) with lstat(path) and, if the path is gone or now names another inode,
 // close, reopen (re-creating the file) and try again.
 #include "lock.h"
 
@@ -36,7 +36,7 @@
 namespace kvkeep {
 namespace {
 
-// mkdir -p for the parent directory of `path`. Returns 0 or an errno value.
+// mkdir -p for the parent directory of `path` (used without `under` only). Returns 0 or an errno value.
 int MakeParentDirs(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string::npos || slash == 0) return 0;
@@ -51,6 +51,92 @@ int MakeParentDirs(const std::string& path) {
     }
   }
   return 0;
+}
+
+// Opens (creating if missing) the lock file `name` in the directory `dirfd`: never through
+// a symlink (O_NOFOLLOW: ELOOP; O_CREAT|O_EXCL never follows one either), never blocking
+// on a FIFO, and only a regular file (ENOTREG otherwise). Returns the fd, or -1 with errno.
+int OpenLockFileAt(int dirfd, const char* name) {
+  constexpr int kBase = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    int fd = OpenAtRetry(dirfd, name, O_RDWR | kBase);
+    if (fd < 0 && errno == ENOENT) {
+      fd = OpenAtRetry(dirfd, name, O_RDWR | O_CREAT | O_EXCL | kBase, 0666);
+      if (fd < 0 && errno == EEXIST) continue;  // created (or planted) meanwhile: look again
+    }
+    if (fd < 0 && (errno == EACCES || errno == EROFS)) {
+      // flock does not need write access: a lock file created by another user of a
+      // shared cache root, or on a read-only mount, can still be locked read-only.
+      const int first = errno;
+      fd = OpenAtRetry(dirfd, name, O_RDONLY | kBase);
+      if (fd < 0 && errno == ENOENT) errno = first;  // report the original failure
+    }
+    if (fd < 0) return -1;
+    struct stat st;
+    int err = 0;
+    if (::fstat(fd, &st) != 0) {
+      err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+      err = kErrNotRegular;
+    }
+    if (err != 0) {
+      CloseFd(fd);
+      errno = err;
+      return -1;
+    }
+    return fd;
+  }
+  errno = EEXIST;
+  return -1;
+}
+
+// Walks from the directory `under` (trusted: it may itself be reached through symlinks)
+// down the directories of `path` below it, creating missing ones, without following a
+// symlink at any level (ELOOP; a file in the way is ENOTDIR). Returns an fd of the lock
+// file's directory, or -1 with errno.
+int OpenDirUnder(const std::string& under, const std::string& path, std::string* name) {
+  if (path.size() <= under.size() + 1 || path.compare(0, under.size(), under) != 0 || path[under.size()] != '/') {
+    errno = EINVAL;
+    return -1;
+  }
+  const std::string rel = path.substr(under.size() + 1);
+  const size_t last = rel.find_last_of('/');
+  *name = last == std::string::npos ? rel : rel.substr(last + 1);
+  int dirfd = OpenRetry(under.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECTORY);
+  if (dirfd < 0) return -1;
+  if (last == std::string::npos) return dirfd;
+  size_t start = 0;
+  while (start <= last) {
+    const size_t end = rel.find('/', start);
+    const std::string component = rel.substr(start, end - start);
+    start = end + 1;
+    if (component.empty() || component == "." || component == "..") {
+      CloseFd(dirfd);
+      errno = EINVAL;
+      return -1;
+    }
+    constexpr int kDirFlags = O_RDONLY | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW;
+    int next = OpenAtRetry(dirfd, component.c_str(), kDirFlags);
+    if (next < 0 && errno == ENOENT) {
+      // Missing (never made, or pruned by another process a moment ago): make it here,
+      // under the descriptor already checked, then open what is there now.
+      if (::mkdirat(dirfd, component.c_str(), 0777) != 0 && errno != EEXIST) {
+        const int err = errno;
+        CloseFd(dirfd);
+        errno = err;
+        return -1;
+      }
+      next = OpenAtRetry(dirfd, component.c_str(), kDirFlags);
+    }
+    const int err = errno;
+    CloseFd(dirfd);
+    if (next < 0) {
+      errno = err;
+      return -1;
+    }
+    dirfd = next;
+  }
+  return dirfd;
 }
 
 // How many times one tryAcquire re-opens after finding a stale inode before it reports
@@ -68,14 +154,17 @@ class Lock : public Napi::ObjectWrap<Lock> {
                        });
   }
 
-  // new Lock(path, exclusive): opens (creating the file and missing parent directories)
-  // without locking yet. Throws a system error if the file cannot be opened.
+  // new Lock(path, exclusive, under?): opens (creating the file and missing parent
+  // directories) without locking yet. With `under` (a directory `path` lies below, e.g. a
+  // cache root), no level below it is ever a symlink. Throws a system error if the file
+  // cannot be opened (ELOOP for a symlink, ENOTREG for a FIFO, directory or device).
   explicit Lock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Lock>(info) {
     path_ = StringArg(info, 0, "path");
     if (info.Length() < 2 || !info[1].IsBoolean()) {
       throw Napi::TypeError::New(info.Env(), "exclusive must be a boolean");
     }
     exclusive_ = info[1].As<Napi::Boolean>().Value();
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) under_ = StringArg(info, 2, "under");
     const int err = OpenFd();
     if (err != 0) throw SystemError(info.Env(), err, "open", path_);
   }
@@ -87,14 +176,31 @@ class Lock : public Napi::ObjectWrap<Lock> {
  private:
   // Opens path_ into fd_. Returns 0 or an errno value.
   int OpenFd() {
-    for (int attempt = 0;; ++attempt) {
-      int fd = OpenRetry(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-      if (fd < 0 && (errno == EACCES || errno == EROFS)) {
-        // flock does not need write access: a lock file created by another user of a
-        // shared cache root, or on a read-only mount, can still be locked read-only.
-        fd = OpenRetry(path_.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT) errno = EACCES;  // report the original failure
+    if (!under_.empty()) {
+      for (int attempt = 0;; ++attempt) {
+        std::string name;
+        const int dirfd = OpenDirUnder(under_, path_, &name);
+        int fd = -1;
+        int err = 0;
+        if (dirfd < 0) {
+          err = errno;
+        } else {
+          fd = OpenLockFileAt(dirfd, name.c_str());
+          err = errno;
+          CloseFd(dirfd);
+        }
+        if (fd >= 0) {
+          fd_ = fd;
+          return 0;
+        }
+        // ENOENT: another process pruned a level between our walk's steps (a directory we
+        // hold open was removed, so nothing can be made in it): walk again from `under`.
+        if (err == ENOENT && attempt < kMaxIdentityRetries) continue;
+        return err;
       }
+    }
+    for (int attempt = 0;; ++attempt) {
+      const int fd = OpenLockFileAt(AT_FDCWD, path_.c_str());
       if (fd >= 0) {
         fd_ = fd;
         return 0;
@@ -135,7 +241,8 @@ class Lock : public Napi::ObjectWrap<Lock> {
         const int err = errno;
         throw SystemError(env, err, "fstat", path_);
       }
-      if (::stat(path_.c_str(), &path_st) == 0) {
+      // lstat: a symlink planted at the path is another inode, never what it points to.
+      if (::lstat(path_.c_str(), &path_st) == 0) {
         if (path_st.st_dev == held_st.st_dev && path_st.st_ino == held_st.st_ino) {
           held_ = true;
           return Napi::Boolean::New(env, true);
@@ -170,7 +277,7 @@ class Lock : public Napi::ObjectWrap<Lock> {
     int err = 0;
     if (held_ && exclusive_) {
       struct stat held_st, path_st;
-      if (::fstat(fd_, &held_st) == 0 && ::stat(path_.c_str(), &path_st) == 0 &&
+      if (::fstat(fd_, &held_st) == 0 && ::lstat(path_.c_str(), &path_st) == 0 &&
           held_st.st_dev == path_st.st_dev && held_st.st_ino == path_st.st_ino) {
         if (::unlink(path_.c_str()) != 0 && errno != ENOENT) err = errno;
       }
@@ -182,6 +289,7 @@ class Lock : public Napi::ObjectWrap<Lock> {
   }
 
   std::string path_;
+  std::string under_;
   bool exclusive_ = false;
   int fd_ = -1;
   bool held_ = false;

@@ -34,7 +34,8 @@ class PrefetchWorker : public PromiseWorker {
 
  protected:
   void Work() override {
-    const int fd = OpenRetry(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    const int fd = OpenRegularFile(AT_FDCWD, path_.c_str(), 0, &st);
     if (fd < 0) {
       failure_.Set(errno, "open", path_);
       return;
@@ -42,7 +43,7 @@ class PrefetchWorker : public PromiseWorker {
     if (drop_) {
       Drop(fd);
     } else {
-      WillNeed(fd);
+      WillNeed(fd, st);
     }
     CloseFd(fd);
   }
@@ -59,12 +60,7 @@ class PrefetchWorker : public PromiseWorker {
 #endif
   }
 
-  void WillNeed(int fd) {
-    struct stat st;
-    if (::fstat(fd, &st) != 0) {
-      failure_.Set(errno, "fstat", path_);
-      return;
-    }
+  void WillNeed(int fd, const struct stat& st) {
 #if defined(POSIX_FADV_WILLNEED)
     for (off_t offset = 0; offset < st.st_size; offset += kWillNeedSlice) {
       const int rc = ::posix_fadvise(fd, offset, kWillNeedSlice, POSIX_FADV_WILLNEED);
@@ -75,6 +71,7 @@ class PrefetchWorker : public PromiseWorker {
       }
     }
 #else
+    (void)st;
     // No advice API (e.g. macOS): read the file through once, like the JS fallback.
     std::vector<char> buffer(1 << 20);
     for (;;) {

@@ -1,5 +1,6 @@
 /** The streams a command talks through (the process's own in `bin.ts`). */
 import { createInterface } from "node:readline";
+import { Readable } from "node:stream";
 
 export interface CliOutput {
   write(text: string): unknown;
@@ -31,4 +32,10 @@ export async function confirm(io: CliIo, question: string): Promise<boolean> {
   } finally {
     rl.close();
   }
+}
+
+/** Streams that discard everything (running a command from code, e.g. in tests); stdin is empty and no terminal. */
+export function quietIo(): CliIo {
+  const discard: CliOutput = { write: () => true, isTTY: false };
+  return { stdin: Readable.from([]), stdout: discard, stderr: discard, env: process.env };
 }

@@ -7,15 +7,28 @@
  * costs one awaited no-op.
  */
 export const CRASH_POINTS = [
+  /** The new state is fsynced and hashed; nothing on disk has changed yet. */
   "install:after-fsync-state",
+  /** A small file's temp (a manifest) is written and fsynced, not yet renamed into place. */
+  "atomic-write:after-temp-synced",
+  /** A small file (a manifest) was renamed into place; its directory is not fsynced yet. */
+  "atomic-write:after-rename",
+  /** The manifest {current: previous, pending: new} is durable. */
   "install:after-pending-manifest",
+  /** The new state was renamed over the cache file; the directory is not fsynced yet. */
   "install:after-rename",
+  /** ...and the directory is fsynced: the new state is the durable cache file. */
+  "install:after-rename-synced",
+  /** The manifest describes only the new state (and, for a fresh target, is durable). */
   "install:after-final-manifest",
   "auto:after-target-installed",
   "auto:after-source-removed",
 ] as const;
 
-export type CrashPoint = (typeof CRASH_POINTS)[number];
+/** Remote tier uploads (src/remote/redis/tier.ts): a chunk acknowledged; every chunk sent, before publishing. */
+export const REMOTE_CRASH_POINTS = ["remote:after-chunk", "remote:before-publish"] as const;
+
+export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof REMOTE_CRASH_POINTS)[number];
 
 const [crashStep, crashNth] = (process.env.KVKEEP_TEST_CRASH_AT ?? "").split("@");
 let hits = 0;
@@ -31,7 +44,9 @@ export async function crashPoint(step: CrashPoint): Promise<void> {
 
 /**
  * Tests only: run `hook` (and wait for it) at every step, to make something happen
- * exactly there — e.g. a delete between a commit's rename and its manifest. Null removes it.
+ * exactly there — e.g. a delete between a commit's rename and its manifest, or a fault:
+ * an error the hook throws is raised at that step as if the operation that follows it
+ * had failed (how ENOSPC and EIO are injected after every step). Null removes it.
  */
 export function setCrashPointHookForTest(hook: ((step: CrashPoint) => Promise<void> | void) | null): void {
   pauseHook = hook;

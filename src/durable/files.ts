@@ -2,23 +2,38 @@
 import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
+import { crashPoint } from "./crash-points.js";
 import type { FileIdentity } from "../manifest/format.js";
-import { tempPathFor } from "../layout/paths.js";
-import type { NativeFs } from "../native/index.js";
+import { ownTempPath } from "./temp-owner.js";
+import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
+
+/** What is at a path kvkeep keeps a file at: nothing, a regular file (with its identity), or something else. */
+export type FileState =
+  | { kind: "missing" }
+  | { kind: "file"; identity: FileIdentity }
+  /** A symlink (never followed), directory, FIFO, socket or device. */
+  | { kind: "other"; type: EntryType };
 
 /**
- * Size, inode and mtime of a regular file; null when it does not exist. Other failures
- * (EIO, ELOOP, EACCES, …) are `KvKeepError`s like every error kvkeep raises.
+ * What is at `filePath`, from lstat on the entry itself (the native addon's `identity`, or
+ * the fallback's bigint lstat): a symlink is reported as one and never followed, and
+ * nothing is opened, so a FIFO or device costs nothing. Failures other than "nothing there"
+ * (EIO, EACCES, …) are `KvKeepError`s like every error kvkeep raises.
+ */
+export async function inspectFile(filePath: string, nfs: Pick<NativeFs, "identity"> = loadNativeFs()): Promise<FileState> {
+  const entry = await nfs.identity(filePath);
+  if (entry === null) return { kind: "missing" };
+  if (entry.type !== "file") return { kind: "other", type: entry.type };
+  return { kind: "file", identity: { size: entry.size, ino: entry.ino, mtimeNs: entry.mtimeNs } };
+}
+
+/**
+ * Size, inode and mtime of the regular file at `filePath` (lstat: never through a symlink);
+ * null when there is none — nothing, or a symlink, directory, FIFO or device.
  */
 export async function statIdentity(filePath: string): Promise<FileIdentity | null> {
-  try {
-    const st = await fs.stat(filePath, { bigint: true });
-    if (!st.isFile()) return null;
-    return { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
-  } catch (error) {
-    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
-    throw fsWriteError(`checking ${filePath}`, error);
-  }
+  const state = await inspectFile(filePath);
+  return state.kind === "file" ? state.identity : null;
 }
 
 /** Remove a file if it is there; true if it was removed. */
@@ -29,6 +44,28 @@ export async function unlinkIfExists(filePath: string): Promise<boolean> {
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return false;
     throw fsWriteError(`removing ${filePath}`, error);
+  }
+}
+
+/**
+ * Remove whatever is at a path where kvkeep keeps one of its own files: a file, symlink
+ * (the link itself), FIFO or device node is unlinked; a directory planted there is removed
+ * with its contents (rm never follows symlinks inside it, so nothing outside is touched).
+ * True if something was removed.
+ */
+export async function removeEntry(filePath: string): Promise<boolean> {
+  try {
+    return await unlinkIfExists(filePath);
+  } catch (error) {
+    const cause = (error as { cause?: unknown }).cause;
+    if (errnoCode(cause) !== "EISDIR" && errnoCode(cause) !== "EPERM") throw error;
+    if (!(await fs.lstat(filePath).catch(() => null))?.isDirectory()) throw error;
+    try {
+      await fs.rm(filePath, { recursive: true, force: true });
+    } catch (rmError) {
+      throw fsWriteError(`removing the directory ${filePath}`, rmError);
+    }
+    return true;
   }
 }
 
@@ -54,56 +91,78 @@ export async function writeFileAtomic(
   data: string | Uint8Array,
   options: { syncDir: boolean },
 ): Promise<void> {
-  const temp = tempPathFor(target);
+  const temp = ownTempPath(target);
   try {
     await writeSynced(temp, data);
+    await crashPoint("atomic-write:after-temp-synced");
     await fs.rename(temp, target);
   } catch (error) {
     await unlinkIfExists(temp).catch(() => {});
-    throw fsWriteError(`writing ${path.basename(target)}`, error);
+    throw error instanceof KvKeepError ? error : fsWriteError(`writing ${path.basename(target)}`, error);
   }
+  await crashPoint("atomic-write:after-rename");
   if (options.syncDir) await nfs.fsyncDir(path.dirname(target));
 }
 
 /**
  * Create `<root>/<a>/<b>` and make sure every level below the root is a real directory,
- * not a symlink planted to lead writes outside the root. Directories it creates are made
- * durable: the parent of each is fsynced, so a commit into a new directory that has
- * resolved survives a power cut (its entry would otherwise live only in memory).
+ * not a symlink planted to lead writes outside the root: one level at a time, each created
+ * only where nothing is and checked with lstat before the next is made inside it (a
+ * recursive mkdir would create the next level through a planted symlink). Directories it
+ * creates are made durable: the parent of each is fsynced, so a commit into a new
+ * directory that has resolved survives a power cut (its entry would otherwise live only
+ * in memory).
  */
 export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
   for (let attempt = 0; ; attempt++) {
     try {
-      const firstCreated = await fs.mkdir(full, { recursive: true });
-      if (!(await assertRealDirs(root, components))) {
-        // Another process pruned a level between our mkdir and the check: again.
-        if (attempt >= 16) throw new KvKeepError("IO_ERROR", `${full} keeps disappearing while being created.`);
-        continue;
-      }
-      if (firstCreated !== undefined) {
-        // Each new directory's entry lives in its parent: sync from the parent of the
-        // first one created down to the parent of the deepest.
-        let dir = path.dirname(path.resolve(firstCreated));
-        await nfs.fsyncDir(dir);
-        for (const part of path.relative(dir, path.dirname(path.resolve(full))).split(path.sep).filter(Boolean)) {
+      // The root itself is the caller's choice, links and all.
+      const rootCreated = await fs.mkdir(root, { recursive: true });
+      const created: string[] = [];
+      if (rootCreated !== undefined) {
+        let dir = path.dirname(path.resolve(rootCreated));
+        created.push(dir);
+        for (const part of path.relative(dir, path.dirname(path.resolve(root))).split(path.sep).filter(Boolean)) {
           dir = path.join(dir, part);
-          await nfs.fsyncDir(dir);
+          created.push(dir);
         }
       }
+      let current = root;
+      for (const component of components) {
+        const parent = current;
+        current = path.join(current, component);
+        try {
+          await fs.mkdir(current);
+          created.push(parent);
+        } catch (error) {
+          if (errnoCode(error) !== "EEXIST") throw error;
+        }
+        const st = await fs.lstat(current);
+        if (!st.isDirectory()) {
+          throw new KvKeepError(
+            "UNSAFE_PATH",
+            `${current} is not a plain directory (a symlink or file); kvkeep never reads or writes through it. Remove it or use another root.`,
+          );
+        }
+      }
+      // Each new directory's entry lives in its parent: sync those parents.
+      for (const dir of created) await nfs.fsyncDir(dir);
       return full;
     } catch (error) {
-      // A recursive mkdir on a read-only file system reports ENOENT (for the missing
-      // level), not EROFS: say what is really wrong instead of retrying.
-      if (errnoCode(error) === "EROFS" || (errnoCode(error) === "ENOENT" && (await onReadOnlyFs(full)))) {
+      // Another process pruned an empty directory between our mkdir and the next level (or
+      // its fsync, which reports ENOENT as the cause of an IO_ERROR): again — unless the
+      // file system is read-only, where a recursive mkdir reports ENOENT for the missing
+      // level, not EROFS: then say what is really wrong instead of retrying.
+      const code = error instanceof KvKeepError ? errnoCode(error.cause) : errnoCode(error);
+      if (code === "EROFS" || (code === "ENOENT" && (await onReadOnlyFs(full)))) {
         throw new KvKeepError(
           "IO_ERROR",
           `creating ${full} failed: the cache root is on a read-only file system (EROFS). kvkeep needs a writable root to save caches: remount it read-write or open the store on another root.`,
           { cause: error },
         );
       }
-      // Another process pruned an empty directory between our mkdir and lstat: again.
-      if (errnoCode(error) !== "ENOENT" || attempt >= 16) {
+      if (code !== "ENOENT" || attempt >= 16) {
         throw error instanceof KvKeepError ? error : fsWriteError(`creating ${full}`, error);
       }
     }

@@ -4,7 +4,7 @@
  *   <root>/<cacheKey>/<modelId>/<configHash>.bin         the engine's state file (the cache)
  *   <root>/<cacheKey>/<modelId>/<configHash>.meta.json   its manifest
  *   <root>/<cacheKey>/<modelId>/<configHash>.lock        its cross-process lock (native addon only)
- *   <root>/<cacheKey>/<modelId>/<name>.<pid>-<rand>.tmp  temp files: turn saves, manifest writes
+ *   <root>/<cacheKey>/<modelId>/<name>.<pid>-<stamp>-<rand>.tmp  temp files: turn saves, manifest writes
  *   <root>/.kvkeep/                                     kvkeep's own files (settings, …)
  */
 import os from "node:os";
@@ -61,18 +61,25 @@ let tempCounter = 0;
 
 /**
  * A temp path beside `target`, unique in this process and across processes (pid), so
- * recovery can tell whose it is: `<target>.<pid>-<counter><rand>.tmp`.
+ * recovery can tell whose it is: `<target>.<pid>-<stamp>-<counter><rand>.tmp`. `stamp`
+ * tells this process apart from an earlier one with the same pid (another boot, a reused
+ * pid: see src/durable/temp-owner.ts); without one the name is `<target>.<pid>-<unique>.tmp`.
  */
-export function tempPathFor(target: string, pid: number = process.pid): string {
+export function tempPathFor(target: string, pid: number = process.pid, stamp?: string): string {
   tempCounter = (tempCounter + 1) % 0x1000000;
   const unique = tempCounter.toString(36) + Math.floor(Math.random() * 0x10000).toString(36);
-  return `${target}.${pid}-${unique}${TEMP_SUFFIX}`;
+  return `${target}.${pid}-${stamp ? `${stamp}-` : ""}${unique}${TEMP_SUFFIX}`;
+}
+
+/** Who made a temp file, from its name (`stamp` null for a name without one); undefined if not a kvkeep temp. */
+export function tempOwner(fileName: string): { pid: number; stamp: string | null } | undefined {
+  const match = /\.(\d+)-(?:([0-9a-z]+)-)?[0-9a-z]+\.tmp$/.exec(fileName);
+  return match ? { pid: Number(match[1]), stamp: match[2] ?? null } : undefined;
 }
 
 /** The pid that made a temp file, from its name; undefined if the name is not a kvkeep temp. */
 export function tempOwnerPid(fileName: string): number | undefined {
-  const match = /\.(\d+)-[0-9a-z]+\.tmp$/.exec(fileName);
-  return match ? Number(match[1]) : undefined;
+  return tempOwner(fileName)?.pid;
 }
 
 export type CacheFileKind = "cache" | "manifest" | "lock" | "temp";

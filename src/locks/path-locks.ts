@@ -7,6 +7,7 @@
  * first, OS lock second — so at most one waiter per path per process polls the OS lock,
  * and flock never has to arbitrate between two handles of the same process.
  */
+import path from "node:path";
 import { abortedError } from "../errors.js";
 import { lockPathOf } from "../layout/paths.js";
 import { type LockHandle, loadNativeFs, type NativeFs } from "../native/index.js";
@@ -19,6 +20,14 @@ export interface Lease {
    * Never throws: a lock file that cannot be removed is left behind.
    */
   release(options?: { removeLockFile?: boolean }): void;
+}
+
+/**
+ * The cache root of a cache path (`<root>/<key>/<model>/<hash>.bin`): the lock file is
+ * opened below it without following a symlink at any level.
+ */
+function rootOf(cachePath: string): string {
+  return path.dirname(path.dirname(path.dirname(path.resolve(cachePath))));
 }
 
 interface Waiter {
@@ -67,7 +76,7 @@ export class PathLockTable {
     let osLock: LockHandle | null = null;
     if (nfs.crossProcessLocks) {
       try {
-        osLock = await nfs.lockFile(lockPathOf(cachePath), "exclusive", signal ? { signal } : {});
+        osLock = await nfs.lockFile(lockPathOf(cachePath), "exclusive", { signal, under: rootOf(cachePath) });
       } catch (error) {
         this.#handOff(cachePath);
         throw error;
@@ -82,7 +91,7 @@ export class PathLockTable {
     const nfs = this.nativeFs();
     let osLock: LockHandle | null = null;
     if (nfs.crossProcessLocks) {
-      osLock = nfs.tryLockFile(lockPathOf(cachePath), "exclusive");
+      osLock = nfs.tryLockFile(lockPathOf(cachePath), "exclusive", { under: rootOf(cachePath) });
       if (!osLock) return null;
     }
     this.#entries.set(cachePath, { queue: [] });

@@ -10,6 +10,13 @@
 
 export const MANIFEST_FORMAT = 1;
 
+/**
+ * The largest manifest kvkeep reads (256 KiB). A manifest kvkeep writes is well under 1 KiB
+ * today; the bound leaves room for per-entry data to come (a prefix chain of ~4096 messages ×
+ * 16 hex chars per slot is ~140 KiB) while a planted huge or sparse file costs nothing.
+ */
+export const MANIFEST_MAX_BYTES = 256 * 1024;
+
 /** What identifies one version of a file on disk without reading it. */
 export interface FileIdentity {
   size: number;
@@ -28,6 +35,31 @@ export interface ManifestEntry extends FileIdentity {
   tokenCount: number | null;
   /** When the state was committed (ms since the epoch). */
   committedAt: number;
+  /**
+   * What the state holds, for prefix reuse: the message-key chain of the conversation it
+   * covers (`messageKeyChain(history).key(i)` for i = 1…, 16 hex chars each; at most
+   * MAX_CHAIN_KEYS, the first ones), or null when unknown (a primed state, a handler that
+   * did not pass its history). See src/index/prefix-index.ts.
+   */
+  chain?: readonly string[] | null;
+}
+
+/** Keys of a chain kept in a manifest entry: the first 4 096 messages (~80 KB of JSON per slot). */
+export const MAX_CHAIN_KEYS = 4096;
+
+const CHAIN_KEY = /^[0-9a-f]{16}$/;
+
+function parseChain(value: unknown, messageCount: number): readonly string[] | null | "invalid" {
+  if (value === undefined || value === null) return null;
+  if (
+    !Array.isArray(value) ||
+    value.length > MAX_CHAIN_KEYS ||
+    value.length > messageCount ||
+    !value.every((k) => typeof k === "string" && CHAIN_KEY.test(k))
+  ) {
+    return "invalid";
+  }
+  return value as string[];
 }
 
 export interface Manifest {
@@ -69,6 +101,8 @@ function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
   ) {
     return "invalid";
   }
+  const chain = parseChain(e.chain, e.messageCount);
+  if (chain === "invalid") return "invalid";
   return {
     size: e.size,
     ino: e.ino,
@@ -77,6 +111,7 @@ function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
     messageCount: e.messageCount,
     tokenCount: e.tokenCount,
     committedAt: e.committedAt,
+    chain,
   };
 }
 

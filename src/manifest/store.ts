@@ -6,9 +6,10 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
-import { manifestPathOf, tempPathFor } from "../layout/paths.js";
-import type { NativeFs } from "../native/index.js";
+import { inspectFile, removeEntry, unlinkIfExists, writeFileAtomic, writeSynced } from "../durable/files.js";
+import { manifestPathOf } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
+import { loadNativeFs, type NativeFs } from "../native/index.js";
 import {
   type FileIdentity,
   judgeFile,
@@ -16,21 +17,29 @@ import {
   type ManifestEntry,
   type ManifestExpectation,
   MANIFEST_FORMAT,
+  MANIFEST_MAX_BYTES,
   parseManifest,
+  sameIdentity,
   serializeManifest,
 } from "./format.js";
 
 export type ManifestRead = { manifest: Manifest } | { missing: true } | { error: string };
 
-export async function readManifest(cachePath: string): Promise<ManifestRead> {
-  let text: string;
+/**
+ * Read and parse the manifest of the cache at `cachePath`: opened without following a
+ * symlink and without blocking, a regular file of at most MANIFEST_MAX_BYTES — anything
+ * else (a symlink, FIFO, device, directory, a huge or sparse file) is an `error`, so the
+ * cache is untrusted, within milliseconds.
+ */
+export async function readManifest(cachePath: string, nfs: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<ManifestRead> {
+  let read;
   try {
-    text = await fs.readFile(manifestPathOf(cachePath), "utf8");
+    read = await nfs.readFileBounded(manifestPathOf(cachePath), MANIFEST_MAX_BYTES);
   } catch (error) {
-    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return { missing: true };
     return { error: `manifest unreadable: ${(error as Error).message}` };
   }
-  const parsed = parseManifest(text);
+  if (read === null) return { missing: true };
+  const parsed = parseManifest(read.data.toString("utf8"));
   return "error" in parsed ? parsed : { manifest: parsed };
 }
 
@@ -43,17 +52,22 @@ export type Verification =
  * Decide whether the cache file may be handed to the engine: a valid manifest for this
  * model/fingerprint/config/key, and a file that is one of its slots — by identity, or by
  * checksum when `checksum` is asked for or the identity alone cannot tell. A file matching
- * the `pending` slot (a commit cut short after its rename) is promoted to `current`.
+ * the `pending` slot (a commit cut short after its rename) is promoted to `current` —
+ * unless `readOnly`, which leaves the manifest as it is.
  */
 export async function verifyCache(
   nfs: NativeFs,
   cachePath: string,
   expect: ManifestExpectation,
-  options: { checksum: boolean },
+  options: { checksum: boolean; readOnly?: boolean },
 ): Promise<Verification> {
-  const identity = await statIdentity(cachePath);
-  if (!identity) return { ok: false, missing: true };
-  const read = await readManifest(cachePath);
+  const state = await inspectFile(cachePath, nfs);
+  if (state.kind === "missing") return { ok: false, missing: true };
+  if (state.kind === "other") {
+    return { ok: false, missing: false, reason: `the cache path is a ${state.type}, not a regular file` };
+  }
+  const identity = state.identity;
+  const read = await readManifest(cachePath, nfs);
   if ("missing" in read) return { ok: false, missing: false, reason: "cache file has no manifest" };
   if ("error" in read) return { ok: false, missing: false, reason: read.error };
   const { manifest } = read;
@@ -71,14 +85,26 @@ export async function verifyCache(
     const digest = await nfs.xxh64File(cachePath);
     const hit = candidates.find((c) => c.entry.xxh64 === digest);
     if (!hit) return { ok: false, missing: false, reason: `checksum ${digest} matches no committed state` };
+    // The bytes hashed must be the file judged (the hash opens the path again).
+    const after = await inspectFile(cachePath, nfs);
+    if (after.kind !== "file" || !sameIdentity(after.identity, identity)) {
+      return { ok: false, missing: false, reason: "the cache file changed while it was verified" };
+    }
     ({ entry, slot } = hit);
   }
   // Re-anchor the entry to the file as it is now (same bytes, maybe a new inode after a
   // restore) and settle a pending commit, so the next check is a cheap identity match.
   const settled: ManifestEntry = { ...entry, ...identity };
-  if (slot === "pending" || verdict.verdict !== "match") {
+  // `readOnly` (borrowing another conversation's cache): judge, never write.
+  if (!options.readOnly && (slot === "pending" || verdict.verdict !== "match")) {
     const next: Manifest = { ...manifest, current: settled, pending: null };
-    await writeFileAtomic(nfs, manifestPathOf(cachePath), serializeManifest(next), { syncDir: false });
+    try {
+      await writeFileAtomic(nfs, manifestPathOf(cachePath), serializeManifest(next), { syncDir: false });
+    } catch {
+      // Settling is an optimisation: the manifest as it is still describes this file (the
+      // slot just matched), so a full disk must not make a good cache untrusted.
+      return { ok: true, entry: settled, identity, manifest, by };
+    }
     return { ok: true, entry: settled, identity, manifest: next, by };
   }
   return { ok: true, entry: settled, identity, manifest, by };
@@ -93,9 +119,26 @@ export interface InstallParams {
   previous: ManifestEntry | null;
   messageCount: number;
   tokenCount: number | null;
+  /** The message-key chain of what the new state holds (prefix reuse), or null when unknown. */
+  chain: readonly string[] | null;
   /** Refuse to replace an existing target (auto targets): rejects with TARGET_EXISTS. */
   noReplace: boolean;
 }
+
+export interface Installed {
+  /** The committed entry of the new state, which is now the cache file. */
+  entry: ManifestEntry;
+  /**
+   * A failure after the new state had taken the cache file's place (its directory fsync,
+   * or the final manifest write). The new state is installed and described by the manifest
+   * on disk (its `pending` slot until it is settled at its next verification); only this
+   * last step's work is missing. Null when every step completed.
+   */
+  unsettled: KvKeepError | null;
+}
+
+const asKvKeepError = (what: string, error: unknown): KvKeepError =>
+  error instanceof KvKeepError ? error : fsWriteError(what, error);
 
 /**
  * Install a new state as a cache with the commit protocol (ARCHITECTURE.md).
@@ -105,88 +148,134 @@ export interface InstallParams {
  *   3. rename the file over the target; fsync the dir
  *   4. manifest := { current: new, pending: null }        (temp, fsync, rename)
  * A crash after any step leaves the file matching one slot of whichever manifest is on
- * disk: the previous state until step 3 lands, the new one after.
+ * disk: the previous state until step 3's rename lands, the new one after.
+ * Failures obey the same line. Before the rename, the call rejects and the previous state
+ * stays the cache (the manifest on disk describes it in either form). From the rename on,
+ * the new state *is* the cache and the previous one is gone, so nothing may undo it: a
+ * failure of the directory fsync or of step 4 resolves with the failure in `unsettled`
+ * (the manifest's `pending` slot describes the new state until it is settled).
+ *
  * A fresh target (no previous state: every prime, every auto-mode commit) has nothing to
  * protect, so: fsync + hash; manifest temp written and fsynced; rename the file; rename
  * the manifest; one fsync of the dir. A crash in between leaves a file without its
- * manifest — never trusted, removed on next use — which loses only the state being committed.
+ * manifest — never trusted, removed on next use — which loses only the state being
+ * committed; a failure in between removes the file again and rejects.
  */
-export async function installCache(nfs: NativeFs, params: InstallParams): Promise<ManifestEntry> {
+export async function installCache(nfs: NativeFs, params: InstallParams): Promise<Installed> {
   const { source, target } = params;
   const manifestPath = manifestPathOf(target);
   const inPlace = path.resolve(source) === path.resolve(target);
-  const identity = await statIdentity(source);
-  if (!identity) {
+  const sourceState = await inspectFile(source, nfs);
+  if (sourceState.kind === "missing") {
     throw new KvKeepError("SAVE_MISSING", `the new state at ${source} disappeared before it could be committed.`);
   }
+  if (sourceState.kind === "other") {
+    throw new KvKeepError("UNSAFE_PATH", `the new state at ${source} is a ${sourceState.type}, not a regular file; kvkeep never commits through it.`);
+  }
+  const identity = sourceState.identity;
   if (identity.size === 0) throw new KvKeepError("SAVE_EMPTY", `the new state at ${source} is empty (0 bytes).`);
   let entry: ManifestEntry;
   try {
     await nfs.fsyncFile(source);
-    await crashPoint("install:after-fsync-state");
     entry = {
       ...identity,
       xxh64: await nfs.xxh64File(source),
       messageCount: params.messageCount,
       tokenCount: params.tokenCount,
       committedAt: Date.now(),
+      chain: params.chain,
     };
+    await crashPoint("install:after-fsync-state");
   } catch (error) {
-    throw error instanceof KvKeepError ? error : fsWriteError("syncing the new state", error);
+    throw asKvKeepError("syncing the new state", error);
   }
+  // Anything but a regular file where the manifest goes (a directory, a symlink, a FIFO)
+  // describes nothing and would fail every manifest write: it goes first.
+  const manifestState = await inspectFile(manifestPath, nfs);
+  if (manifestState.kind === "other") await removeEntry(manifestPath);
   const header = { format: MANIFEST_FORMAT, ...params.header } as const;
-  if (!inPlace && params.previous === null) {
-    await installFresh(nfs, params, serializeManifest({ ...header, current: entry, pending: null }));
-    return entry;
-  }
-  if (!inPlace) {
-    const previous = params.previous!; // a fresh target took the path above
-    await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: previous, pending: entry }), {
-      syncDir: true,
-    });
-    await crashPoint("install:after-pending-manifest");
+  const manifestOf = (current: ManifestEntry, pending: ManifestEntry | null): string =>
+    serializeManifest({ ...header, current, pending });
+  if (inPlace) {
+    // The engine already replaced the committed state: there is no previous one to keep.
     try {
-      if (params.noReplace) await nfs.renameNoReplace(source, target);
-      else await fs.rename(source, target);
-      await nfs.fsyncDir(path.dirname(target));
+      await writeFileAtomic(nfs, manifestPath, manifestOf(entry, null), { syncDir: true });
+      await crashPoint("install:after-final-manifest");
     } catch (error) {
-      // The manifest still has `previous` as current, so the old state stays trusted;
-      // drop the pending slot so it cannot match a later file by accident.
-      await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: previous, pending: null }), {
-        syncDir: false,
-      }).catch(() => unlinkIfExists(manifestPath));
-      throw error instanceof KvKeepError ? error : fsWriteError("renaming the new state into place", error);
+      throw asKvKeepError("writing the manifest", error);
     }
-    await crashPoint("install:after-rename");
+    return { entry, unsettled: null };
   }
-  await writeFileAtomic(nfs, manifestPath, serializeManifest({ ...header, current: entry, pending: null }), {
-    syncDir: inPlace,
-  });
-  await crashPoint("install:after-final-manifest");
-  return entry;
+  if (params.previous === null) return installFresh(nfs, params, entry, manifestOf(entry, null));
+
+  const previous = params.previous;
+  // Before the rename: the previous state is the cache, and stays it on any failure.
+  try {
+    await writeFileAtomic(nfs, manifestPath, manifestOf(previous, entry), { syncDir: true });
+    await crashPoint("install:after-pending-manifest");
+  } catch (error) {
+    throw asKvKeepError("writing the manifest", error);
+  }
+  try {
+    if (params.noReplace) await nfs.renameNoReplace(source, target);
+    else await fs.rename(source, target);
+  } catch (error) {
+    // The previous state is still the cache and still `current`. Drop the pending slot so
+    // it cannot match a later file by accident; if even that fails, the manifest as it is
+    // still describes the cache correctly — never remove it.
+    await writeFileAtomic(nfs, manifestPath, manifestOf(previous, null), { syncDir: false }).catch(() => {});
+    throw asKvKeepError("renaming the new state into place", error);
+  }
+  // The point of no return: the new state is the cache file and `pending` describes it.
+  try {
+    await crashPoint("install:after-rename");
+    await nfs.fsyncDir(path.dirname(target));
+    await crashPoint("install:after-rename-synced");
+    await writeFileAtomic(nfs, manifestPath, manifestOf(entry, null), { syncDir: false });
+    await crashPoint("install:after-final-manifest");
+  } catch (error) {
+    return { entry, unsettled: asKvKeepError("settling the manifest after the new state was installed", error) };
+  }
+  return { entry, unsettled: null };
 }
 
-async function installFresh(nfs: NativeFs, params: InstallParams, manifestText: string): Promise<void> {
+async function installFresh(nfs: NativeFs, params: InstallParams, entry: ManifestEntry, manifestText: string): Promise<Installed> {
   const manifestPath = manifestPathOf(params.target);
-  const manifestTemp = tempPathFor(manifestPath);
+  const manifestTemp = ownTempPath(manifestPath);
+  let placed = false;
   try {
     await writeSynced(manifestTemp, manifestText);
+    await crashPoint("atomic-write:after-temp-synced");
     if (params.noReplace) await nfs.renameNoReplace(params.source, params.target);
     else await fs.rename(params.source, params.target);
+    placed = true;
     await crashPoint("install:after-rename");
     await fs.rename(manifestTemp, manifestPath);
-    await nfs.fsyncDir(path.dirname(params.target));
   } catch (error) {
     await unlinkIfExists(manifestTemp).catch(() => {});
-    throw error instanceof KvKeepError ? error : fsWriteError("installing the new state", error);
+    // A file without its manifest is never trusted: take back what this call placed, so a
+    // failed install leaves the target as it found it (absent).
+    if (placed) await unlinkIfExists(params.target).catch(() => {});
+    throw asKvKeepError("installing the new state", error);
   }
-  await crashPoint("install:after-final-manifest");
+  // Both are in place: the new state is the cache. Only durability can still fail.
+  try {
+    await crashPoint("atomic-write:after-rename");
+    await nfs.fsyncDir(path.dirname(params.target));
+    await crashPoint("install:after-final-manifest");
+  } catch (error) {
+    return { entry, unsettled: asKvKeepError("syncing the cache directory after the new state was installed", error) };
+  }
+  return { entry, unsettled: null };
 }
 
-/** Remove a cache file and its manifest (file first: a manifest alone is never trusted). */
+/**
+ * Remove a cache file and its manifest (file first: a manifest alone is never trusted) —
+ * whatever they are: a symlink is removed itself, a directory planted there with its contents.
+ */
 export async function removeCacheFiles(cachePath: string): Promise<void> {
-  await unlinkIfExists(cachePath);
-  await unlinkIfExists(manifestPathOf(cachePath));
+  await removeEntry(cachePath);
+  await removeEntry(manifestPathOf(cachePath));
 }
 
 /**
@@ -195,7 +284,7 @@ export async function removeCacheFiles(cachePath: string): Promise<void> {
  */
 export async function readLastUse(cachePath: string): Promise<number | null> {
   try {
-    return Math.floor((await fs.stat(manifestPathOf(cachePath))).mtimeMs);
+    return Math.floor((await fs.lstat(manifestPathOf(cachePath))).mtimeMs);
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
     throw error;
@@ -208,5 +297,6 @@ export async function readLastUse(cachePath: string): Promise<number | null> {
  */
 export async function touchLastUse(cachePath: string, ms: number): Promise<void> {
   const seconds = ms / 1000;
-  await fs.utimes(manifestPathOf(cachePath), seconds, seconds);
+  // lutimes: a manifest replaced by a symlink gets the link's times, never its target's.
+  await fs.lutimes(manifestPathOf(cachePath), seconds, seconds);
 }

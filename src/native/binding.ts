@@ -1,8 +1,9 @@
 /** The raw addon as native/src/addon.cc exports it, and how a binary file is loaded and vetted. */
 import { createRequire } from "node:module";
+import type { EntryIdentity } from "./types.js";
 
 /** Must equal kKvkeepNativeAbi in native/src/addon.cc. */
-export const NATIVE_ABI = 1;
+export const NATIVE_ABI = 2;
 
 export interface NativeLock {
   /** Non-blocking flock + identity check; true once held (then idempotent). Throws a system error. */
@@ -15,8 +16,16 @@ export interface NativeLock {
 
 export interface NativeBinding {
   readonly abi: number;
-  /** Opens (creating the file and parent dirs) without locking; throws a system error. */
-  readonly Lock: new (path: string, exclusive: boolean) => NativeLock;
+  /**
+   * Opens (creating the file and parent dirs) without locking; throws a system error. With
+   * `under`, no level below it is followed through a symlink (ELOOP), and the lock file
+   * must be a regular file (ENOTREG).
+   */
+  readonly Lock: new (path: string, exclusive: boolean, under?: string) => NativeLock;
+  /** lstat as { type, size, ino, mtimeNs }; null when nothing is at the path. */
+  identity(path: string): Promise<EntryIdentity | null>;
+  /** O_NOFOLLOW | O_NONBLOCK open, fstat: regular (else ENOTREG) and ≤ maxBytes (else EFBIG), then read. */
+  readFileBounded(path: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity }>;
   fsyncFile(path: string): Promise<void>;
   fsyncDir(path: string): Promise<void>;
   /** Resolves with the method used; `forceLinkFallback` exercises the link()+unlink() path. */
@@ -31,7 +40,18 @@ export interface NativeBinding {
 
 const requireFromHere = createRequire(import.meta.url);
 
-const FUNCTIONS = ["fsyncFile", "fsyncDir", "renameNoReplace", "prefetch", "dropFromPageCache", "xxh64File", "xxh64", "Lock"] as const;
+const FUNCTIONS = [
+  "fsyncFile",
+  "fsyncDir",
+  "renameNoReplace",
+  "prefetch",
+  "dropFromPageCache",
+  "xxh64File",
+  "xxh64",
+  "Lock",
+  "identity",
+  "readFileBounded",
+] as const;
 
 /**
  * Loads a `.node` file and checks it is a kvkeep addon of this ABI. Throws (a plain Error

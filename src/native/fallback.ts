@@ -7,27 +7,104 @@
  * fsync is real. What it cannot do is exclude *other processes*: Node has no advisory
  * locks, so `crossProcessLocks` is false and the loader says so once through the logger.
  */
-import { constants as fsConstants, closeSync, mkdirSync, openSync, unlinkSync } from "node:fs";
-import { lstat, link, open, stat, rename, unlink } from "node:fs/promises";
+import { constants as fsConstants, closeSync, fstatSync, lstatSync, mkdirSync, openSync, unlinkSync } from "node:fs";
+import { type FileHandle, lstat, link, open, stat, rename, unlink } from "node:fs/promises";
 import path from "node:path";
-import { createXxh64 } from "../keys/hash.js";
+import { createXxh64, hashReady } from "../keys/hash.js";
 import { abortedError, errnoCode, fsWriteError } from "../errors.js";
-import { checkMode, checkPath, checkSeed, fsReadError, invalidArgument, lockError, renameError } from "./fs-errors.js";
+import {
+  boundedReadError,
+  checkMaxBytes,
+  checkMode,
+  checkPath,
+  checkSeed,
+  checkUnder,
+  fileWriteError,
+  fsReadError,
+  invalidArgument,
+  isMissing,
+  lockError,
+  renameError,
+} from "./fs-errors.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
-import type { LockHandle, LockMode, NativeFs } from "./types.js";
+import { notRegularFileError, openRegularFile, SAFE_OPEN_FLAGS } from "./safe-open.js";
+import type { EntryIdentity, EntryType, LockHandle, LockMode, LockOptions, NativeFs } from "./types.js";
 
 /** Module-level: every fallback instance in this process shares one view of who holds what. */
 const held = new Map<string, { exclusive: boolean; holders: number }>();
 const wakeups = new LockWakeups();
 
-function tryRegister(absPath: string, mode: LockMode): boolean {
+const SAFE_READ = fsConstants.O_RDONLY | SAFE_OPEN_FLAGS;
+const notRegular = notRegularFileError;
+const openRegular = (absPath: string): Promise<FileHandle> => openRegularFile(absPath);
+
+function entryType(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean; isFIFO(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): EntryType {
+  if (st.isFile()) return "file";
+  if (st.isDirectory()) return "directory";
+  if (st.isSymbolicLink()) return "symlink";
+  if (st.isFIFO()) return "fifo";
+  if (st.isSocket()) return "socket";
+  if (st.isCharacterDevice()) return "char-device";
+  if (st.isBlockDevice()) return "block-device";
+  return "unknown";
+}
+
+function identityOf(st: import("node:fs").BigIntStats): EntryIdentity {
+  return { type: entryType(st), size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
+}
+
+/**
+ * Create (if missing) and open the lock file the way the addon does: each level below
+ * `under` a real directory (made when missing, never a symlink), the file itself opened
+ * without following a symlink, created with O_EXCL, and a regular file. (Checked with
+ * lstat level by level: unlike the addon's openat walk, not proof against a concurrent
+ * swap — this backend makes no cross-process promise.)
+ */
+function openLockFile(absPath: string, under: string | undefined): void {
+  if (under === undefined) {
+    try {
+      mkdirSync(path.dirname(absPath), { recursive: true });
+    } catch (error) {
+      // A file where a directory belongs: the same answer as the addon's open (ENOTDIR).
+      if (errnoCode(error) !== "EEXIST") throw error;
+      throw Object.assign(new Error(`ENOTDIR: not a directory, open '${absPath}'`), { code: "ENOTDIR" });
+    }
+  } else {
+    let dir = under;
+    for (const part of path.relative(under, path.dirname(absPath)).split(path.sep).filter(Boolean)) {
+      dir = path.join(dir, part);
+      try {
+        mkdirSync(dir);
+      } catch (error) {
+        if (errnoCode(error) !== "EEXIST") throw error;
+      }
+      if (!lstatSync(dir).isDirectory()) {
+        throw Object.assign(new Error(`ELOOP: not a plain directory, open '${dir}'`), { code: "ELOOP" });
+      }
+    }
+  }
+  const base = fsConstants.O_RDWR | SAFE_OPEN_FLAGS;
+  let fd: number;
+  try {
+    fd = openSync(absPath, base);
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error;
+    fd = openSync(absPath, base | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o666);
+  }
+  try {
+    if (!fstatSync(fd).isFile()) throw notRegular(absPath);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function tryRegister(absPath: string, mode: LockMode, under?: string): boolean {
   const current = held.get(absPath);
   if (current && (current.exclusive || mode === "exclusive")) return false;
   // Same on-disk effect as the native lock: the lock file (and its directory) exist
   // while held, so code that prunes directories sees the same files with either backend.
   try {
-    mkdirSync(path.dirname(absPath), { recursive: true });
-    closeSync(openSync(absPath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o666));
+    openLockFile(absPath, under);
   } catch (error) {
     throw lockError(absPath, mode, error);
   }
@@ -75,9 +152,9 @@ class FallbackLockHandle implements LockHandle {
   }
 }
 
-/** fsync a file or (on POSIX) a directory through a read-only descriptor. */
-async function openAndSync(absPath: string): Promise<void> {
-  const handle = await open(absPath, "r");
+/** fsync a regular file (opened like every file kvkeep reads) or (on POSIX) a directory. */
+async function openAndSync(absPath: string, directory: boolean): Promise<void> {
+  const handle = directory ? await open(absPath, "r") : await openRegular(absPath);
   try {
     await handle.sync();
   } finally {
@@ -96,19 +173,21 @@ export function createJsFallbackFs(): NativeFs {
     crossProcessLocks: false,
     binaryPath: null,
 
-    tryLockFile(lockPath: string, mode: LockMode): LockHandle | null {
+    tryLockFile(lockPath: string, mode: LockMode, options?: LockOptions): LockHandle | null {
       const absPath = path.resolve(checkPath(lockPath));
       checkMode(mode);
-      return tryRegister(absPath, mode) ? new FallbackLockHandle(absPath, mode) : null;
+      const under = checkUnder(options?.under, absPath);
+      return tryRegister(absPath, mode, under) ? new FallbackLockHandle(absPath, mode) : null;
     },
 
-    async lockFile(lockPath: string, mode: LockMode, options?: { signal?: AbortSignal }): Promise<LockHandle> {
+    async lockFile(lockPath: string, mode: LockMode, options?: LockOptions & { signal?: AbortSignal | undefined }): Promise<LockHandle> {
       const absPath = path.resolve(checkPath(lockPath));
       checkMode(mode);
+      const under = checkUnder(options?.under, absPath);
       const signal = options?.signal;
       if (signal?.aborted) throw abortedError(`taking the ${mode} lock on ${absPath}`, signal);
-      if (!tryRegister(absPath, mode)) {
-        const attempt: LockAttempt = { tryAcquire: () => tryRegister(absPath, mode), abandon: () => {} };
+      if (!tryRegister(absPath, mode, under)) {
+        const attempt: LockAttempt = { tryAcquire: () => tryRegister(absPath, mode, under), abandon: () => {} };
         await waitForLock(attempt, absPath, wakeups, signal, `taking the ${mode} lock on ${absPath}`, (error) =>
           lockError(absPath, mode, error),
         );
@@ -116,12 +195,54 @@ export function createJsFallbackFs(): NativeFs {
       return new FallbackLockHandle(absPath, mode);
     },
 
+    async identity(filePath: string): Promise<EntryIdentity | null> {
+      const absPath = path.resolve(checkPath(filePath));
+      try {
+        return identityOf(await lstat(absPath, { bigint: true }));
+      } catch (error) {
+        if (isMissing(error)) return null;
+        throw fsReadError(`checking ${absPath}`, error);
+      }
+    },
+
+    async readFileBounded(filePath: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity } | null> {
+      const absPath = path.resolve(checkPath(filePath));
+      checkMaxBytes(maxBytes);
+      let handle: FileHandle;
+      try {
+        handle = await open(absPath, SAFE_READ);
+      } catch (error) {
+        if (isMissing(error)) return null;
+        throw boundedReadError(`reading ${absPath}`, maxBytes, error);
+      }
+      try {
+        const st = await handle.stat({ bigint: true });
+        if (!st.isFile()) throw notRegular(absPath);
+        if (st.size > BigInt(maxBytes)) throw Object.assign(new Error(`EFBIG: file too large, read '${absPath}'`), { code: "EFBIG" });
+        // One byte past the bound: a file that grew since the fstat is refused, never read without limit.
+        const buffer = Buffer.allocUnsafe(Math.min(maxBytes + 1, Number(st.size) + 4096));
+        let got = 0;
+        for (;;) {
+          if (got === buffer.length) break;
+          const { bytesRead } = await handle.read(buffer, got, buffer.length - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got > maxBytes) throw Object.assign(new Error(`EFBIG: file too large, read '${absPath}'`), { code: "EFBIG" });
+        return { data: buffer.subarray(0, got), identity: identityOf(st) };
+      } catch (error) {
+        throw boundedReadError(`reading ${absPath}`, maxBytes, error);
+      } finally {
+        await handle.close();
+      }
+    },
+
     async fsyncFile(filePath: string): Promise<void> {
       const absPath = path.resolve(checkPath(filePath));
       try {
-        await openAndSync(absPath);
+        await openAndSync(absPath, false);
       } catch (error) {
-        throw fsWriteError(`fsync of ${absPath}`, error);
+        throw fileWriteError(`fsync of ${absPath}`, error);
       }
     },
 
@@ -134,7 +255,7 @@ export function createJsFallbackFs(): NativeFs {
         }
         // Windows cannot open a directory for fsync; NTFS metadata is journaled anyway.
         if (process.platform === "win32") return;
-        await openAndSync(absPath);
+        await openAndSync(absPath, true);
       } catch (error) {
         throw fsWriteError(`fsync of directory ${absPath}`, error);
       }
@@ -180,7 +301,7 @@ export function createJsFallbackFs(): NativeFs {
       const absPath = path.resolve(checkPath(filePath));
       // No readahead hint in Node: reading the file through once loads it all.
       try {
-        const handle = await open(absPath, "r");
+        const handle = await openRegular(absPath);
         try {
           const buffer = Buffer.allocUnsafe(READ_CHUNK);
           while ((await handle.read(buffer, 0, buffer.length, null)).bytesRead > 0);
@@ -194,9 +315,9 @@ export function createJsFallbackFs(): NativeFs {
 
     async dropFromPageCache(filePath: string): Promise<void> {
       const absPath = path.resolve(checkPath(filePath));
-      // Nothing to drop without posix_fadvise; still report a missing file like the native backend.
+      // Nothing to drop without posix_fadvise; still report what the native backend reports.
       try {
-        await stat(absPath);
+        if (!(await lstat(absPath)).isFile()) throw notRegular(absPath);
       } catch (error) {
         throw fsReadError(`dropping ${absPath} from the page cache`, error);
       }
@@ -206,8 +327,9 @@ export function createJsFallbackFs(): NativeFs {
       const absPath = path.resolve(checkPath(filePath));
       const checkedSeed = checkSeed(seed);
       try {
+        await hashReady; // stream through WebAssembly, not the buffering JS fallback
         const hasher = createXxh64(checkedSeed);
-        const handle = await open(absPath, "r");
+        const handle = await openRegular(absPath);
         try {
           const buffer = Buffer.allocUnsafe(READ_CHUNK);
           for (;;) {

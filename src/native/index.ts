@@ -3,11 +3,12 @@
  * XXH64 of files — behind one typed interface, from the native addon when it loads and
  * from a pure-JS fallback otherwise. Every other module gets them through loadNativeFs().
  */
+import { useNativeXxh64 } from "../keys/hash.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
 import { nativeDisabledByEnv, selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
 
-export type { LockHandle, NativeBackendKind, NativeFs } from "./types.js";
+export type { EntryIdentity, EntryType, LockHandle, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
 
 let selection: Selection | undefined;
 let reported = false;
@@ -38,10 +39,10 @@ let warned = false;
 function emitFallbackWarning(problems: readonly string[]): void {
   if (warned) return;
   warned = true;
-  process.emitWarning(
-    `kvkeep's native addon is not available for ${process.platform}-${process.arch} (${problems.join("; ")}), so kvkeep uses its pure-JS fallback: locks do not exclude other processes sharing the cache root. Build the addon with \`npm rebuild kvkeep\` (needs cmake and a C++17 compiler), or set KVKEEP_NO_NATIVE=1 to choose the fallback without this warning.`,
-    { type: "KvKeepWarning", code: FALLBACK_WARNING_CODE },
-  );
+  const text = `kvkeep's native addon is not available for ${process.platform}-${process.arch} (${problems.join("; ")}), so kvkeep uses its pure-JS fallback: locks do not exclude other processes sharing the cache root. Build the addon with \`npm rebuild kvkeep\` (needs cmake and a C++17 compiler), or set KVKEEP_NO_NATIVE=1 to choose the fallback without this warning.`;
+  // Bare's process (src/platform/bare/globals.ts) has no warning channel: stderr then.
+  if (typeof process.emitWarning === "function") process.emitWarning(text, { type: "KvKeepWarning", code: FALLBACK_WARNING_CODE });
+  else console.warn(`[${FALLBACK_WARNING_CODE}] ${text}`);
 }
 
 /**
@@ -54,6 +55,8 @@ function emitFallbackWarning(problems: readonly string[]): void {
 export function loadNativeFs(logger?: Logger): NativeFs {
   if (selection === undefined) {
     selection = selectBackend();
+    // Sync hashing (config hashes, auto keys) uses the addon until the WebAssembly is ready.
+    if (selection.binding) useNativeXxh64(selection.binding.xxh64);
     if (selection.fs.kind === "js-fallback" && !nativeDisabledByEnv()) emitFallbackWarning(selection.problems);
   }
   if (logger !== undefined && logger !== silentLogger && !reported) {

@@ -2,9 +2,22 @@
 import path from "node:path";
 import { abortedError, fsWriteError } from "../errors.js";
 import type { NativeBinding, NativeLock } from "./binding.js";
-import { checkMode, checkPath, checkSeed, fsReadError, invalidArgument, lockError, renameError } from "./fs-errors.js";
+import {
+  boundedReadError,
+  checkMaxBytes,
+  checkMode,
+  checkPath,
+  checkSeed,
+  checkUnder,
+  fileWriteError,
+  fsReadError,
+  invalidArgument,
+  isMissing,
+  lockError,
+  renameError,
+} from "./fs-errors.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
-import type { LockHandle, LockMode, NativeBackendKind, NativeFs } from "./types.js";
+import type { EntryIdentity, LockHandle, LockMode, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
 
 class NativeLockHandle implements LockHandle {
   #lock: NativeLock | null;
@@ -50,9 +63,9 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
 
   // Opens (creating file and parent dirs) without locking. Sync: open(2) of a small
   // local file, like the rest of tryLockFile's contract.
-  const open = (absPath: string, mode: LockMode): NativeLock => {
+  const open = (absPath: string, mode: LockMode, under: string | undefined): NativeLock => {
     try {
-      return new binding.Lock(absPath, mode === "exclusive");
+      return under === undefined ? new binding.Lock(absPath, mode === "exclusive") : new binding.Lock(absPath, mode === "exclusive", under);
     } catch (error) {
       throw lockError(absPath, mode, error);
     }
@@ -63,10 +76,10 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
     crossProcessLocks: true,
     binaryPath,
 
-    tryLockFile(lockPath: string, mode: LockMode): LockHandle | null {
+    tryLockFile(lockPath: string, mode: LockMode, options?: LockOptions): LockHandle | null {
       const absPath = path.resolve(checkPath(lockPath));
       checkMode(mode);
-      const lock = open(absPath, mode);
+      const lock = open(absPath, mode, checkUnder(options?.under, absPath));
       let acquired = false;
       try {
         acquired = lock.tryAcquire();
@@ -81,15 +94,16 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
       return new NativeLockHandle(absPath, mode, lock, wakeups);
     },
 
-    async lockFile(lockPath: string, mode: LockMode, options?: { signal?: AbortSignal }): Promise<LockHandle> {
+    async lockFile(lockPath: string, mode: LockMode, options?: LockOptions & { signal?: AbortSignal | undefined }): Promise<LockHandle> {
       const absPath = path.resolve(checkPath(lockPath));
       checkMode(mode);
+      const under = checkUnder(options?.under, absPath);
       const signal = options?.signal;
       if (signal?.aborted) throw abortedError(`taking the ${mode} lock on ${absPath}`, signal);
       // Everything up to the first await runs synchronously in the call: the file is
       // open (on the inode the path names now) by the time lockFile returns, and the
       // same fd is polled for the whole wait (the identity check handles an unlink).
-      const lock = open(absPath, mode);
+      const lock = open(absPath, mode, under);
       const attempt: LockAttempt = { tryAcquire: () => lock.tryAcquire(), abandon: () => lock.release() };
       let acquired = false;
       try {
@@ -106,12 +120,36 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
       return new NativeLockHandle(absPath, mode, lock, wakeups);
     },
 
+    async identity(filePath: string): Promise<EntryIdentity | null> {
+      const absPath = path.resolve(checkPath(filePath));
+      try {
+        return await binding.identity(absPath);
+      } catch (error) {
+        throw fsReadError(`checking ${absPath}`, error);
+      }
+    },
+
+    async readFileBounded(filePath: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity } | null> {
+      const absPath = path.resolve(checkPath(filePath));
+      checkMaxBytes(maxBytes);
+      try {
+        const read = await binding.readFileBounded(absPath, maxBytes);
+        // Node-API buffers are Buffers in Node but plain Uint8Arrays in Bare: a Buffer view of
+        // the same bytes (no copy) gives both runtimes Buffer's toString("utf8").
+        const data: Uint8Array = read.data;
+        return Buffer.isBuffer(data) ? read : { ...read, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) };
+      } catch (error) {
+        if (isMissing(error)) return null;
+        throw boundedReadError(`reading ${absPath}`, maxBytes, error);
+      }
+    },
+
     async fsyncFile(filePath: string): Promise<void> {
       const absPath = path.resolve(checkPath(filePath));
       try {
         await binding.fsyncFile(absPath);
       } catch (error) {
-        throw fsWriteError(`fsync of ${absPath}`, error);
+        throw fileWriteError(`fsync of ${absPath}`, error);
       }
     },
 

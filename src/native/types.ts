@@ -7,6 +7,30 @@ export type NativeBackendKind = "prebuilt" | "local-build" | "js-fallback";
 
 export type LockMode = "exclusive" | "shared";
 
+/** What a directory entry is, as lstat sees it (a symlink is itself, never its target). */
+export type EntryType = "file" | "directory" | "symlink" | "fifo" | "socket" | "char-device" | "block-device" | "unknown";
+
+/**
+ * The identity of a directory entry: its type, and for comparing versions of a regular
+ * file its size, inode and mtime in ns (decimal strings, 64-bit safe; what Node's bigint
+ * stat gives).
+ */
+export interface EntryIdentity {
+  type: EntryType;
+  size: number;
+  ino: string;
+  mtimeNs: string;
+}
+
+export interface LockOptions {
+  /**
+   * A directory the lock file lies below (a cache root): every level between it and the
+   * lock file is opened without following symlinks, and created when missing. A symlink
+   * at any of those levels, or at the lock file itself, is refused with UNSAFE_PATH.
+   */
+  under?: string | undefined;
+}
+
 /**
  * A held lock. Keep a reference for as long as you need the lock: a native handle that
  * is garbage-collected unreleased has its fd closed (so a leak cannot wedge the cache).
@@ -27,13 +51,32 @@ export interface NativeFs {
   readonly crossProcessLocks: boolean;
   /** Where the binary came from (absolute path), or null for the fallback. */
   readonly binaryPath: string | null;
-  /** Non-blocking: creates the lock file (and missing parent dirs) if needed; returns null if another holder conflicts. */
-  tryLockFile(path: string, mode: LockMode): LockHandle | null;
+  /**
+   * Non-blocking: creates the lock file (and missing parent dirs) if needed; returns null if
+   * another holder conflicts. The lock file is never opened through a symlink, and must be
+   * a regular file (UNSAFE_PATH otherwise).
+   */
+  tryLockFile(path: string, mode: LockMode, options?: LockOptions): LockHandle | null;
   /**
    * Waits until acquired, polling with a short backoff (never parks a threadpool thread).
    * Rejects with KvKeepError ABORTED at once when the signal aborts (also if already aborted).
    */
-  lockFile(path: string, mode: LockMode, options?: { signal?: AbortSignal }): Promise<LockHandle>;
+  lockFile(path: string, mode: LockMode, options?: LockOptions & { signal?: AbortSignal | undefined }): Promise<LockHandle>;
+  /**
+   * What is at `path` (lstat: a symlink is reported as one, never followed); null when
+   * nothing is there (or a parent is not a directory). Never opens the entry, so a FIFO or
+   * a device costs nothing. Other failures are IO_ERROR.
+   */
+  identity(path: string): Promise<EntryIdentity | null>;
+  /**
+   * Read a regular file whole, opened without following a symlink and without blocking
+   * (O_NOFOLLOW | O_NONBLOCK), checked on the descriptor to be a regular file of at most
+   * `maxBytes`. Resolves its bytes and the identity of what was read (fstat of the same
+   * descriptor), or null when nothing is there. A symlink, FIFO, directory or device is
+   * UNSAFE_PATH; a larger file is IO_ERROR (the message says so).
+   */
+  readFileBounded(path: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity } | null>;
+  /** fsync a regular file (never through a symlink). */
   fsyncFile(path: string): Promise<void>;
   fsyncDir(path: string): Promise<void>;
   /** Atomic rename that fails with KvKeepError TARGET_EXISTS if `to` exists. */
@@ -42,6 +85,9 @@ export interface NativeFs {
   prefetch(path: string): Promise<void>;
   /** Drop the file's clean pages from the page cache (a hint). */
   dropFromPageCache(path: string): Promise<void>;
-  /** XXH64 of the whole file, seed 0 (or given), off the event loop, as 16 lowercase hex chars. */
+  /**
+   * XXH64 of the whole file, seed 0 (or given), off the event loop, as 16 lowercase hex
+   * chars. Like every read, never through a symlink and only of a regular file (UNSAFE_PATH).
+   */
   xxh64File(path: string, seed?: bigint): Promise<string>;
 }

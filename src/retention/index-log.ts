@@ -16,13 +16,14 @@
  * the file was replaced (another inode, or shorter than what was read), in which case the
  * reader cannot know what it missed and resyncs from the disk.
  */
-import { closeSync, constants as fsConstants, openSync, writeSync } from "node:fs";
+import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, writeSync } from "node:fs";
 import { promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { internalDir } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
+import { openRegularFile, SAFE_OPEN_FLAGS } from "../native/safe-open.js";
 import { decodeLines, encodeRecord, type LogRecord } from "./log-record.js";
 
 export const INDEX_LOG_NAME = "index.log";
@@ -37,11 +38,39 @@ export interface LogPosition {
 export type LogRead = { replaced: true } | { replaced: false; records: LogRecord[]; skipped: number };
 
 const READ_CHUNK = 1 << 20;
-const APPEND_FLAGS = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
+/**
+ * Every open of the log is a safe open (src/native/safe-open.ts): never through a symlink,
+ * never blocking on a FIFO, and only a regular file.
+ */
+const APPEND_FLAGS = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT;
+
+function notRegularFile(filePath: string): KvKeepError {
+  return new KvKeepError("UNSAFE_PATH", `${filePath} is not a regular file (a symlink, FIFO, device or directory); kvkeep does not use it.`);
+}
+
+/** A safe open; "not a regular file" as UNSAFE_PATH. */
+async function openRegular(filePath: string, flags: number): Promise<FileHandle> {
+  try {
+    return await openRegularFile(filePath, flags);
+  } catch (error) {
+    if (errnoCode(error) === "ENOTREG") throw notRegularFile(filePath);
+    throw error;
+  }
+}
+
+/** `dir` is a plain directory (never a symlink): throws UNSAFE_PATH otherwise; false when missing. */
+function checkPlainDir(dir: string, st: { isDirectory(): boolean } | null): boolean {
+  if (st === null) return false;
+  if (!st.isDirectory()) {
+    throw new KvKeepError("UNSAFE_PATH", `${dir} is not a plain directory; kvkeep does not use its index log through it.`);
+  }
+  return true;
+}
 
 async function statIno(filePath: string): Promise<{ ino: bigint; size: number } | null> {
   try {
-    const st = await fs.stat(filePath, { bigint: true });
+    const st = await fs.lstat(filePath, { bigint: true });
+    if (!st.isFile()) throw notRegularFile(filePath);
     return { ino: st.ino, size: Number(st.size) };
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
@@ -107,7 +136,7 @@ export class IndexLog {
       // names the current log, so a compaction's replacement needs no tracking, and no fd
       // outlives the batch — a store dropped without close() leaks nothing.
       await this.#ensureDir();
-      const fd = await fs.open(this.path, APPEND_FLAGS, 0o644);
+      const fd = await openRegular(this.path, APPEND_FLAGS);
       try {
         await fd.write(batch);
       } finally {
@@ -125,17 +154,21 @@ export class IndexLog {
     } catch (error) {
       if (errnoCode(error) !== "EEXIST") throw error;
     }
-    const st = await fs.lstat(this.dir);
-    if (!st.isDirectory()) {
-      throw new KvKeepError("UNSAFE_PATH", `${this.dir} is not a plain directory; kvkeep does not write its index log through it.`);
-    }
+    checkPlainDir(this.dir, await fs.lstat(this.dir));
+  }
+
+  /** `<root>/.kvkeep` exists as a plain directory (false when missing; UNSAFE_PATH when a symlink or file). */
+  async #dirReady(): Promise<boolean> {
+    return checkPlainDir(this.dir, await fs.lstat(this.dir).catch(() => null));
   }
 
   /** After close: one synchronous open-write-close, so no fd outlives the store. */
   #appendOnce(line: string): void {
     try {
-      const fd = openSync(this.path, APPEND_FLAGS, 0o644);
+      checkPlainDir(this.dir, lstatSync(this.dir, { throwIfNoEntry: false }) ?? null);
+      const fd = openSync(this.path, APPEND_FLAGS | SAFE_OPEN_FLAGS, 0o644);
       try {
+        if (!fstatSync(fd).isFile()) throw notRegularFile(this.path);
         writeSync(fd, line);
       } finally {
         closeSync(fd);
@@ -159,6 +192,7 @@ export class IndexLog {
 
   /** Where the log ends now: record it before a disk walk, and read from it after. */
   async position(): Promise<LogPosition> {
+    if (!(await this.#dirReady())) return { ino: null, offset: 0 };
     const st = await statIno(this.path);
     return st ? { ino: st.ino, offset: st.size } : { ino: null, offset: 0 };
   }
@@ -171,7 +205,7 @@ export class IndexLog {
 
   /** Other stores' records appended since the last read, or `replaced`. */
   async readNew(): Promise<LogRead> {
-    const st = await statIno(this.path);
+    const st = (await this.#dirReady()) ? await statIno(this.path) : null;
     if (!st) {
       // Gone (the root was cleared?): whatever was read may be stale.
       if (this.#readIno !== null) return { replaced: true };
@@ -183,7 +217,7 @@ export class IndexLog {
     if (st.size === this.#readOffset) return { replaced: false, records: [], skipped: 0 };
     let handle: FileHandle;
     try {
-      handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+      handle = await openRegular(this.path, fsConstants.O_RDONLY);
     } catch (error) {
       if (errnoCode(error) === "ENOENT") return { replaced: true };
       throw error;
@@ -222,13 +256,38 @@ export class IndexLog {
   }
 
   /**
+   * Every record in the log now (any writer), without moving the read position: the hint a
+   * store starts from before its walk of the root has finished. Null when there is no log.
+   */
+  async readAll(): Promise<LogRecord[] | null> {
+    let text: string;
+    try {
+      const handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      try {
+        if (!(await handle.stat()).isFile()) return null;
+        text = await handle.readFile("utf8");
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null;
+      throw error;
+    }
+    // A trailing line without its newline may be mid-write: left out.
+    return decodeLines(text.slice(0, text.lastIndexOf("\n") + 1)).records;
+  }
+
+  /**
    * Compaction (the caller holds the index lock): write `records` — a snapshot of the
    * caller's just refreshed index — to a temp file and rename it over the log. Appenders
    * notice the new inode at their next batch; readers see `replaced` and resync.
    */
   async replaceWith(records: Iterable<LogRecord>): Promise<void> {
     const temp = `${this.path}.compacting`;
-    const handle = await fs.open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, 0o644);
+    await this.#ensureDir();
+    // A leftover of a compactor that died (or anything planted) goes; the temp is then made new.
+    await fs.unlink(temp).catch(() => {});
+    const handle = await openRegular(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL);
     try {
       let buffer: string[] = [];
       let length = 0;

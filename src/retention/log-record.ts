@@ -7,7 +7,11 @@
  *   {"op":"del","p":"…","u":<ms>,"w":"…"}
  * `p` is relative to the cache root with `/` separators; `u` is when it happened
  * (ms since the epoch); `w` identifies the store that wrote it, so a store skips its own.
+ * A `put` of a state whose conversation is known also carries what the prefix index needs:
+ *   "f": model fingerprint (or null), "c": [message keys], "m": messages, "t": tokens (or null).
  */
+import { MAX_CHAIN_KEYS } from "../manifest/format.js";
+import type { PrefixInfo } from "./plan.js";
 
 export type LogOp = "put" | "use" | "del";
 
@@ -19,6 +23,37 @@ export interface LogRecord {
   b?: number;
   u: number;
   w: string;
+  /** Prefix facts of a `put` (all four or none). */
+  f?: string | null;
+  c?: readonly string[];
+  m?: number;
+  t?: number | null;
+}
+
+/** The prefix facts a `put` record carries, or null. */
+export function prefixOfRecord(record: LogRecord): PrefixInfo | null {
+  if (record.c === undefined || record.m === undefined || record.f === undefined || record.t === undefined) return null;
+  return { fingerprint: record.f, chain: record.c, messageCount: record.m, tokenCount: record.t };
+}
+
+/** The fields of a `put` record that carry `prefix`. */
+export function prefixFields(prefix: PrefixInfo | null | undefined): Pick<LogRecord, "f" | "c" | "m" | "t"> {
+  return prefix ? { f: prefix.fingerprint, c: prefix.chain, m: prefix.messageCount, t: prefix.tokenCount } : {};
+}
+
+const CHAIN_KEY = /^[0-9a-f]{16}$/;
+
+function parsePrefix(r: Partial<LogRecord>): Pick<LogRecord, "f" | "c" | "m" | "t"> | null {
+  if (r.c === undefined) return {};
+  const ok =
+    Array.isArray(r.c) &&
+    r.c.length <= MAX_CHAIN_KEYS &&
+    r.c.every((k) => typeof k === "string" && CHAIN_KEY.test(k)) &&
+    isMs(r.m) &&
+    r.c.length <= r.m &&
+    (r.f === null || typeof r.f === "string") &&
+    (r.t === null || isMs(r.t));
+  return ok ? { f: r.f!, c: r.c!, m: r.m!, t: r.t! } : null;
 }
 
 export function encodeRecord(record: LogRecord): string {
@@ -39,6 +74,11 @@ function parseRecord(text: string): LogRecord | null {
   if (r.op !== "put" && r.op !== "use" && r.op !== "del") return null;
   if (typeof r.p !== "string" || typeof r.w !== "string" || !isMs(r.u)) return null;
   if (r.op === "put" && !isMs(r.b)) return null;
+  if (r.op === "put") {
+    const prefix = parsePrefix(r);
+    if (!prefix) return null;
+    return { op: r.op, p: r.p, b: r.b!, u: r.u, w: r.w, ...prefix };
+  }
   return r.op !== "del" && isMs(r.b) ? { op: r.op, p: r.p, b: r.b, u: r.u, w: r.w } : { op: r.op, p: r.p, u: r.u, w: r.w };
 }
 

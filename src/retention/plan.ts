@@ -19,6 +19,17 @@ export interface IndexEntry {
   bytes: number;
   /** Last use (a turn that loaded it, or a commit/prime that wrote it), ms since the epoch. */
   lastUsedMs: number;
+  /** What the state holds, for the prefix index (src/index/); absent when unknown. */
+  prefix?: PrefixInfo | null | undefined;
+}
+
+/** The part of a cache's manifest entry the prefix index needs. */
+export interface PrefixInfo {
+  fingerprint: string | null;
+  /** Message keys 1…k of the conversation the state holds. */
+  chain: readonly string[];
+  messageCount: number;
+  tokenCount: number | null;
 }
 
 export interface RetentionLimits {
@@ -58,6 +69,16 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 5 * 60 * 1000;
  * time kvkeep set or recorded; anything later than this is a use the index did not know of.
  */
 export const USE_TIME_SLACK_MS = 1;
+
+/**
+ * A last use read from the disk (a manifest's mtime) or from another process's record, as
+ * retention may believe it: never later than `now`. A time in the future — a skewed clock,
+ * a restored or hand-touched file — would otherwise exempt a cache from idle eviction for
+ * as long as it lies ahead, whatever `maxIdleMs` says (even 0).
+ */
+export function clampUse(ms: number, now: number): number {
+  return Math.min(ms, now);
+}
 
 /** A retention limit must be a finite, non-negative number (use a huge one to disable a limit). */
 export function checkLimit(value: unknown, argument: string): number {
@@ -142,8 +163,10 @@ function* heapOrder(items: Candidate[]): Generator<Candidate> {
  * - budget: only if it was not used after what the plan knew (`indexedUseMs`): a use the
  *   index missed (another process's record not read yet, or lost) moves it to the back.
  */
-export function stillVictim(candidate: Candidate, diskUseMs: number | null, idleCutoffMs: number): boolean {
+export function stillVictim(candidate: Candidate, diskUseMs: number | null, idleCutoffMs: number, now = Number.POSITIVE_INFINITY): boolean {
   if (diskUseMs === null) return true;
+  // A use in the future says nothing newer than the plan knew (see clampUse).
+  if (diskUseMs > now) diskUseMs = candidate.entry.lastUsedMs;
   if (candidate.reason === "idle") return diskUseMs < idleCutoffMs;
   return diskUseMs <= candidate.entry.lastUsedMs + USE_TIME_SLACK_MS;
 }

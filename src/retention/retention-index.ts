@@ -10,7 +10,11 @@
  * replayed onto the rebuilt map, so the walk never resurrects or loses what a turn did.
  * Entries are immutable once stored (a change stores a new object), so a sweep's plan
  * still says what the index knew when it was made.
+ *
+ * The prefix index (`prefix`) is a second view of the same entries: it changes exactly when
+ * an entry is stored or removed here, so both answer from the same knowledge of the root.
  */
+import { PrefixIndex } from "../index/prefix-index.js";
 import type { IndexEntry } from "./plan.js";
 
 export interface IndexUsage {
@@ -26,6 +30,8 @@ type Change =
   | { op: "del"; cachePath: string; u: number };
 
 export class RetentionIndex {
+  /** Which cache shares the longest message prefix with a history (entries with prefix info). */
+  readonly prefix = new PrefixIndex();
   #entries = new Map<string, IndexEntry>();
   #autoBytes = 0;
   #namedBytes = 0;
@@ -97,6 +103,7 @@ export class RetentionIndex {
     const replay = this.#replay ?? [];
     this.#replay = null;
     this.#entries = new Map();
+    this.prefix.clear();
     this.#autoBytes = this.#namedBytes = this.#autoCount = this.#namedCount = 0;
     for (const [cachePath, entry] of rebuilt) this.#put(this.#entries, cachePath, entry);
     for (const change of replay) {
@@ -119,6 +126,16 @@ export class RetentionIndex {
     const copy = { ...entry };
     map.set(cachePath, copy);
     this.#account(copy, 1);
+    if (copy.prefix) {
+      this.prefix.put(cachePath, {
+        cacheKey: copy.cacheKey,
+        modelId: copy.modelId,
+        configHash: copy.configHash,
+        kind: copy.kind,
+        bytes: copy.bytes,
+        ...copy.prefix,
+      });
+    } else this.prefix.remove(cachePath);
   }
 
   #remove(map: Map<string, IndexEntry>, cachePath: string, u: number): void {
@@ -127,6 +144,7 @@ export class RetentionIndex {
     if (!existing || existing.lastUsedMs > u) return;
     map.delete(cachePath);
     this.#account(existing, -1);
+    this.prefix.remove(cachePath);
   }
 
   #account(entry: IndexEntry, sign: 1 | -1): void {

@@ -15,27 +15,32 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
-import type { ManifestEntry } from "../manifest/format.js";
-import { readLastUse, removeCacheFiles, touchLastUse } from "../manifest/store.js";
+import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../index/prefix-index.js";
+import { prefixScope } from "../index/prefix-index.js";
+import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { readLastUse, readManifest, removeCacheFiles, touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
 import type { RetentionHooks } from "../store/context.js";
 import { initKey } from "../store/layers.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 import type { EvictedCache, StoreUsage, SweepOptions, SweepResult } from "../types.js";
 import { IndexLog, type LogRead } from "./index-log.js";
-import type { LogRecord } from "./log-record.js";
+import { type LogRecord, prefixFields, prefixOfRecord } from "./log-record.js";
 import {
   type Candidate,
   checkLimit,
+  clampUse,
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_IDLE_MS,
   DEFAULT_SWEEP_INTERVAL_MS,
   type IndexEntry,
   planSweep,
+  type PrefixInfo,
   type RetentionLimits,
   stillVictim,
   type SweepPlan,
@@ -50,6 +55,11 @@ export interface RetentionDeps {
   readonly locks: PathLockTable;
   forgetCache(cachePath: string, init: string): void;
   prune(cachePath: string): Promise<void>;
+  /**
+   * Walks the root for a resync, calling `visit` for every model directory (the store's
+   * recovery walk, which also removes dead writers' temp files). Default: a plain scan.
+   */
+  walkRoot?: ((visit: Visit) => Promise<unknown>) | undefined;
 }
 
 export interface RetentionSettings {
@@ -69,6 +79,8 @@ export interface RetentionInternals {
   evictConcurrency?: number;
   /** Awaited before each eviction attempt (tests pause a sweep here). */
   beforeEvict?: (cachePath: string) => Promise<void>;
+  /** Awaited before the walk of the root at open (tests pause it here). */
+  beforeOpenWalk?: () => Promise<void>;
 }
 
 export interface RetentionStats {
@@ -108,11 +120,22 @@ export function resolveRetentionSettings(options: {
   };
 }
 
+/** Bytes of the temp files in `modelDir` whose writer is dead (recovery's walk removes them; these remained). */
+async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
+  let bytes = 0;
+  for (const file of modelDir.files) {
+    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    const st = await fs.lstat(file.path).catch(() => null);
+    if (st?.isFile()) bytes += st.size;
+  }
+  return bytes;
+}
+
 function relativeOf(loc: CacheLocation): string {
   return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
 }
 
-function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexEntry {
+function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, prefix: PrefixInfo | null = null): IndexEntry {
   return {
     cacheKey: loc.cacheKey,
     modelId: loc.modelId,
@@ -120,7 +143,22 @@ function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number): IndexE
     kind: cacheKindOf(loc.cacheKey),
     bytes,
     lastUsedMs,
+    prefix,
   };
+}
+
+/** The prefix facts of a committed entry; null when its conversation is unknown (a prime). */
+function prefixInfoOf(entry: ManifestEntry, fingerprint: string | null): PrefixInfo | null {
+  if (!entry.chain || entry.chain.length === 0) return null;
+  return { fingerprint, chain: entry.chain, messageCount: entry.messageCount, tokenCount: entry.tokenCount };
+}
+
+/** The prefix facts of the manifest slot the file on disk is (by identity), or null. */
+function prefixOfManifest(read: Awaited<ReturnType<typeof readManifest>>, file: { size: number; ino: string; mtimeNs: string }): PrefixInfo | null {
+  if (!("manifest" in read)) return null;
+  const { manifest } = read;
+  const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, file));
+  return entry ? prefixInfoOf(entry, manifest.fingerprint) : null;
 }
 
 export class Retention implements RetentionHooks {
@@ -129,10 +167,14 @@ export class Retention implements RetentionHooks {
   readonly settings: RetentionSettings;
   readonly stats: RetentionStats = { sweeps: 0, resyncs: 0, compactions: 0, recordsApplied: 0 };
   readonly #deps: RetentionDeps;
-  readonly #internals: Required<Omit<RetentionInternals, "beforeEvict">> & Pick<RetentionInternals, "beforeEvict">;
+  readonly #internals: Required<Omit<RetentionInternals, "beforeEvict" | "beforeOpenWalk">> &
+    Pick<RetentionInternals, "beforeEvict" | "beforeOpenWalk">;
 
   /** Resolves (never rejects) once the index was first built. */
   #built: Promise<void> = Promise.resolve();
+  /** Resolves once the log's records were applied at open (before the walk finishes). */
+  #hinted: Promise<void> = Promise.resolve();
+  #buildDone = true;
   /** Index refreshes and rebuilds, one at a time. */
   #indexWork: Promise<unknown> = Promise.resolve();
   /** Sweeps, one at a time. */
@@ -142,6 +184,8 @@ export class Retention implements RetentionHooks {
   #sweepsSinceResync = 0;
   #needsResync = false;
   #closed = false;
+  /** Bytes of dead writers' temp files the last walk found and could not remove. */
+  #staleTempBytes = 0;
 
   constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
     this.#deps = deps;
@@ -151,6 +195,7 @@ export class Retention implements RetentionHooks {
       resyncEverySweeps: internals.resyncEverySweeps ?? DEFAULT_RESYNC_EVERY_SWEEPS,
       evictConcurrency: Math.max(1, internals.evictConcurrency ?? DEFAULT_EVICT_CONCURRENCY),
       beforeEvict: internals.beforeEvict,
+      beforeOpenWalk: internals.beforeOpenWalk,
     };
     const writerId = `${process.pid.toString(36)}-${randomBytes(4).toString("hex")}`;
     this.log = new IndexLog(deps.root, writerId, deps.logger);
@@ -162,22 +207,38 @@ export class Retention implements RetentionHooks {
    * walk's result; a failed walk leaves the index to be rebuilt by the next sweep.
    */
   buildAtOpen<T>(walk: (visit: Visit) => Promise<T>): Promise<T> {
-    const result = this.#serialIndexWork(() => this.#rebuild(walk));
+    this.#buildDone = false;
+    // Until the walk is done (seconds on a big root), the index starts from the shared log:
+    // a hint the prefix index can answer from at once (a borrow re-checks every candidate).
+    this.#hinted = this.#serialIndexWork(async () => {
+      try {
+        const records = await this.log.readAll();
+        if (records) this.#apply(records);
+      } catch (error) {
+        this.#deps.logger.debug(logLine("could not read the index log at open; waiting for the walk", { error }));
+      }
+    });
+    const result = this.#serialIndexWork(async () => {
+      await this.#internals.beforeOpenWalk?.();
+      return this.#rebuild(walk);
+    });
     this.#built = result.then(
       () => undefined,
       () => undefined,
     );
+    void this.#built.then(() => (this.#buildDone = true));
     return result;
   }
 
   // ── Hooks for the session and the store (RetentionHooks) ────────────────────────────
 
-  noteCommitted(cachePath: string, entry: ManifestEntry): void {
+  noteCommitted(cachePath: string, entry: ManifestEntry, fingerprint: string | null): void {
     const loc = parseCachePath(this.#deps.root, cachePath);
     if (!loc) return;
     const u = Date.now();
-    this.index.put(cachePath, entryFor(loc, entry.size, u));
-    this.log.append({ op: "put", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId });
+    const prefix = prefixInfoOf(entry, fingerprint);
+    this.index.put(cachePath, entryFor(loc, entry.size, u, prefix));
+    this.log.append({ op: "put", p: relativeOf(loc), b: entry.size, u, w: this.log.writerId, ...prefixFields(prefix) });
   }
 
   async noteUsed(cachePath: string, entry: ManifestEntry): Promise<void> {
@@ -230,7 +291,23 @@ export class Retention implements RetentionHooks {
   async usage(): Promise<StoreUsage> {
     await this.#built;
     await this.#refresh(false);
-    return this.index.usage();
+    const caches = this.index.usage();
+    return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
+  }
+
+  /**
+   * Caches sharing the longest message prefix with `history` in one scope, from the index
+   * (after the open-time walk, and with other processes' new log records applied).
+   */
+  async lookupPrefix(
+    scope: { modelId: string; fingerprint: string | null; configHash: string },
+    history: HistoryChain,
+    options?: PrefixLookup,
+  ): Promise<PrefixCandidate[]> {
+    // Never waits for the walk of the root at open: the log's records answer meanwhile.
+    await this.#hinted;
+    if (this.#buildDone) await this.#refresh(false);
+    return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash), history, options);
   }
 
   /** Resolves when no sweep is running or queued. */
@@ -383,9 +460,9 @@ export class Retention implements RetentionHooks {
         const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
         if (!identity) {
           vanished = true;
-        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs)) {
+        } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs, Date.now())) {
           // Used since the index last heard of it: learn that, and keep it.
-          if (diskUseMs !== null) this.index.use(cachePath, diskUseMs);
+          if (diskUseMs !== null) this.index.use(cachePath, clampUse(diskUseMs, Date.now()));
           return "kept";
         } else {
           await removeCacheFiles(cachePath);
@@ -441,9 +518,12 @@ export class Retention implements RetentionHooks {
       }
       if (!resync) return;
       this.stats.resyncs++;
-      await this.#rebuild(async (visit) => {
-        for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
-      });
+      await this.#rebuild(
+        this.#deps.walkRoot ??
+          (async (visit) => {
+            for await (const modelDir of scanRoot(this.#deps.root)) await visit(modelDir);
+          }),
+      );
       const read = await this.#readLog();
       if (read.replaced) this.#needsResync = true;
       else this.#apply(read.records);
@@ -469,13 +549,15 @@ export class Retention implements RetentionHooks {
     let mark = await this.log.position().catch(() => null);
     this.index.beginRebuild();
     const fresh = new Map<string, IndexEntry>();
+    const staleTemps = new Map<string, number>();
     // Directories are stat-ed a few at a time without holding the walk up.
     const inFlight = new Set<Promise<void>>();
     let failure: { error: unknown } | null = null;
     const visit = async (modelDir: ScannedModelDir): Promise<void> => {
-      const pending: Promise<void> = this.#collect(modelDir).then(
-        (found) => {
+      const pending: Promise<void> = Promise.all([this.#collect(modelDir), staleTempBytesIn(modelDir)]).then(
+        ([found, tempBytes]) => {
           for (const [cachePath, entry] of found) fresh.set(cachePath, entry);
+          if (tempBytes > 0) staleTemps.set(modelDir.dir, tempBytes);
         },
         (error: unknown) => {
           failure ??= { error };
@@ -490,6 +572,7 @@ export class Retention implements RetentionHooks {
       await Promise.all(inFlight);
       if (failure) throw (failure as { error: unknown }).error;
       this.index.finishRebuild(fresh);
+      this.#staleTempBytes = [...staleTemps.values()].reduce((a, b) => a + b, 0);
       mark ??= { ino: null, offset: 0 };
       this.log.setReadPosition(mark);
       this.#needsResync = false;
@@ -502,7 +585,10 @@ export class Retention implements RetentionHooks {
     }
   }
 
-  /** The caches of one model directory: every `.bin` with a manifest; bytes from a stat, last use from the manifest's mtime. */
+  /**
+   * The caches of one model directory: every `.bin` with a manifest; bytes from a stat, last
+   * use from the manifest's mtime, prefix facts from the manifest slot the file matches.
+   */
   async #collect(modelDir: ScannedModelDir): Promise<Array<[string, IndexEntry]>> {
     const names = new Set(modelDir.files.map((f) => f.name));
     const found = await Promise.all(
@@ -512,9 +598,15 @@ export class Retention implements RetentionHooks {
           const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
           try {
-            const [bin, manifest] = await Promise.all([fs.stat(cachePath), fs.stat(manifestPathOf(cachePath))]);
-            if (!bin.isFile()) return null;
-            return [cachePath, entryFor(loc, bin.size, Math.floor(manifest.mtimeMs))];
+            // lstat: the entries themselves, never what a symlink planted there points to.
+            const [bin, manifest, read] = await Promise.all([
+              statIdentity(cachePath),
+              fs.lstat(manifestPathOf(cachePath)),
+              readManifest(cachePath, this.#deps.nfs),
+            ]);
+            if (!bin || !manifest.isFile()) return null;
+            const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
+            return [cachePath, entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin))];
           } catch (error) {
             if (errnoCode(error) === "ENOENT") return null; // removed while walking
             throw error;
@@ -526,7 +618,9 @@ export class Retention implements RetentionHooks {
 
   #apply(records: LogRecord[]): void {
     const root = this.#deps.root;
-    for (const record of records) {
+    const now = Date.now();
+    for (const raw of records) {
+      const record = { ...raw, u: clampUse(raw.u, now) }; // another process's clock may run ahead
       const parts = record.p.split("/");
       if (parts.length !== 3) continue;
       const cachePath = path.join(root, ...parts);
@@ -534,7 +628,7 @@ export class Retention implements RetentionHooks {
       // Only exactly `<key>/<model>/<hash>.bin` under this root: a record never names anything else.
       if (!loc || relativeOf(loc) !== record.p) continue;
       this.stats.recordsApplied++;
-      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u));
+      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
       else if (record.op === "use") {
         this.index.use(cachePath, record.u, record.b === undefined ? undefined : entryFor(loc, record.b, record.u));
       } else this.index.remove(cachePath, record.u);
@@ -549,7 +643,7 @@ export class Retention implements RetentionHooks {
     if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
     let lock;
     try {
-      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive");
+      lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive", { under: this.#deps.root });
     } catch (error) {
       this.#deps.logger.debug(logLine("could not take the index log's lock; not compacting", { error }));
       return;
@@ -566,7 +660,9 @@ export class Retention implements RetentionHooks {
         if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
-        for (const [, e] of this.index.entries()) snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer });
+        for (const [, e] of this.index.entries()) {
+          snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix) });
+        }
         await this.log.replaceWith(snapshot);
         this.stats.compactions++;
         this.#deps.logger.debug(logLine("compacted the retention index log", { path: this.log.path, caches: this.index.size }));

@@ -3,22 +3,25 @@
  * savePath) → commitTurn | rollback. A session is bound to one model; all state it changes
  * belongs to its store (`StoreContext`), so sessions are cheap and disposable.
  */
-import { fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
+import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
 import { crashPoint } from "../durable/crash-points.js";
-import { statIdentity, unlinkIfExists } from "../durable/files.js";
-import { assertHistory, autoCacheKey, autoConversationId, autoKeyChain } from "../keys/auto-key.js";
+import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
+import { assertHistory, autoCacheKey, autoConversationId, autoKeyOf, chainKeyOfAuto, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, parseCachePath, tempPathFor } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, parseCachePath } from "../layout/paths.js";
+import { ownTempPath } from "../durable/temp-owner.js";
 import { type Logger, logLine } from "../logger.js";
-import { type FileIdentity, type Manifest, type ManifestEntry, sameIdentity } from "../manifest/format.js";
-import { installCache, verifyCache } from "../manifest/store.js";
+import { type FileIdentity, type Manifest, type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
+import { type InstallParams, installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "./trust.js";
 import type { StoreContext } from "../store/context.js";
+import type { DeleteMark } from "../store/deletes.js";
 import type {
   BeginTurnInput,
   CacheMessage,
+  CommitFailureReason,
   CommitOutcome,
   CommitResult,
   KvCacheSession,
@@ -45,10 +48,22 @@ export interface TurnState {
   /** The committed manifest entry at begin; kept valid while a new state is installed. */
   readonly committedEntry: ManifestEntry | null;
   status: TurnStatus;
-  /** The store's delete generation when the turn took its lock: a later delete covering its cache ends it. */
-  readonly deleteGeneration: number;
+  /** The delete records when the turn took its lock: a later delete covering its cache (any process) ends it. */
+  readonly deleteMark: DeleteMark;
   /** Resolves when a commit in progress has finished (so a racing rollback can wait). */
   settling: Promise<unknown> | null;
+  /** Auto mode: the key chain of the turn's history (the commit's chain is it plus the reply). */
+  readonly historyChain: KeyChain | null;
+}
+
+/**
+ * The manifest chain of a state covering the history whose key chain is `chain` (keys 1…n),
+ * plus `extra` keys; never longer than the state's message count (a manifest says no more
+ * than its state covers) nor MAX_CHAIN_KEYS.
+ */
+function stateChain(chain: KeyChain, messageCount: number, extra: string[] = []): string[] {
+  const keys = chain.keys().slice(1, MAX_CHAIN_KEYS + 1);
+  return [...keys, ...extra].slice(0, Math.min(MAX_CHAIN_KEYS, messageCount));
 }
 
 function isAbortSignal(value: unknown): value is AbortSignal {
@@ -65,7 +80,15 @@ function validateBeginInput(input: BeginTurnInput): void {
   }
   assertConfigHash(input.configHash);
   if (input.kind === "custom") assertCustomKey(input.customKey);
-  else assertHistory(input.history);
+  else {
+    assertHistory(input.history);
+    // An auto-mode cache is the state of a history: with none there is nothing to key or resume.
+    if (input.history.length === 0) {
+      throw new KvKeepError("INVALID_ARGUMENT", "an auto-mode turn needs a non-empty history (at least the new user message).", {
+        argument: "history",
+      });
+    }
+  }
   if (typeof input.primeIfMissing !== "function") {
     throw new KvKeepError("INVALID_ARGUMENT", "primeIfMissing must be a function (path) => Promise<void>.", {
       argument: "primeIfMissing",
@@ -93,7 +116,15 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   if (result.kind !== expected) {
     throw bad(`a ${st.handle.kind} turn commits with kind "${expected}", not ${JSON.stringify(result.kind)}.`, "kind");
   }
-  if (result.kind === "static") return null;
+  if (result.kind === "static") {
+    if (result.history !== undefined) {
+      assertHistory(result.history, "history");
+      if (result.history.length !== result.messageCount) {
+        throw bad(`result.history has ${result.history.length} messages but messageCount is ${result.messageCount}.`, "history");
+      }
+    }
+    return null;
+  }
   const target = typeof result.targetCachePath === "string" ? parseCachePath(ctx.root, result.targetCachePath) : null;
   if (
     !target ||
@@ -109,13 +140,50 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   return target;
 }
 
+/** The outcome's reason for a commit failure (its error's code, in the outcome's words). */
+function failureReason(error: KvKeepError): CommitFailureReason {
+  switch (error.code) {
+    case "SAVE_MISSING":
+      return "save-missing";
+    case "SAVE_EMPTY":
+      return "save-empty";
+    case "DELETED_DURING_TURN":
+      return "deleted-during-turn";
+    case "NO_SPACE":
+      return "no-space";
+    case "UNSAFE_PATH":
+      return "unsafe-path";
+    default:
+      return "io-error";
+  }
+}
+
+function deletedWhileBeginningError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.", {
+    cause,
+  });
+}
+
+function deletedDuringTurnError(cause?: unknown): KvKeepError {
+  return new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.", {
+    cause,
+  });
+}
+
 export function createSession(ctx: StoreContext, modelId: string, options: SessionOptions = {}): KvCacheSession {
   assertModelId(modelId);
+  if (options === null || typeof options !== "object") {
+    throw new KvKeepError("INVALID_ARGUMENT", "session options must be an object.", { argument: "options" });
+  }
   if (options.fingerprint !== undefined && typeof options.fingerprint !== "string") {
     throw new KvKeepError("INVALID_ARGUMENT", "options.fingerprint must be a string.", { argument: "fingerprint" });
   }
+  if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
+    throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, { argument: "onRollback" });
+  }
   const logger = options.logger ?? ctx.logger;
   const fingerprint = options.fingerprint ?? null;
+  const policy = options.onRollback ?? ctx.onRollback;
   // Only handles this session made are honoured: a WeakMap keyed by the handle object.
   const turns = new WeakMap<TurnHandle, TurnState>();
 
@@ -132,21 +200,30 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     kind: "custom" | "auto",
     input: BeginTurnInput,
     onlyIfCached: boolean,
+    historyChain: KeyChain | null,
   ): Promise<TurnState | null> {
     const cachePath = cachePathOf(ctx.root, loc);
     const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
     ctx.layers.refDir(cachePath);
     let lease: Lease | null = null;
     let primeTemp: string | null = null;
+    let deleteMark: DeleteMark | null = null;
     try {
       // The directory first: it refuses symlinks, and the OS lock file is created inside it.
       await ctx.ensureCacheDir(loc);
       lease = await ctx.locks.acquire(cachePath, input.signal);
-      const deleteGeneration = ctx.deletionGeneration();
+      deleteMark = await ctx.deleteMark();
       ctx.assertOpen();
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
       let committedEntry: ManifestEntry | null = await establishTrust(ctx, cachePath, loc, fingerprint);
+      // Remote hook (read-through): a local miss asks the shared tier; a verified state is
+      // installed here under this lock and the turn goes on as a hit.
+      let fetched = false;
+      if (!committedEntry && ctx.remote) {
+        committedEntry = await ctx.remote.readThrough(cachePath, loc, fingerprint);
+        fetched = committedEntry !== null;
+      }
       // A count dropped as stale stays dropped for this store: 0 until the next commit.
       const savedCount = committedEntry ? (ctx.layers.savedCounts.get(cachePath) ?? 0) : 0;
 
@@ -156,10 +233,17 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
           lease = null;
           return null;
         }
-        primeTemp = tempPathFor(cachePath);
+        primeTemp = ownTempPath(cachePath);
         await input.primeIfMissing(primeTemp);
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
-        const primedIdentity = await statIdentity(primeTemp);
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, false);
+        const primeState = await inspectFile(primeTemp, ctx.nfs);
+        if (primeState.kind === "other") {
+          throw new KvKeepError(
+            "UNSAFE_PATH",
+            `primeIfMissing left a ${primeState.type} at ${primeTemp}, not a regular file; kvkeep never commits through it.`,
+          );
+        }
+        const primedIdentity = primeState.kind === "file" ? primeState.identity : null;
         if (!primedIdentity) {
           throw new KvKeepError(
             "NO_CACHE_WRITTEN",
@@ -172,29 +256,33 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             `primeIfMissing resolved but the cache file is empty at ${primeTemp}; the engine's save failed (disk full?).`,
           );
         }
-        committedEntry = await installCache(ctx.nfs, {
+        committedEntry = await install({
           source: primeTemp,
           target: cachePath,
           header,
           previous: null,
           messageCount: 0,
           tokenCount: null,
+          chain: null,
           noReplace: false,
         });
         primeTemp = null;
         ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
-        ctx.retention.noteCommitted(cachePath, committedEntry);
+        ctx.retention.noteCommitted(cachePath, committedEntry, fingerprint);
+        // A delete that started after the mark may have scanned before the install: take it back.
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, true);
         primed = true;
         log("debug", "primed cache", { cachePath });
       } else {
-        assertNotDeletedWhileBeginning(cachePath, deleteGeneration);
+        // A state fetched from the remote tier was installed here: a delete since the mark takes it back.
+        await assertNotDeletedWhileBeginning(cachePath, deleteMark, fetched);
         await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
       }
 
       const handle: TurnHandle = Object.freeze({
         cachePath,
         savedCount,
-        savePath: tempPathFor(cachePath),
+        savePath: ownTempPath(cachePath),
         cacheKey: loc.cacheKey,
         modelId: loc.modelId,
         configHash: loc.configHash,
@@ -212,13 +300,27 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         beginIdentity: await statIdentity(cachePath),
         committedEntry,
         status: "open",
-        deleteGeneration,
+        deleteMark,
         settling: null,
+        historyChain,
       };
       lease = null; // owned by the turn from here on
       return st;
-    } catch (error) {
+    } catch (caught) {
+      let error = caught;
       if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
+      // A delete from another process removes the files a beginning turn works on, which then
+      // look missing or empty (NO_CACHE_WRITTEN, IO_ERROR ENOENT, …): say what really
+      // happened. (An error of the caller's own primeIfMissing passes through unchanged.)
+      if (
+        deleteMark !== null &&
+        isKvKeepError(error) &&
+        error.code !== "DELETED_DURING_TURN" &&
+        error.code !== "ABORTED" &&
+        (await ctx.deletedSince(cachePath, deleteMark).catch(() => false))
+      ) {
+        error = deletedWhileBeginningError(error);
+      }
       let cacheGone = false;
       if (lease) {
         // Only under the lock: an aborted wait must not touch another turn's cache state.
@@ -240,20 +342,24 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
     let st: TurnState | null;
     if (input.kind === "custom") {
-      st = await openTurn(locate(input.customKey, input.configHash), "custom", input, false);
+      st = await openTurn(locate(input.customKey, input.configHash), "custom", input, false, null);
     } else {
       // One pass gives the key of every prefix: the lookup key (history without its last
       // message) and, for a miss, the key of the whole history — unique to this
       // conversation, so first turns of different conversations never queue on one file.
-      const chain = autoKeyChain(input.history);
+      const chain = messageKeyChain(input.history);
       const n = input.history.length;
       st = null;
       if (n > 1) {
-        const lookup = locate(chain[n - 1]!, input.configHash);
+        const lookup = locate(autoKeyOf(chain.key(n - 1)), input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
-        if (await statIdentity(cachePathOf(ctx.root, lookup))) st = await openTurn(lookup, "auto", input, true);
+        // Anything there is looked at (a bad entry is removed under the lock, not skipped forever).
+        // Remote hook: without a local file, the shared tier may have it (a cheap look first).
+        const cached =
+          (await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing" || (await ctx.remote?.has(lookup, fingerprint));
+        if (cached) st = await openTurn(lookup, "auto", input, true, chain);
       }
-      st ??= await openTurn(locate(chain[n]!, input.configHash), "auto", input, false);
+      st ??= await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain);
     }
     if (!st) throw new Error("unreachable: openTurn returned no turn without onlyIfCached");
     turns.set(st.handle, st);
@@ -271,15 +377,25 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   /** The new state the engine saved: at savePath, or rewritten in place at cachePath. */
   async function findNewState(st: TurnState): Promise<{ path: string; inPlace: boolean }> {
-    const saved = await statIdentity(st.handle.savePath);
-    if (saved) {
-      if (saved.size === 0) {
+    const savedState = await inspectFile(st.handle.savePath, ctx.nfs);
+    if (savedState.kind === "other") {
+      throw new KvKeepError(
+        "UNSAFE_PATH",
+        `turn.savePath (${st.handle.savePath}) is a ${savedState.type}, not a regular file; kvkeep never commits through it. The turn was rolled back.`,
+      );
+    }
+    if (savedState.kind === "file") {
+      if (savedState.identity.size === 0) {
         await unlinkIfExists(st.handle.savePath);
         throw new KvKeepError("SAVE_EMPTY", `the engine saved an empty state at ${st.handle.savePath}; the turn was rolled back.`);
       }
       return { path: st.handle.savePath, inPlace: false };
     }
-    const current = await statIdentity(st.cachePath);
+    const currentState = await inspectFile(st.cachePath, ctx.nfs);
+    if (currentState.kind === "other") {
+      throw new KvKeepError("UNSAFE_PATH", `the cache path ${st.cachePath} became a ${currentState.type} during the turn; nothing was committed.`);
+    }
+    const current = currentState.kind === "file" ? currentState.identity : null;
     if (current && !(st.beginIdentity && sameIdentity(current, st.beginIdentity))) {
       if (current.size === 0) throw new KvKeepError("SAVE_EMPTY", `the engine left an empty state at ${st.cachePath}.`);
       return { path: st.cachePath, inPlace: true };
@@ -290,33 +406,59 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     );
   }
 
-  function assertNotDeletedWhileBeginning(cachePath: string, generation: number): void {
-    if (ctx.deletedSince(cachePath, generation)) {
-      throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was beginning; start the turn again.");
+  /** Refuse to begin a turn on a cache a delete covered since the mark (removing what the turn installed). */
+  async function assertNotDeletedWhileBeginning(cachePath: string, mark: DeleteMark, installed: boolean): Promise<void> {
+    if (!(await ctx.deletedSince(cachePath, mark))) return;
+    if (installed) await ctx.removeCache(cachePath);
+    throw deletedWhileBeginningError();
+  }
+
+  /**
+   * Install a new state (the commit protocol). A failure after the new state took the
+   * cache file's place does not undo it (the previous state is gone by then): the new
+   * state is committed, and the missing last step is logged.
+   */
+  async function install(params: InstallParams): Promise<ManifestEntry> {
+    const { entry, unsettled } = await installCache(ctx.nfs, params);
+    if (unsettled) {
+      log("warn", "the new state is installed, but a last step of its commit failed; its manifest is settled at its next use", {
+        cachePath: params.target,
+        code: unsettled.code,
+        error: unsettled,
+      });
     }
+    return entry;
+  }
+
+  /** True when a delete covering `cachePath` ran after the turn took its lock. */
+  async function deletedSinceTurnBegan(st: TurnState, cachePath: string): Promise<boolean> {
+    return ctx.deletedSince(cachePath, st.deleteMark);
   }
 
   /** Refuse to keep what a delete covering `paths` removed (or meant to) since the turn began. */
   async function assertNotDeleted(st: TurnState, installed: string | null, ...paths: string[]): Promise<void> {
-    if (!paths.some((p) => ctx.deletedSince(p, st.deleteGeneration))) return;
+    let deleted = false;
+    for (const p of paths) deleted ||= await deletedSinceTurnBegan(st, p);
+    if (!deleted) return;
     if (installed) await ctx.removeCache(installed);
-    throw new KvKeepError("DELETED_DURING_TURN", "the cache was deleted while this turn was open; nothing was committed.");
+    throw deletedDuringTurnError();
   }
 
-  async function commitStatic(st: TurnState, result: CommitResult): Promise<CommittedOutcome> {
+  async function commitStatic(st: TurnState, result: CommitResult, chain: readonly string[] | null): Promise<CommittedOutcome> {
     const source = await findNewState(st);
-    const entry = await installCache(ctx.nfs, {
+    const entry = await install({
       source: source.path,
       target: st.cachePath,
       header: st.header,
       previous: source.inPlace ? null : st.committedEntry,
       messageCount: result.messageCount,
       tokenCount: result.tokenCount ?? null,
+      chain,
       noReplace: false,
     });
     await assertNotDeleted(st, st.cachePath, st.cachePath);
     ctx.layers.recordTrusted(st.cachePath, st.init, entry, fingerprint);
-    ctx.retention.noteCommitted(st.cachePath, entry);
+    ctx.retention.noteCommitted(st.cachePath, entry, fingerprint);
     return { committed: true, cachePath: st.cachePath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
   }
 
@@ -333,7 +475,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     target: CacheLocation,
   ): Promise<CommittedOutcome> {
     const targetPath = cachePathOf(ctx.root, target);
-    if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" });
+    // What the new state holds: the turn's history and the reply, whose key names the target.
+    const chain = st.historyChain ? stateChain(st.historyChain, result.messageCount, [chainKeyOfAuto(target.cacheKey)]) : null;
+    if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" }, chain);
     const source = await findNewState(st);
     const targetInit = initKey(target.modelId, target.configHash, target.cacheKey);
     const targetHeader = manifestHeader(target, fingerprint);
@@ -359,17 +503,18 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
             await ctx.removeCache(targetPath);
           }
           try {
-            const entry = await installCache(ctx.nfs, {
+            const entry = await install({
               source: source.path,
               target: targetPath,
               header: targetHeader,
               previous: null,
               messageCount: result.messageCount,
               tokenCount: result.tokenCount ?? null,
+              chain,
               noReplace: true,
             });
             ctx.layers.recordTrusted(targetPath, targetInit, entry, fingerprint);
-            ctx.retention.noteCommitted(targetPath, entry);
+            ctx.retention.noteCommitted(targetPath, entry, fingerprint);
             outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
           } catch (error) {
             if (!isKvKeepError(error, "TARGET_EXISTS")) throw error;
@@ -379,16 +524,23 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         }
         await assertNotDeleted(st, outcome.keptExisting ? null : targetPath, targetPath, st.cachePath);
       }
-      targetExists = (await statIdentity(targetPath)) !== null;
+      targetExists = (await statIdentity(targetPath).catch(() => undefined)) !== null;
     } finally {
       if (targetLease) await ctx.releaseCache(targetLease, targetPath, !targetExists);
       else ctx.layers.unrefDir(targetPath);
     }
-    await crashPoint("auto:after-target-installed");
-    // The source is superseded by the target: remove it and every layer of it.
-    if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
-    await ctx.removeCache(st.cachePath);
-    await crashPoint("auto:after-source-removed");
+    // The target is committed: from here a failure only leaves the superseded source
+    // behind (a valid cache of the shorter history, for retention to evict) — never fails
+    // the commit.
+    try {
+      await crashPoint("auto:after-target-installed");
+      // The source is superseded by the target: remove it and every layer of it.
+      if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
+      await ctx.removeCache(st.cachePath);
+      await crashPoint("auto:after-source-removed");
+    } catch (error) {
+      log("warn", "the auto commit is done, but its superseded source cache could not be removed", { cachePath: st.cachePath, error });
+    }
     return outcome;
   }
 
@@ -404,19 +556,34 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       let outcome: CommittedOutcome;
       try {
         await assertNotDeleted(st, null, st.cachePath);
-        outcome = result.kind === "static" ? await commitStatic(st, result) : await commitAuto(st, result, target!);
+        outcome =
+          result.kind === "static"
+            ? await commitStatic(st, result, result.history ? stateChain(messageKeyChain(result.history), result.messageCount) : null)
+            : await commitAuto(st, result, target!);
       } catch (caught) {
+        // A bug (no KvKeepError, no errno) is not a commit outcome: it rolls back and rejects.
+        if (!isKvKeepError(caught) && errnoCode(caught) === undefined) {
+          st.status = "open";
+          await rollbackTurn(st, "keep-committed");
+          throw caught;
+        }
+        let error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
+        // A delete that removed the turn's files makes them look missing: say what happened.
+        if (error.code !== "DELETED_DURING_TURN" && (await deletedSinceTurnBegan(st, st.cachePath))) {
+          error = deletedDuringTurnError(error);
+        }
         // Any failure in kvkeep's own I/O (disk full, EIO, …) says nothing against the last
         // committed state: keep it whatever the policy. A turn that saved nothing, or whose
         // cache was deleted, rolls back per the policy like any failed turn.
-        const error = isKvKeepError(caught) ? caught : fsWriteError("committing the turn", caught);
-        log("warn", "commit failed; rolling the turn back", { cachePath: st.cachePath, error });
         st.status = "open";
-        await rollbackTurn(st, TURN_FAILURES.has(error.code) ? ctx.onRollback : "keep-committed");
-        throw error;
+        const cleared = await rollbackTurn(st, TURN_FAILURES.has(error.code) ? policy : "keep-committed");
+        log("warn", "commit failed; the turn was rolled back", { cachePath: st.cachePath, code: error.code, error });
+        return { committed: false, reason: failureReason(error), error, keptCommitted: !cleared };
       }
       st.status = "committed";
       ctx.retention.afterCommit(); // a background sweep when one is due; never awaited
+      // Remote hook (write-behind): queue the upload of what this commit installed; never awaited.
+      if (!outcome.keptExisting) ctx.remote?.afterCommit(outcome.cachePath, fingerprint);
       // An auto commit moved the cache away: its lock file goes too, so the directory can be pruned.
       await settle(st, result.kind === "autoRename", {
         outcome: "committed",
@@ -453,15 +620,16 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   }
 
   /**
-   * Roll back per the store's policy. "clear" (and any turn that rewrote the cache in place,
-   * or whose cache was deleted) removes all three layers; "keep-committed" only drops the
-   * turn's unsaved state when the committed cache was never touched.
+   * Roll back per the session's policy. "clear" (and any turn that rewrote the cache in
+   * place, or whose cache was deleted) removes all three layers; "keep-committed" only drops
+   * the turn's unsaved state when the committed cache was never touched. True when the
+   * cache was cleared.
    */
-  async function rollbackTurn(st: TurnState, policy = ctx.onRollback): Promise<void> {
-    if (st.status !== "open") return;
+  async function rollbackTurn(st: TurnState, rollbackPolicy = policy): Promise<boolean> {
+    if (st.status !== "open") return false;
     st.status = "rolledBack";
     await unlinkIfExists(st.handle.savePath).catch(() => {});
-    let clear = policy === "clear" || ctx.deletedSince(st.cachePath, st.deleteGeneration);
+    let clear = rollbackPolicy === "clear" || (await deletedSinceTurnBegan(st, st.cachePath));
     if (!clear) {
       const now = await statIdentity(st.cachePath).catch(() => null);
       clear = !(now && st.beginIdentity && sameIdentity(now, st.beginIdentity));
@@ -478,6 +646,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       }
     }
     await settle(st, clear, { outcome: "rolledBack", cachePath: st.cachePath });
+    return clear;
   }
 
   async function rollback(turn: TurnHandle): Promise<void> {

@@ -3,7 +3,7 @@
  * of a given model fingerprint. Used by `beginTurn` and by `store.useCache` (preloading).
  * The caller holds the cache's lock.
  */
-import { statIdentity } from "../durable/files.js";
+import { inspectFile } from "../durable/files.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import type { CacheLocation } from "../layout/paths.js";
 import { logLine } from "../logger.js";
@@ -35,14 +35,21 @@ export async function establishTrust(
   fingerprint: string | null,
 ): Promise<TrustedCache | null> {
   const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
-  const identity = await statIdentity(cachePath);
-  if (!identity) {
+  const state = await inspectFile(cachePath, ctx.nfs);
+  if (state.kind === "missing") {
     // Nothing on disk: whatever memory says about this path is stale.
     ctx.forgetCache(cachePath, init);
     return null;
   }
+  // A symlink, directory, FIFO or device is never trusted: verifyCache says why, and it is removed.
   const known = ctx.layers.trusted.get(cachePath);
-  if (known && known.fingerprint === fingerprint && sameIdentity(known, identity) && ctx.layers.initialized.has(init)) {
+  if (
+    state.kind === "file" &&
+    known &&
+    known.fingerprint === fingerprint &&
+    sameIdentity(known, state.identity) &&
+    ctx.layers.initialized.has(init)
+  ) {
     return known;
   }
   const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, fingerprint), {

@@ -5,7 +5,9 @@ import type { Lease, PathLockTable } from "../locks/path-locks.js";
 import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
 import type { TurnEvent } from "../types.js";
+import type { DeleteMark } from "./deletes.js";
 import type { StoreLayers } from "./layers.js";
+import type { RemoteSync } from "./remote-sync.js";
 
 /**
  * What sessions and `store.delete` tell retention (src/retention/retention.ts), which keeps
@@ -13,8 +15,8 @@ import type { StoreLayers } from "./layers.js";
  * cache's lock then).
  */
 export interface RetentionHooks {
-  /** A state was installed at `cachePath` (prime or commit): a write, and a use. */
-  noteCommitted(cachePath: string, entry: ManifestEntry): void;
+  /** A state was installed at `cachePath` (prime or commit) for `fingerprint`: a write, and a use. */
+  noteCommitted(cachePath: string, entry: ManifestEntry, fingerprint: string | null): void;
   /** A turn loads the trusted cache at `cachePath`: a use (also recorded on disk; never throws). */
   noteUsed(cachePath: string, entry: ManifestEntry): Promise<void>;
   /** The cache at `cachePath` was removed. */
@@ -46,10 +48,15 @@ export interface StoreContext {
    * cache was `removed`), drop the directory ref, and prune emptied directories.
    */
   releaseCache(lease: Lease | null, cachePath: string, removed: boolean): Promise<void>;
-  /** How many deletes this store has run (a turn records it when it takes its lock). */
-  deletionGeneration(): number;
-  /** True when a delete after `generation` covered `cachePath` (its key, model, or everything). */
-  deletedSince(cachePath: string, generation: number): boolean;
+  /** Where the delete records are now (a turn takes it right after its lock). */
+  deleteMark(): Promise<DeleteMark>;
+  /**
+   * True when a delete recorded after `mark` — by this store, another store or another
+   * process — covered `cachePath` (its key, its model, or everything).
+   */
+  deletedSince(cachePath: string, mark: DeleteMark): Promise<boolean>;
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
+  /** The remote tier's hooks (`openKvCacheStore({ remote })`), or null without one. */
+  readonly remote: RemoteSync | null;
 }

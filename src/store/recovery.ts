@@ -1,11 +1,19 @@
 /**
- * Recovery at open: remove what crashed writers left behind — temp files whose writer is
- * dead, and manifests whose cache file is gone. Runs in the background; every removal
- * happens under the cache's lock taken without waiting, so a cache another live process
- * (or a turn of this one) is writing is never touched.
+ * Recovery: remove what crashed writers left behind — temp files whose writer is dead, and
+ * manifests whose cache file is gone. Runs in the background at open, and again on every
+ * walk a retention resync makes (so a writer that dies while the store is open has its
+ * temps removed by a later sweep).
+ *
+ * A temp file's writer is judged by its name (src/durable/temp-owner.ts: pid and a stamp of
+ * the process's incarnation, so a pid reused after a crash or reboot does not keep it
+ * alive). A dead writer's temp is used by nobody, so it is removed without any lock. An
+ * orphan manifest is removed under the cache's lock taken without waiting, so a cache
+ * another live process (or a turn of this one) is writing is never touched.
  */
-import { statIdentity, unlinkIfExists } from "../durable/files.js";
-import { cachePathOf, manifestPathOf, tempOwnerPid } from "../layout/paths.js";
+import { promises as fs } from "node:fs";
+import { inspectFile, unlinkIfExists } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
+import { cachePathOf, manifestPathOf } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
 import { type ScannedModelDir, scanRoot } from "./scan.js";
@@ -17,54 +25,60 @@ export interface RecoveryReport {
   skippedBusy: number;
 }
 
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else — alive.
-    return (error as NodeJS.ErrnoException).code === "EPERM";
+/** Remove the temp files of dead writers in one model directory; returns the directory without them. */
+async function removeDeadTemps(ctx: StoreContext, modelDir: ScannedModelDir, report: RecoveryReport): Promise<ScannedModelDir> {
+  const removed = new Set<string>();
+  for (const file of modelDir.files) {
+    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    try {
+      if (await unlinkIfExists(file.path)) report.removedTemps++;
+      removed.add(file.name);
+    } catch (error) {
+      // Left in place (and counted in usage() as stale temp bytes until a later walk removes it).
+      ctx.logger.warn(logLine("could not remove a dead writer's temp file", { path: file.path, error }));
+    }
   }
+  return removed.size === 0 ? modelDir : { ...modelDir, files: modelDir.files.filter((f) => !removed.has(f.name)) };
 }
 
 /**
- * `visit` sees every model directory of the walk first (the retention index is built from
- * the same walk, so the root is walked once at open).
+ * Walk the root once and recover each model directory. `visit` sees every model directory
+ * (after its dead temps are gone): the retention index is built from the same walk.
  */
 export async function recoverRoot(
   ctx: StoreContext,
   visit?: (modelDir: ScannedModelDir) => Promise<void>,
 ): Promise<RecoveryReport> {
   const report: RecoveryReport = { removedTemps: 0, removedManifests: 0, skippedBusy: 0 };
-  for await (const modelDir of scanRoot(ctx.root)) {
+  for await (const scanned of scanRoot(ctx.root)) {
+    const modelDir = await removeDeadTemps(ctx, scanned, report);
     await visit?.(modelDir);
     const names = new Set(modelDir.files.map((f) => f.name));
     for (const file of modelDir.files) {
-      const isOrphanManifest = file.kind === "manifest" && !names.has(`${file.configHash}.bin`);
-      const owner = file.kind === "temp" ? tempOwnerPid(file.name) : undefined;
-      const isDeadTemp = owner !== undefined && !processAlive(owner);
-      if (!isOrphanManifest && !isDeadTemp) continue;
-      const cachePath = cachePathOf(ctx.root, {
-        cacheKey: modelDir.cacheKey,
-        modelId: modelDir.modelId,
-        configHash: file.configHash!,
-      });
-      const lease = ctx.locks.tryAcquire(cachePath);
+      if (file.kind !== "manifest" || names.has(`${file.configHash}.bin`)) continue;
+      const cachePath = cachePathOf(ctx.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+      // (a .bin that is not a regular file is not listed, but is not missing either)
+      if ((await fs.lstat(cachePath).catch(() => null)) !== null) continue;
+      let lease;
+      try {
+        lease = ctx.locks.tryAcquire(cachePath);
+      } catch (error) {
+        // A lock file that cannot be opened (UNSAFE_PATH for a planted symlink): leave the cache alone.
+        ctx.logger.debug(logLine("recovery skipped a cache whose lock cannot be taken", { cachePath, error }));
+        continue;
+      }
       if (!lease) {
         report.skippedBusy++;
         continue;
       }
       try {
-        if (isDeadTemp) {
-          if (await unlinkIfExists(file.path)) report.removedTemps++;
-        } else if (!(await statIdentity(cachePath)) && (await unlinkIfExists(manifestPathOf(cachePath)))) {
-          // (re-checked under the lock: a commit may have created the file since the scan)
+        // (re-checked under the lock: a commit may have created the file since the scan)
+        if ((await inspectFile(cachePath, ctx.nfs)).kind === "missing" && (await unlinkIfExists(manifestPathOf(cachePath)))) {
           report.removedManifests++;
         }
       } finally {
         // Taking the lock may have created a lock file; leave none beside a cache that is gone.
-        lease.release({ removeLockFile: !(await statIdentity(cachePath)) });
+        lease.release({ removeLockFile: (await inspectFile(cachePath, ctx.nfs).catch(() => null))?.kind === "missing" });
       }
     }
   }

@@ -5,6 +5,7 @@
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
+import { tempWriterAlive } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
 import { processLocks } from "../locks/path-locks.js";
@@ -14,10 +15,26 @@ import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/i
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
 import { createSession } from "../session/session.js";
 import { establishTrust } from "../session/trust.js";
-import type { CacheInfo, DeleteTarget, KvCacheSession, SessionOptions, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
+import type {
+  BorrowedCache,
+  CacheInfo,
+  DeleteTarget,
+  KvCacheSession,
+  PrefixMatch,
+  PrefixQuery,
+  SessionOptions,
+  StoreUsage,
+  SweepOptions,
+  SweepResult,
+  TurnEvent,
+} from "../types.js";
+import { borrowPrefix, findPrefix } from "./borrow.js";
 import type { StoreContext } from "./context.js";
 import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
+import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
+import { RemoteSync } from "./remote-sync.js";
+import type { RemoteTier } from "../remote/types.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 import { didYouMean } from "../suggest.js";
 
@@ -27,9 +44,11 @@ export interface KvCacheStoreOptions {
   /** Where kvkeep logs (any `{ debug, info, warn, error }`, e.g. `console` or pino). Default: silent. */
   logger?: Logger | undefined;
   /**
-   * What `rollback` does. `"clear"` (default): the contract's three-layer clear — file,
-   * saved count and init flag. `"keep-committed"`: keep the last committed state when the
-   * turn never touched `cachePath`, so a cancelled turn costs the user nothing.
+   * What `rollback` does (a session may override it). `"keep-committed"` (default): keep the
+   * last committed state when the turn never touched `cachePath` — kvkeep's commits are
+   * atomic, so a cancelled turn (a Stop button) costs the user nothing. `"clear"`: the seed
+   * contract's three-layer clear — file, saved count and init flag (what the module-level
+   * `createKvCacheSession` uses).
    */
   onRollback?: "clear" | "keep-committed" | undefined;
   /**
@@ -62,6 +81,14 @@ export interface KvCacheStoreOptions {
    * Default: false — named caches are the user's; only auto caches are evicted.
    */
   evictNamed?: boolean | undefined;
+  /**
+   * A shared remote tier behind the local one, e.g. `createRedisTier({ url })` from
+   * `kvkeep/redis`: commits are uploaded in the background, a local miss asks it, deletes
+   * reach it. The store owns it from here on: `close()` finishes pending uploads and closes it.
+   */
+  remote?: RemoteTier | undefined;
+  /** Uploads waiting for the remote tier at most, one per cache (the oldest is dropped past it). Default 64. */
+  maxPendingUploads?: number | undefined;
 }
 
 /** Options for tests and benchmarks; not part of the public API. @internal */
@@ -82,6 +109,8 @@ const KNOWN_STORE_OPTIONS: Record<keyof (KvCacheStoreOptions & InternalStoreOpti
   maxIdleMs: true,
   sweepIntervalMs: true,
   evictNamed: true,
+  remote: true,
+  maxPendingUploads: true,
   retentionInternals: true,
 };
 
@@ -136,6 +165,22 @@ export interface KvCacheStore {
   /** Bytes and count of every cache under the root (auto and named), from the store's index. */
   usage(): Promise<StoreUsage>;
   /**
+   * The committed cache of this model (fingerprint) and config whose conversation shares the
+   * most leading messages with `query.history` — a longer one counts: an engine cuts it back
+   * at the first differing token — or null. Answered from the prefix index (no directory
+   * scan; other processes' commits included), so it is a hint: `borrowPrefix` re-checks it.
+   * Waits for the store's open-time walk of the root on first use.
+   */
+  findPrefix(query: PrefixQuery): Promise<PrefixMatch | null>;
+  /**
+   * Lend the best source for `query` to `use` — e.g. `(src) => sequence.loadStateFromFile(src.loadPath)`
+   * — and resolve to `{ value }` with what `use` returned, or null when no cache qualifies or
+   * every candidate is in use (never waits), gone, or not what the index said. The source is
+   * read-only: its file, manifest, saved count and retention position never change; it is
+   * held only while `use` runs. Errors thrown by `use` pass through.
+   */
+  borrowPrefix<T>(query: PrefixQuery, use: (source: BorrowedCache) => Promise<T>): Promise<{ value: T } | null>;
+  /**
    * Stop accepting turns and wait for background work (recovery, a running sweep, the
    * index log's pending appends). Open turns may still commit or roll back.
    */
@@ -153,13 +198,12 @@ export class KvCacheStoreImpl implements KvCacheStore {
   readonly #ctx: StoreContext;
   readonly #listeners = new Set<(event: TurnEvent) => void>();
   /**
-   * Deletes so far, and the last one that covered each scope directory (the root for
-   * `{ all: true }`). A turn records the generation when it takes its lock; a commit that
-   * finds a later delete covering its cache refuses (DELETED_DURING_TURN) — also when the
-   * delete ran during the commit itself, or while the turn was still beginning.
+   * Deletes, recorded in memory and in the root's shared delete log. A turn marks them
+   * when it takes its lock; a commit that finds a later delete covering its cache refuses
+   * (DELETED_DURING_TURN) — also when the delete ran in another process, during the commit
+   * itself, or while the turn was still beginning.
    */
-  #deleteGeneration = 0;
-  readonly #deletedScopes = new Map<string, number>();
+  readonly #deletes: Deletes;
   #closed = false;
 
   constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
@@ -176,6 +220,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     if (options.verify !== undefined && options.verify !== "size" && options.verify !== "checksum") {
       throw new KvKeepError("INVALID_ARGUMENT", `options.verify must be "size" or "checksum".`, { argument: "verify" });
     }
+    const remote = checkRemoteOptions(options);
     const retentionSettings = resolveRetentionSettings(options);
     this.root = path.resolve(options.root ?? defaultRoot());
     const logger = options.logger ?? silentLogger;
@@ -187,9 +232,10 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
     const prune = (cachePath: string): Promise<void> =>
       pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
-    const deletedScopes = this.#deletedScopes;
+    const deletes = new Deletes(root, nfs, logger);
+    this.#deletes = deletes;
     const retention = new Retention(
-      { root, logger, nfs, locks, forgetCache, prune },
+      { root, logger, nfs, locks, forgetCache, prune, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
       retentionSettings,
       options.retentionInternals,
     );
@@ -200,7 +246,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       nfs,
       locks,
       layers,
-      onRollback: options.onRollback ?? "clear",
+      onRollback: options.onRollback ?? "keep-committed",
       verify: options.verify ?? "size",
       assertOpen: () => {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
@@ -221,14 +267,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
         layers.unrefDir(cachePath);
         if (removed) await prune(cachePath);
       },
-      deletionGeneration: () => this.#deleteGeneration,
-      deletedSince: (cachePath, generation) => {
-        const modelDir = path.dirname(cachePath);
-        for (const dir of [root, path.dirname(modelDir), modelDir]) {
-          if ((deletedScopes.get(dir) ?? -1) > generation) return true;
-        }
-        return false;
-      },
+      deleteMark: () => deletes.mark(),
+      deletedSince: (cachePath, mark) => deletes.coveredSince(cachePath, mark),
       emit: (event) => {
         for (const listener of this.#listeners) {
           try {
@@ -239,7 +279,9 @@ export class KvCacheStoreImpl implements KvCacheStore {
         }
       },
       retention,
+      remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads }),
     };
+    remote?.setLogger(logger);
     // One walk of the root at open: recovery, and the retention index built from it.
     this.ready = retention.buildAtOpen((visit) => recoverRoot(this.#ctx, visit)).catch((error: unknown) => {
       logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));
@@ -267,51 +309,67 @@ export class KvCacheStoreImpl implements KvCacheStore {
         argument: "target",
       });
     }
-    let scopes: Array<{ cacheKey: string; modelId?: string }>;
+    let recorded: DeleteScope[];
     if ("all" in target) {
       if (target.all !== true) {
         throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
       }
-      scopes = (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey }));
+      recorded = [{}];
     } else {
       assertCacheKey(target.kvCacheKey);
       if (target.modelId !== undefined) assertModelId(target.modelId);
-      scopes = [{ cacheKey: target.kvCacheKey, ...(target.modelId !== undefined ? { modelId: target.modelId } : {}) }];
+      recorded = [{ cacheKey: target.kvCacheKey, modelId: target.modelId }];
     }
-    // Recorded before any file goes, so a commit racing this delete sees it afterwards.
-    const generation = ++this.#deleteGeneration;
-    if ("all" in target) this.#deletedScopes.set(this.root, generation);
-    for (const scope of scopes) {
-      const scopeDir =
-        scope.modelId === undefined ? cacheKeyDir(this.root, scope.cacheKey) : path.join(this.root, scope.cacheKey, scope.modelId);
-      this.#deletedScopes.set(scopeDir, generation);
-      for (const modelDir of await scanKeyDir(this.root, scope.cacheKey, scope.modelId)) {
-        for (const file of modelDir.files) {
-          if (file.kind === null) {
-            ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
-          } else if (file.kind === "lock") {
-            const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
-            if (!ctx.nfs.crossProcessLocks) {
-              await unlinkIfExists(file.path);
-            } else {
-              // Only an unheld lock file may go: a holder must keep excluding newcomers.
-              ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
-            }
-          } else if (file.kind === "cache") {
-            await ctx.removeCache(file.path);
-          } else {
-            await unlinkIfExists(file.path);
-          }
-        }
-        ctx.layers.forgetUnder(modelDir.dir, () => false);
-        await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
-      }
-      ctx.layers.forgetUnder(
-        scopeDir,
-        (modelId, _configHash, cacheKey) => cacheKey === scope.cacheKey && (scope.modelId === undefined || modelId === scope.modelId),
-      );
+    ctx.assertOpen();
+    // Recorded before any file goes (in memory and in the shared log), so a turn in any
+    // process that took its lock before this point sees it at its commit; and again when
+    // everything is gone, so a turn that took its lock while this ran sees it too.
+    await this.#deletes.record(recorded, "start");
+    try {
+      const scopes: Array<{ cacheKey: string; modelId?: string | undefined }> =
+        "all" in target ? (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey })) : [recorded[0] as { cacheKey: string; modelId?: string }];
+      for (const scope of scopes) await this.#removeScope(scope.cacheKey, scope.modelId);
+    } finally {
+      await this.#deletes.record(recorded, "end");
     }
     if ("all" in target) this.layers.clear();
+    // Remote hook: the fleet's copy goes too, with a tombstone against uploads in flight.
+    await ctx.remote?.afterDelete(target);
+  }
+
+  /** Remove every kvkeep file of a key (one model, or all), and what memory knows of it. */
+  async #removeScope(cacheKey: string, modelId: string | undefined): Promise<void> {
+    const ctx = this.#ctx;
+    const scopeDir = modelId === undefined ? cacheKeyDir(this.root, cacheKey) : path.join(this.root, cacheKey, modelId);
+    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId)) {
+      for (const file of modelDir.files) {
+        if (file.kind === null) {
+          ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
+        } else if (file.kind === "lock") {
+          const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+          if (!ctx.nfs.crossProcessLocks) {
+            await unlinkIfExists(file.path);
+          } else {
+            // Only an unheld lock file may go: a holder must keep excluding newcomers.
+            ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
+          }
+        } else if (file.kind === "cache") {
+          await ctx.removeCache(file.path);
+        } else if (file.kind === "temp") {
+          // A live writer's temp belongs to a turn in flight: it ends that turn itself (its
+          // commit sees this delete and refuses). A dead writer's is a leftover.
+          if (!tempWriterAlive(file.name)) await unlinkIfExists(file.path);
+        } else {
+          await unlinkIfExists(file.path);
+        }
+      }
+      ctx.layers.forgetUnder(modelDir.dir, () => false);
+      await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
+    }
+    ctx.layers.forgetUnder(
+      scopeDir,
+      (m, _configHash, k) => k === cacheKey && (modelId === undefined || m === modelId),
+    );
   }
 
   async sweep(options?: SweepOptions): Promise<SweepResult> {
@@ -322,6 +380,14 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async usage(): Promise<StoreUsage> {
     this.#ctx.assertOpen();
     return this.retention.usage();
+  }
+
+  findPrefix(query: PrefixQuery): Promise<PrefixMatch | null> {
+    return findPrefix(this.#ctx, this.retention, query);
+  }
+
+  borrowPrefix<T>(query: PrefixQuery, use: (source: BorrowedCache) => Promise<T>): Promise<{ value: T } | null> {
+    return borrowPrefix(this.#ctx, this.retention, query, use);
   }
 
   async useCache<T>(
@@ -359,8 +425,25 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async close(): Promise<void> {
     this.#closed = true;
     await this.ready;
+    // Remote hook: pending uploads finish before the tier closes.
+    await this.#ctx.remote?.close();
     await this.retention.close();
   }
+}
+
+function checkRemoteOptions(options: KvCacheStoreOptions): RemoteTier | null {
+  const { remote, maxPendingUploads } = options;
+  if (maxPendingUploads !== undefined && (!Number.isSafeInteger(maxPendingUploads) || maxPendingUploads < 1)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "options.maxPendingUploads must be a positive integer.", { argument: "maxPendingUploads" });
+  }
+  if (remote === undefined) return null;
+  const methods = ["reserve", "upload", "has", "fetchTo", "lookupPrefix", "remove", "close", "setLogger"] as const;
+  if (!remote || typeof remote !== "object" || methods.some((m) => typeof remote[m] !== "function")) {
+    throw new KvKeepError("INVALID_ARGUMENT", "options.remote must be a remote tier, e.g. createRedisTier({ url }) from kvkeep/redis.", {
+      argument: "remote",
+    });
+  }
+  return remote;
 }
 
 export function openKvCacheStore(options?: KvCacheStoreOptions): KvCacheStore {

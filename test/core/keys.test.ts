@@ -68,3 +68,79 @@ describe("auto keys", () => {
     expect(autoLookupHistory([])).toEqual([]);
   });
 });
+
+describe("the plain-JavaScript XXH64 (used before the WebAssembly is ready)", () => {
+  it("gives the same digests as xxhash-wasm for every length up to 300 bytes and any seed", async () => {
+    const { default: xxhash } = await import("xxhash-wasm");
+    const { xxh64Halves } = await import("../../src/keys/xxh64.js");
+    const wasm = await xxhash();
+    let state = 12345;
+    const random = (): number => (state = (Math.imul(state, 1103515245) + 12345) >>> 0);
+    for (let n = 0; n <= 300; n++) {
+      const bytes = Uint8Array.from({ length: n }, () => random() & 0xff);
+      for (const seed of [0n, 1n, 0xffffffffffffffffn, (BigInt(random()) << 32n) | BigInt(random())]) {
+        const [hi, lo] = xxh64Halves(bytes, n, Number(seed >> 32n), Number(seed & 0xffffffffn));
+        expect(((BigInt(hi) << 32n) | BigInt(lo)).toString(16), `length ${n}, seed ${seed}`).toBe(wasm.h64Raw(bytes, seed).toString(16));
+      }
+    }
+  });
+});
+
+describe("the auto-key chain memo (recent chains over the same message objects)", () => {
+  it("gives the same keys for the same messages whether the objects are reused or rebuilt", () => {
+    const history: CacheMessage[] = [
+      { role: "system", content: "s" },
+      { role: "user", content: "héllo" },
+      { role: "assistant", content: "ok" },
+    ];
+    const first = autoKeyChain(history);
+    expect(autoKeyChain(history)).toEqual(first);
+    expect(autoKeyChain(history.map((m) => ({ ...m })))).toEqual(first);
+  });
+
+  it("never returns a stale key when a message object is edited in place (content, role or attachments)", () => {
+    const message: CacheMessage = { role: "user", content: "first" };
+    const history: CacheMessage[] = [{ role: "system", content: "s" }, message];
+    const before = autoCacheKey(history);
+    message.content = "edited";
+    const afterEdit = autoCacheKey(history);
+    expect(afterEdit).not.toBe(before);
+    expect(afterEdit).toBe(autoCacheKey([{ role: "system", content: "s" }, { role: "user", content: "edited" }]));
+    message.role = "assistant";
+    expect(autoCacheKey(history)).not.toBe(afterEdit);
+    message.role = "user";
+    message.attachments = [];
+    expect(autoCacheKey(history)).toBe(afterEdit);
+    (message.attachments as Array<{ path: string }>).push({ path: "/img.png" });
+    expect(autoCacheKey(history)).not.toBe(afterEdit);
+  });
+
+  it("a history extending or branching off a recent one (same objects) gets exactly the keys of a cold computation", () => {
+    const base: CacheMessage[] = [
+      { role: "system", content: "s" },
+      { role: "user", content: "u1" },
+      { role: "assistant", content: "a1" },
+    ];
+    autoKeyChain(base);
+    const extended = [...base, { role: "user", content: "u2" }, { role: "assistant", content: "a2" }];
+    const branched = [...base.slice(0, 2), { role: "assistant", content: "other" }];
+    const cold = (h: CacheMessage[]) => autoKeyChain(h.map((m) => ({ ...m })));
+    expect(autoKeyChain(extended)).toEqual(cold(extended));
+    expect(autoKeyChain(branched)).toEqual(cold(branched));
+    expect(autoKeyChain(base.slice(0, 1))).toEqual(cold(base.slice(0, 1)));
+  });
+
+  it("keys a message by its position: the same message after another prefix gets another key", () => {
+    const shared: CacheMessage = { role: "user", content: "same" };
+    const a = autoKeyChain([{ role: "system", content: "a" }, shared]);
+    const b = autoKeyChain([{ role: "system", content: "b" }, shared]);
+    expect(a[2]).not.toBe(b[2]);
+    expect(autoKeyChain([{ role: "system", content: "a" }, shared])).toEqual(a);
+  });
+
+  it("normalises assistant text to NFC, so composed and decomposed accents find the same cache", () => {
+    const composed = autoCacheKey([{ role: "assistant", content: "caf\u00e9" }]);
+    expect(autoCacheKey([{ role: "assistant", content: "cafe\u0301" }])).toBe(composed);
+    expect(autoCacheKey([{ role: "user", content: "cafe\u0301" }])).not.toBe(autoCacheKey([{ role: "user", content: "caf\u00e9" }]));
+  });
+});

@@ -31,8 +31,9 @@ describe("a delete racing a turn never lets the cache come back", () => {
         await store.delete({ kvCacheKey: "k" });
       }
     });
-    await expect(session.commitTurn(turn, { kind: "static", messageCount: 4 })).rejects.toMatchObject({
-      code: "DELETED_DURING_TURN",
+    expect(await session.commitTurn(turn, { kind: "static", messageCount: 4 })).toMatchObject({
+      committed: false,
+      reason: "deleted-during-turn",
     });
     expect(deleted).toBe(true);
     expect(await listTree(root)).toEqual([]);
@@ -62,17 +63,19 @@ describe("a delete racing a turn never lets the cache come back", () => {
 });
 
 describe("commit failures that are kvkeep's own keep the committed cache", () => {
-  it("an unreadable savePath (a symlink loop) is an IO_ERROR KvKeepError and the last commit survives under 'clear'", async () => {
+  it("a savePath that is a symlink (here a loop) is refused (UNSAFE_PATH) and the last commit survives under 'clear'", async () => {
     const root = tempDir();
-    const store = openKvCacheStore({ root });
+    const store = openKvCacheStore({ root, onRollback: "clear" });
     const session = store.createSession("m");
     const committed = await customTurn(session, "k", configHash, 3);
     const bytes = await fs.readFile(committed.cachePath);
     const turn = await session.beginTurn({ kind: "custom", customKey: "k", configHash, primeIfMissing: countingPrime() });
     await fs.symlink(turn.savePath, turn.savePath);
-    await expect(session.commitTurn(turn, { kind: "static", messageCount: 5 })).rejects.toMatchObject({
-      name: "KvKeepError",
-      code: "IO_ERROR",
+    expect(await session.commitTurn(turn, { kind: "static", messageCount: 5 })).toMatchObject({
+      committed: false,
+      reason: "unsafe-path",
+      error: { name: "KvKeepError", code: "UNSAFE_PATH" },
+      keptCommitted: true,
     });
     expect(await fs.readFile(committed.cachePath)).toEqual(bytes);
     const next = await session.beginTurn({ kind: "custom", customKey: "k", configHash, primeIfMissing: countingPrime() });

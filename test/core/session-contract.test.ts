@@ -150,12 +150,13 @@ describe("3. commit", () => {
     await session.rollback(next);
   });
 
-  it("rolls the turn back and rejects with SAVE_MISSING when the engine saved nothing", async () => {
+  it("rolls the turn back (the seed's clear) and resolves { committed: false, reason: 'save-missing' } when the engine saved nothing", async () => {
     const session = createKvCacheSession(MODEL);
     const turn = await session.beginTurn({ kind: "custom", customKey: "unsaved", configHash, primeIfMissing: countingPrime() });
     hooks.setSavedCountForTest(turn.cachePath, 4);
-    const error = await session.commitTurn(turn, { kind: "static", messageCount: 9 }).catch((e: unknown) => e);
-    expect(isKvKeepError(error, "SAVE_MISSING")).toBe(true);
+    const outcome = await session.commitTurn(turn, { kind: "static", messageCount: 9 });
+    expect(outcome).toMatchObject({ committed: false, reason: "save-missing", keptCommitted: false });
+    expect(outcome.committed === false && outcome.reason !== "not-open" && isKvKeepError(outcome.error, "SAVE_MISSING")).toBe(true);
     expect(hooks.getSavedCount(turn.cachePath)).toBeUndefined();
     expect(hooks.hasInitializedKey(MODEL, configHash, "unsaved")).toBe(false);
     expect(existsSync(turn.cachePath)).toBe(false);
@@ -168,7 +169,11 @@ describe("3. commit", () => {
     const session = createKvCacheSession(MODEL);
     const turn = await session.beginTurn({ kind: "custom", customKey: "gone", configHash, primeIfMissing: countingPrime() });
     await fs.unlink(turn.cachePath);
-    await expect(session.commitTurn(turn, { kind: "static", messageCount: 2 })).rejects.toMatchObject({ code: "SAVE_MISSING" });
+    expect(await session.commitTurn(turn, { kind: "static", messageCount: 2 })).toMatchObject({
+      committed: false,
+      reason: "save-missing",
+      error: { code: "SAVE_MISSING" },
+    });
     expect(hooks.getSavedCount(turn.cachePath)).toBeUndefined();
   });
 
@@ -369,8 +374,11 @@ describe("7. delete", () => {
     const turn = await session.beginTurn({ kind: "custom", customKey: "racing", configHash, primeIfMissing: countingPrime() });
     await writeState(turn.savePath);
     await deleteKvCacheState({ kvCacheKey: "racing" });
-    await expect(session.commitTurn(turn, { kind: "static", messageCount: 2 })).rejects.toMatchObject({
-      code: "DELETED_DURING_TURN",
+    expect(await session.commitTurn(turn, { kind: "static", messageCount: 2 })).toMatchObject({
+      committed: false,
+      reason: "deleted-during-turn",
+      error: { code: "DELETED_DURING_TURN" },
+      keptCommitted: false,
     });
     expect(await listTree(root)).toEqual([]);
   });

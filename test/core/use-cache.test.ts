@@ -2,7 +2,7 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
+import { generateConfigHash, openKvCacheStore, type TurnHandle } from "../../src/index.js";
 import { countingPrime, customTurn } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -14,18 +14,24 @@ describe("store.useCache", () => {
     const session = store.createSession("m", { fingerprint: "fp" });
     const turn = await customTurn(session, "c", configHash, 4);
     let beganDuringUse = false;
+    let begin: Promise<TurnHandle> | undefined;
     const info = await store.useCache(turn.cachePath, { fingerprint: "fp" }, async (cache) => {
-      const begin = session.beginTurn({ kind: "custom", customKey: "c", configHash, primeIfMissing: countingPrime() }).then((t) => {
+      begin = session.beginTurn({ kind: "custom", customKey: "c", configHash, primeIfMissing: countingPrime() }).then((t) => {
         beganDuringUse = true;
         return t;
       });
       await new Promise((r) => setTimeout(r, 30));
       expect(beganDuringUse).toBe(false);
-      void begin.then((t) => session.rollback(t));
       return cache;
     });
     expect(info).toMatchObject({ cachePath: turn.cachePath, messageCount: 4, tokenCount: null });
     expect(info!.bytes).toBeGreaterThan(0);
+    // The waiting turn gets the cache once `use` is done; it is ended before the test (and
+    // its temp root) goes, so nothing of it runs after the test.
+    const waited = await begin!;
+    expect(waited.primed).toBe(false);
+    await session.rollback(waited);
+    await store.close();
   });
 
   it("resolves null without waiting when a turn holds the cache", async () => {

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import type { LlamaModel } from "node-llama-cpp";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
 import { openKvCacheStore, type CacheMessage, type KvCacheStore } from "../../src/index.js";
-import { createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
+import { coldGreedyReply, createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -27,7 +27,7 @@ const u3: CacheMessage = { role: "user", content: "Tell me one more." };
 
 /** Replies of the raw engine over consecutive turns, continuing from its in-memory state. */
 async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
-  const context = await createContext(model, { contextSize: CONTEXT });
+  const context = await createContext(model, { contextSize: CONTEXT, threads: 1 });
   try {
     const sequence = context.getSequence();
     const replies: string[] = [];
@@ -50,19 +50,12 @@ async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
 }
 
 /** A cold full prefill of `history` on a fresh context. */
-async function coldReply(history: CacheMessage[]): Promise<string> {
-  const context = await createContext(model, { contextSize: CONTEXT });
-  try {
-    const tokens = renderChat(model, history as ChatMessage[]);
-    const { tokens: out, endedWithEog } = await greedyGenerate(context.getSequence(), tokens, MAX);
-    return model.detokenize(endedWithEog ? out.slice(0, -1) : out);
-  } finally {
-    await context.dispose();
-  }
+function coldReply(history: CacheMessage[]): Promise<string> {
+  return coldGreedyReply(model, history as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX });
 }
 
 function adapterOn(store: KvCacheStore, extra: Partial<Parameters<typeof createLlamaCppCompletion>[0]> = {}) {
-  return createLlamaCppCompletion({ model, store, contextSize: CONTEXT, ...extra });
+  return createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, ...extra });
 }
 
 function agreement(a: string, b: string): string {
@@ -167,7 +160,7 @@ describe("restarts and mismatches", () => {
     const h2 = [...history, { role: "assistant", content: t1.text }, u2];
 
     const otherWeights = (await loadFixtureModel("tiny", { overrides: { seed: 2 } })).model;
-    const other = createLlamaCppCompletion({ model: otherWeights, store, contextSize: CONTEXT, modelId: "shared-id" });
+    const other = createLlamaCppCompletion({ threads: 1, model: otherWeights, store, contextSize: CONTEXT, modelId: "shared-id" });
     const t2 = await other.completion({ history: h2, kvCache: "same-key", maxTokens: 4, temperature: 0 });
     expect(t2.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0 });
     await other.dispose();
@@ -228,7 +221,7 @@ describe("restarts and mismatches", () => {
 
   it("with a wrapper that stops on text, the streamed pieces join to exactly the returned text", async () => {
     const plain = (await loadFixtureModel("tiny", { overrides: { chatTemplate: "none" } })).model;
-    const adapter = createLlamaCppCompletion({ model: plain, store: openKvCacheStore({ root: tempDir() }), contextSize: CONTEXT });
+    const adapter = createLlamaCppCompletion({ threads: 1, model: plain, store: openKvCacheStore({ root: tempDir() }), contextSize: CONTEXT });
     let streamed = "";
     const result = await adapter.completion({ history: [system, u1], kvCache: "g", maxTokens: 48, temperature: 0, onToken: (t) => (streamed += t) });
     expect(streamed).toBe(result.text);

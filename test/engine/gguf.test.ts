@@ -7,6 +7,7 @@ import { readGgufFileInfo } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createContext, defaultChatWrapper, greedyGenerate, loadFixtureModel, renderChat } from "../fixtures/engine.js";
 import {
+  buildFixtureGgufSpec,
   buildLlamaGgufSpec,
   ensureModel,
   FIXTURE_TOKENS,
@@ -14,6 +15,7 @@ import {
   MODEL_SHAPES,
   modelFileName,
   resolveShape,
+  writeFixtureModel,
   writeLlamaGguf,
 } from "../fixtures/gguf/models.js";
 import {
@@ -279,15 +281,112 @@ describe("llama fixture models", () => {
       });
     const results = (await Promise.all([run(), run(), run()])).map((s) => JSON.parse(s.split("\n").pop()!) as { p: string; size: number });
     const shape = resolveShape("tiny", overrides);
-    const expectedSize = layoutGguf(buildLlamaGgufSpec(shape)).totalSize;
+    const expectedSize = layoutGguf(buildFixtureGgufSpec(shape)).totalSize;
     for (const r of results) {
       expect(r.p).toBe(join(cache, modelFileName(shape)));
       expect(r.size).toBe(expectedSize);
     }
     expect(readdirSync(cache)).toEqual([modelFileName(shape)]); // no temp files left
     const reference = join(dir, "conc-reference.gguf");
-    writeLlamaGguf(shape, reference);
+    writeFixtureModel(shape, reference);
     expect(sha256(results[0]!.p)).toBe(sha256(reference));
+  });
+});
+
+describe("recurrent and sliding-window fixture models", () => {
+  /** name -> dims of every tensor in a file, read back with node-llama-cpp's own GGUF reader. */
+  const tensorDims = async (path: string): Promise<Record<string, number[]>> => {
+    const info = await readGgufFileInfo(path, { logWarnings: false });
+    return Object.fromEntries((info.tensorInfo ?? []).map((t) => [t.name, t.dimensions.map(Number)]));
+  };
+
+  it("tinyMamba has the mamba metadata and the tensor shapes llama.cpp's mamba loader asks for", async () => {
+    const shape = MODEL_SHAPES.tinyMamba;
+    const path = join(dir, "mamba.gguf");
+    writeFixtureModel(shape, path);
+    const info = await readGgufFileInfo(path, { logWarnings: false });
+    expect(info.metadata.general.architecture).toBe("mamba");
+    const n = shape.embeddingLength;
+    const inner = 2 * n;
+    expect(info.architectureMetadata).toMatchObject({
+      context_length: shape.contextLength,
+      embedding_length: n,
+      block_count: shape.blockCount,
+      ssm: { conv_kernel: shape.convKernel, inner_size: inner, state_size: shape.stateSize, time_step_rank: shape.timeStepRank },
+    });
+    const expected: Record<string, number[]> = {
+      "token_embd.weight": [n, shape.vocabSize],
+      "output_norm.weight": [n],
+      "output.weight": [n, shape.vocabSize],
+    };
+    for (let i = 0; i < shape.blockCount; i++) {
+      Object.assign(expected, {
+        [`blk.${i}.attn_norm.weight`]: [n],
+        [`blk.${i}.ssm_in.weight`]: [n, 2 * inner],
+        [`blk.${i}.ssm_conv1d.weight`]: [shape.convKernel, inner],
+        [`blk.${i}.ssm_conv1d.bias`]: [inner],
+        [`blk.${i}.ssm_x.weight`]: [inner, shape.timeStepRank + 2 * shape.stateSize],
+        [`blk.${i}.ssm_dt.weight`]: [shape.timeStepRank, inner],
+        [`blk.${i}.ssm_dt.bias`]: [inner],
+        [`blk.${i}.ssm_a`]: [shape.stateSize, inner],
+        [`blk.${i}.ssm_d`]: [inner],
+        [`blk.${i}.ssm_out.weight`]: [inner, n],
+      });
+    }
+    expect(await tensorDims(path)).toEqual(expected);
+  });
+
+  it("tinySwa is gemma3 with a 32-token sliding window on layer 0 and full attention on layer 1", async () => {
+    const shape = MODEL_SHAPES.tinySwa;
+    const path = join(dir, "swa.gguf");
+    writeFixtureModel(shape, path);
+    const info = await readGgufFileInfo(path, { logWarnings: false });
+    expect(info.metadata.general.architecture).toBe("gemma3");
+    expect(info.architectureMetadata).toMatchObject({
+      attention: { sliding_window: 32, sliding_window_pattern: 2, head_count: shape.headCount, head_count_kv: shape.headCountKv },
+    });
+    const dims = await tensorDims(path);
+    const headDim = shape.embeddingLength / shape.headCount;
+    expect(dims["blk.0.attn_q_norm.weight"]).toEqual([headDim]);
+    expect(dims["blk.1.post_ffw_norm.weight"]).toEqual([shape.embeddingLength]);
+    expect(dims["output.weight"]).toEqual([shape.embeddingLength, shape.vocabSize]); // not tied to token_embd
+  });
+
+  it("adding architectures left the llama files byte-identical, under the same names (no GGUF_WRITER_VERSION bump)", () => {
+    // measured before the gemma3/mamba generators existed; a change here must bump GGUF_WRITER_VERSION
+    expect(modelFileName(MODEL_SHAPES.tiny)).toBe("kvkeep-tiny-9fc2c6c14eef67fc.gguf");
+    expect(modelFileName(resolveShape("tiny", { seed: 2 }))).toBe("kvkeep-tiny-c78dbd9752af41a0.gguf");
+    const path = join(dir, "tiny-bytes.gguf");
+    writeLlamaGguf(MODEL_SHAPES.tiny, path);
+    expect(sha256(path)).toBe("2d1c9d882e02d1fad4711f055b4ca03383cfcf35db4d641c8c05c2f39dfec118");
+  });
+
+  it("shapes are validated per architecture", () => {
+    expect(() => buildFixtureGgufSpec({ ...MODEL_SHAPES.tiny, slidingWindow: 32 })).toThrow(/need architecture gemma3/);
+    expect(() => buildFixtureGgufSpec({ ...MODEL_SHAPES.tinySwa, slidingWindow: undefined })).toThrow(/needs slidingWindow/);
+    expect(() => buildFixtureGgufSpec({ ...MODEL_SHAPES.tinyMamba, convKernel: 1 })).toThrow(/convKernel/);
+    expect(() => buildLlamaGgufSpec(MODEL_SHAPES.tinySwa)).toThrow(/not a llama shape/);
+  });
+
+  it("node-llama-cpp loads both, resolves ChatML, and generates ASCII that re-tokenizes to itself", async () => {
+    for (const name of ["tinyMamba", "tinySwa"] as const) {
+      const { model } = await loadFixtureModel(name);
+      expect(defaultChatWrapper(model).wrapperName, name).toBe("ChatML");
+      const context = await createContext(model, { contextSize: 512, threads: 1 }); // tiny: 1 thread is fastest
+      try {
+        const prompt = renderChat(model, [
+          { role: "system", content: "You are terse." },
+          { role: "user", content: "Say something about disks." },
+        ]);
+        const { tokens } = await greedyGenerate(context.getSequence(), prompt, 24);
+        const text = tokens.filter((t) => !model.isEogToken(t));
+        expect(text.length, name).toBeGreaterThan(0);
+        for (const t of text) expect(isGeneratableByte(t), `${name} token ${t}`).toBe(true);
+        expect(model.tokenize(model.detokenize(text))).toEqual(text);
+      } finally {
+        await context.dispose();
+      }
+    }
   });
 });
 

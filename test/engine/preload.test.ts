@@ -19,20 +19,20 @@ const u2: CacheMessage = { role: "user", content: "Another one." };
 describe("preloading with the node-llama-cpp adapter", () => {
   it("a warmer's preload loads the settled cache into an idle adapter; its next turn skips the load with the same output", async () => {
     const root = tempDir();
-    const writer = createLlamaCppCompletion({ model, store: openKvCacheStore({ root }), contextSize: 512 });
+    const writer = createLlamaCppCompletion({ threads: 1, model, store: openKvCacheStore({ root }), contextSize: 512 });
     const t1 = await writer.completion({ history: [system, u1], kvCache: "chat", maxTokens: 16, temperature: 0 });
     await writer.dispose();
     const h2 = [system, u1, { role: "assistant", content: t1.text }, u2];
 
     // Without preload: a fresh adapter must load the state.
-    const plain = createLlamaCppCompletion({ model, store: openKvCacheStore({ root, onRollback: "keep-committed" }), contextSize: 512 });
+    const plain = createLlamaCppCompletion({ threads: 1, model, store: openKvCacheStore({ root, onRollback: "keep-committed" }), contextSize: 512 });
     const cachePath = openKvCacheStore({ root }).createSession(modelIdFromModel(model)).customCachePath("chat", generateConfigHash("Be brief."));
     const expected = await plain.completion({ history: h2, kvCache: false, maxTokens: 16, temperature: 0 });
     await plain.dispose();
 
     // With preload, driven by the warmer as an app would wire it.
     const store = openKvCacheStore({ root });
-    const adapter = createLlamaCppCompletion({ model, store, contextSize: 512 });
+    const adapter = createLlamaCppCompletion({ threads: 1, model, store, contextSize: 512 });
     const timers = fakeTimers();
     const warmer = createStoreWarmer(store, { timers, warm: adapter.preloadWarm });
     warmer.onTurnSettled("chat", { cachePath });
@@ -51,11 +51,11 @@ describe("preloading with the node-llama-cpp adapter", () => {
   it("preload refuses a cache written for another model", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const writer = createLlamaCppCompletion({ model, store, contextSize: 512 });
+    const writer = createLlamaCppCompletion({ threads: 1, model, store, contextSize: 512 });
     await writer.completion({ history: [system, u1], kvCache: "chat", maxTokens: 4, temperature: 0 });
     await writer.dispose();
     const cachePath = store.createSession(modelIdFromModel(model)).customCachePath("chat", generateConfigHash("Be brief."));
-    const other = createLlamaCppCompletion({ model, store, contextSize: 1024 }); // another state layout
+    const other = createLlamaCppCompletion({ threads: 1, model, store, contextSize: 1024 }); // another state layout
     expect(await other.preload(cachePath)).toBeNull();
     await other.dispose();
   });

@@ -55,9 +55,10 @@ export interface ChildRun {
   waitForLine(test: (line: string) => boolean, timeoutMs?: number): Promise<string>;
 }
 
-export function runChild(script: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildRun {
+/** Start `script` with `runtime` (default: this Node; test/bare passes the `bare` binary). */
+export function runChild(script: string, args: string[], env: NodeJS.ProcessEnv = {}, runtime: string = process.execPath): ChildRun {
   if (!existsSync(script)) throw new Error(`no bundled fixture at ${script}`);
-  const child = spawn(process.execPath, [script, ...args], {
+  const child = spawn(runtime, [script, ...args], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -208,7 +208,7 @@ describe.each(backends)("lock semantics", (backend) => {
       expect(isKvKeepError(error, "INVALID_ARGUMENT")).toBe(true);
     });
 
-    it("reports a lock file that cannot be created as a KvKeepError (IO_ERROR)", () => {
+    it("reports a lock file that cannot be created under a file (not a directory) as a KvKeepError (UNSAFE_PATH)", () => {
       const file = path.join(dir, "missing-parent-is-a-file");
       const blocker = keep(fs.tryLockFile(file, "exclusive"))!; // a regular file where a directory should be
       expect(blocker).not.toBeNull();
@@ -218,7 +218,7 @@ describe.each(backends)("lock semantics", (backend) => {
       } catch (e) {
         error = e;
       }
-      expect(isKvKeepError(error, "IO_ERROR")).toBe(true);
+      expect(isKvKeepError(error, "UNSAFE_PATH")).toBe(true);
     });
   });
 });

@@ -32,7 +32,7 @@ describe("budget and order", () => {
     const session = store.createSession(MODEL);
     const paths: string[] = [];
     for (let i = 0; i < 10; i++) paths.push(await commitAuto(session, `c${i}`, 1000));
-    expect(await store.usage()).toEqual({ bytes: 10_000, count: 10, autoBytes: 10_000, namedBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 10_000, count: 10, autoBytes: 10_000, namedBytes: 0, staleTempBytes: 0 });
 
     const result = await store.sweep({ maxBytes: 3500 });
     expect(result.keptBytes).toBeLessThanOrEqual(3500);
@@ -170,30 +170,30 @@ describe("named caches and usage", () => {
     const second = await evictNamed.sweep({ maxBytes: 0 });
     expect(second.evicted).toEqual([{ cacheKey: "my-chat", modelId: MODEL, configHash: expect.any(String), bytes: 3000, reason: "idle" }]);
     expect(await exists(named)).toBe(false);
-    expect(await evictNamed.usage()).toEqual({ bytes: 0, count: 0, autoBytes: 0, namedBytes: 0 });
+    expect(await evictNamed.usage()).toEqual({ bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, staleTempBytes: 0 });
     await evictNamed.close();
   });
 
   it("usage() counts every cache on disk and splits auto from named bytes; it follows deletes and rollbacks", async () => {
     const root = tempDir();
-    const store = openKvCacheStore({ root }); // default onRollback: "clear"
+    const store = openKvCacheStore({ root, onRollback: "clear" });
     const session = store.createSession(MODEL);
     await commitNamed(session, "n1", 2000);
     await commitNamed(session, "n2", 500);
     await commitAuto(session, "a1", 1200);
-    expect(await store.usage()).toEqual({ bytes: 3700, count: 3, autoBytes: 1200, namedBytes: 2500 });
+    expect(await store.usage()).toEqual({ bytes: 3700, count: 3, autoBytes: 1200, namedBytes: 2500, staleTempBytes: 0 });
 
     await store.delete({ kvCacheKey: "n2" });
-    expect(await store.usage()).toEqual({ bytes: 3200, count: 2, autoBytes: 1200, namedBytes: 2000 });
+    expect(await store.usage()).toEqual({ bytes: 3200, count: 2, autoBytes: 1200, namedBytes: 2000, staleTempBytes: 0 });
 
     const turn = await openAutoLoad(session, "a1");
     await session.rollback(turn); // "clear" removes the cache
-    expect(await store.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000 });
+    expect(await store.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, staleTempBytes: 0 });
 
     // A reopened store builds the same picture from the disk.
     await store.close();
     const reopened = openKvCacheStore({ root });
-    expect(await reopened.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000 });
+    expect(await reopened.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, staleTempBytes: 0 });
     await reopened.close();
   });
 });
@@ -296,7 +296,7 @@ describe("the shared index log", () => {
     await other.delete({ kvCacheKey: keyOf(a) });
     await other.retention.log.flushed();
 
-    expect(await store.usage()).toEqual({ bytes: 1700, count: 2, autoBytes: 800, namedBytes: 900 });
+    expect(await store.usage()).toEqual({ bytes: 1700, count: 2, autoBytes: 800, namedBytes: 900, staleTempBytes: 0 });
     expect(store.retention.stats.resyncs).toBe(0);
     expect(store.retention.stats.recordsApplied).toBeGreaterThan(0);
     const result = await store.sweep({ maxBytes: 0 });
@@ -306,7 +306,7 @@ describe("the shared index log", () => {
     await store.close();
   });
 
-  it("the log's records are one JSON line each, with the cache's relative path, bytes, time and writer", async () => {
+  it("the log's records are one JSON line each, with the cache's relative path, bytes, time, writer and (for a known conversation) its prefix facts", async () => {
     const root = tempDir();
     const store = openStore(root);
     const session = store.createSession(MODEL);
@@ -314,7 +314,17 @@ describe("the shared index log", () => {
     await store.close();
     const lines = (await fs.readFile(path.join(root, ".kvkeep", INDEX_LOG_NAME), "utf8")).trim().split("\n").map((l) => JSON.parse(l));
     const rel = path.relative(root, cachePath).split(path.sep).join("/");
-    expect(lines).toContainEqual({ op: "put", p: rel, b: 1000, u: expect.any(Number), w: store.retention.log.writerId });
+    expect(lines).toContainEqual({
+      op: "put",
+      p: rel,
+      b: 1000,
+      u: expect.any(Number),
+      w: store.retention.log.writerId,
+      f: null,
+      c: [expect.stringMatching(/^[0-9a-f]{16}$/), expect.stringMatching(/^[0-9a-f]{16}$/)],
+      m: 2,
+      t: null,
+    });
     expect(lines.some((l) => l.op === "del")).toBe(true); // the primed source, moved to the target
   });
 

@@ -19,15 +19,17 @@ import {
 import { getDefaultStore } from "../../default-store.js";
 import { statIdentity } from "../../durable/files.js";
 import { KvKeepError } from "../../errors.js";
+import { messageKeyChain } from "../../keys/auto-key.js";
 import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { CacheInfo, CacheMessage, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
+import type { BorrowedCache, CacheInfo, CacheMessage, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
 import { parseCachePath } from "../../layout/paths.js";
 import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
 import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
+import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 import { StopTextStream } from "./stop-text-stream.js";
 
 export interface LlamaCppCompletionOptions {
@@ -61,6 +63,14 @@ export interface LlamaCppCompletionOptions {
   modelPath?: string | undefined;
   /** Where the adapter logs. Default: silent. */
   logger?: Logger | undefined;
+  /**
+   * Start a turn from another conversation's cache when it shares more of the prompt than
+   * the turn's own cache (regenerate, edit, fork, a new chat with the same system prompt),
+   * found with `store.findPrefix` and loaded read-only with `store.borrowPrefix`. Models whose
+   * KV cells cannot be erased (recurrent, hybrid, sliding-window) borrow exact ancestors only.
+   * Default: true.
+   */
+  prefixReuse?: boolean | undefined;
 }
 
 export interface CompletionParams {
@@ -115,6 +125,14 @@ export interface CompletionStats {
   loadMs: number;
   /** Time spent saving the new state and committing it. */
   saveMs: number;
+  /**
+   * Where the reused tokens came from: `"own"` — this conversation's cache; `"prefix"` —
+   * another conversation's cache sharing the prompt's opening (borrowed read-only); `"none"`
+   * — nothing was reused (a cold start, or `kvCache: false`).
+   */
+  source: "own" | "prefix" | "none";
+  /** The cache key the reused tokens came from (null when `source` is `"none"`). */
+  sourceKey: string | null;
 }
 
 export interface CompletionResult {
@@ -146,6 +164,18 @@ interface Engine {
   sequence: LlamaContextSequence;
   session: KvCacheSession;
   fingerprint: string;
+  /**
+   * How far a state loaded from a file may be cut back: any prefix for attention models, one
+   * token for sliding-window models, none for recurrent and hybrid ones (state-trim.ts).
+   */
+  trim: StateTrimPolicy;
+}
+
+/** What a turn starts from: reused tokens and where they came from. */
+interface Start {
+  source: CompletionStats["source"];
+  sourceKey: string | null;
+  loadMs: number;
 }
 
 /** Which committed cache file the live sequence holds exactly, so its load can be skipped. */
@@ -155,6 +185,13 @@ interface Holding {
 }
 
 const now = (): number => performance.now();
+
+/**
+ * A prime keeps only the system prompt of the state it borrowed. When that state shared this
+ * many more prompt tokens (an edit late in the first message), loading it again for the turn
+ * (a read from the page cache) beats evaluating them again.
+ */
+const RELOAD_AFTER_PRIME_TOKENS = 16;
 
 function validateParams(params: CompletionParams): void {
   const bad = (message: string, argument: string): KvKeepError => new KvKeepError("INVALID_ARGUMENT", message, { argument });
@@ -207,7 +244,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       return this.#store.useCache(cachePath, { fingerprint }, async (cache) => {
         if (options.signal?.aborted) return null;
         this.#holding = null;
-        await sequence.loadStateFromFile(cache.cachePath, { acceptRisk: true });
+        await loadInto(sequence, cache.cachePath);
         // Under the cache's lock: the file cannot change between the load and this stat.
         const identity = await statIdentity(cache.cachePath);
         this.#holding = identity ? { cachePath: cache.cachePath, identity } : null;
@@ -257,7 +294,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         fingerprint,
         ...(this.#options.logger ? { logger: this.#options.logger } : {}),
       });
-      return { context, sequence: context.getSequence(), session, fingerprint };
+      const trim = stateTrimPolicy(readStateTrimTraits(model, this.#options.contextOptions ?? {}));
+      return { context, sequence: context.getSequence(), session, fingerprint, trim };
     })();
     this.#engine.catch(() => (this.#engine = null));
     return this.#engine;
@@ -282,12 +320,17 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       this.#holding = null;
       await sequence.clearHistory();
       const generation = await this.#generate(sequence, prompt, 0, params, started);
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation.ttftMs, 0, 0) };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation.ttftMs, { source: "none", sourceKey: null, loadMs: 0 }, 0) };
     }
 
     const systemPrompt = params.history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
     const configHash = generateConfigHash(systemPrompt, params.tools?.map((t) => t.name));
     const primePrefix = (): Token[] => primeTokens(model, this.#wrapper, params.history, prompt.tokens, params.tools);
+    const leadingSystem = params.history.findIndex((m) => m.role !== "system");
+    const systemMessages = leadingSystem < 0 ? params.history.length : leadingSystem;
+    messageKeyChain(params.history); // once per turn: the session and the prefix lookups reuse it (memoised)
+    /** What a prime borrowed: prime tokens kept, and how many prompt tokens its source shared (`reach`). */
+    let primeStart: Start & { kept: number; reach: number } = { source: "none", sourceKey: null, loadMs: 0, kept: 0, reach: 0 };
     const turn = await session.beginTurn({
       ...(params.kvCache === true
         ? { kind: "auto" as const, history: params.history }
@@ -296,26 +339,56 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       signal: params.signal,
       conversationId: params.conversationId,
       primeIfMissing: async (path) => {
+        // A new cache holds the system prompt: take it from the cache sharing most of the
+        // conversation, if one shares at least the system prompt.
+        const tokens = primePrefix();
         this.#holding = null;
-        await sequence.clearHistory();
-        await sequence.evaluateWithoutGeneratingNewTokens(primePrefix());
+        primeStart = { source: "none", sourceKey: null, loadMs: 0, kept: 0, reach: 0 };
+        // (Only where a state can be cut back to its system prompt: attention models.)
+        if (systemMessages > 0 && engine.trim.maxCutBack === Number.POSITIVE_INFINITY) {
+          const borrowed = await this.#borrow(engine, params.history, configHash, [], systemMessages);
+          if (borrowed) {
+            const reach = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1);
+            primeStart = { ...borrowed, kept: this.#cutTo(sequence, tokens, tokens.length), reach };
+          }
+        }
+        if (primeStart.kept === 0) await sequence.clearHistory();
+        else if (sequence.nextTokenIndex > primeStart.kept) {
+          await sequence.eraseContextTokenRanges([{ start: primeStart.kept, end: sequence.nextTokenIndex }]);
+        }
+        if (primeStart.kept < tokens.length) await sequence.evaluateWithoutGeneratingNewTokens(tokens.slice(primeStart.kept));
         await sequence.saveStateToFile(path);
       },
     });
     let committed = false;
     try {
-      let loadMs = 0;
-      if (!turn.primed && !(await this.#holds(turn))) {
+      let start: Start = turn.primed ? primeStart : { source: "own", sourceKey: turn.cacheKey, loadMs: 0 };
+      // Another conversation's cache, when it shares more messages than the turn's own — or,
+      // after a prime whose source shared well beyond the prime's tokens (an edit inside the
+      // first message), that source again: the prime had to cut it back to the system prompt.
+      const ownDepth = turn.primed ? systemMessages : Math.min(turn.savedCount, params.history.length);
+      const reloadPrimeSource = turn.primed && primeStart.reach > primeStart.kept + RELOAD_AFTER_PRIME_TOKENS;
+      const minCommon = reloadPrimeSource ? Math.max(1, ownDepth) : ownDepth + 1;
+      const borrowed =
+        minCommon <= params.history.length ? await this.#borrow(engine, params.history, configHash, [turn.cachePath], minCommon) : null;
+      if (borrowed) start = borrowed;
+      else if (!turn.primed && !(await this.#holds(turn))) {
         this.#holding = null;
         const loadStart = now();
-        await sequence.loadStateFromFile(turn.cachePath, { acceptRisk: true });
-        loadMs = now() - loadStart;
+        try {
+          await loadInto(sequence, turn.cachePath);
+        } catch (error) {
+          // A state llama.cpp refuses costs the reuse, never the reply: start cold.
+          this.#logger.warn(logLine("the engine could not load the cache; starting cold", { cachePath: turn.cachePath, error }));
+          await sequence.clearHistory();
+          start = { source: "none", sourceKey: null, loadMs: 0 };
+        }
+        start.loadMs = now() - loadStart;
       }
       if (params.signal?.aborted) throw abortedCompletion(params.signal);
       // Reuse stops exactly where the cached tokens and the prompt differ; at least one
       // prompt token is always evaluated, because logits are not part of a saved state.
-      const { firstDifferentIndex } = sequence.compareContextTokens(prompt.tokens);
-      const keep = Math.min(firstDifferentIndex, prompt.tokens.length - 1);
+      const keep = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1, engine.trim);
       this.#holding = null;
       const generation = await this.#generate(sequence, prompt, keep, params, started);
       if (generation.aborted) throw abortedCompletion(params.signal);
@@ -325,10 +398,65 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       committed = true;
       // The sequence holds exactly the state this commit installed (identity taken under its lock).
       this.#holding = outcome?.file ? { cachePath: outcome.cachePath, identity: outcome.file } : null;
-      const reused = turn.primed ? 0 : keep;
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation.ttftMs, loadMs, now() - saveStart) };
+      // A prime's tokens were evaluated in this call unless they came from another cache.
+      const reused = turn.primed && !borrowed ? Math.min(keep, primeStart.kept) : keep;
+      if (reused === 0) start = { source: "none", sourceKey: null, loadMs: start.loadMs };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation.ttftMs, start, now() - saveStart) };
     } finally {
       if (!committed) await session.rollback(turn);
+    }
+  }
+
+  /**
+   * How many leading `tokens` the live sequence can keep: up to the first token it differs
+   * in, at most `max` — and nothing when keeping them would cut the state back further than
+   * `trim` allows (recurrent models would re-evaluate all of it; a sliding window would give
+   * wrong output).
+   */
+  #cutTo(sequence: LlamaContextSequence, tokens: Token[], max: number, trim?: StateTrimPolicy): number {
+    const { firstDifferentIndex } = sequence.compareContextTokens(tokens);
+    const keep = Math.min(firstDifferentIndex, max);
+    if (trim && sequence.nextTokenIndex - keep > trim.maxCutBack) return 0;
+    return keep;
+  }
+
+  /**
+   * Load the cache of another conversation sharing at least `minCommon` leading messages of
+   * `history` (read-only, held only while loading), or nothing. Never fails the turn: a
+   * source the engine cannot load is logged, and the turn goes on without it.
+   */
+  async #borrow(
+    engine: Engine,
+    history: readonly CacheMessage[],
+    configHash: string,
+    exclude: string[],
+    minCommon: number,
+  ): Promise<Start | null> {
+    if (this.#options.prefixReuse === false || history.length < minCommon) return null;
+    const { sequence } = engine;
+    try {
+      const lent = await this.#store.borrowPrefix(
+        {
+          modelId: this.#modelId,
+          fingerprint: engine.fingerprint,
+          configHash,
+          history,
+          exclude,
+          minCommonMessages: minCommon,
+          exactAncestor: engine.trim.maxCutBack !== Number.POSITIVE_INFINITY,
+        },
+        async (source: BorrowedCache): Promise<Start> => {
+          this.#holding = null;
+          const loadStart = now();
+          await loadInto(sequence, source.loadPath);
+          return { source: "prefix", sourceKey: source.cacheKey, loadMs: now() - loadStart };
+        },
+      );
+      return lent?.value ?? null;
+    } catch (error) {
+      this.#logger.warn(logLine("could not start from another conversation's cache; going on without it", { error }));
+      await sequence.clearHistory();
+      return null;
     }
   }
 
@@ -354,7 +482,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       const outcome = await session.commitTurn(
         turn,
         turn.kind === "custom"
-          ? { kind: "static", messageCount, tokenCount }
+          ? { kind: "static", messageCount, tokenCount, history: [...params.history, { role: "assistant", content: reply }] }
           : {
               kind: "autoRename",
               targetCachePath: session.autoCachePath(configHash, [...params.history, { role: "assistant", content: reply }]),
@@ -377,7 +505,9 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     started: number,
   ): Promise<{ text: string; ttftMs: number; aborted: boolean }> {
     const { model } = this.#options;
-    if (sequence.nextTokenIndex > keep) await sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }]);
+    // Nothing kept: clear (also what a model that cannot erase KV cells supports).
+    if (keep === 0) await sequence.clearHistory();
+    else if (sequence.nextTokenIndex > keep) await sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }]);
     const sampling: SequenceEvaluateOptions = {
       ...(params.temperature !== undefined ? { temperature: params.temperature } : {}),
       ...(params.topK !== undefined ? { topK: params.topK } : {}),
@@ -413,15 +543,17 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     return { text, ttftMs, aborted: aborted || params.signal?.aborted === true };
   }
 
-  #stats(promptTokens: number, reusedTokens: number, ttftMs: number, loadMs: number, saveMs: number): CompletionStats {
+  #stats(promptTokens: number, reusedTokens: number, ttftMs: number, start: Start, saveMs: number): CompletionStats {
     return {
       hit: reusedTokens > 0,
       promptTokens,
       reusedTokens,
       evaluatedTokens: promptTokens - reusedTokens,
       ttftMs,
-      loadMs,
+      loadMs: start.loadMs,
       saveMs,
+      source: start.source,
+      sourceKey: start.sourceKey,
     };
   }
 }
@@ -429,6 +561,16 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 /** A completion handler over `options.model` that keeps conversations' KV caches with kvkeep. */
 export function createLlamaCppCompletion(options: LlamaCppCompletionOptions): LlamaCppCompletion {
   return new LlamaCppCompletionImpl(options);
+}
+
+/**
+ * Load a state file into the sequence, clearing it first: node-llama-cpp keeps a sequence's
+ * checkpoints (recurrent and sliding-window models) across loads, and a cut after the load
+ * could restore a checkpoint of the previous conversation (test/fixtures/ENGINE-FACTS.md).
+ */
+async function loadInto(sequence: LlamaContextSequence, filePath: string): Promise<void> {
+  await sequence.clearHistory();
+  await sequence.loadStateFromFile(filePath, { acceptRisk: true });
 }
 
 function abortedCompletion(signal: AbortSignal | undefined): KvKeepError {

@@ -5,40 +5,9 @@
  * with other weights gives wrong output, and a truncated file aborts the process — so the
  * fingerprint covers the weights too, not only the shapes (test/fixtures/ENGINE-FACTS.md).
  */
-import { promises as fs } from "node:fs";
 import type { LlamaContext, LlamaModel } from "node-llama-cpp";
 import { xxh64Hex } from "../../keys/hash.js";
-
-/** Bytes read from each of the sampled positions of the model file. */
-const SAMPLE_BYTES = 64 * 1024;
-const SAMPLES = 16;
-
-/** JSON with bigints (GGUF metadata has 64-bit values) as decimal strings. */
-function stableJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? `${v}n` : v));
-}
-
-/**
- * XXH64 over SAMPLES slices of the file, evenly spread from the first to the last byte
- * (~1 MiB read whatever the model's size). Any retrained or fine-tuned weights change
- * every slice; a full-file hash would cost seconds on a multi-GB model at every start.
- */
-async function sampleFile(filePath: string): Promise<{ size: number; sample: string }> {
-  const handle = await fs.open(filePath, "r");
-  try {
-    const { size } = await handle.stat();
-    const buffer = Buffer.alloc(SAMPLE_BYTES);
-    const parts: string[] = [];
-    for (let i = 0; i < SAMPLES; i++) {
-      const position = Math.max(0, Math.floor(((size - SAMPLE_BYTES) * i) / (SAMPLES - 1)));
-      const { bytesRead } = await handle.read(buffer, 0, SAMPLE_BYTES, position);
-      parts.push(xxh64Hex(buffer.subarray(0, bytesRead)));
-    }
-    return { size, sample: xxh64Hex(parts.join("")) };
-  } finally {
-    await handle.close();
-  }
-}
+import { sampleFile, stableJson } from "../fingerprint-parts.js";
 
 /**
  * The model file's path: given, else node-llama-cpp's internal `_modelPath` (its public API

@@ -1,0 +1,142 @@
+// Safe file access for files kvkeep did not necessarily create itself: a manifest, a cache
+// file or a log below a root that other processes (or a hostile user) can write to.
+//
+// identity(path): lstat — the entry itself, never what a symlink points to — as
+//   { type, size, ino, mtimeNs }; null when nothing is there. One syscall: nothing is
+//   opened, so a FIFO or a device at the path costs nothing and cannot block.
+// readFileBounded(path, maxBytes): open with O_NOFOLLOW | O_NONBLOCK, fstat the descriptor
+//   (the file actually opened, not the path), refuse anything but a regular file (ENOTREG)
+//   or a file larger than maxBytes (EFBIG), then read it whole. Resolves
+//   { data: Uint8Array, identity } — the identity of the bytes read, from the same fd.
+#include "safeio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+
+namespace kvkeep {
+namespace {
+
+// Refuses a bound beyond what a Uint8Array can comfortably hold; manifests are KiBs.
+constexpr double kMaxBound = 1 << 30;
+
+class IdentityWorker : public PromiseWorker {
+ public:
+  IdentityWorker(Napi::Env env, std::string path) : PromiseWorker(env, "kvkeep:identity"), path_(std::move(path)) {}
+
+ protected:
+  void Work() override {
+    if (::lstat(path_.c_str(), &st_) == 0) {
+      found_ = true;
+      return;
+    }
+    // Nothing there (or a parent is not a directory): not an error, just no file.
+    if (errno == ENOENT || errno == ENOTDIR) return;
+    failure_.Set(errno, "lstat", path_);
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    if (!found_) return env.Null();
+    return IdentityObject(env, st_);
+  }
+
+ private:
+  std::string path_;
+  struct stat st_ {};
+  bool found_ = false;
+};
+
+class BoundedReadWorker : public PromiseWorker {
+ public:
+  BoundedReadWorker(Napi::Env env, std::string path, size_t max_bytes)
+      : PromiseWorker(env, "kvkeep:readFileBounded"), path_(std::move(path)), max_bytes_(max_bytes) {}
+
+ protected:
+  void Work() override {
+    const int fd = OpenRegularFile(AT_FDCWD, path_.c_str(), 0, &st_);
+    if (fd < 0) {
+      failure_.Set(errno, "open", path_);
+      return;
+    }
+    if (static_cast<unsigned long long>(st_.st_size) > max_bytes_) {
+      failure_.Set(EFBIG, "read", path_);
+      CloseFd(fd);
+      return;
+    }
+    data_.resize(static_cast<size_t>(st_.st_size));
+    size_t got = 0;
+    for (;;) {
+      // One byte of slack past the size: a file that grew since the fstat is read up to
+      // the bound and refused beyond it, never read without limit.
+      if (got == data_.size()) {
+        if (data_.size() >= max_bytes_ + 1) break;
+        data_.resize(std::min(max_bytes_ + 1, data_.size() + 4096));
+      }
+      const ssize_t n = ::read(fd, data_.data() + got, data_.size() - got);
+      if (n == 0) break;
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        failure_.Set(errno, "read", path_);
+        CloseFd(fd);
+        return;
+      }
+      got += static_cast<size_t>(n);
+    }
+    CloseFd(fd);
+    if (got > max_bytes_) {
+      failure_.Set(EFBIG, "read", path_);
+      return;
+    }
+    data_.resize(got);
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("data", Napi::Buffer<unsigned char>::Copy(env, data_.data(), data_.size()));
+    out.Set("identity", IdentityObject(env, st_));
+    return out;
+  }
+
+ private:
+  std::string path_;
+  size_t max_bytes_;
+  struct stat st_ {};
+  std::vector<unsigned char> data_;
+};
+
+// identity(path) → Promise<{ type, size, ino, mtimeNs } | null>
+Napi::Value Identity(const Napi::CallbackInfo& info) {
+  auto* worker = new IdentityWorker(info.Env(), StringArg(info, 0, "path"));
+  worker->Queue();
+  return worker->Promise();
+}
+
+// readFileBounded(path, maxBytes) → Promise<{ data: Uint8Array, identity }>
+Napi::Value ReadFileBounded(const Napi::CallbackInfo& info) {
+  std::string path = StringArg(info, 0, "path");
+  if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "maxBytes must be a number");
+  const double bound = info[1].As<Napi::Number>().DoubleValue();
+  if (!(bound >= 0 && bound <= kMaxBound) || bound != static_cast<double>(static_cast<size_t>(bound))) {
+    throw Napi::RangeError::New(info.Env(), "maxBytes must be an integer in [0, 1 GiB]");
+  }
+  auto* worker = new BoundedReadWorker(info.Env(), std::move(path), static_cast<size_t>(bound));
+  worker->Queue();
+  return worker->Promise();
+}
+
+}  // namespace
+
+void InitSafeIo(Napi::Env env, Napi::Object exports) {
+  exports.Set("identity", Napi::Function::New<Identity>(env, "identity"));
+  exports.Set("readFileBounded", Napi::Function::New<ReadFileBounded>(env, "readFileBounded"));
+}
+
+}  // namespace kvkeep

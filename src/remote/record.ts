@@ -1,0 +1,119 @@
+/**
+ * The record that makes a remote state visible (pure): what it says, and the strict check
+ * every record read from the server goes through. Remote data is hostile input: a record
+ * that is not exactly well-formed, or that names another cache than the one asked for, is
+ * refused — its fields are never used as paths, and its bytes are verified after download.
+ */
+import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
+import { MAX_CHAIN_KEYS } from "../manifest/format.js";
+import type { RemoteCacheId, RemoteStateRecord } from "./types.js";
+
+export const RECORD_FORMAT = 1;
+/** Largest chunk a record may declare (Redis's own limit for one value is 512 MiB). */
+export const MAX_CHUNK_BYTES = 256 * 1024 * 1024;
+/** Largest state a record may declare: far beyond any KV cache, small enough for safe integers. */
+export const MAX_STATE_BYTES = 2 ** 44;
+const CHAIN_KEY = /^[0-9a-f]{16}$/;
+
+export interface RemoteRecord extends RemoteStateRecord {
+  format: typeof RECORD_FORMAT;
+  /** Bytes per chunk (the last may be shorter); fixed by the writer. */
+  chunkBytes: number;
+  chunks: number;
+  /** Whose upload holds the bytes: this generation's, or an earlier one's with identical bytes. */
+  dataGeneration: number;
+}
+
+export function chunkCount(size: number, chunkBytes: number): number {
+  return Math.ceil(size / chunkBytes);
+}
+
+/** Bytes of chunk `index` of a state of `size` bytes. */
+export function chunkLength(size: number, chunkBytes: number, index: number): number {
+  return Math.min(chunkBytes, size - index * chunkBytes);
+}
+
+export function serializeRecord(record: RemoteRecord): string {
+  const { id, ...rest } = record;
+  return JSON.stringify({ ...rest, ...id });
+}
+
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const isHex16 = (v: unknown): v is string => typeof v === "string" && /^[0-9a-f]{16}$/.test(v);
+
+function validId(raw: Record<string, unknown>): RemoteCacheId | null {
+  try {
+    assertModelId(raw.modelId);
+    assertConfigHash(raw.configHash);
+    assertCacheKey(raw.cacheKey);
+  } catch {
+    return null;
+  }
+  if (!(raw.fingerprint === null || typeof raw.fingerprint === "string")) return null;
+  return {
+    modelId: raw.modelId as string,
+    fingerprint: raw.fingerprint as string | null,
+    configHash: raw.configHash as string,
+    cacheKey: raw.cacheKey as string,
+  };
+}
+
+export function sameCacheId(a: RemoteCacheId, b: RemoteCacheId): boolean {
+  return a.modelId === b.modelId && a.fingerprint === b.fingerprint && a.configHash === b.configHash && a.cacheKey === b.cacheKey;
+}
+
+/**
+ * Parse a record read from the server. With `expect`, the record must name exactly that
+ * cache (model, fingerprint, config, key): a record filed under the wrong key is refused.
+ */
+export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord | { error: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { error: "record is not JSON" };
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return { error: "record is not an object" };
+  const r = raw as Record<string, unknown>;
+  if (r.format !== RECORD_FORMAT) return { error: `record format ${String(r.format)} is not ${RECORD_FORMAT}` };
+  const id = validId(r);
+  if (!id) return { error: "record names no valid cache" };
+  if (expect && !sameCacheId(id, expect)) return { error: "record names another cache than the one it is filed under" };
+  const { size, chunkBytes, chunks, messageCount, tokenCount, committedAt, generation, dataGeneration, xxh64, chain } = r;
+  if (!isCount(size) || size === 0 || size > MAX_STATE_BYTES) return { error: "record size is invalid" };
+  if (!isCount(chunkBytes) || chunkBytes === 0 || chunkBytes > MAX_CHUNK_BYTES) return { error: "record chunk size is invalid" };
+  if (chunks !== chunkCount(size, chunkBytes)) return { error: "record chunk count does not fit its size" };
+  if (!isHex16(xxh64)) return { error: "record checksum is invalid" };
+  if (!isCount(messageCount) || !(tokenCount === null || isCount(tokenCount)) || !isCount(committedAt)) {
+    return { error: "record counts are invalid" };
+  }
+  if (!isCount(generation) || generation === 0 || !isCount(dataGeneration) || dataGeneration === 0 || dataGeneration > generation) {
+    return { error: "record generation is invalid" };
+  }
+  let parsedChain: string[] | null = null;
+  if (chain !== null) {
+    if (
+      !Array.isArray(chain) ||
+      chain.length > MAX_CHAIN_KEYS ||
+      chain.length > (messageCount as number) ||
+      !chain.every((k) => typeof k === "string" && CHAIN_KEY.test(k))
+    ) {
+      return { error: "record chain is invalid" };
+    }
+    parsedChain = chain as string[];
+  }
+  return {
+    format: RECORD_FORMAT,
+    id,
+    size,
+    xxh64,
+    messageCount,
+    tokenCount: tokenCount as number | null,
+    chain: parsedChain,
+    committedAt,
+    generation,
+    chunkBytes,
+    chunks,
+    dataGeneration,
+  };
+}

@@ -1,0 +1,82 @@
+/**
+ * Where the Redis tier keeps things (pure). Every key starts with the tenant's `keyPrefix`
+ * and carries a hash tag, so in Redis Cluster all keys of one cache key live in one slot
+ * (its scripts run atomically there), while different caches spread over the cluster.
+ *
+ *   <p>{<key tag>}:heads                      HASH  scope tag → the record of that scope's state
+ *   <p>{<key tag>}:tombs                      HASH  "*" | "m:<modelId>" → generation of the last delete
+ *   <p>{<key tag>}:data:<scope>:<xxh64>:<gen> HASH  chunk index → bytes; one upload's own key
+ *   <p>{<scope tag>}:prefix                   HASH  chain key → cache keys of states covering it (prefix index)
+ *   <p>{kvkeep}:gen                           the fleet's generation clock
+ *   <p>{kvkeep}:deleted-all                   generation of the last delete of everything
+ *
+ * key tag = XXH64 of the cache key; scope tag = XXH64 of (model, fingerprint, config hash):
+ * user strings never appear in key names, so braces or odd bytes in them cannot move a key
+ * to another slot or collide. Data keys are content-addressed (state checksum) and per
+ * upload (its generation): two uploads never write into the same key.
+ */
+import { KvKeepError } from "../../errors.js";
+import { xxh64Hex } from "../../keys/hash.js";
+import type { RemoteCacheId, RemoteScope } from "../types.js";
+
+export const DEFAULT_KEY_PREFIX = "kvkeep:";
+
+export function assertKeyPrefix(prefix: unknown): asserts prefix is string {
+  if (typeof prefix !== "string" || prefix.length > 200 || /[{}\s*?[\]\\]/.test(prefix)) {
+    throw new KvKeepError(
+      "INVALID_ARGUMENT",
+      "keyPrefix must be a string of at most 200 characters without braces, spaces or glob characters (e.g. \"kvkeep:tenant-a:\").",
+      { argument: "keyPrefix" },
+    );
+  }
+}
+
+export function keyTag(cacheKey: string): string {
+  return xxh64Hex(`kvkeep-remote-key\0${cacheKey}`);
+}
+
+export function scopeTag(scope: RemoteScope): string {
+  return xxh64Hex(`kvkeep-remote-scope\0${JSON.stringify([scope.modelId, scope.fingerprint, scope.configHash])}`);
+}
+
+export class RedisKeys {
+  constructor(readonly prefix: string) {}
+
+  heads(cacheKey: string): string {
+    return `${this.prefix}{${keyTag(cacheKey)}}:heads`;
+  }
+
+  tombs(cacheKey: string): string {
+    return `${this.prefix}{${keyTag(cacheKey)}}:tombs`;
+  }
+
+  data(id: RemoteCacheId, xxh64: string, generation: number): string {
+    return `${this.prefix}{${keyTag(id.cacheKey)}}:data:${scopeTag(id)}:${xxh64}:${generation}`;
+  }
+
+  prefixIndex(scope: RemoteScope): string {
+    return `${this.prefix}{${scopeTag(scope)}}:prefix`;
+  }
+
+  get clock(): string {
+    return `${this.prefix}{kvkeep}:gen`;
+  }
+
+  get deletedAll(): string {
+    return `${this.prefix}{kvkeep}:deleted-all`;
+  }
+
+  /** SCAN pattern for every heads hash of this prefix (the prefix has no glob characters). */
+  get headsPattern(): string {
+    return `${this.prefix}{*}:heads`;
+  }
+
+  /**
+   * SCAN pattern for every key of this prefix. Every key has a brace right after the
+   * prefix, so another tenant's prefix that merely starts with this one ("kvkeep:" and
+   * "kvkeep:a:") never matches.
+   */
+  get everything(): string {
+    return `${this.prefix}{*`;
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * The few commands the tier sends, over any node-redis client: a single client
+ * (`createClient`), a cluster (`createCluster`) or any other with the same command methods.
+ * Each call gets the caller's AbortSignal and timeout, so a command still queued at the
+ * deadline is dropped by the client instead of running late. Nothing else in kvkeep knows
+ * node-redis.
+ */
+import { ErrorReply, RESP_TYPES, TimeoutError } from "redis";
+import type { ErrorClass } from "../guard.js";
+
+/** The command methods the tier uses (node-redis names; replies typed loosely on purpose). */
+interface Commands {
+  get(key: string): Promise<unknown>;
+  exists(key: string): Promise<unknown>;
+  hGet(key: string, field: string): Promise<unknown>;
+  hmGet(key: string, fields: string[]): Promise<unknown>;
+  hSet(key: string, field: string | Record<string, string | Buffer>, value?: string | Buffer): Promise<unknown>;
+  hGetAll(key: string): Promise<unknown>;
+  expire(key: string, seconds: number): Promise<unknown>;
+  unlink(key: string): Promise<unknown>;
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  scanIterator?(options: { MATCH: string; COUNT: number; TYPE?: string }): AsyncIterable<unknown>;
+}
+
+/** What kvkeep needs of a node-redis client or cluster object. */
+export interface NodeRedisClientLike {
+  readonly isOpen: boolean;
+  readonly isReady?: boolean;
+  connect(): Promise<unknown>;
+  on(event: "error", listener: (error: unknown) => void): unknown;
+  withCommandOptions(options: object): unknown;
+  /** A new client with the same options (a second connection). */
+  duplicate?(): NodeRedisClientLike;
+  destroy?(): unknown;
+  close?(): Promise<unknown>;
+  /** Cluster only: its master nodes, and a client for one. */
+  masters?: readonly unknown[];
+  nodeClient?(node: unknown): unknown;
+}
+
+const BUFFER_MAPPING = { [RESP_TYPES.BLOB_STRING]: Buffer };
+/** Server replies that mean "not serving right now", not "it answered". */
+const TRANSIENT_REPLY = /^(LOADING|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|READONLY)\b/;
+
+/** How a client error counts for the circuit breaker. */
+export function classifyRedisError(error: unknown): ErrorClass {
+  if (error instanceof TimeoutError) return "timeout";
+  if (error instanceof ErrorReply) return TRANSIENT_REPLY.test(error.message) ? "unreachable" : "reply";
+  if ((error as { name?: unknown } | null)?.name === "AbortError") return "timeout";
+  return "unreachable";
+}
+
+/** A reply as text (node-redis gives strings, or Buffers under a type mapping). */
+export function asText(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value === "string") return value;
+  if (Buffer.isBuffer(value)) return value.toString("utf8");
+  if (typeof value === "number") return String(value);
+  return null;
+}
+
+/** One connection (or cluster client) and whether the tier owns it. */
+class Lane {
+  readonly client: NodeRedisClientLike;
+  readonly #owned: boolean;
+  #connecting: Promise<unknown> | null = null;
+
+  constructor(client: NodeRedisClientLike, owned: boolean, onError: (error: unknown) => void) {
+    this.client = client;
+    this.#owned = owned;
+    // node-redis throws from an EventEmitter without an error listener: always have one.
+    client.on("error", onError);
+  }
+
+  connectInBackground(): void {
+    if (this.client.isOpen || this.#connecting) return;
+    // A failed first connection is tried again by the next ready() (the breaker paces it).
+    this.#connecting = this.client.connect().then(
+      () => {},
+      () => {
+        this.#connecting = null;
+      },
+    );
+  }
+
+  async ready(): Promise<void> {
+    this.connectInBackground();
+    if (this.#connecting && this.client.isReady !== true) await this.#connecting;
+  }
+
+  commands(signal: AbortSignal, timeoutMs: number, binary: boolean): Commands {
+    return this.client.withCommandOptions({
+      abortSignal: signal,
+      timeout: timeoutMs,
+      ...(binary ? { typeMapping: BUFFER_MAPPING } : {}),
+    }) as Commands;
+  }
+
+  async close(): Promise<void> {
+    if (!this.#owned) return;
+    const client = this.client;
+    if (client.isReady === true) {
+      // Connected: let queued commands finish, then close the socket.
+      await Promise.resolve(client.close?.()).catch(() => client.destroy?.());
+    } else if (client.isOpen) {
+      // Connecting or reconnecting to a server that does not answer: stop trying now.
+      client.destroy?.();
+    }
+    // A destroyed client settles its connect() at once; never let close() hang on it.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.#connecting, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Two lanes to the server: lookups (a turn waits for them) on the client given or created,
+ * and chunk transfers on a duplicate of it, so a lookup never queues behind megabytes of
+ * chunks on one connection. The duplicate is the tier's own (closed at close) even when
+ * the client was passed in.
+ */
+export class RedisLink {
+  readonly #lookup: Lane;
+  readonly #bulk: Lane;
+
+  /**
+   * `owned`: the tier created the client and closes it; a client passed in is connected
+   * if it is not yet, and left open at close (its owner closes it).
+   */
+  constructor(client: NodeRedisClientLike, owned: boolean, onError: (error: unknown) => void) {
+    this.#lookup = new Lane(client, owned, onError);
+    this.#bulk = typeof client.duplicate === "function" ? new Lane(client.duplicate(), true, onError) : this.#lookup;
+  }
+
+  get isCluster(): boolean {
+    return typeof this.#lookup.client.nodeClient === "function";
+  }
+
+  /** Start connecting, without waiting. */
+  connectInBackground(): void {
+    this.#lookup.connectInBackground();
+    this.#bulk.connectInBackground();
+  }
+
+  /** Wait for the lane's first connection attempt if one is running (bounded by the caller's deadline). */
+  ready(lane: "lookup" | "bulk" = "lookup"): Promise<void> {
+    return (lane === "lookup" ? this.#lookup : this.#bulk).ready();
+  }
+
+  /** Commands with the caller's deadline; `binary` replies are Buffers (chunk data). */
+  commands(signal: AbortSignal, timeoutMs: number, options: { binary?: boolean; lane?: "lookup" | "bulk" } = {}): Commands {
+    return (options.lane === "bulk" ? this.#bulk : this.#lookup).commands(signal, timeoutMs, options.binary ?? false);
+  }
+
+  /** Every key matching `pattern`, on every master of a cluster. */
+  async *scan(pattern: string, type?: string): AsyncIterable<string> {
+    const client = this.#lookup.client;
+    const nodes: Commands[] = [];
+    if (this.isCluster) {
+      for (const master of client.masters ?? []) nodes.push((await client.nodeClient!(master)) as Commands);
+    } else {
+      nodes.push(client as unknown as Commands);
+    }
+    for (const node of nodes) {
+      for await (const batch of node.scanIterator!({ MATCH: pattern, COUNT: 1000, ...(type ? { TYPE: type } : {}) })) {
+        for (const key of Array.isArray(batch) ? batch : [batch]) {
+          const text = asText(key);
+          if (text !== null) yield text;
+        }
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.#lookup.close(), this.#bulk === this.#lookup ? null : this.#bulk.close()]);
+  }
+}

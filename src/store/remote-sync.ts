@@ -1,0 +1,250 @@
+/**
+ * The store's side of the remote tier (`openKvCacheStore({ remote })`): the one owner of
+ * what moves between the local root and the tier. The session and the store call it at
+ * four hook points, nothing else touches the tier:
+ *
+ * - `afterCommit` (commitTurn, after a state was installed): take the commit's place in the
+ *   fleet's order now (`tier.reserve`, not awaited) and queue the upload; a turn never waits.
+ *   The job uploads the committed file through a descriptor checked against its manifest.
+ * - `readThrough` (beginTurn, under the cache's lock, on a local miss): stream the remote
+ *   state into a temp file beside the cache; the tier verifies size and XXH64, the record's
+ *   identity (model, fingerprint, config, key) is checked, and the file is installed
+ *   through the normal commit path (`installCache`); the turn proceeds as a hit.
+ * - `pullPrefix` (findPrefix / borrowPrefix, when the local index has nothing as long): the
+ *   remote state covering the longest prefix is fetched the same way into its own place
+ *   under the root, then found by the local index.
+ * - `afterDelete` (store.delete): queued uploads of the target are dropped and the remote
+ *   copy deleted, leaving a tombstone so an upload still in flight cannot bring it back.
+ */
+import { constants as fsConstants, promises as fs } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { statIdentity, unlinkIfExists } from "../durable/files.js";
+import { ownTempPath } from "../durable/temp-owner.js";
+import { type CacheLocation, cachePathOf, isWithin, parseCachePath } from "../layout/paths.js";
+import { type Logger, logLine } from "../logger.js";
+import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { installCache, readManifest, removeCacheFiles } from "../manifest/store.js";
+import type { RemoteCacheId, RemoteTier } from "../remote/types.js";
+import { WriteBehind } from "../remote/write-behind.js";
+import { manifestHeader } from "../session/trust.js";
+import type { DeleteTarget } from "../types.js";
+import type { StoreContext } from "./context.js";
+import { initKey } from "./layers.js";
+
+/** Uploads waiting at most (one per cache; the oldest is dropped past this). */
+export const DEFAULT_MAX_PENDING_UPLOADS = 64;
+
+interface UploadJob {
+  id: RemoteCacheId;
+  reservation: ReturnType<RemoteTier["reserve"]>;
+}
+
+/** A prefix query as the store's findPrefix/borrowPrefix checked it. */
+export interface RemotePrefixQuery {
+  modelId: string;
+  fingerprint: string | null;
+  configHash: string;
+  /** Keys 1…n of the history (element j = key of its first j + 1 messages). */
+  historyKeys: readonly string[];
+  minCommonMessages: number;
+  exactAncestor: boolean;
+  exclude: ReadonlySet<string>;
+}
+
+const cacheIdOf = (loc: CacheLocation, fingerprint: string | null): RemoteCacheId => ({
+  modelId: loc.modelId,
+  fingerprint,
+  configHash: loc.configHash,
+  cacheKey: loc.cacheKey,
+});
+
+export class RemoteSync {
+  readonly tier: RemoteTier;
+  readonly #ctx: () => StoreContext;
+  readonly #uploads: WriteBehind<UploadJob>;
+
+  constructor(tier: RemoteTier, ctx: () => StoreContext, options: { maxPendingUploads?: number | undefined } = {}) {
+    this.tier = tier;
+    this.#ctx = ctx;
+    this.#uploads = new WriteBehind((cachePath, job) => this.#upload(cachePath, job), {
+      maxPending: options.maxPendingUploads ?? DEFAULT_MAX_PENDING_UPLOADS,
+      concurrency: 1,
+      onDiscard: (cachePath, reason) => {
+        if (reason !== "replaced") this.#logger.debug(logLine("remote upload dropped", { cachePath, reason }));
+      },
+    });
+  }
+
+  get #logger(): Logger {
+    return this.#ctx().logger;
+  }
+
+  // ── write-behind ─────────────────────────────────────────────────────────────────────
+
+  /** A commit installed a new state at `cachePath`: queue its upload (never waits). */
+  afterCommit(cachePath: string, fingerprint: string | null): void {
+    const loc = parseCachePath(this.#ctx().root, cachePath);
+    if (!loc) return;
+    const id = cacheIdOf(loc, fingerprint);
+    // The generation is asked for now, so the fleet orders this commit by when it happened.
+    const reservation = this.tier.reserve(id).catch(() => ({ ok: false, reason: "unavailable" }) as const);
+    this.#uploads.push(cachePath, { id, reservation });
+  }
+
+  async #upload(cachePath: string, job: UploadJob): Promise<void> {
+    const reserved = await job.reservation;
+    if (!reserved.ok) return; // the tier is down: the next commit tries again
+    let handle: FileHandle | null = null;
+    try {
+      handle = await fs.open(cachePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch(() => null);
+      if (!handle) return; // evicted, deleted or moved on since
+      const st = await handle.stat({ bigint: true });
+      const identity = { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
+      const read = await readManifest(cachePath);
+      if (!("manifest" in read)) return;
+      const { manifest } = read;
+      // The descriptor's file must be the one a manifest slot describes, for this identity.
+      const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, identity));
+      if (!st.isFile() || !entry || entry.messageCount === 0) return;
+      if (manifest.modelId !== job.id.modelId || manifest.configHash !== job.id.configHash) return;
+      if (manifest.cacheKey !== job.id.cacheKey || manifest.fingerprint !== job.id.fingerprint) return;
+      const outcome = await this.tier.upload(
+        reserved.ticket,
+        {
+          id: job.id,
+          size: entry.size,
+          xxh64: entry.xxh64,
+          messageCount: entry.messageCount,
+          tokenCount: entry.tokenCount,
+          chain: entry.chain ?? null,
+          committedAt: entry.committedAt,
+        },
+        handle,
+      );
+      this.#logger.debug(logLine("remote upload", { cachePath, ...outcome }));
+    } catch (error) {
+      this.#logger.warn(logLine("remote upload failed", { cachePath, error }));
+    } finally {
+      await handle?.close().catch(() => {});
+    }
+  }
+
+  // ── read-through ─────────────────────────────────────────────────────────────────────
+
+  /** Whether the tier has the state of `loc` (a cheap look before taking a lock for it). */
+  has(loc: CacheLocation, fingerprint: string | null): Promise<boolean> {
+    return this.tier.has(cacheIdOf(loc, fingerprint)).catch(() => false);
+  }
+
+  /**
+   * Fetch the remote state of `loc` into `cachePath` and install it as a committed cache.
+   * The caller holds the cache's lock and its directory exists, and nothing trusted is at
+   * `cachePath`. Resolves to the installed entry, or null on any miss (never rejects).
+   */
+  async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null> {
+    const ctx = this.#ctx();
+    const temp = ownTempPath(cachePath);
+    try {
+      const got = await this.tier.fetchTo(cacheIdOf(loc, fingerprint), temp);
+      if (!got.hit) return null;
+      const { state } = got;
+      const { entry, unsettled } = await installCache(ctx.nfs, {
+        source: temp,
+        target: cachePath,
+        header: manifestHeader(loc, fingerprint),
+        previous: null,
+        messageCount: state.messageCount,
+        tokenCount: state.tokenCount,
+        chain: state.chain,
+        noReplace: false,
+      });
+      if (unsettled) {
+        ctx.logger.warn(logLine("a state from the remote tier is installed, but a last step of its commit failed; settled at its next use", { cachePath, error: unsettled }));
+      }
+      if (entry.xxh64 !== state.xxh64 || entry.size !== state.size) {
+        // The tier verified the bytes it wrote; the file must still be them.
+        await removeCacheFiles(cachePath);
+        ctx.logger.warn(logLine("a state fetched from the remote tier changed on disk before install; dropped", { cachePath }));
+        return null;
+      }
+      ctx.layers.recordTrusted(cachePath, initKey(loc.modelId, loc.configHash, loc.cacheKey), entry, fingerprint);
+      ctx.retention.noteCommitted(cachePath, entry, fingerprint);
+      ctx.logger.debug(logLine("installed a state from the remote tier", { cachePath, messageCount: entry.messageCount }));
+      return entry;
+    } catch (error) {
+      ctx.logger.warn(logLine("could not install a state from the remote tier; going on without it", { cachePath, error }));
+      return null;
+    } finally {
+      await unlinkIfExists(temp).catch(() => {});
+    }
+  }
+
+  /**
+   * Ask the tier for a state sharing more leading messages with the query's history than
+   * `localBest`, and install it at its own place under the root (only where nothing is, and
+   * only if nobody holds that place). True when one was installed.
+   */
+  async pullPrefix(query: RemotePrefixQuery, localBest: number): Promise<boolean> {
+    const ctx = this.#ctx();
+    const hit = await this.tier
+      .lookupPrefix(
+        { modelId: query.modelId, fingerprint: query.fingerprint, configHash: query.configHash },
+        query.historyKeys,
+        { minMessages: Math.max(localBest + 1, query.minCommonMessages), exactAncestor: query.exactAncestor },
+      )
+      .catch(() => null);
+    if (!hit) return false;
+    const loc: CacheLocation = { cacheKey: hit.cacheKey, modelId: query.modelId, configHash: query.configHash };
+    const cachePath = cachePathOf(ctx.root, loc);
+    if (query.exclude.has(cachePath) || (await statIdentity(cachePath).catch(() => null))) return false;
+    ctx.layers.refDir(cachePath);
+    let lease = null;
+    let installed = false;
+    try {
+      await ctx.ensureCacheDir(loc);
+      lease = ctx.locks.tryAcquire(cachePath);
+      if (!lease || (await statIdentity(cachePath))) return false;
+      installed = (await this.readThrough(cachePath, loc, query.fingerprint)) !== null;
+      return installed;
+    } catch (error) {
+      ctx.logger.debug(logLine("remote prefix source not installed", { cachePath, error }));
+      return false;
+    } finally {
+      await ctx.releaseCache(lease, cachePath, !installed).catch(() => {});
+    }
+  }
+
+  // ── deletes and close ────────────────────────────────────────────────────────────────
+
+  /**
+   * After `store.delete`: drop waiting uploads it covers and delete the remote copies (a
+   * tombstone refuses uploads ordered before it). A tier that cannot be reached is logged.
+   */
+  async afterDelete(target: DeleteTarget): Promise<void> {
+    const ctx = this.#ctx();
+    if ("all" in target) {
+      this.#uploads.cancel(() => true);
+    } else {
+      const dir = path.join(ctx.root, target.kvCacheKey, target.modelId ?? "");
+      this.#uploads.cancel((cachePath) => isWithin(dir, cachePath));
+    }
+    const removed = await this.tier
+      .remove("all" in target ? { all: true } : { cacheKey: target.kvCacheKey, modelId: target.modelId })
+      .catch((error: unknown) => ({ ok: false as const, reason: String(error) }));
+    if (!removed.ok) {
+      ctx.logger.warn(
+        logLine("the remote copy could not be deleted; other machines may still resume it (retry with kvkeep rm --remote)", {
+          target: "all" in target ? "all" : target.kvCacheKey,
+          reason: removed.reason,
+        }),
+      );
+    }
+  }
+
+  /** Finish the uploads queued so far, then close the tier. */
+  async close(): Promise<void> {
+    await this.#uploads.drain();
+    await this.tier.close();
+  }
+}

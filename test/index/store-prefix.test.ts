@@ -1,0 +1,328 @@
+/**
+ * Prefix reuse at the store, on real roots with real files (fake engine bytes): what
+ * `findPrefix` answers, and that `borrowPrefix` lends a source read-only, held only while
+ * it is loaded, never waiting, and never handing over anything but the verified state.
+ */
+import { promises as fs, readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { manifestPathOf } from "../../src/layout/paths.js";
+import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { bundleFixture, runChild } from "../helpers/child.js";
+import { tempDir } from "../helpers/temp-root.js";
+import {
+  assistant,
+  commitAutoConversation,
+  commitNamedConversation,
+  configHash,
+  conversation,
+  isWholeState,
+  MODEL,
+  SYSTEM,
+  user,
+} from "./helpers.js";
+
+function openStore(root: string, options: ConstructorParameters<typeof KvCacheStoreImpl>[0] = {}): KvCacheStoreImpl {
+  return new KvCacheStoreImpl({ root, onRollback: "keep-committed", ...options });
+}
+
+async function snapshot(cachePath: string): Promise<{ bytes: Buffer; mtimeNs: bigint; manifest: string; manifestMtimeNs: bigint }> {
+  const [bin, man] = await Promise.all([fs.stat(cachePath, { bigint: true }), fs.stat(manifestPathOf(cachePath), { bigint: true })]);
+  return {
+    bytes: await fs.readFile(cachePath),
+    mtimeNs: bin.mtimeNs,
+    manifest: await fs.readFile(manifestPathOf(cachePath), "utf8"),
+    manifestMtimeNs: man.mtimeNs,
+  };
+}
+
+describe("store.findPrefix", () => {
+  it("finds the longer auto cache of a regenerate, an edit of the last message, and the system prompt of a new chat", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 3); // 7 messages
+    const source = await commitAutoConversation(session, full);
+
+    const regenerate = full.slice(0, -1);
+    expect(await store.findPrefix({ modelId: MODEL, configHash, history: regenerate })).toMatchObject({
+      cachePath: source,
+      commonMessages: 6,
+      messageCount: 7,
+      kind: "auto",
+    });
+    const editLast = [...full.slice(0, 5), user("edited question")];
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: editLast }))?.commonMessages).toBe(5);
+    const newChat = [SYSTEM, user("something else entirely")];
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: newChat }))?.commonMessages).toBe(1);
+    await store.close();
+  });
+
+  it("indexes a named conversation committed with its history, and not one committed without it", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const history = conversation("named", 2);
+    const withHistory = await commitNamedConversation(session, "chat-1", history);
+    await commitNamedConversation(session, "chat-2", conversation("other", 2), { passHistory: false });
+    const fork = [...history, user("continue from here")];
+    expect(await store.findPrefix({ modelId: MODEL, configHash, history: fork })).toMatchObject({
+      cachePath: withHistory,
+      cacheKey: "chat-1",
+      kind: "named",
+      commonMessages: 5,
+    });
+    expect(await store.findPrefix({ modelId: MODEL, configHash, history: [...conversation("other", 2), user("x")] })).toMatchObject({
+      cachePath: withHistory, // only the shared system prompt: chat-2 is not indexed
+      commonMessages: 1,
+    });
+    await store.close();
+  });
+
+  it("never answers with another model's, fingerprint's or config's cache, nor an excluded one", async () => {
+    const store = openStore(tempDir());
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL, { fingerprint: "weights-1" }), full);
+    const q = { modelId: MODEL, configHash, history: full.slice(0, -1) };
+    expect(await store.findPrefix({ ...q, fingerprint: "weights-1" })).not.toBeNull();
+    expect(await store.findPrefix({ ...q, fingerprint: "weights-2" })).toBeNull();
+    expect(await store.findPrefix(q)).toBeNull();
+    expect(await store.findPrefix({ ...q, fingerprint: "weights-1", modelId: "other-model" })).toBeNull();
+    expect(await store.findPrefix({ ...q, fingerprint: "weights-1", configHash: "0123456789abcdef" })).toBeNull();
+    expect(await store.findPrefix({ ...q, fingerprint: "weights-1", exclude: [source] })).toBeNull();
+    await store.close();
+  });
+
+  it("answers after a restart from the manifests, and with another process's commits from the shared log", async () => {
+    const root = tempDir();
+    const first = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(first.createSession(MODEL), full);
+    await first.close();
+
+    const restarted = openStore(root);
+    expect((await restarted.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
+    const resyncsBefore = restarted.retention.stats.resyncs;
+
+    // A second store on the root (its own writer id and log position, like another process).
+    const other = openStore(root);
+    const theirs = await commitAutoConversation(other.createSession(MODEL), conversation("b", 3));
+    await other.close(); // its log appends are flushed
+    const found = await restarted.findPrefix({ modelId: MODEL, configHash, history: conversation("b", 3).slice(0, -1) });
+    expect(found?.cachePath).toBe(theirs);
+    expect(restarted.retention.stats.resyncs).toBe(resyncsBefore); // from the log, not a walk of the root
+    await restarted.close();
+  });
+
+  it("rejects bad queries with INVALID_ARGUMENT naming the argument, touching nothing", async () => {
+    const store = openStore(tempDir());
+    const history = [SYSTEM];
+    await expect(store.findPrefix({ modelId: "../x", configHash, history })).rejects.toMatchObject({ code: "KEY_HAS_SEPARATOR" });
+    await expect(store.findPrefix({ modelId: MODEL, configHash: "bad hash!", history })).rejects.toMatchObject({ argument: "configHash" });
+    await expect(store.findPrefix({ modelId: MODEL, configHash, history: "x" as never })).rejects.toMatchObject({ argument: "history" });
+    await expect(store.findPrefix({ modelId: MODEL, configHash, history, minCommonMessages: 0 })).rejects.toMatchObject({
+      argument: "minCommonMessages",
+    });
+    await expect(store.borrowPrefix({ modelId: MODEL, configHash, history }, "x" as never)).rejects.toMatchObject({ argument: "use" });
+    await store.close();
+  });
+});
+
+describe("store.borrowPrefix", () => {
+  it("lends the verified state through a load path that reads the whole file, and changes nothing about the source", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 3);
+    const source = await commitAutoConversation(session, full);
+    const before = await snapshot(source);
+    const lastUseBefore = store.retention.index.get(source)!.lastUsedMs;
+    await new Promise((r) => setTimeout(r, 5));
+
+    const lent = await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (src) => {
+      expect(src).toMatchObject({ cachePath: source, commonMessages: 6, messageCount: 7 });
+      return readFileSync(src.loadPath);
+    });
+    expect(lent?.value.equals(before.bytes)).toBe(true);
+    expect(await snapshot(source)).toEqual(before); // bytes, mtime, manifest text and its mtime (last use)
+    expect(store.retention.index.get(source)!.lastUsedMs).toBe(lastUseBefore); // no use recorded
+    // The source's own conversation still resumes from it (count intact, not re-primed).
+    const next = await session.beginTurn({
+      kind: "auto",
+      configHash,
+      history: [...full, user("next")],
+      primeIfMissing: async () => {
+        throw new Error("the source must still be there");
+      },
+    });
+    expect(next.cachePath).toBe(source);
+    expect(next.savedCount).toBe(7);
+    await session.rollback(next);
+    await store.close();
+  });
+
+  it("never waits for a source a turn holds: it lends the next candidate, or none", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 2);
+    const longer = await commitAutoConversation(session, full);
+    const shorter = await commitAutoConversation(session, full.slice(0, 3));
+    const held = await session.beginTurn({ kind: "auto", configHash, history: [...full, user("go on")], primeIfMissing: async () => {} });
+    expect(held.cachePath).toBe(longer);
+
+    const q = { modelId: MODEL, configHash, history: [...full.slice(0, 4), user("edited")] };
+    const lent = await store.borrowPrefix(q, async (src) => src.cachePath);
+    expect(lent?.value).toBe(shorter);
+    const onlyLonger = await store.borrowPrefix({ ...q, minCommonMessages: 4 }, async () => "lent");
+    expect(onlyLonger).toBeNull();
+    await session.rollback(held);
+    await store.close();
+  });
+
+  it("skips a source whose file no longer matches its manifest, without removing it", async () => {
+    const root = tempDir();
+    const store = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL), full);
+    await store.close();
+    await fs.appendFile(source, "tampered"); // another size: matches no committed state
+    const restarted = openStore(root);
+    const lent = await restarted.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async () => "lent");
+    expect(lent).toBeNull();
+    expect((await fs.stat(source)).isFile()).toBe(true); // not removed by a borrower
+    await restarted.close();
+  });
+
+  it("does not promote a pending manifest slot (read-only), yet lends the state the slot describes", async () => {
+    const root = tempDir();
+    const store = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL), full);
+    await store.close();
+    // A commit cut short after its rename: the manifest's pending slot describes the file.
+    const manifest = JSON.parse(await fs.readFile(manifestPathOf(source), "utf8"));
+    manifest.pending = manifest.current;
+    manifest.current = { ...manifest.current, size: 1, ino: "1", mtimeNs: "1", xxh64: "0000000000000000" };
+    const text = JSON.stringify(manifest);
+    await fs.writeFile(manifestPathOf(source), text);
+
+    const restarted = openStore(root);
+    const lent = await restarted.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (src) =>
+      isWholeState(readFileSync(src.loadPath)),
+    );
+    expect(lent?.value).toBe(true);
+    expect(await fs.readFile(manifestPathOf(source), "utf8")).toBe(text);
+    await restarted.close();
+  });
+
+  it("a delete while the source is being loaded cannot tear or change what is loaded", async () => {
+    const store = openStore(tempDir());
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL), full, 256 * 1024);
+    const expected = await fs.readFile(source);
+    const key = source.split("/").at(-3)!;
+    const lent = await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (src) => {
+      await store.delete({ kvCacheKey: key }); // delete does not wait for holders
+      await expect(fs.stat(source)).rejects.toMatchObject({ code: "ENOENT" });
+      return readFileSync(src.loadPath);
+    });
+    expect(lent?.value.equals(expected)).toBe(true);
+    expect(await store.findPrefix({ modelId: MODEL, configHash, history: full })).toBeNull();
+    await store.close();
+  });
+
+  it("passes an error thrown by `use` through, and releases the source", async () => {
+    const store = openStore(tempDir());
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL), full);
+    const q = { modelId: MODEL, configHash, history: full.slice(0, -1) };
+    await expect(store.borrowPrefix(q, async () => Promise.reject(new Error("engine failed")))).rejects.toThrow("engine failed");
+    expect((await store.borrowPrefix(q, async (src) => src.cachePath))?.value).toBe(source);
+    await store.close();
+  });
+
+  it("with exactAncestor, lends only a cache whose whole conversation the history continues", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 3);
+    await commitAutoConversation(session, full); // longer than a regenerate's history
+    const ancestor = await commitAutoConversation(session, full.slice(0, 3));
+    const q = { modelId: MODEL, configHash, history: full.slice(0, -1), exactAncestor: true };
+    expect((await store.borrowPrefix(q, async (src) => [src.cachePath, src.commonMessages]))?.value).toEqual([ancestor, 3]);
+    await store.close();
+  });
+
+  it("an assistant message differing only in surrounding whitespace still matches (keys normalise replies)", async () => {
+    const store = openStore(tempDir());
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(store.createSession(MODEL), full);
+    const respaced = full.map((m) => (m.role === "assistant" ? assistant(`  ${m.content}\r\n`) : m));
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: respaced }))?.cachePath).toBe(source);
+    await store.close();
+  });
+});
+
+describe("borrowing across processes", () => {
+  it("two processes borrowing one source while a third deletes and evicts it are each lent a whole state or none — never a torn one", async () => {
+    const root = tempDir();
+    const worker = await bundleFixture("test/index/fixtures/borrow-worker.ts");
+    const store = openStore(root);
+    const session = store.createSession(MODEL);
+    const full = conversation("src", 2);
+    await commitAutoConversation(session, full, 512 * 1024);
+    const children = [runChild(worker, [root, "300"]), runChild(worker, [root, "300"])];
+    await Promise.all(children.map((c) => c.waitForLine((l) => l === "ready")));
+    await new Promise((r) => setTimeout(r, 20)); // a first stretch with the source in place
+    let finished = false;
+    void Promise.all(children.map((c) => c.exited)).then(() => (finished = true));
+    let deletes = 0;
+    let sweeps = 0;
+    const key = session.autoCachePath(configHash, full).split("/").at(-3)!;
+    while (!finished) {
+      // Recreate the source, then take it away by a delete or by an eviction.
+      await commitAutoConversation(session, full, 512 * 1024).catch(() => {});
+      await new Promise((r) => setTimeout(r, Math.random() * 3));
+      if (Math.random() < 0.5) {
+        await store.delete({ kvCacheKey: key });
+        deletes++;
+      } else {
+        await store.sweep({ maxBytes: 0 });
+        sweeps++;
+      }
+    }
+    const totals = { whole: 0, none: 0, torn: 0 };
+    for (const child of children) {
+      expect(await child.exited, child.stderr()).toBe(0);
+      const counts = JSON.parse(child.stdout().trim().split("\n").at(-1)!) as typeof totals;
+      totals.whole += counts.whole;
+      totals.none += counts.none;
+      totals.torn += counts.torn;
+    }
+    console.log(`borrows: ${JSON.stringify(totals)} while ${deletes} deletes and ${sweeps} sweeps ran`);
+    expect(totals.torn).toBe(0);
+    expect(totals.whole + totals.none).toBe(600);
+    expect(totals.whole).toBeGreaterThan(0);
+    expect(deletes + sweeps).toBeGreaterThan(0);
+    await store.close();
+  }, 120_000);
+});
+
+describe("a store just opened", () => {
+  it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
+    const root = tempDir();
+    const writer = openStore(root);
+    const full = conversation("a", 2);
+    const source = await commitAutoConversation(writer.createSession(MODEL), full);
+    await writer.close();
+
+    let openWalk!: () => void;
+    const walkPaused = new Promise<void>((resolve) => (openWalk = resolve));
+    const store = new KvCacheStoreImpl({ root, retentionInternals: { beforeOpenWalk: () => walkPaused } });
+    let ready = false;
+    void store.ready.then(() => (ready = true));
+    const found = await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) });
+    expect(ready).toBe(false); // the walk has not even started
+    expect(found?.cachePath).toBe(source);
+    expect((await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async (s) => s.cachePath))?.value).toBe(source);
+    openWalk();
+    await store.ready;
+    expect((await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
+    await store.close();
+  });
+});
