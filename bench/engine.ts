@@ -8,17 +8,24 @@
  *              evaluate the same new tokens, first token.
  * Goals (issue 6): resumed/cold ≤ 0.10 at 2000 tokens; resumed/floor ≤ 1.15.
  *   npx tsx bench/engine.ts        (BENCH_REPEATS=7 by default)
+ *   BENCH_TOKENS=500,1000,2000,3000 npx tsx bench/engine.ts --chart
+ *       also writes the medians to bench/results/engine-ttft.json and draws the README's
+ *       chart, docs/bench-ttft.svg (bench/chart.ts).
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createLlamaCppCompletion, fingerprintModel } from "../src/engines/node-llama-cpp/index.js";
 import { openKvCacheStore } from "../src/index.js";
 import { createContext, loadFixtureModel } from "../test/fixtures/engine.js";
 import { prepareConversation } from "./conversation.js";
+import { DEFAULT_RESULTS, DEFAULT_SVG, type TtftPoint, ttftChartSvg } from "./chart.js";
 import { median, nowMs, table } from "./lib.js";
 
 const repeats = Number(process.env.BENCH_REPEATS ?? 7);
+const targets = (process.env.BENCH_TOKENS ?? "500,2000").split(",").map(Number);
+const chart = process.argv.includes("--chart");
+const points: TtftPoint[] = [];
 const CONTEXT = 4096;
 const { model, path: modelPath } = await loadFixtureModel("realistic");
 const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-bench-engine-"));
@@ -34,7 +41,7 @@ try {
   const coldAdapter = createLlamaCppCompletion({ model, store, contextSize: CONTEXT, modelId: "bench", fingerprint });
   console.log(`engine benchmark — realistic model, ${os.availableParallelism()} threads, backend ${store.backend}, ${repeats} repeats, medians`);
 
-  for (const target of [500, 2000]) {
+  for (const target of targets) {
     const conversation = await prepareConversation(model, sequence, target, root);
     const { history: h2, prompt: prompt2, statePath } = conversation;
     // One committed cache per repeat (same state, distinct keys) so every resumed run loads.
@@ -59,6 +66,7 @@ try {
       floor.push(nowMs() - start);
     }
     const [c, r, f] = [median(cold), median(resumed), median(floor)];
+    points.push({ tokens: prompt2.length, coldMs: c, resumedMs: r, floorMs: f });
     rows.push({
       "history tokens": prompt2.length,
       "from cache": resumedStats.reusedTokens,
@@ -75,6 +83,18 @@ try {
   await store.close();
   console.log(table(rows));
   console.log("goals: resumed/cold ≤ 0.10 at ~2000 tokens; resumed/floor ≤ 1.15");
+  if (chart) {
+    const results = {
+      setup: `realistic model (512-dim, 8 layers), ${os.availableParallelism()} CPU threads, median of ${repeats}, load average ${os.loadavg()[1]!.toFixed(1)}`,
+      measuredAt: new Date().toISOString().slice(0, 10),
+      points,
+    };
+    mkdirSync(path.dirname(DEFAULT_RESULTS), { recursive: true });
+    mkdirSync(path.dirname(DEFAULT_SVG), { recursive: true });
+    writeFileSync(DEFAULT_RESULTS, `${JSON.stringify(results, null, 2)}\n`);
+    writeFileSync(DEFAULT_SVG, ttftChartSvg(results));
+    console.log(`wrote ${DEFAULT_RESULTS} and ${DEFAULT_SVG}`);
+  }
 } finally {
   rmSync(root, { recursive: true, force: true });
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The package as a user gets it: pack (which builds dist and bundles the prebuilt addon),
+# The package as a user gets it: pack (which builds dist and bundles the prebuilt addons),
 # install the tarball into an empty project WITHOUT install scripts (npm 11's default for
 # dependencies), and check that kvkeep loads the prebuilt binary and commits a turn.
 set -euo pipefail
@@ -8,6 +8,11 @@ repo=$(pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 npm pack --pack-destination "$work" --silent > /dev/null
+if [ "${KVKEEP_REQUIRE_ARM64:-}" = 1 ]; then
+  # The cross-built linux-arm64 addon is in the tarball, and works on arm64 Node (qemu).
+  tar -xzf "$work"/kvkeep-*.tgz -C "$work" package/prebuilds/linux-arm64/kvkeep.node
+  bash scripts/arm64-smoke.sh "$work/package/prebuilds/linux-arm64/kvkeep.node"
+fi
 mkdir "$work/app" && cd "$work/app"
 npm init -y > /dev/null
 npm install --ignore-scripts --no-audit --no-fund "$work"/kvkeep-*.tgz > /dev/null

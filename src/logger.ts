@@ -1,3 +1,5 @@
+import { KvKeepError } from "./errors.js";
+
 /**
  * The logger kvkeep writes through: any object with these four methods.
  * kvkeep always calls them with one preformatted string (`kvkeep: <what> key=value ...`),
@@ -12,6 +14,23 @@ export interface Logger {
 }
 
 const noop = (): void => {};
+
+const LOGGER_METHODS = ["debug", "info", "warn", "error"] as const;
+
+/** A logger option must have the four methods; anything else would fail later with a raw TypeError. */
+export function assertLogger(value: unknown, argument = "logger"): asserts value is Logger {
+  const missing =
+    value === null || typeof value !== "object"
+      ? LOGGER_METHODS
+      : LOGGER_METHODS.filter((m) => typeof (value as Record<string, unknown>)[m] !== "function");
+  if (missing.length > 0) {
+    throw new KvKeepError(
+      "INVALID_ARGUMENT",
+      `${argument} must be an object with debug, info, warn and error methods (e.g. console or a pino logger); ${value === null || typeof value !== "object" ? `got ${value === null ? "null" : typeof value}` : `it lacks ${missing.join(", ")}`}.`,
+      { argument },
+    );
+  }
+}
 
 /** The default: kvkeep is silent unless given a logger. */
 export const silentLogger: Logger = Object.freeze({ debug: noop, info: noop, warn: noop, error: noop });

@@ -1,5 +1,5 @@
 /** Small fs helpers with one meaning each: identity, atomic writes, idempotent removal, pruning. */
-import { promises as fs } from "node:fs";
+import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
@@ -151,11 +151,33 @@ export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: stri
       return full;
     } catch (error) {
       // Another process pruned an empty directory between our mkdir and the next level (or
-      // its fsync, which reports ENOENT as the cause of an IO_ERROR): again.
+      // its fsync, which reports ENOENT as the cause of an IO_ERROR): again — unless the
+      // file system is read-only, where a recursive mkdir reports ENOENT for the missing
+      // level, not EROFS: then say what is really wrong instead of retrying.
       const code = error instanceof KvKeepError ? errnoCode(error.cause) : errnoCode(error);
+      if (code === "EROFS" || (code === "ENOENT" && (await onReadOnlyFs(full)))) {
+        throw new KvKeepError(
+          "IO_ERROR",
+          `creating ${full} failed: the cache root is on a read-only file system (EROFS). kvkeep needs a writable root to save caches: remount it read-write or open the store on another root.`,
+          { cause: error },
+        );
+      }
       if (code !== "ENOENT" || attempt >= 16) {
         throw error instanceof KvKeepError ? error : fsWriteError(`creating ${full}`, error);
       }
+    }
+  }
+}
+
+/** True when the nearest existing ancestor of `dir` is on a read-only file system. */
+async function onReadOnlyFs(dir: string): Promise<boolean> {
+  for (let current = path.resolve(dir); ; current = path.dirname(current)) {
+    try {
+      await fs.access(current, fsConstants.W_OK);
+      return false;
+    } catch (error) {
+      if (errnoCode(error) === "EROFS") return true;
+      if (errnoCode(error) !== "ENOENT" || path.dirname(current) === current) return false;
     }
   }
 }

@@ -20,16 +20,17 @@ const CONFIG_HASH_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 /**
  * Reject anything that is not exactly one safe path component, before any file is touched:
  * empty, `.`/`..`, separators, NUL, absolute paths (POSIX or Windows), over 255 bytes.
- * `argument` names the parameter in the error.
+ * `argument` names the parameter in the error. A drive-letter prefix (`C:x`) is refused
+ * only on Windows, where it names a drive; elsewhere `u:42` is an ordinary file name.
  */
-export function assertSafeComponent(value: unknown, argument: string): asserts value is string {
+export function assertSafeComponent(value: unknown, argument: string, platform: NodeJS.Platform = process.platform): asserts value is string {
   if (typeof value !== "string" || value.length === 0) {
     throw new KvKeepError("KEY_EMPTY", `${argument} must be a non-empty string.`, { argument });
   }
   if (value.includes("\0")) {
     throw new KvKeepError("KEY_HAS_NUL", `${argument} contains a NUL byte; use a plain name.`, { argument });
   }
-  if (path.posix.isAbsolute(value) || path.win32.isAbsolute(value) || /^[A-Za-z]:/.test(value)) {
+  if (path.posix.isAbsolute(value) || path.win32.isAbsolute(value) || (platform === "win32" && /^[A-Za-z]:/.test(value))) {
     throw new KvKeepError("KEY_ABSOLUTE", `${argument} ${JSON.stringify(value)} is an absolute path; pass a plain name.`, {
       argument,
     });

@@ -5,7 +5,7 @@
  */
 import { useNativeXxh64 } from "../keys/hash.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
-import { selectBackend, type Selection } from "./loader.js";
+import { nativeDisabledByEnv, selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
 
 export type { EntryIdentity, EntryType, LockHandle, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
@@ -26,6 +26,25 @@ function fallbackWarning(problems: readonly string[]): string {
   );
 }
 
+/** The code of the process warning below: stable, so users can filter it (`node --disable-warning=KVKEEP_NATIVE_FALLBACK`). */
+export const FALLBACK_WARNING_CODE = "KVKEEP_NATIVE_FALLBACK";
+
+let warned = false;
+
+/**
+ * Once per process, on stderr through Node's warning channel — loggers are silent by
+ * default, and losing cross-process locks must not go unnoticed. Not when the fallback
+ * was chosen with KVKEEP_NO_NATIVE.
+ */
+function emitFallbackWarning(problems: readonly string[]): void {
+  if (warned) return;
+  warned = true;
+  const text = `kvkeep's native addon is not available for ${process.platform}-${process.arch} (${problems.join("; ")}), so kvkeep uses its pure-JS fallback: locks do not exclude other processes sharing the cache root. Build the addon with \`npm rebuild kvkeep\` (needs cmake and a C++17 compiler), or set KVKEEP_NO_NATIVE=1 to choose the fallback without this warning.`;
+  // Bare's process (src/platform/bare/globals.ts) has no warning channel: stderr then.
+  if (typeof process.emitWarning === "function") process.emitWarning(text, { type: "KvKeepWarning", code: FALLBACK_WARNING_CODE });
+  else console.warn(`[${FALLBACK_WARNING_CODE}] ${text}`);
+}
+
 /**
  * Load once (memoised): prebuilt binary `prebuilds/<platform>-<arch>/kvkeep.node` shipped
  * in the package, then a local build (`build-cmake/Release` from cmake-js,
@@ -34,10 +53,11 @@ function fallbackWarning(problems: readonly string[]): string {
  * logger (warn) which cross-process guarantees it lacks and how to get them.
  */
 export function loadNativeFs(logger?: Logger): NativeFs {
-  if (!selection) {
+  if (selection === undefined) {
     selection = selectBackend();
     // Sync hashing (config hashes, auto keys) uses the addon until the WebAssembly is ready.
     if (selection.binding) useNativeXxh64(selection.binding.xxh64);
+    if (selection.fs.kind === "js-fallback" && !nativeDisabledByEnv()) emitFallbackWarning(selection.problems);
   }
   if (logger !== undefined && logger !== silentLogger && !reported) {
     reported = true;

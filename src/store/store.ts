@@ -9,7 +9,7 @@ import { tempWriterAlive } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
 import { processLocks } from "../locks/path-locks.js";
-import { type Logger, logLine, silentLogger } from "../logger.js";
+import { assertLogger, type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
@@ -36,6 +36,7 @@ import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { RemoteSync } from "./remote-sync.js";
 import type { RemoteTier } from "../remote/types.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
+import { didYouMean } from "../suggest.js";
 
 export interface KvCacheStoreOptions {
   /** The cache root. Default: `$KVKEEP_DIR`, else `$XDG_CACHE_HOME/kvkeep`, else `~/.cache/kvkeep`. */
@@ -93,6 +94,42 @@ export interface KvCacheStoreOptions {
 /** Options for tests and benchmarks; not part of the public API. @internal */
 export interface InternalStoreOptions {
   retentionInternals?: RetentionInternals | undefined;
+}
+
+/**
+ * Every option the constructor accepts. Typed as a record of the options' keys, so a new
+ * option fails to compile until it is listed here (and is then accepted).
+ */
+const KNOWN_STORE_OPTIONS: Record<keyof (KvCacheStoreOptions & InternalStoreOptions), true> = {
+  root: true,
+  logger: true,
+  onRollback: true,
+  verify: true,
+  maxBytes: true,
+  maxIdleMs: true,
+  sweepIntervalMs: true,
+  evictNamed: true,
+  remote: true,
+  maxPendingUploads: true,
+  retentionInternals: true,
+};
+
+/** A misspelled option (`maxByte`) would otherwise be ignored silently and its default used. */
+function assertKnownStoreOptions(options: unknown): void {
+  if (options === undefined) return;
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "openKvCacheStore takes an options object or nothing.", { argument: "options" });
+  }
+  const known = Object.keys(KNOWN_STORE_OPTIONS);
+  for (const name of Object.keys(options)) {
+    if (!Object.hasOwn(KNOWN_STORE_OPTIONS, name)) {
+      throw new KvKeepError(
+        "INVALID_ARGUMENT",
+        `unknown store option ${JSON.stringify(name)}${didYouMean(name, known)}; the options are ${known.filter((k) => k !== "retentionInternals").join(", ")}.`,
+        { argument: name },
+      );
+    }
+  }
 }
 
 export interface KvCacheStore {
@@ -170,6 +207,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
   #closed = false;
 
   constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
+    assertKnownStoreOptions(options);
+    if (options.logger !== undefined) assertLogger(options.logger, "logger");
     if (options.root !== undefined && (typeof options.root !== "string" || options.root.length === 0)) {
       throw new KvKeepError("INVALID_ARGUMENT", "options.root must be a non-empty path.", { argument: "root" });
     }

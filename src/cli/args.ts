@@ -1,0 +1,122 @@
+/**
+ * Strict argument parsing on Node's `util.parseArgs`: an unknown option, a value given to a
+ * flag, a missing value or an extra argument is a USAGE error (exit 2) raised before the
+ * command runs, so a typo never reaches a command that deletes.
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { didYouMean } from "../suggest.js";
+import type { OptionSpec, OptionValues } from "./command.js";
+import { usageError } from "./errors.js";
+import { parseDuration, parseSize } from "./units.js";
+
+type Token = NonNullable<ReturnType<typeof parseArgs>["tokens"]>[number];
+
+function parseArgsOptions(specs: Readonly<Record<string, OptionSpec>>): NonNullable<ParseArgsConfig["options"]> {
+  const options: NonNullable<ParseArgsConfig["options"]> = {};
+  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, ...(spec.short ? { short: spec.short } : {}) };
+  return options;
+}
+
+function optionsList(specs: Readonly<Record<string, OptionSpec>>): string[] {
+  return Object.keys(specs).map((name) => `--${name}`);
+}
+
+/** Check each option token against `specs`, with a did-you-mean for unknown ones. */
+function checkTokens(tokens: readonly Token[], specs: Readonly<Record<string, OptionSpec>>, hint: (name: string) => string = () => ""): void {
+  for (const token of tokens) {
+    if (token.kind !== "option") continue;
+    const spec = Object.hasOwn(specs, token.name) ? specs[token.name] : undefined;
+    if (!spec) {
+      const known = optionsList(specs);
+      throw usageError(`unknown option ${token.rawName}${didYouMean(`--${token.name}`, known, (s) => s)}${hint(token.name)}.`);
+    }
+    if (spec.type === "string" && token.value === undefined) {
+      throw usageError(`--${token.name} needs a value (--${token.name} ${spec.value ?? "VALUE"}).`);
+    }
+    if (spec.type === "boolean" && token.inlineValue) {
+      throw usageError(`--${token.name} takes no value (got ${token.rawName}=${token.value ?? ""}).`);
+    }
+  }
+}
+
+function strictParse(args: readonly string[], specs: Readonly<Record<string, OptionSpec>>, allowPositionals: boolean): { values: OptionValues; positionals: string[] } {
+  try {
+    const parsed = parseArgs({ args: [...args], options: parseArgsOptions(specs), strict: true, allowPositionals });
+    return { values: parsed.values as OptionValues, positionals: parsed.positionals };
+  } catch (error) {
+    // What checkTokens let through (e.g. a value that looks like an option: `--model -x`).
+    throw usageError((error as Error).message.split("\n")[0]!);
+  }
+}
+
+export interface SplitArgs {
+  /** Global options given before the command name. */
+  globals: OptionValues;
+  /** The arguments before the command name, as given (forwarded to raw commands). */
+  globalArgs: string[];
+  command: string | undefined;
+  /** Everything after the command name. */
+  rest: string[];
+}
+
+/**
+ * Find the command name: the first argument that is neither a global option nor its value.
+ * `hint` explains an unknown option before it (e.g. a command's option given too early).
+ */
+export function splitCommand(argv: readonly string[], topLevel: Readonly<Record<string, OptionSpec>>, hint?: (name: string) => string): SplitArgs {
+  const { tokens } = parseArgs({ args: [...argv], options: parseArgsOptions(topLevel), strict: false, allowPositionals: true, tokens: true });
+  const first = tokens.findIndex((t) => t.kind === "positional");
+  const before = first === -1 ? tokens : tokens.slice(0, first);
+  checkTokens(before, topLevel, hint);
+  const commandIndex = first === -1 ? argv.length : tokens[first]!.index;
+  const globalArgs = argv.slice(0, commandIndex);
+  const { values } = strictParse(globalArgs, topLevel, false);
+  return {
+    globals: values,
+    globalArgs,
+    command: first === -1 ? undefined : argv[commandIndex],
+    rest: argv.slice(commandIndex + 1),
+  };
+}
+
+/** A command's own arguments, strictly: options from `specs`, and `min`..`max` positionals. */
+export function parseCommandArgs(
+  command: string,
+  args: readonly string[],
+  specs: Readonly<Record<string, OptionSpec>>,
+  positionals: { name: string; min: number; max: number },
+): { values: OptionValues; positionals: string[] } {
+  const { tokens } = parseArgs({ args: [...args], options: parseArgsOptions(specs), strict: false, allowPositionals: true, tokens: true });
+  checkTokens(tokens, specs);
+  const parsed = strictParse(args, specs, true);
+  if (parsed.values.help) return parsed; // help wins over missing or extra arguments
+  const count = parsed.positionals.length;
+  if (count > positionals.max) {
+    const extra = parsed.positionals.slice(positionals.max).map((p) => JSON.stringify(p)).join(" ");
+    throw usageError(
+      positionals.max === 0
+        ? `unexpected argument ${extra}: kvkeep ${command} takes none.`
+        : `too many arguments: ${extra} (kvkeep ${command} takes at most ${positionals.max}).`,
+    );
+  }
+  if (count < positionals.min) throw usageError(`missing ${positionals.name}.`);
+  return parsed;
+}
+
+/** A `--max-bytes`-style option: `5M`, `2G`, `512K` or bytes. */
+export function sizeOption(values: OptionValues, name: string): number | undefined {
+  const text = values[name];
+  if (typeof text !== "string") return undefined;
+  const bytes = parseSize(text);
+  if (bytes === undefined) throw usageError(`--${name} must be a size such as 512K, 5M, 2G or a number of bytes (got ${JSON.stringify(text)}).`);
+  return bytes;
+}
+
+/** A duration option: `30s`, `15m`, `1h`, `7d`. */
+export function durationOption(values: OptionValues, name: string): number | undefined {
+  const text = values[name];
+  if (typeof text !== "string") return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined) throw usageError(`--${name} must be a duration such as 30s, 15m, 1h or 7d (got ${JSON.stringify(text)}).`);
+  return ms;
+}

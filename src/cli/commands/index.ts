@@ -1,0 +1,27 @@
+/**
+ * THE COMMAND TABLE — adding a command to `kvkeep` is one entry here.
+ *
+ * A command whose options main.ts should parse (strictly, with --help, --json and error
+ * output for free) is a `ParsedCommand` (see ../command.ts and e.g. ./usage.ts).
+ *
+ * A command that parses its own arguments is a `RawCommand`: it gets every argument except
+ * its name (global options given before the name included) and the process's streams, and
+ * returns the exit status. Import it lazily so its dependencies load only when it runs.
+ * `kvkeep serve` (src/server/cli.ts) registers like this:
+ *
+ *   {
+ *     name: "serve",
+ *     summary: "OpenAI-compatible HTTP server on a local model, with kvkeep caches",
+ *     usage: "kvkeep serve --model PATH [--host H] [--port N] [--root DIR] …",
+ *     raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
+ *   },
+ */
+import type { Command } from "../command.js";
+import { backendCommand } from "./backend.js";
+import { gcCommand } from "./gc.js";
+import { rmCommand } from "./rm.js";
+import { scanCommand } from "./scan.js";
+import { usageCommand } from "./usage.js";
+import { verifyCommand } from "./verify.js";
+
+export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand];

@@ -1,0 +1,35 @@
+import { readRoot, totals } from "../caches.js";
+import type { ParsedCommand } from "../command.js";
+import { formatBytes, plural, renderTable } from "../format.js";
+import { checkRoot } from "../root.js";
+
+export const usageCommand: ParsedCommand = {
+  name: "usage",
+  summary: "bytes and counts on disk, auto vs named (changes nothing)",
+  usage: "kvkeep usage [--root DIR] [--json]",
+  description:
+    "Sums the cache files under the root: auto-mode caches (evictable by a sweep) and named ones (your custom keys), and the temp files of writers. It only reads: no store is opened, nothing is removed.",
+  options: {},
+  positionals: { name: "", min: 0, max: 0 },
+  examples: [
+    ["kvkeep usage", "the default root"],
+    ["kvkeep usage --root /var/cache/app --json", "as JSON: { root, bytes, count, autoBytes, namedBytes, … }"],
+  ],
+  async run(ctx) {
+    await checkRoot(ctx.root);
+    const { caches, temps } = await readRoot(ctx.root);
+    const sum = totals(caches);
+    ctx.print({ root: ctx.root, ...sum, tempFiles: temps.count, tempBytes: temps.bytes }, () => [
+      `${ctx.root}: ${plural(sum.count, "cache")}, ${formatBytes(sum.bytes)}`,
+      ...renderTable(
+        [{ header: "" }, { header: "", align: "right" }, { header: "", align: "right" }],
+        [
+          ["  auto", plural(sum.autoCount, "cache"), formatBytes(sum.autoBytes)],
+          ["  named", plural(sum.namedCount, "cache"), formatBytes(sum.namedBytes)],
+          ...(temps.count > 0 ? [["  temp files", plural(temps.count, "file"), formatBytes(temps.bytes)]] : []),
+        ],
+      ).slice(1),
+    ]);
+    return 0;
+  },
+};

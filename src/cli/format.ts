@@ -1,0 +1,82 @@
+/** Human output: sizes, ages, plurals, aligned tables, bars (pure). */
+
+const BYTE_UNITS = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+
+/** `1000 B`, `1.5 KiB`, `12.3 MiB`, `512 MiB`, `4 GiB`: three significant digits at most. */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  let value = bytes;
+  let unit = -1;
+  while (value >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const digits = value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  // Round first: 1023.99 KiB must not print as "1024 KiB".
+  const rounded = Number(value.toFixed(digits));
+  if (rounded >= 1024 && unit < BYTE_UNITS.length - 1) return `1 ${BYTE_UNITS[unit + 1]}`;
+  return `${String(rounded)} ${BYTE_UNITS[unit]}`;
+}
+
+/** `just now`, `42 s ago`, `3 min ago`, `5 h ago`, `12 d ago`; `in the future` for a clock ahead of ours. */
+export function formatAge(ms: number): string {
+  if (ms < -60_000) return "in the future";
+  if (ms < 1000) return "just now";
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s} s ago`;
+  const min = Math.floor(s / 60);
+  if (min < 60) return `${min} min ago`;
+  const h = Math.floor(min / 60);
+  if (h < 48) return `${h} h ago`;
+  return `${Math.floor(h / 24)} d ago`;
+}
+
+/** `850 ms`, `3.4 s`, `2 min 5 s`. */
+export function formatElapsed(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+/** `1 cache`, `2 caches`, `0 caches`. */
+export function plural(count: number, singular: string, pluralForm = `${singular}s`): string {
+  return `${count} ${count === 1 ? singular : pluralForm}`;
+}
+
+export interface Column {
+  header: string;
+  align?: "left" | "right";
+}
+
+/** Rows under a header, columns padded to their widest cell, two spaces apart, no trailing spaces. */
+export function renderTable(columns: readonly Column[], rows: ReadonlyArray<readonly string[]>): string[] {
+  const widths = columns.map((c, i) => Math.max(c.header.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]): string =>
+    columns
+      .map((c, i) => {
+        const cell = cells[i] ?? "";
+        return c.align === "right" ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!);
+      })
+      .join("  ")
+      .trimEnd();
+  return [line(columns.map((c) => c.header)), ...rows.map(line)];
+}
+
+/**
+ * The budget bar `kvkeep scan` draws on a terminal: auto caches (█), named caches (▒),
+ * free budget (·), `width` cells for max(budget, total), and a legend line.
+ */
+export function budgetBar(usage: { autoBytes: number; namedBytes: number }, budgetBytes: number, width = 40): string[] {
+  const total = usage.autoBytes + usage.namedBytes;
+  const scale = Math.max(budgetBytes, total, 1);
+  const cells = (bytes: number): number => (bytes <= 0 ? 0 : Math.max(1, Math.round((bytes / scale) * width)));
+  const auto = Math.min(width, cells(usage.autoBytes));
+  const named = Math.min(width - auto, cells(usage.namedBytes));
+  const free = width - auto - named;
+  const pct = budgetBytes > 0 ? Math.round((usage.autoBytes / budgetBytes) * 100) : 0;
+  return [
+    `[${"█".repeat(auto)}${"▒".repeat(named)}${"·".repeat(free)}] ${formatBytes(total)} on disk, budget ${formatBytes(budgetBytes)}`,
+    ` █ auto ${formatBytes(usage.autoBytes)} (${pct}% of the budget, evictable)   ▒ named ${formatBytes(usage.namedBytes)} (kept unless --evict-named)`,
+  ];
+}

@@ -1,0 +1,43 @@
+/** The cache root a command works on: it must exist and be a directory; is it writable? */
+import { constants as fsConstants, promises as fs } from "node:fs";
+import { errnoCode } from "../errors.js";
+import { CliError } from "./errors.js";
+
+export interface RootState {
+  /** On a read-only file system (or not writable by this user): nothing can be removed. */
+  readOnly: boolean;
+  /** Why, for messages: `EROFS`, `EACCES`. */
+  readOnlyReason: string | null;
+}
+
+/** ROOT_MISSING or ROOT_NOT_DIRECTORY (exit 1) unless `root` is a directory. Changes nothing. */
+export async function checkRoot(root: string): Promise<RootState> {
+  let st;
+  try {
+    st = await fs.stat(root);
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") {
+      throw new CliError("ROOT_MISSING", `no cache root at ${root}; pass --root DIR or set KVKEEP_DIR (nothing was changed).`);
+    }
+    throw error;
+  }
+  if (!st.isDirectory()) {
+    throw new CliError("ROOT_NOT_DIRECTORY", `the cache root ${root} is not a directory; pass --root DIR with the cache directory.`);
+  }
+  try {
+    await fs.access(root, fsConstants.W_OK);
+    return { readOnly: false, readOnlyReason: null };
+  } catch (error) {
+    return { readOnly: true, readOnlyReason: errnoCode(error) ?? "not writable" };
+  }
+}
+
+/** ROOT_READ_ONLY (exit 1) for a command that must remove files. */
+export function assertWritable(root: string, state: RootState, what: string): void {
+  if (state.readOnly) {
+    throw new CliError(
+      "ROOT_READ_ONLY",
+      `cannot ${what}: the cache root ${root} is read-only (${state.readOnlyReason}); nothing was removed.`,
+    );
+  }
+}
