@@ -294,7 +294,7 @@ describe("exit codes and messages", () => {
   it("--help explains every command and option with examples; --version prints the version", async () => {
     const help = await kvkeep(["--help"]);
     expect(help.code).toBe(0);
-    for (const command of ["usage", "scan", "verify", "gc", "rm", "backend"]) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\s+\\S`, "m"));
+    for (const command of ["usage", "scan", "verify", "gc", "rm", "backend", "serve"]) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\s+\\S`, "m"));
     expect(help.stdout).toContain("Examples:");
     const rmHelp = await kvkeep(["rm", "--help"]);
     expect(rmHelp.code).toBe(0);
@@ -304,6 +304,17 @@ describe("exit codes and messages", () => {
     expect((await kvkeep(["gc", "-h", "--bogus"])).code).toBe(2); // unknown options are refused even next to --help
     const version = await kvkeep(["--version"]);
     expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(path.join(repoRoot, "package.json"), "utf8")).version);
+  });
+
+  it("serve is a command of its own: its --help lists its flags, an unknown flag exits 2 and starts nothing", async () => {
+    const help = await kvkeep(["serve", "--help"]);
+    expect(help.code).toBe(0);
+    for (const flag of ["--model", "--parallel", "--api-key", "--max-bytes"]) expect(help.stdout).toContain(flag);
+    const root = tempDir();
+    const bad = await kvkeep(["serve", "--model", "/nonexistent.gguf", "--root", root, "--parallell", "2"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--parallell");
+    expect(await listTree(root)).toEqual([]);
   });
 
   it("backend names the native backend", async () => {

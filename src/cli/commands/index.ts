@@ -16,7 +16,7 @@
  *     raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
  *   },
  */
-import type { Command } from "../command.js";
+import type { Command, RawCommand } from "../command.js";
 import { backendCommand } from "./backend.js";
 import { gcCommand } from "./gc.js";
 import { rmCommand } from "./rm.js";
@@ -24,4 +24,12 @@ import { scanCommand } from "./scan.js";
 import { usageCommand } from "./usage.js";
 import { verifyCommand } from "./verify.js";
 
-export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand];
+const serveCommand: RawCommand = {
+  name: "serve",
+  summary: "an OpenAI-compatible HTTP server on a local model, whose conversations keep their KV caches",
+  usage: "kvkeep serve --model PATH [--host H] [--port N] [--ctx N] [--parallel N] [--root DIR] [--api-key KEY] [--max-bytes SIZE]",
+  // Imported when it runs: Fastify, prom-client and node-llama-cpp load only for `serve`.
+  raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
+};
+
+export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand, serveCommand];
