@@ -99,6 +99,34 @@ export type RemoteDeleteTarget = { cacheKey: string; modelId?: string | undefine
 
 export type RemoveOutcome = { ok: true; removed: number } | { ok: false; reason: string };
 
+/** A published state as `list()` reports it, with what the server knows of its use. */
+export interface RemoteListing extends RemoteStateRecord {
+  /**
+   * How long ago its bytes were last uploaded or downloaded, as the server tracks it (whole
+   * seconds; listing does not count as a use); null when the server does not track idle
+   * time (an LFU `maxmemory-policy`).
+   */
+  idleMs: number | null;
+  /** How long until it expires; null when it never does (`ttlSeconds: null`) or its bytes are gone. */
+  expiresInMs: number | null;
+  /** False when its chunks are gone (evicted by `maxmemory`, or expired): a fetch would miss. */
+  whole: boolean;
+}
+
+export type EvictOutcome = { ok: true; evicted: boolean } | { ok: false; reason: string };
+
+/** What the server says of its memory, summed over a cluster's masters. */
+export interface RemoteServerUsage {
+  usedMemoryBytes: number;
+  /** The `maxmemory` limit; null when there is none. */
+  maxMemoryBytes: number | null;
+  /** `maxmemory-policy` (`noeviction`, `allkeys-lru`, …; the first node's on a cluster). */
+  policy: string;
+  nodes: number;
+}
+
+export type ServerUsageOutcome = { ok: true; usage: RemoteServerUsage } | { ok: false; reason: string };
+
 /** Counters a tier keeps (monotonic since it was created), for logs and metrics. */
 export interface RemoteStats {
   /** `closed`: in use; `open`: skipped after failures until a probe succeeds. */
@@ -156,8 +184,21 @@ export interface RemoteTier {
   ): Promise<RemotePrefixHit | null>;
   /** Remove remote states and leave a tombstone that refuses uploads ordered before it. */
   remove(target: RemoteDeleteTarget): Promise<RemoveOutcome>;
-  /** Every published state (for `kvkeep scan --remote`); walks the whole key space. */
-  list(): AsyncIterable<RemoteStateRecord>;
+
+  // ── administration (the CLI: kvkeep scan | rm | gc --remote); the store uses none of it ──
+
+  /**
+   * Every published state, or one cache key's; walks the whole key space without a key.
+   * Rejects with REMOTE_UNAVAILABLE when the server cannot be read within the deadline.
+   */
+  list(filter?: { cacheKey?: string | undefined }): AsyncIterable<RemoteListing>;
+  /**
+   * Drop one state if it is still the commit of `generation` (a newer commit is kept). No
+   * tombstone: this is eviction, not a delete, and a later commit may upload it again.
+   */
+  evict(state: { id: RemoteCacheId; generation: number }): Promise<EvictOutcome>;
+  /** The server's memory use and limit. */
+  serverUsage(): Promise<ServerUsageOutcome>;
   stats(): RemoteStats;
   /** Release the connection if the tier opened it (a client passed in is left open). */
   close(): Promise<void>;

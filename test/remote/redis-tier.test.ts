@@ -7,7 +7,7 @@
 import { createClient, createCluster, RESP_TYPES } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
-import { createRedisTier, type RedisTier } from "../../src/remote/redis/index.js";
+import { createRedisTier, type RedisTier, type RemoteListing } from "../../src/remote/redis/index.js";
 import { scopeTag } from "../../src/remote/redis/keys.js";
 import { parseRecord } from "../../src/remote/record.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -24,6 +24,10 @@ interface Deployment {
     hSet(key: string, field: string, value: string | Buffer): Promise<unknown>;
     hDel(key: string, field: string): Promise<unknown>;
     ttl(key: string): Promise<number>;
+    exists(key: string): Promise<boolean>;
+    /** Make a key look unused for `seconds` (DUMP + RESTORE … IDLETIME, keeping its expiry). */
+    age(key: string, seconds: number): Promise<void>;
+    unlink(key: string): Promise<unknown>;
   };
   close(): Promise<void>;
 }
@@ -38,6 +42,13 @@ function rawCommands(client: object): Deployment["raw"] {
     hSet: (k, f, v) => raw.hSet(k, f, v),
     hDel: (k, f) => raw.hDel(k, f),
     ttl: (k) => raw.ttl(k) as Promise<number>,
+    exists: async (k) => Number(await raw.exists(k)) === 1,
+    age: async (k, seconds) => {
+      const dump = (await bin.dump(k)) as unknown as Buffer;
+      const pttl = Number(await raw.pTTL(k));
+      await raw.restore(k, Math.max(pttl, 0), dump, { REPLACE: true, IDLETIME: seconds });
+    },
+    unlink: (k) => raw.unlink(k),
   };
 }
 
@@ -296,6 +307,69 @@ describe.each([
     ]);
   });
 
+  it("lists a state's use without making it a use: idle time, expiry, and whether its chunks are all there", async () => {
+    const dir = tempDir();
+    const lister = deployment.tier({ keyPrefix: "kvkeep:use:" });
+    const [used, idle, gone] = [cacheId("used"), cacheId("idle"), cacheId("gone")];
+    for (const id of [used, idle, gone]) await reserveAndUpload(lister, await makeState(dir, id, 3000));
+    const dataKey = async (id: ReturnType<typeof cacheId>) => {
+      const r = (await storedRecord(lister, id))!;
+      return lister.keys.data(id, r.xxh64, r.dataGeneration);
+    };
+    await deployment.raw.age(await dataKey(used), 3600);
+    await deployment.raw.age(await dataKey(idle), 3600);
+    await deployment.raw.unlink(await dataKey(gone));
+    const listing = async () => {
+      const out = new Map<string, RemoteListing>();
+      for await (const s of lister.list()) out.set(s.id.cacheKey, s);
+      return out;
+    };
+    const first = await listing();
+    expect(first.get("idle")).toMatchObject({ whole: true, idleMs: expect.any(Number), expiresInMs: expect.any(Number) });
+    expect(first.get("idle")!.idleMs).toBeGreaterThanOrEqual(3600_000);
+    expect(first.get("idle")!.expiresInMs).toBeGreaterThan(6 * 24 * 3600_000);
+    expect(first.get("gone")).toMatchObject({ whole: false, idleMs: null, expiresInMs: null, size: 3000 });
+    // Listing twice is not a use; a download is.
+    expect((await fetchBytes(lister, dir, used)).hit).toBe(true);
+    const second = await listing();
+    expect(second.get("idle")!.idleMs).toBeGreaterThanOrEqual(3600_000);
+    expect(second.get("used")!.idleMs).toBeLessThan(3600_000);
+    // One key's states only, without walking the key space.
+    const one = [];
+    for await (const s of lister.list({ cacheKey: "idle" })) one.push(s.id.cacheKey);
+    expect(one).toEqual(["idle"]);
+  });
+
+  it("evicts a state only while it is the listed commit, data included, and leaves no tombstone", async () => {
+    const dir = tempDir();
+    const t = deployment.tier({ keyPrefix: "kvkeep:evict:" });
+    const id = cacheId("e1");
+    await reserveAndUpload(t, await makeState(dir, id, 2000));
+    const listed = [];
+    for await (const s of t.list()) listed.push(s);
+    const older = listed[0]!;
+    const newer = await makeState(dir, id, 2500);
+    await reserveAndUpload(t, newer);
+    // A commit published since the listing is newer use: kept.
+    expect(await t.evict(older)).toEqual({ ok: true, evicted: false });
+    expect((await fetchBytes(t, dir, id)).bytes).toEqual(newer.bytes);
+    const current = (await storedRecord(t, id))!;
+    expect(await t.evict(current)).toEqual({ ok: true, evicted: true });
+    expect(await deployment.raw.exists(t.keys.data(id, current.xxh64, current.dataGeneration))).toBe(false);
+    expect((await fetchBytes(t, dir, id)).hit).toBe(false);
+    // Eviction is not a delete: the next commit uploads it again.
+    expect(await reserveAndUpload(t, newer)).toEqual({ outcome: "published", bytes: 2500 });
+  });
+
+  it("reports the server's memory use, limit and eviction policy", async () => {
+    const got = await tier.serverUsage();
+    expect(got).toEqual({
+      ok: true,
+      usage: { usedMemoryBytes: expect.any(Number), maxMemoryBytes: null, policy: "noeviction", nodes: deployment.name === "3-node cluster" ? 3 : 1 },
+    });
+    if (got.ok) expect(got.usage.usedMemoryBytes).toBeGreaterThan(0);
+  });
+
   it("gives a published state the tier's expiry (ttlSeconds)", async () => {
     const dir = tempDir();
     const id = cacheId("ttl");
@@ -305,5 +379,22 @@ describe.each([
     const ttl = await deployment.raw.ttl(tier.keys.data(id, record.xxh64, record.dataGeneration));
     expect(ttl).toBeGreaterThan(7 * 24 * 3600 - 60);
     expect(ttl).toBeLessThanOrEqual(7 * 24 * 3600);
+  });
+});
+
+describe("Redis tier listing under an LFU eviction policy", () => {
+  it("lists states with their idle time unknown (Redis tracks no idle time under LFU)", async () => {
+    const server = await startRedis({ args: ["--maxmemory-policy", "allkeys-lfu"] });
+    const tier = createRedisTier({ url: server.url, timeoutMs: TEST_TIMEOUT_MS });
+    try {
+      await reserveAndUpload(tier, await makeState(tempDir(), cacheId("lfu"), 1000));
+      const listed = [];
+      for await (const s of tier.list()) listed.push(s);
+      expect(listed).toEqual([expect.objectContaining({ whole: true, idleMs: null, size: 1000 })]);
+      expect(await tier.serverUsage()).toMatchObject({ ok: true, usage: { policy: "allkeys-lfu" } });
+    } finally {
+      await tier.close();
+      await server.stop();
+    }
   });
 });

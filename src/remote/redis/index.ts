@@ -14,17 +14,21 @@ export {
 } from "./tier.js";
 export type { NodeRedisClientLike } from "./link.js";
 export type {
+  EvictOutcome,
   FetchOutcome,
   RemoteCacheId,
   RemoteDeleteTarget,
+  RemoteListing,
   RemotePrefixHit,
   RemoteScope,
+  RemoteServerUsage,
   RemoteState,
   RemoteStateRecord,
   RemoteStats,
   RemoteTier,
   RemoveOutcome,
   ReserveOutcome,
+  ServerUsageOutcome,
   UploadOutcome,
   UploadTicket,
 } from "../types.js";

@@ -19,6 +19,10 @@ interface Commands {
   expire(key: string, seconds: number): Promise<unknown>;
   unlink(key: string): Promise<unknown>;
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  /** Neither PTTL nor OBJECT IDLETIME counts as a use of the key (its idle time stays). */
+  pTTL(key: string): Promise<unknown>;
+  objectIdleTime(key: string): Promise<unknown>;
+  info(section: string): Promise<unknown>;
   scanIterator?(options: { MATCH: string; COUNT: number; TYPE?: string }): AsyncIterable<unknown>;
 }
 
@@ -152,16 +156,18 @@ export class RedisLink {
     return (options.lane === "bulk" ? this.#bulk : this.#lookup).commands(signal, timeoutMs, options.binary ?? false);
   }
 
+  /** The server, or each master of a cluster (for commands about a node, not a key). */
+  async nodes(): Promise<Commands[]> {
+    const client = this.#lookup.client;
+    if (!this.isCluster) return [client as unknown as Commands];
+    const nodes: Commands[] = [];
+    for (const master of client.masters ?? []) nodes.push((await client.nodeClient!(master)) as Commands);
+    return nodes;
+  }
+
   /** Every key matching `pattern`, on every master of a cluster. */
   async *scan(pattern: string, type?: string): AsyncIterable<string> {
-    const client = this.#lookup.client;
-    const nodes: Commands[] = [];
-    if (this.isCluster) {
-      for (const master of client.masters ?? []) nodes.push((await client.nodeClient!(master)) as Commands);
-    } else {
-      nodes.push(client as unknown as Commands);
-    }
-    for (const node of nodes) {
+    for (const node of await this.nodes()) {
       for await (const batch of node.scanIterator!({ MATCH: pattern, COUNT: 1000, ...(type ? { TYPE: type } : {}) })) {
         for (const key of Array.isArray(batch) ? batch : [batch]) {
           const text = asText(key);

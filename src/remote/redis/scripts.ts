@@ -81,8 +81,11 @@ return removed
 `;
 
 /**
- * Remove one record if it is still the given generation (a state found broken, or one
- * published after a delete of everything). KEYS = heads. ARGV = scope field, generation.
+ * Remove one record if it is still the given generation (a state found broken, one
+ * published after a delete of everything, or one evicted by kvkeep gc --remote — a commit
+ * published since is newer and stays). With a second key, its data key goes in the same
+ * step (it shares the heads' slot). KEYS = heads[, data]. ARGV = scope field, generation.
+ * Returns 1 when it removed the record.
  */
 export const DROP_IF_GENERATION = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -90,6 +93,7 @@ if not cur then return 0 end
 local ok, h = pcall(cjson.decode, cur)
 if ok and type(h) == 'table' and tonumber(h.generation) == tonumber(ARGV[2]) then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  if KEYS[2] then redis.call('UNLINK', KEYS[2]) end
   return 1
 end
 return 0
@@ -120,3 +124,4 @@ local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 `;
+

@@ -23,17 +23,20 @@ import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type Guarded, RemoteGuard } from "../guard.js";
 import { chunkCount, chunkLength, MAX_CHUNK_BYTES, parseRecord, RECORD_FORMAT, type RemoteRecord, serializeRecord } from "../record.js";
 import type {
+  EvictOutcome,
   FetchOutcome,
   RemoteCacheId,
   RemoteDeleteTarget,
+  RemoteListing,
   RemotePrefixHit,
   RemoteScope,
+  RemoteServerUsage,
   RemoteState,
-  RemoteStateRecord,
   RemoteStats,
   RemoteTier,
   RemoveOutcome,
   ReserveOutcome,
+  ServerUsageOutcome,
   UploadOutcome,
   UploadTicket,
 } from "../types.js";
@@ -219,8 +222,12 @@ export class RedisTier implements RemoteTier {
   }
 
   /** One guarded round trip with the deadline of explicit deletes (a caller waits, but not for long). */
+  get #controlTimeoutMs(): number {
+    return Math.max(this.timeoutMs * 5, 1000);
+  }
+
   #control<T>(label: string, op: (c: ReturnType<RedisLink["commands"]>) => Promise<T>): Promise<Guarded<T>> {
-    const timeoutMs = Math.max(this.timeoutMs * 5, 1000);
+    const timeoutMs = this.#controlTimeoutMs;
     return this.#guard.run(label, timeoutMs, async (signal) => {
       await this.#link.ready();
       return op(this.#link.commands(signal, timeoutMs));
@@ -460,10 +467,16 @@ export class RedisTier implements RemoteTier {
   }
 
   async #readRecord(id: RemoteCacheId): Promise<RemoteRecord | { error: string } | null | "unavailable"> {
-    const read = await this.#lookup("read record", (c) => c.hGet(this.keys.heads(id.cacheKey), scopeTag(id)));
-    if (!read.ok) return "unavailable";
+    const read = await this.#readRecordWithin("lookup", id);
+    return read.ok ? read.value : "unavailable";
+  }
+
+  async #readRecordWithin(deadline: "lookup" | "control", id: RemoteCacheId): Promise<Guarded<RemoteRecord | { error: string } | null>> {
+    const run = deadline === "lookup" ? this.#lookup.bind(this) : this.#control.bind(this);
+    const read = await run("read record", (c) => c.hGet(this.keys.heads(id.cacheKey), scopeTag(id)));
+    if (!read.ok) return read;
     const text = asText(read.value);
-    return text === null ? null : parseRecord(text, id);
+    return { ok: true, value: text === null ? null : parseRecord(text, id) };
   }
 
   #reportBroken(id: RemoteCacheId, generation: number, reason: string): void {
@@ -638,31 +651,98 @@ export class RedisTier implements RemoteTier {
     return done.ok ? { ok: true, removed: done.value } : { ok: false, reason: failure(done, "deleting everything").reason };
   }
 
-  // ---- listing --------------------------------------------------------------------------
+  // ---- administration (kvkeep scan | gc --remote) ----------------------------------------
 
-  async *list(): AsyncIterable<RemoteStateRecord> {
-    let keys: string[];
-    try {
-      await this.#link.ready();
-      keys = [];
-      for await (const key of this.#link.scan(this.keys.headsPattern, "hash")) keys.push(key);
-    } catch (error) {
-      throw new KvKeepError("REMOTE_UNAVAILABLE", `listing the remote tier failed: ${(error as Error).message}. Is Redis reachable?`, {
-        cause: error,
-      });
+  async *list(filter?: { cacheKey?: string | undefined }): AsyncIterable<RemoteListing> {
+    let headsKeys: string[];
+    if (filter?.cacheKey !== undefined) {
+      assertCacheKey(filter.cacheKey, "cacheKey");
+      headsKeys = [this.keys.heads(filter.cacheKey)];
+    } else {
+      headsKeys = await this.#scanKeys(this.keys.headsPattern, "hash");
     }
-    for (const key of keys) {
+    for (const key of headsKeys) {
       const read = await this.#transfer("list records", (c) => c.hGetAll(key));
-      if (!read.ok) throw new KvKeepError("REMOTE_UNAVAILABLE", `reading ${key} failed: ${failure(read, "listing").reason}`);
+      if (!read.ok) throw listingFailed(failure(read, `reading ${key}`).reason);
+      const records: RemoteRecord[] = [];
       for (const [field, value] of recordPairs(read.value)) {
         const record = parseRecord(value);
         if ("error" in record) continue;
         // Filed where it belongs, or it is not trusted (not even listed).
         if (key !== this.keys.heads(record.id.cacheKey) || field !== scopeTag(record.id)) continue;
+        records.push(record);
+      }
+      if (records.length === 0) continue;
+      // About each state's data key, with commands that do not count as a use of it.
+      const facts = await this.#transfer("inspect states", (c) =>
+        Promise.all(
+          records.map(async (r) => {
+            const dataKey = this.keys.data(r.id, r.xxh64, r.dataGeneration);
+            // An LFU maxmemory policy answers OBJECT IDLETIME with an error: idle time unknown.
+            const [pttl, idle] = await Promise.all([c.pTTL(dataKey), c.objectIdleTime(dataKey).catch(() => null)]);
+            return { pttl: Number(pttl), idle: idle === null ? null : Number(idle) };
+          }),
+        ),
+      );
+      if (!facts.ok) throw listingFailed(failure(facts, `inspecting the states of ${key}`).reason);
+      for (const [i, record] of records.entries()) {
+        const { pttl, idle } = facts.value[i]!;
         const { format: _f, chunkBytes: _b, chunks: _c, dataGeneration: _d, ...state } = record;
-        yield state;
+        const whole = pttl !== -2; // -2: the data key is gone
+        yield {
+          ...state,
+          idleMs: whole && idle !== null && Number.isFinite(idle) ? idle * 1000 : null,
+          expiresInMs: whole && pttl >= 0 ? pttl : null,
+          whole,
+        };
       }
     }
+  }
+
+  /** Every key matching `pattern`, each SCAN step under the transfer deadline. */
+  async #scanKeys(pattern: string, type?: string): Promise<string[]> {
+    const keys: string[] = [];
+    const iterator = this.#link.scan(pattern, type)[Symbol.asyncIterator]();
+    for (let first = true; ; first = false) {
+      const step = await this.#guard.run("list keys", this.transferTimeoutMs, async () => {
+        if (first) await this.#link.ready();
+        return iterator.next();
+      });
+      if (!step.ok) {
+        void iterator.return?.(undefined)?.catch(() => {});
+        throw listingFailed(failure(step, "scanning the keys").reason);
+      }
+      if (step.value.done) return keys;
+      keys.push(step.value.value);
+    }
+  }
+
+  async evict(state: { id: RemoteCacheId; generation: number }): Promise<EvictOutcome> {
+    if (!state || typeof state !== "object") throw invalid("state", "evict needs { id, generation } as list() gives them.");
+    assertCacheId(state.id);
+    if (!Number.isSafeInteger(state.generation) || state.generation <= 0) throw invalid("generation", "evict needs the state's generation.");
+    const current = await this.#readRecordWithin("control", state.id);
+    if (!current.ok) return { ok: false, reason: failure(current, "reading the record").reason };
+    const record = current.value;
+    if (record === null || "error" in record || record.generation !== state.generation) return { ok: true, evicted: false };
+    const heads = this.keys.heads(state.id.cacheKey);
+    const dataKey = this.keys.data(record.id, record.xxh64, record.dataGeneration);
+    const dropped = await this.#control("evict", (c) =>
+      c.eval(DROP_IF_GENERATION, { keys: [heads, dataKey], arguments: [scopeTag(state.id), String(state.generation)] }),
+    );
+    if (!dropped.ok) return { ok: false, reason: failure(dropped, "evicting").reason };
+    return { ok: true, evicted: Number(asText(dropped.value)) === 1 };
+  }
+
+  async serverUsage(): Promise<ServerUsageOutcome> {
+    // INFO is about a node, not a key: asked of each master of a cluster.
+    const read = await this.#guard.run("read server memory", this.#controlTimeoutMs, async () => {
+      await this.#link.ready();
+      const nodes = await this.#link.nodes();
+      return Promise.all(nodes.map(async (node) => asText(await node.info("memory")) ?? ""));
+    });
+    if (!read.ok) return { ok: false, reason: failure(read, "reading INFO memory").reason };
+    return { ok: true, usage: sumMemoryInfo(read.value) };
   }
 
   async close(): Promise<void> {
@@ -679,6 +759,30 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 `;
+
+function listingFailed(reason: string): KvKeepError {
+  return new KvKeepError("REMOTE_UNAVAILABLE", `listing the remote tier failed (${reason}); is Redis reachable?`);
+}
+
+/** `INFO memory` replies of every node, summed (the policy is the first node's). */
+function sumMemoryInfo(replies: readonly string[]): RemoteServerUsage {
+  const field = (text: string, name: string): string | undefined => new RegExp(`^${name}:(.*)$`, "m").exec(text)?.[1]?.trim();
+  let used = 0;
+  let max = 0;
+  let unlimited = false;
+  for (const text of replies) {
+    used += Number(field(text, "used_memory") ?? 0) || 0;
+    const limit = Number(field(text, "maxmemory") ?? 0) || 0;
+    if (limit === 0) unlimited = true;
+    max += limit;
+  }
+  return {
+    usedMemoryBytes: used,
+    maxMemoryBytes: unlimited || replies.length === 0 ? null : max,
+    policy: (replies.length > 0 ? field(replies[0]!, "maxmemory_policy") : undefined) ?? "unknown",
+    nodes: replies.length,
+  };
+}
 
 /** A prefix index field: the cache keys of states covering that prefix, newest first (only safe keys kept). */
 function parsePrefixEntry(text: string): string[] {
