@@ -18,7 +18,11 @@ export type CliErrorCode =
   /** `rm` of a key with no caches. */
   | "NOT_FOUND"
   /** `gc` could not evict caches it should have. */
-  | "EVICTION_FAILED";
+  | "EVICTION_FAILED"
+  /** `--remote`: Redis could not be reached, or did not answer within --remote-timeout. */
+  | "REMOTE_UNAVAILABLE"
+  /** `--remote` without the `redis` package (an optional peer dependency) installed. */
+  | "REMOTE_CLIENT_MISSING";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

@@ -4,6 +4,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
+import type { RemoteTier } from "../../src/remote/types.js";
 import { customTurn, writeState } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -68,15 +69,17 @@ export function jsonError(run: Run): { code: string; message: string; exitCode: 
 export const CONFIG = generateConfigHash("Be brief.");
 
 /**
- * A root with named caches (key → model → message count) and `auto` auto-mode caches,
+ * A root with named caches (key → model → message count) and `auto` auto-mode caches
+ * (uploaded to `remote` too, when given),
  * written through the library as an app would.
  */
 export async function rootWith(
   named: Record<string, Record<string, number>>,
-  options: { root?: string; auto?: number; bytes?: number } = {},
+  options: { root?: string; auto?: number; bytes?: number; remote?: RemoteTier } = {},
 ): Promise<string> {
   const root = options.root ?? tempDir("kvkeep-cli-");
-  const store = openKvCacheStore({ root });
+  // With a remote tier, close() below finishes the uploads: the states are in Redis after.
+  const store = openKvCacheStore({ root, remote: options.remote });
   for (const [key, models] of Object.entries(named)) {
     for (const [model, count] of Object.entries(models)) await customTurn(store.createSession(model), key, CONFIG, count);
   }

@@ -398,3 +398,21 @@ describe("Redis tier listing under an LFU eviction policy", () => {
     }
   });
 });
+
+describe("Redis tier connections", () => {
+  it("a tier closed while its connections are still being made leaves none open (the process can exit)", async () => {
+    const server = await startRedis();
+    try {
+      for (let i = 0; i < 5; i++) {
+        const tier = createRedisTier({ url: server.url, timeoutMs: TEST_TIMEOUT_MS });
+        await tier.close();
+      }
+      // A leaked socket finishes its handshake and shows up as a client of the server.
+      await new Promise((r) => setTimeout(r, 300));
+      const clients = (await server.cli("client", "list")).split("\n").filter((line) => line.includes("cmd=") && !/cmd=client\|list/.test(line));
+      expect(clients).toEqual([]);
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -1,90 +1,264 @@
 import { cacheKindOf } from "../../keys/safe-key.js";
-import { DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep } from "../../retention/plan.js";
+import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
+import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import type { EvictedCache } from "../../types.js";
 import { durationOption, sizeOption } from "../args.js";
 import { readRoot } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
+import type { CommandContext, ParsedCommand } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
-import { assertWritable, checkRoot } from "../root.js";
+import { assertWritable, type RootState } from "../root.js";
 import { openCliStore } from "../store.js";
+import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "./remote.js";
 
 /**
- * What a sweep with these limits would evict, from a read-only look at the root: the idle
- * caches, then the least recently used until the rest fit (what retention's executor does,
- * minus its locks and re-checks, which can only keep more).
+ * What a sweep with this plan evicts: the idle entries, then the least recently used until
+ * the rest fit in `maxBytes` (what retention's executor does, minus its locks and re-checks,
+ * which can only keep more).
  */
-async function planOnly(root: string, limits: { maxBytes: number; maxIdleMs: number; evictNamed: boolean }): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
+function pickVictims(plan: SweepPlan, maxBytes: number): { victims: Candidate[]; keptBytes: number } {
+  const victims: Candidate[] = [...plan.idle];
+  let remaining = plan.evictableBytes - victims.reduce((sum, c) => sum + c.entry.bytes, 0);
+  const order = plan.budgetOrder();
+  for (let next = order.next(); remaining > maxBytes && !next.done; next = order.next()) {
+    victims.push(next.value);
+    remaining -= next.value.entry.bytes;
+  }
+  return { victims, keptBytes: remaining };
+}
+
+const evictedOf = (c: Candidate): EvictedCache => ({ cacheKey: c.entry.cacheKey, modelId: c.entry.modelId, configHash: c.entry.configHash, bytes: c.entry.bytes, reason: c.reason });
+
+/** What a sweep with these limits would evict, from a read-only look at the root. */
+async function planOnly(root: string, limits: RetentionLimits): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
   const { caches } = await readRoot(root);
   const entries: Array<[string, IndexEntry]> = caches
     .filter((c) => c.hasManifest)
     .map((c) => [c.cachePath, { cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
-  const plan = planSweep(entries, limits, Date.now());
-  const evicted: EvictedCache[] = [];
-  let remaining = plan.evictableBytes;
-  const take = (c: (typeof plan.idle)[number]): void => {
-    evicted.push({ cacheKey: c.entry.cacheKey, modelId: c.entry.modelId, configHash: c.entry.configHash, bytes: c.entry.bytes, reason: c.reason });
-    remaining -= c.entry.bytes;
-  };
-  plan.idle.forEach(take);
-  const order = plan.budgetOrder();
-  for (let next = order.next(); remaining > limits.maxBytes && !next.done; next = order.next()) take(next.value);
-  return { evicted, keptBytes: remaining };
+  const { victims, keptBytes } = pickVictims(planSweep(entries, limits, Date.now()), limits.maxBytes);
+  return { evicted: victims.map(evictedOf), keptBytes };
 }
 
 export const gcCommand: ParsedCommand = {
   name: "gc",
-  summary: "evict idle and least recently used auto caches down to a budget",
-  usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json]",
+  summary: "evict idle and least recently used auto caches down to a budget; --remote: report (and trim) Redis too",
+  usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json] [--remote URL [--remote-max-bytes SIZE] [--remote-max-idle DURATION]]",
   description:
-    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system).",
+    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "budget for the evictable caches: 512M, 2G, … (default 4G)" },
     "max-idle": { type: "string", value: "DURATION", help: "evict caches unused this long: 30m, 12h, 7d, … (default 24h)" },
-    "evict-named": { type: "boolean", help: "let it evict named (custom-key) caches too, and count them against the budget" },
-    "dry-run": { type: "boolean", help: "print what it would evict; remove nothing" },
+    "evict-named": { type: "boolean", help: "let it evict named (custom-key) caches too, and count them against the budget (remote ones too)" },
+    "dry-run": { type: "boolean", help: "print what it would evict; remove nothing (here or in Redis)" },
+    ...REMOTE_OPTIONS,
+    "remote-max-bytes": { type: "string", value: "SIZE", help: "with --remote: budget for the evictable remote states (default: none)" },
+    "remote-max-idle": { type: "string", value: "DURATION", help: "with --remote: evict remote states unused this long (default: none, they expire by TTL)" },
   },
   positionals: { name: "", min: 0, max: 0 },
   examples: [
     ["kvkeep gc", "the store's defaults: 4 GiB of auto caches, 24 h idle"],
     ["kvkeep gc --max-bytes 2G --max-idle 7d --dry-run", "what that would evict"],
     ["kvkeep gc --max-bytes 0 --evict-named", "evict every cache not in use"],
+    ["kvkeep gc --remote redis://redis:6379", "the local sweep, and what Redis holds and uses"],
+    ["kvkeep gc --remote redis://redis:6379 --remote-max-bytes 20G --remote-max-idle 3d --dry-run", "what trimming the fleet's tier would evict"],
   ],
   async run(ctx) {
-    const maxBytes = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
-    const maxIdleMs = durationOption(ctx.options, "max-idle") ?? DEFAULT_MAX_IDLE_MS;
-    const evictNamed = ctx.options["evict-named"] === true;
+    const limits: RetentionLimits = {
+      maxBytes: sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES,
+      maxIdleMs: durationOption(ctx.options, "max-idle") ?? DEFAULT_MAX_IDLE_MS,
+      evictNamed: ctx.options["evict-named"] === true,
+    };
+    const remoteLimits = {
+      maxBytes: sizeOption(ctx.options, "remote-max-bytes") ?? null,
+      maxIdleMs: durationOption(ctx.options, "remote-max-idle") ?? null,
+      evictNamed: limits.evictNamed,
+    };
     const dryRun = ctx.options["dry-run"] === true;
-    const root = await checkRoot(ctx.root);
-    let result: { evicted: EvictedCache[]; keptBytes: number };
-    let warnings: string[] = [];
-    if (dryRun) {
-      result = await planOnly(ctx.root, { maxBytes, maxIdleMs, evictNamed });
-    } else {
-      assertWritable(ctx.root, root, "evict caches");
-      const opened = await openCliStore(ctx, { evictNamed });
-      try {
-        result = await opened.store.sweep({ maxBytes, maxIdleMs });
-      } finally {
-        await opened.store.close();
-      }
-      warnings = opened.warnings;
+    const target = remoteTarget(ctx.options, ["remote-max-bytes", "remote-max-idle"]);
+    const root = await localRoot(ctx, target);
+    if (!target) {
+      const local = await sweepLocal(ctx, root!, limits, dryRun);
+      ctx.print({ root: ctx.root, dryRun, ...limitsJson(limits), ...local }, () => localLines(local, limits, dryRun));
+      failIfProblems(local.warnings);
+      return 0;
     }
-    const freed = result.evicted.reduce((sum, e) => sum + e.bytes, 0);
-    const verb = dryRun ? "would evict" : "evicted";
-    ctx.print({ root: ctx.root, dryRun, maxBytes, maxIdleMs, evictNamed, ...result, freedBytes: freed, warnings }, () => [
-      ...(result.evicted.length === 0
-        ? []
-        : renderTable(
-            [{ header: "KEY" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
-            result.evicted.map((e) => [e.cacheKey, e.modelId, formatBytes(e.bytes), e.reason === "idle" ? "idle" : "over budget"]),
-          )),
-      `${verb} ${plural(result.evicted.length, "cache")} (${formatBytes(freed)}); ${formatBytes(result.keptBytes)} of evictable caches ${dryRun ? "would stay" : "kept"}, budget ${formatBytes(maxBytes)}` +
-        (result.keptBytes > maxBytes && warnings.length === 0 ? " (over it: caches in use are never evicted)" : ""),
-    ]);
-    if (warnings.length > 0) {
-      throw new CliError("EVICTION_FAILED", `finished with ${plural(warnings.length, "problem")}, the first: ${warnings[0]}`);
-    }
-    return 0;
+    return withRemote(target, async (remote) => {
+      // Redis is reached (and listed) before the local sweep: when it cannot be, nothing changes.
+      const states = await listRemote(remote);
+      const local = root === null ? null : await sweepLocal(ctx, root, limits, dryRun);
+      const trimmed = await gcRemote(remote, states, remoteLimits, dryRun);
+      ctx.print(
+        {
+          root: ctx.root,
+          rootExists: root !== null,
+          dryRun,
+          ...limitsJson(limits),
+          ...(local ?? { evicted: [], keptBytes: 0, freedBytes: 0, warnings: [] }),
+          remote: trimmed,
+        },
+        () => [...(local ? [...localLines(local, limits, dryRun), ""] : []), ...remoteLines(trimmed, dryRun)],
+      );
+      failIfProblems([...(local?.warnings ?? []), ...trimmed.warnings]);
+      return 0;
+    });
   },
 };
+
+interface LocalGc {
+  evicted: EvictedCache[];
+  keptBytes: number;
+  freedBytes: number;
+  warnings: string[];
+}
+
+const limitsJson = (limits: RetentionLimits) => ({ maxBytes: limits.maxBytes, maxIdleMs: limits.maxIdleMs, evictNamed: limits.evictNamed });
+
+/** One sweep of the root (a plan only, for a dry run). */
+async function sweepLocal(ctx: CommandContext, root: RootState, limits: RetentionLimits, dryRun: boolean): Promise<LocalGc> {
+  let result: { evicted: EvictedCache[]; keptBytes: number };
+  let warnings: string[] = [];
+  if (dryRun) {
+    result = await planOnly(ctx.root, limits);
+  } else {
+    assertWritable(ctx.root, root, "evict caches");
+    const opened = await openCliStore(ctx, { evictNamed: limits.evictNamed });
+    try {
+      result = await opened.store.sweep({ maxBytes: limits.maxBytes, maxIdleMs: limits.maxIdleMs });
+    } finally {
+      await opened.store.close();
+    }
+    warnings = opened.warnings;
+  }
+  return { ...result, freedBytes: result.evicted.reduce((sum, e) => sum + e.bytes, 0), warnings };
+}
+
+function localLines(local: LocalGc, limits: RetentionLimits, dryRun: boolean): string[] {
+  const verb = dryRun ? "would evict" : "evicted";
+  return [
+    ...(local.evicted.length === 0
+      ? []
+      : renderTable(
+          [{ header: "KEY" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
+          local.evicted.map((e) => [e.cacheKey, e.modelId, formatBytes(e.bytes), e.reason === "idle" ? "idle" : "over budget"]),
+        )),
+    `${verb} ${plural(local.evicted.length, "cache")} (${formatBytes(local.freedBytes)}); ${formatBytes(local.keptBytes)} of evictable caches ${dryRun ? "would stay" : "kept"}, budget ${formatBytes(limits.maxBytes)}` +
+      (local.keptBytes > limits.maxBytes && local.warnings.length === 0 ? " (over it: caches in use are never evicted)" : ""),
+  ];
+}
+
+function failIfProblems(warnings: readonly string[]): void {
+  if (warnings.length > 0) {
+    throw new CliError("EVICTION_FAILED", `finished with ${plural(warnings.length, "problem")}, the first: ${warnings[0]}`);
+  }
+}
+
+type RemoteReason = "idle" | "budget" | "chunks gone";
+
+interface RemoteGc {
+  url: string;
+  keyPrefix: string;
+  cluster: boolean;
+  states: number;
+  bytes: number;
+  autoBytes: number;
+  namedBytes: number;
+  /** What Redis reports of its memory; null when it would not say. */
+  server: RemoteServerUsage | null;
+  maxBytes: number | null;
+  maxIdleMs: number | null;
+  evicted: Array<{ cacheKey: string; modelId: string; configHash: string; bytes: number; reason: RemoteReason; generation: number }>;
+  freedBytes: number;
+  /** Evictable remote bytes left (auto; named too with --evict-named). */
+  keptBytes: number;
+  /** The soonest a listed state expires by its TTL; null when none does. */
+  soonestExpiryMs: number | null;
+  warnings: string[];
+}
+
+const UNLIMITED = Number.MAX_SAFE_INTEGER;
+
+/**
+ * The remote half of gc: plan over the listing (idle from the server's idle time, see
+ * lastUseOf), then evict each victim only while it is still the listed commit.
+ */
+async function gcRemote(
+  remote: OpenRemote,
+  states: readonly RemoteListing[],
+  limits: { maxBytes: number | null; maxIdleMs: number | null; evictNamed: boolean },
+  dryRun: boolean,
+): Promise<RemoteGc> {
+  const now = Date.now();
+  const usage = await remote.tier.serverUsage();
+  const whole = states.filter((s) => s.whole);
+  const planned: Array<{ state: RemoteListing; reason: RemoteReason }> = states.filter((s) => !s.whole).map((state) => ({ state, reason: "chunks gone" }));
+  let keptBytes = whole.filter((s) => limits.evictNamed || cacheKind(s) === "auto").reduce((sum, s) => sum + s.size, 0);
+  if (limits.maxBytes !== null || limits.maxIdleMs !== null) {
+    const entries: Array<[string, IndexEntry]> = whole.map((s, i) => [
+      String(i),
+      { cacheKey: s.id.cacheKey, modelId: s.id.modelId, configHash: s.id.configHash, kind: cacheKind(s), bytes: s.size, lastUsedMs: lastUseOf(s, now) },
+    ]);
+    const maxBytes = limits.maxBytes ?? UNLIMITED;
+    const plan = planSweep(entries, { maxBytes, maxIdleMs: limits.maxIdleMs ?? UNLIMITED, evictNamed: limits.evictNamed }, now);
+    const picked = pickVictims(plan, maxBytes);
+    keptBytes = picked.keptBytes;
+    for (const v of picked.victims) planned.push({ state: whole[Number(v.cachePath)]!, reason: v.reason });
+  }
+  const evicted: RemoteGc["evicted"] = [];
+  const warnings: string[] = [];
+  for (const { state, reason } of planned) {
+    if (!dryRun) {
+      const outcome = await remote.tier.evict(state);
+      if (!outcome.ok) {
+        warnings.push(`could not evict the remote state of ${JSON.stringify(state.id.cacheKey)} (${state.id.modelId}): ${outcome.reason}`);
+        if (reason !== "chunks gone") keptBytes += state.size;
+        continue;
+      }
+      if (!outcome.evicted) {
+        // Re-committed (or removed) since the listing: newer use, kept.
+        if (reason !== "chunks gone") keptBytes += state.size;
+        continue;
+      }
+    }
+    evicted.push({ cacheKey: state.id.cacheKey, modelId: state.id.modelId, configHash: state.id.configHash, bytes: state.size, reason, generation: state.generation });
+  }
+  const expiring = states.map((s) => s.expiresInMs).filter((ms): ms is number => ms !== null);
+  const sum = remoteTotals(states);
+  return {
+    url: remote.target.shown,
+    keyPrefix: remote.target.keyPrefix,
+    cluster: remote.cluster,
+    states: sum.states,
+    bytes: sum.bytes,
+    autoBytes: sum.autoBytes,
+    namedBytes: sum.namedBytes,
+    server: usage.ok ? usage.usage : null,
+    maxBytes: limits.maxBytes,
+    maxIdleMs: limits.maxIdleMs,
+    evicted,
+    freedBytes: evicted.filter((e) => e.reason !== "chunks gone").reduce((total, e) => total + e.bytes, 0),
+    keptBytes,
+    soonestExpiryMs: expiring.length > 0 ? Math.min(...expiring) : null,
+    warnings,
+  };
+}
+
+function remoteLines(gc: RemoteGc, dryRun: boolean): string[] {
+  const memory = gc.server
+    ? `; Redis uses ${formatBytes(gc.server.usedMemoryBytes)}${gc.server.maxMemoryBytes === null ? ", no maxmemory limit" : ` of its maxmemory ${formatBytes(gc.server.maxMemoryBytes)}`} (policy ${gc.server.policy}${gc.server.nodes > 1 ? `, ${gc.server.nodes} masters` : ""})`
+    : "; Redis did not report its memory";
+  const head = `remote ${gc.url} (prefix ${gc.keyPrefix}): ${plural(gc.states, "state")}, ${formatBytes(gc.bytes)} (auto ${formatBytes(gc.autoBytes)}, named ${formatBytes(gc.namedBytes)})${memory}`;
+  const verb = dryRun ? "would evict" : "evicted";
+  const table =
+    gc.evicted.length === 0
+      ? []
+      : renderTable(
+          [{ header: "KEY" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
+          gc.evicted.map((e) => [e.cacheKey, e.modelId, formatBytes(e.bytes), e.reason === "budget" ? "over budget" : e.reason]),
+        );
+  const limited = gc.maxBytes !== null || gc.maxIdleMs !== null;
+  const outcome = limited
+    ? `${verb} ${plural(gc.evicted.length, "remote state")} (${formatBytes(gc.freedBytes)}); ${formatBytes(gc.keptBytes)} of evictable remote states ${dryRun ? "would stay" : "kept"}` +
+      `${gc.maxBytes !== null ? `, budget ${formatBytes(gc.maxBytes)}` : ""}${gc.maxIdleMs !== null ? `, idle limit ${formatSpan(gc.maxIdleMs)}` : ""}`
+    : `${gc.evicted.length > 0 ? `${verb} ${plural(gc.evicted.length, "remote state")} whose chunks are gone; ` : ""}no remote state evicted for age or size without --remote-max-bytes or --remote-max-idle: ${ttlNote(gc.soonestExpiryMs)} (${gc.server?.policy ?? "unknown"})`;
+  return [head, ...table, outcome];
+}

@@ -1,12 +1,13 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
 import { scanKeyDir } from "../../store/scan.js";
 import { type CacheRecord, readRoot, recordsOf } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
+import type { CommandContext, ParsedCommand } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { confirm } from "../io.js";
-import { assertWritable, checkRoot } from "../root.js";
+import { assertWritable, type RootState } from "../root.js";
 import { openCliStore } from "../store.js";
+import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "./remote.js";
 
 interface Target {
   cacheKey: string;
@@ -17,15 +18,16 @@ const sumBytes = (caches: readonly CacheRecord[]): number => caches.reduce((sum,
 
 export const rmCommand: ParsedCommand = {
   name: "rm",
-  summary: "remove the caches of one or more keys (or --all, with confirmation)",
-  usage: "kvkeep rm <key>... [--model ID] [--dry-run]  |  kvkeep rm --all [--yes] [--dry-run]",
+  summary: "remove the caches of one or more keys (or --all, with confirmation); --remote: from Redis too",
+  usage: "kvkeep rm <key>... [--model ID] [--dry-run] [--remote URL]  |  kvkeep rm --all [--yes] [--dry-run] [--remote URL]",
   description:
-    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). --all removes every cache under the root: on a terminal it asks first; without a terminal it needs --yes.",
+    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). --all removes every cache under the root: on a terminal it asks first; without a terminal it needs --yes. With --remote the shared Redis tier's copies go too (for --all, everything under --remote-prefix), and each delete leaves a tombstone so an upload still in flight from another machine cannot bring it back; a key then counts as found if it was on disk or in Redis. Redis is reached before anything is removed: when it cannot be, rm exits 1 and removes nothing.",
   options: {
     model: { type: "string", value: "ID", help: "only this model's caches of the keys" },
-    all: { type: "boolean", help: "every cache under the root" },
+    all: { type: "boolean", help: "every cache under the root (and in Redis, with --remote)" },
     yes: { type: "boolean", short: "y", help: "do not ask before --all (required when stdin is not a terminal)" },
     "dry-run": { type: "boolean", help: "print what it would remove; remove nothing" },
+    ...REMOTE_OPTIONS,
   },
   positionals: { name: "a cache key (or --all)", min: 0, max: Infinity },
   examples: [
@@ -33,6 +35,7 @@ export const rmCommand: ParsedCommand = {
     ["kvkeep rm chat-1 chat-2 --model qwen3-0.6b", "two conversations, one model"],
     ["kvkeep rm --all --dry-run", "list everything --all would remove"],
     ["kvkeep rm --all --yes", "everything, no question (scripts)"],
+    ["kvkeep rm chat-42 --remote redis://redis:6379", "chat-42 here and for the whole fleet"],
   ],
   async run(ctx) {
     const all = ctx.options.all === true;
@@ -44,69 +47,191 @@ export const rmCommand: ParsedCommand = {
     if (!all && keys.length === 0) throw usageError("give at least one cache key, or --all.");
     for (const key of keys) assertCacheKey(key, "cacheKey");
     if (model !== undefined) assertModelId(model, "--model");
-    const root = await checkRoot(ctx.root);
-
-    const targets: Target[] = [];
-    const missing: string[] = [];
-    if (all) {
-      const { caches } = await readRoot(ctx.root);
-      const byKey = new Map<string, CacheRecord[]>();
-      for (const c of caches) byKey.set(c.cacheKey, [...(byKey.get(c.cacheKey) ?? []), c]);
-      for (const [cacheKey, list] of byKey) targets.push({ cacheKey, caches: list });
-    } else {
-      for (const cacheKey of new Set(keys)) {
-        const dirs = await scanKeyDir(ctx.root, cacheKey, model);
-        if (dirs.length === 0) missing.push(cacheKey);
-        else targets.push({ cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat() });
-      }
-    }
-    const allCaches = targets.flatMap((t) => t.caches);
-
-    if (all && !dryRun && allCaches.length > 0 && ctx.options.yes !== true) {
-      if (!ctx.io.stdin.isTTY) {
-        throw new CliError("CONFIRMATION_REQUIRED", `--all would remove ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root}; stdin is not a terminal, so pass --yes to confirm. Nothing was removed.`);
-      }
-      const yes = await confirm(ctx.io, `Remove all ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root}?`);
-      if (!yes) throw new CliError("NOT_CONFIRMED", "not confirmed; nothing was removed.");
-    }
-    if (!dryRun && targets.length > 0) {
-      assertWritable(ctx.root, root, "remove caches");
-      const { store } = await openCliStore(ctx);
-      try {
-        if (all) await store.delete({ all: true });
-        else for (const t of targets) await store.delete({ kvCacheKey: t.cacheKey, ...(model !== undefined ? { modelId: model } : {}) });
-      } finally {
-        await store.close();
-      }
-    }
-
-    const verb = dryRun ? "would remove" : "removed";
-    ctx.print(
-      {
-        root: ctx.root,
-        dryRun,
-        removed: targets.map((t) => ({ cacheKey: t.cacheKey, ...(model !== undefined ? { modelId: model } : {}), caches: t.caches.length, bytes: sumBytes(t.caches) })),
-        missing,
-      },
-      () =>
-        targets.length === 0
-          ? all
-            ? `nothing to remove: no caches under ${ctx.root}`
-            : []
-          : [
-              ...renderTable(
-                [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
-                targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
-              ),
-              `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) of ${plural(targets.length, "key")}${model !== undefined ? ` for model ${model}` : ""}`,
-            ],
-    );
-    if (missing.length > 0) {
-      throw new CliError(
-        "NOT_FOUND",
-        `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${model !== undefined ? ` with model ${JSON.stringify(model)}` : ""} under ${ctx.root}${targets.length > 0 ? ` (${targets.length === 1 ? "the other key" : `the other ${targets.length} keys`} ${dryRun ? "would be" : targets.length === 1 ? "was" : "were"} removed)` : ""}.`,
-      );
-    }
-    return 0;
+    const target = remoteTarget(ctx.options);
+    const root = await localRoot(ctx, target);
+    if (!target) return removeLocal(ctx, root!, { all, model, dryRun, keys });
+    return withRemote(target, (remote) => removeBoth(ctx, root, remote, { all, model, dryRun, keys }));
   },
 };
+
+interface RmRequest {
+  all: boolean;
+  model: string | undefined;
+  dryRun: boolean;
+  keys: string[];
+}
+
+/** The local caches the request covers (none without a root), and the keys that have none. */
+async function planLocal(ctx: CommandContext, root: RootState | null, req: RmRequest): Promise<{ targets: Target[]; missing: string[] }> {
+  const targets: Target[] = [];
+  const missing: string[] = [];
+  if (root === null) return { targets, missing: req.all ? [] : [...new Set(req.keys)] };
+  if (req.all) {
+    const { caches } = await readRoot(ctx.root);
+    const byKey = new Map<string, CacheRecord[]>();
+    for (const c of caches) byKey.set(c.cacheKey, [...(byKey.get(c.cacheKey) ?? []), c]);
+    for (const [cacheKey, list] of byKey) targets.push({ cacheKey, caches: list });
+  } else {
+    for (const cacheKey of new Set(req.keys)) {
+      const dirs = await scanKeyDir(ctx.root, cacheKey, req.model);
+      if (dirs.length === 0) missing.push(cacheKey);
+      else targets.push({ cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat() });
+    }
+  }
+  return { targets, missing };
+}
+
+/** `--all` needs a yes: on a terminal asked, otherwise --yes. `what` says what would go. */
+async function confirmAll(ctx: CommandContext, what: string): Promise<void> {
+  if (ctx.options.yes === true) return;
+  if (!ctx.io.stdin.isTTY) {
+    throw new CliError("CONFIRMATION_REQUIRED", `--all would remove ${what}; stdin is not a terminal, so pass --yes to confirm. Nothing was removed.`);
+  }
+  const yes = await confirm(ctx.io, `Remove all ${what}?`);
+  if (!yes) throw new CliError("NOT_CONFIRMED", "not confirmed; nothing was removed.");
+}
+
+/** Remove the planned local caches through a store (which records the deletes for other processes). */
+async function executeLocal(ctx: CommandContext, root: RootState, req: RmRequest, targets: readonly Target[]): Promise<void> {
+  if (req.dryRun || targets.length === 0) return;
+  assertWritable(ctx.root, root, "remove caches");
+  const { store } = await openCliStore(ctx);
+  try {
+    if (req.all) await store.delete({ all: true });
+    else for (const t of targets) await store.delete({ kvCacheKey: t.cacheKey, ...(req.model !== undefined ? { modelId: req.model } : {}) });
+  } finally {
+    await store.close();
+  }
+}
+
+function localJson(t: Target, model: string | undefined) {
+  return { cacheKey: t.cacheKey, ...(model !== undefined ? { modelId: model } : {}), caches: t.caches.length, bytes: sumBytes(t.caches) };
+}
+
+function missingError(req: RmRequest, missing: readonly string[], found: number, where: string): CliError {
+  return new CliError(
+    "NOT_FOUND",
+    `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${req.model !== undefined ? ` with model ${JSON.stringify(req.model)}` : ""} ${where}${found > 0 ? ` (${found === 1 ? "the other key" : `the other ${found} keys`} ${req.dryRun ? "would be" : found === 1 ? "was" : "were"} removed)` : ""}.`,
+  );
+}
+
+async function removeLocal(ctx: CommandContext, root: RootState, req: RmRequest): Promise<number> {
+  const { targets, missing } = await planLocal(ctx, root, req);
+  const allCaches = targets.flatMap((t) => t.caches);
+  if (req.all && !req.dryRun && allCaches.length > 0) {
+    await confirmAll(ctx, `${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root}`);
+  }
+  await executeLocal(ctx, root, req, targets);
+
+  const verb = req.dryRun ? "would remove" : "removed";
+  ctx.print({ root: ctx.root, dryRun: req.dryRun, removed: targets.map((t) => localJson(t, req.model)), missing }, () =>
+    targets.length === 0
+      ? req.all
+        ? `nothing to remove: no caches under ${ctx.root}`
+        : []
+      : [
+          ...renderTable(
+            [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
+            targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
+          ),
+          `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) of ${plural(targets.length, "key")}${req.model !== undefined ? ` for model ${req.model}` : ""}`,
+        ],
+  );
+  if (missing.length > 0) throw missingError(req, missing, targets.length, `under ${ctx.root}`);
+  return 0;
+}
+
+interface RemoteRemoval {
+  cacheKey: string;
+  /** States the tier removed (listed, for a dry run). */
+  states: number;
+  bytes: number;
+}
+
+/**
+ * rm with --remote: Redis is already reached (before anything was removed). The local
+ * caches go first, through a store; then each key's remote copy, with a tombstone even
+ * when nothing was listed (an upload in flight would otherwise publish after this).
+ */
+async function removeBoth(ctx: CommandContext, root: RootState | null, remote: OpenRemote, req: RmRequest): Promise<number> {
+  const local = await planLocal(ctx, root, req);
+  const listed = req.all
+    ? await listRemote(remote)
+    : (await Promise.all([...new Set(req.keys)].map((cacheKey) => listRemote(remote, { cacheKey, modelId: req.model })))).flat();
+  const remoteKeys = req.all ? [...new Set(listed.map((s) => s.id.cacheKey))].sort() : [...new Set(req.keys)];
+  const allCaches = local.targets.flatMap((t) => t.caches);
+  const where = describeTarget(remote.target);
+  if (req.all && !req.dryRun && (allCaches.length > 0 || listed.length > 0)) {
+    await confirmAll(
+      ctx,
+      `${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root} and ${plural(listed.length, "remote state")} (${formatBytes(sumSizes(listed))}) in ${where}`,
+    );
+  }
+  if (root !== null) await executeLocal(ctx, root, req, local.targets);
+
+  const removals: RemoteRemoval[] = remoteKeys.map((cacheKey) => {
+    const mine = listed.filter((s) => s.id.cacheKey === cacheKey);
+    return { cacheKey, states: mine.length, bytes: sumSizes(mine) };
+  });
+  let failure: string | null = null;
+  if (!req.dryRun) {
+    if (req.all) {
+      if (listed.length > 0) {
+        const outcome = await remote.tier.remove({ all: true });
+        if (!outcome.ok) failure = `everything under the prefix: ${outcome.reason}`;
+      }
+    } else {
+      for (const removal of removals) {
+        const outcome = await remote.tier.remove({ cacheKey: removal.cacheKey, modelId: req.model });
+        if (!outcome.ok) {
+          failure = `${JSON.stringify(removal.cacheKey)} and the keys after it: ${outcome.reason}`;
+          removals.splice(removals.indexOf(removal));
+          break;
+        }
+        removal.states = outcome.removed;
+      }
+    }
+  }
+  const removedRemote = removals.filter((r) => r.states > 0);
+  const found = new Set([...local.targets.map((t) => t.cacheKey), ...removedRemote.map((r) => r.cacheKey)]);
+  const missing = req.all || failure !== null ? [] : [...new Set(req.keys)].filter((k) => !found.has(k));
+
+  const verb = req.dryRun ? "would remove" : "removed";
+  const keyOrder = [...found].sort();
+  ctx.print(
+    {
+      root: ctx.root,
+      rootExists: root !== null,
+      dryRun: req.dryRun,
+      removed: local.targets.map((t) => localJson(t, req.model)),
+      missing,
+      remote: {
+        url: remote.target.shown,
+        keyPrefix: remote.target.keyPrefix,
+        cluster: remote.cluster,
+        removed: removedRemote.map((r) => ({ ...r, ...(req.model !== undefined ? { modelId: req.model } : {}) })),
+      },
+    },
+    () => {
+      if (keyOrder.length === 0) return req.all ? `nothing to remove: no caches under ${ctx.root} and no states in ${where}` : [];
+      const remoteStates = removedRemote.reduce((sum, r) => sum + r.states, 0);
+      const remoteBytes = removedRemote.reduce((sum, r) => sum + r.bytes, 0);
+      return [
+        ...renderTable(
+          [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }, { header: "REMOTE", align: "right" }, { header: "REMOTE SIZE", align: "right" }],
+          keyOrder.map((k) => {
+            const t = local.targets.find((x) => x.cacheKey === k);
+            const r = removedRemote.find((x) => x.cacheKey === k);
+            return [k, String(t?.caches.length ?? 0), formatBytes(t ? sumBytes(t.caches) : 0), String(r?.states ?? 0), formatBytes(r?.bytes ?? 0)];
+          }),
+        ),
+        `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) here and ${plural(remoteStates, "remote state")} (${formatBytes(remoteBytes)}) from ${where}${req.model !== undefined ? `, model ${req.model}` : ""}`,
+      ];
+    },
+  );
+  if (failure !== null) {
+    throw new CliError("REMOTE_UNAVAILABLE", `the remote copies could not all be removed from ${where} (${failure}); run the same kvkeep rm again once Redis answers.`);
+  }
+  if (missing.length > 0) throw missingError(req, missing, found.size, `under ${ctx.root} or in ${where}`);
+  return 0;
+}

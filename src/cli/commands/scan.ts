@@ -1,26 +1,44 @@
 import { DEFAULT_MAX_BYTES } from "../../retention/plan.js";
 import { sizeOption } from "../args.js";
 import { readRoot, totals } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
-import { budgetBar, formatAge, formatBytes, plural, renderTable } from "../format.js";
+import type { CommandContext, ParsedCommand } from "../command.js";
+import { usageError } from "../errors.js";
+import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
 import { checkRoot } from "../root.js";
+import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
+
+/** The columns a local and a remote listing start with. */
+const CACHE_COLUMNS: readonly Column[] = [
+  { header: "KEY" },
+  { header: "MODEL" },
+  { header: "CONFIG" },
+  { header: "SIZE", align: "right" },
+  { header: "MESSAGES", align: "right" },
+];
 
 export const scanCommand: ParsedCommand = {
   name: "scan",
   summary: "every cache: key, model, size, messages, last use (changes nothing)",
-  usage: "kvkeep scan [--max-bytes SIZE] [--root DIR] [--json]",
+  usage: "kvkeep scan [--max-bytes SIZE] [--root DIR] [--json]  |  kvkeep scan --remote URL [--remote-prefix PREFIX] [--json]",
   description:
-    "Lists every cache under the root with its size, the messages its committed state covers and when it was last used, and flags a cache a turn would not trust (no manifest, unreadable manifest). On a terminal a bar above the table shows the disk used by auto caches (evictable) and named ones against the retention budget. It only reads.",
+    "Lists every cache under the root with its size, the messages its committed state covers and when it was last used, and flags a cache a turn would not trust (no manifest, unreadable manifest). On a terminal a bar above the table shows the disk used by auto caches (evictable) and named ones against the retention budget. With --remote it lists what the shared Redis tier holds instead (the root is not read): each state's key, model, config, size, messages, when it was committed, when it was last uploaded or downloaded, when it expires, and whether its chunks are gone. It only reads: listing is not a use, and changes no expiry.",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "the budget the bar is drawn against (default 4G, the store's default maxBytes)" },
+    ...REMOTE_OPTIONS,
   },
   positionals: { name: "", min: 0, max: 0 },
   examples: [
     ["kvkeep scan", "the table, with the budget bar on a terminal"],
     ["kvkeep scan --max-bytes 512M", "against your app's budget"],
     ["kvkeep scan --json | jq '.[] | select(.problem)'", "caches with a problem"],
+    ["kvkeep scan --remote redis://redis:6379 --remote-prefix kvkeep:tenant-a:", "what the fleet shares in Redis for one tenant"],
   ],
   async run(ctx) {
+    const target = remoteTarget(ctx.options);
+    if (target) {
+      if (ctx.options["max-bytes"] !== undefined) throw usageError("--max-bytes draws the local budget bar; scan --remote lists the Redis tier (see kvkeep gc --remote-max-bytes).");
+      return scanRemote(ctx, target);
+    }
     const budget = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
     await checkRoot(ctx.root);
     const { caches } = await readRoot(ctx.root);
@@ -32,15 +50,7 @@ export const scanCommand: ParsedCommand = {
         const sum = totals(caches);
         const anyProblem = caches.some((c) => c.problem);
         const table = renderTable(
-          [
-            { header: "KEY" },
-            { header: "MODEL" },
-            { header: "CONFIG" },
-            { header: "SIZE", align: "right" },
-            { header: "MESSAGES", align: "right" },
-            { header: "LAST USE" },
-            ...(anyProblem ? [{ header: "PROBLEM" }] : []),
-          ],
+          [...CACHE_COLUMNS, { header: "LAST USE" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
           caches.map((c) => [
             c.cacheKey,
             c.modelId,
@@ -58,3 +68,40 @@ export const scanCommand: ParsedCommand = {
     return 0;
   },
 };
+
+/** `kvkeep scan --remote`: the states the Redis tier holds, newest commit first within a key. */
+async function scanRemote(ctx: CommandContext, target: RemoteTarget): Promise<number> {
+  const { states, cluster } = await withRemote(target, async (remote) => ({ states: await listRemote(remote), cluster: remote.cluster }));
+  states.sort(
+    (a, b) =>
+      (a.id.cacheKey < b.id.cacheKey ? -1 : a.id.cacheKey > b.id.cacheKey ? 1 : 0) ||
+      (a.id.modelId < b.id.modelId ? -1 : a.id.modelId > b.id.modelId ? 1 : 0) ||
+      b.generation - a.generation,
+  );
+  const now = Date.now();
+  ctx.print(
+    states.map((s) => listingJson(s, now)),
+    () => {
+      const where = `${describeTarget(target)}${cluster ? ", a cluster" : ""}`;
+      if (states.length === 0) return `${where}: no states`;
+      const sum = remoteTotals(states);
+      const anyProblem = states.some((s) => !s.whole);
+      const table = renderTable(
+        [...CACHE_COLUMNS, { header: "COMMITTED" }, { header: "LAST USE" }, { header: "EXPIRES" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
+        states.map((s) => [
+          s.id.cacheKey,
+          s.id.modelId,
+          s.id.configHash,
+          formatBytes(s.size),
+          String(s.messageCount),
+          formatAge(now - s.committedAt),
+          s.idleMs === null ? "?" : formatAge(now - lastUseOf(s, now)),
+          formatExpiry(s.expiresInMs),
+          ...(anyProblem ? [remoteProblem(s) ?? ""] : []),
+        ]),
+      );
+      return [...table, "", `${plural(sum.states, "state")}, ${formatBytes(sum.bytes)} in ${where}`];
+    },
+  );
+  return 0;
+}

@@ -103,6 +103,7 @@ class Lane {
   async close(): Promise<void> {
     if (!this.#owned) return;
     const client = this.client;
+    const connecting = this.#connecting !== null && client.isReady !== true;
     if (client.isReady === true) {
       // Connected: let queued commands finish, then close the socket.
       await Promise.resolve(client.close?.()).catch(() => client.destroy?.());
@@ -114,6 +115,10 @@ class Lane {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.#connecting, new Promise((r) => (timer = setTimeout(r, 2000)))]);
     clearTimeout(timer);
+    // node-redis misses the socket of a TCP connect still under way at destroy(): the
+    // attempt then finishes its handshake on a socket nobody closes, and the process never
+    // exits. Destroy again once the attempt has settled (a no-op when nothing is left).
+    if (connecting) client.destroy?.();
   }
 }
 

@@ -40,6 +40,7 @@ import type {
   UploadOutcome,
   UploadTicket,
 } from "../types.js";
+import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX, keyTag, RedisKeys, scopeTag } from "./keys.js";
 import { asText, classifyRedisError, type NodeRedisClientLike, RedisLink } from "./link.js";
 import { DROP_IF_GENERATION, INDEX_PREFIXES, NEXT_GENERATION, PUBLISH, REMOVE } from "./scripts.js";
@@ -78,10 +79,7 @@ export interface RedisTierOptions {
   logger?: Logger | undefined;
 }
 
-export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
-export const DEFAULT_TTL_SECONDS = 7 * 24 * 3600;
-export const DEFAULT_TIMEOUT_MS = 200;
-export const DEFAULT_TRANSFER_TIMEOUT_MS = 10_000;
+export { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS };
 /** An upload's data key lives this long until its record is published (a killed writer's expires). */
 export const PENDING_TTL_SECONDS = 3600;
 /** Tombstones outlive any upload that could still be in flight when its delete ran. */
