@@ -8,13 +8,13 @@
  * adapter's `CompletionStats` fit `TurnStats` as they are).
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { StoreUsage, SweepResult } from "../types.js";
+import type { CacheRefusalReason, StoreUsage, SweepResult } from "../types.js";
 
 /**
  * Where a turn's prompt came from. Hits: `own` (this conversation's cache), `prefix` (a
  * cache of another history sharing a prefix). Misses: `none` (nothing cached), `foreign`
  * (a cache from another model or context layout, refused), `corrupt` (a cache that failed
- * verification and was removed).
+ * verification and was removed). Adapters report the last two through `TurnStats.refused`.
  */
 export type CacheSource = "own" | "prefix" | "none" | "foreign" | "corrupt";
 export const HIT_SOURCES = ["own", "prefix"] as const;
@@ -26,6 +26,12 @@ export interface TurnStats {
   hit: boolean;
   /** Where the reused tokens came from; when absent, `hit` decides between `own` and `none`. */
   source?: CacheSource | undefined;
+  /**
+   * The turn's own cache, when kvkeep refused it (`TurnHandle.refused`; the adapter's
+   * `stats.refused`): a turn that then reused nothing is a miss with this reason instead of
+   * `none`. A turn that still reused another cache (a prefix) is counted as that hit.
+   */
+  refused?: { reason: CacheRefusalReason } | null | undefined;
   reusedTokens: number;
   evaluatedTokens: number;
   completionTokens?: number | undefined;
@@ -80,6 +86,12 @@ export interface KvKeepMetrics {
   observeRollback(reason: string): void;
   /** Record what a retention sweep (`store.sweep()`) evicted. */
   observeSweep(result: SweepResult): void;
+}
+
+/** `none`, or the reason the turn's own cache was refused (only the known reasons become labels). */
+function missReasonOf(refused: TurnStats["refused"]): CacheSource {
+  const reason = refused?.reason;
+  return reason !== undefined && (MISS_REASONS as readonly string[]).includes(reason) ? reason : "none";
 }
 
 /** 1 ms to 1 min: cache loads and commits of small models take milliseconds, cold prefills of long histories seconds. */
@@ -137,7 +149,7 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
       if (turnOptions.cache !== false) {
         const source = stats.source ?? (stats.hit ? "own" : "none");
         if ((HIT_SOURCES as readonly string[]).includes(source)) cacheHits.inc({ source });
-        else cacheMisses.inc({ reason: source });
+        else cacheMisses.inc({ reason: source === "none" ? missReasonOf(stats.refused) : source });
       }
       metrics.reusedTokens.inc(stats.reusedTokens);
       metrics.evaluatedTokens.inc(stats.evaluatedTokens);

@@ -412,7 +412,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     ctx.layers.refDir(resolved);
     let trusted: TrustedCache | null = null;
     try {
-      trusted = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null);
+      ({ trusted } = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null));
       if (!trusted) return null;
       const result = await use({ cachePath: resolved, messageCount: trusted.messageCount, tokenCount: trusted.tokenCount, bytes: trusted.size });
       await ctx.retention.noteUsed(resolved, trusted);

@@ -37,7 +37,8 @@ async function scenario(name: string, backend: Backend): Promise<{ result: Recor
   return JSON.parse(run.stdout().trim().split("\n").pop()!) as { result: Record<string, unknown>; rssGrowthMiB: number };
 }
 
-const reprimed = { primed: true, savedCount: 0, regularFile: true, content: "primed state" };
+/** What a turn meeting a hostile cache file or manifest gets: a fresh prime, the bad file reported as corrupt. */
+const reprimed = { primed: true, savedCount: 0, regularFile: true, content: "primed state", refused: "corrupt" };
 type Backend = "native" | "js-fallback";
 // The fallback is forced in the child, so both backends are tested whatever this run uses.
 const BACKENDS: Backend[] = process.env.KVKEEP_NO_NATIVE === "1" ? ["js-fallback"] : ["native", "js-fallback"];
