@@ -8,7 +8,7 @@
  * adapter's `CompletionStats` fit `TurnStats` as they are).
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { CacheRefusalReason, StoreUsage, SweepResult } from "../types.js";
+import type { CacheRefusalReason, EvictedCache, StoreUsage, SweepResult } from "../types.js";
 
 /**
  * Where a turn's prompt came from. Hits: `own` (this conversation's cache), `prefix` (a
@@ -49,8 +49,13 @@ export interface TurnStats {
 export interface KvKeepMetricsOptions {
   /** Where the metrics are registered. Default: a new `Registry` (see `metrics.registry`). */
   registry?: Registry | undefined;
-  /** A store (anything with `usage()`) whose bytes `kvkeep_store_bytes` reports at each scrape. */
-  store?: { usage(): Promise<StoreUsage> } | undefined;
+  /**
+   * A store whose bytes `kvkeep_store_bytes` reports at each scrape (anything with `usage()`).
+   * A kvkeep store (one with `onEviction`) is also subscribed to: every eviction its sweeps
+   * make — background or manual — counts in `kvkeep_evictions_total`, and `observeSweep`
+   * then counts nothing (so a sweep is never counted twice).
+   */
+  store?: { usage(): Promise<StoreUsage>; onEviction?(listener: (evicted: EvictedCache) => void): () => void } | undefined;
   /** Histogram buckets in seconds for the latency histograms. */
   latencyBuckets?: readonly number[] | undefined;
 }
@@ -84,7 +89,10 @@ export interface KvKeepMetrics {
   observeTurn(stats: TurnStats, options?: { cache?: boolean }): void;
   /** Record a turn that rolled back instead of committing. */
   observeRollback(reason: string): void;
-  /** Record what a retention sweep (`store.sweep()`) evicted. */
+  /**
+   * Record what a retention sweep (`store.sweep()`) evicted — for metrics not subscribed to
+   * the sweeping store's eviction events; a no-op when `options.store` has `onEviction`.
+   */
   observeSweep(result: SweepResult): void;
 }
 
@@ -117,6 +125,8 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
   for (const reason of ["aborted", "error"]) rollbacks.inc({ reason }, 0);
 
   const store = options.store;
+  // A kvkeep store reports each eviction of its own sweeps (background ones included).
+  const subscribed = typeof store?.onEviction === "function";
   if (store) {
     new Gauge({
       name: "kvkeep_store_bytes",
@@ -167,8 +177,11 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
       rollbacks.inc({ reason });
     },
     observeSweep(result) {
+      if (subscribed) return; // counted as they happened, from the store's eviction events
       for (const evicted of result.evicted) evictions.inc({ reason: evicted.reason });
     },
   };
+  // Last: a registry that refused a name above (created twice) leaves no subscription behind.
+  if (subscribed) store!.onEviction!((evicted) => evictions.inc({ reason: evicted.reason }));
   return metrics;
 }
