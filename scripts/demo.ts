@@ -6,6 +6,8 @@
  * 2. Holds a short conversation with it through kvkeep's node-llama-cpp adapter.
  * 3. Runs the next turn again in two fresh processes — once cold (no cache), once resumed
  *    from kvkeep — and prints the time to first token of each and their ratio.
+ * 4. Starts a new chat with the same system prompt in a fresh process, cold and with kvkeep
+ *    (which starts it from the first chat's cache: prefix reuse).
  *
  * The model's weights are random, so its replies are gibberish; the timings and the state
  * files are real. Nothing outside a temp directory is written.
@@ -40,7 +42,7 @@ const USER_TURNS = [
 
 interface TurnReport {
   text: string;
-  stats: { hit: boolean; promptTokens: number; reusedTokens: number; evaluatedTokens: number; ttftMs: number; loadMs: number; saveMs: number };
+  stats: { hit: boolean; promptTokens: number; reusedTokens: number; evaluatedTokens: number; ttftMs: number; loadMs: number; saveMs: number; source: string; sourceKey: string | null };
 }
 
 async function adapterFor(modelPath: string, root: string) {
@@ -51,12 +53,14 @@ async function adapterFor(modelPath: string, root: string) {
 }
 
 /** Child mode: run one turn in this fresh process and print its report as JSON. */
-async function childTurn(modelPath: string, root: string, mode: "cold" | "resumed", historyJson: string): Promise<void> {
+type Mode = "cold" | "resumed" | "new-chat";
+
+async function childTurn(modelPath: string, root: string, mode: Mode, historyJson: string): Promise<void> {
   const { adapter, store } = await adapterFor(modelPath, root);
   const history = JSON.parse(historyJson) as CacheMessage[];
   const result = await adapter.completion({
     history,
-    kvCache: mode === "cold" ? false : SESSION,
+    kvCache: mode === "cold" ? false : mode === "resumed" ? SESSION : "another-chat",
     maxTokens: REPLY_TOKENS,
     temperature: 0,
   });
@@ -65,7 +69,7 @@ async function childTurn(modelPath: string, root: string, mode: "cold" | "resume
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
-function runChildTurn(modelPath: string, root: string, mode: "cold" | "resumed", history: CacheMessage[]): Promise<TurnReport> {
+function runChildTurn(modelPath: string, root: string, mode: Mode, history: CacheMessage[]): Promise<TurnReport> {
   const script = fileURLToPath(import.meta.url);
   return new Promise((resolve, reject) => {
     // execArgv carries tsx's loader, so the child runs this same TypeScript file.
@@ -83,6 +87,22 @@ function runChildTurn(modelPath: string, root: string, mode: "cold" | "resumed",
 }
 
 const ms = (n: number): string => `${n.toFixed(1)} ms`;
+
+function printTable(runs: Array<[string, TurnReport]>): void {
+  const rows = [
+    ["", "prompt tokens", "from cache", "evaluated", "load", "time to first token"],
+    ...runs.map(([name, r]) => [name, r.stats.promptTokens, r.stats.reusedTokens, r.stats.evaluatedTokens, r.stats.loadMs ? ms(r.stats.loadMs) : "-", ms(r.stats.ttftMs)]),
+  ].map((r) => r.map(String));
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const row of rows) console.log("   " + row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("   "));
+}
+
+/** "n/m": leading characters two replies share, of the longer one's length. */
+function agreement(a: string, b: string): string {
+  let same = 0;
+  while (same < Math.min(a.length, b.length) && a[same] === b[same]) same++;
+  return `${same} of ${Math.max(a.length, b.length)}`;
+}
 
 async function main(): Promise<void> {
   console.log("kvkeep demo — resume a local model's conversation from its on-disk KV cache\n");
@@ -114,18 +134,25 @@ async function main(): Promise<void> {
     const cold = await runChildTurn(modelPath, root, "cold", next);
     const resumed = await runChildTurn(modelPath, root, "resumed", next);
 
-    const rows = [
-      ["", "prompt tokens", "from cache", "evaluated", "load", "time to first token"],
-      ["cold (no cache)", cold.stats.promptTokens, cold.stats.reusedTokens, cold.stats.evaluatedTokens, "-", ms(cold.stats.ttftMs)],
-      ["resumed (kvkeep)", resumed.stats.promptTokens, resumed.stats.reusedTokens, resumed.stats.evaluatedTokens, ms(resumed.stats.loadMs), ms(resumed.stats.ttftMs)],
-    ].map((r) => r.map(String));
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-    for (const row of rows) console.log("   " + row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("   "));
+    printTable([
+      ["cold (no cache)", cold],
+      ["resumed (kvkeep)", resumed],
+    ]);
     const ratio = resumed.stats.ttftMs / cold.stats.ttftMs;
     console.log(`\n   resumed / cold time to first token: ${ratio.toFixed(3)}  (${(1 / ratio).toFixed(1)}× faster)`);
-    let same = 0;
-    while (same < Math.min(cold.text.length, resumed.text.length) && cold.text[same] === resumed.text[same]) same++;
-    console.log(`   the two replies agree on their first ${same} of ${Math.max(cold.text.length, resumed.text.length)} characters (greedy decoding)`);
+    console.log(`   the two replies agree on their first ${agreement(cold.text, resumed.text)} characters (greedy decoding)\n`);
+
+    const newChat = [history[0]!, { role: "user", content: "Hi! Do you also sell webcams, and can I return one if it does not fit my monitor?" }];
+    console.log("4. a new chat with the same system prompt, in a fresh process, twice:");
+    const newCold = await runChildTurn(modelPath, root, "cold", newChat);
+    const newWarm = await runChildTurn(modelPath, root, "new-chat", newChat);
+    printTable([
+      ["cold (no cache)", newCold],
+      [`kvkeep (${newWarm.stats.source === "prefix" ? "from the first chat's cache" : newWarm.stats.source})`, newWarm],
+    ]);
+    const newRatio = newWarm.stats.ttftMs / newCold.stats.ttftMs;
+    console.log(`\n   with kvkeep / cold time to first token: ${newRatio.toFixed(3)}  (${(1 / newRatio).toFixed(1)}× faster: the system prompt came from the other chat)`);
+    console.log(`   the two replies agree on their first ${agreement(newCold.text, newWarm.text)} characters (greedy decoding)`);
     console.log(`\ndone in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -134,7 +161,7 @@ async function main(): Promise<void> {
 
 if (process.argv[2] === "--child") {
   const [, , , modelPath, root, mode, historyJson] = process.argv as string[];
-  await childTurn(modelPath!, root!, mode as "cold" | "resumed", historyJson!);
+  await childTurn(modelPath!, root!, mode as Mode, historyJson!);
   process.exit(0);
 } else {
   await main();

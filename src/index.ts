@@ -28,6 +28,8 @@ export type {
   BeginTurnInput,
   CacheInfo,
   CacheMessage,
+  CacheRefusal,
+  CacheRefusalReason,
   CommitFailureReason,
   CommitOutcome,
   CommitResult,

@@ -36,6 +36,34 @@ export interface TurnHandle {
   readonly primed: boolean;
   /** The conversation this turn belongs to (`input.conversationId`, else the cache key). */
   readonly conversationId: string;
+  /**
+   * A cache this `beginTurn` found on disk and refused — removed before priming a fresh one
+   * (so `primed` is true, unless the remote tier supplied the state) — or null when nothing
+   * was refused. In auto mode it may be the cache at the lookup key (the history without its
+   * last message); `refused.cachePath` says which file it was.
+   */
+  readonly refused: CacheRefusal | null;
+}
+
+/**
+ * Why kvkeep refused a cache file it found where a turn's cache belongs.
+ * - `"foreign"`: a well-formed cache made for something else — its manifest names another
+ *   model fingerprint (other weights, context size or KV layout), model id, config hash or
+ *   cache key. Expected after a model upgrade or a change of context options.
+ * - `"corrupt"`: a cache that cannot be trusted as what it claims — no manifest, or one that
+ *   is unreadable, not JSON, of another format or describing no state; a file that is empty,
+ *   or whose size, identity or checksum matches no committed state (truncated, rewritten,
+ *   flipped bits), or that changed while it was verified; a symlink, directory, FIFO or
+ *   device where the cache file or its manifest belongs.
+ */
+export type CacheRefusalReason = "foreign" | "corrupt";
+
+export interface CacheRefusal {
+  readonly reason: CacheRefusalReason;
+  /** What the check found, in words (for logs and people; the wording is not stable, `reason` is). */
+  readonly detail: string;
+  /** The refused (and removed) cache file. */
+  readonly cachePath: string;
 }
 
 interface BeginTurnCommon {

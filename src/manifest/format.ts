@@ -7,6 +7,7 @@
  * ARCHITECTURE.md, "Commit protocol"). A file is matched to a slot by its identity —
  * size, inode and mtime — which a rename keeps and any rewrite changes.
  */
+import type { CacheRefusalReason } from "../types.js";
 
 export const MANIFEST_FORMAT = 1;
 
@@ -160,25 +161,24 @@ export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
  * - `match`: the identity equals a slot's (the file is the one kvkeep committed);
  * - `checksum`: a slot has the file's size but not its identity (copied, restored, or
  *   rewritten in place) — only a checksum can tell, and `candidates` lists what to compare;
- * - `reject`: the manifest belongs to another model/config/key, or no slot has the size.
+ * - `reject`: the manifest belongs to another model/config/key (`refusal: "foreign"`), or the
+ *   file is empty or no slot has its size (`"corrupt"`).
  */
 export type ManifestVerdict =
   | { verdict: "match"; entry: ManifestEntry; slot: "current" | "pending" }
   | { verdict: "checksum"; candidates: Array<{ entry: ManifestEntry; slot: "current" | "pending" }> }
-  | { verdict: "reject"; reason: string };
+  | { verdict: "reject"; reason: string; refusal: CacheRefusalReason };
 
 export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file: FileIdentity): ManifestVerdict {
-  if (manifest.modelId !== expect.modelId) return { verdict: "reject", reason: `manifest is for model ${manifest.modelId}` };
+  const foreign = (reason: string): ManifestVerdict => ({ verdict: "reject", reason, refusal: "foreign" });
+  if (manifest.modelId !== expect.modelId) return foreign(`manifest is for model ${manifest.modelId}`);
   if (manifest.cacheKey !== expect.cacheKey || manifest.configHash !== expect.configHash) {
-    return { verdict: "reject", reason: "manifest is for another cache key or config" };
+    return foreign("manifest is for another cache key or config");
   }
   if (manifest.fingerprint !== expect.fingerprint) {
-    return {
-      verdict: "reject",
-      reason: `model fingerprint differs (cache ${manifest.fingerprint ?? "none"}, session ${expect.fingerprint ?? "none"})`,
-    };
+    return foreign(`model fingerprint differs (cache ${manifest.fingerprint ?? "none"}, session ${expect.fingerprint ?? "none"})`);
   }
-  if (file.size === 0) return { verdict: "reject", reason: "cache file is empty" };
+  if (file.size === 0) return { verdict: "reject", reason: "cache file is empty", refusal: "corrupt" };
   const slots = (["pending", "current"] as const).flatMap((slot) => {
     const entry = manifest[slot];
     return entry ? [{ entry, slot }] : [];
@@ -187,5 +187,5 @@ export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file:
   if (exact) return { verdict: "match", entry: exact.entry, slot: exact.slot };
   const sized = slots.filter((s) => s.entry.size === file.size);
   if (sized.length > 0) return { verdict: "checksum", candidates: sized };
-  return { verdict: "reject", reason: `file size ${file.size} matches no committed state` };
+  return { verdict: "reject", reason: `file size ${file.size} matches no committed state`, refusal: "corrupt" };
 }

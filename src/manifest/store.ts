@@ -10,6 +10,7 @@ import { inspectFile, removeEntry, unlinkIfExists, writeFileAtomic, writeSynced 
 import { manifestPathOf } from "../layout/paths.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import { loadNativeFs, type NativeFs } from "../native/index.js";
+import type { CacheRefusalReason } from "../types.js";
 import {
   type FileIdentity,
   judgeFile,
@@ -46,7 +47,10 @@ export async function readManifest(cachePath: string, nfs: Pick<NativeFs, "readF
 export type Verification =
   | { ok: true; entry: ManifestEntry; identity: FileIdentity; manifest: Manifest; by: "identity" | "checksum" }
   | { ok: false; missing: true }
-  | { ok: false; missing: false; reason: string };
+  /** `reason` in words; `refusal`: a cache made for something else (`foreign`) or not sound (`corrupt`). */
+  | { ok: false; missing: false; reason: string; refusal: CacheRefusalReason };
+
+const corrupt = (reason: string): Verification => ({ ok: false, missing: false, reason, refusal: "corrupt" });
 
 /**
  * Decide whether the cache file may be handed to the engine: a valid manifest for this
@@ -64,15 +68,15 @@ export async function verifyCache(
   const state = await inspectFile(cachePath, nfs);
   if (state.kind === "missing") return { ok: false, missing: true };
   if (state.kind === "other") {
-    return { ok: false, missing: false, reason: `the cache path is a ${state.type}, not a regular file` };
+    return corrupt(`the cache path is a ${state.type}, not a regular file`);
   }
   const identity = state.identity;
   const read = await readManifest(cachePath, nfs);
-  if ("missing" in read) return { ok: false, missing: false, reason: "cache file has no manifest" };
-  if ("error" in read) return { ok: false, missing: false, reason: read.error };
+  if ("missing" in read) return corrupt("cache file has no manifest");
+  if ("error" in read) return corrupt(read.error);
   const { manifest } = read;
   const verdict = judgeFile(manifest, expect, identity);
-  if (verdict.verdict === "reject") return { ok: false, missing: false, reason: verdict.reason };
+  if (verdict.verdict === "reject") return { ok: false, missing: false, reason: verdict.reason, refusal: verdict.refusal };
 
   let entry: ManifestEntry;
   let slot: "current" | "pending";
@@ -84,11 +88,11 @@ export async function verifyCache(
     const candidates = verdict.verdict === "match" ? [{ entry: verdict.entry, slot: verdict.slot }] : verdict.candidates;
     const digest = await nfs.xxh64File(cachePath);
     const hit = candidates.find((c) => c.entry.xxh64 === digest);
-    if (!hit) return { ok: false, missing: false, reason: `checksum ${digest} matches no committed state` };
+    if (!hit) return corrupt(`checksum ${digest} matches no committed state`);
     // The bytes hashed must be the file judged (the hash opens the path again).
     const after = await inspectFile(cachePath, nfs);
     if (after.kind !== "file" || !sameIdentity(after.identity, identity)) {
-      return { ok: false, missing: false, reason: "the cache file changed while it was verified" };
+      return corrupt("the cache file changed while it was verified");
     }
     ({ entry, slot } = hit);
   }

@@ -8,13 +8,13 @@
  * adapter's `CompletionStats` fit `TurnStats` as they are).
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { StoreUsage, SweepResult } from "../types.js";
+import type { CacheRefusalReason, EvictedCache, StoreUsage, SweepResult } from "../types.js";
 
 /**
  * Where a turn's prompt came from. Hits: `own` (this conversation's cache), `prefix` (a
  * cache of another history sharing a prefix). Misses: `none` (nothing cached), `foreign`
  * (a cache from another model or context layout, refused), `corrupt` (a cache that failed
- * verification and was removed).
+ * verification and was removed). Adapters report the last two through `TurnStats.refused`.
  */
 export type CacheSource = "own" | "prefix" | "none" | "foreign" | "corrupt";
 export const HIT_SOURCES = ["own", "prefix"] as const;
@@ -26,6 +26,12 @@ export interface TurnStats {
   hit: boolean;
   /** Where the reused tokens came from; when absent, `hit` decides between `own` and `none`. */
   source?: CacheSource | undefined;
+  /**
+   * The turn's own cache, when kvkeep refused it (`TurnHandle.refused`; the adapter's
+   * `stats.refused`): a turn that then reused nothing is a miss with this reason instead of
+   * `none`. A turn that still reused another cache (a prefix) is counted as that hit.
+   */
+  refused?: { reason: CacheRefusalReason } | null | undefined;
   reusedTokens: number;
   evaluatedTokens: number;
   completionTokens?: number | undefined;
@@ -43,8 +49,13 @@ export interface TurnStats {
 export interface KvKeepMetricsOptions {
   /** Where the metrics are registered. Default: a new `Registry` (see `metrics.registry`). */
   registry?: Registry | undefined;
-  /** A store (anything with `usage()`) whose bytes `kvkeep_store_bytes` reports at each scrape. */
-  store?: { usage(): Promise<StoreUsage> } | undefined;
+  /**
+   * A store whose bytes `kvkeep_store_bytes` reports at each scrape (anything with `usage()`).
+   * A kvkeep store (one with `onEviction`) is also subscribed to: every eviction its sweeps
+   * make — background or manual — counts in `kvkeep_evictions_total`, and `observeSweep`
+   * then counts nothing (so a sweep is never counted twice).
+   */
+  store?: { usage(): Promise<StoreUsage>; onEviction?(listener: (evicted: EvictedCache) => void): () => void } | undefined;
   /** Histogram buckets in seconds for the latency histograms. */
   latencyBuckets?: readonly number[] | undefined;
 }
@@ -78,8 +89,17 @@ export interface KvKeepMetrics {
   observeTurn(stats: TurnStats, options?: { cache?: boolean }): void;
   /** Record a turn that rolled back instead of committing. */
   observeRollback(reason: string): void;
-  /** Record what a retention sweep (`store.sweep()`) evicted. */
+  /**
+   * Record what a retention sweep (`store.sweep()`) evicted — for metrics not subscribed to
+   * the sweeping store's eviction events; a no-op when `options.store` has `onEviction`.
+   */
   observeSweep(result: SweepResult): void;
+}
+
+/** `none`, or the reason the turn's own cache was refused (only the known reasons become labels). */
+function missReasonOf(refused: TurnStats["refused"]): CacheSource {
+  const reason = refused?.reason;
+  return reason !== undefined && (MISS_REASONS as readonly string[]).includes(reason) ? reason : "none";
 }
 
 /** 1 ms to 1 min: cache loads and commits of small models take milliseconds, cold prefills of long histories seconds. */
@@ -105,6 +125,8 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
   for (const reason of ["aborted", "error"]) rollbacks.inc({ reason }, 0);
 
   const store = options.store;
+  // A kvkeep store reports each eviction of its own sweeps (background ones included).
+  const subscribed = typeof store?.onEviction === "function";
   if (store) {
     new Gauge({
       name: "kvkeep_store_bytes",
@@ -137,7 +159,7 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
       if (turnOptions.cache !== false) {
         const source = stats.source ?? (stats.hit ? "own" : "none");
         if ((HIT_SOURCES as readonly string[]).includes(source)) cacheHits.inc({ source });
-        else cacheMisses.inc({ reason: source });
+        else cacheMisses.inc({ reason: source === "none" ? missReasonOf(stats.refused) : source });
       }
       metrics.reusedTokens.inc(stats.reusedTokens);
       metrics.evaluatedTokens.inc(stats.evaluatedTokens);
@@ -155,8 +177,11 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
       rollbacks.inc({ reason });
     },
     observeSweep(result) {
+      if (subscribed) return; // counted as they happened, from the store's eviction events
       for (const evicted of result.evicted) evictions.inc({ reason: evicted.reason });
     },
   };
+  // Last: a registry that refused a name above (created twice) leaves no subscription behind.
+  if (subscribed) store!.onEviction!((evicted) => evictions.inc({ reason: evicted.reason }));
   return metrics;
 }

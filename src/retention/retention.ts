@@ -55,6 +55,8 @@ export interface RetentionDeps {
   readonly locks: PathLockTable;
   forgetCache(cachePath: string, init: string): void;
   prune(cachePath: string): Promise<void>;
+  /** Told of each cache this store's sweeps evicted, right after its files are gone (the store's eviction events). */
+  onEvicted?: ((evicted: EvictedCache) => void) | undefined;
   /**
    * Walks the root for a resync, calling `visit` for every model directory (the store's
    * recovery walk, which also removes dead writers' temp files). Default: a plain scan.
@@ -492,7 +494,9 @@ export class Retention implements RetentionHooks {
           idleMs: u - entry.lastUsedMs,
         }),
       );
-      return { cacheKey: entry.cacheKey, modelId: entry.modelId, configHash: entry.configHash, bytes, reason: candidate.reason };
+      const evicted: EvictedCache = { cacheKey: entry.cacheKey, modelId: entry.modelId, configHash: entry.configHash, bytes, reason: candidate.reason };
+      this.#deps.onEvicted?.(evicted);
+      return evicted;
     } catch (error) {
       logger.warn(logLine("retention could not evict a cache; it stays", { cachePath, error }));
       return "kept";

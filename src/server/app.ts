@@ -44,8 +44,6 @@ export interface AppDeps {
   /** False: every turn runs without kvkeep (`--no-cache`). */
   cacheEnabled: boolean;
   logger: Logger;
-  /** Called after each turn that ran with a cache (the server schedules sweeps there). */
-  afterCachedTurn(): void;
 }
 
 export interface ServeApp {
@@ -277,7 +275,6 @@ export function buildApp(deps: AppDeps): ServeApp {
       throw error;
     }
     metrics.observeTurn(result.stats, { cache: turn.kvCache !== false });
-    if (turn.kvCache !== false) deps.afterCachedTurn();
     return result;
   }
 

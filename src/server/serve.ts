@@ -10,15 +10,12 @@ import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama
 import { Registry, collectDefaultMetrics } from "prom-client";
 import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
-import { type Logger, logLine } from "../logger.js";
+import type { Logger } from "../logger.js";
 import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
-import { type KvCacheStore, openKvCacheStore } from "../store/store.js";
+import { openKvCacheStore } from "../store/store.js";
 import { buildApp, type CompletionEngine } from "./app.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
-
-/** Retention sweeps run from the server (so their evictions reach the metrics) at most this often. */
-const SWEEP_INTERVAL_MS = 5 * 60 * 1000;
 
 export interface RunningServer {
   /** `http://host:port` the server listens on. */
@@ -34,25 +31,6 @@ export interface RunningServer {
 /** A model-file problem the user can fix: the CLI prints the message without a stack. */
 export class ServeStartError extends Error {
   override readonly name = "ServeStartError";
-}
-
-/** Runs `store.sweep()` after cached turns, at most every `intervalMs`, one at a time, and counts its evictions. */
-function sweepScheduler(store: KvCacheStore, metrics: KvKeepMetrics, logger: Logger, intervalMs: number) {
-  let lastStart = Number.NEGATIVE_INFINITY;
-  let running: Promise<void> | null = null;
-  return {
-    afterTurn(): void {
-      const now = Date.now();
-      if (running || now - lastStart < intervalMs) return;
-      lastStart = now;
-      running = store
-        .sweep()
-        .then((result) => metrics.observeSweep(result))
-        .catch((error: unknown) => logger.warn(logLine("retention sweep failed; the next turn after the interval retries", { error })))
-        .finally(() => (running = null));
-    },
-    idle: (): Promise<void> => running ?? Promise.resolve(),
-  };
 }
 
 export async function startServer(options: ServeOptions, logger: Logger): Promise<RunningServer> {
@@ -75,13 +53,12 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     // An aborted or failed turn keeps the conversation's last committed state.
     onRollback: "keep-committed",
     ...(options.maxBytes !== null ? { maxBytes: options.maxBytes } : {}),
-    // Sweeps are run by the server (sweepScheduler), so their evictions are counted.
-    sweepIntervalMs: Number.MAX_SAFE_INTEGER,
+    // The store's own background sweeps (after commits, at most every 5 min): the metrics
+    // count their evictions through store.onEviction.
   });
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const metrics = createKvKeepMetrics({ registry, store });
-  const sweeps = sweepScheduler(store, metrics, logger, SWEEP_INTERVAL_MS);
 
   const threads = threadsPerContext(options.threads, options.parallel);
   const adapters: LlamaCppCompletion[] = Array.from({ length: options.parallel }, () =>
@@ -97,8 +74,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
   );
   const disposeAll = async (): Promise<void> => {
     await Promise.allSettled(adapters.map((adapter) => adapter.dispose()));
-    await sweeps.idle();
-    await store.close();
+    await store.close(); // waits for a running sweep
     await model.dispose();
     await llama.dispose();
   };
@@ -125,7 +101,6 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
-    afterCachedTurn: () => sweeps.afterTurn(),
   });
   try {
     await app.listen({ host: options.host, port: options.port });

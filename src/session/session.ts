@@ -21,6 +21,7 @@ import type { DeleteMark } from "../store/deletes.js";
 import type {
   BeginTurnInput,
   CacheMessage,
+  CacheRefusal,
   CommitFailureReason,
   CommitOutcome,
   CommitResult,
@@ -193,7 +194,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
 
   /**
    * Lock the cache at `loc`, make sure a trusted file is there (verify, else prime), and
-   * open a turn on it. With `onlyIfCached`, returns null instead of priming.
+   * open a turn on it. With `onlyIfCached`, returns no turn instead of priming. `refused`:
+   * the file found there and refused (removed), else `refusedBefore` — what an earlier
+   * look for this turn refused (auto mode's lookup key).
    */
   async function openTurn(
     loc: CacheLocation,
@@ -201,7 +204,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     input: BeginTurnInput,
     onlyIfCached: boolean,
     historyChain: KeyChain | null,
-  ): Promise<TurnState | null> {
+    refusedBefore: CacheRefusal | null = null,
+  ): Promise<{ st: TurnState; refused: CacheRefusal | null } | { st: null; refused: CacheRefusal | null }> {
     const cachePath = cachePathOf(ctx.root, loc);
     const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
     ctx.layers.refDir(cachePath);
@@ -216,7 +220,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       ctx.assertOpen();
       const header = manifestHeader(loc, fingerprint);
       let primed = false;
-      let committedEntry: ManifestEntry | null = await establishTrust(ctx, cachePath, loc, fingerprint);
+      const trust = await establishTrust(ctx, cachePath, loc, fingerprint);
+      let committedEntry: ManifestEntry | null = trust.trusted;
+      const refused = trust.refused ?? refusedBefore;
       // Remote hook (read-through): a local miss asks the shared tier; a verified state is
       // installed here under this lock and the turn goes on as a hit.
       let fetched = false;
@@ -231,7 +237,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         if (onlyIfCached) {
           await ctx.releaseCache(lease, cachePath, true);
           lease = null;
-          return null;
+          return { st: null, refused };
         }
         primeTemp = ownTempPath(cachePath);
         await input.primeIfMissing(primeTemp);
@@ -289,6 +295,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         kind,
         primed,
         conversationId: input.conversationId ?? (input.kind === "auto" ? autoConversationId(input.history) : loc.cacheKey),
+        refused,
       });
       const st: TurnState = {
         handle,
@@ -305,7 +312,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         historyChain,
       };
       lease = null; // owned by the turn from here on
-      return st;
+      return { st, refused };
     } catch (caught) {
       let error = caught;
       if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
@@ -342,7 +349,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     }
     let st: TurnState | null;
     if (input.kind === "custom") {
-      st = await openTurn(locate(input.customKey, input.configHash), "custom", input, false, null);
+      ({ st } = await openTurn(locate(input.customKey, input.configHash), "custom", input, false, null));
     } else {
       // One pass gives the key of every prefix: the lookup key (history without its last
       // message) and, for a miss, the key of the whole history — unique to this
@@ -350,6 +357,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       const chain = messageKeyChain(input.history);
       const n = input.history.length;
       st = null;
+      let refusedAtLookup: CacheRefusal | null = null;
       if (n > 1) {
         const lookup = locate(autoKeyOf(chain.key(n - 1)), input.configHash);
         // Cheap look first; openTurn re-checks under the lock (the file may go meanwhile).
@@ -357,9 +365,9 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         // Remote hook: without a local file, the shared tier may have it (a cheap look first).
         const cached =
           (await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing" || (await ctx.remote?.has(lookup, fingerprint));
-        if (cached) st = await openTurn(lookup, "auto", input, true, chain);
+        if (cached) ({ st, refused: refusedAtLookup } = await openTurn(lookup, "auto", input, true, chain));
       }
-      st ??= await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain);
+      st ??= (await openTurn(locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain, refusedAtLookup)).st;
     }
     if (!st) throw new Error("unreachable: openTurn returned no turn without onlyIfCached");
     turns.set(st.handle, st);

@@ -11,6 +11,7 @@ import { type Manifest, sameIdentity } from "../manifest/format.js";
 import { removeCacheFiles, verifyCache } from "../manifest/store.js";
 import type { StoreContext } from "../store/context.js";
 import { initKey, type TrustedCache } from "../store/layers.js";
+import type { CacheRefusal } from "../types.js";
 
 export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
   return {
@@ -22,24 +23,31 @@ export function manifestHeader(loc: CacheLocation, fingerprint: string | null): 
   };
 }
 
+/** What `establishTrust` found: the trusted entry, or none — and then maybe a refused file. */
+export type TrustOutcome =
+  | { trusted: TrustedCache; refused: null }
+  /** `refused`: the file that was there, not trusted and removed (null: nothing was there). */
+  | { trusted: null; refused: CacheRefusal | null };
+
 /**
- * The trusted committed entry of the cache, or null — after removing a file that is not
- * trusted (logged with its reason) and forgetting a missing one. A file this store wrote or
- * verified for the same fingerprint is trusted while its identity is unchanged; any other
- * is verified against its manifest (and by checksum with `verify: "checksum"`).
+ * The trusted committed entry of the cache, or none — after removing a file that is not
+ * trusted (logged, and returned as `refused` with its reason) and forgetting a missing one.
+ * A file this store wrote or verified for the same fingerprint is trusted while its identity
+ * is unchanged; any other is verified against its manifest (and by checksum with
+ * `verify: "checksum"`).
  */
 export async function establishTrust(
   ctx: StoreContext,
   cachePath: string,
   loc: CacheLocation,
   fingerprint: string | null,
-): Promise<TrustedCache | null> {
+): Promise<TrustOutcome> {
   const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
   const state = await inspectFile(cachePath, ctx.nfs);
   if (state.kind === "missing") {
     // Nothing on disk: whatever memory says about this path is stale.
     ctx.forgetCache(cachePath, init);
-    return null;
+    return { trusted: null, refused: null };
   }
   // A symlink, directory, FIFO or device is never trusted: verifyCache says why, and it is removed.
   const known = ctx.layers.trusted.get(cachePath);
@@ -50,7 +58,7 @@ export async function establishTrust(
     sameIdentity(known, state.identity) &&
     ctx.layers.initialized.has(init)
   ) {
-    return known;
+    return { trusted: known, refused: null };
   }
   const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, fingerprint), {
     checksum: ctx.verify === "checksum",
@@ -58,12 +66,19 @@ export async function establishTrust(
   if (verdict.ok) {
     ctx.layers.recordTrusted(cachePath, init, verdict.entry, fingerprint);
     ctx.logger.debug(logLine("verified cache", { cachePath, by: verdict.by }));
-    return ctx.layers.trusted.get(cachePath)!;
+    return { trusted: ctx.layers.trusted.get(cachePath)!, refused: null };
   }
-  const reason = verdict.missing ? "cache file vanished" : verdict.reason;
-  ctx.logger.warn(logLine("cache not trusted; removing it (the next turn primes again)", { cachePath, reason }));
+  // A file gone between the look and the verification (a delete) is a plain miss, not a refusal.
+  const refused: CacheRefusal | null = verdict.missing ? null : { reason: verdict.refusal, detail: verdict.reason, cachePath };
+  ctx.logger.warn(
+    logLine("cache not trusted; removing it (the next turn primes again)", {
+      cachePath,
+      reason: refused ? refused.detail : "cache file vanished",
+      ...(refused ? { refusal: refused.reason } : {}),
+    }),
+  );
   await removeCacheFiles(cachePath);
   ctx.retention.noteRemoved(cachePath);
   ctx.forgetCache(cachePath, init);
-  return null;
+  return { trusted: null, refused };
 }

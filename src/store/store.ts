@@ -19,6 +19,7 @@ import type {
   BorrowedCache,
   CacheInfo,
   DeleteTarget,
+  EvictedCache,
   KvCacheSession,
   PrefixMatch,
   PrefixQuery,
@@ -149,6 +150,15 @@ export interface KvCacheStore {
   /** Listen to turn events (started/settled); returns the unsubscribe function. */
   onTurnEvent(listener: (event: TurnEvent) => void): () => void;
   /**
+   * Listen to evictions: `listener` gets each cache this store's retention sweeps remove —
+   * background sweeps after commits and `store.sweep()` alike — right after its files are
+   * gone, before the sweep resolves (the same `EvictedCache` the sweep's result lists).
+   * Evictions by other stores or processes on the root (another app, `kvkeep gc`) are not
+   * reported, nor are deletes. A listener that throws is logged and does not stop the sweep.
+   * Returns the unsubscribe function.
+   */
+  onEviction(listener: (evicted: EvictedCache) => void): () => void;
+  /**
    * Run `use` on a committed cache outside any turn — e.g. to preload it into an idle
    * engine — while holding its lock, only if it is trusted for `fingerprint` (the checks
    * `beginTurn` makes; it never primes, and removes an untrusted file). Never waits: a cache
@@ -197,6 +207,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
   readonly retention: Retention;
   readonly #ctx: StoreContext;
   readonly #listeners = new Set<(event: TurnEvent) => void>();
+  readonly #evictionListeners = new Set<(evicted: EvictedCache) => void>();
   /**
    * Deletes, recorded in memory and in the root's shared delete log. A turn marks them
    * when it takes its lock; a commit that finds a later delete covering its cache refuses
@@ -234,8 +245,17 @@ export class KvCacheStoreImpl implements KvCacheStore {
       pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
     const deletes = new Deletes(root, nfs, logger);
     this.#deletes = deletes;
+    const onEvicted = (evicted: EvictedCache): void => {
+      for (const listener of this.#evictionListeners) {
+        try {
+          listener(Object.freeze({ ...evicted }));
+        } catch (error) {
+          logger.warn(logLine("eviction listener threw", { cacheKey: evicted.cacheKey, error }));
+        }
+      }
+    };
     const retention = new Retention(
-      { root, logger, nfs, locks, forgetCache, prune, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
+      { root, logger, nfs, locks, forgetCache, prune, onEvicted, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
       retentionSettings,
       options.retentionInternals,
     );
@@ -300,6 +320,18 @@ export class KvCacheStoreImpl implements KvCacheStore {
     }
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  onEviction(listener: (evicted: EvictedCache) => void): () => void {
+    if (typeof listener !== "function") {
+      throw new KvKeepError("INVALID_ARGUMENT", "onEviction needs a function.", { argument: "listener" });
+    }
+    // A wrapper per call: subscribing one function twice gives two subscriptions, each undone by its own call.
+    const entry = (evicted: EvictedCache): void => listener(evicted);
+    this.#evictionListeners.add(entry);
+    return () => {
+      this.#evictionListeners.delete(entry);
+    };
   }
 
   async delete(target: DeleteTarget): Promise<void> {
@@ -412,7 +444,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     ctx.layers.refDir(resolved);
     let trusted: TrustedCache | null = null;
     try {
-      trusted = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null);
+      ({ trusted } = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null));
       if (!trusted) return null;
       const result = await use({ cachePath: resolved, messageCount: trusted.messageCount, tokenCount: trusted.tokenCount, bytes: trusted.size });
       await ctx.retention.noteUsed(resolved, trusted);

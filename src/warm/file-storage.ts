@@ -14,22 +14,46 @@
  *   collide on case-insensitive file systems, unlike base64; the key is kept inside the file
  *   (and checked on read), so `keys()` reads the files, which is fine for a few settings.
  *
- * Writes are atomic: a temp file in the same directory, written and fsynced, renamed over
- * the target, then the directory fsynced (best effort). In-process, operations on one key
- * run in call order, so concurrent `set`s never lose one and the last call wins; a read
- * waits for the writes issued before it. Reads never throw for what is on disk: a missing,
+ * Writes are atomic (the durable layer's `writeFileAtomic`: a temp file in the same
+ * directory, written and fsynced, renamed over the target), then the directory is fsynced
+ * (best effort). In-process, operations on one key run in call order, so concurrent `set`s
+ * never lose one and the last call wins; a read waits for the writes issued before it.
+ *
+ * Nothing on disk is trusted by name (the directory is shared with other processes): a
+ * settings file is read through the native layer's bounded safe read — opened without
+ * following a symlink and without blocking, a regular file of at most
+ * SETTINGS_FILE_MAX_BYTES — so a symlink, FIFO, device, directory or huge file there reads as
+ * absent at once (and a `set` replaces it). With `root`, the levels from it down to `dir`
+ * are created one at a time and must be real directories: a symlinked `<root>/.kvkeep` can
+ * neither redirect reads nor writes. Reads never throw for what is on disk: a missing,
  * unreadable or corrupt file is an absent key.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, unlink } from "node:fs/promises";
-import { join } from "node:path";
-import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
+import { createHash } from "node:crypto";
+import { readdir } from "node:fs/promises";
+import path from "node:path";
+import { assertRealDirs, inspectFile, mkdirUnderRoot, removeEntry, writeFileAtomic } from "../durable/files.js";
+import { errnoCode, KvKeepError } from "../errors.js";
 import { type Logger, logLine, silentLogger } from "../logger.js";
+import { loadNativeFs, type NativeFs } from "../native/index.js";
 import type { SettingsStorage } from "./types.js";
+
+/**
+ * The largest settings file read or written (64 KiB; a warm setting is ~40 bytes). A bigger
+ * file is never read (absent), and a `set` whose file would exceed it is INVALID_ARGUMENT.
+ */
+export const SETTINGS_FILE_MAX_BYTES = 64 * 1024;
 
 export interface FileSettingsStorageOptions {
   /** Where unreadable or corrupt files are reported (at warn). Default: silent. */
   readonly logger?: Logger;
+  /**
+   * The directory `dir` lies in whose own path is trusted (a store's root: `createStoreWarmer`
+   * passes it). The levels below it down to `dir` are created one at a time and must be real
+   * directories, not symlinks or files: otherwise reads see no settings (logged) and writes
+   * fail with UNSAFE_PATH, so nothing is read or written elsewhere. Default: `dir` itself —
+   * taken as given, created with its parents if missing.
+   */
+  readonly root?: string;
 }
 
 const FILE_NAME = /^[0-9a-f]{64}\.json$/;
@@ -44,17 +68,14 @@ function checkString(value: unknown, argument: string): asserts value is string 
   }
 }
 
-/** fsync a directory so a rename in it is durable; not every platform allows it, so best effort. */
-async function syncDirectory(dir: string): Promise<void> {
-  let handle;
-  try {
-    handle = await open(dir, "r");
-    await handle.sync();
-  } catch {
-    // EISDIR/EPERM on Windows and some file systems: the rename is still atomic.
-  } finally {
-    await handle?.close().catch(() => undefined);
+/** The levels from `root` down to `dir` (none when they are the one directory); INVALID_ARGUMENT when `dir` is not inside `root`. */
+function levelsBelow(root: string, dir: string): string[] {
+  const relative = path.relative(path.resolve(root), path.resolve(dir));
+  if (relative === "") return [];
+  if (relative.startsWith("..") || path.isAbsolute(relative)) {
+    throw new KvKeepError("INVALID_ARGUMENT", `dir (${dir}) must be inside root (${root}).`, { argument: "root" });
   }
+  return relative.split(path.sep);
 }
 
 /**
@@ -66,10 +87,17 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
   if (dir.length === 0) {
     throw new KvKeepError("INVALID_ARGUMENT", "dir must name a directory.", { argument: "dir" });
   }
+  if (options.root !== undefined) {
+    checkString(options.root, "root");
+    if (options.root.length === 0) throw new KvKeepError("INVALID_ARGUMENT", "root must name a directory.", { argument: "root" });
+  }
   const logger = options.logger ?? silentLogger;
+  const root = options.root ?? dir;
+  const levels = levelsBelow(root, dir);
+  let nfs: NativeFs | undefined;
+  const nativeFs = (): NativeFs => (nfs ??= loadNativeFs());
   /** The last queued operation per key; operations on a key run one after another. */
   const queues = new Map<string, Promise<void>>();
-  let tempCounter = 0;
 
   function warn(message: string, fields: Record<string, unknown>): void {
     try {
@@ -94,14 +122,29 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
     return result;
   }
 
-  /** The value in one file, or null if it is missing, unreadable or not ours for `expectedKey`. */
+  /**
+   * Whether `dir` can be read: true when every level below `root` is a real directory,
+   * false when one is missing or (logged) is a symlink or file — never through it.
+   */
+  async function dirReadable(): Promise<boolean> {
+    try {
+      return await assertRealDirs(root, levels);
+    } catch (error) {
+      warn("the settings directory is not a plain directory below the root; settings read as absent", { error: error as Error });
+      return false;
+    }
+  }
+
+  /** The value in one file, or null if it is missing, unreadable, not a small regular file or not ours for `expectedKey`. */
   async function readEntry(fileName: string, expectedKey?: string): Promise<{ key: string; value: string } | null> {
-    const path = join(dir, fileName);
+    const filePath = path.join(dir, fileName);
     let text: string;
     try {
-      text = await readFile(path, "utf8");
+      const read = await nativeFs().readFileBounded(filePath, SETTINGS_FILE_MAX_BYTES);
+      if (read === null) return null;
+      text = read.data.toString("utf8");
     } catch (error) {
-      if (errnoCode(error) !== "ENOENT") warn("unreadable file; treated as absent", { path, error: error as Error });
+      warn("unreadable file (not a small regular file?); treated as absent", { path: filePath, error: error as Error });
       return null;
     }
     try {
@@ -123,45 +166,44 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
     } catch {
       // Fall through: corrupt.
     }
-    warn("corrupt file; treated as absent", { path });
+    warn("corrupt file; treated as absent", { path: filePath });
     return null;
   }
 
-  async function writeEntry(key: string, value: string): Promise<void> {
-    const fileName = fileNameOf(key);
-    const target = join(dir, fileName);
-    const temp = join(dir, `.${fileName}.${process.pid}.${tempCounter++}.${randomBytes(4).toString("hex")}.tmp`);
-    const data = JSON.stringify({ v: 1, key, value });
-    let handle;
-    try {
-      await mkdir(dir, { recursive: true });
-      handle = await open(temp, "wx");
-      await handle.writeFile(data, "utf8");
-      await handle.sync();
-      await handle.close();
-      handle = undefined;
-      await rename(temp, target);
-    } catch (error) {
-      await handle?.close().catch(() => undefined);
-      await rm(temp, { force: true }).catch(() => undefined);
-      throw fsWriteError(`saving warm setting ${JSON.stringify(key)}`, error);
-    }
-    await syncDirectory(dir);
+  /** fsync `dir` so a rename or unlink in it is durable; not every platform allows it, so best effort. */
+  async function syncDir(): Promise<void> {
+    await nativeFs()
+      .fsyncDir(dir)
+      .catch(() => undefined);
   }
 
-  async function removeEntry(key: string): Promise<void> {
-    try {
-      await unlink(join(dir, fileNameOf(key)));
-    } catch (error) {
-      if (errnoCode(error) === "ENOENT") return;
-      throw fsWriteError(`deleting warm setting ${JSON.stringify(key)}`, error);
+  async function writeEntry(key: string, value: string): Promise<void> {
+    const data = JSON.stringify({ v: 1, key, value });
+    if (Buffer.byteLength(data, "utf8") > SETTINGS_FILE_MAX_BYTES) {
+      throw new KvKeepError(
+        "INVALID_ARGUMENT",
+        `the setting ${JSON.stringify(key.slice(0, 80))} is too large: its file would exceed ${SETTINGS_FILE_MAX_BYTES} bytes, the most a settings file may hold.`,
+        { argument: "value" },
+      );
     }
-    await syncDirectory(dir);
+    const target = path.join(dir, fileNameOf(key));
+    // Level by level, refusing a symlink or file on the way (UNSAFE_PATH).
+    await mkdirUnderRoot(nativeFs(), root, ...levels);
+    // Anything but a regular file where the file goes (a directory, FIFO, symlink) is no setting: it goes first.
+    if ((await inspectFile(target, nativeFs())).kind === "other") await removeEntry(target);
+    await writeFileAtomic(nativeFs(), target, data, { syncDir: false });
+    await syncDir();
+  }
+
+  async function deleteEntry(key: string): Promise<void> {
+    // A missing level: nothing stored. A symlinked one: UNSAFE_PATH, never an unlink through it.
+    if (!(await assertRealDirs(root, levels))) return;
+    if (await removeEntry(path.join(dir, fileNameOf(key)))) await syncDir();
   }
 
   async function get(key: string): Promise<string | null> {
     checkString(key, "key");
-    return enqueue(key, async () => (await readEntry(fileNameOf(key), key))?.value ?? null);
+    return enqueue(key, async () => ((await dirReadable()) ? ((await readEntry(fileNameOf(key), key))?.value ?? null) : null));
   }
 
   return {
@@ -175,7 +217,7 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
 
     async delete(key) {
       checkString(key, "key");
-      return enqueue(key, () => removeEntry(key));
+      return enqueue(key, () => deleteEntry(key));
     },
 
     async has(key) {
@@ -186,6 +228,7 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
       if (prefix !== undefined) checkString(prefix, "prefix");
       // See every write issued before this call.
       await Promise.all([...queues.values()]);
+      if (!(await dirReadable())) return [];
       let names: string[];
       try {
         names = await readdir(dir);

@@ -26,7 +26,7 @@ export type {
   WarmUsage,
 } from "./types.js";
 export { type CacheWarmer, type CacheWarmerDeps, createCacheWarmer, type WarmerStateSnapshot } from "./warmer.js";
-export { createFileSettingsStorage, type FileSettingsStorageOptions } from "./file-storage.js";
+export { createFileSettingsStorage, type FileSettingsStorageOptions, SETTINGS_FILE_MAX_BYTES } from "./file-storage.js";
 export {
   createPrefetchWarm,
   PREFETCH_CHUNK_BYTES,

@@ -32,7 +32,10 @@ export function connectWarmer(warmer: CacheWarmer): (event: TurnEvent) => void {
 export interface StoreWarmerOptions extends Omit<CacheWarmerDeps, "warm" | "storage"> {
   /** The warm strategy. Default: prefetch the conversation's cache file into the page cache. */
   readonly warm?: WarmFn;
-  /** Where settings persist. Default: one file per conversation under `<root>/.kvkeep/warm`. */
+  /**
+   * Where settings persist. Default: one file per conversation under `<root>/.kvkeep/warm`
+   * (`createFileSettingsStorage(dir, { root })`: a symlinked `.kvkeep` or `warm` is refused).
+   */
   readonly storage?: SettingsStorage;
 }
 
@@ -52,7 +55,10 @@ export function createStoreWarmer(store: KvCacheStore, options: StoreWarmerOptio
   const warmer = createCacheWarmer({
     ...options,
     warm: options.warm ?? createPrefetchWarm({ prefetchFile: (file) => nativeFs.prefetch(file) }),
-    storage: options.storage ?? createFileSettingsStorage(warmSettingsDir(store), options.logger ? { logger: options.logger } : {}),
+    // Below the root: `.kvkeep` and `warm` are made one level at a time, never through a symlink.
+    storage:
+      options.storage ??
+      createFileSettingsStorage(warmSettingsDir(store), { root: store.root, ...(options.logger ? { logger: options.logger } : {}) }),
   });
   const unsubscribe = store.onTurnEvent(connectWarmer(warmer));
   return {

@@ -169,7 +169,7 @@ describe.skipIf(!bareAvailable())("kvkeep/qvac on Bare with @qvac/llm-llamacpp 0
     const lines = await bare(root, [{ history, kvCache: "chat" }], { logWarnings: true });
     const [turn] = turnsOnly(lines);
     expect(turn!.ok).toBe(true);
-    expect(turn!.stats).toMatchObject({ hit: false, reusedTokens: 0, committed: true });
+    expect(turn!.stats).toMatchObject({ hit: false, reusedTokens: 0, committed: true, refused: { reason: "corrupt" } });
     expect(lines.some((l) => l.log?.includes("cache not trusted"))).toBe(true);
     // As a fresh cache of the same history would: primed system prompt + the rest of the history.
     const [fresh] = turnsOnly(await bare(tempDir(), [{ history, kvCache: "chat" }]));
@@ -185,6 +185,7 @@ describe.skipIf(!bareAvailable())("kvkeep/qvac on Bare with @qvac/llm-llamacpp 0
     const [turn] = turnsOnly(lines);
     expect(turn!.ok).toBe(true);
     expect(turn!.stats!.hit).toBe(false);
+    expect(turn!.stats).toMatchObject({ refused: { reason: "foreign" } });
     expect(lines.some((l) => l.log?.includes("cache not trusted"))).toBe(true);
     expect(manifest(root, "chat").fingerprint).not.toBe(fingerprintA);
     const [fresh] = turnsOnly(await bare(tempDir(), [{ history, kvCache: "chat" }], { model: foreign }));

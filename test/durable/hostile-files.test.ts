@@ -15,7 +15,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { generateConfigHash, type KvCacheSession, openKvCacheStore, type TurnHandle } from "../../src/index.js";
 import { createXxh64 } from "../../src/keys/hash.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
-import { bundleFixture, runChild } from "../helpers/child.js";
+import { bundleFixture, CHILD_BACKENDS, type ChildBackend, runChildScenario } from "../helpers/child.js";
 import { countingPrime, customTurn } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 
@@ -28,21 +28,13 @@ beforeAll(async () => {
 });
 
 /** Run one scenario in a child; a child still running after KILL_AFTER_MS is killed and the test fails. */
-async function scenario(name: string, backend: Backend): Promise<{ result: Record<string, unknown>; rssGrowthMiB: number }> {
-  const run = runChild(worker, [tempDir(), name], backend === "js-fallback" ? { KVKEEP_NO_NATIVE: "1" } : { KVKEEP_NO_NATIVE: "" });
-  const timer = setTimeout(() => run.child.kill("SIGKILL"), KILL_AFTER_MS);
-  const code = await run.exited;
-  clearTimeout(timer);
-  expect(code, `the ${name} child ${code === "SIGKILL" ? `hung and was killed after ${KILL_AFTER_MS} ms` : "failed"}: ${run.stderr()}`).toBe(0);
-  return JSON.parse(run.stdout().trim().split("\n").pop()!) as { result: Record<string, unknown>; rssGrowthMiB: number };
+function scenario(name: string, backend: ChildBackend): Promise<{ result: Record<string, unknown>; rssGrowthMiB: number }> {
+  return runChildScenario(worker, [tempDir(), name], backend, KILL_AFTER_MS);
 }
 
-const reprimed = { primed: true, savedCount: 0, regularFile: true, content: "primed state" };
-type Backend = "native" | "js-fallback";
-// The fallback is forced in the child, so both backends are tested whatever this run uses.
-const BACKENDS: Backend[] = process.env.KVKEEP_NO_NATIVE === "1" ? ["js-fallback"] : ["native", "js-fallback"];
-
-describe.each(BACKENDS)("FIFOs, devices and huge files where kvkeep reads (child process, kill timeout) [%s]", (backend) => {
+/** What a turn meeting a hostile cache file or manifest gets: a fresh prime, the bad file reported as corrupt. */
+const reprimed = { primed: true, savedCount: 0, regularFile: true, content: "primed state", refused: "corrupt" };
+describe.each(CHILD_BACKENDS)("FIFOs, devices and huge files where kvkeep reads (child process, kill timeout) [%s]", (backend) => {
   it("a FIFO as a manifest: the turn re-primes at once, and scan/verify finish", async () => {
     const { result } = await scenario("fifo-manifest", backend);
     expect(result.turn).toEqual(reprimed);

@@ -33,13 +33,14 @@ async function committedThenRestart(options: KvCacheStoreOptions = {}, fingerpri
 
 async function beginAfterRestart(store: ReturnType<typeof openKvCacheStore>, fingerprint = "fp-a") {
   const prime = countingPrime();
-  const turn = await store.createSession(MODEL, { fingerprint }).beginTurn({
+  const session = store.createSession(MODEL, { fingerprint });
+  const turn = await session.beginTurn({
     kind: "custom",
     customKey: "conv",
     configHash,
     primeIfMissing: prime,
   });
-  return { turn, primed: prime.calls.length === 1 };
+  return { turn, primed: prime.calls.length === 1, session };
 }
 
 describe("a restart resumes from the manifest", () => {
@@ -48,10 +49,11 @@ describe("a restart resumes from the manifest", () => {
     const { turn, primed } = await beginAfterRestart(second);
     expect(primed).toBe(false);
     expect(turn.savedCount).toBe(5);
+    expect(turn.refused).toBeNull();
   });
 });
 
-describe("every bad file is a miss: removed, re-primed, and logged with its reason", () => {
+describe("every bad file is a miss: removed, re-primed, logged, and reported as corrupt on the turn", () => {
   const cases: Array<[string, (c: { cachePath: string; manifestPath: string }) => Promise<void>, RegExp, KvCacheStoreOptions?]> = [
     ["a truncated file", async ({ cachePath }) => fs.truncate(cachePath, 100), /matches no committed state/],
     ["a zero-byte file", async ({ cachePath }) => fs.truncate(cachePath, 0), /empty/],
@@ -74,18 +76,63 @@ describe("every bad file is a miss: removed, re-primed, and logged with its reas
   it.each(cases)("%s", async (_name, damage, reason) => {
     const ctx = await committedThenRestart();
     await damage(ctx);
-    const { turn, primed } = await beginAfterRestart(ctx.second);
+    const { turn, primed, session } = await beginAfterRestart(ctx.second);
     expect(primed).toBe(true);
     expect(turn.savedCount).toBe(0);
     expect(ctx.logger.lines.some((l) => l.startsWith("warn") && reason.test(l)), ctx.logger.lines.join("\n")).toBe(true);
+    await session.rollback(turn);
+    expect(turn.refused).toEqual({ reason: "corrupt", detail: expect.stringMatching(reason), cachePath: turn.cachePath });
+    // Reported once: the next turn finds the fresh prime and refuses nothing.
+    expect((await beginAfterRestart(ctx.second)).turn.refused).toBeNull();
   });
 
-  it("a cache from another model fingerprint is never loaded: it is replaced by a fresh prime", async () => {
+  it("a cache from another model fingerprint is never loaded: it is replaced by a fresh prime, and reported as foreign", async () => {
     const ctx = await committedThenRestart();
     const { turn, primed } = await beginAfterRestart(ctx.second, "fp-b");
     expect(primed).toBe(true);
     expect(turn.savedCount).toBe(0);
     expect(ctx.logger.lines.some((l) => /fingerprint differs/.test(l))).toBe(true);
+    expect(turn.refused).toEqual({ reason: "foreign", detail: expect.stringMatching(/fingerprint differs/), cachePath: turn.cachePath });
+  });
+
+  it("a real cache of another key copied (with its manifest) over this key's is foreign, not loaded", async () => {
+    const root = tempDir();
+    const store = openKvCacheStore({ root });
+    const session = store.createSession(MODEL, { fingerprint: "fp-a" });
+    const other = await customTurn(session, "other", configHash, 4);
+    const mine = await customTurn(session, "conv", configHash, 2);
+    await store.close();
+    for (const suffix of [".bin", ".meta.json"]) {
+      await fs.copyFile(other.cachePath.replace(/\.bin$/, suffix), mine.cachePath.replace(/\.bin$/, suffix));
+    }
+    const { turn, primed } = await beginAfterRestart(openKvCacheStore({ root }));
+    expect(primed).toBe(true);
+    expect(turn.refused).toMatchObject({ reason: "foreign", detail: expect.stringMatching(/another cache key/) });
+  });
+
+  it("auto mode reports a refused cache at the lookup key, though the turn primes at another key", async () => {
+    const root = tempDir();
+    const history = [
+      { role: "system", content: "sys" },
+      { role: "user", content: "hi" },
+    ];
+    const first = openKvCacheStore({ root });
+    const s1 = first.createSession(MODEL, { fingerprint: "fp-a" });
+    const t1 = await s1.beginTurn({ kind: "auto", configHash, history, primeIfMissing: countingPrime() });
+    await writeState(t1.savePath);
+    const next = [...history, { role: "assistant", content: "hello" }];
+    const target = s1.autoCachePath(configHash, next);
+    await s1.commitTurn(t1, { kind: "autoRename", targetCachePath: target, messageCount: 3 });
+    await first.close();
+
+    const second = openKvCacheStore({ root });
+    const turn = await second
+      .createSession(MODEL, { fingerprint: "fp-b" })
+      .beginTurn({ kind: "auto", configHash, history: [...next, { role: "user", content: "more" }], primeIfMissing: countingPrime() });
+    expect(turn.primed).toBe(true);
+    expect(turn.cachePath).not.toBe(target);
+    expect(turn.refused).toMatchObject({ reason: "foreign", cachePath: target });
+    expect(existsSync(target)).toBe(false);
   });
 
   it("within one store, a session of another fingerprint never takes a cache the store wrote for the first", async () => {
@@ -121,9 +168,10 @@ describe("every bad file is a miss: removed, re-primed, and logged with its reas
       const manifest = JSON.parse(await fs.readFile(ctx.manifestPath, "utf8"));
       manifest.current.mtimeNs = "1700000000000000000";
       await fs.writeFile(ctx.manifestPath, JSON.stringify(manifest));
-      const { primed } = await beginAfterRestart(ctx.second);
+      const { turn, primed } = await beginAfterRestart(ctx.second);
       // "size" trusts an unchanged identity by design (cheap); "checksum" reads the file once.
       expect(primed, verify).toBe(verify === "checksum");
+      expect(turn.refused?.reason ?? null, verify).toBe(verify === "checksum" ? "corrupt" : null);
     }
   });
 

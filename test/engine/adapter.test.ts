@@ -3,6 +3,8 @@
  * reference for "same tokens" is the raw engine continuing from its own in-memory state
  * (render, compare, erase the differing tail, evaluate the rest, greedy).
  */
+import { promises as fs } from "node:fs";
+import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { LlamaModel } from "node-llama-cpp";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
@@ -162,13 +164,54 @@ describe("restarts and mismatches", () => {
     const otherWeights = (await loadFixtureModel("tiny", { overrides: { seed: 2 } })).model;
     const other = createLlamaCppCompletion({ threads: 1, model: otherWeights, store, contextSize: CONTEXT, modelId: "shared-id" });
     const t2 = await other.completion({ history: h2, kvCache: "same-key", maxTokens: 4, temperature: 0 });
-    expect(t2.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0 });
+    expect(t1.stats.refused).toBeNull();
+    expect(t2.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0, source: "none" });
+    expect(t2.stats.refused).toMatchObject({ reason: "foreign", detail: expect.stringMatching(/fingerprint differs/) });
     await other.dispose();
 
     const bigger = adapterOn(store, { modelId: "shared-id", contextSize: 1024 });
     const t3 = await bigger.completion({ history: h2, kvCache: "same-key", maxTokens: 4, temperature: 0 });
-    expect(t3.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0 });
+    expect(t3.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0, refused: { reason: "foreign" } });
     await bigger.dispose();
+  });
+
+  it("a truncated or bit-flipped cache is refused as corrupt (stats.refused), and the turn runs cold", async () => {
+    const root = tempDir();
+    const store = openKvCacheStore({ root });
+    let history: CacheMessage[] = [system];
+    /** One turn on a fresh adapter (a fresh context: nothing held in memory), the reply appended to `history`. */
+    const turn = async (user: CacheMessage) => {
+      const adapter = adapterOn(store);
+      try {
+        const { text, stats } = await adapter.completion({ history: [...history, user], kvCache: "damaged", maxTokens: 4, temperature: 0 });
+        history = [...history, user, { role: "assistant", content: text }];
+        return stats;
+      } finally {
+        await adapter.dispose();
+      }
+    };
+    expect((await turn(u1)).refused).toBeNull();
+    const bins = (await fs.readdir(root, { recursive: true })).filter((f) => f.endsWith(".bin"));
+    expect(bins).toHaveLength(1);
+    const cacheFile = path.join(root, bins[0]!);
+
+    // Truncated (a torn copy, another tool's full disk): its size matches no committed state.
+    await fs.truncate(cacheFile, (await fs.stat(cacheFile)).size - 100);
+    const truncated = await turn(u2);
+    expect(truncated).toMatchObject({ hit: false, reusedTokens: 0, source: "none", refused: { reason: "corrupt" } });
+    expect(truncated.refused?.detail).toMatch(/matches no committed state/);
+
+    // Flipped in place (same size, a new mtime): only the checksum can tell, and it does.
+    const handle = await fs.open(cacheFile, "r+");
+    const { buffer } = await handle.read(Buffer.alloc(1), 0, 1, 64);
+    await handle.write(Buffer.from([buffer[0]! ^ 0xff]), 0, 1, 64);
+    await handle.close();
+    const flipped = await turn(u3);
+    expect(flipped).toMatchObject({ hit: false, reusedTokens: 0, source: "none", refused: { reason: "corrupt" } });
+    expect(flipped.refused?.detail).toMatch(/checksum/);
+
+    // What the refused turn committed is trusted: the next turn resumes from it, refusing nothing.
+    expect(await turn(u1)).toMatchObject({ hit: true, source: "own", refused: null });
   });
 
   it("regenerating and editing an earlier reply reuse exactly up to the first differing token", async () => {
@@ -236,7 +279,7 @@ describe("restarts and mismatches", () => {
     const [r1] = await referenceReplies([[system, u1]]);
     const result = await adapter.completion({ history: [system, u1], kvCache: false, maxTokens: MAX, temperature: 0 });
     expect(result.text).toBe(r1);
-    expect(result.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 });
+    expect(result.stats).toMatchObject({ hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0, refused: null });
     expect(result.stats.evaluatedTokens).toBe(result.stats.promptTokens);
     const { readdirSync } = await import("node:fs");
     expect(readdirSync(root)).toEqual([]);

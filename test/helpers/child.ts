@@ -105,3 +105,29 @@ export function runChild(script: string, args: string[], env: NodeJS.ProcessEnv 
     },
   };
 }
+
+/** The file-system backend a child runs on. */
+export type ChildBackend = "native" | "js-fallback";
+
+/**
+ * The backends hostile-file children run on: both (the fallback is forced in the child), or
+ * only the fallback when this whole run forces it (`KVKEEP_NO_NATIVE=1`).
+ */
+export const CHILD_BACKENDS: ChildBackend[] = process.env.KVKEEP_NO_NATIVE === "1" ? ["js-fallback"] : ["native", "js-fallback"];
+
+/**
+ * Run `script` with `args` on `backend`, SIGKILLed if it still runs after `killAfterMs` — a
+ * regression that opens a FIFO blocking parks a libuv thread, and then not even
+ * process.exit() returns. Resolves the JSON of its last stdout line; rejects when it hung or failed.
+ */
+export async function runChildScenario<T>(script: string, args: string[], backend: ChildBackend, killAfterMs: number): Promise<T> {
+  const run = runChild(script, args, backend === "js-fallback" ? { KVKEEP_NO_NATIVE: "1" } : { KVKEEP_NO_NATIVE: "" });
+  const timer = setTimeout(() => run.child.kill("SIGKILL"), killAfterMs);
+  const code = await run.exited;
+  clearTimeout(timer);
+  if (code !== 0) {
+    const what = code === "SIGKILL" ? `hung and was killed after ${killAfterMs} ms` : `failed (${code})`;
+    throw new Error(`the child ${args.join(" ")} ${what}: ${run.stderr()}`);
+  }
+  return JSON.parse(run.stdout().trim().split("\n").pop()!) as T;
+}

@@ -3,11 +3,14 @@
  * real HTTP, the official `openai` client, the tiny generated model. Tests in this file run
  * one after another against it; each uses its own conversations.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readdirSync, rmSync, truncateSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
 import { openaiClient, parsePrometheus, type ServeProcess, servedModel, startServe, tokensHeldAfter } from "./helpers.js";
 
 type Message = OpenAI.ChatCompletionMessageParam;
@@ -397,5 +400,42 @@ describe("metrics", () => {
     expect(after.get("kvkeep_queue_depth")).toBe(0);
     for (const reason of ["idle", "budget"]) expect(after.has(`kvkeep_evictions_total{reason="${reason}"}`)).toBe(true);
     for (const reason of ["foreign", "corrupt"]) expect(after.has(`kvkeep_cache_misses_total{reason="${reason}"}`)).toBe(true);
+  });
+
+  it("a cache another model wrote counts as a foreign miss, a truncated one as a corrupt miss", async () => {
+    const before = await metrics();
+    // Foreign: a real cache committed for the same name, model id and system prompt by a store
+    // of another fingerprint (another process on the root, as after a model upgrade).
+    const f = conversation("refused-foreign");
+    const planter = openKvCacheStore({ root: roots[0]! });
+    const session = planter.createSession(model, { fingerprint: "another-model" });
+    const planted = await session.beginTurn({
+      kind: "custom",
+      customKey: "refused-foreign",
+      configHash: generateConfigHash(f.system.content as string),
+      primeIfMissing: (p) => writeFile(p, randomBytes(4096)),
+    });
+    await writeFile(planted.savePath, randomBytes(8192));
+    expect(await session.commitTurn(planted, { kind: "static", messageCount: 2 })).toMatchObject({ committed: true });
+    await planter.close();
+    const foreign = await complete([f.system, f.user(1)], { kv_cache: "refused-foreign" });
+    expect(cached(foreign)).toBe(0);
+
+    // Corrupt: this server's own cache, truncated between two turns.
+    const c = conversation("refused-corrupt");
+    const h1: Message[] = [c.system, c.user(1)];
+    const t1 = await complete(h1, { kv_cache: "refused-corrupt" });
+    const dir = path.join(roots[0]!, "refused-corrupt");
+    const bin = readdirSync(dir, { recursive: true, encoding: "utf8" }).find((f) => f.endsWith(".bin"))!;
+    truncateSync(path.join(dir, bin), 100);
+    const t2 = await complete([...h1, { role: "assistant", content: t1.text }, c.user(2)], { kv_cache: "refused-corrupt" });
+    expect(cached(t2)).toBe(0);
+
+    const after = await metrics();
+    const delta = (name: string): number => after.get(name)! - before.get(name)!;
+    expect(delta('kvkeep_cache_misses_total{reason="foreign"}')).toBe(1);
+    expect(delta('kvkeep_cache_misses_total{reason="corrupt"}')).toBe(1);
+    expect(delta('kvkeep_cache_misses_total{reason="none"}')).toBe(1); // the corrupt conversation's first turn
+    expect(delta('kvkeep_cache_hits_total{source="own"}') + delta('kvkeep_cache_hits_total{source="prefix"}')).toBe(0);
   });
 });

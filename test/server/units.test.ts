@@ -190,23 +190,27 @@ describe("kvkeep/metrics", () => {
     const turn = { reusedTokens: 90, evaluatedTokens: 10, completionTokens: 5, ttftMs: 20, loadMs: 3, saveMs: 8, commitMs: 6 };
     metrics.observeTurn({ ...turn, hit: true }); // no source: an older adapter → own
     metrics.observeTurn({ ...turn, hit: true, source: "prefix" });
-    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "foreign" });
+    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "foreign" }); // a handler's own label
+    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "none", refused: { reason: "corrupt" } }); // the adapter's stats
+    metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, source: "none", refused: { reason: "foreign" } });
+    metrics.observeTurn({ ...turn, hit: true, source: "prefix", refused: { reason: "corrupt" } }); // refused, then a prefix reused: a hit
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
     metrics.observeRollback("aborted");
     metrics.observeTurn({ ...turn, hit: true, commitFailure: "no-space" }); // the reply stood, its state did not
     metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
     const samples = parsePrometheus(await registry.metrics());
     expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(2);
-    expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(1);
-    expect(samples.get('kvkeep_cache_misses_total{reason="foreign"}')).toBe(1);
+    expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(2);
+    expect(samples.get('kvkeep_cache_misses_total{reason="foreign"}')).toBe(2);
+    expect(samples.get('kvkeep_cache_misses_total{reason="corrupt"}')).toBe(1);
     expect(samples.get('kvkeep_cache_misses_total{reason="none"}')).toBe(0);
-    expect(samples.get("kvkeep_prompt_tokens_reused_total")).toBe(270);
-    expect(samples.get("kvkeep_prompt_tokens_evaluated_total")).toBe(50);
-    expect(samples.get("kvkeep_completion_tokens_total")).toBe(25);
-    expect(samples.get("kvkeep_time_to_first_token_seconds_count")).toBe(5);
-    expect(samples.get("kvkeep_cache_load_seconds_count")).toBe(3);
-    expect(samples.get("kvkeep_cache_save_seconds_count")).toBe(4);
-    expect(samples.get("kvkeep_cache_commit_seconds_sum")).toBeCloseTo(0.024);
+    expect(samples.get("kvkeep_prompt_tokens_reused_total")).toBe(360);
+    expect(samples.get("kvkeep_prompt_tokens_evaluated_total")).toBe(80);
+    expect(samples.get("kvkeep_completion_tokens_total")).toBe(40);
+    expect(samples.get("kvkeep_time_to_first_token_seconds_count")).toBe(8);
+    expect(samples.get("kvkeep_cache_load_seconds_count")).toBe(4);
+    expect(samples.get("kvkeep_cache_save_seconds_count")).toBe(7);
+    expect(samples.get("kvkeep_cache_commit_seconds_sum")).toBeCloseTo(0.042);
     expect(samples.get('kvkeep_turns_rolled_back_total{reason="aborted"}')).toBe(1);
     expect(samples.get('kvkeep_turns_rolled_back_total{reason="no-space"}')).toBe(1);
     expect(samples.get('kvkeep_evictions_total{reason="idle"}')).toBe(1);

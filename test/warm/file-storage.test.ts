@@ -1,12 +1,15 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { isKvKeepError } from "../../src/errors.js";
+import { openKvCacheStore } from "../../src/index.js";
 import {
   createCacheWarmer,
   createFileSettingsStorage,
+  createStoreWarmer,
   parseSettings,
+  SETTINGS_FILE_MAX_BYTES,
   settingsKey,
 } from "../../src/warm/index.js";
 import { fakeTimers, recordingLogger, USAGE } from "./helpers.js";
@@ -89,14 +92,46 @@ describe("createFileSettingsStorage", () => {
     expect(await fresh.keys()).toEqual([]);
   });
 
-  it("reads an unreadable entry as absent instead of throwing", async () => {
+  it("reads a directory planted as a settings file as absent instead of throwing, and a set replaces it", async () => {
     const storage = createFileSettingsStorage(dir);
     await storage.set("a", "1");
     const [file] = await jsonFiles();
     await rm(join(dir, file ?? ""));
-    await mkdir(join(dir, file ?? "")); // EISDIR on read
+    await mkdir(join(dir, file ?? "", "inside"), { recursive: true }); // not a regular file
     expect(await createFileSettingsStorage(dir).get("a")).toBeNull();
     expect(await createFileSettingsStorage(dir).keys()).toEqual([]);
+    await storage.set("a", "2");
+    expect(await createFileSettingsStorage(dir).get("a")).toBe("2");
+    await storage.delete("a");
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it("never follows a symlink at a settings file: its target is neither read nor written", async () => {
+    const storage = createFileSettingsStorage(dir);
+    await storage.set("a", "mine");
+    const [file] = await jsonFiles();
+    const elsewhere = join(root, "elsewhere.json");
+    await writeFile(elsewhere, await readFile(join(dir, file!), "utf8")); // a valid record for "a", outside
+    await rm(join(dir, file!));
+    await symlink(elsewhere, join(dir, file!));
+    expect(await storage.get("a")).toBeNull();
+    expect(await storage.keys()).toEqual([]);
+    await storage.set("a", "new");
+    expect(await storage.get("a")).toBe("new");
+    expect((await lstat(join(dir, file!))).isFile()).toBe(true); // the link was replaced, not written through
+    expect(JSON.parse(await readFile(elsewhere, "utf8"))).toMatchObject({ key: "a", value: "mine" });
+  });
+
+  it("refuses a value whose file would exceed SETTINGS_FILE_MAX_BYTES, and reads a file over it as absent", async () => {
+    const storage = createFileSettingsStorage(dir);
+    const error = await storage.set("big", "x".repeat(SETTINGS_FILE_MAX_BYTES)).catch((e: unknown) => e);
+    expect(isKvKeepError(error, "INVALID_ARGUMENT")).toBe(true);
+    await storage.set("big", "x".repeat(SETTINGS_FILE_MAX_BYTES - 100)); // just fits
+    expect(await storage.get("big")).toHaveLength(SETTINGS_FILE_MAX_BYTES - 100);
+    // A valid record grown past the bound by another writer is not read.
+    const [file] = await jsonFiles();
+    await writeFile(join(dir, file!), JSON.stringify({ v: 1, key: "big", value: "y".repeat(SETTINGS_FILE_MAX_BYTES) }));
+    expect(await createFileSettingsStorage(dir).get("big")).toBeNull();
   });
 
   it("a directory path that is a file reads as empty and fails writes with IO_ERROR", async () => {
@@ -159,6 +194,10 @@ describe("createFileSettingsStorage", () => {
     expect((await readdir(root)).sort()).toEqual(["warm-settings"]);
   });
 
+  it("rejects a root that does not contain dir with INVALID_ARGUMENT", () => {
+    expect(() => createFileSettingsStorage(dir, { root: join(root, "other") })).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT", argument: "root" }));
+  });
+
   it("rejects non-string keys and values with INVALID_ARGUMENT", async () => {
     const storage = createFileSettingsStorage(dir);
     for (const attempt of [
@@ -199,5 +238,65 @@ describe("createFileSettingsStorage", () => {
     expect(timers.pending().map((t) => t.ms)).toEqual([240_000]);
     await warmer.setIntervalMs("conv-1", 3_000);
     expect(await createFileSettingsStorage(dir).get(settingsKey("conv-1"))).toBe('{"enabled":true,"intervalMs":3000}');
+  });
+});
+
+describe("createFileSettingsStorage below a root: a symlinked level redirects nothing", () => {
+  /** Settings planted outside the root, where a symlinked level would lead: `<outside>/warm/<file>` with {enabled:false}. */
+  async function plantOutside(): Promise<string> {
+    const outside = join(root, "outside");
+    await createFileSettingsStorage(join(outside, "warm")).set(settingsKey("conv-1"), '{"enabled":false,"intervalMs":5000}');
+    return outside;
+  }
+
+  it.each([
+    [".kvkeep", (store: string, outside: string) => symlink(outside, join(store, ".kvkeep"))],
+    ["warm", async (store: string, outside: string) => {
+      await mkdir(join(store, ".kvkeep"));
+      await symlink(join(outside, "warm"), join(store, ".kvkeep", "warm"));
+    }],
+  ])("a symlink at <root>/%s: reads see no settings, writes and deletes are UNSAFE_PATH, nothing outside changes", async (_level, plant) => {
+    const storeRoot = join(root, "store");
+    await mkdir(storeRoot);
+    const outside = await plantOutside();
+    const before = await readdir(join(outside, "warm"));
+    await plant(storeRoot, outside);
+    const logger = recordingLogger();
+    const storage = createFileSettingsStorage(join(storeRoot, ".kvkeep", "warm"), { root: storeRoot, logger });
+
+    expect(await storage.get(settingsKey("conv-1"))).toBeNull();
+    expect(await storage.keys()).toEqual([]);
+    expect(logger.at("warn").some((m) => m.includes("not a plain directory"))).toBe(true);
+    for (const write of [() => storage.set(settingsKey("conv-2"), "{}"), () => storage.delete(settingsKey("conv-1"))]) {
+      const error = await write().catch((e: unknown) => e);
+      expect(isKvKeepError(error, "UNSAFE_PATH")).toBe(true);
+    }
+    expect(await readdir(join(outside, "warm"))).toEqual(before);
+  });
+
+  it("creates <root>/.kvkeep/warm level by level when missing, and works as before", async () => {
+    const storeRoot = join(root, "store");
+    const storage = createFileSettingsStorage(join(storeRoot, ".kvkeep", "warm"), { root: storeRoot });
+    expect(await storage.get("a")).toBeNull(); // nothing yet: no error, nothing created by a read
+    await expect(readdir(storeRoot)).rejects.toMatchObject({ code: "ENOENT" });
+    await storage.set("a", "1");
+    expect(await createFileSettingsStorage(join(storeRoot, ".kvkeep", "warm"), { root: storeRoot }).get("a")).toBe("1");
+    expect((await lstat(join(storeRoot, ".kvkeep"))).isDirectory()).toBe(true);
+  });
+
+  it("a store warmer on a root whose .kvkeep is a symlink gives the conversation defaults, not the planted settings", async () => {
+    const storeRoot = join(root, "store");
+    await mkdir(storeRoot);
+    const outside = await plantOutside();
+    await symlink(outside, join(storeRoot, ".kvkeep"));
+    const store = openKvCacheStore({ root: storeRoot });
+    const timers = fakeTimers();
+    const warmer = createStoreWarmer(store, { timers, warm: async () => USAGE });
+    warmer.onTurnSettled("conv-1", {});
+    await warmer.ready();
+    expect(warmer.getState("conv-1")).toMatchObject({ enabled: true, intervalMs: 240_000 });
+    expect(timers.pending().map((t) => t.ms)).toEqual([240_000]);
+    warmer.dispose();
+    await store.close();
   });
 });

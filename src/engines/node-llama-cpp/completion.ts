@@ -24,7 +24,16 @@ import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { BorrowedCache, CacheInfo, CacheMessage, CommitFailureReason, CommitOutcome, KvCacheSession, TurnHandle } from "../../types.js";
+import type {
+  BorrowedCache,
+  CacheInfo,
+  CacheMessage,
+  CacheRefusal,
+  CommitFailureReason,
+  CommitOutcome,
+  KvCacheSession,
+  TurnHandle,
+} from "../../types.js";
 import { parseCachePath } from "../../layout/paths.js";
 import type { WarmFn } from "../../warm/types.js";
 import { fingerprintModel, modelFilePath, modelIdFromModel } from "./fingerprint.js";
@@ -150,6 +159,13 @@ export interface CompletionStats {
   source: "own" | "prefix" | "none";
   /** The cache key the reused tokens came from (null when `source` is `"none"`). */
   sourceKey: string | null;
+  /**
+   * The turn's cache, when kvkeep found one and refused it (`TurnHandle.refused`): `"foreign"`
+   * — made for another model fingerprint (other weights, context size, KV types), config or
+   * key; `"corrupt"` — damaged, truncated or without a valid manifest. It was removed and the
+   * turn primed afresh. Null when nothing was refused (and with `kvCache: false`).
+   */
+  refused: CacheRefusal | null;
 }
 
 export interface CompletionResult {
@@ -351,7 +367,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       const generation = await this.#generate(sequence, prompt, 0, params, started);
       if (generation.aborted) throw abortedCompletion(params.signal);
       const start: Start = { source: "none", sourceKey: null, loadMs: 0 };
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation, start, { saveMs: 0, commitMs: 0, failure: null }) };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, 0, generation, start, { saveMs: 0, commitMs: 0, failure: null }, null) };
     }
 
     const systemPrompt = params.history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
@@ -435,7 +451,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       const reused = turn.primed && !borrowed ? Math.min(keep, primeStart.kept) : keep;
       if (reused === 0) start = { source: "none", sourceKey: null, loadMs: start.loadMs };
       const save = { saveMs: now() - saveStart, commitMs, failure };
-      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation, start, save) };
+      return { text: generation.text, stats: this.#stats(prompt.tokens.length, reused, generation, start, save, turn.refused) };
     } finally {
       if (!committed) await session.rollback(turn);
     }
@@ -588,6 +604,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     generation: Generation,
     start: Start,
     save: { saveMs: number; commitMs: number; failure: CompletionStats["commitFailure"] },
+    refused: CacheRefusal | null,
   ): CompletionStats {
     return {
       hit: reusedTokens > 0,
@@ -603,6 +620,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       finishReason: generation.finishReason,
       source: start.source,
       sourceKey: start.sourceKey,
+      refused,
     };
   }
 }

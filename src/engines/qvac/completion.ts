@@ -26,7 +26,7 @@ import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { decideCachedHistorySlice } from "../../slice/decide.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { KvCacheSession, TurnHandle } from "../../types.js";
+import type { CacheRefusal, KvCacheSession, TurnHandle } from "../../types.js";
 import { assertSupportedAddon } from "./addon-version.js";
 import { shouldCommitCachedTurn } from "./commit-rules.js";
 import { fingerprintQvacModel } from "./fingerprint.js";
@@ -86,6 +86,8 @@ export interface QvacCompletionStats {
   saveMs: number;
   /** Whether this turn's state was committed (QVAC's rules: not aborted, not empty, not cut short). */
   committed: boolean;
+  /** The conversation's cache, when there was one and it was refused (another model's, or damaged): why. */
+  refused: CacheRefusal | null;
 }
 
 export interface QvacCompletionResult {
@@ -217,7 +219,7 @@ class QvacCompletionImpl implements QvacCompletion {
     if (params.kvCache === false) {
       const outcome = await this.#generate([...history], undefined, params, started);
       if (signal?.aborted) throw abortedCompletion(signal);
-      return { text: outcome.text, stats: this.#stats(outcome, false, 0, 0, false) };
+      return { text: outcome.text, stats: this.#stats(outcome, false, 0, 0, false, null) };
     }
 
     const session = await this.#openSession();
@@ -260,7 +262,7 @@ class QvacCompletionImpl implements QvacCompletion {
       if (commit) committed = await this.#commit(session, turn, history, configHash, outcome);
       const saveMs = committed ? now() - saveStart : 0;
       const reused = stale || turn.primed ? 0 : outcome.loadedTokens;
-      return { text: outcome.text, stats: this.#stats(outcome, reused > 0, reused, loadMs, committed, saveMs) };
+      return { text: outcome.text, stats: this.#stats(outcome, reused > 0, reused, loadMs, committed, turn.refused, saveMs) };
     } finally {
       if (!committed) await session.rollback(turn);
     }
@@ -348,7 +350,15 @@ class QvacCompletionImpl implements QvacCompletion {
     }
   }
 
-  #stats(outcome: RunOutcome, hit: boolean, reused: number, loadMs: number, committed: boolean, saveMs = 0): QvacCompletionStats {
+  #stats(
+    outcome: RunOutcome,
+    hit: boolean,
+    reused: number,
+    loadMs: number,
+    committed: boolean,
+    refused: CacheRefusal | null,
+    saveMs = 0,
+  ): QvacCompletionStats {
     const promptTokens = outcome.loadedTokens + outcome.evaluatedTokens;
     return {
       hit,
@@ -360,6 +370,7 @@ class QvacCompletionImpl implements QvacCompletion {
       loadMs,
       saveMs,
       committed,
+      refused,
     };
   }
 }
