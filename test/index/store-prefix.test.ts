@@ -5,7 +5,7 @@
  */
 import { promises as fs, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { manifestPathOf } from "../../src/layout/paths.js";
+import { lockPathOf, manifestPathOf } from "../../src/layout/paths.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -172,6 +172,22 @@ describe("store.borrowPrefix", () => {
     const onlyLonger = await store.borrowPrefix({ ...q, minCommonMessages: 4 }, async () => "lent");
     expect(onlyLonger).toBeNull();
     await session.rollback(held);
+    await store.close();
+  });
+
+  it("skips a candidate whose lock cannot be taken (a planted symlink) and lends the next one", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 2);
+    const longer = await commitAutoConversation(session, full);
+    const shorter = await commitAutoConversation(session, full.slice(0, 3));
+    // Another user of the shared root plants a symlink where the best source's lock file goes.
+    await fs.rm(lockPathOf(longer), { force: true });
+    await fs.symlink("/tmp/kvkeep-planted-elsewhere", lockPathOf(longer));
+    const q = { modelId: MODEL, configHash, history: [...full.slice(0, 4), user("edited")] };
+    const lent = await store.borrowPrefix(q, async (src) => src.cachePath);
+    expect(lent?.value).toBe(shorter);
+    expect((await fs.lstat(lockPathOf(longer))).isSymbolicLink()).toBe(true); // left as it was
     await store.close();
   });
 
