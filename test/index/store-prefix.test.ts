@@ -4,8 +4,14 @@
  * it is loaded, never waiting, and never handing over anything but the verified state.
  */
 import { promises as fs, readFileSync } from "node:fs";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { lockPathOf, manifestPathOf } from "../../src/layout/paths.js";
+import { messageKeyChain } from "../../src/keys/auto-key.js";
+import { processLocks } from "../../src/locks/path-locks.js";
+import { silentLogger } from "../../src/logger.js";
+import { loadNativeFs } from "../../src/native/index.js";
+import { resolveRetentionSettings, Retention, type RetentionInternals } from "../../src/retention/retention.js";
+import { type ScannedModelDir, scanRoot } from "../../src/store/scan.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -20,6 +26,16 @@ import {
   SYSTEM,
   user,
 } from "./helpers.js";
+
+/** A root holding one committed auto conversation (a closed store's work, as another process would leave it). */
+async function rootWithConversation(): Promise<{ root: string; full: ReturnType<typeof conversation>; source: string }> {
+  const root = tempDir();
+  const writer = openStore(root);
+  const full = conversation("a", 2);
+  const source = await commitAutoConversation(writer.createSession(MODEL), full);
+  await writer.close();
+  return { root, full, source };
+}
 
 function openStore(root: string, options: ConstructorParameters<typeof KvCacheStoreImpl>[0] = {}): KvCacheStoreImpl {
   return new KvCacheStoreImpl({ root, onRollback: "keep-committed", ...options });
@@ -321,11 +337,7 @@ describe("borrowing across processes", () => {
 
 describe("a store just opened", () => {
   it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
-    const root = tempDir();
-    const writer = openStore(root);
-    const full = conversation("a", 2);
-    const source = await commitAutoConversation(writer.createSession(MODEL), full);
-    await writer.close();
+    const { root, full, source } = await rootWithConversation();
 
     let openWalk!: () => void;
     const walkPaused = new Promise<void>((resolve) => (openWalk = resolve));
@@ -340,5 +352,80 @@ describe("a store just opened", () => {
     await store.ready;
     expect((await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
     await store.close();
+  });
+});
+
+/**
+ * A store's retention over `root` whose walks of the root after the one at open wait at a
+ * gate (a real walk of the root once opened), so a test can look prefixes up while one runs.
+ */
+async function gatedRetention(root: string, internals: RetentionInternals = {}) {
+  let entered!: () => void;
+  let open!: () => void;
+  const walkEntered = new Promise<void>((resolve) => (entered = resolve));
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const walk = async (visit: (modelDir: ScannedModelDir) => Promise<void>): Promise<void> => {
+    for await (const modelDir of scanRoot(root)) await visit(modelDir);
+  };
+  const retention = new Retention(
+    {
+      root,
+      logger: silentLogger,
+      nfs: loadNativeFs(),
+      locks: processLocks(),
+      forgetCache: () => {},
+      prune: async () => {},
+      walkRoot: async (visit) => {
+        entered();
+        await gate;
+        await walk(visit);
+      },
+    },
+    resolveRetentionSettings({}),
+    internals,
+  );
+  await retention.buildAtOpen(walk);
+  const lookup = async (history: ReturnType<typeof conversation>): Promise<string[]> =>
+    (await retention.lookupPrefix({ modelId: MODEL, fingerprint: null, configHash }, messageKeyChain(history))).map((c) => c.cachePath);
+  return { retention, lookup, walkEntered, openGate: open };
+}
+
+/** `promise`'s value, or "waited" when it has not settled within a few seconds. */
+function unlessItWaits<T>(promise: Promise<T>): Promise<T | "waited"> {
+  return Promise.race([promise, new Promise<"waited">((resolve) => setTimeout(() => resolve("waited"), 5000))]);
+}
+
+describe("a prefix lookup (on every turn's path)", () => {
+  it("answers from the index at once while a sweep's resync walks the root, instead of waiting for the walk", async () => {
+    const { root, full, source } = await rootWithConversation();
+
+    const { retention, lookup, walkEntered, openGate } = await gatedRetention(root, { resyncEverySweeps: 1 });
+    const sweep = retention.sweep(); // every sweep resyncs: its walk waits at the gate
+    await walkEntered;
+    expect(await unlessItWaits(lookup(full.slice(0, -1)))).toEqual([source]);
+    openGate();
+    await sweep;
+    await retention.close();
+  });
+
+  it("after another process compacted the shared log, answers without walking the root; the walk runs in the background and brings their caches in", async () => {
+    const { root } = await rootWithConversation();
+    const { retention, lookup, walkEntered, openGate } = await gatedRetention(root);
+
+    // Another process commits, then compacts the log (a new file: what it held is unknowable to a reader).
+    const other = openStore(root, { retentionInternals: { compactLogBytes: 1 } });
+    const theirs = await commitAutoConversation(other.createSession(MODEL), conversation("b", 2));
+    await other.sweep();
+    expect(other.retention.stats.compactions).toBeGreaterThan(0);
+    await other.close();
+
+    const history = conversation("b", 2).slice(0, -1);
+    const answer = await unlessItWaits(lookup(history));
+    expect(answer).not.toBe("waited"); // no walk on this path…
+    expect(answer).not.toContain(theirs); // …so their commit is not known yet
+    await walkEntered; // …the walk started in the background
+    openGate();
+    await vi.waitFor(async () => expect((await lookup(history))[0]).toBe(theirs));
+    await retention.close();
   });
 });
