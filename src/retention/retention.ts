@@ -95,6 +95,7 @@ export interface RetentionStats {
 }
 
 export const DEFAULT_COMPACT_LOG_BYTES = 8 * 1024 * 1024;
+
 const DEFAULT_RESYNC_EVERY_SWEEPS = 12;
 const DEFAULT_EVICT_CONCURRENCY = 8;
 /** Model directories stat-ed at once while the index is built from a walk. */
@@ -673,11 +674,21 @@ export class Retention implements RetentionHooks {
   }
 
   /**
-   * When the log has grown past the threshold, the sweeping store that can take the index
-   * lock without waiting rewrites it as a snapshot of its (just refreshed) index.
+   * Whether the log is worth compacting: past the threshold, and at least twice what a
+   * snapshot of the index takes. Prefix chains make a snapshot of long conversations grow
+   * past any fixed threshold; compacting it again at every sweep would rewrite the same
+   * records and make every other process walk the root each time.
+   */
+  #compactionDue(): boolean {
+    return this.log.lastSeenSize >= Math.max(this.#internals.compactLogBytes, 2 * this.index.snapshotBytes);
+  }
+
+  /**
+   * When the log has grown past the threshold (and twice a snapshot), the sweeping store that
+   * can take the index lock without waiting rewrites it as a snapshot of its (just refreshed) index.
    */
   async #maybeCompact(): Promise<void> {
-    if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+    if (!this.#compactionDue()) return;
     let lock;
     try {
       lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive", { under: this.#deps.root });
@@ -694,7 +705,7 @@ export class Retention implements RetentionHooks {
           return;
         }
         this.#apply(read.records);
-        if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+        if (!this.#compactionDue()) return;
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
         for (const [, e] of this.index.entries()) {

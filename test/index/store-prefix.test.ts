@@ -414,7 +414,12 @@ describe("a prefix lookup (on every turn's path)", () => {
 
     // Another process commits, then compacts the log (a new file: what it held is unknowable to a reader).
     const other = openStore(root, { retentionInternals: { compactLogBytes: 1 } });
-    const theirs = await commitAutoConversation(other.createSession(MODEL), conversation("b", 2));
+    const theirSession = other.createSession(MODEL);
+    const theirs = await commitAutoConversation(theirSession, conversation("b", 2));
+    for (let i = 0; i < 4; i++) {
+      const gone = await commitAutoConversation(theirSession, conversation(`short-lived-${i}`, 1));
+      await other.delete({ kvCacheKey: gone.split("/").at(-3)! });
+    }
     await other.sweep();
     expect(other.retention.stats.compactions).toBeGreaterThan(0);
     await other.close();

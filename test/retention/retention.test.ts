@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
 import { INDEX_LOG_NAME, IndexLog } from "../../src/retention/index-log.js";
 import { tempDir } from "../helpers/temp-root.js";
+import * as prefix from "../index/helpers.js";
 import {
   backdate,
   commitAuto,
@@ -381,6 +382,36 @@ describe("the shared index log", () => {
     const fresh = openStore(root);
     expect(await fresh.usage()).toMatchObject(expected);
     await Promise.all([writer.close(), compactor.close(), fresh.close()]);
+  });
+
+  it("a snapshot larger than the threshold (long conversations' prefix chains) is compacted again only once the log has doubled, not at every sweep", async () => {
+    const store = openStore(tempDir(), { retentionInternals: { compactLogBytes: 2048 } });
+    const session = store.createSession(prefix.MODEL);
+    // Two long conversations: their chains alone (~1.1 KB each in a record) outweigh the threshold.
+    for (const tag of ["long-a", "long-b"]) await prefix.commitAutoConversation(session, prefix.conversation(tag, 30));
+    const churn = async (rounds: number): Promise<void> => {
+      for (let i = 0; i < rounds; i++) {
+        const cachePath = await prefix.commitAutoConversation(session, prefix.conversation(`churn-${i}`, 1));
+        await store.delete({ kvCacheKey: path.basename(path.dirname(path.dirname(cachePath))) });
+      }
+      await store.retention.whenIdle();
+      await store.retention.log.flushed();
+    };
+    await churn(10);
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(1);
+    const logPath = path.join(store.root, ".kvkeep", INDEX_LOG_NAME);
+    const snapshotBytes = (await fs.stat(logPath)).size;
+    expect(snapshotBytes).toBeGreaterThan(2048);
+
+    await store.sweep(); // nothing new: rewriting the same snapshot (and making every other process walk the root) buys nothing
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(1);
+    await churn(20); // the log grows past twice its snapshot: compacted again, so it stays bounded
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(2);
+    expect((await fs.stat(logPath)).size).toBeLessThan(2 * snapshotBytes);
+    await store.close();
   });
 
   it("a cache removed behind the index's back is dropped from it, not reported, and costs no other cache its place", async () => {
