@@ -39,6 +39,12 @@ export type LogRead = { replaced: true } | { replaced: false; records: LogRecord
 
 const READ_CHUNK = 1 << 20;
 /**
+ * The largest log `readAll` reads (32 MiB: four times the compaction threshold). A larger one
+ * — a snapshot of very many long conversations, or a huge or sparse file planted in a shared
+ * root — is not read whole into memory for a hint: the store's walk of the root answers instead.
+ */
+export const HINT_MAX_BYTES = 32 * 1024 * 1024;
+/**
  * Every open of the log is a safe open (src/native/safe-open.ts): never through a symlink,
  * never blocking on a FIFO, and only a regular file.
  */
@@ -257,14 +263,20 @@ export class IndexLog {
 
   /**
    * Every record in the log now (any writer), without moving the read position: the hint a
-   * store starts from before its walk of the root has finished. Null when there is no log.
+   * store starts from before its walk of the root has finished. Null when there is no log,
+   * or when it is larger than HINT_MAX_BYTES.
    */
   async readAll(): Promise<LogRecord[] | null> {
     let text: string;
     try {
-      const handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      if (!(await this.#dirReady())) return null;
+      const handle = await openRegular(this.path, fsConstants.O_RDONLY);
       try {
-        if (!(await handle.stat()).isFile()) return null;
+        const { size } = await handle.stat();
+        if (size > HINT_MAX_BYTES) {
+          this.#logger.debug(logLine("the index log is too large to read as a hint; waiting for the walk of the root", { path: this.path, size }));
+          return null;
+        }
         text = await handle.readFile("utf8");
       } finally {
         await handle.close();

@@ -4,12 +4,14 @@
  * it is loaded, never waiting, and never handing over anything but the verified state.
  */
 import { promises as fs, readFileSync } from "node:fs";
+import path from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import { lockPathOf, manifestPathOf } from "../../src/layout/paths.js";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { processLocks } from "../../src/locks/path-locks.js";
 import { silentLogger } from "../../src/logger.js";
 import { loadNativeFs } from "../../src/native/index.js";
+import { INDEX_LOG_NAME } from "../../src/retention/index-log.js";
 import { resolveRetentionSettings, Retention, type RetentionInternals } from "../../src/retention/retention.js";
 import { type ScannedModelDir, scanRoot } from "../../src/store/scan.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
@@ -336,6 +338,15 @@ describe("borrowing across processes", () => {
 });
 
 describe("a store just opened", () => {
+  it("does not read a huge (planted, sparse) index log whole for its open-time hint: it opens in a small heap and finds prefixes from its walk", async () => {
+    const { root, source } = await rootWithConversation();
+    // Someone sharing the root extends the log by a 300 MiB hole (no disk used, no newline in it).
+    await fs.truncate(path.join(root, ".kvkeep", INDEX_LOG_NAME), 300 * 1024 * 1024);
+    const run = runChild(await bundleFixture("test/index/fixtures/open-and-find.ts"), [root], { NODE_OPTIONS: "--max-old-space-size=64" });
+    expect(await run.exited, run.stderr()).toBe(0);
+    expect(JSON.parse(run.stdout().trim())).toEqual({ cachePath: source });
+  }, 60_000);
+
   it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
     const { root, full, source } = await rootWithConversation();
 
