@@ -45,6 +45,14 @@ const READ_CHUNK = 1 << 20;
  */
 export const HINT_MAX_BYTES = 32 * 1024 * 1024;
 /**
+ * A reader further behind than this (an idle store, or a huge or sparse file planted in a
+ * shared root) is told the log was replaced: walking the root is cheaper than reading it,
+ * and every turn's prefix lookup reads the log.
+ */
+const MAX_CATCH_UP_BYTES = HINT_MAX_BYTES;
+/** Longer than any record (a prefix chain of 4 096 keys is ~80 KB): a line without a newline past this is garbage. */
+const MAX_LINE_BYTES = READ_CHUNK;
+/**
  * Every open of the log is a safe open (src/native/safe-open.ts): never through a symlink,
  * never blocking on a FIFO, and only a regular file.
  */
@@ -221,6 +229,7 @@ export class IndexLog {
     if (this.#readIno !== null && st.ino !== this.#readIno) return { replaced: true };
     if (st.size < this.#readOffset) return { replaced: true };
     if (st.size === this.#readOffset) return { replaced: false, records: [], skipped: 0 };
+    if (st.size - this.#readOffset > MAX_CATCH_UP_BYTES) return { replaced: true };
     let handle: FileHandle;
     try {
       handle = await openRegular(this.path, fsConstants.O_RDONLY);
@@ -235,6 +244,7 @@ export class IndexLog {
       let offset = this.#readOffset;
       const end = st.size;
       let carry = Buffer.alloc(0);
+      let droppingLine = false;
       while (offset + carry.length < end) {
         const want = Math.min(READ_CHUNK, end - offset - carry.length);
         const chunk = Buffer.allocUnsafe(want);
@@ -243,9 +253,17 @@ export class IndexLog {
         const data = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
         const lastNewline = data.lastIndexOf(0x0a);
         if (lastNewline < 0) {
-          carry = Buffer.from(data);
+          if (data.length > MAX_LINE_BYTES) {
+            // No record is this long: skip it once (its rest, up to its newline, fails to
+            // parse as one line), instead of carrying it and reading it again at every read.
+            offset += data.length;
+            carry = Buffer.alloc(0);
+            if (!droppingLine) skipped++;
+            droppingLine = true;
+          } else carry = Buffer.from(data);
           continue;
         }
+        droppingLine = false; // (the rest of a skipped line, up to its newline, is one more line that fails to parse)
         const decoded = decodeLines(data.subarray(0, lastNewline).toString("utf8"));
         for (const record of decoded.records) if (record.w !== this.writerId) records.push(record);
         skipped += decoded.skipped;

@@ -4,7 +4,7 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
 import { INDEX_LOG_NAME, IndexLog } from "../../src/retention/index-log.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -284,6 +284,13 @@ describe("caches in use", () => {
   });
 });
 
+/** A store's reader of the shared log on a fresh root (whose `.kvkeep` exists, without a log yet). */
+async function logReader(): Promise<{ logPath: string; reader: IndexLog }> {
+  const root = tempDir();
+  await fs.mkdir(path.join(root, ".kvkeep"));
+  return { logPath: path.join(root, ".kvkeep", INDEX_LOG_NAME), reader: new IndexLog(root, "reader", recordingLogger()) };
+}
+
 describe("the shared index log", () => {
   it("another store's commits and removals on the same root reach this store's usage() and sweep through the log, without a rescan", async () => {
     const root = tempDir();
@@ -329,11 +336,35 @@ describe("the shared index log", () => {
     expect(lines.some((l) => l.op === "del")).toBe(true); // the primed source, moved to the target
   });
 
+  it("a line longer than any record (planted garbage) is skipped once, never read again, and the records after it are read", async () => {
+    const { logPath, reader } = await logReader();
+    reader.setReadPosition(await reader.position());
+    const record = (u: number) => JSON.stringify({ op: "put", p: "k/m/h.bin", b: 5, u, w: "other" }) + "\n";
+    await fs.appendFile(logPath, record(1) + "x".repeat(5 * 1024 * 1024)); // no newline: never a record
+    expect(await reader.readNew()).toMatchObject({ replaced: false, records: [{ u: 1 }], skipped: 1 });
+    // Every turn reads the log: the garbage is behind the reader now, not read again and again.
+    const probe = await fs.open(logPath);
+    const reads = vi.spyOn(Object.getPrototypeOf(probe) as { read: () => unknown }, "read");
+    await probe.close();
+    expect(await reader.readNew()).toEqual({ replaced: false, records: [], skipped: 0 });
+    expect(reads).not.toHaveBeenCalled();
+    reads.mockRestore();
+    await fs.appendFile(logPath, "\n" + record(2));
+    expect(await reader.readNew()).toMatchObject({ replaced: false, records: [{ u: 2 }] });
+    await reader.close();
+  });
+
+  it("a reader more than 32 MiB behind (a planted hole) is told to resync from the disk instead of reading it all", async () => {
+    const { logPath, reader } = await logReader();
+    await fs.writeFile(logPath, JSON.stringify({ op: "put", p: "k/m/h.bin", b: 5, u: 1, w: "other" }) + "\n");
+    reader.setReadPosition(await reader.position());
+    await fs.truncate(logPath, 40 * 1024 * 1024);
+    expect(await reader.readNew()).toEqual({ replaced: true });
+    await reader.close();
+  });
+
   it("a reader leaves a partial last line for its next read, and skips its own records", async () => {
-    const root = tempDir();
-    await fs.mkdir(path.join(root, ".kvkeep"));
-    const logPath = path.join(root, ".kvkeep", INDEX_LOG_NAME);
-    const reader = new IndexLog(root, "reader", recordingLogger());
+    const { logPath, reader } = await logReader();
     reader.setReadPosition(await reader.position());
     const line = (op: string, w: string) => JSON.stringify({ op, p: "k/m/h.bin", b: 5, u: 1, w }) + "\n";
     const full = line("put", "other");
