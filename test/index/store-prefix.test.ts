@@ -143,6 +143,33 @@ describe("store.findPrefix", () => {
   });
 });
 
+describe("a manifest's prefix chain is only a hint", () => {
+  it("a malformed chain (too long, not hex keys, longer than the state's messages) leaves the cache trusted and resumable; it is only not borrowed", async () => {
+    const keys = (n: number) => Array.from({ length: n }, (_, i) => i.toString(16).padStart(16, "0"));
+    for (const chain of [keys(5000), keys(9), ["not a key"], "x"]) {
+      const { root, full, source } = await rootWithConversation();
+      // Another version of kvkeep, or someone else on the root, wrote a chain this one does not accept.
+      const manifest = JSON.parse(await fs.readFile(manifestPathOf(source), "utf8"));
+      manifest.current.chain = chain;
+      await fs.writeFile(manifestPathOf(source), JSON.stringify(manifest));
+      const store = openStore(root);
+      expect(await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async () => "lent")).toBeNull();
+      const session = store.createSession(MODEL);
+      const turn = await session.beginTurn({
+        kind: "auto",
+        configHash,
+        history: [...full, user("next")],
+        primeIfMissing: async () => {
+          throw new Error("the committed state must resume, not be removed and primed again");
+        },
+      });
+      expect(turn).toMatchObject({ cachePath: source, savedCount: full.length });
+      await session.rollback(turn);
+      await store.close();
+    }
+  });
+});
+
 describe("store.borrowPrefix", () => {
   it("lends the verified state through a load path that reads the whole file, and changes nothing about the source", async () => {
     const store = openStore(tempDir());
