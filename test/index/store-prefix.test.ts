@@ -7,6 +7,7 @@ import { promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import { lockPathOf, manifestPathOf } from "../../src/layout/paths.js";
+import type { CacheMessage, KvCacheSession } from "../../src/index.js";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { processLocks } from "../../src/locks/path-locks.js";
 import { silentLogger } from "../../src/logger.js";
@@ -37,6 +38,20 @@ async function rootWithConversation(): Promise<{ root: string; full: ReturnType<
   const source = await commitAutoConversation(writer.createSession(MODEL), full);
   await writer.close();
   return { root, full, source };
+}
+
+/** The next turn of the conversation `full` resumes from `source` with its whole count (not primed again), then rolls back. */
+async function expectResumes(session: KvCacheSession, full: readonly CacheMessage[], source: string): Promise<void> {
+  const turn = await session.beginTurn({
+    kind: "auto",
+    configHash,
+    history: [...full, user("next")],
+    primeIfMissing: async () => {
+      throw new Error("the committed state must resume, not be removed and primed again");
+    },
+  });
+  expect(turn).toMatchObject({ cachePath: source, savedCount: full.length });
+  await session.rollback(turn);
 }
 
 function openStore(root: string, options: ConstructorParameters<typeof KvCacheStoreImpl>[0] = {}): KvCacheStoreImpl {
@@ -155,16 +170,7 @@ describe("a manifest's prefix chain is only a hint", () => {
       const store = openStore(root);
       expect(await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async () => "lent")).toBeNull();
       const session = store.createSession(MODEL);
-      const turn = await session.beginTurn({
-        kind: "auto",
-        configHash,
-        history: [...full, user("next")],
-        primeIfMissing: async () => {
-          throw new Error("the committed state must resume, not be removed and primed again");
-        },
-      });
-      expect(turn).toMatchObject({ cachePath: source, savedCount: full.length });
-      await session.rollback(turn);
+      await expectResumes(session, full, source);
       await store.close();
     }
   });
@@ -188,17 +194,7 @@ describe("store.borrowPrefix", () => {
     expect(await snapshot(source)).toEqual(before); // bytes, mtime, manifest text and its mtime (last use)
     expect(store.retention.index.get(source)!.lastUsedMs).toBe(lastUseBefore); // no use recorded
     // The source's own conversation still resumes from it (count intact, not re-primed).
-    const next = await session.beginTurn({
-      kind: "auto",
-      configHash,
-      history: [...full, user("next")],
-      primeIfMissing: async () => {
-        throw new Error("the source must still be there");
-      },
-    });
-    expect(next.cachePath).toBe(source);
-    expect(next.savedCount).toBe(7);
-    await session.rollback(next);
+    await expectResumes(session, full, source);
     await store.close();
   });
 
