@@ -116,8 +116,9 @@ export class PrefixIndex {
 
   /**
    * The caches of `scope` sharing the longest message prefix with `history`, best first:
-   * most shared messages, then the smallest file (the cheapest to load). Walks down to
-   * shorter prefixes only when every cache at a depth is excluded or not an exact ancestor.
+   * most shared messages, then the smallest file (the cheapest to load). The deepest is found
+   * in O(log n) lookups; to fill `limit` (fallbacks for a borrow whose best is held), it then
+   * walks down to shorter prefixes, one lookup per depth, down to `minCommonMessages`.
    */
   lookup(scope: string, history: HistoryChain, options: PrefixLookup = {}): PrefixCandidate[] {
     const keys = this.#scopes.get(scope);

@@ -50,15 +50,20 @@ export const MAX_CHAIN_KEYS = 4096;
 
 const CHAIN_KEY = /^[0-9a-f]{16}$/;
 
-function parseChain(value: unknown, messageCount: number): readonly string[] | null | "invalid" {
-  if (value === undefined || value === null) return null;
+/**
+ * The chain of an entry, or null. A chain only tells the prefix index what a state holds (a
+ * borrower's engine still compares tokens), so one this version does not accept — longer than
+ * MAX_CHAIN_KEYS or than the state's messages (another version's limits), keys of another form
+ * — is dropped, never a reason to distrust the state and remove its conversation's cache.
+ */
+function parseChain(value: unknown, messageCount: number): readonly string[] | null {
   if (
     !Array.isArray(value) ||
     value.length > MAX_CHAIN_KEYS ||
     value.length > messageCount ||
     !value.every((k) => typeof k === "string" && CHAIN_KEY.test(k))
   ) {
-    return "invalid";
+    return null;
   }
   return value as string[];
 }
@@ -103,7 +108,6 @@ function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
     return "invalid";
   }
   const chain = parseChain(e.chain, e.messageCount);
-  if (chain === "invalid") return "invalid";
   return {
     size: e.size,
     ino: e.ino,

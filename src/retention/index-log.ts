@@ -39,6 +39,20 @@ export type LogRead = { replaced: true } | { replaced: false; records: LogRecord
 
 const READ_CHUNK = 1 << 20;
 /**
+ * The largest log `readAll` reads (32 MiB: four times the compaction threshold). A larger one
+ * — a snapshot of very many long conversations, or a huge or sparse file planted in a shared
+ * root — is not read whole into memory for a hint: the store's walk of the root answers instead.
+ */
+export const HINT_MAX_BYTES = 32 * 1024 * 1024;
+/**
+ * A reader further behind than this (an idle store, or a huge or sparse file planted in a
+ * shared root) is told the log was replaced: walking the root is cheaper than reading it,
+ * and every turn's prefix lookup reads the log.
+ */
+const MAX_CATCH_UP_BYTES = HINT_MAX_BYTES;
+/** Longer than any record (a prefix chain of 4 096 keys is ~80 KB): a line without a newline past this is garbage. */
+const MAX_LINE_BYTES = READ_CHUNK;
+/**
  * Every open of the log is a safe open (src/native/safe-open.ts): never through a symlink,
  * never blocking on a FIFO, and only a regular file.
  */
@@ -215,6 +229,7 @@ export class IndexLog {
     if (this.#readIno !== null && st.ino !== this.#readIno) return { replaced: true };
     if (st.size < this.#readOffset) return { replaced: true };
     if (st.size === this.#readOffset) return { replaced: false, records: [], skipped: 0 };
+    if (st.size - this.#readOffset > MAX_CATCH_UP_BYTES) return { replaced: true };
     let handle: FileHandle;
     try {
       handle = await openRegular(this.path, fsConstants.O_RDONLY);
@@ -229,6 +244,7 @@ export class IndexLog {
       let offset = this.#readOffset;
       const end = st.size;
       let carry = Buffer.alloc(0);
+      let droppingLine = false;
       while (offset + carry.length < end) {
         const want = Math.min(READ_CHUNK, end - offset - carry.length);
         const chunk = Buffer.allocUnsafe(want);
@@ -237,9 +253,17 @@ export class IndexLog {
         const data = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
         const lastNewline = data.lastIndexOf(0x0a);
         if (lastNewline < 0) {
-          carry = Buffer.from(data);
+          if (data.length > MAX_LINE_BYTES) {
+            // No record is this long: skip it once (its rest, up to its newline, fails to
+            // parse as one line), instead of carrying it and reading it again at every read.
+            offset += data.length;
+            carry = Buffer.alloc(0);
+            if (!droppingLine) skipped++;
+            droppingLine = true;
+          } else carry = Buffer.from(data);
           continue;
         }
+        droppingLine = false; // (the rest of a skipped line, up to its newline, is one more line that fails to parse)
         const decoded = decodeLines(data.subarray(0, lastNewline).toString("utf8"));
         for (const record of decoded.records) if (record.w !== this.writerId) records.push(record);
         skipped += decoded.skipped;
@@ -257,14 +281,20 @@ export class IndexLog {
 
   /**
    * Every record in the log now (any writer), without moving the read position: the hint a
-   * store starts from before its walk of the root has finished. Null when there is no log.
+   * store starts from before its walk of the root has finished. Null when there is no log,
+   * or when it is larger than HINT_MAX_BYTES.
    */
   async readAll(): Promise<LogRecord[] | null> {
     let text: string;
     try {
-      const handle = await fs.open(this.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      if (!(await this.#dirReady())) return null;
+      const handle = await openRegular(this.path, fsConstants.O_RDONLY);
       try {
-        if (!(await handle.stat()).isFile()) return null;
+        const { size } = await handle.stat();
+        if (size > HINT_MAX_BYTES) {
+          this.#logger.debug(logLine("the index log is too large to read as a hint; waiting for the walk of the root", { path: this.path, size }));
+          return null;
+        }
         text = await handle.readFile("utf8");
       } finally {
         await handle.close();

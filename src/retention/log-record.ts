@@ -11,7 +11,7 @@
  *   "f": model fingerprint (or null), "c": [message keys], "m": messages, "t": tokens (or null).
  */
 import { MAX_CHAIN_KEYS } from "../manifest/format.js";
-import type { PrefixInfo } from "./plan.js";
+import type { IndexEntry, PrefixInfo } from "./plan.js";
 
 export type LogOp = "put" | "use" | "del";
 
@@ -39,6 +39,17 @@ export function prefixOfRecord(record: LogRecord): PrefixInfo | null {
 /** The fields of a `put` record that carry `prefix`. */
 export function prefixFields(prefix: PrefixInfo | null | undefined): Pick<LogRecord, "f" | "c" | "m" | "t"> {
   return prefix ? { f: prefix.fingerprint, c: prefix.chain, m: prefix.messageCount, t: prefix.tokenCount } : {};
+}
+
+/**
+ * About how long the `put` record of `entry` is in a snapshot of the log (within a few bytes:
+ * the numbers' and writer id's lengths vary). A prefix chain's keys dominate for long
+ * conversations: 16 hex chars, quotes and a comma each.
+ */
+export function snapshotRecordBytes(entry: IndexEntry): number {
+  const path = entry.cacheKey.length + entry.modelId.length + entry.configHash.length + 6;
+  const prefix = entry.prefix ? 40 + (entry.prefix.fingerprint?.length ?? 4) + 19 * entry.prefix.chain.length : 0;
+  return 64 + path + prefix;
 }
 
 const CHAIN_KEY = /^[0-9a-f]{16}$/;

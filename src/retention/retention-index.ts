@@ -15,6 +15,7 @@
  * an entry is stored or removed here, so both answer from the same knowledge of the root.
  */
 import { PrefixIndex } from "../index/prefix-index.js";
+import { snapshotRecordBytes } from "./log-record.js";
 import type { IndexEntry } from "./plan.js";
 
 export interface IndexUsage {
@@ -37,6 +38,7 @@ export class RetentionIndex {
   #namedBytes = 0;
   #autoCount = 0;
   #namedCount = 0;
+  #snapshotBytes = 0;
   /** Changes noted while a rebuild runs, replayed onto its result. */
   #replay: Change[] | null = null;
 
@@ -59,6 +61,11 @@ export class RetentionIndex {
       autoBytes: this.#autoBytes,
       namedBytes: this.#namedBytes,
     };
+  }
+
+  /** About how many bytes a snapshot of the index takes in the shared log (see `snapshotRecordBytes`). */
+  get snapshotBytes(): number {
+    return this.#snapshotBytes;
   }
 
   /** Bytes of the caches a sweep may evict. */
@@ -104,7 +111,7 @@ export class RetentionIndex {
     this.#replay = null;
     this.#entries = new Map();
     this.prefix.clear();
-    this.#autoBytes = this.#namedBytes = this.#autoCount = this.#namedCount = 0;
+    this.#autoBytes = this.#namedBytes = this.#autoCount = this.#namedCount = this.#snapshotBytes = 0;
     for (const [cachePath, entry] of rebuilt) this.#put(this.#entries, cachePath, entry);
     for (const change of replay) {
       if (change.op === "put") this.put(change.cachePath, change.entry);
@@ -148,6 +155,7 @@ export class RetentionIndex {
   }
 
   #account(entry: IndexEntry, sign: 1 | -1): void {
+    this.#snapshotBytes += sign * snapshotRecordBytes(entry);
     if (entry.kind === "auto") {
       this.#autoBytes += sign * entry.bytes;
       this.#autoCount += sign;

@@ -97,10 +97,16 @@ export interface RetentionStats {
 }
 
 export const DEFAULT_COMPACT_LOG_BYTES = 8 * 1024 * 1024;
+
 const DEFAULT_RESYNC_EVERY_SWEEPS = 12;
 const DEFAULT_EVICT_CONCURRENCY = 8;
 /** Model directories stat-ed at once while the index is built from a walk. */
 const COLLECT_CONCURRENCY = 32;
+/**
+ * A prefix lookup that finds the index needing a walk of the root (another process compacted
+ * the log, or a walk failed) starts one in the background at most this often.
+ */
+const LOOKUP_RESYNC_INTERVAL_MS = 60_000;
 
 type Visit = (modelDir: ScannedModelDir) => Promise<void>;
 
@@ -179,6 +185,10 @@ export class Retention implements RetentionHooks {
   #buildDone = true;
   /** Index refreshes and rebuilds, one at a time. */
   #indexWork: Promise<unknown> = Promise.resolve();
+  /** Index work queued or running (a prefix lookup never queues behind it). */
+  #indexWorkPending = 0;
+  /** When a prefix lookup last started a background walk of the root. */
+  #lastLookupResync = Number.NEGATIVE_INFINITY;
   /** Sweeps, one at a time. */
   #sweepChain: Promise<unknown> = Promise.resolve();
   #sweepsQueued = 0;
@@ -299,16 +309,18 @@ export class Retention implements RetentionHooks {
 
   /**
    * Caches sharing the longest message prefix with `history` in one scope, from the index
-   * (after the open-time walk, and with other processes' new log records applied).
+   * (with other processes' new log records applied when the index is idle). Every turn looks
+   * up, so this never walks the root and never waits for a walk — the one at open (the log's
+   * records answer meanwhile), a sweep's resync, or a compaction: the index is a hint, and a
+   * borrow re-checks what it answers.
    */
   async lookupPrefix(
     scope: { modelId: string; fingerprint: string | null; configHash: string },
     history: HistoryChain,
     options?: PrefixLookup,
   ): Promise<PrefixCandidate[]> {
-    // Never waits for the walk of the root at open: the log's records answer meanwhile.
     await this.#hinted;
-    if (this.#buildDone) await this.#refresh(false);
+    if (this.#buildDone && this.#indexWorkPending === 0) await this.#refreshForLookup();
     return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash), history, options);
   }
 
@@ -506,9 +518,35 @@ export class Retention implements RetentionHooks {
   // ── The index: refresh from the log, rebuild from the disk, compaction ─────────────
 
   #serialIndexWork<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#indexWork.then(work);
+    this.#indexWorkPending++;
+    const run = this.#indexWork.then(work).finally(() => this.#indexWorkPending--);
     this.#indexWork = run.catch(() => {});
     return run;
+  }
+
+  /**
+   * A prefix lookup's refresh: other processes' new log records, never a walk. When the
+   * index needs one (the log was replaced by another process's compaction, or a walk
+   * failed), it starts in the background — at most once per LOOKUP_RESYNC_INTERVAL_MS — and
+   * the lookup answers from the index as it is.
+   */
+  #refreshForLookup(): Promise<void> {
+    return this.#serialIndexWork(async () => {
+      if (!this.#needsResync) {
+        const read = await this.#readLog();
+        if (!read.replaced) {
+          this.#apply(read.records);
+          return;
+        }
+        this.#needsResync = true;
+      }
+      const now = Date.now();
+      if (this.#closed || now - this.#lastLookupResync < LOOKUP_RESYNC_INTERVAL_MS) return;
+      this.#lastLookupResync = now;
+      this.#refresh(false).catch((error: unknown) => {
+        this.#deps.logger.warn(logLine("could not resync the retention index from the disk; the next sweep retries", { error }));
+      });
+    });
   }
 
   /** Apply other processes' new log records; resync from the disk when asked, due, or when the log was replaced. */
@@ -640,11 +678,21 @@ export class Retention implements RetentionHooks {
   }
 
   /**
-   * When the log has grown past the threshold, the sweeping store that can take the index
-   * lock without waiting rewrites it as a snapshot of its (just refreshed) index.
+   * Whether the log is worth compacting: past the threshold, and at least twice what a
+   * snapshot of the index takes. Prefix chains make a snapshot of long conversations grow
+   * past any fixed threshold; compacting it again at every sweep would rewrite the same
+   * records and make every other process walk the root each time.
+   */
+  #compactionDue(): boolean {
+    return this.log.lastSeenSize >= Math.max(this.#internals.compactLogBytes, 2 * this.index.snapshotBytes);
+  }
+
+  /**
+   * When the log has grown past the threshold (and twice a snapshot), the sweeping store that
+   * can take the index lock without waiting rewrites it as a snapshot of its (just refreshed) index.
    */
   async #maybeCompact(): Promise<void> {
-    if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+    if (!this.#compactionDue()) return;
     let lock;
     try {
       lock = this.#deps.nfs.tryLockFile(this.log.lockPath, "exclusive", { under: this.#deps.root });
@@ -661,7 +709,7 @@ export class Retention implements RetentionHooks {
           return;
         }
         this.#apply(read.records);
-        if (this.log.lastSeenSize < this.#internals.compactLogBytes) return;
+        if (!this.#compactionDue()) return;
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
         for (const [, e] of this.index.entries()) {

@@ -22,6 +22,7 @@ import { parseCachePath } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import { type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
+import type { Lease } from "../locks/path-locks.js";
 import type { Retention } from "../retention/retention.js";
 import { manifestHeader } from "../session/trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
@@ -147,7 +148,12 @@ export async function borrowPrefix<T>(
   return null;
 }
 
-/** Hold, verify (read-only) and lend one candidate; null when it cannot be lent as it is. */
+/**
+ * Hold, verify (read-only) and lend one candidate; null when it cannot be lent as it is.
+ * Only `use` may throw through: a candidate kvkeep cannot check — a lock file that cannot
+ * be opened (a planted symlink, another user's directory), an I/O error — is skipped like a
+ * held one, so the next candidate is tried.
+ */
 async function lendOne<T>(
   ctx: StoreContext,
   q: CheckedQuery,
@@ -161,15 +167,24 @@ async function lendOne<T>(
     ctx.logger.debug(logLine("prefix source skipped", { cachePath, reason }));
     return null;
   };
-  // Never through a symlink, never creating directories for a cache that is gone.
-  if (!(await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch(() => false))) return skip("directory gone");
-  if (!(await statIdentity(cachePath))) return skip("file gone");
-  const lease = ctx.locks.tryAcquire(cachePath);
-  if (!lease) return skip("held by a turn or another process");
-  ctx.layers.refDir(cachePath);
+  let lease: Lease | null = null;
   let handle: FileHandle | null = null;
   let gone = false;
-  try {
+  const release = async (): Promise<void> => {
+    await handle?.close().catch(() => {});
+    if (!lease) return;
+    // A delete that ran meanwhile left the lock file (it was held): take it away with the lock.
+    if (!gone) gone = !(await statIdentity(cachePath).catch(() => null));
+    await ctx.releaseCache(lease, cachePath, gone).catch(() => {});
+  };
+
+  const holdAndCheck = async (): Promise<BorrowedCache | null> => {
+    // Never through a symlink, never creating directories for a cache that is gone.
+    if (!(await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch(() => false))) return skip("directory gone");
+    if (!(await statIdentity(cachePath))) return skip("file gone");
+    lease = ctx.locks.tryAcquire(cachePath);
+    if (!lease) return skip("held by a turn or another process");
+    ctx.layers.refDir(cachePath);
     const identity = await statIdentity(cachePath);
     if (!identity) {
       gone = true;
@@ -203,7 +218,7 @@ async function lendOne<T>(
     const st = await handle.stat({ bigint: true });
     const opened = { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
     if (!st.isFile() || !sameIdentity(opened, identity)) return skip("changed while being verified");
-    const value = await use({
+    return {
       cachePath,
       cacheKey: loc.cacheKey,
       kind: candidate.facts.kind,
@@ -212,12 +227,21 @@ async function lendOne<T>(
       tokenCount: entry.tokenCount,
       bytes: entry.size,
       loadPath: loadPathOf(handle, cachePath),
-    });
-    return { value };
+    };
+  };
+
+  let source: BorrowedCache | null = null;
+  try {
+    source = await holdAndCheck();
+  } catch (error) {
+    skip(`could not be checked: ${(error as Error)?.message ?? String(error)}`);
   } finally {
-    await handle?.close().catch(() => {});
-    // A delete that ran meanwhile left the lock file (it was held): take it away with the lock.
-    if (!gone) gone = !(await statIdentity(cachePath).catch(() => null));
-    await ctx.releaseCache(lease, cachePath, gone).catch(() => {});
+    if (!source) await release();
+  }
+  if (!source) return null;
+  try {
+    return { value: await use(source) };
+  } finally {
+    await release();
   }
 }

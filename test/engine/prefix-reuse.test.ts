@@ -10,7 +10,7 @@ import type { LlamaModel, Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createLlamaCppCompletion, modelIdFromModel } from "../../src/engines/node-llama-cpp/index.js";
 import { cachePathOf, manifestPathOf } from "../../src/layout/paths.js";
-import { type CacheMessage, generateConfigHash, openKvCacheStore, type KvCacheStore } from "../../src/index.js";
+import { type CacheMessage, generateConfigHash, KvKeepError, openKvCacheStore, type KvCacheStore } from "../../src/index.js";
 import { coldGreedyReply, createContext, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -165,6 +165,27 @@ describe("starting from another conversation's cache (real engine, each reuse in
       sourceKey: seeded.cachePath.split("/").at(-3),
     });
     await same.dispose();
+    await store.close();
+  }, 120_000);
+
+  it("a borrow that fails before loading anything leaves the live state alone: the next turn still resumes from its own cache", async () => {
+    const store = openKvCacheStore({ root: tempDir() });
+    // The store's borrow rejects (an I/O error looking the index up, say) before lending anything.
+    const failingBorrow = new Proxy(store, {
+      get(target, prop) {
+        if (prop === "borrowPrefix") return () => Promise.reject(new KvKeepError("IO_ERROR", "the prefix lookup failed"));
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const adapter = createLlamaCppCompletion({ threads: 1, model, store: failingBorrow, contextSize: CONTEXT });
+    const t1 = await adapter.completion({ history: [system, u1], kvCache: true, maxTokens: MAX, temperature: 0 });
+    const h2: CacheMessage[] = [system, u1, { role: "assistant", content: t1.text }, u2];
+    const t2 = await adapter.completion({ history: h2, kvCache: true, maxTokens: MAX, temperature: 0 });
+    expect(t2.stats.source).toBe("own");
+    expect(t2.stats.reusedTokens).toBeGreaterThan(0);
+    expect(t2.text).toBe(await coldReply(h2));
+    await adapter.dispose();
     await store.close();
   }, 120_000);
 

@@ -4,8 +4,17 @@
  * it is loaded, never waiting, and never handing over anything but the verified state.
  */
 import { promises as fs, readFileSync } from "node:fs";
-import { describe, expect, it } from "vitest";
-import { manifestPathOf } from "../../src/layout/paths.js";
+import path from "node:path";
+import { describe, expect, it, vi } from "vitest";
+import { lockPathOf, manifestPathOf } from "../../src/layout/paths.js";
+import type { CacheMessage, KvCacheSession } from "../../src/index.js";
+import { messageKeyChain } from "../../src/keys/auto-key.js";
+import { processLocks } from "../../src/locks/path-locks.js";
+import { silentLogger } from "../../src/logger.js";
+import { loadNativeFs } from "../../src/native/index.js";
+import { INDEX_LOG_NAME } from "../../src/retention/index-log.js";
+import { resolveRetentionSettings, Retention, type RetentionInternals } from "../../src/retention/retention.js";
+import { type ScannedModelDir, scanRoot } from "../../src/store/scan.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
@@ -20,6 +29,30 @@ import {
   SYSTEM,
   user,
 } from "./helpers.js";
+
+/** A root holding one committed auto conversation (a closed store's work, as another process would leave it). */
+async function rootWithConversation(): Promise<{ root: string; full: ReturnType<typeof conversation>; source: string }> {
+  const root = tempDir();
+  const writer = openStore(root);
+  const full = conversation("a", 2);
+  const source = await commitAutoConversation(writer.createSession(MODEL), full);
+  await writer.close();
+  return { root, full, source };
+}
+
+/** The next turn of the conversation `full` resumes from `source` with its whole count (not primed again), then rolls back. */
+async function expectResumes(session: KvCacheSession, full: readonly CacheMessage[], source: string): Promise<void> {
+  const turn = await session.beginTurn({
+    kind: "auto",
+    configHash,
+    history: [...full, user("next")],
+    primeIfMissing: async () => {
+      throw new Error("the committed state must resume, not be removed and primed again");
+    },
+  });
+  expect(turn).toMatchObject({ cachePath: source, savedCount: full.length });
+  await session.rollback(turn);
+}
 
 function openStore(root: string, options: ConstructorParameters<typeof KvCacheStoreImpl>[0] = {}): KvCacheStoreImpl {
   return new KvCacheStoreImpl({ root, onRollback: "keep-committed", ...options });
@@ -125,6 +158,24 @@ describe("store.findPrefix", () => {
   });
 });
 
+describe("a manifest's prefix chain is only a hint", () => {
+  it("a malformed chain (too long, not hex keys, longer than the state's messages) leaves the cache trusted and resumable; it is only not borrowed", async () => {
+    const keys = (n: number) => Array.from({ length: n }, (_, i) => i.toString(16).padStart(16, "0"));
+    for (const chain of [keys(5000), keys(9), ["not a key"], "x"]) {
+      const { root, full, source } = await rootWithConversation();
+      // Another version of kvkeep, or someone else on the root, wrote a chain this one does not accept.
+      const manifest = JSON.parse(await fs.readFile(manifestPathOf(source), "utf8"));
+      manifest.current.chain = chain;
+      await fs.writeFile(manifestPathOf(source), JSON.stringify(manifest));
+      const store = openStore(root);
+      expect(await store.borrowPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }, async () => "lent")).toBeNull();
+      const session = store.createSession(MODEL);
+      await expectResumes(session, full, source);
+      await store.close();
+    }
+  });
+});
+
 describe("store.borrowPrefix", () => {
   it("lends the verified state through a load path that reads the whole file, and changes nothing about the source", async () => {
     const store = openStore(tempDir());
@@ -143,17 +194,7 @@ describe("store.borrowPrefix", () => {
     expect(await snapshot(source)).toEqual(before); // bytes, mtime, manifest text and its mtime (last use)
     expect(store.retention.index.get(source)!.lastUsedMs).toBe(lastUseBefore); // no use recorded
     // The source's own conversation still resumes from it (count intact, not re-primed).
-    const next = await session.beginTurn({
-      kind: "auto",
-      configHash,
-      history: [...full, user("next")],
-      primeIfMissing: async () => {
-        throw new Error("the source must still be there");
-      },
-    });
-    expect(next.cachePath).toBe(source);
-    expect(next.savedCount).toBe(7);
-    await session.rollback(next);
+    await expectResumes(session, full, source);
     await store.close();
   });
 
@@ -172,6 +213,23 @@ describe("store.borrowPrefix", () => {
     const onlyLonger = await store.borrowPrefix({ ...q, minCommonMessages: 4 }, async () => "lent");
     expect(onlyLonger).toBeNull();
     await session.rollback(held);
+    await store.close();
+  });
+
+  it("skips a candidate whose lock cannot be taken (a planted symlink) and lends the next one", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 2);
+    const longer = await commitAutoConversation(session, full);
+    const shorter = await commitAutoConversation(session, full.slice(0, 3));
+    // Another user of the shared root plants a symlink where the best source's lock file goes.
+    await fs.rm(lockPathOf(longer), { force: true });
+    await fs.symlink("/tmp/kvkeep-planted-elsewhere", lockPathOf(longer));
+    const q = { modelId: MODEL, configHash, history: [...full.slice(0, 4), user("edited")] };
+    const lent = await store.borrowPrefix(q, async (src) => src.cachePath);
+    // (The JS fallback takes no lock files — it promises no cross-process safety — so it never opens the symlink.)
+    expect(lent?.value).toBe(store.backend === "js-fallback" ? longer : shorter);
+    expect((await fs.lstat(lockPathOf(longer))).isSymbolicLink()).toBe(true); // left as it was
     await store.close();
   });
 
@@ -304,12 +362,17 @@ describe("borrowing across processes", () => {
 });
 
 describe("a store just opened", () => {
+  it("does not read a huge (planted, sparse) index log whole for its open-time hint: it opens in a small heap and finds prefixes from its walk", async () => {
+    const { root, source } = await rootWithConversation();
+    // Someone sharing the root extends the log by a 300 MiB hole (no disk used, no newline in it).
+    await fs.truncate(path.join(root, ".kvkeep", INDEX_LOG_NAME), 300 * 1024 * 1024);
+    const run = runChild(await bundleFixture("test/index/fixtures/open-and-find.ts"), [root], { NODE_OPTIONS: "--max-old-space-size=64" });
+    expect(await run.exited, run.stderr()).toBe(0);
+    expect(JSON.parse(run.stdout().trim())).toEqual({ cachePath: source });
+  }, 60_000);
+
   it("answers findPrefix from the shared log at once, without waiting for its walk of the root", async () => {
-    const root = tempDir();
-    const writer = openStore(root);
-    const full = conversation("a", 2);
-    const source = await commitAutoConversation(writer.createSession(MODEL), full);
-    await writer.close();
+    const { root, full, source } = await rootWithConversation();
 
     let openWalk!: () => void;
     const walkPaused = new Promise<void>((resolve) => (openWalk = resolve));
@@ -324,5 +387,85 @@ describe("a store just opened", () => {
     await store.ready;
     expect((await store.findPrefix({ modelId: MODEL, configHash, history: full.slice(0, -1) }))?.cachePath).toBe(source);
     await store.close();
+  });
+});
+
+/**
+ * A store's retention over `root` whose walks of the root after the one at open wait at a
+ * gate (a real walk of the root once opened), so a test can look prefixes up while one runs.
+ */
+async function gatedRetention(root: string, internals: RetentionInternals = {}) {
+  let entered!: () => void;
+  let open!: () => void;
+  const walkEntered = new Promise<void>((resolve) => (entered = resolve));
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const walk = async (visit: (modelDir: ScannedModelDir) => Promise<void>): Promise<void> => {
+    for await (const modelDir of scanRoot(root)) await visit(modelDir);
+  };
+  const retention = new Retention(
+    {
+      root,
+      logger: silentLogger,
+      nfs: loadNativeFs(),
+      locks: processLocks(),
+      forgetCache: () => {},
+      prune: async () => {},
+      walkRoot: async (visit) => {
+        entered();
+        await gate;
+        await walk(visit);
+      },
+    },
+    resolveRetentionSettings({}),
+    internals,
+  );
+  await retention.buildAtOpen(walk);
+  const lookup = async (history: ReturnType<typeof conversation>): Promise<string[]> =>
+    (await retention.lookupPrefix({ modelId: MODEL, fingerprint: null, configHash }, messageKeyChain(history))).map((c) => c.cachePath);
+  return { retention, lookup, walkEntered, openGate: open };
+}
+
+/** `promise`'s value, or "waited" when it has not settled within a few seconds. */
+function unlessItWaits<T>(promise: Promise<T>): Promise<T | "waited"> {
+  return Promise.race([promise, new Promise<"waited">((resolve) => setTimeout(() => resolve("waited"), 5000))]);
+}
+
+describe("a prefix lookup (on every turn's path)", () => {
+  it("answers from the index at once while a sweep's resync walks the root, instead of waiting for the walk", async () => {
+    const { root, full, source } = await rootWithConversation();
+
+    const { retention, lookup, walkEntered, openGate } = await gatedRetention(root, { resyncEverySweeps: 1 });
+    const sweep = retention.sweep(); // every sweep resyncs: its walk waits at the gate
+    await walkEntered;
+    expect(await unlessItWaits(lookup(full.slice(0, -1)))).toEqual([source]);
+    openGate();
+    await sweep;
+    await retention.close();
+  });
+
+  it("after another process compacted the shared log, answers without walking the root; the walk runs in the background and brings their caches in", async () => {
+    const { root } = await rootWithConversation();
+    const { retention, lookup, walkEntered, openGate } = await gatedRetention(root);
+
+    // Another process commits, then compacts the log (a new file: what it held is unknowable to a reader).
+    const other = openStore(root, { retentionInternals: { compactLogBytes: 1 } });
+    const theirSession = other.createSession(MODEL);
+    const theirs = await commitAutoConversation(theirSession, conversation("b", 2));
+    for (let i = 0; i < 4; i++) {
+      const gone = await commitAutoConversation(theirSession, conversation(`short-lived-${i}`, 1));
+      await other.delete({ kvCacheKey: gone.split("/").at(-3)! });
+    }
+    await other.sweep();
+    expect(other.retention.stats.compactions).toBeGreaterThan(0);
+    await other.close();
+
+    const history = conversation("b", 2).slice(0, -1);
+    const answer = await unlessItWaits(lookup(history));
+    expect(answer).not.toBe("waited"); // no walk on this path…
+    expect(answer).not.toContain(theirs); // …so their commit is not known yet
+    await walkEntered; // …the walk started in the background
+    openGate();
+    await vi.waitFor(async () => expect((await lookup(history))[0]).toBe(theirs));
+    await retention.close();
   });
 });

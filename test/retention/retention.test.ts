@@ -4,10 +4,11 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
 import { INDEX_LOG_NAME, IndexLog } from "../../src/retention/index-log.js";
 import { tempDir } from "../helpers/temp-root.js";
+import * as prefix from "../index/helpers.js";
 import {
   backdate,
   commitAuto,
@@ -283,6 +284,13 @@ describe("caches in use", () => {
   });
 });
 
+/** A store's reader of the shared log on a fresh root (whose `.kvkeep` exists, without a log yet). */
+async function logReader(): Promise<{ logPath: string; reader: IndexLog }> {
+  const root = tempDir();
+  await fs.mkdir(path.join(root, ".kvkeep"));
+  return { logPath: path.join(root, ".kvkeep", INDEX_LOG_NAME), reader: new IndexLog(root, "reader", recordingLogger()) };
+}
+
 describe("the shared index log", () => {
   it("another store's commits and removals on the same root reach this store's usage() and sweep through the log, without a rescan", async () => {
     const root = tempDir();
@@ -328,11 +336,35 @@ describe("the shared index log", () => {
     expect(lines.some((l) => l.op === "del")).toBe(true); // the primed source, moved to the target
   });
 
+  it("a line longer than any record (planted garbage) is skipped once, never read again, and the records after it are read", async () => {
+    const { logPath, reader } = await logReader();
+    reader.setReadPosition(await reader.position());
+    const record = (u: number) => JSON.stringify({ op: "put", p: "k/m/h.bin", b: 5, u, w: "other" }) + "\n";
+    await fs.appendFile(logPath, record(1) + "x".repeat(5 * 1024 * 1024)); // no newline: never a record
+    expect(await reader.readNew()).toMatchObject({ replaced: false, records: [{ u: 1 }], skipped: 1 });
+    // Every turn reads the log: the garbage is behind the reader now, not read again and again.
+    const probe = await fs.open(logPath);
+    const reads = vi.spyOn(Object.getPrototypeOf(probe) as { read: () => unknown }, "read");
+    await probe.close();
+    expect(await reader.readNew()).toEqual({ replaced: false, records: [], skipped: 0 });
+    expect(reads).not.toHaveBeenCalled();
+    reads.mockRestore();
+    await fs.appendFile(logPath, "\n" + record(2));
+    expect(await reader.readNew()).toMatchObject({ replaced: false, records: [{ u: 2 }] });
+    await reader.close();
+  });
+
+  it("a reader more than 32 MiB behind (a planted hole) is told to resync from the disk instead of reading it all", async () => {
+    const { logPath, reader } = await logReader();
+    await fs.writeFile(logPath, JSON.stringify({ op: "put", p: "k/m/h.bin", b: 5, u: 1, w: "other" }) + "\n");
+    reader.setReadPosition(await reader.position());
+    await fs.truncate(logPath, 40 * 1024 * 1024);
+    expect(await reader.readNew()).toEqual({ replaced: true });
+    await reader.close();
+  });
+
   it("a reader leaves a partial last line for its next read, and skips its own records", async () => {
-    const root = tempDir();
-    await fs.mkdir(path.join(root, ".kvkeep"));
-    const logPath = path.join(root, ".kvkeep", INDEX_LOG_NAME);
-    const reader = new IndexLog(root, "reader", recordingLogger());
+    const { logPath, reader } = await logReader();
     reader.setReadPosition(await reader.position());
     const line = (op: string, w: string) => JSON.stringify({ op, p: "k/m/h.bin", b: 5, u: 1, w }) + "\n";
     const full = line("put", "other");
@@ -381,6 +413,36 @@ describe("the shared index log", () => {
     const fresh = openStore(root);
     expect(await fresh.usage()).toMatchObject(expected);
     await Promise.all([writer.close(), compactor.close(), fresh.close()]);
+  });
+
+  it("a snapshot larger than the threshold (long conversations' prefix chains) is compacted again only once the log has doubled, not at every sweep", async () => {
+    const store = openStore(tempDir(), { retentionInternals: { compactLogBytes: 2048 } });
+    const session = store.createSession(prefix.MODEL);
+    // Two long conversations: their chains alone (~1.1 KB each in a record) outweigh the threshold.
+    for (const tag of ["long-a", "long-b"]) await prefix.commitAutoConversation(session, prefix.conversation(tag, 30));
+    const churn = async (rounds: number): Promise<void> => {
+      for (let i = 0; i < rounds; i++) {
+        const cachePath = await prefix.commitAutoConversation(session, prefix.conversation(`churn-${i}`, 1));
+        await store.delete({ kvCacheKey: path.basename(path.dirname(path.dirname(cachePath))) });
+      }
+      await store.retention.whenIdle();
+      await store.retention.log.flushed();
+    };
+    await churn(10);
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(1);
+    const logPath = path.join(store.root, ".kvkeep", INDEX_LOG_NAME);
+    const snapshotBytes = (await fs.stat(logPath)).size;
+    expect(snapshotBytes).toBeGreaterThan(2048);
+
+    await store.sweep(); // nothing new: rewriting the same snapshot (and making every other process walk the root) buys nothing
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(1);
+    await churn(20); // the log grows past twice its snapshot: compacted again, so it stays bounded
+    await store.sweep();
+    expect(store.retention.stats.compactions).toBe(2);
+    expect((await fs.stat(logPath)).size).toBeLessThan(2 * snapshotBytes);
+    await store.close();
   });
 
   it("a cache removed behind the index's back is dropped from it, not reported, and costs no other cache its place", async () => {

@@ -484,6 +484,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   ): Promise<Start | null> {
     if (this.#options.prefixReuse === false || history.length < minCommon) return null;
     const { sequence } = engine;
+    let loading = false;
     try {
       const lent = await this.#store.borrowPrefix(
         {
@@ -496,6 +497,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
           exactAncestor: engine.trim.maxCutBack !== Number.POSITIVE_INFINITY,
         },
         async (source: BorrowedCache): Promise<Start> => {
+          loading = true;
           this.#holding = null;
           const loadStart = now();
           await loadInto(sequence, source.loadPath);
@@ -505,7 +507,9 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       return lent?.value ?? null;
     } catch (error) {
       this.#logger.warn(logLine("could not start from another conversation's cache; going on without it", { error }));
-      await sequence.clearHistory();
+      // Only a load that began left the sequence in doubt; a borrow that failed before it
+      // leaves the live state (maybe the turn's own cache, which then need not be loaded).
+      if (loading) await sequence.clearHistory();
       return null;
     }
   }
