@@ -275,6 +275,17 @@ export class Retention implements RetentionHooks {
     this.log.append({ op: "del", p: relativeOf(loc), u, w: this.log.writerId });
   }
 
+  /**
+   * A cache the index lists was found gone from the disk outside kvkeep (removed by hand, a
+   * lost record). Dropped from this process's index only, and only as it was seen — no log
+   * record: another process may be committing that key again right now, and its newer
+   * `put` must win everywhere.
+   */
+  forgetVanished(cachePath: string): void {
+    const seen = this.index.get(cachePath);
+    if (seen) this.index.remove(cachePath, seen.lastUsedMs);
+  }
+
   /** After a successful commit: start a background sweep when the last one started `sweepIntervalMs` ago or more. */
   afterCommit(): void {
     if (this.#closed) return;

@@ -142,7 +142,7 @@ export async function borrowPrefix<T>(
   }
   const q = checkQuery(query);
   for (const candidate of await candidatesFor(ctx, retention, q, BORROW_CANDIDATES)) {
-    const lent = await lendOne(ctx, q, candidate, use);
+    const lent = await lendOne(ctx, retention, q, candidate, use);
     if (lent) return lent;
   }
   return null;
@@ -156,6 +156,7 @@ export async function borrowPrefix<T>(
  */
 async function lendOne<T>(
   ctx: StoreContext,
+  retention: Retention,
   q: CheckedQuery,
   candidate: PrefixCandidate,
   use: (source: BorrowedCache) => Promise<T>,
@@ -166,6 +167,11 @@ async function lendOne<T>(
   const skip = (reason: string): null => {
     ctx.logger.debug(logLine("prefix source skipped", { cachePath, reason }));
     return null;
+  };
+  // Without this, a state removed outside kvkeep stays a candidate (one stat per turn) until the next resync.
+  const vanished = (): null => {
+    retention.forgetVanished(cachePath);
+    return skip("file gone");
   };
   let lease: Lease | null = null;
   let handle: FileHandle | null = null;
@@ -180,8 +186,8 @@ async function lendOne<T>(
 
   const holdAndCheck = async (): Promise<BorrowedCache | null> => {
     // Never through a symlink, never creating directories for a cache that is gone.
-    if (!(await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch(() => false))) return skip("directory gone");
-    if (!(await statIdentity(cachePath))) return skip("file gone");
+    if (!(await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch(() => false))) return vanished();
+    if (!(await statIdentity(cachePath))) return vanished();
     lease = ctx.locks.tryAcquire(cachePath);
     if (!lease) return skip("held by a turn or another process");
     ctx.layers.refDir(cachePath);

@@ -247,6 +247,23 @@ describe("store.borrowPrefix", () => {
     await restarted.close();
   });
 
+  it("drops a source removed outside kvkeep from the index when a borrow finds it gone, so later lookups answer the next one", async () => {
+    const store = openStore(tempDir());
+    const session = store.createSession(MODEL);
+    const full = conversation("a", 2);
+    const longer = await commitAutoConversation(session, full);
+    const shorter = await commitAutoConversation(session, full.slice(0, 3));
+    await fs.rm(path.dirname(path.dirname(longer)), { recursive: true }); // `rm -rf` of its key's directory
+    const q = { modelId: MODEL, configHash, history: [...full.slice(0, 4), user("edited")] };
+    expect((await store.findPrefix(q))?.cachePath).toBe(longer); // the index is a hint: it cannot know yet
+
+    const lent = await store.borrowPrefix(q, async (src) => src.cachePath);
+    expect(lent?.value).toBe(shorter);
+    expect((await store.findPrefix(q))?.cachePath).toBe(shorter);
+    expect(store.retention.index.get(longer)).toBeUndefined();
+    await store.close();
+  });
+
   it("does not promote a pending manifest slot (read-only), yet lends the state the slot describes", async () => {
     const root = tempDir();
     const store = openStore(root);
