@@ -56,7 +56,7 @@ const CHAIN_KEY = /^[0-9a-f]{16}$/;
  * MAX_CHAIN_KEYS or than the state's messages (another version's limits), keys of another form
  * — is dropped, never a reason to distrust the state and remove its conversation's cache.
  */
-function parseChain(value: unknown, messageCount: number): readonly string[] | null {
+export function parseChain(value: unknown, messageCount: number): readonly string[] | null {
   if (
     !Array.isArray(value) ||
     value.length > MAX_CHAIN_KEYS ||

@@ -2,10 +2,10 @@
  * The record that makes a remote state visible (pure): what it says, and the strict check
  * every record read from the server goes through. Remote data is hostile input: a record
  * that is not exactly well-formed, or that names another cache than the one asked for, is
- * refused — its fields are never used as paths, and its bytes are verified after download.
+ * refused (only a prefix chain this version does not accept is dropped, as a manifest's is) — its fields are never used as paths, and its bytes are verified after download.
  */
 import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
-import { MAX_CHAIN_KEYS } from "../manifest/format.js";
+import { parseChain } from "../manifest/format.js";
 import type { RemoteCacheId, RemoteStateRecord } from "./types.js";
 
 export const RECORD_FORMAT = 1;
@@ -13,7 +13,6 @@ export const RECORD_FORMAT = 1;
 export const MAX_CHUNK_BYTES = 256 * 1024 * 1024;
 /** Largest state a record may declare: far beyond any KV cache, small enough for safe integers. */
 export const MAX_STATE_BYTES = 2 ** 44;
-const CHAIN_KEY = /^[0-9a-f]{16}$/;
 
 export interface RemoteRecord extends RemoteStateRecord {
   format: typeof RECORD_FORMAT;
@@ -90,18 +89,9 @@ export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord 
   if (!isCount(generation) || generation === 0 || !isCount(dataGeneration) || dataGeneration === 0 || dataGeneration > generation) {
     return { error: "record generation is invalid" };
   }
-  let parsedChain: string[] | null = null;
-  if (chain !== null) {
-    if (
-      !Array.isArray(chain) ||
-      chain.length > MAX_CHAIN_KEYS ||
-      chain.length > (messageCount as number) ||
-      !chain.every((k) => typeof k === "string" && CHAIN_KEY.test(k))
-    ) {
-      return { error: "record chain is invalid" };
-    }
-    parsedChain = chain as string[];
-  }
+  // As in a manifest: a chain this version does not accept only stops the state from being a
+  // prefix source; the state itself (checked by size and XXH64 on download) stays usable.
+  const parsedChain = parseChain(chain, messageCount);
   return {
     format: RECORD_FORMAT,
     id,
@@ -109,7 +99,7 @@ export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord 
     xxh64,
     messageCount,
     tokenCount: tokenCount as number | null,
-    chain: parsedChain,
+    chain: parsedChain as string[] | null,
     committedAt,
     generation,
     chunkBytes,

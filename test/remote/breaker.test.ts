@@ -92,8 +92,6 @@ describe("remote records", () => {
     ["an empty state", { size: 0, chunks: 0 }],
     ["a data generation after its own", { dataGeneration: 1_796_000_000_000_124 }],
     ["no generation", { generation: 0 }],
-    ["a chain with a path in it", { chain: ["0000000000000001", "/etc/passwd"] }],
-    ["a chain longer than its conversation", { chain: ["0000000000000001", "0000000000000002"], messageCount: 1 }],
     ["a bad checksum", { xxh64: "xyz" }],
     ["another format", { format: 2 }],
     ["a fractional size", { size: 2500.5 }],
@@ -101,6 +99,16 @@ describe("remote records", () => {
     const { id: _id, ...flat } = record;
     const text = JSON.stringify({ ...flat, ...id, ...change });
     expect(parseRecord(text, id)).toHaveProperty("error");
+  });
+
+  it.each([
+    ["a path in it", ["0000000000000001", "/etc/passwd"]],
+    ["more keys than its conversation has messages", ["0000000000000001", "0000000000000002", "0000000000000003", "0000000000000004", "0000000000000005"]],
+    ["not a list", "0000000000000001"],
+  ])("keeps a state whose chain has %s, without the chain: it only stops being a prefix source (as a manifest's)", (_what, chain) => {
+    const { id: _id, ...flat } = record;
+    const parsed = parseRecord(JSON.stringify({ ...flat, ...id, chain }), id);
+    expect(parsed).toEqual({ ...record, chain: null });
   });
 
   it("refuses text that is not a record object", () => {
