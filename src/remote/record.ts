@@ -2,7 +2,8 @@
  * The record that makes a remote state visible (pure): what it says, and the strict check
  * every record read from the server goes through. Remote data is hostile input: a record
  * that is not exactly well-formed, or that names another cache than the one asked for, is
- * refused (only a prefix chain this version does not accept is dropped, as a manifest's is) — its fields are never used as paths, and its bytes are verified after download.
+ * refused — its fields are never used as paths, and its bytes are verified after download.
+ * Only a prefix chain this version does not accept is dropped instead, as a manifest's is.
  */
 import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
 import { parseChain } from "../manifest/format.js";
