@@ -6,7 +6,7 @@
  *   own shims in src/platform/bare/ (fs, fs/promises, crypto, module) or a bare-* package
  *   with Node's API (path, os, url). A builtin without a mapping fails the build, so new
  *   Node-only code cannot reach Bare users as a runtime MODULE_NOT_FOUND;
- * - `process`, `TextEncoder` and `AbortController` (globals Bare lacks) bound to the exports
+ * - `process`, `TextEncoder`, `AbortController` and `performance` (globals Bare lacks) bound to the exports
  *   of src/platform/bare/globals.ts (esbuild `inject`) — no global is patched;
  * - the bare-* packages left external (resolved from the app's node_modules; they are
  *   kvkeep's optionalDependencies), everything else bundled.

@@ -5,11 +5,10 @@
  * read. The log is a hint (see ARCHITECTURE.md, "Retention index"): a lost or torn record
  * only makes another store's index slightly stale until its next resync.
  *
- * Appending: records are queued and written by one background flush per batch through a
- * file descriptor kept open with O_APPEND, each batch in one `write` (whole lines only, so
- * writers never interleave inside a record). A commit never waits for it. Before each
- * batch the path is stat-ed: if a compaction replaced the file (another inode), the fd is
- * reopened on the new one.
+ * Appending: records are queued and written by one background flush per batch, each batch
+ * in one O_APPEND `write` (whole lines only, so writers never interleave inside a record)
+ * through a descriptor opened for that batch (no-follow, regular files only) and closed
+ * after it — so a compaction's replacement needs no tracking. A commit never waits for it.
  *
  * Reading: `readNew` returns the complete lines after the last read offset (a trailing
  * line without its newline is left for the next read: a writer may be mid-write), or says

@@ -179,7 +179,8 @@ export interface KvCacheStore {
    * most leading messages with `query.history` — a longer one counts: an engine cuts it back
    * at the first differing token — or null. Answered from the prefix index (no directory
    * scan; other processes' commits included), so it is a hint: `borrowPrefix` re-checks it.
-   * Waits for the store's open-time walk of the root on first use.
+   * Never waits for a walk of the root: until the store's open-time walk ends, it answers from
+   * the shared index log's records.
    */
   findPrefix(query: PrefixQuery): Promise<PrefixMatch | null>;
   /**
