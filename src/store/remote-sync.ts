@@ -14,7 +14,10 @@
  *   remote state covering the longest prefix is fetched the same way into its own place
  *   under the root, then found by the local index.
  * - `afterDelete` (store.delete): queued uploads of the target are dropped and the remote
- *   copy deleted, leaving a tombstone so an upload still in flight cannot bring it back.
+ *   copy deleted, leaving a tombstone so an upload still in flight cannot bring it back. A
+ *   delete the tier cannot take now (Redis down) is retried with backoff while the store is
+ *   open, and until it succeeds nothing it covers is read back from the tier — else the
+ *   conversation the user just deleted would come back at its next turn once Redis returns.
  */
 import { constants as fsConstants, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
@@ -35,6 +38,16 @@ import { initKey } from "./layers.js";
 /** Uploads waiting at most (one per cache; the oldest is dropped past this). */
 export const DEFAULT_MAX_PENDING_UPLOADS = 64;
 
+/** First retry of a remote delete the tier could not take; doubled per failure up to the max. */
+const DELETE_RETRY_FIRST_MS = 1000;
+const DELETE_RETRY_MAX_MS = 60_000;
+
+/** Whether a delete of `target` covers the cache at `loc`. */
+function covers(target: DeleteTarget, loc: CacheLocation): boolean {
+  if ("all" in target) return true;
+  return target.kvCacheKey === loc.cacheKey && (target.modelId === undefined || target.modelId === loc.modelId);
+}
+
 interface UploadJob {
   id: RemoteCacheId;
   reservation: ReturnType<RemoteTier["reserve"]>;
@@ -52,6 +65,12 @@ export interface RemotePrefixQuery {
   exclude: ReadonlySet<string>;
 }
 
+/** Knobs for tests. @internal */
+export interface RemoteSyncInternals {
+  /** First retry of a remote delete the tier could not take (default 1 s). */
+  deleteRetryFirstMs?: number | undefined;
+}
+
 const cacheIdOf = (loc: CacheLocation, fingerprint: string | null): RemoteCacheId => ({
   modelId: loc.modelId,
   fingerprint,
@@ -63,9 +82,17 @@ export class RemoteSync {
   readonly tier: RemoteTier;
   readonly #ctx: () => StoreContext;
   readonly #uploads: WriteBehind<UploadJob>;
+  /** Deletes the tier has not taken yet, oldest first (this process only: see afterDelete). */
+  readonly #unsyncedDeletes: DeleteTarget[] = [];
+  #deleteRetry: ReturnType<typeof setTimeout> | null = null;
+  readonly #deleteRetryFirstMs: number;
+  #deleteRetryMs: number;
+  #retrying: Promise<boolean> | null = null;
+  #closing = false;
 
-  constructor(tier: RemoteTier, ctx: () => StoreContext, options: { maxPendingUploads?: number | undefined } = {}) {
+  constructor(tier: RemoteTier, ctx: () => StoreContext, options: { maxPendingUploads?: number | undefined } & RemoteSyncInternals = {}) {
     this.tier = tier;
+    this.#deleteRetryFirstMs = this.#deleteRetryMs = options.deleteRetryFirstMs ?? DELETE_RETRY_FIRST_MS;
     this.#ctx = ctx;
     this.#uploads = new WriteBehind((cachePath, job) => this.#upload(cachePath, job), {
       maxPending: options.maxPendingUploads ?? DEFAULT_MAX_PENDING_UPLOADS,
@@ -134,6 +161,7 @@ export class RemoteSync {
 
   /** Whether the tier has the state of `loc` (a cheap look before taking a lock for it). */
   has(loc: CacheLocation, fingerprint: string | null): Promise<boolean> {
+    if (this.#deletePending(loc)) return Promise.resolve(false);
     return this.tier.has(cacheIdOf(loc, fingerprint)).catch(() => false);
   }
 
@@ -144,6 +172,7 @@ export class RemoteSync {
    */
   async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null> {
     const ctx = this.#ctx();
+    if (this.#deletePending(loc)) return null;
     const temp = ownTempPath(cachePath);
     try {
       const got = await this.tier.fetchTo(cacheIdOf(loc, fingerprint), temp);
@@ -196,6 +225,7 @@ export class RemoteSync {
       .catch(() => null);
     if (!hit) return false;
     const loc: CacheLocation = { cacheKey: hit.cacheKey, modelId: query.modelId, configHash: query.configHash };
+    if (this.#deletePending(loc)) return false;
     const cachePath = cachePathOf(ctx.root, loc);
     if (query.exclude.has(cachePath) || (await statIdentity(cachePath).catch(() => null))) return false;
     ctx.layers.refDir(cachePath);
@@ -219,7 +249,10 @@ export class RemoteSync {
 
   /**
    * After `store.delete`: drop waiting uploads it covers and delete the remote copies (a
-   * tombstone refuses uploads ordered before it). A tier that cannot be reached is logged.
+   * tombstone refuses uploads ordered before it). A delete the tier cannot take is kept and
+   * retried in the background (1 s, doubling to 60 s) while the store is open; meanwhile this
+   * store never reads what it covers back from the tier. Other machines may still resume it
+   * until a retry succeeds; a store closed first says so (`kvkeep rm --remote` finishes it).
    */
   async afterDelete(target: DeleteTarget): Promise<void> {
     const ctx = this.#ctx();
@@ -229,22 +262,93 @@ export class RemoteSync {
       const dir = path.join(ctx.root, target.kvCacheKey, target.modelId ?? "");
       this.#uploads.cancel((cachePath) => isWithin(dir, cachePath));
     }
+    if (this.#unsyncedDeletes.length > 0) {
+      // Keep the order: a retry must not take this one before the earlier ones.
+      this.#keepUnsynced(target);
+      return;
+    }
+    const failed = await this.#remove(target);
+    if (failed === null) return;
+    this.#keepUnsynced(target);
+    ctx.logger.warn(
+      logLine("the remote copy could not be deleted yet; retrying in the background, and this store will not read it back meanwhile", {
+        target: describeTarget(target),
+        reason: failed,
+      }),
+    );
+  }
+
+  /** Null when the tier took the delete, else why not. */
+  async #remove(target: DeleteTarget): Promise<string | null> {
     const removed = await this.tier
       .remove("all" in target ? { all: true } : { cacheKey: target.kvCacheKey, modelId: target.modelId })
       .catch((error: unknown) => ({ ok: false as const, reason: String(error) }));
-    if (!removed.ok) {
-      ctx.logger.warn(
-        logLine("the remote copy could not be deleted; other machines may still resume it (retry with kvkeep rm --remote)", {
-          target: "all" in target ? "all" : target.kvCacheKey,
-          reason: removed.reason,
-        }),
-      );
+    return removed.ok ? null : removed.reason;
+  }
+
+  #deletePending(loc: CacheLocation): boolean {
+    return this.#unsyncedDeletes.some((target) => covers(target, loc));
+  }
+
+  #keepUnsynced(target: DeleteTarget): void {
+    if ("all" in target) this.#unsyncedDeletes.length = 0; // everything covers every earlier one
+    this.#unsyncedDeletes.push(target);
+    this.#scheduleDeleteRetry();
+  }
+
+  #scheduleDeleteRetry(): void {
+    if (this.#deleteRetry || this.#closing) return;
+    this.#deleteRetry = setTimeout(() => {
+      this.#deleteRetry = null;
+      void this.#retryDeletes();
+    }, this.#deleteRetryMs);
+    // A pending retry alone must not keep the process alive.
+    (this.#deleteRetry as { unref?: () => void }).unref?.();
+  }
+
+  /** Retry the unsynced deletes in order (one retry at a time); true when none is left. */
+  #retryDeletes(): Promise<boolean> {
+    this.#retrying ??= this.#retryInOrder().finally(() => (this.#retrying = null));
+    return this.#retrying;
+  }
+
+  async #retryInOrder(): Promise<boolean> {
+    while (this.#unsyncedDeletes.length > 0) {
+      const target = this.#unsyncedDeletes[0]!;
+      const failed = await this.#remove(target);
+      if (failed !== null) {
+        this.#deleteRetryMs = Math.min(this.#deleteRetryMs * 2, Math.max(DELETE_RETRY_MAX_MS, this.#deleteRetryFirstMs));
+        this.#logger.debug(logLine("remote delete retry failed", { target: describeTarget(target), reason: failed, nextMs: this.#deleteRetryMs }));
+        this.#scheduleDeleteRetry();
+        return false;
+      }
+      // A delete kept meanwhile may have changed the list (`all` replaces it): by identity.
+      const at = this.#unsyncedDeletes.indexOf(target);
+      if (at >= 0) this.#unsyncedDeletes.splice(at, 1);
+      this.#logger.info(logLine("a remote copy that could not be deleted earlier is deleted now", { target: describeTarget(target) }));
     }
+    this.#deleteRetryMs = this.#deleteRetryFirstMs;
+    return true;
   }
 
   /** Finish the uploads queued so far, then close the tier. */
   async close(): Promise<void> {
+    this.#closing = true;
+    if (this.#deleteRetry) clearTimeout(this.#deleteRetry);
+    this.#deleteRetry = null;
     await this.#uploads.drain();
+    await this.#retrying;
+    if (this.#unsyncedDeletes.length > 0 && !(await this.#retryDeletes())) {
+      this.#logger.warn(
+        logLine("closing with remote copies still not deleted; other machines may resume them (run kvkeep rm --remote)", {
+          targets: this.#unsyncedDeletes.map(describeTarget),
+        }),
+      );
+    }
     await this.tier.close();
   }
+}
+
+function describeTarget(target: DeleteTarget): string {
+  return "all" in target ? "all" : target.modelId === undefined ? target.kvCacheKey : `${target.kvCacheKey} (${target.modelId})`;
 }

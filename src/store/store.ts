@@ -34,7 +34,7 @@ import type { StoreContext } from "./context.js";
 import { initKey, StoreLayers, type TrustedCache } from "./layers.js";
 import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
-import { RemoteSync } from "./remote-sync.js";
+import { RemoteSync, type RemoteSyncInternals } from "./remote-sync.js";
 import type { RemoteTier } from "../remote/types.js";
 import { listKeyDirs, scanKeyDir } from "./scan.js";
 import { didYouMean } from "../suggest.js";
@@ -95,6 +95,7 @@ export interface KvCacheStoreOptions {
 /** Options for tests and benchmarks; not part of the public API. @internal */
 export interface InternalStoreOptions {
   retentionInternals?: RetentionInternals | undefined;
+  remoteInternals?: RemoteSyncInternals | undefined;
 }
 
 /**
@@ -113,6 +114,7 @@ const KNOWN_STORE_OPTIONS: Record<keyof (KvCacheStoreOptions & InternalStoreOpti
   remote: true,
   maxPendingUploads: true,
   retentionInternals: true,
+  remoteInternals: true,
 };
 
 /** A misspelled option (`maxByte`) would otherwise be ignored silently and its default used. */
@@ -126,7 +128,7 @@ function assertKnownStoreOptions(options: unknown): void {
     if (!Object.hasOwn(KNOWN_STORE_OPTIONS, name)) {
       throw new KvKeepError(
         "INVALID_ARGUMENT",
-        `unknown store option ${JSON.stringify(name)}${didYouMean(name, known)}; the options are ${known.filter((k) => k !== "retentionInternals").join(", ")}.`,
+        `unknown store option ${JSON.stringify(name)}${didYouMean(name, known)}; the options are ${known.filter((k) => k !== "retentionInternals" && k !== "remoteInternals").join(", ")}.`,
         { argument: name },
       );
     }
@@ -300,7 +302,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
         }
       },
       retention,
-      remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads }),
+      remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads, ...options.remoteInternals }),
     };
     remote?.setLogger(logger);
     // One walk of the root at open: recovery, and the retention index built from it.

@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
-import { scopeTag } from "../../src/remote/redis/keys.js";
+import { keyTag, scopeTag } from "../../src/remote/redis/keys.js";
 import { parseRecord } from "../../src/remote/record.js";
-import type { KvCacheStore } from "../../src/store/store.js";
+import type { InternalStoreOptions, KvCacheStore } from "../../src/store/store.js";
 import {
   assistant,
   commitAutoConversation,
@@ -40,12 +40,13 @@ afterAll(async () => {
 /** Two machines: stores on two roots, sharing one Redis under one tenant prefix per test. */
 function machines(options: { logger?: ReturnType<typeof recordingLogger>; maxPendingUploads?: number; timeoutMs?: number } = {}) {
   const keyPrefix = `kvkeep:t${++tenant}:`;
-  const open = (): KvCacheStore =>
+  const open = (internals: InternalStoreOptions = {}): KvCacheStore =>
     openKvCacheStore({
       root: tempDir(),
       logger: options.logger,
       maxPendingUploads: options.maxPendingUploads,
       remote: createRedisTier({ url: server.url, keyPrefix, chunkBytes: 4096, timeoutMs: options.timeoutMs ?? TEST_TIMEOUT_MS }),
+      ...internals,
     });
   return { open, keyPrefix };
 }
@@ -143,6 +144,70 @@ describe("store with a Redis tier", () => {
     await a2.delete({ kvCacheKey: "to-forget" });
     await expectMiss(b, "to-forget");
     await Promise.all([a2.close(), b.close()]);
+  });
+
+  it("a delete while Redis is down is not undone when Redis comes back with the state: the delete is retried, and no machine resumes it", async () => {
+    const logger = recordingLogger();
+    const { open, keyPrefix } = machines({ logger, timeoutMs: 200 }); // the default deadline: a delete gives up within 1 s
+    const a = open();
+    await commitNamedConversation(session(a), "forget-offline", conversation("forget", 2));
+    await a.close(); // uploaded
+    // Its record and chunks (a delete leaves only its tombstone).
+    const remoteKeys = async (): Promise<string> => server.cli("--scan", "--pattern", `${keyPrefix}{${keyTag("forget-offline")}}:[hd]*`);
+    expect(await remoteKeys()).not.toBe("");
+    await server.cli("SAVE"); // Redis will come back with the state (a restart from its snapshot)
+
+    const a2 = open();
+    await server.kill();
+    try {
+      await a2.delete({ kvCacheKey: "forget-offline" });
+      expect(logger.lines.some((l) => l.level === "warn" && l.line.includes("could not be deleted yet"))).toBe(true);
+    } finally {
+      await server.restart();
+    }
+    expect(await remoteKeys()).not.toBe(""); // back from the snapshot
+    // The retry (1 s, then doubling) takes the delete once the breaker lets it through.
+    const deadline = Date.now() + 20_000;
+    while ((await remoteKeys()) !== "" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await remoteKeys()).toBe("");
+    const b = open();
+    await expectMiss(a2, "forget-offline");
+    await expectMiss(b, "forget-offline");
+    await Promise.all([a2.close(), b.close()]);
+  });
+
+  it("until its delete reaches Redis, a store never reads the deleted conversation back, though Redis serves it again; close() takes the delete", async () => {
+    const logger = recordingLogger();
+    const { open, keyPrefix } = machines({ logger, timeoutMs: 200 });
+    const a = open();
+    await commitNamedConversation(session(a), "forget-offline", conversation("forget", 2));
+    const probe = conversation("probe", 2);
+    await commitAutoConversation(session(a), probe);
+    await a.close();
+    await server.cli("SAVE");
+    const remoteKeys = async (): Promise<string> => server.cli("--scan", "--pattern", `${keyPrefix}{${keyTag("forget-offline")}}:[hd]*`);
+
+    const a2 = open({ remoteInternals: { deleteRetryFirstMs: 600_000 } }); // no retry during the test
+    await server.kill();
+    try {
+      await a2.delete({ kvCacheKey: "forget-offline" });
+    } finally {
+      await server.restart();
+    }
+    // Wait until Redis serves this store again: another conversation's prefix comes through.
+    const query = { modelId: MODEL, fingerprint: FINGERPRINT, configHash, history: [...probe.slice(0, 3), user("other")] };
+    const deadline = Date.now() + 20_000;
+    while (!(await a2.findPrefix(query)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await a2.findPrefix(query)).not.toBeNull();
+    expect(await remoteKeys()).not.toBe(""); // Redis has the deleted state again…
+    await expectMiss(a2, "forget-offline"); // …and this store does not take it
+
+    await a2.close(); // its last retry
+    expect(await remoteKeys()).toBe("");
+    expect(logger.lines.some((l) => l.line.includes("closing with remote copies still not deleted"))).toBe(false);
+    const b = open();
+    await expectMiss(b, "forget-offline");
+    await b.close();
   });
 
   it("a turn never waits for its upload: commits resolve while Redis is stalled", async () => {
