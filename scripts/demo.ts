@@ -112,8 +112,10 @@ async function main(): Promise<void> {
   console.log(`   ${modelPath}  (${ms(performance.now() - started)})\n`);
 
   const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-demo-"));
+  // KVKEEP_DEMO_KEEP=1 leaves the root for a look with the CLI (npx kvkeep --root DIR scan).
+  const keep = process.env.KVKEEP_DEMO_KEEP === "1";
   try {
-    console.log(`2. a conversation, cached by kvkeep under ${root}`);
+    console.log(`2. a conversation, cached by kvkeep under ${root}${keep ? "" : " (removed at the end; KVKEEP_DEMO_KEEP=1 keeps it)"}`);
     const { adapter, store } = await adapterFor(modelPath, root);
     let history: CacheMessage[] = [{ role: "system", content: SYSTEM }];
     for (const user of USER_TURNS.slice(0, -1)) {
@@ -154,8 +156,9 @@ async function main(): Promise<void> {
     console.log(`\n   with kvkeep / cold time to first token: ${newRatio.toFixed(3)}  (${(1 / newRatio).toFixed(1)}× faster: the system prompt came from the other chat)`);
     console.log(`   the two replies agree on their first ${agreement(newCold.text, newWarm.text)} characters (greedy decoding)`);
     console.log(`\ndone in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    if (keep) console.log(`the caches are kept: npx kvkeep --root ${root} scan`);
   } finally {
-    rmSync(root, { recursive: true, force: true });
+    if (!keep) rmSync(root, { recursive: true, force: true });
   }
 }
 

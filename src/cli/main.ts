@@ -70,7 +70,10 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
       json,
       options: values,
       positionals: parsed.positionals,
-      print: (value, human) => io.stdout.write(`${json ? JSON.stringify(value, null, 2) : lines(human())}\n`),
+      print: (value, human) => {
+        const text = json ? JSON.stringify(value, null, 2) : lines(human());
+        if (text !== "") io.stdout.write(`${text}\n`); // nothing to say is no output, not a blank line
+      },
       note: (line) => {
         if (!json) io.stderr.write(`${line}\n`);
       },

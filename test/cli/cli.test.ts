@@ -172,6 +172,9 @@ describe("kvkeep rm", () => {
     expect(missingModel.code).toBe(1);
     expect(jsonError(missingModel)).toMatchObject({ code: "NOT_FOUND", exitCode: 1 });
     expect(await cacheFiles(root)).toHaveLength(2);
+    // Only absent keys: the error line alone (no empty result printed before it).
+    const onlyMissing = await kvkeep(["rm", "chat-9", "--root", root]);
+    expect(onlyMissing).toMatchObject({ code: 1, stdout: "" });
   });
 
   it("rm --all refuses without --yes when stdin is not a terminal, and removes everything with it", async () => {
