@@ -277,13 +277,15 @@ export class Retention implements RetentionHooks {
 
   /**
    * A cache the index lists was found gone from the disk outside kvkeep (removed by hand, a
-   * lost record). Dropped from this process's index only, and only as it was seen — no log
+   * lost record). Dropped from this process's index only, and only as it was seen before the
+   * disk was looked at (`seenLastUsedMs`: the entry's last use then) — no log
    * record: another process may be committing that key again right now, and its newer
    * `put` must win everywhere.
    */
-  forgetVanished(cachePath: string): void {
-    const seen = this.index.get(cachePath);
-    if (seen) this.index.remove(cachePath, seen.lastUsedMs);
+  forgetVanished(cachePath: string, seenLastUsedMs: number | undefined): void {
+    const now = this.index.get(cachePath);
+    // A commit of that key in this process since the look (a newer entry) is not touched.
+    if (now && seenLastUsedMs !== undefined && now.lastUsedMs === seenLastUsedMs) this.index.remove(cachePath, seenLastUsedMs);
   }
 
   /** After a successful commit: start a background sweep when the last one started `sweepIntervalMs` ago or more. */

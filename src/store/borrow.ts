@@ -169,8 +169,9 @@ async function lendOne<T>(
     return null;
   };
   // Without this, a state removed outside kvkeep stays a candidate (one stat per turn) until the next resync.
+  const seenLastUsedMs = retention.index.get(cachePath)?.lastUsedMs;
   const vanished = (): null => {
-    retention.forgetVanished(cachePath);
+    retention.forgetVanished(cachePath, seenLastUsedMs);
     return skip("file gone");
   };
   let lease: Lease | null = null;
@@ -186,7 +187,9 @@ async function lendOne<T>(
 
   const holdAndCheck = async (): Promise<BorrowedCache | null> => {
     // Never through a symlink, never creating directories for a cache that is gone.
-    if (!(await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch(() => false))) return vanished();
+    const dirs = await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch((error: unknown) => error as Error);
+    if (dirs instanceof Error) return skip(`its directory cannot be used: ${dirs.message}`);
+    if (!dirs) return vanished();
     if (!(await statIdentity(cachePath))) return vanished();
     lease = ctx.locks.tryAcquire(cachePath);
     if (!lease) return skip("held by a turn or another process");

@@ -16,8 +16,9 @@
  * - `afterDelete` (store.delete): queued uploads of the target are dropped and the remote
  *   copy deleted, leaving a tombstone so an upload still in flight cannot bring it back. A
  *   delete the tier cannot take now (Redis down) is retried with backoff while the store is
- *   open, and until it succeeds nothing it covers is read back from the tier — else the
- *   conversation the user just deleted would come back at its next turn once Redis returns.
+ *   open; until it succeeds nothing it covers is read back from the tier — else the
+ *   conversation the user just deleted would come back at its next turn once Redis returns —
+ *   and new commits it covers are uploaded only after it (its late tombstone would remove them).
  */
 import { constants as fsConstants, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
@@ -82,8 +83,10 @@ export class RemoteSync {
   readonly tier: RemoteTier;
   readonly #ctx: () => StoreContext;
   readonly #uploads: WriteBehind<UploadJob>;
-  /** Deletes the tier has not taken yet, oldest first (this process only: see afterDelete). */
+  /** Deletes the tier has not taken yet, oldest first (this store only: see afterDelete). */
   readonly #unsyncedDeletes: DeleteTarget[] = [];
+  /** Commits a pending delete covers: uploaded once it is taken (see afterCommit). */
+  readonly #deferredUploads = new Map<string, string | null>();
   #deleteRetry: ReturnType<typeof setTimeout> | null = null;
   readonly #deleteRetryFirstMs: number;
   #deleteRetryMs: number;
@@ -113,6 +116,12 @@ export class RemoteSync {
   afterCommit(cachePath: string, fingerprint: string | null): void {
     const loc = parseCachePath(this.#ctx().root, cachePath);
     if (!loc) return;
+    if (this.#deletePending(loc)) {
+      // A delete the tier has not taken yet takes its generation when it finally goes
+      // through, and would remove this commit's upload too: upload after it instead.
+      this.#deferredUploads.set(cachePath, fingerprint);
+      return;
+    }
     const id = cacheIdOf(loc, fingerprint);
     // The generation is asked for now, so the fleet orders this commit by when it happened.
     const reservation = this.tier.reserve(id).catch(() => ({ ok: false, reason: "unavailable" }) as const);
@@ -249,34 +258,42 @@ export class RemoteSync {
 
   /**
    * After `store.delete`: drop waiting uploads it covers and delete the remote copies (a
-   * tombstone refuses uploads ordered before it). A delete the tier cannot take is kept and
-   * retried in the background (1 s, doubling to 60 s) while the store is open; meanwhile this
-   * store never reads what it covers back from the tier. Other machines may still resume it
-   * until a retry succeeds; a store closed first says so (`kvkeep rm --remote` finishes it).
+   * tombstone refuses uploads ordered before it). The target is kept as pending before the
+   * first attempt, and stays so until the tier takes it — retried in the background (1 s,
+   * doubling to 60 s) while the store is open, and once more at close. While it is pending,
+   * this store never reads what it covers back from the tier (Redis may come back from a
+   * snapshot holding it) and uploads its new commits of it only after the delete went through.
+   * Other stores and machines may still resume it until then; a store closed first says so
+   * (`kvkeep rm --remote` finishes it).
    */
   async afterDelete(target: DeleteTarget): Promise<void> {
     const ctx = this.#ctx();
     if ("all" in target) {
       this.#uploads.cancel(() => true);
+      this.#deferredUploads.clear();
     } else {
       const dir = path.join(ctx.root, target.kvCacheKey, target.modelId ?? "");
       this.#uploads.cancel((cachePath) => isWithin(dir, cachePath));
+      for (const cachePath of this.#deferredUploads.keys()) if (isWithin(dir, cachePath)) this.#deferredUploads.delete(cachePath);
     }
-    if (this.#unsyncedDeletes.length > 0) {
-      // Keep the order: a retry must not take this one before the earlier ones.
-      this.#keepUnsynced(target);
-      return;
-    }
-    const failed = await this.#remove(target);
-    if (failed === null) return;
-    this.#keepUnsynced(target);
+    // A copy: the caller may reuse its object.
+    const kept: DeleteTarget = "all" in target ? { all: true } : { kvCacheKey: target.kvCacheKey, modelId: target.modelId };
+    if ("all" in kept) this.#unsyncedDeletes.length = 0; // everything covers every earlier one
+    this.#unsyncedDeletes.push(kept);
+    if (await this.#retryDeletes()) return;
+    if (!this.#unsyncedDeletes.includes(kept)) return; // taken; an earlier one is what failed
     ctx.logger.warn(
-      logLine("the remote copy could not be deleted yet; retrying in the background, and this store will not read it back meanwhile", {
-        target: describeTarget(target),
-        reason: failed,
-      }),
+      logLine(
+        this.#closing
+          ? "the remote copy could not be deleted, and the store is closing; other machines may resume it (run kvkeep rm --remote)"
+          : "the remote copy could not be deleted yet; retrying in the background, and this store will not read it back meanwhile",
+        { target: describeTarget(kept), reason: this.#lastDeleteFailure },
+      ),
     );
   }
+
+  #lastDeleteFailure = "";
+  readonly #failedDeletes = new WeakSet<DeleteTarget>();
 
   /** Null when the tier took the delete, else why not. */
   async #remove(target: DeleteTarget): Promise<string | null> {
@@ -290,12 +307,6 @@ export class RemoteSync {
     return this.#unsyncedDeletes.some((target) => covers(target, loc));
   }
 
-  #keepUnsynced(target: DeleteTarget): void {
-    if ("all" in target) this.#unsyncedDeletes.length = 0; // everything covers every earlier one
-    this.#unsyncedDeletes.push(target);
-    this.#scheduleDeleteRetry();
-  }
-
   #scheduleDeleteRetry(): void {
     if (this.#deleteRetry || this.#closing) return;
     this.#deleteRetry = setTimeout(() => {
@@ -306,7 +317,10 @@ export class RemoteSync {
     (this.#deleteRetry as { unref?: () => void }).unref?.();
   }
 
-  /** Retry the unsynced deletes in order (one retry at a time); true when none is left. */
+  /**
+   * Send the pending deletes in order, one sender at a time (a delete kept while one runs is
+   * taken by the same run); true when none is left. On a failure the rest wait for the timer.
+   */
   #retryDeletes(): Promise<boolean> {
     this.#retrying ??= this.#retryInOrder().finally(() => (this.#retrying = null));
     return this.#retrying;
@@ -317,26 +331,42 @@ export class RemoteSync {
       const target = this.#unsyncedDeletes[0]!;
       const failed = await this.#remove(target);
       if (failed !== null) {
+        this.#lastDeleteFailure = failed;
+        this.#failedDeletes.add(target);
         this.#deleteRetryMs = Math.min(this.#deleteRetryMs * 2, Math.max(DELETE_RETRY_MAX_MS, this.#deleteRetryFirstMs));
-        this.#logger.debug(logLine("remote delete retry failed", { target: describeTarget(target), reason: failed, nextMs: this.#deleteRetryMs }));
+        this.#logger.debug(logLine("remote delete failed", { target: describeTarget(target), reason: failed, nextMs: this.#deleteRetryMs }));
         this.#scheduleDeleteRetry();
         return false;
       }
       // A delete kept meanwhile may have changed the list (`all` replaces it): by identity.
       const at = this.#unsyncedDeletes.indexOf(target);
       if (at >= 0) this.#unsyncedDeletes.splice(at, 1);
-      this.#logger.info(logLine("a remote copy that could not be deleted earlier is deleted now", { target: describeTarget(target) }));
+      if (this.#failedDeletes.has(target)) {
+        this.#logger.info(logLine("a remote copy that could not be deleted earlier is deleted now", { target: describeTarget(target) }));
+      }
     }
     this.#deleteRetryMs = this.#deleteRetryFirstMs;
+    this.#releaseDeferredUploads();
     return true;
   }
 
-  /** Finish the uploads queued so far, then close the tier. */
+  /** Queue the uploads deferred behind deletes that are no longer pending. */
+  #releaseDeferredUploads(): void {
+    const root = this.#ctx().root;
+    for (const [cachePath, fingerprint] of this.#deferredUploads) {
+      const loc = parseCachePath(root, cachePath);
+      if (loc && this.#deletePending(loc)) continue;
+      this.#deferredUploads.delete(cachePath);
+      this.afterCommit(cachePath, fingerprint);
+    }
+  }
+
+  /** Send the pending deletes once more, finish the uploads queued so far, then close the tier. */
   async close(): Promise<void> {
     this.#closing = true;
     if (this.#deleteRetry) clearTimeout(this.#deleteRetry);
     this.#deleteRetry = null;
-    await this.#uploads.drain();
+    // Deletes first: an upload a pending delete covers is sent only after it (or never).
     await this.#retrying;
     if (this.#unsyncedDeletes.length > 0 && !(await this.#retryDeletes())) {
       this.#logger.warn(
@@ -345,6 +375,8 @@ export class RemoteSync {
         }),
       );
     }
+    this.#deferredUploads.clear();
+    await this.#uploads.drain();
     await this.tier.close();
   }
 }

@@ -210,6 +210,56 @@ describe("store with a Redis tier", () => {
     await b.close();
   });
 
+  it("a conversation continued after a delete Redis could not take is uploaded after that delete goes through, never removed by it", async () => {
+    const { open, keyPrefix } = machines({ timeoutMs: 200 });
+    const a = open();
+    await commitNamedConversation(session(a), "chat-1", conversation("old", 1)); // connects, uploads
+    await server.kill();
+    try {
+      await a.delete({ kvCacheKey: "chat-1" });
+    } finally {
+      await server.restart(); // empty: nothing to resurrect here; the point is the new commit
+    }
+    const continued = conversation("new", 2);
+    const bytes = await fs.readFile(await commitNamedConversation(session(a), "chat-1", continued));
+    // The retry lands (a tombstone), and only then the new state is uploaded (a record).
+    const has = async (what: string): Promise<boolean> => (await server.cli("EXISTS", `${keyPrefix}{${keyTag("chat-1")}}:${what}`)) === "1";
+    const deadline = Date.now() + 20_000;
+    while (!((await has("tombs")) && (await has("heads"))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await a.close();
+    const b = open();
+    const turn = await session(b).beginTurn({ kind: "custom", customKey: "chat-1", configHash, primeIfMissing: primeNever });
+    expect(turn.savedCount).toBe(continued.length);
+    expect((await fs.readFile(turn.cachePath)).equals(bytes)).toBe(true);
+    await session(b).rollback(turn);
+    await b.close();
+  });
+
+  it("a delete made once Redis is back is sent at once, with the earlier one still pending, not after the backoff", async () => {
+    const { open, keyPrefix } = machines({ timeoutMs: 200 });
+    const a = open();
+    await commitNamedConversation(session(a), "first", conversation("first", 1));
+    await commitNamedConversation(session(a), "second", conversation("second", 1));
+    await a.close();
+    await server.cli("SAVE");
+    const a2 = open({ remoteInternals: { deleteRetryFirstMs: 600_000 } });
+    await server.kill();
+    try {
+      await a2.delete({ kvCacheKey: "first" });
+    } finally {
+      await server.restart();
+    }
+    const keysOf = (key: string): Promise<string> => server.cli("--scan", "--pattern", `${keyPrefix}{${keyTag(key)}}:[hd]*`);
+    expect(await keysOf("second")).not.toBe("");
+    // The breaker may still be open for a moment after the outage: the delete is retried until it lands.
+    const deadline = Date.now() + 20_000;
+    do await a2.delete({ kvCacheKey: "second" });
+    while ((await keysOf("second")) !== "" && Date.now() < deadline);
+    expect(await keysOf("second")).toBe("");
+    expect(await keysOf("first")).toBe(""); // taken by the same run, in order
+    await a2.close();
+  });
+
   it("a turn never waits for its upload: commits resolve while Redis is stalled", async () => {
     const { open } = machines({ maxPendingUploads: 2, timeoutMs: 100 });
     const a = open();
