@@ -16,7 +16,10 @@ async function probe(job: Record<string, unknown>): Promise<{ status: number | s
 
 describe.skipIf(!bareAvailable())("@qvac/llm-llamacpp 0.53.0 under Bare", () => {
   beforeAll(async () => {
-    endless = await ensureModel("tiny"); // eogBias 0: replies run to the token budget
+    // The end-of-turn token banned (as the fixture bans non-text bytes): replies run to the
+    // token budget, so a cancel always lands first. With eogBias 0 it is an ordinary token,
+    // and under load a reply could end on it before the cancel was processed.
+    endless = await ensureModel("tiny", undefined, { eogBias: -30 });
   });
 
   it("takes load-time config values as strings only", async () => {
