@@ -1,12 +1,13 @@
 /**
- * Facts about @qvac/llm-llamacpp 0.53.0 that kvkeep/qvac is built on (test/fixtures/QVAC-FACTS.md),
+ * `npm run facts` only (never `npm test`: they pin the addon, not kvkeep; the cancel probe
+ * also depends on timing). Facts about @qvac/llm-llamacpp 0.53.0 that kvkeep/qvac is built on (test/fixtures/QVAC-FACTS.md),
  * probed on the real addon under the real `bare` binary with no kvkeep involved. If one of
  * these changes with a new addon version, the adapter's design must be revisited.
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { ensureModel } from "../fixtures/gguf/models.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, runBare } from "./helpers.js";
+import { bareAvailable, runBare } from "../bare/helpers.js";
 
 let endless = "";
 
