@@ -10,7 +10,7 @@ import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ensureModel } from "../fixtures/gguf/models.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, runBare } from "./helpers.js";
+import { bareRuntimes, onBare, type BareRunner } from "./helpers.js";
 
 type Message = { role: string; content: string };
 interface TurnLine {
@@ -38,8 +38,13 @@ interface Turn {
 }
 
 /** One Bare process running `turns` in order; resolves to its per-turn lines. */
-async function bare(root: string, turns: Turn[], options: { model?: string; logWarnings?: boolean } = {}): Promise<TurnLine[]> {
-  const result = await runBare("qvac-worker.mjs", {
+async function runTurns(
+  runner: BareRunner,
+  root: string,
+  turns: Turn[],
+  options: { model?: string; logWarnings?: boolean } = {},
+): Promise<TurnLine[]> {
+  const result = await runner.runBare("qvac-worker.mjs", {
     model: options.model ?? chatty,
     root,
     modelId: "tiny",
@@ -77,7 +82,11 @@ function strayFiles(root: string): string[] {
   return out;
 }
 
-describe.skipIf(!bareAvailable())("kvkeep/qvac on Bare with @qvac/llm-llamacpp 0.53.0", () => {
+describe.each(bareRuntimes())("kvkeep/qvac on Bare $version with @qvac/llm-llamacpp 0.53.0", (runtime) => {
+  const runner = onBare(runtime);
+  const bare = (root: string, turns: Turn[], options?: { model?: string; logWarnings?: boolean }): Promise<TurnLine[]> =>
+    runTurns(runner, root, turns, options);
+
   beforeAll(async () => {
     chatty = await ensureModel("tiny", undefined, { eogBias: 1 });
     foreign = await ensureModel("tiny", undefined, { eogBias: 1, seed: 2 });

@@ -7,15 +7,15 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { ensureModel } from "../fixtures/gguf/models.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, runBare } from "../bare/helpers.js";
+import { bareRuntimes, onBare } from "../bare/helpers.js";
 
 let endless = "";
 
-async function probe(job: Record<string, unknown>): Promise<{ status: number | string; lines: Array<Record<string, unknown>>; stderr: string }> {
-  return runBare("addon-probe.mjs", { model: endless, dir: tempDir(), ...job });
-}
+describe.each(bareRuntimes())("@qvac/llm-llamacpp 0.53.0 under Bare $version", (runtime) => {
+  const { runBare } = onBare(runtime);
+  const probe = (job: Record<string, unknown>): Promise<{ status: number | string; lines: Array<Record<string, unknown>>; stderr: string }> =>
+    runBare("addon-probe.mjs", { model: endless, dir: tempDir(), ...job });
 
-describe.skipIf(!bareAvailable())("@qvac/llm-llamacpp 0.53.0 under Bare", () => {
   beforeAll(async () => {
     // The end-of-turn token banned (as the fixture bans non-text bytes): replies run to the
     // token budget, so a cancel always lands first. With eogBias 0 it is an ordinary token,
