@@ -7,14 +7,15 @@
  *      npm clones, installs dev dependencies, runs `prepare`, packs).
  * Each app then imports kvkeep, commits a turn, and runs the `kvkeep` binary. The local-path
  * app also type-checks the README's node-llama-cpp snippet against its own node-llama-cpp,
- * and installs again (a no-op for the checkout's dist/).
+ * and installs again (a no-op for the checkout's dist/); the git app builds the addon with
+ * the command the fallback warning gives.
  * The checkout is a `git clone` of this repository's HEAD: uncommitted changes are not in it.
  * Offline: npm's cache has the locked tarballs but not the registry's metadata, which a
  * new dependency range needs; so xxhash-wasm (kvkeep's one dependency) is handed to the
  * apps as a tarball too, packed from the checkout's node_modules.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -206,5 +207,21 @@ describe("installing kvkeep as the README says", () => {
     expect(result.backend).toBe("js-fallback"); // no compiler step ran: the documented fallback
     expect(result.stderr.match(/\[KVKEEP_NATIVE_FALLBACK\]/g)).toHaveLength(1);
     expect(result.version).toBe(version);
-  }, 15 * MINUTES);
+
+    // The warning's command, run as typed in the app. Its first half installs cmake-js and
+    // node-addon-api from the registry; offline, the app gets the checkout's (linked: their
+    // own dependencies resolve from there).
+    const command = /`npm install --save-dev cmake-js node-addon-api && (node \S+ --build)`/.exec(result.stderr)?.[1];
+    expect(command, result.stderr).toBe("node node_modules/kvkeep/scripts/install.mjs --build");
+    for (const tool of ["cmake-js", "node-addon-api", "node-api-headers"]) {
+      symlinkSync(path.join(checkout, "node_modules", tool), path.join(dir, "node_modules", tool));
+    }
+    const env = { ...process.env };
+    delete env.KVKEEP_NO_NATIVE;
+    const build = spawnSync(process.execPath, command!.split(" ").slice(1), { cwd: dir, env, encoding: "utf8", timeout: 10 * MINUTES });
+    expect(build.status, build.stdout + build.stderr).toBe(0);
+    const after = tryApp(dir);
+    expect(after.backend).toBe("local-build");
+    expect(after.stderr).toBe("");
+  }, 20 * MINUTES);
 });
