@@ -30,6 +30,8 @@ export type KvKeepErrorCode =
   | "REMOTE_UNAVAILABLE"
   // Native addon.
   | "NATIVE_UNAVAILABLE"
+  // A runtime kvkeep cannot run on (its Bare build on a Bare older than it supports).
+  | "RUNTIME_UNSUPPORTED"
   // An engine kvkeep cannot drive (kvkeep/qvac: not @qvac/llm-llamacpp 0.53.0).
   | "ENGINE_UNSUPPORTED";
 

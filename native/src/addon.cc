@@ -15,7 +15,9 @@ namespace {
 // function later.
 // 2: identity, readFileBounded; Lock(path, exclusive, under?) opens without following
 //    symlinks; every file read refuses symlinks and anything but a regular file.
-constexpr int kKvkeepNativeAbi = 2;
+// 3: readFileBounded's bytes reach Bare < 1.33 intact (a binary of ABI 2 hands Bare 1.31
+//    zeros, see safeio.cc): refusing it turns that silent failure into a rebuild message.
+constexpr int kKvkeepNativeAbi = 3;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abi", Napi::Number::New(env, kKvkeepNativeAbi));

@@ -1,9 +1,13 @@
 /** `kvkeep serve`'s flags: strict parsing (node's `util.parseArgs`) and checks. Pure. */
 import os from "node:os";
 import { parseArgs } from "node:util";
+import { didYouMean } from "../suggest.js";
 
 export interface ServeOptions {
+  /** What --model gave: a GGUF file path, an `hf:` URI or a URL (model-source.ts resolves it). */
   modelPath: string;
+  /** Where hf: URIs and URLs are downloaded to; null = node-llama-cpp's default (~/.node-llama-cpp/models). */
+  modelsDir: string | null;
   host: string;
   port: number;
   /** Context size of each sequence; null = the model's training context, at most 4096. */
@@ -23,15 +27,19 @@ export interface ServeOptions {
   threads: number;
   /** Serve without kvkeep (every turn a full prefill): the baseline of `bench/serve.ts`. */
   cache: boolean;
+  /** `kvkeep --json serve`: the listening line and errors as JSON, no progress lines. */
+  json: boolean;
 }
 
-export const USAGE = `Usage: kvkeep serve --model PATH [options]
+export const USAGE = `Usage: kvkeep serve --model PATH|URI [options]
 
 An OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health, /metrics)
 whose conversations keep their KV cache on disk with kvkeep.
 
 Options:
-  --model PATH        the GGUF model file (required)
+  --model PATH|URI    the model (required): a GGUF file, an hf: URI (hf:Qwen/Qwen3-0.6B-GGUF:Q8_0)
+                      or a URL, downloaded once with progress, as node-llama-cpp does
+  --models-dir DIR    where URIs are downloaded to (default node-llama-cpp's ~/.node-llama-cpp/models)
   --host HOST         address to bind (default 127.0.0.1; another one exposes the server)
   --port N            port (default 8080; 0 = any free port)
   --ctx N             context size of each sequence in tokens (default: the model's, at most 4096)
@@ -43,6 +51,7 @@ Options:
   --max-body SIZE     largest request body (default 4M)
   --threads N         CPU threads shared by the sequences (default: the machine's)
   --no-cache          serve without kvkeep (every turn evaluates its whole prompt)
+  --json              print the listening line and errors as JSON (also as kvkeep --json serve)
   -h, --help          this text
 Sizes take K, M, G, T (powers of 1024), optionally followed by B or iB.`;
 
@@ -70,35 +79,63 @@ function parseInteger(text: string, flag: string, min: number, max: number): num
 }
 
 /** Parse `kvkeep serve`'s arguments; `{ help: true }` for --help. Throws `UsageError` on anything unknown or invalid. */
+const OPTIONS = {
+  model: { type: "string" },
+  "models-dir": { type: "string" },
+  host: { type: "string" },
+  port: { type: "string" },
+  ctx: { type: "string" },
+  parallel: { type: "string" },
+  "max-queue": { type: "string" },
+  root: { type: "string" },
+  "api-key": { type: "string" },
+  "max-bytes": { type: "string" },
+  "max-body": { type: "string" },
+  threads: { type: "string" },
+  "no-cache": { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/**
+ * Mistakes util.parseArgs reports badly, in our words: an unknown flag (with a did-you-mean)
+ * and a value starting with "-" (`--max-bytes -1`: Node calls it "ambiguous").
+ */
+function checkTokens(argv: readonly string[]): void {
+  const { tokens } = parseArgs({ args: [...argv], options: OPTIONS, strict: false, allowPositionals: true, tokens: true });
+  for (const token of tokens) {
+    if (token.kind !== "option") continue;
+    const spec = (OPTIONS as Record<string, { type: string }>)[token.name];
+    if (!spec) {
+      throw new UsageError(`unknown option ${token.rawName}${didYouMean(`--${token.name}`, Object.keys(OPTIONS).map((n) => `--${n}`), (n) => n)}.`);
+    }
+    if (spec.type === "string" && !token.inlineValue && token.value?.startsWith("-")) {
+      throw new UsageError(
+        /^-\d/.test(token.value)
+          ? `--${token.name} cannot be negative (got ${token.value}).`
+          : `--${token.name} needs a value, not the option ${token.value} (a value starting with "-": --${token.name}=${token.value}).`,
+      );
+    }
+  }
+}
+
 export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeOptions | { help: true } {
+  checkTokens(argv);
   let parsed;
   try {
     parsed = parseArgs({
       args: [...argv],
       strict: true,
       allowPositionals: false,
-      options: {
-        model: { type: "string" },
-        host: { type: "string" },
-        port: { type: "string" },
-        ctx: { type: "string" },
-        parallel: { type: "string" },
-        "max-queue": { type: "string" },
-        root: { type: "string" },
-        "api-key": { type: "string" },
-        "max-bytes": { type: "string" },
-        "max-body": { type: "string" },
-        threads: { type: "string" },
-        "no-cache": { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
+      options: OPTIONS,
     });
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
   const v = parsed.values;
   if (v.help) return { help: true };
-  if (!v.model) throw new UsageError("--model PATH is required (a GGUF model file).");
+  if (!v.model) throw new UsageError("--model is required: a GGUF model file, an hf: URI (hf:Qwen/Qwen3-0.6B-GGUF:Q8_0) or a URL.");
+  if (v["models-dir"] !== undefined && v["models-dir"].length === 0) throw new UsageError("--models-dir must not be empty.");
   const apiKey = v["api-key"] ?? env.KVKEEP_API_KEY ?? null;
   if (apiKey !== null && apiKey.length === 0) throw new UsageError("--api-key must not be empty.");
   if (v.host !== undefined && v.host.length === 0) throw new UsageError("--host must not be empty.");
@@ -106,6 +143,7 @@ export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   const cores = Math.max(1, os.availableParallelism());
   return {
     modelPath: v.model,
+    modelsDir: v["models-dir"] ?? null,
     host: v.host ?? "127.0.0.1",
     port: v.port === undefined ? 8080 : parseInteger(v.port, "--port", 0, 65535),
     contextSize: v.ctx === undefined ? null : parseInteger(v.ctx, "--ctx", 64, 1 << 24),
@@ -117,6 +155,7 @@ export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
     maxBodyBytes: v["max-body"] === undefined ? 4 * 1024 ** 2 : parseSize(v["max-body"], "--max-body"),
     threads: v.threads === undefined ? cores : parseInteger(v.threads, "--threads", 1, 4096),
     cache: !v["no-cache"],
+    json: v.json === true,
   };
 }
 

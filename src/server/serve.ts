@@ -4,7 +4,6 @@
  * Imported lazily by `cli.ts`, so the CLI loads Fastify, prom-client and node-llama-cpp only
  * when it serves.
  */
-import { promises as fs } from "node:fs";
 import path from "node:path";
 import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
 import { Registry, collectDefaultMetrics } from "prom-client";
@@ -14,8 +13,10 @@ import type { Logger } from "../logger.js";
 import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../store/store.js";
 import { buildApp, type CompletionEngine } from "./app.js";
+import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
+import type { StartupStep } from "./startup-status.js";
 
 export interface RunningServer {
   /** `http://host:port` the server listens on. */
@@ -33,18 +34,41 @@ export class ServeStartError extends Error {
   override readonly name = "ServeStartError";
 }
 
-export async function startServer(options: ServeOptions, logger: Logger): Promise<RunningServer> {
-  const modelPath = path.resolve(options.modelPath);
-  const modelStat = await fs.stat(modelPath).catch(() => null);
-  if (!modelStat?.isFile()) throw new ServeStartError(`--model ${options.modelPath}: no such file (pass a GGUF model file).`);
+/**
+ * `onStep` hears each step of the start (download, engine, model load, contexts) for a
+ * progress display; `kvkeep serve` shows them on stderr (startup-status.ts).
+ */
+export async function startServer(options: ServeOptions, logger: Logger, onStep: (step: StartupStep) => void = () => {}): Promise<RunningServer> {
+  let resolved;
+  try {
+    resolved = await resolveModelSpec(options.modelPath, {
+      modelsDir: options.modelsDir,
+      onDownload: (progress) => onStep({ step: "download", spec: options.modelPath, ...progress }),
+    });
+  } catch (error) {
+    if (error instanceof ModelSourceError) throw new ServeStartError(`--model ${error.message}`);
+    throw error;
+  }
+  const modelPath = resolved.path;
 
+  onStep({ step: "engine" });
   const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
   let model: LlamaModel;
+  // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
+  // loadModel resolved, and must not reopen a step that is over.
+  let loading = true;
+  const load = (fraction: number): void => {
+    if (loading) onStep({ step: "load", file: path.basename(modelPath), bytes: resolved.bytes, fraction });
+  };
   try {
-    model = await llama.loadModel({ modelPath });
+    load(0);
+    model = await llama.loadModel({ modelPath, onLoadProgress: load });
+    load(1);
+    loading = false;
   } catch (error) {
+    loading = false;
     await llama.dispose();
-    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load it: ${(error as Error).message}`);
+    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
   }
   const modelId = modelIdFromModel(model);
   const store = openKvCacheStore({
@@ -79,6 +103,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     await llama.dispose();
   };
 
+  onStep({ step: "contexts", count: options.parallel });
   try {
     // Warm-up (as llama-server does): each slot creates its context and runs one token now,
     // so a bad --ctx fails at start and the first request's TTFT is not the context's creation.
@@ -93,7 +118,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
   const pool = new SlotPool<CompletionEngine>(adapters, options.maxQueue, (depth) => metrics.queueDepth.set(depth));
   const { app, abortAll } = buildApp({
     modelId,
-    modelCreated: Math.floor(modelStat.mtimeMs / 1000),
+    modelCreated: resolved.createdSeconds,
     pool,
     parallel: options.parallel,
     metrics,

@@ -4,7 +4,7 @@ import { readRoot, totals } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
-import { checkRoot } from "../root.js";
+import { checkRootToRead, noRootYet } from "../root.js";
 import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
 
 /** The columns a local and a remote listing start with. */
@@ -40,8 +40,9 @@ export const scanCommand: ParsedCommand = {
       return scanRemote(ctx, target);
     }
     const budget = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
-    await checkRoot(ctx.root);
-    const { caches } = await readRoot(ctx.root);
+    const exists = (await checkRootToRead(ctx.root)) !== null;
+    if (!exists) ctx.note(noRootYet(ctx.root));
+    const { caches } = exists ? await readRoot(ctx.root) : { caches: [] };
     const now = Date.now();
     ctx.print(
       caches.map((c) => ({ ...c, lastUsed: new Date(c.lastUsedMs).toISOString() })),

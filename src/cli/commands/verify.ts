@@ -9,7 +9,7 @@ import type { ParsedCommand } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
-import { checkRoot } from "../root.js";
+import { checkRoot, checkRootToRead, noRootYet } from "../root.js";
 
 type Status = "ok" | "bad" | "removed" | "busy" | "error";
 
@@ -63,9 +63,12 @@ export const verifyCommand: ParsedCommand = {
   ],
   async run(ctx) {
     const fix = ctx.options.fix === true;
-    const root = await checkRoot(ctx.root);
+    // Without --fix it only reads: a root that does not exist yet has 0 caches, all fine.
+    const state = fix ? await checkRoot(ctx.root) : await checkRootToRead(ctx.root);
+    if (state === null) ctx.note(noRootYet(ctx.root));
+    const root = state ?? { readOnly: false, readOnlyReason: null };
     const started = Date.now();
-    const { caches } = await readRoot(ctx.root);
+    const { caches } = state === null ? { caches: [] } : await readRoot(ctx.root);
     const nfs = loadNativeFs();
     const totalBytes = caches.reduce((sum, c) => sum + c.bytes, 0);
     const progress = progressBar(ctx.io.stderr, { label: "verifying", totalBytes, totalItems: caches.length, enabled: !ctx.json });

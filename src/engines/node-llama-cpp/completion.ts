@@ -41,9 +41,32 @@ import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
 import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 import { StopTextStream } from "./stop-text-stream.js";
 
+/**
+ * A node-llama-cpp 3 `LlamaModel`, described by the members kvkeep's types rely on rather
+ * than imported: an app's model comes from the app's own copy of node-llama-cpp, and
+ * node-llama-cpp's classes have private members, so TypeScript refuses a `LlamaModel` of one
+ * copy where another copy's is declared (TS2322, "separate declarations of a private
+ * property"). In a local-path install kvkeep's declarations would resolve node-llama-cpp
+ * from the checkout's dev copy. Any copy's `LlamaModel` fits this.
+ */
+export interface LlamaModelLike {
+  readonly filename: string | undefined;
+  readonly fileInfo: object;
+  readonly fileInsights: { readonly isRecurrent: boolean; readonly isHybrid: boolean; readonly swaSize: number | undefined };
+  readonly trainContextSize: number;
+  tokenize(text: string, specialTokens?: boolean): readonly number[];
+  detokenize(tokens: readonly number[], specialTokens?: boolean): string;
+  createContext(options?: object): Promise<object>;
+}
+
+/** A node-llama-cpp `ChatWrapper` from any copy of node-llama-cpp (see `LlamaModelLike`). */
+export interface ChatWrapperLike {
+  readonly wrapperName: string;
+}
+
 export interface LlamaCppCompletionOptions {
-  /** The loaded model. The adapter never disposes it. */
-  model: LlamaModel;
+  /** The loaded model (node-llama-cpp's `LlamaModel`, from the app's copy). The adapter never disposes it. */
+  model: LlamaModelLike;
   /** The kvkeep store. Default: the default store (root from `KVKEEP_DIR`, else the XDG cache dir). */
   store?: KvCacheStore | undefined;
   /** The model id caches are filed under. Default: the model's file name, made a safe path component. */
@@ -57,8 +80,8 @@ export interface LlamaCppCompletionOptions {
   threads?: number | undefined;
   /** Further context options (flash attention, KV cache types, batch size); they enter the fingerprint. */
   contextOptions?: Omit<LlamaContextOptions, "contextSize" | "threads" | "sequences"> | undefined;
-  /** The chat wrapper. Default: the one node-llama-cpp resolves for the model. */
-  chatWrapper?: ChatWrapper | undefined;
+  /** The chat wrapper (a node-llama-cpp `ChatWrapper`). Default: the one node-llama-cpp resolves for the model. */
+  chatWrapper?: ChatWrapperLike | undefined;
   /**
    * Identifies model + state layout in each cache's manifest. Default: derived from the GGUF
    * metadata and tensor info, sampled weight bytes, file size, the llama.cpp release and the
@@ -252,8 +275,11 @@ function validateParams(params: CompletionParams): void {
   }
 }
 
+/** The options with node-llama-cpp's own types: what the caller passed is node-llama-cpp's objects. */
+type EngineOptions = Omit<LlamaCppCompletionOptions, "model" | "chatWrapper"> & { model: LlamaModel; chatWrapper?: ChatWrapper | undefined };
+
 export class LlamaCppCompletionImpl implements LlamaCppCompletion {
-  readonly #options: LlamaCppCompletionOptions;
+  readonly #options: EngineOptions;
   readonly #store: KvCacheStore;
   readonly #modelId: string;
   readonly #wrapper: ChatWrapper;
@@ -263,8 +289,9 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   #holding: Holding | null = null;
   #disposed = false;
 
-  constructor(options: LlamaCppCompletionOptions) {
-    if (!options?.model) throw new KvKeepError("INVALID_ARGUMENT", "createLlamaCppCompletion needs a loaded model.", { argument: "model" });
+  constructor(given: LlamaCppCompletionOptions) {
+    if (!given?.model) throw new KvKeepError("INVALID_ARGUMENT", "createLlamaCppCompletion needs a loaded model.", { argument: "model" });
+    const options = given as unknown as EngineOptions;
     this.#options = options;
     this.#store = options.store ?? getDefaultStore();
     this.#modelId = options.modelId ?? modelIdFromModel(options.model);

@@ -159,8 +159,12 @@ export class RedisTier implements RemoteTier {
     this.#loggerGiven = options.logger !== undefined;
 
     const onError = (error: unknown): void => {
-      // Connection errors repeat while the server is down; the guard warns once per outage.
-      this.#logger.debug(logLine("redis client error", { error }));
+      // Logged only during an outage the guard has warned about (once). Otherwise the client
+      // reconnects on its own and no operation fails — e.g. the "Connection timeout" its
+      // connect timer reports when a model load held the event loop while the socket
+      // connected — and a line at every start would only alarm. An error that does fail an
+      // operation reaches the guard, which warns with it.
+      if (this.#guard?.state === "open") this.#logger.debug(logLine("redis client error", { error }));
     };
     if (url !== undefined) {
       const clientOptions = options.clientOptions ?? {};
