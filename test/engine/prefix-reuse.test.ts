@@ -117,7 +117,7 @@ describe("starting from another conversation's cache (real engine, each reuse in
       // when the source shares messages beyond the system prompt; a new chat's prime keeps the
       // system prompt and gives up at most a few template tokens after it (the adapter loads
       // the source again only when more than 16 tokens would be lost).
-      const borrowed = await stateTokens(cachePathOf(root, { cacheKey: result.stats.sourceKey!, modelId: modelIdOf(), configHash }));
+      const borrowed = await stateTokens(cachePathOf(root, { scopeId: null, cacheKey: result.stats.sourceKey!, modelId: modelIdOf(), configHash }));
       const common = Math.min(commonPrefix(borrowed, prompt), prompt.length - 1);
       if (scenario.shared > 1) expect(result.stats.reusedTokens, scenario.name).toBe(common);
       else {

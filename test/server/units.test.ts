@@ -197,7 +197,7 @@ describe("kvkeep/metrics", () => {
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
     metrics.observeRollback("aborted");
     metrics.observeTurn({ ...turn, hit: true, commitFailure: "no-space" }); // the reply stood, its state did not
-    metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
+    metrics.observeSweep({ evicted: [{ scopeId: null, cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { scopeId: null, cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
     const samples = parsePrometheus(await registry.metrics());
     expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(2);
     expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(2);
