@@ -24,6 +24,7 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { internalDir, scopeComponents } from "../layout/paths.js";
+import { PRIVATE_DIR_MODE } from "./files.js";
 import type { NativeFs } from "../native/index.js";
 import { openRegularFile } from "../native/safe-open.js";
 
@@ -182,7 +183,7 @@ export class DeleteLog {
    */
   async #ensureDir(): Promise<boolean> {
     try {
-      await fs.mkdir(this.#dir);
+      await fs.mkdir(this.#dir, { mode: PRIVATE_DIR_MODE });
     } catch (error) {
       if (errnoCode(error) === "ENOENT") return false;
       if (errnoCode(error) !== "EEXIST") throw error;

@@ -131,6 +131,15 @@ describe("what is on disk", () => {
     expect(everything).not.toContain("alice");
   });
 
+  it("the root kvkeep creates, and every directory in it, is private to the user (0700)", async () => {
+    const root = path.join(tempDir(), "new", "root");
+    const store = openStore(root);
+    const cache = await commitNamedConversation(store.createSession(MODEL, { scope: ALICE }), "chat", conversation("a", 1));
+    await store.close();
+    const dirs = [path.dirname(root), root, path.join(root, ".kvkeep"), path.join(root, ".scopes"), path.dirname(path.dirname(cache)), path.dirname(cache)];
+    for (const dir of dirs) expect({ dir, mode: statSync(dir).mode & 0o777 }).toEqual({ dir, mode: 0o700 });
+  });
+
   it("a cache of one scope copied into another scope's space is refused as foreign, never loaded", async () => {
     const root = tempDir();
     const store = openStore(root);
