@@ -3,8 +3,9 @@
  * imports the server lazily — Fastify, prom-client and node-llama-cpp load only to serve —
  * and runs until SIGINT or SIGTERM.
  */
+import { promises as fs } from "node:fs";
 import type { Logger } from "../logger.js";
-import { isLoopbackHost, parseServeArgs, USAGE, UsageError } from "./options.js";
+import { isLoopbackHost, parseApiKeysFile, parseServeArgs, USAGE, UsageError } from "./options.js";
 
 export interface ServeIo {
   stdout: { write(text: string): unknown };
@@ -34,6 +35,27 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     io.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  if (options.apiKeysFile !== null) {
+    const file = options.apiKeysFile;
+    let text: string;
+    try {
+      const st = await fs.stat(file);
+      if ((st.mode & 0o077) !== 0) {
+        io.stderr.write(`kvkeep serve: warning: ${file} holds API keys but other users may read it (chmod 600 ${file}).\n`);
+      }
+      text = await fs.readFile(file, "utf8");
+    } catch (error) {
+      io.stderr.write(`kvkeep serve: --api-keys ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}).\n`);
+      return 2;
+    }
+    try {
+      options = { ...options, apiKeys: [...new Set([...options.apiKeys, ...parseApiKeysFile(text, file)])] };
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      io.stderr.write(`kvkeep serve: ${error.message}\n`);
+      return 2;
+    }
+  }
   const line = (text: string): void => void io.stderr.write(`${text}\n`);
   const logger: Logger = { debug: () => {}, info: line, warn: line, error: line };
 
@@ -46,7 +68,7 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     io.stderr.write(`kvkeep serve: needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}\n`);
     return 1;
   }
-  if (!isLoopbackHost(options.host) && options.apiKey === null) {
+  if (!isLoopbackHost(options.host) && options.apiKeys.length === 0) {
     io.stderr.write(`kvkeep serve: warning: listening on ${options.host} without --api-key: anyone who can reach it can use it.\n`);
   }
 

@@ -56,6 +56,11 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.
   });
+  // The caches hold every client's conversations: a root others can read is a leak no scope stops.
+  const rootStat = await fs.stat(store.root).catch(() => null);
+  if (rootStat && (rootStat.mode & 0o077) !== 0) {
+    logger.warn(`warning: the cache root ${store.root} is open to other users of this machine (mode ${(rootStat.mode & 0o777).toString(8)}); chmod 700 it`);
+  }
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const metrics = createKvKeepMetrics({ registry, store });
@@ -69,6 +74,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
       modelPath,
       threads,
       logger,
+      prefixReuse: options.prefixReuse,
       ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
     }),
   );
@@ -97,7 +103,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     pool,
     parallel: options.parallel,
     metrics,
-    apiKey: options.apiKey,
+    apiKeys: options.apiKeys,
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
