@@ -34,7 +34,10 @@ export interface TurnHandle {
   readonly kind: "custom" | "auto";
   /** True when this `beginTurn` called `primeIfMissing` (the cache held no history before). */
   readonly primed: boolean;
-  /** The conversation this turn belongs to (`input.conversationId`, else the cache key). */
+  /**
+   * The conversation this turn belongs to (`input.conversationId`, else the cache key — in a
+   * scoped session `<scope id>/<cache key>`, so warmers never mix scopes).
+   */
   readonly conversationId: string;
   /**
    * A cache this `beginTurn` found on disk and refused — removed before priming a fresh one
@@ -85,7 +88,8 @@ interface BeginTurnCommon {
   /**
    * Names the conversation in turn events (warming). Default: the custom key; in auto mode
    * `conv-<hash>` of the history up to its first user message (stable across the turns of
-   * one conversation, shared by conversations that open identically).
+   * one conversation, shared by conversations that open identically); in a scoped session
+   * either after `<scope id>/`.
    */
   conversationId?: string | undefined;
 }
