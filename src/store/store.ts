@@ -351,6 +351,12 @@ export class KvCacheStoreImpl implements KvCacheStore {
       if (target.all !== true) {
         throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
       }
+      // A caller meaning "everything of this scope" must not get everything of every scope.
+      if ("scope" in target || "scopeId" in target) {
+        throw new KvKeepError("INVALID_ARGUMENT", "delete({ all: true }) removes every scope's caches and takes no scope; delete one scope's keys by name instead.", {
+          argument: "scope",
+        });
+      }
       recorded = [{}];
     } else {
       assertCacheKey(target.kvCacheKey);

@@ -215,6 +215,10 @@ describe("deletes, retention and recovery know whose a cache is", () => {
     expect(await listTree(root)).toEqual([]);
     await expect(store.delete({ kvCacheKey: key, scope: ALICE, scopeId: scopeIdOf(ALICE) } as never)).rejects.toMatchObject({ argument: "scopeId" });
     await expect(store.delete({ kvCacheKey: key, scopeId: "alice" })).rejects.toMatchObject({ argument: "scopeId" });
+    // "Everything" is every scope's: a scope given with it is refused, never widened to all.
+    const kept = await commitNamedConversation(store.createSession(MODEL), "kept", conversation("k", 1));
+    await expect(store.delete({ all: true, scope: ALICE } as never)).rejects.toMatchObject({ code: "INVALID_ARGUMENT", argument: "scope" });
+    expect(await exists(kept)).toBe(true);
     await store.close();
   });
 
