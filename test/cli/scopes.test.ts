@@ -3,12 +3,23 @@
  * by the scope's id only, --scope/--scope-id narrow scan and rm to one scope, and a key of one
  * scope is removed without touching the same key in another scope or the shared space.
  */
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
 import { scopeIdOf } from "../../src/keys/scope.js";
+import { createRedisTier } from "../../src/remote/redis/index.js";
 import { customTurn } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
+import { type RedisServer, startRedis } from "../remote/helpers/redis-server.js";
+import { TEST_TIMEOUT_MS } from "../remote/helpers/states.js";
 import { CONFIG, json, jsonError, kvkeep } from "./helpers.js";
+
+let redis: RedisServer;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+});
 
 const ALICE = "tenant:alice";
 const BOB = "tenant:bob";
@@ -71,5 +82,23 @@ describe("kvkeep on a root with scopes", () => {
     expect(results.map((r) => [r.scopeId, r.status]).sort()).toEqual(
       [[null, "ok"], [scopeIdOf(ALICE), "ok"], [scopeIdOf(ALICE), "ok"], [scopeIdOf(BOB), "ok"]].sort(),
     );
+  });
+
+  it("with --remote: scan shows the tier's scope ids, rm <key> --scope removes that scope's remote copy and leaves the others'", async () => {
+    const keyPrefix = "kvkeep:cli-scopes:";
+    const tier = () => createRedisTier({ url: redis.url, keyPrefix, chunkBytes: 4096, timeoutMs: TEST_TIMEOUT_MS });
+    const root = tempDir("kvkeep-cli-");
+    const store = openKvCacheStore({ root, remote: tier() });
+    await customTurn(store.createSession("qwen", { scope: ALICE }), "chat", CONFIG, 4);
+    await customTurn(store.createSession("qwen", { scope: BOB }), "chat", CONFIG, 8);
+    await store.close(); // uploads done
+    const remote = ["--remote", redis.url, "--remote-prefix", keyPrefix];
+    const listed = json<Listed[]>(await kvkeep(["scan", ...remote, "--json"]));
+    expect(rows(listed)).toEqual([`${scopeIdOf(ALICE)} chat 4`, `${scopeIdOf(BOB)} chat 8`]);
+    const removed = await kvkeep(["rm", "chat", "--scope", ALICE, "--root", root, ...remote, "--json"]);
+    expect(removed.code).toBe(0);
+    expect(json(removed).remote.removed).toEqual([expect.objectContaining({ scopeId: scopeIdOf(ALICE), cacheKey: "chat", states: 1 })]);
+    expect(rows(json<Listed[]>(await kvkeep(["scan", ...remote, "--json"])))).toEqual([`${scopeIdOf(BOB)} chat 8`]);
+    expect(rows(json<Listed[]>(await kvkeep(["scan", "--root", root, "--json"])))).toEqual([`${scopeIdOf(BOB)} chat 8`]);
   });
 });
