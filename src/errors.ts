@@ -9,6 +9,7 @@ export type KvKeepErrorCode =
   | "KEY_DOT_SEGMENT"
   | "KEY_HAS_SEPARATOR"
   | "KEY_HAS_NUL"
+  | "KEY_LONE_SURROGATE"
   | "KEY_ABSOLUTE"
   | "KEY_TOO_LONG"
   | "KEY_RESERVED"

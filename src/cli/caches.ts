@@ -10,6 +10,8 @@ import { readLastUse, readManifest } from "../manifest/store.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 
 export interface CacheRecord {
+  /** The scope's id (never the scope itself: kvkeep does not know it), or null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -53,12 +55,13 @@ export async function recordsOf(root: string, dir: ScannedModelDir, temps?: Root
       }
     }
     if (file.kind !== "cache") continue;
-    const cachePath = cachePathOf(root, { cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! });
+    const cachePath = cachePathOf(root, { scopeId: dir.scopeId, cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! });
     const st = await sizeOf(cachePath);
     if (!st) continue; // removed since the directory was listed
     const read = await readManifest(cachePath);
     const entry = "manifest" in read ? (read.manifest.current ?? read.manifest.pending) : null;
     caches.push({
+      scopeId: dir.scopeId,
       cacheKey: dir.cacheKey,
       modelId: dir.modelId,
       configHash: file.configHash!,

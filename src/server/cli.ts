@@ -3,8 +3,9 @@
  * imports the server lazily — Fastify, prom-client and node-llama-cpp load only to serve —
  * and runs until SIGINT or SIGTERM.
  */
+import { promises as fs } from "node:fs";
 import type { Logger } from "../logger.js";
-import { isLoopbackHost, parseServeArgs, USAGE, UsageError } from "./options.js";
+import { isLoopbackHost, parseApiKeysFile, parseServeArgs, USAGE, UsageError } from "./options.js";
 import { startupStatus, type StatusStream } from "./startup-status.js";
 
 export interface ServeIo {
@@ -42,6 +43,25 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     io.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  if (options.apiKeysFile !== null) {
+    const file = options.apiKeysFile;
+    let text: string;
+    try {
+      const st = await fs.stat(file);
+      if ((st.mode & 0o077) !== 0) {
+        io.stderr.write(`kvkeep serve: warning: ${file} holds API keys but other users may read it (chmod 600 ${file}).\n`);
+      }
+      text = await fs.readFile(file, "utf8");
+    } catch (error) {
+      return fail(io, json, "USAGE", `--api-keys ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}).`, 2);
+    }
+    try {
+      options = { ...options, apiKeys: [...new Set([...options.apiKeys, ...parseApiKeysFile(text, file)])] };
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      return fail(io, json, "USAGE", error.message, 2);
+    }
+  }
   const line = (text: string): void => void io.stderr.write(`${text}\n`);
   const logger: Logger = { debug: () => {}, info: line, warn: line, error: line };
 
@@ -53,7 +73,7 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     if (!name) throw error;
     return fail(io, json, "PACKAGE_MISSING", `needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}`, 1);
   }
-  if (!isLoopbackHost(options.host) && options.apiKey === null) {
+  if (!isLoopbackHost(options.host) && options.apiKeys.length === 0) {
     io.stderr.write(`kvkeep serve: warning: listening on ${options.host} without --api-key: anyone who can reach it can use it.\n`);
   }
 

@@ -4,6 +4,7 @@
  * Imported lazily by `cli.ts`, so the CLI loads Fastify, prom-client and node-llama-cpp only
  * when it serves.
  */
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
 import { Registry, collectDefaultMetrics } from "prom-client";
@@ -80,6 +81,11 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.
   });
+  // The caches hold every client's conversations: a root others can read is a leak no scope stops.
+  const rootStat = await fs.stat(store.root).catch(() => null);
+  if (rootStat && (rootStat.mode & 0o077) !== 0) {
+    logger.warn(`warning: the cache root ${store.root} is open to other users of this machine (mode ${(rootStat.mode & 0o777).toString(8)}); chmod 700 it`);
+  }
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const metrics = createKvKeepMetrics({ registry, store });
@@ -93,6 +99,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
       modelPath,
       threads,
       logger,
+      prefixReuse: options.prefixReuse,
       ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
     }),
   );
@@ -122,7 +129,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     pool,
     parallel: options.parallel,
     metrics,
-    apiKey: options.apiKey,
+    apiKeys: options.apiKeys,
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,

@@ -7,7 +7,8 @@ import { KvKeepError } from "../errors.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
 import { tempWriterAlive } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
-import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cacheDirComponents, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
+import { SCOPE_ID_PATTERN, scopeIdOption } from "../keys/scope.js";
 import { processLocks } from "../locks/path-locks.js";
 import { assertLogger, type Logger, logLine, silentLogger } from "../logger.js";
 import { removeCacheFiles } from "../manifest/store.js";
@@ -36,7 +37,7 @@ import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { RemoteSync, type RemoteSyncInternals } from "./remote-sync.js";
 import type { RemoteTier } from "../remote/types.js";
-import { listKeyDirs, scanKeyDir } from "./scan.js";
+import { listKeyDirs, listScopeIds, scanKeyDir } from "./scan.js";
 import { didYouMean } from "../suggest.js";
 
 export interface KvCacheStoreOptions {
@@ -144,9 +145,10 @@ export interface KvCacheStore {
   readonly ready: Promise<RecoveryReport>;
   createSession(modelId: string, options?: SessionOptions): KvCacheSession;
   /**
-   * Remove a key's caches for every model (or one model), on disk and in memory, or
-   * everything with `{ all: true }`. Turns open on a removed cache are rolled back at
-   * their commit (`DELETED_DURING_TURN`). Only kvkeep's own files are removed.
+   * Remove a key's caches for every model (or one model) in one scope (`scope`; the shared
+   * space without it), on disk and in memory, or everything — every scope — with
+   * `{ all: true }`. Turns open on a removed cache are rolled back at their commit
+   * (`DELETED_DURING_TURN`). Only kvkeep's own files are removed.
    */
   delete(target: DeleteTarget): Promise<void>;
   /** Listen to turn events (started/settled); returns the unsubscribe function. */
@@ -275,7 +277,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
       },
       ensureCacheDir: async (loc: CacheLocation) => {
-        await mkdirUnderRoot(nfs, root, loc.cacheKey, loc.modelId);
+        await mkdirUnderRoot(nfs, root, ...cacheDirComponents(loc));
       },
       forgetCache,
       prune,
@@ -283,7 +285,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
         await removeCacheFiles(cachePath);
         retention.noteRemoved(cachePath);
         const loc = parseCachePath(root, cachePath);
-        if (loc) forgetCache(cachePath, initKey(loc.modelId, loc.configHash, loc.cacheKey));
+        if (loc) forgetCache(cachePath, initKey(loc));
       },
       releaseCache: async (lease, cachePath, removed) => {
         lease?.release({ removeLockFile: removed });
@@ -340,7 +342,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async delete(target: DeleteTarget): Promise<void> {
     const ctx = this.#ctx;
     if (!target || typeof target !== "object") {
-      throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId? } or { all: true }.", {
+      throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId?, scope? } or { all: true }.", {
         argument: "target",
       });
     }
@@ -349,11 +351,17 @@ export class KvCacheStoreImpl implements KvCacheStore {
       if (target.all !== true) {
         throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
       }
+      // A caller meaning "everything of this scope" must not get everything of every scope.
+      if ("scope" in target || "scopeId" in target) {
+        throw new KvKeepError("INVALID_ARGUMENT", "delete({ all: true }) removes every scope's caches and takes no scope; delete one scope's keys by name instead.", {
+          argument: "scope",
+        });
+      }
       recorded = [{}];
     } else {
       assertCacheKey(target.kvCacheKey);
       if (target.modelId !== undefined) assertModelId(target.modelId);
-      recorded = [{ cacheKey: target.kvCacheKey, modelId: target.modelId }];
+      recorded = [{ scopeId: deleteScopeId(target), cacheKey: target.kvCacheKey, modelId: target.modelId }];
     }
     ctx.assertOpen();
     // Recorded before any file goes (in memory and in the shared log), so a turn in any
@@ -361,27 +369,35 @@ export class KvCacheStoreImpl implements KvCacheStore {
     // everything is gone, so a turn that took its lock while this ran sees it too.
     await this.#deletes.record(recorded, "start");
     try {
-      const scopes: Array<{ cacheKey: string; modelId?: string | undefined }> =
-        "all" in target ? (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey })) : [recorded[0] as { cacheKey: string; modelId?: string }];
-      for (const scope of scopes) await this.#removeScope(scope.cacheKey, scope.modelId);
+      const keys: Array<{ scopeId: string | null; cacheKey: string; modelId?: string | undefined }> = [];
+      if ("all" in target) {
+        for (const scopeId of [null, ...(await listScopeIds(this.root))]) {
+          for (const cacheKey of await listKeyDirs(this.root, scopeId)) keys.push({ scopeId, cacheKey });
+        }
+      } else keys.push(recorded[0] as { scopeId: string | null; cacheKey: string; modelId?: string });
+      for (const key of keys) await this.#removeKey(key.scopeId, key.cacheKey, key.modelId);
     } finally {
       await this.#deletes.record(recorded, "end");
     }
     if ("all" in target) this.layers.clear();
     // Remote hook: the fleet's copy goes too, with a tombstone against uploads in flight.
-    await ctx.remote?.afterDelete(target);
+    const removed = recorded[0]!;
+    await ctx.remote?.afterDelete(
+      "all" in target ? { all: true } : { scopeId: removed.scopeId ?? null, kvCacheKey: removed.cacheKey!, modelId: removed.modelId },
+    );
   }
 
-  /** Remove every kvkeep file of a key (one model, or all), and what memory knows of it. */
-  async #removeScope(cacheKey: string, modelId: string | undefined): Promise<void> {
+  /** Remove every kvkeep file of a key (one model, or all) in one scope's space, and what memory knows of it. */
+  async #removeKey(scopeId: string | null, cacheKey: string, modelId: string | undefined): Promise<void> {
     const ctx = this.#ctx;
-    const scopeDir = modelId === undefined ? cacheKeyDir(this.root, cacheKey) : path.join(this.root, cacheKey, modelId);
-    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId)) {
+    const keyDir = cacheKeyDir(this.root, cacheKey, scopeId);
+    const removedDir = modelId === undefined ? keyDir : path.join(keyDir, modelId);
+    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId, false, scopeId)) {
       for (const file of modelDir.files) {
         if (file.kind === null) {
           ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
         } else if (file.kind === "lock") {
-          const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+          const cachePath = cachePathOf(this.root, { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
           if (!ctx.nfs.crossProcessLocks) {
             await unlinkIfExists(file.path);
           } else {
@@ -402,8 +418,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
     }
     ctx.layers.forgetUnder(
-      scopeDir,
-      (m, _configHash, k) => k === cacheKey && (modelId === undefined || m === modelId),
+      removedDir,
+      (loc) => loc.scopeId === scopeId && loc.cacheKey === cacheKey && (modelId === undefined || loc.modelId === modelId),
     );
   }
 
@@ -441,7 +457,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const resolved = cachePathOf(this.root, loc);
     // Never through a symlink planted below the root, and never creating directories:
     // a missing level means there is no cache (UNSAFE_PATH for a symlink or file).
-    if (!(await assertRealDirs(this.root, [loc.cacheKey, loc.modelId]))) return null;
+    if (!(await assertRealDirs(this.root, cacheDirComponents(loc)))) return null;
     const lease = ctx.locks.tryAcquire(resolved);
     if (!lease) return null;
     ctx.layers.refDir(resolved);
@@ -464,6 +480,18 @@ export class KvCacheStoreImpl implements KvCacheStore {
     await this.#ctx.remote?.close();
     await this.retention.close();
   }
+}
+
+/** The scope id a keyed delete names: by `scope`, by `scopeId`, or null (the shared space). */
+function deleteScopeId(target: { scope?: string | undefined; scopeId?: string | undefined }): string | null {
+  if (target.scopeId === undefined) return scopeIdOption(target.scope);
+  if (target.scope !== undefined) {
+    throw new KvKeepError("INVALID_ARGUMENT", "delete takes scope or scopeId, not both.", { argument: "scopeId" });
+  }
+  if (typeof target.scopeId !== "string" || !SCOPE_ID_PATTERN.test(target.scopeId)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "scopeId must be a scope's id: 32 hex characters, as kvkeep scan shows it.", { argument: "scopeId" });
+  }
+  return target.scopeId;
 }
 
 function checkRemoteOptions(options: KvCacheStoreOptions): RemoteTier | null {

@@ -33,6 +33,7 @@ let foreign = "";
 interface Turn {
   history: Message[];
   kvCache: string | boolean;
+  scope?: string;
   abortAfterPieces?: number;
   generationParams?: Record<string, unknown>;
 }
@@ -222,6 +223,24 @@ describe.each(bareRuntimes())("kvkeep/qvac on Bare $version with @qvac/llm-llama
     ])).slice(1);
     expect(after!.stats!.hit).toBe(true);
     expect(after!.text).toBe(reference!.text);
+  });
+
+  it("scopes: a conversation of one scope resumes in a later process of that scope, never in another scope with the same key", async () => {
+    const root = tempDir();
+    const [first] = turnsOnly(await bare(root, [{ history: [S, U1], kvCache: "chat", scope: "user-a" }]));
+    const history2 = [S, U1, assistant(first!.text!), U2];
+    const [other, own] = turnsOnly(await bare(root, [
+      { history: history2, kvCache: "chat", scope: "user-b" },
+      { history: history2, kvCache: "chat", scope: "user-a" },
+    ]));
+    expect(other!.ok && own!.ok).toBe(true);
+    expect(other!.stats).toMatchObject({ hit: false, reusedTokens: 0, committed: true });
+    expect(own!.stats!.hit).toBe(true);
+    expect(own!.stats!.reusedTokens).toBeGreaterThan(first!.stats!.promptTokens);
+    // Two caches under .scopes/, none in the shared space.
+    expect(readdirSync(root).filter((d) => !d.startsWith("."))).toEqual([]);
+    expect(readdirSync(path.join(root, ".scopes"))).toHaveLength(2);
+    expect(strayFiles(root)).toEqual([]);
   });
 
   it("two Bare processes on one key take turns: exactly one resumes the conversation, the others see its commit", async () => {

@@ -8,7 +8,7 @@ import { createKvKeepMetrics } from "../../src/metrics/index.js";
 import { runServe } from "../../src/server/cli.js";
 import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from "../../src/server/openai.js";
 import { modelSpecKind } from "../../src/server/model-source.js";
-import { isLoopbackHost, parseServeArgs, parseSize, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { isLoopbackHost, parseApiKeysFile, parseServeArgs, parseSize, scopeOfApiKey, threadsPerContext, UsageError } from "../../src/server/options.js";
 import { describeStartupStep, type StartupStep, startupStatus } from "../../src/server/startup-status.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
 import { parsePrometheus } from "./helpers.js";
@@ -21,16 +21,28 @@ describe("kvkeep serve flags", () => {
       {},
     );
     expect(options).toEqual({
-      modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKey: "k",
-      maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, json: false,
+      modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, json: false,
     });
     expect(parseServeArgs(["--model", "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "--models-dir", "/m", "--json"], {})).toMatchObject({
       modelPath: "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", modelsDir: "/m", json: true,
     });
     expect(parseServeArgs(["--model", "m.gguf"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({
-      host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKey: "from-env", maxBytes: null, cache: true,
+      host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKeys: ["from-env"], maxBytes: null, cache: true,
     });
     expect(parseServeArgs(["--help"])).toEqual({ help: true });
+    // Several keys (each a scope), a key file, and reuse across conversations turned off; the
+    // environment's key is only the default when no key is given.
+    expect(
+      parseServeArgs(["--model", "m.gguf", "--api-key", "a", "--api-key", "b", "--api-key", "a", "--api-keys", "/keys", "--no-prefix-reuse"], {
+        KVKEEP_API_KEY: "from-env",
+      }),
+    ).toMatchObject({ apiKeys: ["a", "b"], apiKeysFile: "/keys", prefixReuse: false });
+    expect(parseServeArgs(["--model", "m.gguf", "--api-keys", "/keys"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({ apiKeys: [] });
+    expect(parseApiKeysFile("# the team\n  key-1  \r\n\nkey-2\n", "f")).toEqual(["key-1", "key-2"]);
+    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(UsageError);
+    // The scope of a key: what `printf %s KEY | sha256sum` prints (the key itself reaches no file).
+    expect(scopeOfApiKey("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     expect([parseSize("1.5G", "x"), parseSize("100", "x"), parseSize("4GiB", "x"), parseSize("4gb", "x")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
   });
 
@@ -263,6 +275,10 @@ describe("OpenAI requests", () => {
     expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
     expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
     expect(refused({}, "a/b")).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
+    // Names the adapter refuses are the client's mistake too (they answered 500 with an error log).
+    for (const name of ["auto-0123456789abcdef", ".kvkeep", ".scopes", "x\uD800"]) {
+      expect(refused({ kv_cache: name }), name).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
+    }
     expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
   });
 
@@ -291,7 +307,7 @@ describe("kvkeep/metrics", () => {
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
     metrics.observeRollback("aborted");
     metrics.observeTurn({ ...turn, hit: true, commitFailure: "no-space" }); // the reply stood, its state did not
-    metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
+    metrics.observeSweep({ evicted: [{ scopeId: null, cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { scopeId: null, cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
     const samples = parsePrometheus(await registry.metrics());
     expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(2);
     expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(2);

@@ -14,6 +14,8 @@ import { checkRoot, checkRootToRead, noRootYet } from "../root.js";
 type Status = "ok" | "bad" | "removed" | "busy" | "error";
 
 interface Result {
+  /** The cache's scope id, null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -35,7 +37,13 @@ async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true
   const read = await readManifest(cache.cachePath);
   if ("missing" in read) return { ok: false, reason: "cache file has no manifest" };
   if ("error" in read) return { ok: false, reason: read.error };
-  const expect = { modelId: cache.modelId, configHash: cache.configHash, cacheKey: cache.cacheKey, fingerprint: read.manifest.fingerprint };
+  const expect = {
+    ...(cache.scopeId !== null ? { scope: cache.scopeId } : {}),
+    modelId: cache.modelId,
+    configHash: cache.configHash,
+    cacheKey: cache.cacheKey,
+    fingerprint: read.manifest.fingerprint,
+  };
   const verdict = judgeFile(read.manifest, expect, identity);
   if (verdict.verdict === "reject") return { ok: false, reason: verdict.reason };
   const candidates = verdict.verdict === "match" ? [verdict.entry] : verdict.candidates.map((c) => c.entry);
@@ -75,7 +83,7 @@ export const verifyCommand: ParsedCommand = {
     const results: Result[] = [];
     let doneBytes = 0;
     for (const cache of caches) {
-      const base = { cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
+      const base = { scopeId: cache.scopeId, cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
       results.push({ ...base, ...(await verifyOne(nfs, ctx.root, cache, fix, root.readOnly)) });
       doneBytes += cache.bytes;
       progress.update(doneBytes, results.length);
