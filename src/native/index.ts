@@ -8,7 +8,8 @@ import { type Logger, logLine, silentLogger } from "../logger.js";
 import { nativeDisabledByEnv, selectBackend, type Selection } from "./loader.js";
 import type { NativeFs } from "./types.js";
 
-export type { EntryIdentity, EntryType, LockHandle, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
+export type { EntryIdentity, EntryType, LockHandle, LockOptions, MemoryFile, NativeBackendKind, NativeFs } from "./types.js";
+export { withMemoryFile } from "./memory-file.js";
 
 let selection: Selection | undefined;
 let reported = false;
