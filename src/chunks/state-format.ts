@@ -457,15 +457,19 @@ export function readChunkTokens(chunk: Uint8Array): Int32Array {
  */
 export function verifyChunk(chunk: Uint8Array, geometry: KvGeometry | null): ChunkHeader {
   const header = readChunkHeader(chunk);
-  checkChunkFits(chunk, header, geometry);
-  if (header.checksum !== null && xxh64(chunk.subarray(CHUNK_HEADER_BYTES)) !== header.checksum) {
-    throw chunkMismatch(`its checksum does not match its bytes (chunk at position ${header.firstPosition})`);
-  }
+  checkChunkFits(chunk, header, geometry, geometryDigest(geometry));
+  checkChecksum(chunk, header);
   return header;
 }
 
-function checkChunkFits(chunk: Uint8Array, header: ChunkHeader, geometry: KvGeometry | null): void {
-  if (header.geometryDigest !== geometryDigest(geometry)) throw chunkMismatch("it was cut from a state of another KV geometry (model, KV types or flash-attention layout)");
+function checkChecksum(chunk: Uint8Array, header: ChunkHeader): void {
+  if (header.checksum !== null && xxh64(chunk.subarray(CHUNK_HEADER_BYTES)) !== header.checksum) {
+    throw chunkMismatch(`its checksum does not match its bytes (chunk at position ${header.firstPosition})`);
+  }
+}
+
+function checkChunkFits(chunk: Uint8Array, header: ChunkHeader, geometry: KvGeometry | null, digest: bigint): void {
+  if (header.geometryDigest !== digest) throw chunkMismatch("it was cut from a state of another KV geometry (model, KV types or flash-attention layout)");
   const expected = chunkByteLength(geometry, header.tokenCount);
   if (chunk.byteLength !== expected) {
     throw chunkMismatch(`${chunk.byteLength} bytes where ${header.tokenCount} tokens take ${expected} (a torn or foreign chunk)`);
@@ -650,7 +654,7 @@ function assemble(spans: readonly Span[], geometry: KvGeometry | null, placement
   if (n === 0) {
     parts.push(Buffer.alloc(4 * placement.nStream));
   } else {
-    if (geometry === null) throw new Error("kvkeep: tokens without a geometry");
+    if (geometry === null) throw chunkMismatch(`${n} tokens joined without a KV geometry`);
     parts.push(Buffer.alloc(4 * placement.streamIndex), u32(n), cellsFor(n, placement.seqId));
     const kvHead = Buffer.allocUnsafe(8);
     kvHead.writeUInt32LE(geometry.vTrans ? 1 : 0, 0);
@@ -698,10 +702,12 @@ const DEFAULT_PLACEMENT: StreamPlacement = { nStream: 1, streamIndex: 0, seqId: 
 export function joinSeqStateParts(input: JoinInput): StateParts {
   const placement = placementOf(input.placement, DEFAULT_PLACEMENT);
   const spans: Span[] = [];
+  const digest = geometryDigest(input.geometry);
   let position = 0;
   input.pieces.forEach((piece, i) => {
-    const header = input.verifyChecksums ? verifyChunk(piece, input.geometry) : readChunkHeader(piece);
-    if (!input.verifyChecksums) checkChunkFits(piece, header, input.geometry);
+    const header = readChunkHeader(piece);
+    checkChunkFits(piece, header, input.geometry, digest);
+    if (input.verifyChecksums) checkChecksum(piece, header);
     if (header.firstPosition !== position) {
       throw chunkMismatch(`piece ${i} starts at position ${header.firstPosition} where the chain has reached ${position}`);
     }

@@ -265,6 +265,12 @@ describe("splitSeqState / joinSeqState", () => {
     const future = Buffer.from(chunks[0]!);
     future.writeUInt16LE(2, 4);
     expectCode(() => readChunkHeader(future), "CHUNK_MISMATCH");
+    // tokens with no KV at all (geometry digest 0, sized for tokens only): never a state
+    const bare = Buffer.concat([chunks[0]!.subarray(0, CHUNK_HEADER_BYTES), Buffer.alloc(8)]);
+    bare.writeUInt32LE(2, 8);
+    bare.writeUInt16LE(0, 6);
+    bare.writeBigUInt64LE(0n, 16);
+    expectCode(() => joinSeqState({ geometry: null, pieces: [bare] }), "CHUNK_MISMATCH");
   });
 
   it("an empty state splits into no chunks and an empty tail, and joins back to its 20 bytes", () => {
