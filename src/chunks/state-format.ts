@@ -539,6 +539,35 @@ function encodeChunk(span: Span, firstPosition: number, digest: bigint, checksum
   return out;
 }
 
+/** The first `count` tokens of a span (views of the same bytes). */
+function spanPrefix(span: Span, count: number, geometry: KvGeometry | null): Span {
+  if (geometry === null) return { count, tokens: span.tokens.subarray(0, 4 * count), k: [], v: [] };
+  return {
+    count,
+    tokens: span.tokens.subarray(0, 4 * count),
+    k: span.k.map((rows, l) => rows.subarray(0, count * geometry.layers[l]!.kRowBytes)),
+    v: span.v.map((rows, l) => {
+      const layer = geometry.layers[l]!;
+      return geometry.vTrans ? rows.map((run) => run.subarray(0, count * layer.vElementBytes)) : [rows[0]!.subarray(0, count * layer.vRowBytes)];
+    }),
+  };
+}
+
+/**
+ * A chunk's first `tokenCount` tokens as a chunk of their own (what a borrow that stops inside
+ * the chunk keeps: its new tail). The chunk is checked against `geometry` first.
+ */
+export function truncateChunk(chunk: Uint8Array, geometry: KvGeometry | null, tokenCount: number, options: { checksums?: boolean } = {}): Buffer {
+  const header = readChunkHeader(chunk);
+  const digest = geometryDigest(geometry);
+  checkChunkFits(chunk, header, geometry, digest);
+  if (!Number.isSafeInteger(tokenCount) || tokenCount < 0 || tokenCount > header.tokenCount) {
+    throw new RangeError(`tokenCount must be an integer in [0, ${header.tokenCount}], got ${tokenCount}`);
+  }
+  const span = spanPrefix(chunkSpan(chunk, header, geometry), tokenCount, geometry);
+  return encodeChunk(span, header.firstPosition, digest, options.checksums ?? true);
+}
+
 // ---------------------------------------------------------------------------
 // Splitting
 

@@ -16,6 +16,7 @@ import {
   readChunkHeader,
   readChunkTokens,
   splitSeqState,
+  truncateChunk,
   verifyChunk,
   withPlacement,
 } from "../../src/chunks/state-format.js";
@@ -291,6 +292,32 @@ describe("cutSeqState", () => {
     }
     expect(() => cutSeqState(state, 12)).toThrow(RangeError);
     expect(() => cutSeqState(state, -1)).toThrow(RangeError);
+  });
+});
+
+describe("truncateChunk", () => {
+  it.each(SHAPES)("the chunks before M and the chunk holding M cut at M join to the state of the first M tokens ($name)", ({ spec }) => {
+    const state = buildState({ ...spec, tokenCount: 11 });
+    const { chunks, tail, layout } = splitSeqState(state, { chunkTokens: 4 });
+    const all = [...chunks, tail];
+    const placement = layout.placement;
+    for (let m = 0; m <= 11; m++) {
+      const k = Math.floor(m / 4);
+      const pieces = all.slice(0, k);
+      if (m % 4 !== 0) pieces.push(truncateChunk(all[k]!, layout.geometry, m % 4));
+      const joined = joinSeqState({ geometry: layout.geometry, pieces, placement, verifyChecksums: true });
+      expect(joined.equals(buildState({ ...spec, tokenCount: m })), `M = ${m}`).toBe(true);
+    }
+  });
+
+  it("keeps the chunk's position, may keep nothing, and refuses more tokens than the chunk holds", () => {
+    const { chunks, layout } = splitSeqState(buildState({ tokenCount: 8, layers: F16_LAYERS, vTrans: true }), { chunkTokens: 4 });
+    const cut = truncateChunk(chunks[1]!, layout.geometry, 0, { checksums: false });
+    expect(readChunkHeader(cut)).toMatchObject({ tokenCount: 0, firstPosition: 4, checksum: null });
+    expect(truncateChunk(chunks[1]!, layout.geometry, 4).equals(chunks[1]!)).toBe(true);
+    expect(() => truncateChunk(chunks[1]!, layout.geometry, 5)).toThrow(RangeError);
+    const other = parseSeqState(buildState({ tokenCount: 1, layers: MIXED_LAYERS, vTrans: true })).geometry;
+    expectCode(() => truncateChunk(chunks[1]!, other, 2), "CHUNK_MISMATCH");
   });
 });
 

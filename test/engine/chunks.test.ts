@@ -18,7 +18,7 @@ import type { LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaMode
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chunkChain, stateContext } from "../../src/chunks/chunk-id.js";
 import { isStateFormatError } from "../../src/chunks/errors.js";
-import { cutSeqState, joinSeqState, joinSeqStateParts, parseSeqState, splitSeqState, withPlacement } from "../../src/chunks/state-format.js";
+import { cutSeqState, joinSeqState, joinSeqStateParts, parseSeqState, splitSeqState, truncateChunk, withPlacement } from "../../src/chunks/state-format.js";
 import { loadNativeFs } from "../../src/native/index.js";
 import type { MemoryFile } from "../../src/native/types.js";
 import { createContext, greedyGenerate, loadFixtureModel } from "../fixtures/engine.js";
@@ -165,9 +165,18 @@ describe.each(CONFIGS)("chunks on the real engine: $name", (config) => {
     }
   });
 
-  it("a cut at M is byte-identical to the engine's own save after evaluating M tokens", () => {
+  it("a cut at M is byte-identical to the engine's own save after evaluating M tokens, from the state or from its chunks", () => {
     const full = statesA.get(a.length)!;
-    for (const m of stopsA) expect(cutSeqState(full, m).equals(statesA.get(m)!), `M = ${m}`).toBe(true);
+    const { chunks, tail, layout } = splitSeqState(full);
+    const all = [...chunks, tail];
+    for (const m of stopsA) {
+      expect(cutSeqState(full, m).equals(statesA.get(m)!), `M = ${m}`).toBe(true);
+      // a borrow's read: the chunks before M, and the one holding M cut to it
+      const k = Math.floor(m / 256);
+      const pieces = all.slice(0, k);
+      if (m % 256 !== 0) pieces.push(truncateChunk(all[k]!, layout.geometry, m % 256));
+      expect(joinSeqState({ geometry: layout.geometry, pieces }).equals(statesA.get(m)!), `M = ${m} from chunks`).toBe(true);
+    }
   });
 
   it("conversation A's shared-prefix chunks joined with B's own chunks and tail are B's state, byte for byte", () => {
