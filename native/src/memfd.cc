@@ -9,7 +9,8 @@
 //                          it — no /proc mounted)
 //   .fd, .path             the descriptor (-1 once closed) and /proc/self/fd/<fd>
 //   .size()                fstat size
-//   .read()                Promise<Buffer>: every byte, pread from 0 on a threadpool thread
+//   .read(into?)           Promise<Uint8Array>: every byte, pread from 0 on a threadpool thread,
+//                          into `into` when it is large enough (a view of it is resolved)
 //   .write(parts)          Promise<void>: the file becomes the concatenation of `parts`
 //                          (Uint8Arrays): ftruncate, then pwritev — a gather write, so a state
 //                          assembled from chunk slices is never concatenated in JS first
@@ -178,13 +179,22 @@ class MemoryFileWorker : public PromiseWorker {
 
 class ReadWorker : public MemoryFileWorker {
  public:
-  ReadWorker(Napi::Env env, MemoryFile* file, Napi::Object self, size_t size)
+  // Fills `target` (its first `size` bytes) when given, else a new Buffer of `size` bytes, both
+  // referenced from here (main thread) until the read ends: no second copy of a state-sized
+  // buffer, and a caller reading every turn can reuse one buffer (a fresh multi-MB allocation
+  // costs more in page faults than the copy itself).
+  ReadWorker(Napi::Env env, MemoryFile* file, Napi::Object self, size_t size, Napi::Uint8Array target)
       : MemoryFileWorker(env, "kvkeep:memoryFileRead", file, self) {
-    // Allocated here (main thread) and filled in place: no second copy of a state-sized buffer.
-    Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(env, size);
-    data_ = buffer.Data();
     size_ = size;
-    buffer_ = Napi::Persistent(buffer);
+    if (target.IsEmpty()) {
+      Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(env, size);
+      data_ = buffer.Data();
+      fresh_ = true;
+      target_ = Napi::Persistent(buffer.As<Napi::Uint8Array>());
+    } else {
+      data_ = target.Data();
+      target_ = Napi::Persistent(target);
+    }
   }
 
  protected:
@@ -212,12 +222,18 @@ class ReadWorker : public MemoryFileWorker {
 #endif
   }
 
-  Napi::Value Result(Napi::Env) override { return buffer_.Value(); }
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Uint8Array target = target_.Value();
+    if (fresh_) return target;
+    // A view of the caller's buffer, exactly as long as what was read.
+    return Napi::Uint8Array::New(env, size_, target.ArrayBuffer(), target.ByteOffset());
+  }
 
  private:
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  Napi::Reference<Napi::Buffer<uint8_t>> buffer_;
+  bool fresh_ = false;
+  Napi::Reference<Napi::Uint8Array> target_;
 };
 
 class WriteWorker : public MemoryFileWorker {
@@ -309,7 +325,16 @@ Napi::Value MemoryFile::Read(const Napi::CallbackInfo& info) {
     const int err = errno;
     throw SystemError(env, err, "fstat", label_);
   }
-  auto* worker = new ReadWorker(env, this, Value(), static_cast<size_t>(st.st_size));
+  const size_t size = static_cast<size_t>(st.st_size);
+  Napi::Uint8Array target;
+  if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      throw Napi::TypeError::New(env, "into must be a Uint8Array");
+    }
+    Napi::Uint8Array given = info[0].As<Napi::Uint8Array>();
+    if (given.ByteLength() >= size) target = given;  // else too small: a new buffer
+  }
+  auto* worker = new ReadWorker(env, this, Value(), size, target);
   worker->Queue();
   return worker->Promise();
 }

@@ -22,8 +22,11 @@ export interface NativeMemoryFile {
   readonly path: string;
   /** fstat size; throws EBADF once closed. */
   size(): number;
-  /** Every byte, read from offset 0 on the threadpool; rejects if the size changes meanwhile. */
-  read(): Promise<Uint8Array>;
+  /**
+   * Every byte, read from offset 0 on the threadpool, into `into` when it holds them (resolves a
+   * view of it) else into a new buffer; rejects if the size changes meanwhile.
+   */
+  read(into?: Uint8Array): Promise<Uint8Array>;
   /** The file becomes the concatenation of `parts` (ftruncate, then pwritev); don't change them until it settles. */
   write(parts: readonly Uint8Array[]): Promise<void>;
   /** Idempotent; deferred to the end of a read or write in flight. */

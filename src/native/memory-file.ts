@@ -40,10 +40,11 @@ function wrap(native: NativeMemoryFile): MemoryFile {
         throw fsReadError(`sizing ${label}`, error);
       }
     },
-    async read(): Promise<Buffer> {
+    async read(into?: Uint8Array): Promise<Buffer> {
       try {
-        return toBuffer(await native.read());
+        return toBuffer(await native.read(into));
       } catch (error) {
+        if (error instanceof TypeError) throw invalidArgument("into", `${label}: ${error.message}`);
         throw fsReadError(`reading ${label}`, error);
       }
     },

@@ -74,6 +74,24 @@ describe.skipIf(nativeSkipped || !onLinux)(nativeSuiteName("native in-memory fil
     expect((await file.read()).equals(Buffer.concat(parts))).toBe(true);
   });
 
+  it("a read into a caller's buffer fills it and resolves a view of exactly the file's bytes; a buffer too small is not used", async () => {
+    const file = create();
+    const content = seededBytes(100_000, 9);
+    await file.write(content);
+    const scratch = Buffer.alloc(300_000, 0xee);
+    const view = await file.read(scratch);
+    expect(view.byteLength).toBe(content.byteLength);
+    expect(view.equals(content)).toBe(true);
+    expect(view.buffer).toBe(scratch.buffer);
+    expect(view.byteOffset).toBe(scratch.byteOffset);
+    expect(scratch[content.byteLength]).toBe(0xee); // nothing past the file's end was touched
+    const small = Buffer.alloc(10);
+    const fresh = await file.read(small);
+    expect(fresh.equals(content)).toBe(true);
+    expect(fresh.buffer).not.toBe(small.buffer);
+    await expect(file.read({} as Uint8Array)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+  });
+
   it("a write replaces the whole content: a shorter one leaves nothing of the longer", async () => {
     const file = create();
     await file.write(seededBytes(50_000, 4));
