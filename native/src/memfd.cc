@@ -182,7 +182,7 @@ class ReadWorker : public MemoryFileWorker {
   // Fills `target` (its first `size` bytes) when given, else a new Buffer of `size` bytes, both
   // referenced from here (main thread) until the read ends: no second copy of a state-sized
   // buffer, and a caller reading every turn can reuse one buffer (a fresh multi-MB allocation
-  // costs more in page faults than the copy itself).
+  // can cost more in page faults than the copy itself).
   ReadWorker(Napi::Env env, MemoryFile* file, Napi::Object self, size_t size, Napi::Uint8Array target)
       : MemoryFileWorker(env, "kvkeep:memoryFileRead", file, self) {
     size_ = size;

@@ -61,7 +61,7 @@ export interface MemoryFile {
   /**
    * Every byte, read off the event loop. Into `into` when it is large enough (resolves a view
    * of its first size() bytes: reuse one buffer across turns, since a fresh multi-MB buffer
-   * costs more in page faults than the copy), else into a new Buffer. IO_ERROR if the size
+   * can cost more in page faults than the copy), else into a new Buffer. IO_ERROR if the size
    * changes while reading (someone still writes it: an engine that has not finished saving).
    */
   read(into?: Uint8Array): Promise<Buffer>;
