@@ -26,7 +26,8 @@ export function addonBuildCommand(root: string | null, cwd: string): string {
   return `npm install --save-dev cmake-js node-addon-api && node ${path.join(where, "scripts", "install.mjs")} --build`;
 }
 
-export type { EntryIdentity, EntryType, LockHandle, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
+export type { EntryIdentity, EntryType, LockHandle, LockOptions, MemoryFile, NativeBackendKind, NativeFs } from "./types.js";
+export { withMemoryFile } from "./memory-file.js";
 
 let selection: Selection | undefined;
 let reported = false;
