@@ -44,7 +44,7 @@ import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, D
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX, keyTag, RedisKeys, scopeTag } from "./keys.js";
 import { SCOPE_ID_PATTERN } from "../../keys/scope.js";
 import { asText, classifyRedisError, type NodeRedisClientLike, RedisLink } from "./link.js";
-import { DROP_IF_GENERATION, INDEX_PREFIXES, NEXT_GENERATION, PUBLISH, REMOVE } from "./scripts.js";
+import { DROP_IF_GENERATION, INDEX_PREFIXES, NEXT_GENERATION, PUBLISH, RAISE_TO, REMOVE } from "./scripts.js";
 
 export interface RedisTierOptions {
   /**
@@ -765,13 +765,6 @@ export class RedisTier implements RemoteTier {
     await this.#link.close();
   }
 }
-
-/** Set a key to a generation unless it already holds a later one. KEYS = key. ARGV = generation. */
-const RAISE_TO = `
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-`;
 
 function listingFailed(reason: string): KvKeepError {
   return new KvKeepError("REMOTE_UNAVAILABLE", `listing the remote tier failed (${reason}); is Redis reachable?`);
