@@ -14,13 +14,12 @@
  */
 import type { FileHandle } from "node:fs/promises";
 import { promises as fs } from "node:fs";
-import { crashPoint } from "../../durable/crash-points.js";
 import { fsWriteError, KvKeepError } from "../../errors.js";
 import { createXxh64, hashReady } from "../../keys/hash.js";
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import type { Guarded } from "../guard.js";
-import { chunkCount, chunkLength, parseRecord, RECORD_FORMAT, type RemoteRecord, serializeRecord } from "../record.js";
+import { chunkLength, parseRecord, type RemoteRecord } from "../record.js";
 import type {
   EvictOutcome,
   FetchOutcome,
@@ -40,17 +39,17 @@ import type {
   UploadTicket,
 } from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
-import { type Failed, failure, PIPELINE_DEPTH, RedisCalls } from "./calls.js";
+import { failure, PIPELINE_DEPTH, RedisCalls } from "./calls.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { keyTag, type RedisKeys, scopeTag } from "./keys.js";
 import { asText } from "./link.js";
 import { checkOptions, type RedisTierOptions, tierClient } from "./options.js";
-import { DROP_IF_GENERATION, INDEX_PREFIXES, PUBLISH, RAISE_TO, REMOVE } from "./scripts.js";
+import { DROP_IF_GENERATION, RAISE_TO, REMOVE } from "./scripts.js";
+import { Uploader } from "./upload.js";
 
 export type { RedisTierOptions };
+export { PENDING_TTL_SECONDS } from "./upload.js";
 export { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS };
-/** An upload's data key lives this long until its record is published (a killed writer's expires). */
-export const PENDING_TTL_SECONDS = 3600;
 /** Tombstones outlive any upload that could still be in flight when its delete ran. */
 export const TOMBSTONE_TTL_SECONDS = 24 * 3600;
 /** How many distinct candidates a prefix lookup checks before it gives up. */
@@ -67,6 +66,7 @@ export class RedisTier implements RemoteTier {
   readonly timeoutMs: number;
   readonly transferTimeoutMs: number;
   readonly #calls: RedisCalls;
+  readonly #uploader: Uploader;
   readonly #loggerGiven: boolean;
   #closed = false;
   /** Broken records already reported, so one bad state warns once. */
@@ -81,6 +81,7 @@ export class RedisTier implements RemoteTier {
     this.#loggerGiven = options.logger !== undefined;
     this.#calls = new RedisCalls(settings, tierClient(options, settings), options.logger ?? silentLogger);
     this.keys = this.#calls.keys;
+    this.#uploader = new Uploader(this.#calls);
     this.#calls.link.connectInBackground();
   }
 
@@ -93,153 +94,12 @@ export class RedisTier implements RemoteTier {
     return this.#calls.guard.stats();
   }
 
-  async reserve(id: RemoteCacheId): Promise<ReserveOutcome> {
-    assertCacheId(id);
-    const attempt = await this.#calls.nextGeneration("lookup");
-    return attempt.ok ? { ok: true, ticket: Object.freeze({ generation: attempt.value }) } : { ok: false, reason: "unavailable" };
+  reserve(id: RemoteCacheId): Promise<ReserveOutcome> {
+    return this.#uploader.reserve(id);
   }
 
-  // ---- upload ---------------------------------------------------------------------------
-
-  async upload(ticket: UploadTicket, state: RemoteState, file: FileHandle): Promise<UploadOutcome> {
-    assertCacheId(state.id);
-    if (!ticket || !Number.isSafeInteger(ticket.generation) || ticket.generation <= 0) {
-      throw invalidArgument("ticket", "upload needs the ticket reserve() returned.");
-    }
-    const outcome = await this.#upload(ticket.generation, state, file);
-    const c = this.#calls.counters;
-    if (outcome.outcome === "published") {
-      c.uploadsPublished += 1;
-      c.bytesUploaded += outcome.bytes;
-    } else if (outcome.outcome === "superseded") c.uploadsSuperseded += 1;
-    else if (outcome.outcome === "deleted") c.uploadsDeleted += 1;
-    else c.uploadsFailed += 1;
-    if (outcome.outcome === "failed" || outcome.outcome === "changed") {
-      this.#calls.logger.debug(logLine("remote upload not published", { cacheKey: state.id.cacheKey, ...outcome }));
-    }
-    return outcome;
-  }
-
-  async #upload(generation: number, state: RemoteState, file: FileHandle): Promise<UploadOutcome> {
-    const { id } = state;
-    const heads = this.keys.heads(id.cacheKey, id.scopeId);
-    const field = scopeTag(id);
-    const read = await this.#calls.readRecord("transfer", id);
-    if (!read.ok) return failure(read, "reading the current record");
-    const current = read.value;
-    const valid = current !== null && !("error" in current) ? current : null;
-    if (valid && valid.generation >= generation) return { outcome: "superseded" };
-
-    // Identical bytes already published: point the new record at them, upload nothing.
-    const reuse = valid !== null && valid.xxh64 === state.xxh64 && valid.size === state.size;
-    const dataGeneration = reuse ? valid.dataGeneration : generation;
-    const chunkBytes = reuse ? valid.chunkBytes : this.chunkBytes;
-    const dataKey = this.keys.data(id, state.xxh64, dataGeneration);
-    let bytes = 0;
-    if (!reuse) {
-      const sent = await this.#sendChunks(dataKey, state, file);
-      if (sent !== null) {
-        await this.#calls.unlink(dataKey);
-        return sent;
-      }
-      bytes = state.size;
-    }
-    const record: RemoteRecord = {
-      format: RECORD_FORMAT,
-      id: { scopeId: id.scopeId ?? null, modelId: id.modelId, fingerprint: id.fingerprint, configHash: id.configHash, cacheKey: id.cacheKey },
-      size: state.size,
-      xxh64: state.xxh64,
-      messageCount: state.messageCount,
-      tokenCount: state.tokenCount,
-      chain: state.chain ? [...state.chain] : null,
-      committedAt: state.committedAt,
-      generation,
-      chunkBytes,
-      chunks: chunkCount(state.size, chunkBytes),
-      dataGeneration,
-    };
-    const published = await this.#calls.transfer("publish", (c) =>
-      c.eval(PUBLISH, {
-        keys: [heads, this.keys.tombs(id.cacheKey, id.scopeId), dataKey],
-        arguments: [field, String(generation), serializeRecord(record), String(record.chunks), String(this.ttlSeconds ?? 0), id.modelId],
-      }),
-    );
-    // A publish that timed out may have landed: keep the data (it expires if not).
-    if (!published.ok) return failure(published, "publishing");
-    const [verdict, previousText] = (Array.isArray(published.value) ? published.value : []).map(asText);
-    if (verdict !== "published") {
-      if (!reuse) await this.#calls.unlink(dataKey);
-      if (verdict === "superseded") return { outcome: "superseded" };
-      if (verdict === "deleted") return { outcome: "deleted" };
-      return { outcome: "failed", reason: `publish refused: ${verdict ?? "no answer"} (chunks evicted during the upload?)` };
-    }
-    if (previousText) await this.#calls.unlinkDataOf(previousText, dataKey);
-
-    // A delete of everything runs in another slot: check it after publishing. A delete that
-    // started before this check either sees the record in its scan, or is seen here.
-    const all = await this.#calls.transfer("check delete-all", (c) => c.get(this.keys.deletedAll));
-    if (all.ok && Number(asText(all.value) ?? 0) >= generation) {
-      await this.#calls.transfer("drop", (c) => c.eval(DROP_IF_GENERATION, { keys: [heads], arguments: [field, String(generation)] }));
-      if (!reuse) await this.#calls.unlink(dataKey);
-      return { outcome: "deleted" };
-    }
-    if (record.chain && record.chain.length > 0) await this.#indexPrefixes(record);
-    return { outcome: "published", bytes };
-  }
-
-  /** Read `file` chunk by chunk into `dataKey`, hashing on the way. Null when all chunks were sent and match `state`. */
-  async #sendChunks(dataKey: string, state: RemoteState, file: FileHandle): Promise<UploadOutcome | null> {
-    const stat = await file.stat();
-    if (stat.size !== state.size) return { outcome: "changed" };
-    await hashReady; // stream through WebAssembly (the fallback keeps every chunk until the end)
-    const hash = createXxh64();
-    const chunks = chunkCount(state.size, this.chunkBytes);
-    const inFlight: Array<Promise<Guarded<unknown>>> = [];
-    let failed: Failed | null = null;
-    let changed = false;
-    for (let index = 0; index < chunks; index++) {
-      const length = chunkLength(state.size, this.chunkBytes, index);
-      const buffer = Buffer.allocUnsafe(length);
-      const { bytesRead } = await file.read(buffer, 0, length, index * this.chunkBytes);
-      if (bytesRead !== length) {
-        changed = true;
-        break;
-      }
-      hash.update(buffer);
-      const refreshTtl = index % 16 === 0;
-      inFlight.push(
-        this.#calls.transfer("send chunk", async (c) => {
-          const sent = c.hSet(dataKey, String(index), buffer);
-          if (refreshTtl) await c.expire(dataKey, PENDING_TTL_SECONDS);
-          await sent;
-          await crashPoint("remote:after-chunk");
-        }),
-      );
-      if (inFlight.length >= PIPELINE_DEPTH) {
-        const attempt = await inFlight.shift()!;
-        if (!attempt.ok) {
-          failed = failure(attempt, "sending a chunk");
-          break;
-        }
-      }
-    }
-    for (const attempt of await Promise.all(inFlight.splice(0))) {
-      if (!attempt.ok) failed ??= failure(attempt, "sending a chunk");
-    }
-    if (failed) return failed;
-    await crashPoint("remote:before-publish");
-    if (changed || hash.digestHex() !== state.xxh64) return { outcome: "changed" };
-    return null;
-  }
-
-  async #indexPrefixes(record: RemoteRecord): Promise<void> {
-    const chain = record.chain!;
-    await this.#calls.transfer("index prefixes", (c) =>
-      c.eval(INDEX_PREFIXES, {
-        keys: [this.keys.prefixIndex(record.id)],
-        arguments: [record.id.cacheKey, String(this.ttlSeconds ?? 0), ...chain],
-      }),
-    );
+  upload(ticket: UploadTicket, state: RemoteState, file: FileHandle): Promise<UploadOutcome> {
+    return this.#uploader.upload(ticket, state, file);
   }
 
   // ---- fetch ----------------------------------------------------------------------------
