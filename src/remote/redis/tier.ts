@@ -13,13 +13,10 @@
  *   failures open a circuit breaker (guard.ts).
  */
 import type { FileHandle } from "node:fs/promises";
-import { promises as fs } from "node:fs";
-import { fsWriteError, KvKeepError } from "../../errors.js";
-import { createXxh64, hashReady } from "../../keys/hash.js";
+import { KvKeepError } from "../../errors.js";
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
-import { type Logger, logLine, silentLogger } from "../../logger.js";
-import type { Guarded } from "../guard.js";
-import { chunkLength, parseRecord, type RemoteRecord } from "../record.js";
+import { type Logger, silentLogger } from "../../logger.js";
+import { parseRecord, type RemoteRecord } from "../record.js";
 import type {
   EvictOutcome,
   FetchOutcome,
@@ -39,25 +36,20 @@ import type {
   UploadTicket,
 } from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
-import { failure, PIPELINE_DEPTH, RedisCalls } from "./calls.js";
+import { failure, RedisCalls } from "./calls.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { keyTag, type RedisKeys, scopeTag } from "./keys.js";
 import { asText } from "./link.js";
 import { checkOptions, type RedisTierOptions, tierClient } from "./options.js";
 import { DROP_IF_GENERATION, RAISE_TO, REMOVE } from "./scripts.js";
 import { Uploader } from "./upload.js";
+import { Downloader } from "./download.js";
 
 export type { RedisTierOptions };
 export { PENDING_TTL_SECONDS } from "./upload.js";
 export { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS };
 /** Tombstones outlive any upload that could still be in flight when its delete ran. */
 export const TOMBSTONE_TTL_SECONDS = 24 * 3600;
-/** How many distinct candidates a prefix lookup checks before it gives up. */
-const PREFIX_CANDIDATES = 3;
-
-/** "ok", "missing" (a chunk is gone), "unavailable", or what was wrong with the bytes. */
-type DownloadResult = "ok" | "missing" | "unavailable" | (string & {});
-
 export class RedisTier implements RemoteTier {
   readonly kind = "redis";
   readonly keys: RedisKeys;
@@ -67,10 +59,9 @@ export class RedisTier implements RemoteTier {
   readonly transferTimeoutMs: number;
   readonly #calls: RedisCalls;
   readonly #uploader: Uploader;
+  readonly #downloader: Downloader;
   readonly #loggerGiven: boolean;
   #closed = false;
-  /** Broken records already reported, so one bad state warns once. */
-  readonly #reported = new Set<string>();
 
   constructor(options: RedisTierOptions) {
     const settings = checkOptions(options);
@@ -82,6 +73,7 @@ export class RedisTier implements RemoteTier {
     this.#calls = new RedisCalls(settings, tierClient(options, settings), options.logger ?? silentLogger);
     this.keys = this.#calls.keys;
     this.#uploader = new Uploader(this.#calls);
+    this.#downloader = new Downloader(this.#calls);
     this.#calls.link.connectInBackground();
   }
 
@@ -102,196 +94,20 @@ export class RedisTier implements RemoteTier {
     return this.#uploader.upload(ticket, state, file);
   }
 
-  // ---- fetch ----------------------------------------------------------------------------
-
-  async has(id: RemoteCacheId): Promise<boolean> {
-    assertCacheId(id);
-    const record = await this.#readRecord(id);
-    return record !== null && record !== "unavailable" && !("error" in record);
+  has(id: RemoteCacheId): Promise<boolean> {
+    return this.#downloader.has(id);
   }
 
-  async fetchTo(id: RemoteCacheId, tempPath: string): Promise<FetchOutcome> {
-    assertCacheId(id);
-    if (typeof tempPath !== "string" || tempPath.length === 0) throw invalidArgument("tempPath", "fetchTo needs a temp file path.");
-    const c = this.#calls.counters;
-    c.lookups += 1;
-    let retried = false;
-    for (;;) {
-      const record = await this.#readRecord(id);
-      if (record === "unavailable") return { hit: false, reason: "unavailable" };
-      if (record === null) {
-        c.misses += 1;
-        return { hit: false, reason: "absent" };
-      }
-      if ("error" in record) {
-        c.misses += 1;
-        c.corrupt += 1;
-        this.#reportBroken(id, 0, record.error);
-        return { hit: false, reason: "corrupt" };
-      }
-      let got: DownloadResult;
-      try {
-        got = await this.#download(record, tempPath);
-      } catch (error) {
-        await fs.unlink(tempPath).catch(() => {});
-        throw error instanceof KvKeepError ? error : fsWriteError("writing a state fetched from Redis", error);
-      }
-      if (got === "ok") {
-        c.hits += 1;
-        c.bytesDownloaded += record.size;
-        void this.#touch(record);
-        const { format: _f, chunkBytes: _b, chunks: _c, dataGeneration: _d, ...state } = record;
-        return { hit: true, state };
-      }
-      await fs.unlink(tempPath).catch(() => {});
-      if (got === "unavailable") return { hit: false, reason: "unavailable" };
-      // A chunk was missing: a newer commit may have replaced the record meanwhile. Once.
-      if (got === "missing" && !retried) {
-        retried = true;
-        const again = await this.#readRecord(id);
-        if (again !== "unavailable" && again !== null && !("error" in again) && again.generation !== record.generation) continue;
-      }
-      c.misses += 1;
-      c.corrupt += 1;
-      this.#reportBroken(id, record.generation, got === "missing" ? "a chunk is missing (evicted or expired)" : got);
-      await this.#calls.lookup("drop broken record", (cmd) =>
-        cmd.eval(DROP_IF_GENERATION, { keys: [this.keys.heads(id.cacheKey, id.scopeId)], arguments: [scopeTag(id), String(record.generation)] }),
-      );
-      return { hit: false, reason: "corrupt" };
-    }
+  fetchTo(id: RemoteCacheId, tempPath: string): Promise<FetchOutcome> {
+    return this.#downloader.fetchTo(id, tempPath);
   }
 
-  async #readRecord(id: RemoteCacheId): Promise<RemoteRecord | { error: string } | null | "unavailable"> {
-    const read = await this.#calls.readRecord("lookup", id);
-    return read.ok ? read.value : "unavailable";
-  }
-
-  #reportBroken(id: RemoteCacheId, generation: number, reason: string): void {
-    const key = `${id.cacheKey}\0${scopeTag(id)}\0${generation}`;
-    if (this.#reported.has(key)) return;
-    if (this.#reported.size > 1000) this.#reported.clear();
-    this.#reported.add(key);
-    this.#calls.logger.warn(
-      logLine("remote state is broken; treating it as a miss and removing its record", {
-        cacheKey: id.cacheKey,
-        modelId: id.modelId,
-        generation,
-        reason,
-      }),
-    );
-  }
-
-  /**
-   * Stream the record's chunks into a new file at `tempPath`, checking each chunk's length
-   * and the whole file's XXH64. Returns "ok", "missing" (a chunk is gone), "unavailable",
-   * or what was wrong.
-   */
-  async #download(record: RemoteRecord, tempPath: string): Promise<DownloadResult> {
-    const dataKey = this.keys.data(record.id, record.xxh64, record.dataGeneration);
-    await hashReady;
-    const handle = await fs.open(tempPath, "wx", 0o644);
-    try {
-      const hash = createXxh64();
-      const inFlight: Array<Promise<Guarded<unknown>>> = [];
-      let next = 0;
-      const request = (index: number): Promise<Guarded<unknown>> =>
-        this.#calls.transfer("fetch chunk", (c) => c.hGet(dataKey, String(index)), true);
-      for (let index = 0; index < record.chunks; index++) {
-        while (next < record.chunks && inFlight.length < PIPELINE_DEPTH) inFlight.push(request(next++));
-        const attempt = await inFlight.shift()!;
-        if (!attempt.ok) {
-          await Promise.all(inFlight.splice(0));
-          return attempt.reason === "error" ? `the server refused a chunk read: ${String(attempt.error)}` : "unavailable";
-        }
-        const chunk = attempt.value;
-        if (chunk === null || chunk === undefined) {
-          await Promise.all(inFlight.splice(0));
-          return "missing";
-        }
-        const expected = chunkLength(record.size, record.chunkBytes, index);
-        if (!Buffer.isBuffer(chunk) || chunk.length !== expected) {
-          await Promise.all(inFlight.splice(0));
-          return `chunk ${index} has ${Buffer.isBuffer(chunk) ? chunk.length : "no"} bytes, not ${expected}`;
-        }
-        hash.update(chunk);
-        let written = 0;
-        while (written < chunk.length) {
-          const { bytesWritten } = await handle.write(chunk, written, chunk.length - written, index * record.chunkBytes + written);
-          written += bytesWritten;
-        }
-      }
-      const digest = hash.digestHex();
-      if (digest !== record.xxh64) return `checksum ${digest} is not the record's ${record.xxh64}`;
-      return "ok";
-    } finally {
-      await handle.close();
-    }
-  }
-
-  /** A download is a use: keep the state as long again (best effort, not awaited by a turn). */
-  async #touch(record: RemoteRecord): Promise<void> {
-    if (this.ttlSeconds === null) return;
-    const ttl = this.ttlSeconds;
-    await this.#calls.transfer("refresh ttl", async (c) => {
-      await Promise.all([
-        c.expire(this.keys.heads(record.id.cacheKey, record.id.scopeId), ttl),
-        c.expire(this.keys.data(record.id, record.xxh64, record.dataGeneration), ttl),
-      ]);
-    });
-  }
-
-  // ---- prefix lookup --------------------------------------------------------------------
-
-  async lookupPrefix(
+  lookupPrefix(
     scope: RemoteScope,
     historyKeys: readonly string[],
     options?: { minMessages?: number | undefined; exactAncestor?: boolean | undefined },
   ): Promise<RemotePrefixHit | null> {
-    assertCacheId({ ...scope, cacheKey: "x" });
-    if (!Array.isArray(historyKeys) || historyKeys.some((k) => typeof k !== "string")) {
-      throw invalidArgument("historyKeys", "historyKeys must be the history's message-key chain (keys 1…n).");
-    }
-    const minMessages = Math.max(1, options?.minMessages ?? 1);
-    const n = historyKeys.length;
-    if (n < minMessages) return null;
-    const c = this.#calls.counters;
-    c.lookups += 1;
-    // Fields for the longest prefixes first: key j holds the first j + 1 messages.
-    const indexes: number[] = [];
-    for (let j = n - 1; j >= minMessages - 1; j--) indexes.push(j);
-    const read = await this.#calls.lookup("read prefix index", (cmd) =>
-      cmd.hmGet(this.keys.prefixIndex(scope), indexes.map((j) => historyKeys[j]!)),
-    );
-    if (!read.ok) return null;
-    const values = Array.isArray(read.value) ? read.value : [];
-    const tried = new Set<string>();
-    for (let i = 0; i < indexes.length && tried.size < PREFIX_CANDIDATES; i++) {
-      const text = asText(values[i]);
-      for (const cacheKey of text === null ? [] : parsePrefixEntry(text)) {
-        if (tried.has(cacheKey) || tried.size >= PREFIX_CANDIDATES) continue;
-        tried.add(cacheKey);
-        const record = await this.#readRecord({ ...scope, cacheKey });
-        if (record === "unavailable") return null;
-        if (record === null || "error" in record || !record.chain) continue;
-        // Chain keys are cumulative: equal at j means equal up to j. The state may share
-        // more than the field it was found under (the index keeps a few per field).
-        let common = Math.min(n, record.chain.length);
-        while (common >= minMessages && record.chain[common - 1] !== historyKeys[common - 1]) common -= 1;
-        if (common < minMessages) continue;
-        if (options?.exactAncestor && record.messageCount !== common) continue;
-        c.hits += 1;
-        return {
-          cacheKey,
-          commonMessages: common,
-          messageCount: record.messageCount,
-          tokenCount: record.tokenCount,
-          bytes: record.size,
-          generation: record.generation,
-        };
-      }
-    }
-    c.misses += 1;
-    return null;
+    return this.#downloader.lookupPrefix(scope, historyKeys, options);
   }
 
   // ---- delete ---------------------------------------------------------------------------
@@ -464,25 +280,6 @@ function sumMemoryInfo(replies: readonly string[]): RemoteServerUsage {
     policy: (replies.length > 0 ? field(replies[0]!, "maxmemory_policy") : undefined) ?? "unknown",
     nodes: replies.length,
   };
-}
-
-/** A prefix index field: the cache keys of states covering that prefix, newest first (only safe keys kept). */
-function parsePrefixEntry(text: string): string[] {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return [];
-  }
-  if (!Array.isArray(raw)) return [];
-  return raw.filter((k): k is string => {
-    try {
-      assertCacheKey(k);
-      return true;
-    } catch {
-      return false;
-    }
-  });
 }
 
 /** HGETALL's reply as [field, value] text pairs (RESP3 gives an object or Map, RESP2 a flat list). */
