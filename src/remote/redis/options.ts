@@ -11,6 +11,7 @@ import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, D
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "./keys.js";
 import type { NodeRedisClientLike } from "./link.js";
 
+/** What `createRedisTier` takes: `url` or `client`, and how the tier uses the server. */
 export interface RedisTierOptions {
   /**
    * `redis://[user[:password]@]host[:port][/db]`, or `rediss://…` for TLS. kvkeep creates
