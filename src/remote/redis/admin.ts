@@ -7,7 +7,7 @@
  */
 import { KvKeepError } from "../../errors.js";
 import { assertCacheKey } from "../../keys/safe-key.js";
-import { parseRecord, type RemoteRecord } from "../record.js";
+import { parseRecord, type RemoteRecord, stateOfRecord } from "../record.js";
 import type { EvictOutcome, RemoteCacheId, RemoteListing, RemoteServerUsage, ServerUsageOutcome } from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
 import { failure, type RedisCalls } from "./calls.js";
@@ -58,10 +58,9 @@ export class Administration {
       if (!facts.ok) throw listingFailed(failure(facts, `inspecting the states of ${key}`).reason);
       for (const [i, record] of records.entries()) {
         const { pttl, idle } = facts.value[i]!;
-        const { format: _f, chunkBytes: _b, chunks: _c, dataGeneration: _d, ...state } = record;
         const whole = pttl !== -2; // -2: the data key is gone
         yield {
-          ...state,
+          ...stateOfRecord(record),
           idleMs: whole && idle !== null && Number.isFinite(idle) ? idle * 1000 : null,
           expiresInMs: whole && pttl >= 0 ? pttl : null,
           whole,

@@ -11,7 +11,7 @@ import { createXxh64, hashReady } from "../../keys/hash.js";
 import { assertCacheKey } from "../../keys/safe-key.js";
 import { logLine } from "../../logger.js";
 import type { Guarded } from "../guard.js";
-import { chunkLength, type RemoteRecord } from "../record.js";
+import { chunkLength, type RemoteRecord, stateOfRecord } from "../record.js";
 import type { FetchOutcome, RemoteCacheId, RemotePrefixHit, RemoteScope } from "../types.js";
 import { assertCacheId, invalidArgument } from "./arguments.js";
 import { PIPELINE_DEPTH, type RecordRead, type RedisCalls } from "./calls.js";
@@ -70,8 +70,7 @@ export class Downloader {
         counters.hits += 1;
         counters.bytesDownloaded += record.size;
         void this.#touch(record);
-        const { format: _f, chunkBytes: _b, chunks: _c, dataGeneration: _d, ...state } = record;
-        return { hit: true, state };
+        return { hit: true, state: stateOfRecord(record) };
       }
       await fs.unlink(tempPath).catch(() => {});
       if (got === "unavailable") return { hit: false, reason: "unavailable" };
