@@ -10,9 +10,9 @@ import { assertCacheKey } from "../../keys/safe-key.js";
 import { parseRecord, type RemoteRecord, stateOfRecord } from "../record.js";
 import type { EvictOutcome, RemoteCacheId, RemoteListing, RemoteServerUsage, ServerUsageOutcome } from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
-import { failure, type RedisCalls } from "./calls.js";
+import { failureReason, type RedisCalls } from "./calls.js";
 import { scopeTag } from "./keys.js";
-import { asText } from "./link.js";
+import { asText } from "./connections.js";
 import { DROP_IF_GENERATION } from "./scripts.js";
 
 export class Administration {
@@ -34,7 +34,7 @@ export class Administration {
     }
     for (const key of headsKeys) {
       const read = await this.#calls.transfer("list records", (c) => c.hGetAll(key));
-      if (!read.ok) throw listingFailed(failure(read, `reading ${key}`).reason);
+      if (!read.ok) throw listingFailed(failureReason(read, `reading ${key}`));
       const records: RemoteRecord[] = [];
       for (const [field, value] of recordPairs(read.value)) {
         const record = parseRecord(value);
@@ -55,7 +55,7 @@ export class Administration {
           }),
         ),
       );
-      if (!facts.ok) throw listingFailed(failure(facts, `inspecting the states of ${key}`).reason);
+      if (!facts.ok) throw listingFailed(failureReason(facts, `inspecting the states of ${key}`));
       for (const [i, record] of records.entries()) {
         const { pttl, idle } = facts.value[i]!;
         const whole = pttl !== -2; // -2: the data key is gone
@@ -71,17 +71,17 @@ export class Administration {
 
   /** Every key matching `pattern`, each SCAN step under the transfer deadline. */
   async #scanKeys(pattern: string, type?: string): Promise<string[]> {
-    const { link, settings } = this.#calls;
+    const { connections, settings } = this.#calls;
     const keys: string[] = [];
-    const iterator = link.scan(pattern, type)[Symbol.asyncIterator]();
+    const iterator = connections.scan(pattern, type)[Symbol.asyncIterator]();
     for (let first = true; ; first = false) {
       const step = await this.#calls.guard.run("list keys", settings.transferTimeoutMs, async () => {
-        if (first) await link.ready();
+        if (first) await connections.ready();
         return iterator.next();
       });
       if (!step.ok) {
         void iterator.return?.(undefined)?.catch(() => {});
-        throw listingFailed(failure(step, "scanning the keys").reason);
+        throw listingFailed(failureReason(step, "scanning the keys"));
       }
       if (step.value.done) return keys;
       keys.push(step.value.value);
@@ -93,7 +93,7 @@ export class Administration {
     assertCacheId(state.id);
     if (!Number.isSafeInteger(state.generation) || state.generation <= 0) throw invalidArgument("generation", "evict needs the state's generation.");
     const current = await this.#calls.readRecord("control", state.id);
-    if (!current.ok) return { ok: false, reason: failure(current, "reading the record").reason };
+    if (!current.ok) return { ok: false, reason: failureReason(current, "reading the record") };
     const record = current.value;
     if (record === null || "error" in record || record.generation !== state.generation) return { ok: true, evicted: false };
     const { keys } = this.#calls;
@@ -102,19 +102,19 @@ export class Administration {
     const dropped = await this.#calls.control("evict", (c) =>
       c.eval(DROP_IF_GENERATION, { keys: [heads, dataKey], arguments: [scopeTag(state.id), String(state.generation)] }),
     );
-    if (!dropped.ok) return { ok: false, reason: failure(dropped, "evicting").reason };
+    if (!dropped.ok) return { ok: false, reason: failureReason(dropped, "evicting") };
     return { ok: true, evicted: Number(asText(dropped.value)) === 1 };
   }
 
   async serverUsage(): Promise<ServerUsageOutcome> {
-    const { link } = this.#calls;
+    const { connections } = this.#calls;
     // INFO is about a node, not a key: asked of each master of a cluster.
     const read = await this.#calls.guard.run("read server memory", this.#calls.timeoutOf("control"), async () => {
-      await link.ready();
-      const nodes = await link.nodes();
+      await connections.ready();
+      const nodes = await connections.nodes();
       return Promise.all(nodes.map(async (node) => asText(await node.info("memory")) ?? ""));
     });
-    if (!read.ok) return { ok: false, reason: failure(read, "reading INFO memory").reason };
+    if (!read.ok) return { ok: false, reason: failureReason(read, "reading INFO memory") };
     return { ok: true, usage: sumMemoryInfo(read.value) };
   }
 }

@@ -14,37 +14,36 @@
 import { type Logger, logLine } from "../../logger.js";
 import { type GuardFailure, type Guarded, RemoteGuard } from "../guard.js";
 import { parseRecord, type RemoteRecord } from "../record.js";
-import type { RemoteCacheId, UploadOutcome } from "../types.js";
+import type { RemoteCacheId } from "../types.js";
 import { RedisKeys, scopeTag } from "./keys.js";
-import { asText, classifyRedisError, type NodeRedisClientLike, RedisLink } from "./link.js";
+import { asText, classifyRedisError, type NodeRedisClientLike, RedisConnections } from "./connections.js";
 import type { RedisTierSettings } from "./options.js";
 import { NEXT_GENERATION } from "./scripts.js";
 
 export type Deadline = "lookup" | "transfer" | "control";
-export type Commands = ReturnType<RedisLink["commands"]>;
+export type Commands = ReturnType<RedisConnections["commands"]>;
 /** A record as read: checked, refused (`error`), or absent (null). */
 export type RecordRead = RemoteRecord | { error: string } | null;
-export type Failed = Extract<UploadOutcome, { outcome: "unavailable" | "failed" }>;
 
 /** Chunk commands kept in flight at once during a transfer. */
 export const PIPELINE_DEPTH = 4;
 
-/** A failed call as an outcome: `failed` when the server refused it, else `unavailable`. */
-export function failure(attempt: GuardFailure, what: string): Failed {
+/** Why a call failed, for an outcome's `reason`: what was being done, and the error or the guard's verdict. */
+export function failureReason(attempt: GuardFailure, what: string): string {
   const detail = attempt.error instanceof Error ? attempt.error.message : attempt.reason;
-  return { outcome: attempt.reason === "error" ? "failed" : "unavailable", reason: `${what}: ${detail}` };
+  return `${what}: ${detail}`;
 }
 
 export class RedisCalls {
   readonly settings: RedisTierSettings;
   readonly keys: RedisKeys;
   /** The two connections (lookups, chunk transfers); for what a key-less call needs (SCAN, INFO). */
-  readonly link: RedisLink;
+  readonly connections: RedisConnections;
   /** For calls with a deadline of their own (a SCAN step, delete-everything). */
   readonly guard: RemoteGuard;
   #logger: Logger;
 
-  constructor(settings: RedisTierSettings, connection: { client: NodeRedisClientLike; owned: boolean }, logger: Logger) {
+  constructor(settings: RedisTierSettings, client: { client: NodeRedisClientLike; owned: boolean }, logger: Logger) {
     this.settings = settings;
     this.keys = new RedisKeys(settings.keyPrefix);
     this.#logger = logger;
@@ -56,15 +55,15 @@ export class RedisCalls {
       // operation reaches the guard, which warns with it.
       if (this.guard?.state === "open") this.#logger.debug(logLine("redis client error", { error }));
     };
-    this.link = new RedisLink(connection.client, connection.owned, onError);
+    this.connections = new RedisConnections(client.client, client.owned, onError);
     const probeTimeoutMs = Math.max(settings.timeoutMs, 1000);
     this.guard = new RemoteGuard({
       kind: "redis",
       classify: classifyRedisError,
       probeTimeoutMs,
       probe: async (signal) => {
-        await this.link.ready();
-        await this.link.commands(signal, probeTimeoutMs).exists(this.keys.clock);
+        await this.connections.ready();
+        await this.connections.commands(signal, probeTimeoutMs).exists(this.keys.clock);
       },
     });
     this.guard.logger = logger;
@@ -91,10 +90,10 @@ export class RedisCalls {
   /** One guarded round trip under `deadline`; `binary` replies are Buffers (chunk data). */
   call<T>(deadline: Deadline, label: string, op: (c: Commands) => Promise<T>, binary = false): Promise<Guarded<T>> {
     const timeoutMs = this.timeoutOf(deadline);
-    const lane = deadline === "transfer" ? "bulk" : "lookup";
+    const connection = deadline === "transfer" ? "bulk" : "lookup";
     return this.guard.run(label, timeoutMs, async (signal) => {
-      await this.link.ready(lane);
-      return op(this.link.commands(signal, timeoutMs, { binary, lane }));
+      await this.connections.ready(connection);
+      return op(this.connections.commands(signal, timeoutMs, { binary, connection }));
     });
   }
 
@@ -144,6 +143,6 @@ export class RedisCalls {
 
   async close(): Promise<void> {
     await this.guard.close();
-    await this.link.close();
+    await this.connections.close();
   }
 }

@@ -8,8 +8,8 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
 import type { RemoteDeleteTarget, RemoveOutcome } from "../types.js";
 import { assertScopeId, invalidArgument } from "./arguments.js";
-import { failure, type RedisCalls } from "./calls.js";
-import { asText } from "./link.js";
+import { failureReason, type RedisCalls } from "./calls.js";
+import { asText } from "./connections.js";
 import { RAISE_TO, REMOVE } from "./scripts.js";
 
 /** Tombstones outlive any upload that could still be in flight when its delete ran. */
@@ -25,13 +25,13 @@ export class Deleter {
   async remove(target: RemoteDeleteTarget): Promise<RemoveOutcome> {
     if (!target || typeof target !== "object") throw invalidArgument("target", "remove needs { cacheKey, modelId? } or { all: true }.");
     const generation = await this.#calls.nextGeneration("control");
-    if (!generation.ok) return { ok: false, reason: failure(generation, "reserving a generation").reason };
+    if (!generation.ok) return { ok: false, reason: failureReason(generation, "reserving a generation") };
     const outcome = "all" in target ? await this.#removeAll(generation.value) : await this.#removeKey(target, generation.value);
     if (outcome.ok) this.#calls.counters.removes += outcome.removed;
     return outcome;
   }
 
-  async #removeKey(target: { cacheKey: string; modelId?: string | undefined; scopeId?: string | null | undefined }, generation: number): Promise<RemoveOutcome> {
+  async #removeKey(target: Exclude<RemoteDeleteTarget, { all: true }>, generation: number): Promise<RemoveOutcome> {
     assertCacheKey(target.cacheKey, "cacheKey");
     if (target.modelId !== undefined) assertModelId(target.modelId);
     assertScopeId(target.scopeId);
@@ -43,29 +43,29 @@ export class Deleter {
         arguments: [String(generation), target.modelId ?? "", String(TOMBSTONE_TTL_SECONDS)],
       }),
     );
-    if (!removed.ok) return { ok: false, reason: failure(removed, "deleting").reason };
+    if (!removed.ok) return { ok: false, reason: failureReason(removed, "deleting") };
     const records = (Array.isArray(removed.value) ? removed.value : []).map(asText).filter((t): t is string => t !== null);
     for (const text of records) await this.#calls.unlinkDataOf(text);
     return { ok: true, removed: records.length };
   }
 
   async #removeAll(generation: number): Promise<RemoveOutcome> {
-    const { keys, link, settings } = this.#calls;
+    const { keys, connections, settings } = this.#calls;
     const keep = new Set([keys.clock, keys.deletedAll]);
     // A walk over the whole key space: its own deadline, each command under the transfer one.
     const done = await this.#calls.guard.run("delete everything", Math.max(settings.transferTimeoutMs, 60_000), async (signal) => {
-      await link.ready();
-      const c = link.commands(signal, settings.transferTimeoutMs);
+      await connections.ready();
+      const c = connections.commands(signal, settings.transferTimeoutMs);
       // Recorded first: an upload ordered before it that publishes after this point sees it.
       await c.eval(RAISE_TO, { keys: [keys.deletedAll], arguments: [String(generation)] });
       let removed = 0;
-      for await (const key of link.scan(keys.everything)) {
+      for await (const key of connections.scan(keys.everyKeyPattern)) {
         if (keep.has(key)) continue;
         await c.unlink(key);
         if (key.endsWith(":heads")) removed += 1;
       }
       return removed;
     });
-    return done.ok ? { ok: true, removed: done.value } : { ok: false, reason: failure(done, "deleting everything").reason };
+    return done.ok ? { ok: true, removed: done.value } : { ok: false, reason: failureReason(done, "deleting everything") };
   }
 }

@@ -16,7 +16,7 @@ import type { FetchOutcome, RemoteCacheId, RemotePrefixHit, RemoteScope } from "
 import { assertCacheId, invalidArgument } from "./arguments.js";
 import { PIPELINE_DEPTH, type RecordRead, type RedisCalls } from "./calls.js";
 import { scopeTag } from "./keys.js";
-import { asText } from "./link.js";
+import { asText } from "./connections.js";
 import { DROP_IF_GENERATION } from "./scripts.js";
 
 /** How many distinct candidates a prefix lookup checks before it gives up. */
@@ -28,7 +28,7 @@ type DownloadResult = "ok" | "missing" | "unavailable" | (string & {});
 export class Downloader {
   readonly #calls: RedisCalls;
   /** Broken records already reported, so one bad state warns once. */
-  readonly #reported = new Set<string>();
+  readonly #reportedBroken = new Set<string>();
 
   constructor(calls: RedisCalls) {
     this.#calls = calls;
@@ -59,30 +59,30 @@ export class Downloader {
         this.#reportBroken(id, 0, record.error);
         return { hit: false, reason: "corrupt" };
       }
-      let got: DownloadResult;
+      let result: DownloadResult;
       try {
-        got = await this.#download(record, tempPath);
+        result = await this.#download(record, tempPath);
       } catch (error) {
         await fs.unlink(tempPath).catch(() => {});
         throw error instanceof KvKeepError ? error : fsWriteError("writing a state fetched from Redis", error);
       }
-      if (got === "ok") {
+      if (result === "ok") {
         counters.hits += 1;
         counters.bytesDownloaded += record.size;
         void this.#touch(record);
         return { hit: true, state: stateOfRecord(record) };
       }
       await fs.unlink(tempPath).catch(() => {});
-      if (got === "unavailable") return { hit: false, reason: "unavailable" };
+      if (result === "unavailable") return { hit: false, reason: "unavailable" };
       // A chunk was missing: a newer commit may have replaced the record meanwhile. Once.
-      if (got === "missing" && !retried) {
+      if (result === "missing" && !retried) {
         retried = true;
         const again = await this.#readRecord(id);
         if (again !== "unavailable" && again !== null && !("error" in again) && again.generation !== record.generation) continue;
       }
       counters.misses += 1;
       counters.corrupt += 1;
-      this.#reportBroken(id, record.generation, got === "missing" ? "a chunk is missing (evicted or expired)" : got);
+      this.#reportBroken(id, record.generation, result === "missing" ? "a chunk is missing (evicted or expired)" : result);
       await this.#calls.lookup("drop broken record", (c) =>
         c.eval(DROP_IF_GENERATION, { keys: [this.#calls.keys.heads(id.cacheKey, id.scopeId)], arguments: [scopeTag(id), String(record.generation)] }),
       );
@@ -98,9 +98,9 @@ export class Downloader {
 
   #reportBroken(id: RemoteCacheId, generation: number, reason: string): void {
     const key = `${id.cacheKey}\0${scopeTag(id)}\0${generation}`;
-    if (this.#reported.has(key)) return;
-    if (this.#reported.size > 1000) this.#reported.clear();
-    this.#reported.add(key);
+    if (this.#reportedBroken.has(key)) return;
+    if (this.#reportedBroken.size > 1000) this.#reportedBroken.clear();
+    this.#reportedBroken.add(key);
     this.#calls.logger.warn(
       logLine("remote state is broken; treating it as a miss and removing its record", {
         cacheKey: id.cacheKey,

@@ -1,15 +1,14 @@
 /**
- * What `createRedisTier` takes: the options, checked in one place (each bad value an
- * INVALID_ARGUMENT naming it) into the settings the tier runs with, and the node-redis
- * client kvkeep creates when given a `url`.
+ * What `createRedisTier` takes: the options, checked in one place (pure: each bad value an
+ * INVALID_ARGUMENT naming it) into the settings the tier runs with.
  */
-import { createClient, type RedisClientOptions } from "redis";
+import type { RedisClientOptions } from "redis";
 import type { Logger } from "../../logger.js";
 import { MAX_CHUNK_BYTES } from "../record.js";
 import { invalidArgument } from "./arguments.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "./keys.js";
-import type { NodeRedisClientLike } from "./link.js";
+import type { NodeRedisClientLike } from "./connections.js";
 
 /** What `createRedisTier` takes: `url` or `client`, and how the tier uses the server. */
 export interface RedisTierOptions {
@@ -77,28 +76,6 @@ export function checkOptions(options: RedisTierOptions): RedisTierSettings {
     timeoutMs: positiveInt(options.timeoutMs ?? DEFAULT_TIMEOUT_MS, "timeoutMs", 1, 600_000),
     transferTimeoutMs: positiveInt(options.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS, "transferTimeoutMs", 1, 3_600_000),
   };
-}
-
-/**
- * The client the tier talks through: the caller's (`owned: false`, left open at close), or
- * one created from `url` (`owned: true`). Call after `checkOptions`.
- */
-export function tierClient(options: RedisTierOptions, settings: RedisTierSettings): { client: NodeRedisClientLike; owned: boolean } {
-  if (options.url === undefined) return { client: options.client!, owned: false };
-  const clientOptions = options.clientOptions ?? {};
-  const created = createClient({
-    ...clientOptions,
-    url: options.url,
-    // Fail at once while disconnected instead of queueing: the guard's deadline and
-    // breaker decide, and nothing piles up in memory during an outage.
-    disableOfflineQueue: true,
-    socket: {
-      connectTimeout: Math.max(1000, settings.timeoutMs * 5),
-      reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 2000),
-      ...clientOptions.socket,
-    },
-  } as RedisClientOptions);
-  return { client: created as unknown as NodeRedisClientLike, owned: true };
 }
 
 function positiveInt(value: unknown, argument: string, min: number, max: number): number {

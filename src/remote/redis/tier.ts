@@ -10,7 +10,7 @@
  * - calls.ts: what they share — every server call through the guard under its deadline
  *   (lookups `timeoutMs`, 200 ms by default; transfers `transferTimeoutMs` per chunk;
  *   failures open a circuit breaker), the generation clock, the logger;
- * - options.ts, keys.ts (the key layout), scripts.ts (the atomic steps), link.ts (the two
+ * - options.ts, keys.ts (the key layout), scripts.ts (the atomic steps), connections.ts (the two
  *   connections).
  */
 import type { FileHandle } from "node:fs/promises";
@@ -34,11 +34,12 @@ import type {
 } from "../types.js";
 import { Administration } from "./admin.js";
 import { RedisCalls } from "./calls.js";
+import { tierClient } from "./connections.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { Deleter } from "./delete.js";
 import { Downloader } from "./download.js";
 import type { RedisKeys } from "./keys.js";
-import { checkOptions, type RedisTierOptions, tierClient } from "./options.js";
+import { checkOptions, type RedisTierOptions } from "./options.js";
 import { Uploader } from "./upload.js";
 
 export type { RedisTierOptions };
@@ -69,13 +70,13 @@ export class RedisTier implements RemoteTier {
     this.timeoutMs = settings.timeoutMs;
     this.transferTimeoutMs = settings.transferTimeoutMs;
     this.#loggerGiven = options.logger !== undefined;
-    this.#calls = new RedisCalls(settings, tierClient(options, settings), options.logger ?? silentLogger);
+    this.#calls = new RedisCalls(settings, tierClient(options, settings.timeoutMs), options.logger ?? silentLogger);
     this.keys = this.#calls.keys;
     this.#uploader = new Uploader(this.#calls);
     this.#downloader = new Downloader(this.#calls);
     this.#deleter = new Deleter(this.#calls);
     this.#administration = new Administration(this.#calls);
-    this.#calls.link.connectInBackground();
+    this.#calls.connections.connectInBackground();
   }
 
   setLogger(logger: Logger): void {

@@ -11,17 +11,24 @@ import type { FileHandle } from "node:fs/promises";
 import { crashPoint } from "../../durable/crash-points.js";
 import { createXxh64, hashReady } from "../../keys/hash.js";
 import { logLine } from "../../logger.js";
-import type { Guarded } from "../guard.js";
+import type { GuardFailure, Guarded } from "../guard.js";
 import { chunkCount, chunkLength, RECORD_FORMAT, type RemoteRecord, serializeRecord } from "../record.js";
 import type { RemoteCacheId, RemoteState, ReserveOutcome, UploadOutcome, UploadTicket } from "../types.js";
 import { assertCacheId, invalidArgument } from "./arguments.js";
-import { type Failed, failure, PIPELINE_DEPTH, type RedisCalls } from "./calls.js";
+import { failureReason, PIPELINE_DEPTH, type RedisCalls } from "./calls.js";
 import { scopeTag } from "./keys.js";
-import { asText } from "./link.js";
+import { asText } from "./connections.js";
 import { DROP_IF_GENERATION, INDEX_PREFIXES, PUBLISH } from "./scripts.js";
 
 /** An upload's data key lives this long until its record is published (a killed writer's expires). */
 export const PENDING_TTL_SECONDS = 3600;
+
+type UploadFailure = Extract<UploadOutcome, { outcome: "unavailable" | "failed" }>;
+
+/** A failed call as the upload's outcome: `failed` when the server refused it, else `unavailable`. */
+function uploadFailure(attempt: GuardFailure, what: string): UploadFailure {
+  return { outcome: attempt.reason === "error" ? "failed" : "unavailable", reason: failureReason(attempt, what) };
+}
 
 export class Uploader {
   readonly #calls: RedisCalls;
@@ -63,7 +70,7 @@ export class Uploader {
     const heads = keys.heads(id.cacheKey, id.scopeId);
     const field = scopeTag(id);
     const read = await this.#calls.readRecord("transfer", id);
-    if (!read.ok) return failure(read, "reading the current record");
+    if (!read.ok) return uploadFailure(read, "reading the current record");
     const current = read.value !== null && !("error" in read.value) ? read.value : null;
     if (current && current.generation >= generation) return { outcome: "superseded" };
 
@@ -102,7 +109,7 @@ export class Uploader {
       }),
     );
     // A publish that timed out may have landed: keep the data (it expires if not).
-    if (!published.ok) return failure(published, "publishing");
+    if (!published.ok) return uploadFailure(published, "publishing");
     const [verdict, previousText] = (Array.isArray(published.value) ? published.value : []).map(asText);
     if (verdict !== "published") {
       if (!reuse) await this.#calls.unlink(dataKey);
@@ -133,7 +140,7 @@ export class Uploader {
     const { chunkBytes } = this.#calls.settings;
     const chunks = chunkCount(state.size, chunkBytes);
     const inFlight: Array<Promise<Guarded<unknown>>> = [];
-    let failed: Failed | null = null;
+    let failed: UploadFailure | null = null;
     let changed = false;
     for (let index = 0; index < chunks; index++) {
       const length = chunkLength(state.size, chunkBytes, index);
@@ -156,13 +163,13 @@ export class Uploader {
       if (inFlight.length >= PIPELINE_DEPTH) {
         const attempt = await inFlight.shift()!;
         if (!attempt.ok) {
-          failed = failure(attempt, "sending a chunk");
+          failed = uploadFailure(attempt, "sending a chunk");
           break;
         }
       }
     }
     for (const attempt of await Promise.all(inFlight.splice(0))) {
-      if (!attempt.ok) failed ??= failure(attempt, "sending a chunk");
+      if (!attempt.ok) failed ??= uploadFailure(attempt, "sending a chunk");
     }
     if (failed) return failed;
     await crashPoint("remote:before-publish");
