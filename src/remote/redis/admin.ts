@@ -11,8 +11,8 @@ import { parseRecord, type RemoteRecord, stateOfRecord } from "../record.js";
 import type { EvictOutcome, RemoteCacheId, RemoteListing, RemoteServerUsage, ServerUsageOutcome } from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
 import { failureReason, type RedisCalls } from "./calls.js";
-import { scopeTag } from "./keys.js";
 import { asText } from "./connections.js";
+import { scopeTag } from "./keys.js";
 import { DROP_IF_GENERATION } from "./scripts.js";
 
 export class Administration {

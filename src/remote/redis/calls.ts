@@ -15,8 +15,8 @@ import { type Logger, logLine } from "../../logger.js";
 import { type GuardFailure, type Guarded, RemoteGuard } from "../guard.js";
 import { parseRecord, type RemoteRecord } from "../record.js";
 import type { RemoteCacheId } from "../types.js";
-import { RedisKeys, scopeTag } from "./keys.js";
 import { asText, classifyRedisError, type NodeRedisClientLike, RedisConnections } from "./connections.js";
+import { RedisKeys, scopeTag } from "./keys.js";
 import type { RedisTierSettings } from "./options.js";
 import { NEXT_GENERATION } from "./scripts.js";
 
@@ -43,7 +43,7 @@ export class RedisCalls {
   readonly guard: RemoteGuard;
   #logger: Logger;
 
-  constructor(settings: RedisTierSettings, client: { client: NodeRedisClientLike; owned: boolean }, logger: Logger) {
+  constructor(settings: RedisTierSettings, { client, owned }: { client: NodeRedisClientLike; owned: boolean }, logger: Logger) {
     this.settings = settings;
     this.keys = new RedisKeys(settings.keyPrefix);
     this.#logger = logger;
@@ -55,7 +55,7 @@ export class RedisCalls {
       // operation reaches the guard, which warns with it.
       if (this.guard?.state === "open") this.#logger.debug(logLine("redis client error", { error }));
     };
-    this.connections = new RedisConnections(client.client, client.owned, onError);
+    this.connections = new RedisConnections(client, owned, onError);
     const probeTimeoutMs = Math.max(settings.timeoutMs, 1000);
     this.guard = new RemoteGuard({
       kind: "redis",

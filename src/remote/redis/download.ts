@@ -15,8 +15,8 @@ import { chunkLength, type RemoteRecord, stateOfRecord } from "../record.js";
 import type { FetchOutcome, RemoteCacheId, RemotePrefixHit, RemoteScope } from "../types.js";
 import { assertCacheId, invalidArgument } from "./arguments.js";
 import { PIPELINE_DEPTH, type RecordRead, type RedisCalls } from "./calls.js";
-import { scopeTag } from "./keys.js";
 import { asText } from "./connections.js";
+import { scopeTag } from "./keys.js";
 import { DROP_IF_GENERATION } from "./scripts.js";
 
 /** How many distinct candidates a prefix lookup checks before it gives up. */

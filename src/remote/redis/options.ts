@@ -6,9 +6,9 @@ import type { RedisClientOptions } from "redis";
 import type { Logger } from "../../logger.js";
 import { MAX_CHUNK_BYTES } from "../record.js";
 import { invalidArgument } from "./arguments.js";
+import type { NodeRedisClientLike } from "./connections.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "./keys.js";
-import type { NodeRedisClientLike } from "./connections.js";
 
 /** What `createRedisTier` takes: `url` or `client`, and how the tier uses the server. */
 export interface RedisTierOptions {

@@ -16,8 +16,8 @@ import { chunkCount, chunkLength, RECORD_FORMAT, type RemoteRecord, serializeRec
 import type { RemoteCacheId, RemoteState, ReserveOutcome, UploadOutcome, UploadTicket } from "../types.js";
 import { assertCacheId, invalidArgument } from "./arguments.js";
 import { failureReason, PIPELINE_DEPTH, type RedisCalls } from "./calls.js";
-import { scopeTag } from "./keys.js";
 import { asText } from "./connections.js";
+import { scopeTag } from "./keys.js";
 import { DROP_IF_GENERATION, INDEX_PREFIXES, PUBLISH } from "./scripts.js";
 
 /** An upload's data key lives this long until its record is published (a killed writer's expires). */
