@@ -3,7 +3,8 @@
  * (`createClient`), a cluster (`createCluster`) or any other with the same command methods,
  * and the few commands the tier sends on them. Each call gets the caller's AbortSignal and
  * timeout, so a command still queued at the deadline is dropped by the client instead of
- * running late. Nothing else in kvkeep knows node-redis.
+ * running late. Nothing else in the tier loads node-redis (the CLI's `--remote` creates its
+ * own client).
  */
 import { createClient, ErrorReply, type RedisClientOptions, RESP_TYPES, TimeoutError } from "redis";
 import type { ErrorClass } from "../guard.js";
