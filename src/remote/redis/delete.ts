@@ -59,7 +59,7 @@ export class Deleter {
       // Recorded first: an upload ordered before it that publishes after this point sees it.
       await c.eval(RAISE_TO, { keys: [keys.deletedAll], arguments: [String(generation)] });
       let removed = 0;
-      for await (const key of connections.scan(keys.everyKeyPattern)) {
+      for await (const key of connections.scan(keys.everything)) {
         if (keep.has(key)) continue;
         await c.unlink(key);
         if (key.endsWith(":heads")) removed += 1;

@@ -81,7 +81,7 @@ export class RedisKeys {
    * prefix, so another tenant's prefix that merely starts with this one ("kvkeep:" and
    * "kvkeep:a:") never matches.
    */
-  get everyKeyPattern(): string {
+  get everything(): string {
     return `${this.prefix}{*`;
   }
 }
