@@ -29,6 +29,12 @@ export function chunkCount(size: number, chunkBytes: number): number {
   return Math.ceil(size / chunkBytes);
 }
 
+/** What a record says of its state, without how its bytes are laid out (what callers are given). */
+export function stateOfRecord(record: RemoteRecord): RemoteStateRecord {
+  const { format: _f, chunkBytes: _b, chunks: _c, dataGeneration: _d, ...state } = record;
+  return state;
+}
+
 /** Bytes of chunk `index` of a state of `size` bytes. */
 export function chunkLength(size: number, chunkBytes: number, index: number): number {
   return Math.min(chunkBytes, size - index * chunkBytes);

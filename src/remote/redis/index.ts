@@ -12,7 +12,7 @@ export {
   RedisTier,
   type RedisTierOptions,
 } from "./tier.js";
-export type { NodeRedisClientLike } from "./link.js";
+export type { NodeRedisClientLike } from "./connections.js";
 export type {
   EvictOutcome,
   FetchOutcome,

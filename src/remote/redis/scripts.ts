@@ -125,3 +125,9 @@ if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 `;
 
+/** Set a key to a generation unless it already holds a later one. KEYS = key. ARGV = generation. */
+export const RAISE_TO = `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+`;

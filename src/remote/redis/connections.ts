@@ -1,11 +1,12 @@
 /**
- * The few commands the tier sends, over any node-redis client: a single client
- * (`createClient`), a cluster (`createCluster`) or any other with the same command methods.
- * Each call gets the caller's AbortSignal and timeout, so a command still queued at the
- * deadline is dropped by the client instead of running late. Nothing else in kvkeep knows
- * node-redis.
+ * The tier's connections to the server, over any node-redis client: a single client
+ * (`createClient`), a cluster (`createCluster`) or any other with the same command methods,
+ * and the few commands the tier sends on them. Each call gets the caller's AbortSignal and
+ * timeout, so a command still queued at the deadline is dropped by the client instead of
+ * running late. Nothing else in the tier loads node-redis (the CLI's `--remote` creates its
+ * own client).
  */
-import { ErrorReply, RESP_TYPES, TimeoutError } from "redis";
+import { createClient, ErrorReply, type RedisClientOptions, RESP_TYPES, TimeoutError } from "redis";
 import type { ErrorClass } from "../guard.js";
 
 /** The command methods the tier uses (node-redis names; replies typed loosely on purpose). */
@@ -42,6 +43,32 @@ export interface NodeRedisClientLike {
   nodeClient?(node: unknown): unknown;
 }
 
+/**
+ * The client the tier talks through: the caller's `client` (`owned: false`, left open at
+ * close), or one created from `url` (`owned: true`), which gives up a connection attempt
+ * after 5 × the lookup deadline `timeoutMs` (at least 1 s). Call with checked options.
+ */
+export function tierClient(
+  given: { url?: string | undefined; client?: NodeRedisClientLike | undefined; clientOptions?: RedisClientOptions | undefined },
+  timeoutMs: number,
+): { client: NodeRedisClientLike; owned: boolean } {
+  if (given.url === undefined) return { client: given.client!, owned: false };
+  const clientOptions = given.clientOptions ?? {};
+  const created = createClient({
+    ...clientOptions,
+    url: given.url,
+    // Fail at once while disconnected instead of queueing: the guard's deadline and
+    // breaker decide, and nothing piles up in memory during an outage.
+    disableOfflineQueue: true,
+    socket: {
+      connectTimeout: Math.max(1000, timeoutMs * 5),
+      reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 2000),
+      ...clientOptions.socket,
+    },
+  } as RedisClientOptions);
+  return { client: created as unknown as NodeRedisClientLike, owned: true };
+}
+
 const BUFFER_MAPPING = { [RESP_TYPES.BLOB_STRING]: Buffer };
 /** Server replies that mean "not serving right now", not "it answered". */
 const TRANSIENT_REPLY = /^(LOADING|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|READONLY)\b/;
@@ -64,7 +91,7 @@ export function asText(value: unknown): string | null {
 }
 
 /** One connection (or cluster client) and whether the tier owns it. */
-class Lane {
+class Connection {
   readonly client: NodeRedisClientLike;
   readonly #owned: boolean;
   #connecting: Promise<unknown> | null = null;
@@ -123,22 +150,22 @@ class Lane {
 }
 
 /**
- * Two lanes to the server: lookups (a turn waits for them) on the client given or created,
- * and chunk transfers on a duplicate of it, so a lookup never queues behind megabytes of
- * chunks on one connection. The duplicate is the tier's own (closed at close) even when
- * the client was passed in.
+ * Two connections to the server: lookups (a turn waits for them) on the client given or
+ * created, and bulk chunk transfers on a duplicate of it, so a lookup never queues behind
+ * megabytes of chunks on one connection. The duplicate is the tier's own (closed at close)
+ * even when the client was passed in.
  */
-export class RedisLink {
-  readonly #lookup: Lane;
-  readonly #bulk: Lane;
+export class RedisConnections {
+  readonly #lookup: Connection;
+  readonly #bulk: Connection;
 
   /**
    * `owned`: the tier created the client and closes it; a client passed in is connected
    * if it is not yet, and left open at close (its owner closes it).
    */
   constructor(client: NodeRedisClientLike, owned: boolean, onError: (error: unknown) => void) {
-    this.#lookup = new Lane(client, owned, onError);
-    this.#bulk = typeof client.duplicate === "function" ? new Lane(client.duplicate(), true, onError) : this.#lookup;
+    this.#lookup = new Connection(client, owned, onError);
+    this.#bulk = typeof client.duplicate === "function" ? new Connection(client.duplicate(), true, onError) : this.#lookup;
   }
 
   get isCluster(): boolean {
@@ -151,14 +178,14 @@ export class RedisLink {
     this.#bulk.connectInBackground();
   }
 
-  /** Wait for the lane's first connection attempt if one is running (bounded by the caller's deadline). */
-  ready(lane: "lookup" | "bulk" = "lookup"): Promise<void> {
-    return (lane === "lookup" ? this.#lookup : this.#bulk).ready();
+  /** Wait for the connection's first attempt to connect if one is running (bounded by the caller's deadline). */
+  ready(connection: "lookup" | "bulk" = "lookup"): Promise<void> {
+    return (connection === "lookup" ? this.#lookup : this.#bulk).ready();
   }
 
   /** Commands with the caller's deadline; `binary` replies are Buffers (chunk data). */
-  commands(signal: AbortSignal, timeoutMs: number, options: { binary?: boolean; lane?: "lookup" | "bulk" } = {}): Commands {
-    return (options.lane === "bulk" ? this.#bulk : this.#lookup).commands(signal, timeoutMs, options.binary ?? false);
+  commands(signal: AbortSignal, timeoutMs: number, options: { binary?: boolean; connection?: "lookup" | "bulk" } = {}): Commands {
+    return (options.connection === "bulk" ? this.#bulk : this.#lookup).commands(signal, timeoutMs, options.binary ?? false);
   }
 
   /** The server, or each master of a cluster (for commands about a node, not a key). */
