@@ -4,7 +4,7 @@
  */
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
-import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "../durable/files.js";
+import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { tempWriterAlive } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheDirComponents, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
@@ -169,6 +169,18 @@ export interface KvCacheStore {
    * a turn holds (here or in another process) resolves to null, as does a missing one.
    */
   useCache<T>(cachePath: string, options: { fingerprint?: string | null }, use: (cache: CacheInfo) => Promise<T>): Promise<T | null>;
+  /**
+   * Where `cachePath` sits in this root's layout (scope id, cache key, model id, config hash),
+   * or null when it is not a cache path of this root. Reads nothing. For engines, which must
+   * not parse kvkeep's layout themselves (e.g. to preload only their own model's caches).
+   */
+  locateCache(cachePath: string): CacheLocation | null;
+  /**
+   * The identity (size, inode, mtime in ns) of the file at `cachePath` now, or null when no
+   * regular file is there — the identity `CommitOutcome.file` records, so an engine can tell
+   * whether a cache is still exactly the state it holds in memory.
+   */
+  cacheFileIdentity(cachePath: string): Promise<{ size: number; ino: string; mtimeNs: string } | null>;
   /**
    * Run one retention sweep now (after any sweep already running), with the store's limits
    * or the given overrides: evictable caches idle for longer than `maxIdleMs` first, then
@@ -471,6 +483,14 @@ export class KvCacheStoreImpl implements KvCacheStore {
     } finally {
       await ctx.releaseCache(lease, resolved, trusted === null);
     }
+  }
+
+  locateCache(cachePath: string): CacheLocation | null {
+    return typeof cachePath === "string" ? parseCachePath(this.root, cachePath) : null;
+  }
+
+  cacheFileIdentity(cachePath: string): Promise<{ size: number; ino: string; mtimeNs: string } | null> {
+    return statIdentity(cachePath);
   }
 
   async close(): Promise<void> {

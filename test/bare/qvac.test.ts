@@ -8,6 +8,7 @@
 import { readdirSync, readFileSync, statSync, truncateSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { COMPLETION_STATS_FIELDS } from "../../src/engines/shared/stats.js";
 import { ensureModel } from "../fixtures/gguf/models.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { bareRuntimes, onBare, type BareRunner } from "./helpers.js";
@@ -17,7 +18,7 @@ interface TurnLine {
   ok: boolean;
   text?: string;
   code?: string | null;
-  stats?: { hit: boolean; promptTokens: number; reusedTokens: number; evaluatedTokens: number; committed: boolean; loadMs: number };
+  stats?: { hit: boolean; promptTokens: number; reusedTokens: number; evaluatedTokens: number; committed: boolean; loadMs: number; source: string };
   log?: string;
 }
 
@@ -43,13 +44,14 @@ async function runTurns(
   runner: BareRunner,
   root: string,
   turns: Turn[],
-  options: { model?: string; logWarnings?: boolean } = {},
+  options: { model?: string; logWarnings?: boolean; addonStats?: boolean } = {},
 ): Promise<TurnLine[]> {
   const result = await runner.runBare("qvac-worker.mjs", {
     model: options.model ?? chatty,
     root,
     modelId: "tiny",
     logWarnings: options.logWarnings ?? false,
+    addonStats: options.addonStats ?? true,
     turns,
   });
   if (result.status !== 0) throw new Error(`bare exited ${result.status}: ${result.stderr}`);
@@ -85,7 +87,7 @@ function strayFiles(root: string): string[] {
 
 describe.each(bareRuntimes())("kvkeep/qvac on Bare $version with @qvac/llm-llamacpp 0.53.0", (runtime) => {
   const runner = onBare(runtime);
-  const bare = (root: string, turns: Turn[], options?: { model?: string; logWarnings?: boolean }): Promise<TurnLine[]> =>
+  const bare = (root: string, turns: Turn[], options?: { model?: string; logWarnings?: boolean; addonStats?: boolean }): Promise<TurnLine[]> =>
     runTurns(runner, root, turns, options);
 
   beforeAll(async () => {
@@ -145,6 +147,21 @@ describe.each(bareRuntimes())("kvkeep/qvac on Bare $version with @qvac/llm-llama
       expect(strayFiles(split)).toEqual([]);
     });
   }
+
+  it("without the addon's opts.stats, a resumed conversation still reports a hit from its own cache, with every stats field", async () => {
+    // kvkeep knows it resumed the cache: the hit does not depend on the addon's token counts,
+    // which it reports only with opts: { stats: true } (the counts are then 0).
+    const root = tempDir();
+    const [first] = turnsOnly(await bare(root, [{ history: [S, U1], kvCache: "chat" }], { addonStats: false }));
+    expect(first!.ok).toBe(true);
+    expect(first!.stats).toMatchObject({ hit: false, source: "none", committed: true });
+    const history2 = [S, U1, assistant(first!.text!), U2];
+    const [second] = turnsOnly(await bare(root, [{ history: history2, kvCache: "chat" }], { addonStats: false }));
+    expect(second!.ok).toBe(true);
+    expect(second!.stats).toMatchObject({ hit: true, source: "own", sourceKey: "chat", committed: true, promptTokens: 0, reusedTokens: 0 });
+    for (const line of [first!, second!]) expect(Object.keys(line.stats!).sort()).toEqual(Object.keys(COMPLETION_STATS_FIELDS).sort());
+    expect(strayFiles(root)).toEqual([]);
+  });
 
   it("stale count: a history that does not extend the cached conversation runs whole, never appended to it", async () => {
     const root = tempDir();

@@ -8,7 +8,7 @@
 import type { LlamaContext, LlamaModel } from "node-llama-cpp";
 import { xxh64Hex } from "../../keys/hash.js";
 import { sampleFile, stableJson } from "../fingerprint-parts.js";
-import type { LlamaModelLike } from "./completion.js";
+import type { LlamaModelLike } from "./options.js";
 
 /** A node-llama-cpp `LlamaContext` from any copy of node-llama-cpp (see `LlamaModelLike`). */
 export interface LlamaContextLike {

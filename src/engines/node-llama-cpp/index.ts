@@ -12,5 +12,6 @@ export {
   type LlamaCppCompletionOptions,
   type LlamaModelLike,
 } from "./completion.js";
+export type { CompletionCommitFailure } from "../shared/stats.js";
 export { fingerprintModel, type LlamaContextLike, modelIdFromModel } from "./fingerprint.js";
 export type { LlamaTool } from "./render.js";

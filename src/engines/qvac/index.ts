@@ -11,6 +11,7 @@ export {
   type QvacCompletionResult,
   type QvacCompletionStats,
 } from "./completion.js";
+export type { CompletionCommitFailure, CompletionStats } from "../shared/stats.js";
 export { SUPPORTED_QVAC_ADDON_VERSION } from "./addon-version.js";
 export { fingerprintQvacModel } from "./fingerprint.js";
 export { shouldCommitCachedTurn, type CacheCommitContext } from "./commit-rules.js";
