@@ -210,11 +210,14 @@ export async function assertRealDirs(root: string, components: readonly string[]
 /**
  * Remove now-empty directories from `dir` upwards, stopping below `root` and at the first
  * directory that is not empty or that `isInUse` claims (an in-flight turn still needs it).
+ * Only the levels kvkeep makes — a key directory and its model directories, one and two
+ * below the root — are ever removed; a deeper `dir` removes nothing.
  */
 export async function pruneEmptyDirs(root: string, dir: string, isInUse: (dir: string) => boolean): Promise<void> {
   let current = path.resolve(dir);
   const top = path.resolve(root);
   while (current !== top && current.startsWith(top + path.sep)) {
+    if (path.relative(top, current).split(path.sep).length > 2) return;
     if (isInUse(current)) return;
     try {
       await fs.rmdir(current);

@@ -15,14 +15,15 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
-import { tempWriterAlive } from "../durable/temp-owner.js";
+import { deadWritersTemp } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, lockPathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
 import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../index/prefix-index.js";
 import { prefixScope } from "../index/prefix-index.js";
 import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest, removeCacheFiles, touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
 import type { RetentionHooks } from "../store/context.js";
@@ -132,7 +133,7 @@ export function resolveRetentionSettings(options: {
 async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
   let bytes = 0;
   for (const file of modelDir.files) {
-    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    if (file.kind !== "temp" || !deadWritersTemp(file.name)) continue;
     const st = await fs.lstat(file.path).catch(() => null);
     if (st?.isFile()) bytes += st.size;
   }
@@ -390,7 +391,8 @@ export class Retention implements RetentionHooks {
     await this.#maybeCompact();
 
     const plan = planSweep(this.index.entries(), limits, Date.now());
-    const evicted = await this.#execute(plan, limits);
+    const removed = { files: 0 };
+    const evicted = await this.#execute(plan, limits, removed);
     const keptBytes = this.index.evictableBytes(limits.evictNamed);
     this.#deps.logger.debug(
       logLine("retention sweep finished", {
@@ -401,15 +403,15 @@ export class Retention implements RetentionHooks {
         ms: Date.now() - started,
       }),
     );
-    return { evicted, keptBytes };
+    return { evicted, keptBytes, removedFiles: removed.files };
   }
 
   /** Evict the idle candidates, then LRU ones until the budget holds; a few at a time. */
-  async #execute(plan: SweepPlan, limits: RetentionLimits): Promise<EvictedCache[]> {
+  async #execute(plan: SweepPlan, limits: RetentionLimits, removed: { files: number }): Promise<EvictedCache[]> {
     const done: Array<{ candidate: Candidate; evicted: EvictedCache }> = [];
     let remaining = plan.evictableBytes;
     const attempt = async (candidate: Candidate): Promise<void> => {
-      const outcome = await this.#evictOne(candidate, plan.idleCutoffMs);
+      const outcome = await this.#evictOne(candidate, plan.idleCutoffMs, removed);
       if (outcome === "kept") return;
       remaining -= candidate.entry.bytes; // evicted, or already gone: either way not on disk
       if (outcome !== "gone") done.push({ candidate, evicted: outcome });
@@ -465,7 +467,7 @@ export class Retention implements RetentionHooks {
    * what made it a victim. `gone`: it was not on disk any more (a removal whose record was
    * not seen yet). Never throws: a failure keeps the cache and is logged.
    */
-  async #evictOne(candidate: Candidate, idleCutoffMs: number): Promise<EvictedCache | "kept" | "gone"> {
+  async #evictOne(candidate: Candidate, idleCutoffMs: number, counter: { files: number }): Promise<EvictedCache | "kept" | "gone"> {
     const { cachePath, entry } = candidate;
     const { locks, logger } = this.#deps;
     try {
@@ -475,6 +477,8 @@ export class Retention implements RetentionHooks {
         this.index.remove(cachePath);
         return "gone";
       }
+      // And a file nothing proves kvkeep's gets no lock file made beside it.
+      if (!manifestNames(await readManifest(cachePath, this.#deps.nfs), entry)) return this.#leaveForeign(cachePath);
       const lease = locks.tryAcquire(cachePath);
       if (!lease) {
         logger.debug(logLine("retention kept a cache in use", { cachePath, reason: candidate.reason }));
@@ -482,28 +486,36 @@ export class Retention implements RetentionHooks {
       }
       let removed = false;
       let vanished = false;
+      let foreign = false;
       let bytes = 0;
       try {
-        const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
+        const [identity, diskUseMs, read] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath), readManifest(cachePath, this.#deps.nfs)]);
         if (!identity) {
           vanished = true;
+        } else if (!manifestNames(read, entry)) {
+          // Not provably kvkeep's (no manifest names it: a record pointed at someone's file,
+          // or a crash left a bin without its manifest): never removed, and not a cache.
+          foreign = true;
         } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs, Date.now())) {
           // Used since the index last heard of it: learn that, and keep it.
           if (diskUseMs !== null) this.index.use(cachePath, clampUse(diskUseMs, Date.now()));
           return "kept";
         } else {
-          await removeCacheFiles(cachePath);
+          const files = await removeCacheFiles(cachePath); // (not `+= await`: sweeps evict several at once)
+          counter.files += files;
           removed = true;
           bytes = identity.size;
         }
       } finally {
         lease.release({ removeLockFile: removed || vanished });
       }
+      if (removed && !(await fs.lstat(lockPathOf(cachePath)).catch(() => null))) counter.files++;
       if (vanished) {
         this.index.remove(cachePath);
         await this.#deps.prune(cachePath);
         return "gone";
       }
+      if (foreign) return this.#leaveForeign(cachePath);
       const u = Date.now();
       this.index.remove(cachePath);
       this.log.append({ op: "del", p: relativeOf(entry), u, w: this.log.writerId });
@@ -526,6 +538,13 @@ export class Retention implements RetentionHooks {
       logger.warn(logLine("retention could not evict a cache; it stays", { cachePath, error }));
       return "kept";
     }
+  }
+
+  /** A candidate that is not provably a cache: out of the index, its file untouched. */
+  #leaveForeign(cachePath: string): "gone" {
+    this.index.remove(cachePath);
+    this.#deps.logger.warn(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
+    return "gone";
   }
 
   // ── The index: refresh from the log, rebuild from the disk, compaction ─────────────
@@ -659,7 +678,8 @@ export class Retention implements RetentionHooks {
               fs.lstat(manifestPathOf(cachePath)),
               readManifest(cachePath, this.#deps.nfs),
             ]);
-            if (!bin || !manifest.isFile()) return null;
+            // Only a cache its manifest proves kvkeep's is retention's to count or evict.
+            if (!bin || !manifest.isFile() || !manifestNames(read, loc)) return null;
             const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
             return [cachePath, entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin))];
           } catch (error) {

@@ -4,7 +4,7 @@ import { readRoot, totals } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
-import { checkRoot } from "../root.js";
+import { checkRoot, noteIfNotRoot } from "../root.js";
 import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
 
 /** The columns a local and a remote listing start with. */
@@ -40,7 +40,7 @@ export const scanCommand: ParsedCommand = {
       return scanRemote(ctx, target);
     }
     const budget = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
-    await checkRoot(ctx.root);
+    noteIfNotRoot(ctx, await checkRoot(ctx.root));
     const { caches } = await readRoot(ctx.root);
     const now = Date.now();
     ctx.print(

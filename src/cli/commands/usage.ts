@@ -1,7 +1,7 @@
 import { readRoot, totals } from "../caches.js";
 import type { ParsedCommand } from "../command.js";
 import { formatBytes, plural, renderTable } from "../format.js";
-import { checkRoot } from "../root.js";
+import { checkRoot, noteIfNotRoot } from "../root.js";
 
 export const usageCommand: ParsedCommand = {
   name: "usage",
@@ -16,7 +16,7 @@ export const usageCommand: ParsedCommand = {
     ["kvkeep usage --root /var/cache/app --json", "as JSON: { root, bytes, count, autoBytes, namedBytes, … }"],
   ],
   async run(ctx) {
-    await checkRoot(ctx.root);
+    noteIfNotRoot(ctx, await checkRoot(ctx.root));
     const { caches, temps } = await readRoot(ctx.root);
     const sum = totals(caches);
     ctx.print({ root: ctx.root, ...sum, tempFiles: temps.count, tempBytes: temps.bytes }, () => [
