@@ -199,6 +199,8 @@ export class Retention implements RetentionHooks {
   #closed = false;
   /** Bytes of dead writers' temp files the last walk found and could not remove. */
   #staleTempBytes = 0;
+  /** Caches other processes' records told of since they were last checked on disk (#confirmRecords). */
+  readonly #unconfirmed = new Set<string>();
 
   constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
     this.#deps = deps;
@@ -317,6 +319,7 @@ export class Retention implements RetentionHooks {
   async usage(): Promise<StoreUsage> {
     await this.#built;
     await this.#refresh(false);
+    await this.#confirmRecords();
     const caches = this.index.usage();
     return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
   }
@@ -389,6 +392,7 @@ export class Retention implements RetentionHooks {
     if (periodic) this.#sweepsSinceResync = 0;
     await this.#refresh(periodic);
     await this.#maybeCompact();
+    await this.#confirmRecords();
 
     const plan = planSweep(this.index.entries(), limits, Date.now());
     const removed = { files: 0 };
@@ -646,6 +650,8 @@ export class Retention implements RetentionHooks {
       await Promise.all(inFlight);
       if (failure) throw (failure as { error: unknown }).error;
       this.index.finishRebuild(fresh);
+      // The walk read the disk: what records told before it is moot (later ones are applied after).
+      this.#unconfirmed.clear();
       this.#staleTempBytes = [...staleTemps.values()].reduce((a, b) => a + b, 0);
       mark ??= { ino: null, offset: 0 };
       this.log.setReadPosition(mark);
@@ -671,24 +677,71 @@ export class Retention implements RetentionHooks {
         .map(async (f): Promise<[string, IndexEntry] | null> => {
           const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
-          try {
-            // lstat: the entries themselves, never what a symlink planted there points to.
-            const [bin, manifest, read] = await Promise.all([
-              statIdentity(cachePath),
-              fs.lstat(manifestPathOf(cachePath)),
-              readManifest(cachePath, this.#deps.nfs),
-            ]);
-            // Only a cache its manifest proves kvkeep's is retention's to count or evict.
-            if (!bin || !manifest.isFile() || !manifestNames(read, loc)) return null;
-            const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
-            return [cachePath, entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin))];
-          } catch (error) {
-            if (errnoCode(error) === "ENOENT") return null; // removed while walking
-            throw error;
-          }
+          const entry = await this.#entryFromDisk(cachePath, loc);
+          return entry ? [cachePath, entry] : null;
         }),
     );
     return found.filter((x): x is [string, IndexEntry] => x !== null);
+  }
+
+  /**
+   * What the disk says of one cache: null when it is not there or not provably kvkeep's (no
+   * manifest names it); else bytes from a stat, last use from the manifest's mtime, prefix
+   * facts from the manifest slot the file matches.
+   */
+  async #entryFromDisk(cachePath: string, loc: CacheLocation): Promise<IndexEntry | null> {
+    try {
+      // lstat: the entries themselves, never what a symlink planted there points to.
+      const [bin, manifest, read] = await Promise.all([
+        statIdentity(cachePath),
+        fs.lstat(manifestPathOf(cachePath)),
+        readManifest(cachePath, this.#deps.nfs),
+      ]);
+      // Only a cache its manifest proves kvkeep's is retention's to count or evict.
+      if (!bin || !manifest.isFile() || !manifestNames(read, loc)) return null;
+      const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
+      return entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin));
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null; // removed meanwhile
+      throw error;
+    }
+  }
+
+  /**
+   * Check on disk what other processes' records told of since the last check (#apply): a
+   * record is a hint, and the log is writable by anyone who can write the root. A `put` or
+   * `use` that made an entry gets its bytes (and last use) from the disk, or is dropped when
+   * there is no such cache; a `del` of a cache that is still there is undone. Runs before a
+   * sweep plans and before usage() answers, so no planted record decides an eviction or a
+   * figure. An entry this process changed meanwhile (its own commit or delete) is left as it
+   * is; one whose check fails (EIO) is kept as the record said and checked again next time.
+   */
+  async #confirmRecords(): Promise<void> {
+    if (this.#unconfirmed.size === 0) return;
+    await this.#serialIndexWork(async () => {
+      const paths = [...this.#unconfirmed];
+      this.#unconfirmed.clear();
+      const root = this.#deps.root;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < paths.length) {
+          const cachePath = paths[next++]!;
+          const loc = parseCachePath(root, cachePath);
+          if (!loc) continue;
+          const seen = this.index.get(cachePath);
+          let disk: IndexEntry | null;
+          try {
+            disk = await this.#entryFromDisk(cachePath, loc);
+          } catch (error) {
+            this.#unconfirmed.add(cachePath);
+            this.#deps.logger.debug(logLine("could not check a cache a log record named; checked again later", { cachePath, error }));
+            continue;
+          }
+          this.index.confirm(cachePath, seen, disk);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(COLLECT_CONCURRENCY, paths.length) }, worker));
+    });
   }
 
   #apply(records: LogRecord[]): void {
@@ -703,10 +756,20 @@ export class Retention implements RetentionHooks {
       // Only exactly `<key>/<model>/<hash>.bin` under this root: a record never names anything else.
       if (!loc || relativeOf(loc) !== record.p) continue;
       this.stats.recordsApplied++;
-      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
-      else if (record.op === "use") {
+      // Bytes and existence come from the record for now, and are checked on disk before a
+      // sweep or usage() relies on them (#confirmRecords). A `use` of a known cache changes
+      // only its last use, which can delay an eviction, never cause one.
+      if (record.op === "put") {
+        this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
+        this.#unconfirmed.add(cachePath);
+      } else if (record.op === "use") {
+        const known = this.index.get(cachePath) !== undefined;
         this.index.use(cachePath, record.u, record.b === undefined ? undefined : entryFor(loc, record.b, record.u));
-      } else this.index.remove(cachePath, record.u);
+        if (!known) this.#unconfirmed.add(cachePath);
+      } else {
+        this.index.remove(cachePath, record.u);
+        this.#unconfirmed.add(cachePath);
+      }
     }
   }
 
