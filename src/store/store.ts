@@ -345,6 +345,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads, ...options.remoteInternals }),
     };
     remote?.setLogger(logger);
+    // Deletes other stores on this root left pending for the tier are honoured (and sent) from now on.
+    this.#ctx.remote?.start();
     // One walk of the root at open: recovery, and the retention index built from it.
     this.ready = retention.buildAtOpen((visit) => recoverRoot(this.#ctx, visit)).catch((error: unknown) => {
       logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));

@@ -1,0 +1,161 @@
+/**
+ * Remote deletes the tier has not taken yet, kept under the root:
+ * `<root>/.kvkeep/remote-deletes.json`. A delete made while Redis is down must not be undone
+ * when Redis comes back from a snapshot holding the state — by the store that deleted it, by
+ * any other store on the root, or by the next store after that one closed or was killed —
+ * so the list lives on disk, not in one store's memory: every store on the root reads it
+ * before it reads from the tier, and any of them sends what it holds.
+ *
+ * `{"format":1,"deletes":[{"id":"<16 hex>","target":{"all":true}|{"kvCacheKey":"…","modelId":"…"}}]}`,
+ * oldest first, rewritten whole (temp, fsync, rename, directory fsync) under
+ * `remote-deletes.lock`; a delete of everything replaces every earlier entry. Readers stat
+ * it and re-read only when it changed. Sending is one store at a time on the root
+ * (`remote-deletes.send.lock`, in remote-sync.ts), each re-reading the list under that lock,
+ * so a delete is not sent twice at two generations (a late second tombstone would remove an
+ * upload made in between).
+ *
+ * The file is trusted as everything under the root is: a root must be writable only by the
+ * users whose caches it holds (a planted entry would make a store delete remote copies).
+ * Entries are parsed strictly; a garbled file counts as empty and is logged.
+ */
+import { randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { writeFileAtomic } from "../durable/files.js";
+import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
+import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
+import { internalDir } from "../layout/paths.js";
+import { type Logger, logLine } from "../logger.js";
+import type { NativeFs } from "../native/index.js";
+import type { DeleteTarget } from "../types.js";
+
+export const PENDING_DELETES_NAME = "remote-deletes.json";
+const FORMAT = 1;
+/** Larger than any list kvkeep writes in practice (an entry is ~100 bytes; `all` collapses the list). */
+const MAX_FILE_BYTES = 4 * 1024 * 1024;
+
+export interface PendingDelete {
+  /** Names this entry in the file, so the store that sends it removes exactly it. */
+  readonly id: string;
+  readonly target: DeleteTarget;
+}
+
+function parseTarget(value: unknown): DeleteTarget | null {
+  const t = value as { all?: unknown; kvCacheKey?: unknown; modelId?: unknown } | null;
+  if (!t || typeof t !== "object") return null;
+  if (t.all === true) return { all: true };
+  try {
+    assertCacheKey(t.kvCacheKey);
+    if (t.modelId !== undefined) assertModelId(t.modelId);
+  } catch {
+    return null;
+  }
+  return { kvCacheKey: t.kvCacheKey, ...(t.modelId !== undefined ? { modelId: t.modelId as string } : {}) };
+}
+
+/** The entries of the file's text; null when it is not this format at all. */
+export function parsePendingDeletes(text: string): PendingDelete[] | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const file = raw as { format?: unknown; deletes?: unknown } | null;
+  if (!file || typeof file !== "object" || file.format !== FORMAT || !Array.isArray(file.deletes)) return null;
+  const out: PendingDelete[] = [];
+  for (const entry of file.deletes as Array<{ id?: unknown; target?: unknown } | null>) {
+    const target = parseTarget(entry?.target);
+    if (target && typeof entry?.id === "string" && /^[0-9a-f]{16}$/.test(entry.id)) out.push({ id: entry.id, target });
+  }
+  return out;
+}
+
+function serialize(deletes: readonly PendingDelete[]): string {
+  return `${JSON.stringify({ format: FORMAT, deletes: deletes.map((d) => ({ id: d.id, target: d.target })) })}\n`;
+}
+
+export class PendingRemoteDeletes {
+  readonly path: string;
+  readonly #dir: string;
+  readonly #root: string;
+  readonly #nfs: NativeFs;
+  readonly #logger: Logger;
+  /** The file as last read: its identity, and its entries. */
+  #cached: { key: string; deletes: PendingDelete[] } | null = null;
+  #warnedGarbled = false;
+
+  constructor(root: string, nfs: NativeFs, logger: Logger) {
+    this.#root = root;
+    this.#dir = internalDir(root);
+    this.path = path.join(this.#dir, PENDING_DELETES_NAME);
+    this.#nfs = nfs;
+    this.#logger = logger;
+  }
+
+  /** The entries as the file has them now (one stat when it did not change). Throws on an unreadable file. */
+  async read(): Promise<PendingDelete[]> {
+    const entry = await this.#nfs.identity(this.path);
+    if (entry === null) {
+      this.#cached = null;
+      return [];
+    }
+    const key = `${entry.type}:${entry.ino}:${entry.size}:${entry.mtimeNs}`;
+    if (this.#cached?.key === key) return this.#cached.deletes;
+    const read = await this.#nfs.readFileBounded(this.path, MAX_FILE_BYTES);
+    if (read === null) return [];
+    const deletes = parsePendingDeletes(read.data.toString("utf8"));
+    if (deletes === null && !this.#warnedGarbled) {
+      this.#warnedGarbled = true;
+      this.#logger.warn(logLine("the list of pending remote deletes is not one kvkeep wrote; ignoring it", { path: this.path }));
+    }
+    const { identity } = read;
+    this.#cached = { key: `${identity.type}:${identity.ino}:${identity.size}:${identity.mtimeNs}`, deletes: deletes ?? [] };
+    return this.#cached.deletes;
+  }
+
+  /** Keep `target` (before its first attempt); resolves once it is on disk. A delete of everything replaces every earlier entry. */
+  async add(target: DeleteTarget): Promise<PendingDelete> {
+    const entry: PendingDelete = { id: randomBytes(8).toString("hex"), target };
+    await this.#update((deletes) => ("all" in target ? [entry] : [...deletes, entry]));
+    return entry;
+  }
+
+  /** Forget the entry the tier took. */
+  async remove(id: string): Promise<void> {
+    await this.#update((deletes) => deletes.filter((d) => d.id !== id));
+  }
+
+  async #update(change: (deletes: PendingDelete[]) => PendingDelete[]): Promise<void> {
+    await this.#ensureDir();
+    const lock = await this.#nfs.lockFile(path.join(this.#dir, "remote-deletes.lock"), "exclusive", { under: this.#root });
+    try {
+      const before = await this.read().catch(() => []);
+      const after = change(before);
+      if (after.length === 0) {
+        await fs.unlink(this.path).catch((error: unknown) => {
+          if (errnoCode(error) !== "ENOENT") throw error;
+        });
+      } else {
+        await writeFileAtomic(this.#nfs, this.path, serialize(after), { syncDir: true });
+      }
+      this.#cached = null;
+    } catch (error) {
+      throw error instanceof KvKeepError ? error : fsWriteError(`recording pending remote deletes in ${this.path}`, error);
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** `<root>/.kvkeep`, created if missing — never through a symlink. */
+  async #ensureDir(): Promise<void> {
+    try {
+      await fs.mkdir(this.#dir);
+    } catch (error) {
+      if (errnoCode(error) !== "EEXIST") throw error;
+    }
+    if (!(await fs.lstat(this.#dir)).isDirectory()) {
+      throw new KvKeepError("UNSAFE_PATH", `${this.#dir} is not a plain directory; kvkeep does not keep pending remote deletes through it.`);
+    }
+  }
+}
