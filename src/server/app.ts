@@ -25,6 +25,7 @@ import {
   usageOf,
 } from "./openai.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
+import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
 
 /** What a slot runs: the node-llama-cpp adapter's `completion`. */
 export interface CompletionEngine {
@@ -44,6 +45,8 @@ export interface AppDeps {
   /** False: every turn runs without kvkeep (`--no-cache`). */
   cacheEnabled: boolean;
   logger: Logger;
+  /** What a prompt must stay under to be worth rendering (see prompt-bounds.ts); null: no check before rendering. */
+  promptBounds?: PromptBounds | null | undefined;
 }
 
 export interface ServeApp {
@@ -68,6 +71,16 @@ function toApiError(error: FastifyError | Error, logger: Logger): ApiError {
   const fastifyError = error as FastifyError;
   if (fastifyError.validation?.length) {
     const first = fastifyError.validation[0]!;
+    if (first.keyword === "maxItems" && first.instancePath === "/messages") {
+      const limit = (first.params as { limit?: number }).limit ?? 0;
+      return new ApiError(
+        400,
+        `the prompt has more than ${limit} messages, and each takes at least one token: it cannot fit the context (${limit + 1} tokens).`,
+        "invalid_request_error",
+        "messages",
+        "context_length_exceeded",
+      );
+    }
     const param = paramOfPath(first.instancePath, (first.params as { missingProperty?: unknown })?.missingProperty);
     const what = param ?? "the request body";
     return new ApiError(400, `Invalid value for '${what}': ${first.message ?? "invalid"}.`, "invalid_request_error", param, "invalid_value");
@@ -152,13 +165,21 @@ export function buildApp(deps: AppDeps): ServeApp {
     return modelObject();
   });
 
-  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: chatCompletionBodySchema } }, async (request, reply) => {
+  // More messages than the context has tokens is refused by the schema, before its items are
+  // validated one by one (Ajv checks maxItems first): see prompt-bounds.ts.
+  const bodySchema = deps.promptBounds
+    ? { ...chatCompletionBodySchema, properties: { ...chatCompletionBodySchema.properties, messages: { ...chatCompletionBodySchema.properties.messages, maxItems: deps.promptBounds.contextSize - 1 } } }
+    : chatCompletionBodySchema;
+  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: bodySchema } }, async (request, reply) => {
     const header = request.headers["x-kv-cache"];
     const turn = toTurnRequest(request.body, {
       modelId: deps.modelId,
       kvCacheHeader: Array.isArray(header) ? header[0] : header,
       cacheEnabled: deps.cacheEnabled,
     });
+    // Before a slot and before rendering: a prompt that cannot fit is refused in O(messages).
+    const cannotFit = deps.promptBounds ? promptCannotFit(turn.history, deps.promptBounds) : null;
+    if (cannotFit !== null) throw new ApiError(400, cannotFit, "invalid_request_error", "messages", "context_length_exceeded");
 
     // A client that goes away — while queued, or mid-turn — aborts its turn.
     const controller = new AbortController();

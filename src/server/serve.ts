@@ -16,6 +16,7 @@ import { openKvCacheStore } from "../store/store.js";
 import { buildApp, type CompletionEngine } from "./app.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
+import { maxTokenBytesOf } from "./prompt-bounds.js";
 
 export interface RunningServer {
   /** `http://host:port` the server listens on. */
@@ -101,6 +102,11 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
+    promptBounds: {
+      // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
+      contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),
+      maxTokenBytes: maxTokenBytesOf((model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: unknown } } }).tokenizer?.ggml?.tokens),
+    },
   });
   try {
     await app.listen({ host: options.host, port: options.port });
