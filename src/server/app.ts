@@ -26,6 +26,7 @@ import {
 } from "./openai.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
 import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
+import { hostAllowed, originAllowed } from "./origin.js";
 
 /** What a slot runs: the node-llama-cpp adapter's `completion`. */
 export interface CompletionEngine {
@@ -47,7 +48,14 @@ export interface AppDeps {
   logger: Logger;
   /** What a prompt must stay under to be worth rendering (see prompt-bounds.ts); null: no check before rendering. */
   promptBounds?: PromptBounds | null | undefined;
+  /** The host the server listens on (`--host`): a name requests may carry in Host (see origin.ts). */
+  host: string;
+  /** Longest a client may take to send a whole request, headers and body (408 and closed past it). Default 30 s. */
+  requestTimeoutMs?: number | undefined;
 }
+
+/** A client that trickles its request in (a byte a second) must not hold a connection for ever. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 
 export interface ServeApp {
   app: FastifyInstance;
@@ -58,6 +66,11 @@ export interface ServeApp {
 /** A turn aborted while its client is still connected: the server is closing. */
 const shuttingDown = (): ApiError => new ApiError(503, "The server is shutting down; retry the request.", "server_error", null, "server_shutting_down");
 const notFound = (what: string): ApiError => new ApiError(404, what, "invalid_request_error", null, "unknown_url");
+
+/** The bearer token of a request, or null when it sends none. */
+function bearerToken(header: string | string[] | undefined): string | null {
+  return typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
+}
 
 function sameSecret(given: string, expected: string): boolean {
   const a = Buffer.from(given);
@@ -110,9 +123,18 @@ export function buildApp(deps: AppDeps): ServeApp {
   const running = new Set<AbortController>();
   let recentTurnMs = 1000;
 
+  const requestTimeoutMs = deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     logger: false,
     bodyLimit: deps.bodyLimit,
+    // Node answers 408 and closes a connection whose request (headers and body) is not all in
+    // within the timeout; it looks at connections this often (its default, 30 s, would let a
+    // request trickle in for twice the timeout).
+    requestTimeout: requestTimeoutMs,
+    http: {
+      headersTimeout: Math.min(requestTimeoutMs, 60_000),
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(requestTimeoutMs / 4))),
+    },
     // Closing destroys every connection: running turns were aborted first, and a keep-alive
     // connection on which no request ever arrived would otherwise hold close() for a minute.
     forceCloseConnections: true,
@@ -132,12 +154,37 @@ export function buildApp(deps: AppDeps): ServeApp {
     void reply.code(404).send(errorBody(apiError));
   });
 
+  const authorized = (header: string | string[] | undefined): boolean => {
+    const token = bearerToken(header);
+    return deps.apiKey === null || (token !== null && sameSecret(token, deps.apiKey));
+  };
+
+  // Before anything else, on every route: a request a browser page of another site made (by
+  // DNS rebinding, or cross-origin) is refused unread (origin.ts).
+  app.addHook("onRequest", async (request, reply) => {
+    const host = request.headers.host;
+    if (!hostAllowed(host, deps.host, deps.apiKey !== null)) {
+      const apiError = new ApiError(
+        403,
+        `This server does not answer to the host name ${JSON.stringify(host ?? "")}: without an API key it serves only loopback names, IP addresses and its --host (a page could otherwise reach it by DNS rebinding). Use one of those, or start it with --host NAME or --api-key.`,
+        "invalid_request_error",
+        null,
+        "host_not_allowed",
+      );
+      return reply.code(403).send(errorBody(apiError));
+    }
+    const origin = request.headers.origin;
+    if (!originAllowed(typeof origin === "string" ? origin : undefined, host)) {
+      const apiError = new ApiError(403, `Requests from pages of another origin (${String(origin)}) are not served.`, "invalid_request_error", null, "origin_not_allowed");
+      return reply.code(403).send(errorBody(apiError));
+    }
+  });
+
   // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
   app.addHook("onRequest", async (request, reply) => {
     if (deps.apiKey === null || request.url === "/health") return;
-    const header = request.headers.authorization;
-    const token = typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
-    if (token === null || !sameSecret(token, deps.apiKey)) {
+    const token = bearerToken(request.headers.authorization);
+    if (token === null || !authorized(request.headers.authorization)) {
       const apiError = new ApiError(
         401,
         token === null ? "You didn't provide an API key: send 'Authorization: Bearer KEY'." : "Incorrect API key provided.",
@@ -149,7 +196,10 @@ export function buildApp(deps: AppDeps): ServeApp {
     }
   });
 
-  app.get("/health", async () => ({ status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth }));
+  // Open to all (load balancers, probes); what it serves and how busy it is only with the key, when keys are set.
+  app.get("/health", async (request) =>
+    authorized(request.headers.authorization) ? { status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth } : { status: "ok" },
+  );
 
   app.get("/metrics", async (_request, reply) => {
     void reply.header("content-type", metrics.registry.contentType);

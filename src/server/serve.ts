@@ -102,6 +102,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
+    host: options.host,
     promptBounds: {
       // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
       contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),
