@@ -547,7 +547,8 @@ export class Retention implements RetentionHooks {
   /** A candidate that is not provably a cache: out of the index, its file untouched. */
   #leaveForeign(cachePath: string): "gone" {
     this.index.remove(cachePath);
-    this.#deps.logger.warn(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
+    // Info, not a warning: nothing failed (a sweep's warnings make `kvkeep gc` exit 1).
+    this.#deps.logger.info(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
     return "gone";
   }
 
