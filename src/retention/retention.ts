@@ -391,8 +391,9 @@ export class Retention implements RetentionHooks {
     const periodic = this.#sweepsSinceResync >= this.#internals.resyncEverySweeps;
     if (periodic) this.#sweepsSinceResync = 0;
     await this.#refresh(periodic);
+    await this.#confirmRecords(); // before a compaction writes the index out as a snapshot
     await this.#maybeCompact();
-    await this.#confirmRecords();
+    await this.#confirmRecords(); // what the compaction read
 
     const plan = planSweep(this.index.entries(), limits, Date.now());
     const removed = { files: 0 };
