@@ -114,11 +114,14 @@ export class PendingRemoteDeletes {
     return this.#cached.deletes;
   }
 
-  /** Keep `target` (before its first attempt); resolves once it is on disk. A delete of everything replaces every earlier entry. */
-  async add(target: DeleteTarget): Promise<PendingDelete> {
-    const entry: PendingDelete = { id: randomBytes(8).toString("hex"), target };
-    await this.#update((deletes) => ("all" in target ? [entry] : [...deletes, entry]));
-    return entry;
+  /** A new entry's id. */
+  static newId(): string {
+    return randomBytes(8).toString("hex");
+  }
+
+  /** Keep `entry` (before its first attempt); resolves once it is on disk. A delete of everything replaces every earlier entry. */
+  async add(entry: PendingDelete): Promise<void> {
+    await this.#update((deletes) => ("all" in entry.target ? [entry] : [...deletes, entry]));
   }
 
   /** Forget the entry the tier took. */

@@ -22,7 +22,6 @@
  *   deleted would come back at its next turn once Redis returns — and new commits it covers
  *   are uploaded only after it (its late tombstone would remove them).
  */
-import { randomBytes } from "node:crypto";
 import { constants as fsConstants, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
@@ -93,8 +92,14 @@ export class RemoteSync {
    * See afterDelete and src/store/pending-remote-deletes.ts.
    */
   #onDisk: PendingDelete[] = [];
-  /** This store's deletes not yet known taken; `persisted`: in the root's list (else memory only). */
-  #own: Array<{ entry: PendingDelete; persisted: boolean }> = [];
+  /**
+   * This store's deletes not yet known taken. `persisted`: the count of writes to the root's
+   * list when it was recorded there (0: memory only, so far) — a read begun before that write
+   * cannot tell whether another store took it.
+   */
+  #own: Array<{ entry: PendingDelete; persisted: number }> = [];
+  /** Writes of this store to the root's list so far. */
+  #listWrites = 0;
   #pendingFile: PendingRemoteDeletes | null = null;
   /** The first look at the root's list (close waits for it). */
   #started: Promise<void> = Promise.resolve();
@@ -302,12 +307,12 @@ export class RemoteSync {
     // A copy: the caller may reuse its object.
     const kept: DeleteTarget = "all" in target ? { all: true } : { kvCacheKey: target.kvCacheKey, modelId: target.modelId };
     // Pending here at once (no read-back while it is being recorded), then on disk.
-    const own = { entry: { id: randomBytes(8).toString("hex"), target: kept } as PendingDelete, persisted: false };
+    const own = { entry: { id: PendingRemoteDeletes.newId(), target: kept }, persisted: 0 };
     if ("all" in kept) this.#own = []; // everything covers every earlier one
     this.#own.push(own);
     try {
-      own.entry = await this.#file().add(kept);
-      own.persisted = true;
+      await this.#file().add(own.entry);
+      own.persisted = ++this.#listWrites;
     } catch (error) {
       ctx.logger.warn(
         logLine("could not record the pending remote delete under the root; only this store honours it until Redis takes it", {
@@ -344,6 +349,7 @@ export class RemoteSync {
    * (any store on the root sends them). An unreadable list keeps what was read before.
    */
   async #refreshPending(): Promise<void> {
+    const writesBefore = this.#listWrites;
     let onDisk: PendingDelete[];
     try {
       onDisk = await this.#file().read();
@@ -353,7 +359,7 @@ export class RemoteSync {
     }
     this.#onDisk = onDisk;
     const ids = new Set(onDisk.map((d) => d.id));
-    this.#own = this.#own.filter((o) => !o.persisted || ids.has(o.entry.id));
+    this.#own = this.#own.filter((o) => o.persisted === 0 || o.persisted > writesBefore || ids.has(o.entry.id));
     if (onDisk.length > 0) this.#scheduleDeleteRetry();
   }
 
