@@ -10,6 +10,7 @@
         "native/src/fsops.cc",
         "native/src/hash.cc",
         "native/src/lock.cc",
+        "native/src/memfd.cc",
         "native/src/platform.cc",
         "native/src/prefetch.cc",
         "native/src/safeio.cc",

@@ -74,7 +74,7 @@ async function engineRows(): Promise<Array<Record<string, string | number>>> {
         ({ reusedTokens: reused, promptTokens: prompt, source } = result.stats);
         if (result.stats.sourceKey) {
           // The floor: the engine alone loads the same source, cuts at the same token, evaluates the rest.
-          const sourcePath = cachePathOf(store.root, { cacheKey: result.stats.sourceKey, modelId, configHash });
+          const sourcePath = cachePathOf(store.root, { scopeId: null, cacheKey: result.stats.sourceKey, modelId, configHash });
           const start = nowMs();
           await rawSequence.loadStateFromFile(sourcePath, { acceptRisk: true });
           await rawSequence.eraseContextTokenRanges([{ start: reused, end: rawSequence.nextTokenIndex }]);
@@ -113,7 +113,7 @@ async function fabricate(root: string, n: number): Promise<CacheMessage[]> {
         for (let m = 0; m < 2 + (i % 4); m++) history.push({ role: "user", content: `conversation ${i} question ${m}` }, { role: "assistant", content: `answer ${m}` });
         const chain = messageKeyChain(history).keys().slice(1);
         const cacheKey = `auto-${chain.at(-1)}`;
-        const cachePath = cachePathOf(root, { cacheKey, modelId: "bench", configHash });
+        const cachePath = cachePathOf(root, { scopeId: null, cacheKey, modelId: "bench", configHash });
         await fs.mkdir(path.dirname(cachePath), { recursive: true });
         await fs.writeFile(cachePath, state);
         const st = await fs.stat(cachePath, { bigint: true });

@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ensureModel } from "../test/fixtures/gguf/models.js";
-import { runBare } from "../test/bare/helpers.js";
+import { newestBare } from "../test/bare/helpers.js";
 import { median } from "./lib.js";
 
 const repeats = Number(process.env.BENCH_REPEATS ?? 5);
@@ -21,7 +21,7 @@ const repeats = Number(process.env.BENCH_REPEATS ?? 5);
 const model = await ensureModel("realistic", undefined, { eogBias: 4 });
 const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-bench-qvac-"));
 try {
-  const { status, lines, stderr } = await runBare("bench-qvac-worker.mjs", { model, root, targets: [500, 2000], repeats }, { timeoutMs: 30 * 60_000 });
+  const { status, lines, stderr } = await newestBare().runBare("bench-qvac-worker.mjs", { model, root, targets: [500, 2000], repeats }, { timeoutMs: 30 * 60_000 });
   if (status !== 0) throw new Error(`bare exited ${status}: ${stderr}`);
   console.log(`kvkeep/qvac benchmark — @qvac/llm-llamacpp 0.53.0 under Bare, realistic model, ${repeats} repeats, medians`);
   for (const target of [500, 2000]) {

@@ -49,7 +49,7 @@ async function fabricate(root: string, n: number): Promise<number> {
   const now = Date.now();
   await inParallel(n, 64, async (i) => {
     const cacheKey = `auto-${i.toString(16).padStart(16, "0")}`;
-    const cachePath = cachePathOf(root, { cacheKey, modelId: MODEL, configHash });
+    const cachePath = cachePathOf(root, { scopeId: null, cacheKey, modelId: MODEL, configHash });
     await fs.mkdir(path.dirname(cachePath), { recursive: true });
     const size = 1024 + ((i * 2654435761) % 3073);
     const data = pool.subarray(i % 1024, (i % 1024) + size);

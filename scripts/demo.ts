@@ -11,14 +11,21 @@
  *
  * The model's weights are random, so its replies are gibberish; the timings and the state
  * files are real. Nothing outside a temp directory is written.
+ *
+ * `npm run demo -- --model hf:Qwen/Qwen3-0.6B-GGUF:Q8_0` runs the same on a real model: a
+ * GGUF path, an hf: URI or a URL, downloaded once (with progress) into node-llama-cpp's
+ * models directory, or `--models-dir DIR`.
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 import { createLlamaCppCompletion } from "../src/engines/node-llama-cpp/index.js";
 import { openKvCacheStore, type CacheMessage } from "../src/index.js";
+import { resolveModelSpec } from "../src/server/model-source.js";
+import { startupStatus } from "../src/server/startup-status.js";
 import { ensureModel } from "../test/fixtures/gguf/models.js";
 import { openLlama } from "../test/fixtures/engine.js";
 
@@ -104,11 +111,27 @@ function agreement(a: string, b: string): string {
   return `${same} of ${Math.max(a.length, b.length)}`;
 }
 
-async function main(): Promise<void> {
+/** The demo's model: `--model SPEC` resolved (downloaded with progress on stderr), else the generated test model. */
+async function demoModel(argv: string[]): Promise<{ path: string; real: boolean }> {
+  const { values } = parseArgs({ args: argv, options: { model: { type: "string" }, "models-dir": { type: "string" } }, strict: true });
+  if (values.model === undefined) {
+    console.log("1. test model (512-dim, 8 layers, random weights; generated once, ~117 MB)");
+    return { path: await ensureModel("realistic"), real: false };
+  }
+  console.log(`1. the model ${values.model}`);
+  const status = startupStatus(process.stderr, "   ");
+  const resolved = await resolveModelSpec(values.model, {
+    modelsDir: values["models-dir"] ?? null,
+    onDownload: (progress) => status.report({ step: "download", spec: values.model!, ...progress }),
+  });
+  status.done();
+  return { path: resolved.path, real: true };
+}
+
+async function main(argv: string[]): Promise<void> {
   console.log("kvkeep demo — resume a local model's conversation from its on-disk KV cache\n");
   const started = performance.now();
-  console.log("1. test model (512-dim, 8 layers, random weights; generated once, ~117 MB)");
-  const modelPath = await ensureModel("realistic");
+  const { path: modelPath, real } = await demoModel(argv);
   console.log(`   ${modelPath}  (${ms(performance.now() - started)})\n`);
 
   const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-demo-"));
@@ -125,9 +148,10 @@ async function main(): Promise<void> {
         `   turn ${history.length / 2 | 0}: prompt ${stats.promptTokens} tokens, ${stats.reusedTokens} from the cache, ` +
           `${stats.evaluatedTokens} evaluated, first token after ${ms(stats.ttftMs)}`,
       );
+      if (real) console.log(`     ${JSON.stringify(text.length > 100 ? `${text.slice(0, 100)}…` : text)}`);
       history = [...history, { role: "assistant", content: text }];
     }
-    console.log(`   backend: ${store.backend}; the model's replies are gibberish (random weights)\n`);
+    console.log(`   backend: ${store.backend}${real ? "" : "; the model's replies are gibberish (random weights)"}\n`);
     await adapter.dispose();
     await store.close();
 
@@ -167,5 +191,5 @@ if (process.argv[2] === "--child") {
   await childTurn(modelPath!, root!, mode as Mode, historyJson!);
   process.exit(0);
 } else {
-  await main();
+  await main(process.argv.slice(2));
 }

@@ -9,6 +9,10 @@
 //     It never fails the install: a failed build prints its error and exits 0, because
 //     kvkeep works without the addon (minus cross-process locking) and says so at runtime.
 //
+//   node scripts/install.mjs --build     build the addon now, as the fallback warning says
+//     (`npm rebuild kvkeep` does not: npm 11 skips unapproved dependencies' install scripts
+//     and still reports success). Exits 1, saying why, when it cannot.
+//
 //   node scripts/install.mjs --node-gyp  `npm run build:native:gyp`: node-gyp rebuild,
 //     offline when the running Node's own headers are installed (see nodeGypArgs). Exits
 //     with node-gyp's status: this one is a developer/CI command, failures must show.
@@ -50,7 +54,16 @@ function run(script, args) {
   return spawnSync(process.execPath, [script, ...args], { cwd: root, stdio: ["ignore", "inherit", "inherit"] });
 }
 
-function fallbackLine(reason, howToBuild = "fix the error above, then `npm rebuild kvkeep`") {
+/** The command that builds the addon, typed where the user is (npm runs this hook in kvkeep's directory). Keep in sync with addonBuildCommand in src/native/index.ts. */
+function buildCommand() {
+  const cwd = process.env.INIT_CWD || process.cwd();
+  const relative = path.relative(cwd, root);
+  const where = relative === "" ? "." : relative.startsWith("..") || path.isAbsolute(relative) ? root : relative;
+  if (!root.split(path.sep).includes("node_modules")) return where === "." ? "npm run build:native" : `cd ${where} && npm run build:native`;
+  return `npm install --save-dev cmake-js node-addon-api && node ${path.join(where, "scripts", "install.mjs")} --build`;
+}
+
+function fallbackLine(reason, howToBuild = `fix the error above, then \`${buildCommand()}\``) {
   console.log(`${prefix} ${reason}; the pure-JS fallback will be used (locks will not exclude other processes). To build the addon: ${howToBuild} (needs cmake and a C++17 compiler).`);
 }
 
@@ -88,19 +101,16 @@ function buildWithNodeGyp() {
 function installHook() {
   const flag = process.env.KVKEEP_NO_NATIVE;
   if (flag === "1" || flag?.toLowerCase() === "true") {
-    fallbackLine("KVKEEP_NO_NATIVE is set, so the native addon is not built", "unset it and run `npm rebuild kvkeep`");
+    fallbackLine("KVKEEP_NO_NATIVE is set, so the native addon is not built", `unset it and run \`${buildCommand()}\``);
     return;
   }
   if (existsSync(prebuiltPath)) return; // shipped binary for this platform: nothing to build
-  const cmakeJs = resolveBin("cmake-js", "cmake-js");
-  if (!cmakeJs || !resolvable("node-addon-api") || !resolvable("node-api-headers")) {
-    fallbackLine(
-      `no prebuilt addon for ${process.platform}-${process.arch} and no build tools (cmake-js, node-addon-api)`,
-      "`npm install --save-dev cmake-js node-addon-api` then `npm rebuild kvkeep`",
-    );
+  const missing = missingTools();
+  if (missing.length > 0) {
+    fallbackLine(`no prebuilt addon for ${process.platform}-${process.arch} and no build tools (${missing.join(", ")} not found)`, `\`${buildCommand()}\``);
     return;
   }
-  const result = run(cmakeJs, ["compile", "--directory", path.join(root, "native"), "--out", path.join(root, cmakeOutDir)]);
+  const result = compile();
   if (result.status !== 0) {
     const why = result.error ? result.error.message : `cmake-js exited with ${result.status ?? result.signal}`;
     console.error(`${prefix} building the native addon failed: ${why}`);
@@ -108,8 +118,39 @@ function installHook() {
   }
 }
 
+/** The build tools kvkeep cannot resolve from its directory (an app's own count). */
+function missingTools() {
+  return ["cmake-js", "node-addon-api", "node-api-headers"].filter((pkg) => !resolvable(pkg));
+}
+
+function compile() {
+  return run(resolveBin("cmake-js", "cmake-js"), ["compile", "--directory", path.join(root, "native"), "--out", path.join(root, cmakeOutDir)]);
+}
+
+/** `--build`: build now, or say why not and exit 1. */
+function buildNow() {
+  if (existsSync(prebuiltPath)) {
+    console.log(`${prefix} ${prebuiltPath} is this platform's prebuilt addon: kvkeep loads it, there is nothing to build.`);
+    return 0;
+  }
+  const missing = missingTools();
+  if (missing.length > 0) {
+    console.error(`${prefix} cannot build the addon: ${missing.join(", ")} not found from ${root}. Install them in your app: npm install --save-dev cmake-js node-addon-api (node-api-headers comes with cmake-js).`);
+    return 1;
+  }
+  const result = compile();
+  if (result.status !== 0) {
+    console.error(`${prefix} building the native addon failed (${result.error ? result.error.message : `cmake-js exited with ${result.status ?? result.signal}`}); it needs cmake and a C++17 compiler.`);
+    return 1;
+  }
+  console.log(`${prefix} built ${path.join(root, cmakeOutDir, "Release", "kvkeep.node")}; \`npx kvkeep backend\` says which backend loads.`);
+  return 0;
+}
+
 if (process.argv.includes("--node-gyp")) {
   process.exitCode = buildWithNodeGyp();
+} else if (process.argv.includes("--build")) {
+  process.exitCode = buildNow();
 } else {
   try {
     installHook();

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * npm's `prepare` hook: build dist/ (`npm run build`: tsup, then the Bare build). It runs on `npm install` in a checkout, on
+ * npm's `prepare` hook: build dist/ (scripts/build.mjs: tsup, then the Bare build, made aside
+ * and swapped in), unless nothing changed since the last build. It runs on `npm install` in a checkout, on
  * `npm pack`, and — what it is for — when kvkeep is installed from git
  * (`npm install github:…` / `git+https://…`), where npm installs the dev dependencies in
  * its clone, runs this, and packs the result: without it such an install has no dist/.
@@ -19,9 +20,7 @@ try {
   console.log("kvkeep: tsup is not installed (dev dependencies omitted?), so dist/ was not built; run `npm install` with dev dependencies, then `npm run build`.");
   process.exit(0);
 }
-// The npm running this hook (npm_execpath), so a git install uses the same npm.
-const npm = process.env.npm_execpath;
-const result = npm
-  ? spawnSync(process.execPath, [npm, "run", "build"], { cwd: root, stdio: "inherit" })
-  : spawnSync("npm", ["run", "build"], { cwd: root, stdio: "inherit", shell: process.platform === "win32" });
+// Only when a source changed: an app that installed this checkout by its path runs this
+// hook at each of its own `npm install`s. The build is made aside and swapped in whole.
+const result = spawnSync(process.execPath, [path.join(root, "scripts", "build.mjs"), "--if-changed"], { cwd: root, stdio: "inherit" });
 process.exitCode = result.status ?? 1;

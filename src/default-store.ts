@@ -45,7 +45,7 @@ export async function getCurrentCacheInfo(
   assertConfigHash(configHash);
   assertHistory(history);
   const cacheKey = autoCacheKey(history);
-  return { cacheKey, cachePath: cachePathOf(getDefaultStore().root, { cacheKey, modelId, configHash }) };
+  return { cacheKey, cachePath: cachePathOf(getDefaultStore().root, { scopeId: null, cacheKey, modelId, configHash }) };
 }
 
 /**
@@ -60,10 +60,10 @@ export const __kvCacheSessionTestHooks = {
     getDefaultStore().layers.savedCounts.set(cachePath, count);
   },
   hasInitializedKey(modelId: string, configHash: string, cacheKey: string): boolean {
-    return getDefaultStore().layers.initialized.has(initKey(modelId, configHash, cacheKey));
+    return getDefaultStore().layers.initialized.has(initKey({ scopeId: null, modelId, configHash, cacheKey }));
   },
   markInitializedForTest(modelId: string, configHash: string, cacheKey: string): void {
-    getDefaultStore().layers.initialized.add(initKey(modelId, configHash, cacheKey));
+    getDefaultStore().layers.initialized.add(initKey({ scopeId: null, modelId, configHash, cacheKey }));
   },
   /** Forget all in-memory state and the default store itself (the next use re-reads `KVKEEP_DIR`). */
   resetForTest(): void {

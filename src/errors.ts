@@ -9,6 +9,7 @@ export type KvKeepErrorCode =
   | "KEY_DOT_SEGMENT"
   | "KEY_HAS_SEPARATOR"
   | "KEY_HAS_NUL"
+  | "KEY_LONE_SURROGATE"
   | "KEY_ABSOLUTE"
   | "KEY_TOO_LONG"
   | "KEY_RESERVED"
@@ -32,6 +33,8 @@ export type KvKeepErrorCode =
   | "REMOTE_UNAVAILABLE"
   // Native addon.
   | "NATIVE_UNAVAILABLE"
+  // A runtime kvkeep cannot run on (its Bare build on a Bare older than it supports).
+  | "RUNTIME_UNSUPPORTED"
   // An engine kvkeep cannot drive (kvkeep/qvac: not @qvac/llm-llamacpp 0.53.0).
   | "ENGINE_UNSUPPORTED";
 

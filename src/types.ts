@@ -34,7 +34,10 @@ export interface TurnHandle {
   readonly kind: "custom" | "auto";
   /** True when this `beginTurn` called `primeIfMissing` (the cache held no history before). */
   readonly primed: boolean;
-  /** The conversation this turn belongs to (`input.conversationId`, else the cache key). */
+  /**
+   * The conversation this turn belongs to (`input.conversationId`, else the cache key — in a
+   * scoped session `<scope id>/<cache key>`, so warmers never mix scopes).
+   */
   readonly conversationId: string;
   /**
    * A cache this `beginTurn` found on disk and refused — removed before priming a fresh one
@@ -85,7 +88,8 @@ interface BeginTurnCommon {
   /**
    * Names the conversation in turn events (warming). Default: the custom key; in auto mode
    * `conv-<hash>` of the history up to its first user message (stable across the turns of
-   * one conversation, shared by conversations that open identically).
+   * one conversation, shared by conversations that open identically); in a scoped session
+   * either after `<scope id>/`.
    */
   conversationId?: string | undefined;
 }
@@ -216,6 +220,16 @@ export interface SessionOptions {
   /** Logger for this session's turns. Default: the store's logger. */
   logger?: Logger | undefined;
   /**
+   * Whose conversations these are — a user, a tenant, an API key: any non-empty string (at
+   * most 1024 characters, well-formed UTF-16), opaque to kvkeep. Caches of one scope are
+   * never seen from another: the same key in two scopes is two caches, and prefix reuse
+   * (`findPrefix`, `borrowPrefix`, the adapters) never crosses scopes — in this process,
+   * across processes on the root, or through the remote tier. The scope is never written
+   * anywhere: paths, logs, manifests and remote keys carry a SHA-256 of it (its id).
+   * Default: none — the one shared space (kvkeep before scopes, and its on-disk layout).
+   */
+  scope?: string | undefined;
+  /**
    * Identifies the exact model and state layout (weights, context settings). A cache whose
    * manifest carries another fingerprint is never handed to the engine: it is removed and
    * re-primed. Default: none (only caches written without a fingerprint match).
@@ -230,12 +244,21 @@ export interface SessionOptions {
   onRollback?: "clear" | "keep-committed" | undefined;
 }
 
-export type DeleteTarget = { kvCacheKey: string; modelId?: string | undefined } | { all: true };
+/**
+ * What `store.delete` removes: a key's caches (every model, or one) in one scope — named by
+ * the scope (`scope`) or by its id (`scopeId`, as `kvkeep scan` and eviction events show it);
+ * the shared space without either — or everything with `{ all: true }`, every scope's too.
+ */
+export type DeleteTarget =
+  | { kvCacheKey: string; modelId?: string | undefined; scope?: string | undefined; scopeId?: string | undefined }
+  | { all: true };
 
 /** Emitted around every turn, for warming and UIs. */
 export interface TurnEvent {
   type: "turnStarted" | "turnSettled";
   conversationId: string;
+  /** The id of the session's scope (a hash, never the scope), or null for the shared space. */
+  scopeId: string | null;
   kind: "custom" | "auto";
   cacheKey: string;
   modelId: string;
@@ -263,6 +286,8 @@ export interface SweepOptions {
 
 /** One cache a sweep removed, and why. */
 export interface EvictedCache {
+  /** The id of the cache's scope (a hash: the scope itself is never stored), or null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -311,6 +336,11 @@ export interface CacheInfo {
 
 /** A question to the prefix index: which cache of this model and config shares the most of `history`? */
 export interface PrefixQuery {
+  /**
+   * The scope whose caches may be returned (`SessionOptions.scope`); without it, only the
+   * shared space's. A cache of another scope is never returned, lent or reported.
+   */
+  scope?: string | undefined;
   modelId: string;
   /** The model fingerprint the caches must have been written for (as in `SessionOptions`). Default: none. */
   fingerprint?: string | null | undefined;

@@ -4,6 +4,7 @@
 #include "fsops.h"
 #include "hash.h"
 #include "lock.h"
+#include "memfd.h"
 #include "platform.h"
 #include "prefetch.h"
 #include "safeio.h"
@@ -15,7 +16,10 @@ namespace {
 // function later.
 // 2: identity, readFileBounded; Lock(path, exclusive, under?) opens without following
 //    symlinks; every file read refuses symlinks and anything but a regular file.
-constexpr int kKvkeepNativeAbi = 2;
+// 3: readFileBounded's bytes reach Bare < 1.33 intact (a binary of ABI 2 hands Bare 1.31
+//    zeros, see safeio.cc): refusing it turns that silent failure into a rebuild message.
+// 4: MemoryFile (memfd for the engine's in-memory state handoff), memoryFileSupported.
+constexpr int kKvkeepNativeAbi = 4;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abi", Napi::Number::New(env, kKvkeepNativeAbi));
@@ -25,6 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kvkeep::InitHash(env, exports);
   kvkeep::InitSafeIo(env, exports);
   kvkeep::InitPlatform(env, exports);
+  kvkeep::InitMemFd(env, exports);
   return exports;
 }
 

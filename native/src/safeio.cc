@@ -100,7 +100,14 @@ class BoundedReadWorker : public PromiseWorker {
 
   Napi::Value Result(Napi::Env env) override {
     Napi::Object out = Napi::Object::New(env);
-    out.Set("data", Napi::Buffer<unsigned char>::Copy(env, data_.data(), data_.size()));
+    // Allocate, then copy ourselves: never Napi::Buffer::Copy. Bare before 1.33 implements
+    // napi_create_buffer_copy without copying (libnapi copied into the result_data out-pointer,
+    // and not at all when it is NULL, as node-addon-api passes it), so every byte read arrived
+    // as zero there and no manifest ever parsed. napi_create_buffer hands back the buffer's own
+    // storage on every runtime.
+    Napi::Buffer<unsigned char> data = Napi::Buffer<unsigned char>::New(env, data_.size());
+    if (!data_.empty()) std::copy(data_.begin(), data_.end(), data.Data());
+    out.Set("data", data);
     out.Set("identity", IdentityObject(env, st_));
     return out;
   }

@@ -33,6 +33,14 @@ function checkTokens(tokens: readonly Token[], specs: Readonly<Record<string, Op
     if (spec.type === "string" && token.value === undefined) {
       throw usageError(`--${token.name} needs a value (--${token.name} ${spec.value ?? "VALUE"}).`);
     }
+    // Node's strict parse calls a value starting with "-" ambiguous: say what is wrong instead.
+    if (spec.type === "string" && !token.inlineValue && token.value?.startsWith("-")) {
+      throw usageError(
+        /^-\d/.test(token.value)
+          ? `--${token.name} cannot be negative (got ${token.value}).`
+          : `--${token.name} needs a value, not the option ${token.value} (a value starting with "-": --${token.name}=${token.value}).`,
+      );
+    }
     if (spec.type === "boolean" && token.inlineValue) {
       throw usageError(`--${token.name} takes no value (got ${token.rawName}=${token.value ?? ""}).`);
     }

@@ -11,6 +11,8 @@ import { readLastUse, readManifest } from "../manifest/store.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 
 export interface CacheRecord {
+  /** The scope's id (never the scope itself: kvkeep does not know it), or null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -59,12 +61,14 @@ export async function recordsOf(root: string, dir: ScannedModelDir, temps?: Root
       }
     }
     if (file.kind !== "cache") continue;
-    const cachePath = cachePathOf(root, { cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! });
+    const loc = { scopeId: dir.scopeId, cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! };
+    const cachePath = cachePathOf(root, loc);
     const st = await sizeOf(cachePath);
     if (!st) continue; // removed since the directory was listed
     const read = await readManifest(cachePath);
     const entry = "manifest" in read ? (read.manifest.current ?? read.manifest.pending) : null;
     caches.push({
+      scopeId: dir.scopeId,
       cacheKey: dir.cacheKey,
       modelId: dir.modelId,
       configHash: file.configHash!,
@@ -73,11 +77,11 @@ export async function recordsOf(root: string, dir: ScannedModelDir, temps?: Root
       bytes: st.bytes,
       messageCount: entry?.messageCount ?? null,
       hasManifest: !("missing" in read),
-      owned: manifestNames(read, { cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! }),
+      owned: manifestNames(read, loc),
       lastUsedMs: (await readLastUse(cachePath).catch(() => null)) ?? st.mtimeMs,
       problem:
         "manifest" in read
-          ? !manifestNames(read, { cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! })
+          ? !manifestNames(read, loc)
             ? "its manifest names another cache"
             : entry
               ? null

@@ -78,3 +78,22 @@ export function assertWritable(root: string, state: RootState, what: string): vo
     );
   }
 }
+
+/**
+ * For commands that only read (usage, scan, verify without --fix): null when the root does
+ * not exist yet — a fresh machine, where nothing has been cached, which is 0 caches rather
+ * than an error (the root is made by the first turn that caches). Otherwise as checkRoot.
+ */
+export async function checkRootToRead(root: string): Promise<RootState | null> {
+  try {
+    return await checkRoot(root);
+  } catch (error) {
+    if (error instanceof CliError && error.code === "ROOT_MISSING") return null;
+    throw error;
+  }
+}
+
+/** The note a read-only command prints (stderr, not with --json) for a root that does not exist yet. */
+export function noRootYet(root: string): string {
+  return `kvkeep: no cache root at ${root} yet: nothing is cached there (the first turn that caches creates it; --root DIR or KVKEEP_DIR for another).`;
+}

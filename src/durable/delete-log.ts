@@ -9,7 +9,9 @@
  * what was appended since its mark: any record whose scope covers its cache means a delete
  * overlapped the turn. Records are one JSON line each, appended with one write through
  * O_APPEND: `{"s":"<scope>","p":"start"|"end"}`, scope "" for everything, "<key>" or
- * "<key>/<model>". The common case — no delete since the mark — costs one lstat.
+ * "<key>/<model>" — prefixed with `.scopes/<scope id>/` for a key of an isolation scope, as
+ * its path is (src/layout/paths.ts), so a delete in one scope never covers another's cache.
+ * The common case — no delete since the mark — costs one lstat.
  *
  * Past ROTATE_BYTES the appender that takes the rotation lock renames the log to
  * `deletes.log.1` (replacing the previous one); a mark on the rotated inode then reads the
@@ -21,7 +23,8 @@
 import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
-import { internalDir } from "../layout/paths.js";
+import { internalDir, scopeComponents } from "../layout/paths.js";
+import { PRIVATE_DIR_MODE } from "./files.js";
 import type { NativeFs } from "../native/index.js";
 import { openRegularFile } from "../native/safe-open.js";
 
@@ -42,15 +45,21 @@ interface LogFile {
   size: number;
 }
 
-/** The scope of a delete, as recorded: "" (everything), "<key>" or "<key>/<model>". */
-export function deleteScope(target: { cacheKey?: string | undefined; modelId?: string | undefined }): string {
+/**
+ * The scope of a delete, as recorded: "" (everything), "<key>" or "<key>/<model>", each
+ * after `.scopes/<scope id>/` for a key of an isolation scope (`scopeId`).
+ */
+export function deleteScope(target: { scopeId?: string | null | undefined; cacheKey?: string | undefined; modelId?: string | undefined }): string {
   if (target.cacheKey === undefined) return "";
-  return target.modelId === undefined ? target.cacheKey : `${target.cacheKey}/${target.modelId}`;
+  const key = [...scopeComponents(target.scopeId ?? null), target.cacheKey].join("/");
+  return target.modelId === undefined ? key : `${key}/${target.modelId}`;
 }
 
-/** True when a delete of `scope` covers the cache `<key>/<model>/…`. */
-export function scopeCovers(scope: string, cacheKey: string, modelId: string): boolean {
-  return scope === "" || scope === cacheKey || scope === `${cacheKey}/${modelId}`;
+/** True when a delete of `scope` covers the cache `[.scopes/<scope id>/]<key>/<model>/…`. */
+export function scopeCovers(scope: string, cacheKey: string, modelId: string, scopeId: string | null = null): boolean {
+  if (scope === "") return true;
+  const key = [...scopeComponents(scopeId), cacheKey].join("/");
+  return scope === key || scope === `${key}/${modelId}`;
 }
 
 export class DeleteLog {
@@ -105,11 +114,11 @@ export class DeleteLog {
    * line is a record still being written: its delete removes nothing before it is complete,
    * so whatever the caller installed before asking is still in its way.
    */
-  async coveredSince(mark: DeleteLogMark, cacheKey: string, modelId: string): Promise<boolean> {
+  async coveredSince(mark: DeleteLogMark, cacheKey: string, modelId: string, scopeId: string | null = null): Promise<boolean> {
     const current = await this.#stat(this.path);
     if (current && current.ino === mark.ino) {
       if (current.size === mark.size) return false;
-      return this.#covers(await this.#readRange(this.path, current, mark.size), cacheKey, modelId);
+      return this.#covers(await this.#readRange(this.path, current, mark.size), cacheKey, modelId, scopeId);
     }
     // The log was created or rotated since the mark.
     const ranges: Array<{ file: string; from: number }> = [];
@@ -121,12 +130,12 @@ export class DeleteLog {
     if (current) ranges.push({ file: this.path, from: 0 });
     for (const range of ranges) {
       const file = await this.#stat(range.file);
-      if (file && this.#covers(await this.#readRange(range.file, file, range.from), cacheKey, modelId)) return true;
+      if (file && this.#covers(await this.#readRange(range.file, file, range.from), cacheKey, modelId, scopeId)) return true;
     }
     return false;
   }
 
-  #covers(text: string, cacheKey: string, modelId: string): boolean {
+  #covers(text: string, cacheKey: string, modelId: string, scopeId: string | null): boolean {
     const lines = text.split("\n");
     lines.pop(); // the part after the last newline: empty, or a record still being written
     for (const line of lines) {
@@ -136,7 +145,7 @@ export class DeleteLog {
       } catch {
         return true; // a garbled line could have been a delete: assume it covered us
       }
-      if (typeof record.s !== "string" || scopeCovers(record.s, cacheKey, modelId)) return true;
+      if (typeof record.s !== "string" || scopeCovers(record.s, cacheKey, modelId, scopeId)) return true;
     }
     return false;
   }
@@ -174,7 +183,7 @@ export class DeleteLog {
    */
   async #ensureDir(): Promise<boolean> {
     try {
-      await fs.mkdir(this.#dir);
+      await fs.mkdir(this.#dir, { mode: PRIVATE_DIR_MODE });
     } catch (error) {
       if (errnoCode(error) === "ENOENT") return false;
       if (errnoCode(error) !== "EEXIST") throw error;

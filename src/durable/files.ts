@@ -3,6 +3,7 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
+import { isOwnDirLevel } from "../layout/paths.js";
 import type { FileIdentity } from "../manifest/format.js";
 import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
@@ -104,6 +105,9 @@ export async function writeFileAtomic(
   if (options.syncDir) await nfs.fsyncDir(path.dirname(target));
 }
 
+/** Directories kvkeep creates are its user's only: rwx for the owner, nothing for others. */
+export const PRIVATE_DIR_MODE = 0o700;
+
 /**
  * Create `<root>/<a>/<b>` and make sure every level below the root is a real directory,
  * not a symlink planted to lead writes outside the root: one level at a time, each created
@@ -111,14 +115,16 @@ export async function writeFileAtomic(
  * recursive mkdir would create the next level through a planted symlink). Directories it
  * creates are made durable: the parent of each is fsynced, so a commit into a new
  * directory that has resolved survives a power cut (its entry would otherwise live only
- * in memory).
+ * in memory). Everything it creates — the root, missing directories above it, and the
+ * levels below — is private to the user (0700): caches hold conversations, and a root is
+ * only as private as its directories (README, "Security model").
  */
 export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
   for (let attempt = 0; ; attempt++) {
     try {
       // The root itself is the caller's choice, links and all.
-      const rootCreated = await fs.mkdir(root, { recursive: true });
+      const rootCreated = await fs.mkdir(root, { recursive: true, mode: PRIVATE_DIR_MODE });
       const created: string[] = [];
       if (rootCreated !== undefined) {
         let dir = path.dirname(path.resolve(rootCreated));
@@ -133,7 +139,7 @@ export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: stri
         const parent = current;
         current = path.join(current, component);
         try {
-          await fs.mkdir(current);
+          await fs.mkdir(current, { mode: PRIVATE_DIR_MODE });
           created.push(parent);
         } catch (error) {
           if (errnoCode(error) !== "EEXIST") throw error;
@@ -210,14 +216,15 @@ export async function assertRealDirs(root: string, components: readonly string[]
 /**
  * Remove now-empty directories from `dir` upwards, stopping below `root` and at the first
  * directory that is not empty or that `isInUse` claims (an in-flight turn still needs it).
- * Only the levels kvkeep makes — a key directory and its model directories, one and two
- * below the root — are ever removed; a deeper `dir` removes nothing.
+ * Only the levels kvkeep makes — a key directory and its model directories, and under
+ * `.scopes/` a scope's space and its key and model directories (isOwnDirLevel) — are ever
+ * removed; any other `dir` removes nothing.
  */
 export async function pruneEmptyDirs(root: string, dir: string, isInUse: (dir: string) => boolean): Promise<void> {
   let current = path.resolve(dir);
   const top = path.resolve(root);
   while (current !== top && current.startsWith(top + path.sep)) {
-    if (path.relative(top, current).split(path.sep).length > 2) return;
+    if (!isOwnDirLevel(path.relative(top, current).split(path.sep))) return;
     if (isInUse(current)) return;
     try {
       await fs.rmdir(current);

@@ -22,6 +22,7 @@ import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { INTERNAL_DIR_NAME } from "../keys/safe-key.js";
 import { internalDir } from "../layout/paths.js";
+import { PRIVATE_DIR_MODE } from "./files.js";
 import { ownTempPath } from "./temp-owner.js";
 
 export const ROOT_MARKER_NAME = "root.json";
@@ -96,10 +97,11 @@ export function notARootError(root: string, kind: { sample: string[] }, how: str
  * through a symlink. Throws the fs error on failure.
  */
 export function writeRootMarker(root: string): void {
-  mkdirSync(root, { recursive: true });
+  // Private, as every directory kvkeep makes (files.ts, PRIVATE_DIR_MODE): caches hold conversations.
+  mkdirSync(root, { recursive: true, mode: PRIVATE_DIR_MODE });
   const internal = internalDir(root);
   try {
-    mkdirSync(internal);
+    mkdirSync(internal, { mode: PRIVATE_DIR_MODE });
   } catch (error) {
     if (errnoCode(error) !== "EEXIST") throw error;
   }

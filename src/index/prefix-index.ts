@@ -7,8 +7,9 @@
  * (`ManifestEntry.chain`: key i = the chained XXH64 of the first i messages, as auto mode
  * computes it). A chain key names a whole prefix, so "does any cache hold the first d
  * messages of this history?" is one map lookup of the history's own key d, within a scope —
- * model id, model fingerprint and config hash, the chain's root: caches of another model,
- * state layout or system prompt never meet. And if a cache holds the first d messages it
+ * isolation scope (whose conversations: src/keys/scope.ts), model id, model fingerprint and
+ * config hash, the chain's root: caches of another user, model, state layout or system
+ * prompt never meet. And if a cache holds the first d messages it
  * holds every shorter prefix too, so the longest shared prefix is found by binary search:
  * O(log n) lookups, whatever the number of caches.
  *
@@ -18,6 +19,8 @@
 
 /** What the index knows of one committed cache. */
 export interface PrefixFacts {
+  /** The isolation scope's id; null or absent for the shared space. */
+  scopeId?: string | null | undefined;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -60,11 +63,11 @@ export interface PrefixLookup {
   limit?: number | undefined;
 }
 
-/** The scope a chain lives in: model, model fingerprint, config hash. */
-export function prefixScope(modelId: string, fingerprint: string | null, configHash: string): string {
-  // NUL cannot occur in a model id or config hash (validated path components); a
-  // fingerprint is an opaque string, so it goes last.
-  return `${modelId}\0${configHash}\0${fingerprint ?? ""}`;
+/** The scope a chain lives in: isolation scope, model, model fingerprint, config hash. */
+export function prefixScope(modelId: string, fingerprint: string | null, configHash: string, scopeId: string | null = null): string {
+  // NUL cannot occur in a scope id (hex), model id or config hash (validated path
+  // components); a fingerprint is an opaque string, so it goes last.
+  return `${scopeId ?? ""}\0${modelId}\0${configHash}\0${fingerprint ?? ""}`;
 }
 
 type Members = string | Set<string>;
@@ -90,7 +93,7 @@ export class PrefixIndex {
     if (old) this.#unlink(cachePath, old);
     this.#byPath.set(cachePath, facts);
     if (facts.chain.length === 0) return;
-    const scope = prefixScope(facts.modelId, facts.fingerprint, facts.configHash);
+    const scope = prefixScope(facts.modelId, facts.fingerprint, facts.configHash, facts.scopeId ?? null);
     let keys = this.#scopes.get(scope);
     if (!keys) this.#scopes.set(scope, (keys = new Map()));
     for (const key of facts.chain) {
@@ -168,7 +171,7 @@ export class PrefixIndex {
 
   #unlink(cachePath: string, facts: PrefixFacts): void {
     if (facts.chain.length === 0) return;
-    const scope = prefixScope(facts.modelId, facts.fingerprint, facts.configHash);
+    const scope = prefixScope(facts.modelId, facts.fingerprint, facts.configHash, facts.scopeId ?? null);
     const keys = this.#scopes.get(scope);
     if (!keys) return;
     for (const key of facts.chain) {

@@ -1,5 +1,6 @@
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
+import { isWellFormedUtf16 } from "./scope.js";
 
 /** Longest file name most file systems accept, in UTF-8 bytes. */
 export const MAX_COMPONENT_BYTES = 255;
@@ -15,11 +16,21 @@ export function cacheKindOf(cacheKey: string): "auto" | "named" {
 /** kvkeep's own files (settings, …) live here under the root. */
 export const INTERNAL_DIR_NAME = ".kvkeep";
 
+/** Scoped caches live under `<root>/.scopes/<scope id>/` (src/layout/paths.ts): not a key either. */
+export const SCOPES_DIR_NAME = ".scopes";
+
+/** Names directly under the root that are kvkeep's own, never a cache key. */
+export function isReservedRootName(name: string): boolean {
+  return name === INTERNAL_DIR_NAME || name === SCOPES_DIR_NAME;
+}
+
 const CONFIG_HASH_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 
 /**
  * Reject anything that is not exactly one safe path component, before any file is touched:
- * empty, `.`/`..`, separators, NUL, absolute paths (POSIX or Windows), over 255 bytes.
+ * empty, `.`/`..`, separators, NUL, absolute paths (POSIX or Windows), over 255 bytes, and
+ * lone surrogates (not well-formed UTF-16: `"x\uD800"` and `"x\uDBFF"` would both be written
+ * as `x` + U+FFFD, one directory for two keys).
  * `argument` names the parameter in the error. A drive-letter prefix (`C:x`) is refused
  * only on Windows, where it names a drive; elsewhere `u:42` is an ordinary file name.
  */
@@ -29,6 +40,13 @@ export function assertSafeComponent(value: unknown, argument: string, platform: 
   }
   if (value.includes("\0")) {
     throw new KvKeepError("KEY_HAS_NUL", `${argument} contains a NUL byte; use a plain name.`, { argument });
+  }
+  if (!isWellFormedUtf16(value)) {
+    throw new KvKeepError(
+      "KEY_LONE_SURROGATE",
+      `${argument} ${JSON.stringify(value)} contains a lone surrogate (not well-formed UTF-16), which has no file name of its own; use a well-formed string.`,
+      { argument },
+    );
   }
   if (path.posix.isAbsolute(value) || path.win32.isAbsolute(value) || (platform === "win32" && /^[A-Za-z]:/.test(value))) {
     throw new KvKeepError("KEY_ABSOLUTE", `${argument} ${JSON.stringify(value)} is an absolute path; pass a plain name.`, {
@@ -57,10 +75,10 @@ export function assertSafeComponent(value: unknown, argument: string, platform: 
 /** A custom key: a safe component that is neither an auto key nor kvkeep's internal directory. */
 export function assertCustomKey(value: unknown, argument = "customKey"): asserts value is string {
   assertSafeComponent(value, argument);
-  if (AUTO_KEY_PATTERN.test(value) || value === INTERNAL_DIR_NAME) {
+  if (AUTO_KEY_PATTERN.test(value) || isReservedRootName(value)) {
     throw new KvKeepError(
       "KEY_RESERVED",
-      `${argument} ${JSON.stringify(value)} is reserved (auto-mode keys and "${INTERNAL_DIR_NAME}"); choose another name.`,
+      `${argument} ${JSON.stringify(value)} is reserved (auto-mode keys, "${INTERNAL_DIR_NAME}" and "${SCOPES_DIR_NAME}"); choose another name.`,
       { argument },
     );
   }
@@ -69,8 +87,8 @@ export function assertCustomKey(value: unknown, argument = "customKey"): asserts
 /** A key as `delete` accepts it: any custom key or auto key. */
 export function assertCacheKey(value: unknown, argument = "kvCacheKey"): asserts value is string {
   assertSafeComponent(value, argument);
-  if (value === INTERNAL_DIR_NAME) {
-    throw new KvKeepError("KEY_RESERVED", `${argument} "${INTERNAL_DIR_NAME}" is kvkeep's own directory, not a cache.`, {
+  if (isReservedRootName(value)) {
+    throw new KvKeepError("KEY_RESERVED", `${argument} "${value}" is kvkeep's own directory, not a cache.`, {
       argument,
     });
   }

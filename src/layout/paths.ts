@@ -7,10 +7,16 @@
  *   <root>/<cacheKey>/<modelId>/<name>.<pid>-<stamp>-<rand>.tmp  temp files: turn saves, manifest writes
  *   <root>/.kvkeep/                                     kvkeep's own files (logs, settings, …)
  *   <root>/.kvkeep/root.json                            the marker that makes the directory a root
+ *
+ * A scoped cache (src/keys/scope.ts) lives in its scope's own space, the same layout one
+ * level down: `<root>/.scopes/<scope id>/<cacheKey>/<modelId>/<configHash>.bin`. `.scopes`
+ * can never be a cache key, and a scope id is 32 hex chars, so the two layouts never meet:
+ * a root without scopes looks exactly as before.
  */
 import os from "node:os";
 import path from "node:path";
-import { INTERNAL_DIR_NAME } from "../keys/safe-key.js";
+import { INTERNAL_DIR_NAME, isReservedRootName, SCOPES_DIR_NAME } from "../keys/safe-key.js";
+import { SCOPE_ID_PATTERN } from "../keys/scope.js";
 
 export const CACHE_SUFFIX = ".bin";
 export const MANIFEST_SUFFIX = ".meta.json";
@@ -18,9 +24,31 @@ export const LOCK_SUFFIX = ".lock";
 export const TEMP_SUFFIX = ".tmp";
 
 export interface CacheLocation {
+  /** The scope's id (src/keys/scope.ts), or null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
+}
+
+/** The directory levels from the root down to a scope's space: none for the shared space. */
+export function scopeComponents(scopeId: string | null): string[] {
+  return scopeId === null ? [] : [SCOPES_DIR_NAME, scopeId];
+}
+
+/** `<root>/.scopes/<id>` for a scope, the root itself for the shared space. */
+export function spaceDir(root: string, scopeId: string | null): string {
+  return path.join(root, ...scopeComponents(scopeId));
+}
+
+/** The directory levels from the root to a cache's model directory (for mkdir and lstat walks). */
+export function cacheDirComponents(loc: Omit<CacheLocation, "configHash">): string[] {
+  return [...scopeComponents(loc.scopeId), loc.cacheKey, loc.modelId];
+}
+
+/** `<scope prefix><key>/<model>/<hash>.bin`, relative to the root with `/` separators (index-log records). */
+export function relativeCachePath(loc: CacheLocation): string {
+  return [...cacheDirComponents(loc), loc.configHash + CACHE_SUFFIX].join("/");
 }
 
 /** `$KVKEEP_DIR`, else `$XDG_CACHE_HOME/kvkeep`, else `~/.cache/kvkeep`. */
@@ -34,16 +62,16 @@ export function internalDir(root: string): string {
   return path.join(root, INTERNAL_DIR_NAME);
 }
 
-export function cacheKeyDir(root: string, cacheKey: string): string {
-  return path.join(root, cacheKey);
+export function cacheKeyDir(root: string, cacheKey: string, scopeId: string | null = null): string {
+  return path.join(spaceDir(root, scopeId), cacheKey);
 }
 
 export function cacheDir(root: string, loc: CacheLocation): string {
-  return path.join(root, loc.cacheKey, loc.modelId);
+  return path.join(root, ...cacheDirComponents(loc));
 }
 
 export function cachePathOf(root: string, loc: CacheLocation): string {
-  return path.join(root, loc.cacheKey, loc.modelId, loc.configHash + CACHE_SUFFIX);
+  return path.join(cacheDir(root, loc), loc.configHash + CACHE_SUFFIX);
 }
 
 function stem(cachePath: string): string {
@@ -117,17 +145,43 @@ export function classifyFileName(fileName: string): { kind: CacheFileKind; confi
 
 /**
  * The location of a cache path under `root`, or null when the path is not exactly
- * `<root>/<key>/<model>/<hash>.bin` (used to refuse commit targets outside the root).
+ * `<root>/<key>/<model>/<hash>.bin` or `<root>/.scopes/<scope id>/<key>/<model>/<hash>.bin`
+ * (used to refuse commit targets outside the root, and to read index-log records).
  */
 export function parseCachePath(root: string, cachePath: string): CacheLocation | null {
   const rel = path.relative(root, path.resolve(cachePath));
   if (rel.startsWith("..") || path.isAbsolute(rel)) return null;
-  const parts = rel.split(path.sep);
-  if (parts.length !== 3) return null;
-  const [cacheKey, modelId, fileName] = parts as [string, string, string];
+  return parseRelativeParts(rel.split(path.sep));
+}
+
+/** The location named by the components of a path relative to the root, or null (see parseCachePath). */
+export function parseRelativeParts(parts: readonly string[]): CacheLocation | null {
+  let scopeId: string | null = null;
+  let rest = parts;
+  if (parts.length === 5) {
+    if (parts[0] !== SCOPES_DIR_NAME || !SCOPE_ID_PATTERN.test(parts[1]!)) return null;
+    scopeId = parts[1]!;
+    rest = parts.slice(2);
+  }
+  if (rest.length !== 3) return null;
+  const [cacheKey, modelId, fileName] = rest as [string, string, string];
   const kind = classifyFileName(fileName);
-  if (kind?.kind !== "cache" || cacheKey === INTERNAL_DIR_NAME) return null;
-  return { cacheKey, modelId, configHash: kind.configHash };
+  if (kind?.kind !== "cache" || isReservedRootName(cacheKey) || cacheKey.length === 0 || modelId.length === 0) return null;
+  return { scopeId, cacheKey, modelId, configHash: kind.configHash };
+}
+
+/**
+ * Whether a directory below the root (its path components relative to the root) is one of
+ * the levels kvkeep makes, and so may be pruned once empty: in the shared space a key
+ * directory and its model directories (`<key>`, `<key>/<model>`); for scopes `.scopes`, a
+ * scope's space `.scopes/<id>` — kvkeep's by its name, a scope id's form — and the key and
+ * model levels in it. Deeper levels, `.kvkeep` and anything under `.scopes` not named like
+ * a scope id are never kvkeep's to remove.
+ */
+export function isOwnDirLevel(parts: readonly string[]): boolean {
+  if (parts.length === 0 || parts.some((part) => part.length === 0)) return false;
+  if (parts[0] === SCOPES_DIR_NAME) return parts.length <= 4 && (parts.length < 2 || SCOPE_ID_PATTERN.test(parts[1]!));
+  return parts.length <= 2 && !isReservedRootName(parts[0]!);
 }
 
 /** True when `child` is `dir` itself or inside it. */

@@ -7,6 +7,7 @@
  * ARCHITECTURE.md, "Commit protocol"). A file is matched to a slot by its identity —
  * size, inode and mtime — which a rename keeps and any rewrite changes.
  */
+import { SCOPE_ID_PATTERN } from "../keys/scope.js";
 import type { CacheRefusalReason } from "../types.js";
 
 export const MANIFEST_FORMAT = 1;
@@ -71,6 +72,12 @@ export function parseChain(value: unknown, messageCount: number): readonly strin
 export interface Manifest {
   format: typeof MANIFEST_FORMAT;
   kind: "named" | "auto";
+  /**
+   * The id of the cache's isolation scope (src/keys/scope.ts); absent for the shared space,
+   * so a manifest without scopes is written as before. The path says it too: this is the
+   * second witness, so a cache copied into another scope's space is refused as foreign.
+   */
+  scope?: string | undefined;
   modelId: string;
   fingerprint: string | null;
   configHash: string;
@@ -81,6 +88,8 @@ export interface Manifest {
 
 /** What a cache must be to be handed to a given session's engine. */
 export interface ManifestExpectation {
+  /** The scope id expected; absent or undefined for the shared space. */
+  scope?: string | undefined;
   modelId: string;
   fingerprint: string | null;
   configHash: string;
@@ -136,6 +145,7 @@ export function parseManifest(text: string): Manifest | { error: string } {
     if (typeof m[field] !== "string") return { error: `manifest ${field} is missing` };
   }
   if (!(m.fingerprint === null || typeof m.fingerprint === "string")) return { error: "manifest fingerprint is invalid" };
+  if (m.scope !== undefined && !(typeof m.scope === "string" && SCOPE_ID_PATTERN.test(m.scope))) return { error: "manifest scope is invalid" };
   const current = parseEntry(m.current);
   const pending = parseEntry(m.pending);
   if (current === "invalid" || pending === "invalid") return { error: "manifest entry is invalid" };
@@ -143,6 +153,7 @@ export function parseManifest(text: string): Manifest | { error: string } {
   return {
     format: MANIFEST_FORMAT,
     kind: m.kind,
+    ...(m.scope !== undefined ? { scope: m.scope } : {}),
     modelId: m.modelId!,
     fingerprint: m.fingerprint ?? null,
     configHash: m.configHash!,
@@ -175,6 +186,7 @@ export type ManifestVerdict =
 
 export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file: FileIdentity): ManifestVerdict {
   const foreign = (reason: string): ManifestVerdict => ({ verdict: "reject", reason, refusal: "foreign" });
+  if ((manifest.scope ?? null) !== (expect.scope ?? null)) return foreign("manifest is for another scope");
   if (manifest.modelId !== expect.modelId) return foreign(`manifest is for model ${manifest.modelId}`);
   if (manifest.cacheKey !== expect.cacheKey || manifest.configHash !== expect.configHash) {
     return foreign("manifest is for another cache key or config");

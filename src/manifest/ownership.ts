@@ -5,7 +5,8 @@
  * `<key>/<model>/<hash>.bin|.lock` — so contents decide:
  *
  * - a cache file (`.bin`) is kvkeep's when the manifest beside it is a kvkeep manifest naming
- *   exactly this key, model and config hash;
+ *   exactly this scope (the `scope` id of a cache under `.scopes/<id>/`, none in the shared
+ *   space), key, model and config hash;
  * - a manifest, when it is one (parses, this format) naming exactly its own place;
  * - a lock file, when it belongs to such a cache (`<hash>.lock` beside a proven manifest) and
  *   is a regular empty file (kvkeep's locks never hold a byte) — an empty `x.lock` alone may be
@@ -23,11 +24,20 @@ import type { CacheLocation } from "../layout/paths.js";
 import { loadNativeFs, type NativeFs } from "../native/index.js";
 import { type ManifestRead, readManifest } from "./store.js";
 
-/** Whether a read manifest is a kvkeep manifest naming the cache at `loc`. */
+/**
+ * Whether a read manifest is a kvkeep manifest naming the cache at `loc` — its scope too: a
+ * manifest copied into another scope's space (or between a scope's and the shared space)
+ * does not name the place it sits in.
+ */
 export function manifestNames(read: ManifestRead, loc: CacheLocation): boolean {
   if (!("manifest" in read)) return false;
   const { manifest } = read;
-  return manifest.cacheKey === loc.cacheKey && manifest.modelId === loc.modelId && manifest.configHash === loc.configHash;
+  return (
+    (manifest.scope ?? null) === loc.scopeId &&
+    manifest.cacheKey === loc.cacheKey &&
+    manifest.modelId === loc.modelId &&
+    manifest.configHash === loc.configHash
+  );
 }
 
 /** Whether the cache file at `cachePath` (of `loc`) is provably kvkeep's: its manifest names it. */

@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import type { EntryIdentity } from "./types.js";
 
 /** Must equal kKvkeepNativeAbi in native/src/addon.cc. */
-export const NATIVE_ABI = 2;
+export const NATIVE_ABI = 4;
 
 export interface NativeLock {
   /** Non-blocking flock + identity check; true once held (then idempotent). Throws a system error. */
@@ -12,6 +12,25 @@ export interface NativeLock {
   release(): void;
   /** Unlinks the file if held exclusively and still at the path, then closes. Idempotent. */
   unlinkAndRelease(): void;
+}
+
+/** An anonymous in-memory file (memfd), as native/src/memfd.cc exports it. */
+export interface NativeMemoryFile {
+  /** The descriptor; -1 once closed (or once a close was asked for while a read or write runs). */
+  readonly fd: number;
+  /** `/proc/self/fd/<fd>`, checked at creation to name this file. */
+  readonly path: string;
+  /** fstat size; throws EBADF once closed. */
+  size(): number;
+  /**
+   * Every byte, read from offset 0 on the threadpool, into `into` when it holds them (resolves a
+   * view of it) else into a new buffer; rejects if the size changes meanwhile.
+   */
+  read(into?: Uint8Array): Promise<Uint8Array>;
+  /** The file becomes the concatenation of `parts` (ftruncate, then pwritev); don't change them until it settles. */
+  write(parts: readonly Uint8Array[]): Promise<void>;
+  /** Idempotent; deferred to the end of a read or write in flight. */
+  close(): void;
 }
 
 export interface NativeBinding {
@@ -36,6 +55,10 @@ export interface NativeBinding {
   xxh64File(path: string, seed?: bigint, chunkBytes?: number): Promise<string>;
   /** Synchronous XXH64 of a small buffer. */
   xxh64(bytes: Uint8Array, seed?: bigint): string;
+  /** memfd_create(name, MFD_CLOEXEC); throws a system error (ENOSYS without memfd or /proc). */
+  readonly MemoryFile: new (name: string) => NativeMemoryFile;
+  /** Whether this build has memfd_create at all (Linux). */
+  readonly memoryFileSupported: boolean;
 }
 
 const requireFromHere = createRequire(import.meta.url);
@@ -51,6 +74,7 @@ const FUNCTIONS = [
   "Lock",
   "identity",
   "readFileBounded",
+  "MemoryFile",
 ] as const;
 
 /**

@@ -28,7 +28,7 @@ import {
 } from "./fs-errors.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
 import { notRegularFileError, openRegularFile, SAFE_OPEN_FLAGS } from "./safe-open.js";
-import type { EntryIdentity, EntryType, LockHandle, LockMode, LockOptions, NativeFs } from "./types.js";
+import type { EntryIdentity, EntryType, LockHandle, LockMode, LockOptions, MemoryFile, NativeFs } from "./types.js";
 
 /** Module-level: every fallback instance in this process shares one view of who holds what. */
 const held = new Map<string, { exclusive: boolean; holders: number }>();
@@ -344,6 +344,11 @@ export function createJsFallbackFs(): NativeFs {
       } catch (error) {
         throw fsReadError(`hashing ${absPath}`, error);
       }
+    },
+
+    createMemoryFile(): MemoryFile | null {
+      // Node has no memfd: callers keep the whole-file layout (a real file on disk).
+      return null;
     },
   } satisfies NativeFs);
 }

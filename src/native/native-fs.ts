@@ -16,8 +16,9 @@ import {
   lockError,
   renameError,
 } from "./fs-errors.js";
+import { createNativeMemoryFile } from "./memory-file.js";
 import { type LockAttempt, LockWakeups, waitForLock } from "./wait.js";
-import type { EntryIdentity, LockHandle, LockMode, LockOptions, NativeBackendKind, NativeFs } from "./types.js";
+import type { EntryIdentity, LockHandle, LockMode, LockOptions, MemoryFile, NativeBackendKind, NativeFs } from "./types.js";
 
 class NativeLockHandle implements LockHandle {
   #lock: NativeLock | null;
@@ -198,6 +199,10 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
       } catch (error) {
         throw fsReadError(`hashing ${absPath}`, error);
       }
+    },
+
+    createMemoryFile(name?: string): MemoryFile | null {
+      return createNativeMemoryFile(binding, name);
     },
   } satisfies NativeFs);
 }

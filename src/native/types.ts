@@ -45,6 +45,36 @@ export interface LockHandle {
   unlinkAndRelease(): void;
 }
 
+/**
+ * An anonymous in-memory file (Linux memfd), for handing a state to the engine and back by
+ * path without writing it to the disk: the engine opens `path` (`/proc/self/fd/<fd>`), which
+ * names the same memory. Close it when done (a `finally`, or `withMemoryFile`): it holds a
+ * state's worth of RAM; one dropped unclosed is closed when garbage-collected.
+ */
+export interface MemoryFile {
+  /** The descriptor (`-1` once closed). */
+  readonly fd: number;
+  /** `/proc/self/fd/<fd>`: what to hand the engine as a file path. */
+  readonly path: string;
+  /** Its size in bytes now. IO_ERROR once closed. */
+  size(): number;
+  /**
+   * Every byte, read off the event loop. Into `into` when it is large enough (resolves a view
+   * of its first size() bytes: reuse one buffer across turns, since a fresh multi-MB buffer
+   * can cost more in page faults than the copy), else into a new Buffer. IO_ERROR if the size
+   * changes while reading (someone still writes it: an engine that has not finished saving).
+   */
+  read(into?: Uint8Array): Promise<Buffer>;
+  /**
+   * Replace the contents with `bytes`, or with the concatenation of `parts` (one gather
+   * write: a state assembled from slices is never concatenated first). Don't modify the
+   * arrays until it settles. NO_SPACE when memory (or RLIMIT_FSIZE) runs out.
+   */
+  write(bytes: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  /** Free it. Idempotent; a read or write in flight finishes first. */
+  close(): void;
+}
+
 export interface NativeFs {
   readonly kind: NativeBackendKind;
   /** True when locks exclude other processes (native flock); false in the JS fallback. */
@@ -90,4 +120,11 @@ export interface NativeFs {
    * chars. Like every read, never through a symlink and only of a regular file (UNSAFE_PATH).
    */
   xxh64File(path: string, seed?: bigint): Promise<string>;
+  /**
+   * A new anonymous in-memory file (memfd_create with MFD_CLOEXEC), or null where there is
+   * none: the JS fallback, platforms other than Linux, a kernel without memfd, no /proc.
+   * Null means "use a real file"; other failures (out of descriptors or memory) throw IO_ERROR.
+   * `name` (default "kvkeep-state") is only a label, shown in /proc/<pid>/fd.
+   */
+  createMemoryFile(name?: string): MemoryFile | null;
 }

@@ -6,6 +6,7 @@
  * Only a prefix chain this version does not accept is dropped instead, as a manifest's is.
  */
 import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
+import { SCOPE_ID_PATTERN } from "../keys/scope.js";
 import { parseChain } from "../manifest/format.js";
 import type { RemoteCacheId, RemoteStateRecord } from "./types.js";
 
@@ -35,7 +36,9 @@ export function chunkLength(size: number, chunkBytes: number, index: number): nu
 
 export function serializeRecord(record: RemoteRecord): string {
   const { id, ...rest } = record;
-  return JSON.stringify({ ...rest, ...id });
+  // A shared-space record is written as before scopes: no scopeId field.
+  const { scopeId, ...unscoped } = id;
+  return JSON.stringify({ ...rest, ...unscoped, ...(scopeId != null ? { scopeId } : {}) });
 }
 
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
@@ -50,7 +53,11 @@ function validId(raw: Record<string, unknown>): RemoteCacheId | null {
     return null;
   }
   if (!(raw.fingerprint === null || typeof raw.fingerprint === "string")) return null;
+  const scopeId = raw.scopeId ?? null;
+  if (!(scopeId === null || (typeof scopeId === "string" && SCOPE_ID_PATTERN.test(scopeId)))) return null;
   return {
+    // A shared-space id reads as before scopes: without the field.
+    ...(scopeId !== null ? { scopeId: scopeId as string } : {}),
     modelId: raw.modelId as string,
     fingerprint: raw.fingerprint as string | null,
     configHash: raw.configHash as string,
@@ -59,12 +66,12 @@ function validId(raw: Record<string, unknown>): RemoteCacheId | null {
 }
 
 export function sameCacheId(a: RemoteCacheId, b: RemoteCacheId): boolean {
-  return a.modelId === b.modelId && a.fingerprint === b.fingerprint && a.configHash === b.configHash && a.cacheKey === b.cacheKey;
+  return (a.scopeId ?? null) === (b.scopeId ?? null) && a.modelId === b.modelId && a.fingerprint === b.fingerprint && a.configHash === b.configHash && a.cacheKey === b.cacheKey;
 }
 
 /**
  * Parse a record read from the server. With `expect`, the record must name exactly that
- * cache (model, fingerprint, config, key): a record filed under the wrong key is refused.
+ * cache (scope, model, fingerprint, config, key): a record filed under the wrong key is refused.
  */
 export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord | { error: string } {
   let raw: unknown;

@@ -10,8 +10,14 @@
  */
 import type { Logger } from "../logger.js";
 
-/** The part of a cache's identity that decides whether its state fits an engine. */
+/** The part of a cache's identity that decides whether its state fits an engine, and whose it is. */
 export interface RemoteScope {
+  /**
+   * The id of the isolation scope (src/keys/scope.ts: a hash, never the scope itself); null
+   * or absent for the shared space. States of two scopes never share a key, a record or a
+   * prefix index.
+   */
+  scopeId?: string | null | undefined;
   modelId: string;
   /** The model fingerprint the state was saved with (null when the session gave none). */
   fingerprint: string | null;
@@ -95,7 +101,8 @@ export interface RemotePrefixHit {
   generation: number;
 }
 
-export type RemoteDeleteTarget = { cacheKey: string; modelId?: string | undefined } | { all: true };
+/** A key's states (every model, or one) in one scope (`scopeId`; the shared space without it), or everything. */
+export type RemoteDeleteTarget = { cacheKey: string; modelId?: string | undefined; scopeId?: string | null | undefined } | { all: true };
 
 export type RemoveOutcome = { ok: true; removed: number } | { ok: false; reason: string };
 
@@ -188,10 +195,11 @@ export interface RemoteTier {
   // ── administration (the CLI: kvkeep scan | rm | gc --remote); the store uses none of it ──
 
   /**
-   * Every published state, or one cache key's; walks the whole key space without a key.
-   * Rejects with REMOTE_UNAVAILABLE when the server cannot be read within the deadline.
+   * Every published state, or one cache key's (in the scope `scopeId`, the shared space
+   * without it); walks the whole key space without a key. Rejects with REMOTE_UNAVAILABLE
+   * when the server cannot be read within the deadline.
    */
-  list(filter?: { cacheKey?: string | undefined }): AsyncIterable<RemoteListing>;
+  list(filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined }): AsyncIterable<RemoteListing>;
   /**
    * Drop one state if it is still the commit of `generation` (a newer commit is kept). No
    * tombstone: this is eviction, not a delete, and a later commit may upload it again.

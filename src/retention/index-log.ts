@@ -20,6 +20,7 @@ import { promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
+import { PRIVATE_DIR_MODE } from "../durable/files.js";
 import { internalDir } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { openRegularFile, SAFE_OPEN_FLAGS } from "../native/safe-open.js";
@@ -163,7 +164,7 @@ export class IndexLog {
   /** `<root>/.kvkeep`, created if missing — never through a symlink, never the root itself. */
   async #ensureDir(): Promise<void> {
     try {
-      await fs.mkdir(this.dir);
+      await fs.mkdir(this.dir, { mode: PRIVATE_DIR_MODE });
     } catch (error) {
       if (errnoCode(error) !== "EEXIST") throw error;
     }

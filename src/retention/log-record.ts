@@ -47,7 +47,7 @@ export function prefixFields(prefix: PrefixInfo | null | undefined): Pick<LogRec
  * conversations: 16 hex chars, quotes and a comma each.
  */
 export function snapshotRecordBytes(entry: IndexEntry): number {
-  const path = entry.cacheKey.length + entry.modelId.length + entry.configHash.length + 6;
+  const path = entry.cacheKey.length + entry.modelId.length + entry.configHash.length + 6 + (entry.scopeId ? 41 : 0);
   const prefix = entry.prefix ? 40 + (entry.prefix.fingerprint?.length ?? 4) + 19 * entry.prefix.chain.length : 0;
   return 64 + path + prefix;
 }

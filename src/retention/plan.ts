@@ -11,6 +11,8 @@ import { KvKeepError } from "../errors.js";
 
 /** What the index knows about one cache. */
 export interface IndexEntry {
+  /** The cache's scope id; null or absent for the shared space (see CacheLocation). */
+  scopeId?: string | null | undefined;
   cacheKey: string;
   modelId: string;
   configHash: string;

@@ -151,6 +151,7 @@ export class RetentionIndex {
     this.#account(copy, 1);
     if (copy.prefix) {
       this.prefix.put(cachePath, {
+        scopeId: copy.scopeId ?? null,
         cacheKey: copy.cacheKey,
         modelId: copy.modelId,
         configHash: copy.configHash,

@@ -12,12 +12,11 @@
  */
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
-import path from "node:path";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
 import { deadWritersTemp } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, lockPathOf, manifestPathOf, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, lockPathOf, manifestPathOf, parseCachePath, parseRelativeParts, relativeCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
 import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../index/prefix-index.js";
@@ -141,11 +140,16 @@ async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
 }
 
 function relativeOf(loc: CacheLocation): string {
-  return `${loc.cacheKey}/${loc.modelId}/${loc.configHash}.bin`;
+  return relativeCachePath(loc);
+}
+
+function locationOf(entry: IndexEntry): CacheLocation {
+  return { scopeId: entry.scopeId ?? null, cacheKey: entry.cacheKey, modelId: entry.modelId, configHash: entry.configHash };
 }
 
 function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, prefix: PrefixInfo | null = null): IndexEntry {
   return {
+    scopeId: loc.scopeId,
     cacheKey: loc.cacheKey,
     modelId: loc.modelId,
     configHash: loc.configHash,
@@ -332,13 +336,13 @@ export class Retention implements RetentionHooks {
    * borrow re-checks what it answers.
    */
   async lookupPrefix(
-    scope: { modelId: string; fingerprint: string | null; configHash: string },
+    scope: { scopeId: string | null; modelId: string; fingerprint: string | null; configHash: string },
     history: HistoryChain,
     options?: PrefixLookup,
   ): Promise<PrefixCandidate[]> {
     await this.#hinted;
     if (this.#buildDone && this.#indexWorkPending === 0) await this.#refreshForLookup();
-    return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash), history, options);
+    return this.index.prefix.lookup(prefixScope(scope.modelId, scope.fingerprint, scope.configHash, scope.scopeId), history, options);
   }
 
   /** Resolves when no sweep is running or queued. */
@@ -483,7 +487,7 @@ export class Retention implements RetentionHooks {
         return "gone";
       }
       // And a file nothing proves kvkeep's gets no lock file made beside it.
-      if (!manifestNames(await readManifest(cachePath, this.#deps.nfs), entry)) return this.#leaveForeign(cachePath);
+      if (!manifestNames(await readManifest(cachePath, this.#deps.nfs), locationOf(entry))) return this.#leaveForeign(cachePath);
       const lease = locks.tryAcquire(cachePath);
       if (!lease) {
         logger.debug(logLine("retention kept a cache in use", { cachePath, reason: candidate.reason }));
@@ -497,7 +501,7 @@ export class Retention implements RetentionHooks {
         const [identity, diskUseMs, read] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath), readManifest(cachePath, this.#deps.nfs)]);
         if (!identity) {
           vanished = true;
-        } else if (!manifestNames(read, entry)) {
+        } else if (!manifestNames(read, locationOf(entry))) {
           // Not provably kvkeep's (no manifest names it: a record pointed at someone's file,
           // or a crash left a bin without its manifest): never removed, and not a cache.
           foreign = true;
@@ -523,8 +527,8 @@ export class Retention implements RetentionHooks {
       if (foreign) return this.#leaveForeign(cachePath);
       const u = Date.now();
       this.index.remove(cachePath);
-      this.log.append({ op: "del", p: relativeOf(entry), u, w: this.log.writerId });
-      this.#deps.forgetCache(cachePath, initKey(entry.modelId, entry.configHash, entry.cacheKey));
+      this.log.append({ op: "del", p: relativeOf(locationOf(entry)), u, w: this.log.writerId });
+      this.#deps.forgetCache(cachePath, initKey(locationOf(entry)));
       await this.#deps.prune(cachePath);
       logger.info(
         logLine("evicted cache", {
@@ -536,7 +540,14 @@ export class Retention implements RetentionHooks {
           idleMs: u - entry.lastUsedMs,
         }),
       );
-      const evicted: EvictedCache = { cacheKey: entry.cacheKey, modelId: entry.modelId, configHash: entry.configHash, bytes, reason: candidate.reason };
+      const evicted: EvictedCache = {
+        scopeId: entry.scopeId ?? null,
+        cacheKey: entry.cacheKey,
+        modelId: entry.modelId,
+        configHash: entry.configHash,
+        bytes,
+        reason: candidate.reason,
+      };
       this.#deps.onEvicted?.(evicted);
       return evicted;
     } catch (error) {
@@ -677,7 +688,7 @@ export class Retention implements RetentionHooks {
       modelDir.files
         .filter((f) => f.kind === "cache" && names.has(`${f.configHash}.meta.json`))
         .map(async (f): Promise<[string, IndexEntry] | null> => {
-          const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
+          const loc = { scopeId: modelDir.scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
           const entry = await this.#entryFromDisk(cachePath, loc);
           return entry ? [cachePath, entry] : null;
@@ -752,11 +763,11 @@ export class Retention implements RetentionHooks {
     for (const raw of records) {
       const record = { ...raw, u: clampUse(raw.u, now) }; // another process's clock may run ahead
       const parts = record.p.split("/");
-      if (parts.length !== 3) continue;
-      const cachePath = path.join(root, ...parts);
-      const loc = parseCachePath(root, cachePath);
-      // Only exactly `<key>/<model>/<hash>.bin` under this root: a record never names anything else.
+      // Only exactly `[.scopes/<scope id>/]<key>/<model>/<hash>.bin` under this root: a record
+      // never names anything else (its scope is the path's, never a field a record could claim).
+      const loc = parseRelativeParts(parts);
       if (!loc || relativeOf(loc) !== record.p) continue;
+      const cachePath = cachePathOf(root, loc);
       this.stats.recordsApplied++;
       // Bytes and existence come from the record for now, and are checked on disk before a
       // sweep or usage() relies on them (#confirmRecords). A `use` of a known cache changes
@@ -811,7 +822,7 @@ export class Retention implements RetentionHooks {
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
         for (const [, e] of this.index.entries()) {
-          snapshot.push({ op: "put", p: relativeOf(e), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix) });
+          snapshot.push({ op: "put", p: relativeOf(locationOf(e)), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix) });
         }
         await this.log.replaceWith(snapshot);
         this.stats.compactions++;

@@ -4,7 +4,7 @@
  * loading: `serve.ts` builds the engines and the store and hands them in.
  */
 import { timingSafeEqual } from "node:crypto";
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { CompletionParams, CompletionResult } from "../engines/node-llama-cpp/completion.js";
 import { isKvKeepError } from "../errors.js";
 import { type Logger, logLine } from "../logger.js";
@@ -24,6 +24,7 @@ import {
   type TurnRequest,
   usageOf,
 } from "./openai.js";
+import { scopeOfApiKey } from "./options.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
 import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
 import { hostAllowed, originAllowed } from "./origin.js";
@@ -41,7 +42,12 @@ export interface AppDeps {
   pool: SlotPool<CompletionEngine>;
   parallel: number;
   metrics: KvKeepMetrics;
-  apiKey: string | null;
+  /**
+   * The keys a client may send; each is its own isolation scope (`scopeOfApiKey`), so no
+   * client reads another's caches, nor reuses their prefixes. Empty: no authentication, and
+   * every request in the shared space (one user).
+   */
+  apiKeys: readonly string[];
   bodyLimit: number;
   /** False: every turn runs without kvkeep (`--no-cache`). */
   cacheEnabled: boolean;
@@ -121,6 +127,9 @@ function toApiError(error: FastifyError | Error, logger: Logger): ApiError {
 export function buildApp(deps: AppDeps): ServeApp {
   const { metrics, pool, logger } = deps;
   const running = new Set<AbortController>();
+  const keys = deps.apiKeys.map((key) => ({ key, scope: scopeOfApiKey(key) }));
+  /** The scope of each authenticated request (the key it sent). */
+  const scopes = new WeakMap<FastifyRequest, string>();
   let recentTurnMs = 1000;
 
   const requestTimeoutMs = deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
@@ -154,16 +163,23 @@ export function buildApp(deps: AppDeps): ServeApp {
     void reply.code(404).send(errorBody(apiError));
   });
 
-  const authorized = (header: string | string[] | undefined): boolean => {
-    const token = bearerToken(header);
-    return deps.apiKey === null || (token !== null && sameSecret(token, deps.apiKey));
+  /**
+   * The scope of the key `token` is, or null for none (or no token). Every key is compared
+   * (in constant time each), whichever matches.
+   */
+  const scopeOfToken = (token: string | null): string | null => {
+    let scope: string | null = null;
+    if (token !== null) for (const k of keys) if (sameSecret(token, k.key)) scope = k.scope;
+    return scope;
   };
+  /** Whether a request may see what only key holders see: any key, when keys are set. */
+  const authorized = (header: string | string[] | undefined): boolean => keys.length === 0 || scopeOfToken(bearerToken(header)) !== null;
 
   // Before anything else, on every route: a request a browser page of another site made (by
   // DNS rebinding, or cross-origin) is refused unread (origin.ts).
   app.addHook("onRequest", async (request, reply) => {
     const host = request.headers.host;
-    if (!hostAllowed(host, deps.host, deps.apiKey !== null)) {
+    if (!hostAllowed(host, deps.host, keys.length > 0)) {
       const apiError = new ApiError(
         403,
         `This server does not answer to the host name ${JSON.stringify(host ?? "")}: without an API key it serves only loopback names, IP addresses and its --host (a page could otherwise reach it by DNS rebinding). Use one of those, or start it with --host NAME or --api-key.`,
@@ -182,9 +198,11 @@ export function buildApp(deps: AppDeps): ServeApp {
 
   // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
   app.addHook("onRequest", async (request, reply) => {
-    if (deps.apiKey === null || request.url === "/health") return;
+    if (keys.length === 0 || request.url === "/health") return;
     const token = bearerToken(request.headers.authorization);
-    if (token === null || !authorized(request.headers.authorization)) {
+    const scope = scopeOfToken(token);
+    if (scope !== null) scopes.set(request, scope);
+    if (token === null || scope === null) {
       const apiError = new ApiError(
         401,
         token === null ? "You didn't provide an API key: send 'Authorization: Bearer KEY'." : "Incorrect API key provided.",
@@ -221,6 +239,7 @@ export function buildApp(deps: AppDeps): ServeApp {
     ? { ...chatCompletionBodySchema, properties: { ...chatCompletionBodySchema.properties, messages: { ...chatCompletionBodySchema.properties.messages, maxItems: deps.promptBounds.contextSize - 1 } } }
     : chatCompletionBodySchema;
   app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: bodySchema } }, async (request, reply) => {
+    const scope = scopes.get(request);
     const header = request.headers["x-kv-cache"];
     const turn = toTurnRequest(request.body, {
       modelId: deps.modelId,
@@ -254,7 +273,7 @@ export function buildApp(deps: AppDeps): ServeApp {
     running.add(controller);
     const started = performance.now();
     try {
-      return await runTurn(turn, lease.slot, controller.signal, reply);
+      return await runTurn(turn, scope, lease.slot, controller.signal, reply);
     } finally {
       running.delete(controller);
       reply.raw.off("close", onClose);
@@ -263,11 +282,13 @@ export function buildApp(deps: AppDeps): ServeApp {
     }
   });
 
-  async function runTurn(turn: TurnRequest, engine: CompletionEngine, signal: AbortSignal, reply: FastifyReply) {
+  async function runTurn(turn: TurnRequest, scope: string | undefined, engine: CompletionEngine, signal: AbortSignal, reply: FastifyReply) {
     const head: CompletionHead = { id: completionId(), created: Math.floor(Date.now() / 1000), model: deps.modelId };
     const params: CompletionParams = {
       history: turn.history,
       kvCache: turn.kvCache,
+      // The client's key decides whose caches the turn may use (none: the one shared space).
+      ...(scope !== undefined ? { scope } : {}),
       maxTokens: turn.maxTokens,
       temperature: turn.temperature,
       topP: turn.topP,
@@ -337,6 +358,10 @@ export function buildApp(deps: AppDeps): ServeApp {
       if (isKvKeepError(error, "ABORTED")) {
         if (cached) metrics.observeRollback("aborted");
         throw error;
+      }
+      // A key the request named that kvkeep refuses (KEY_*) is the client's mistake too.
+      if (isKvKeepError(error) && error.code.startsWith("KEY_")) {
+        throw new ApiError(400, error.message, "invalid_request_error", "kv_cache", "invalid_kv_cache");
       }
       if (isKvKeepError(error, "INVALID_ARGUMENT")) {
         const code = error.argument === "history" ? "context_length_exceeded" : null;

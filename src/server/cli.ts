@@ -3,12 +3,21 @@
  * imports the server lazily — Fastify, prom-client and node-llama-cpp load only to serve —
  * and runs until SIGINT or SIGTERM.
  */
+import { promises as fs } from "node:fs";
 import type { Logger } from "../logger.js";
-import { isLoopbackHost, parseServeArgs, USAGE, UsageError } from "./options.js";
+import { isLoopbackHost, parseApiKeysFile, parseServeArgs, USAGE, UsageError } from "./options.js";
+import { startupStatus, type StatusStream } from "./startup-status.js";
 
 export interface ServeIo {
   stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown };
+  /** Progress of the start is redrawn in place when this is a terminal. */
+  stderr: StatusStream;
+}
+
+/** An error line: text, or `{"error":{code,message,exitCode}}` with --json (as every kvkeep command). */
+function fail(io: ServeIo, json: boolean, code: string, message: string, exitCode: number, hint = ""): number {
+  io.stderr.write(json ? `${JSON.stringify({ error: { code, message, exitCode } })}\n` : `kvkeep serve: ${message}${hint}\n`);
+  return exitCode;
 }
 
 /** Packages `kvkeep serve` needs besides kvkeep (optional peer dependencies of the library). */
@@ -27,12 +36,31 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     options = parseServeArgs(argv);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    io.stderr.write(`kvkeep serve: ${error.message}\nRun 'kvkeep serve --help' for the options.\n`);
-    return 2;
+    return fail(io, argv.includes("--json"), "USAGE", error.message, 2, "\nRun 'kvkeep serve --help' for the options.");
   }
+  const json = !("help" in options) && options.json;
   if ("help" in options) {
     io.stdout.write(`${USAGE}\n`);
     return 0;
+  }
+  if (options.apiKeysFile !== null) {
+    const file = options.apiKeysFile;
+    let text: string;
+    try {
+      const st = await fs.stat(file);
+      if ((st.mode & 0o077) !== 0) {
+        io.stderr.write(`kvkeep serve: warning: ${file} holds API keys but other users may read it (chmod 600 ${file}).\n`);
+      }
+      text = await fs.readFile(file, "utf8");
+    } catch (error) {
+      return fail(io, json, "USAGE", `--api-keys ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}).`, 2);
+    }
+    try {
+      options = { ...options, apiKeys: [...new Set([...options.apiKeys, ...parseApiKeysFile(text, file)])] };
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      return fail(io, json, "USAGE", error.message, 2);
+    }
   }
   const line = (text: string): void => void io.stderr.write(`${text}\n`);
   const logger: Logger = { debug: () => {}, info: line, warn: line, error: line };
@@ -43,24 +71,27 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
   } catch (error) {
     const name = missingPackage(error);
     if (!name) throw error;
-    io.stderr.write(`kvkeep serve: needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}\n`);
-    return 1;
+    return fail(io, json, "PACKAGE_MISSING", `needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}`, 1);
   }
-  if (!isLoopbackHost(options.host) && options.apiKey === null) {
+  if (!isLoopbackHost(options.host) && options.apiKeys.length === 0) {
     io.stderr.write(`kvkeep serve: warning: listening on ${options.host} without --api-key: anyone who can reach it can use it.\n`);
   }
 
   let server;
+  const status = json ? null : startupStatus(io.stderr, "kvkeep serve: ");
   try {
-    server = await serve.startServer(options, logger);
+    server = await serve.startServer(options, logger, (step) => status?.report(step));
   } catch (error) {
     if (!(error instanceof serve.ServeStartError)) throw error;
-    io.stderr.write(`kvkeep serve: ${error.message}\n`);
-    return 1;
+    status?.done();
+    return fail(io, json, "START_FAILED", error.message, 1);
   }
+  status?.done();
   io.stdout.write(
-    `kvkeep serve: listening on ${server.url} (model ${server.modelId}, ${options.parallel} parallel, ` +
-      `${options.cache ? `cache root ${server.root}` : "cache off"})\n`,
+    json
+      ? `${JSON.stringify({ listening: server.url, model: server.modelId, parallel: options.parallel, root: options.cache ? server.root : null })}\n`
+      : `kvkeep serve: listening on ${server.url} (model ${server.modelId}, ${options.parallel} parallel, ` +
+          `${options.cache ? `cache root ${server.root}` : "cache off"})\n`,
   );
 
   await new Promise<void>((resolve) => {
@@ -72,7 +103,7 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     process.on("SIGINT", stop);
     process.on("SIGTERM", stop);
   });
-  io.stdout.write("kvkeep serve: shutting down\n");
+  io.stdout.write(json ? `${JSON.stringify({ shuttingDown: true })}\n` : "kvkeep serve: shutting down\n");
   await server.close();
   return 0;
 }

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { isKvKeepError } from "../errors.js";
-import { assertCacheKey } from "../keys/safe-key.js";
+import { assertCustomKey } from "../keys/safe-key.js";
 import type { CacheMessage } from "../types.js";
 
 /** An error the client caused (or a busy/closing server), sent as `{ error: { message, type, param, code } }`. */
@@ -152,7 +152,9 @@ function kvCacheOf(body: ChatCompletionBody, header: string | undefined, cacheEn
   const named = body.kv_cache ?? (header !== undefined && header.length > 0 ? header : true);
   if (typeof named === "string") {
     try {
-      assertCacheKey(named);
+      // A session name as the adapter takes it: an auto-mode key (`auto-<16 hex>`) or
+      // kvkeep's own directory names are the client's mistake (400), not the server's (500).
+      assertCustomKey(named, "kv_cache");
     } catch (error) {
       if (isKvKeepError(error)) throw invalid(`kv_cache is not a usable session name: ${error.message}`, "kv_cache", "invalid_kv_cache");
       throw error;

@@ -14,9 +14,11 @@ import type { Logger } from "../logger.js";
 import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../store/store.js";
 import { buildApp, type CompletionEngine } from "./app.js";
+import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
 import { maxTokenBytesOf } from "./prompt-bounds.js";
+import type { StartupStep } from "./startup-status.js";
 
 export interface RunningServer {
   /** `http://host:port` the server listens on. */
@@ -34,18 +36,41 @@ export class ServeStartError extends Error {
   override readonly name = "ServeStartError";
 }
 
-export async function startServer(options: ServeOptions, logger: Logger): Promise<RunningServer> {
-  const modelPath = path.resolve(options.modelPath);
-  const modelStat = await fs.stat(modelPath).catch(() => null);
-  if (!modelStat?.isFile()) throw new ServeStartError(`--model ${options.modelPath}: no such file (pass a GGUF model file).`);
+/**
+ * `onStep` hears each step of the start (download, engine, model load, contexts) for a
+ * progress display; `kvkeep serve` shows them on stderr (startup-status.ts).
+ */
+export async function startServer(options: ServeOptions, logger: Logger, onStep: (step: StartupStep) => void = () => {}): Promise<RunningServer> {
+  let resolved;
+  try {
+    resolved = await resolveModelSpec(options.modelPath, {
+      modelsDir: options.modelsDir,
+      onDownload: (progress) => onStep({ step: "download", spec: options.modelPath, ...progress }),
+    });
+  } catch (error) {
+    if (error instanceof ModelSourceError) throw new ServeStartError(`--model ${error.message}`);
+    throw error;
+  }
+  const modelPath = resolved.path;
 
+  onStep({ step: "engine" });
   const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
   let model: LlamaModel;
+  // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
+  // loadModel resolved, and must not reopen a step that is over.
+  let loading = true;
+  const load = (fraction: number): void => {
+    if (loading) onStep({ step: "load", file: path.basename(modelPath), bytes: resolved.bytes, fraction });
+  };
   try {
-    model = await llama.loadModel({ modelPath });
+    load(0);
+    model = await llama.loadModel({ modelPath, onLoadProgress: load });
+    load(1);
+    loading = false;
   } catch (error) {
+    loading = false;
     await llama.dispose();
-    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load it: ${(error as Error).message}`);
+    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
   }
   const modelId = modelIdFromModel(model);
   const store = openKvCacheStore({
@@ -57,6 +82,11 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.
   });
+  // The caches hold every client's conversations: a root others can read is a leak no scope stops.
+  const rootStat = await fs.stat(store.root).catch(() => null);
+  if (rootStat && (rootStat.mode & 0o077) !== 0) {
+    logger.warn(`warning: the cache root ${store.root} is open to other users of this machine (mode ${(rootStat.mode & 0o777).toString(8)}); chmod 700 it`);
+  }
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const metrics = createKvKeepMetrics({ registry, store });
@@ -70,6 +100,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
       modelPath,
       threads,
       logger,
+      prefixReuse: options.prefixReuse,
       ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
     }),
   );
@@ -80,6 +111,7 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
     await llama.dispose();
   };
 
+  onStep({ step: "contexts", count: options.parallel });
   try {
     // Warm-up (as llama-server does): each slot creates its context and runs one token now,
     // so a bad --ctx fails at start and the first request's TTFT is not the context's creation.
@@ -94,11 +126,11 @@ export async function startServer(options: ServeOptions, logger: Logger): Promis
   const pool = new SlotPool<CompletionEngine>(adapters, options.maxQueue, (depth) => metrics.queueDepth.set(depth));
   const { app, abortAll } = buildApp({
     modelId,
-    modelCreated: Math.floor(modelStat.mtimeMs / 1000),
+    modelCreated: resolved.createdSeconds,
     pool,
     parallel: options.parallel,
     metrics,
-    apiKey: options.apiKey,
+    apiKeys: options.apiKeys,
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,

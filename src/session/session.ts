@@ -8,6 +8,7 @@ import { crashPoint } from "../durable/crash-points.js";
 import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { assertHistory, autoCacheKey, autoConversationId, autoKeyOf, chainKeyOfAuto, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
+import { scopeIdOption } from "../keys/scope.js";
 import { type CacheLocation, cachePathOf, parseCachePath } from "../layout/paths.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import { type Logger, logLine } from "../logger.js";
@@ -130,11 +131,12 @@ function validateCommitResult(ctx: StoreContext, st: TurnState, result: CommitRe
   if (
     !target ||
     !AUTO_KEY_PATTERN.test(target.cacheKey) ||
+    target.scopeId !== st.loc.scopeId ||
     target.modelId !== st.loc.modelId ||
     target.configHash !== st.loc.configHash
   ) {
     throw bad(
-      "result.targetCachePath must come from session.autoCachePath(configHash, [...history, reply]) of this session and config.",
+      "result.targetCachePath must come from session.autoCachePath(configHash, [...history, reply]) of this session (its scope) and config.",
       "targetCachePath",
     );
   }
@@ -182,13 +184,18 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
     throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, { argument: "onRollback" });
   }
+  // The scope's id, never the scope: it names the session's space on disk and in Redis.
+  const scopeId = scopeIdOption(options.scope, "scope");
   const logger = options.logger ?? ctx.logger;
   const fingerprint = options.fingerprint ?? null;
   const policy = options.onRollback ?? ctx.onRollback;
   // Only handles this session made are honoured: a WeakMap keyed by the handle object.
   const turns = new WeakMap<TurnHandle, TurnState>();
 
-  const locate = (cacheKey: string, configHash: string): CacheLocation => ({ cacheKey, modelId, configHash });
+  const locate = (cacheKey: string, configHash: string): CacheLocation => ({ scopeId, cacheKey, modelId, configHash });
+  // A scoped conversation's default id names its scope too, so a warmer keyed by it never
+  // mixes two scopes' conversations that share a key or an opening.
+  const scopedId = (id: string): string => (scopeId === null ? id : `${scopeId}/${id}`);
   const log = (level: keyof Logger, message: string, fields?: Record<string, unknown>): void =>
     logger[level](logLine(message, fields));
 
@@ -207,7 +214,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     refusedBefore: CacheRefusal | null = null,
   ): Promise<{ st: TurnState; refused: CacheRefusal | null } | { st: null; refused: CacheRefusal | null }> {
     const cachePath = cachePathOf(ctx.root, loc);
-    const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
+    const init = initKey(loc);
     ctx.layers.refDir(cachePath);
     let lease: Lease | null = null;
     let primeTemp: string | null = null;
@@ -294,7 +301,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
         configHash: loc.configHash,
         kind,
         primed,
-        conversationId: input.conversationId ?? (input.kind === "auto" ? autoConversationId(input.history) : loc.cacheKey),
+        conversationId: input.conversationId ?? scopedId(input.kind === "auto" ? autoConversationId(input.history) : loc.cacheKey),
         refused,
       });
       const st: TurnState = {
@@ -374,6 +381,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     ctx.emit({
       type: "turnStarted",
       conversationId: st.handle.conversationId,
+      scopeId,
       kind: st.handle.kind,
       cacheKey: st.loc.cacheKey,
       modelId,
@@ -487,7 +495,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     const chain = st.historyChain ? stateChain(st.historyChain, result.messageCount, [chainKeyOfAuto(target.cacheKey)]) : null;
     if (targetPath === st.cachePath) return commitStatic(st, { ...result, kind: "static" }, chain);
     const source = await findNewState(st);
-    const targetInit = initKey(target.modelId, target.configHash, target.cacheKey);
+    const targetInit = initKey(target);
     const targetHeader = manifestHeader(target, fingerprint);
     let outcome: CommittedOutcome;
     let targetLease: Lease | null = null;
@@ -617,6 +625,7 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
     ctx.emit({
       type: "turnSettled",
       conversationId: st.handle.conversationId,
+      scopeId,
       kind: st.handle.kind,
       cacheKey: parseCachePath(ctx.root, info.cachePath)?.cacheKey ?? st.loc.cacheKey,
       modelId,

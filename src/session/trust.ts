@@ -16,6 +16,8 @@ import type { CacheRefusal } from "../types.js";
 export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
   return {
     kind: cacheKindOf(loc.cacheKey),
+    // Only scoped caches name a scope: a shared-space manifest is written as before scopes.
+    ...(loc.scopeId !== null ? { scope: loc.scopeId } : {}),
     modelId: loc.modelId,
     fingerprint,
     configHash: loc.configHash,
@@ -42,7 +44,7 @@ export async function establishTrust(
   loc: CacheLocation,
   fingerprint: string | null,
 ): Promise<TrustOutcome> {
-  const init = initKey(loc.modelId, loc.configHash, loc.cacheKey);
+  const init = initKey(loc);
   const state = await inspectFile(cachePath, ctx.nfs);
   if (state.kind === "missing") {
     // Nothing on disk: whatever memory says about this path is stale.

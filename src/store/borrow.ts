@@ -18,7 +18,8 @@ import { assertRealDirs, statIdentity } from "../durable/files.js";
 import type { PrefixCandidate } from "../index/prefix-index.js";
 import { assertHistory, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertModelId } from "../keys/safe-key.js";
-import { parseCachePath } from "../layout/paths.js";
+import { scopeIdOption } from "../keys/scope.js";
+import { cacheDirComponents, parseCachePath } from "../layout/paths.js";
 import { logLine } from "../logger.js";
 import { type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
@@ -34,6 +35,8 @@ const BORROW_CANDIDATES = 4;
 
 interface CheckedQuery {
   query: PrefixQuery;
+  /** The query's scope id (null: the shared space): the only scope whose caches it may see. */
+  scopeId: string | null;
   fingerprint: string | null;
   chain: KeyChain;
   exclude: ReadonlySet<string>;
@@ -63,6 +66,7 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
   }
   return {
     query,
+    scopeId: scopeIdOption(query.scope),
     fingerprint: query.fingerprint ?? null,
     chain: messageKeyChain(query.history),
     exclude: new Set(query.exclude ?? []),
@@ -81,6 +85,7 @@ async function candidatesFor(ctx: StoreContext, retention: Retention, q: Checked
 
 function remotePrefixQuery(q: CheckedQuery): RemotePrefixQuery {
   return {
+    scopeId: q.scopeId,
     modelId: q.query.modelId,
     fingerprint: q.fingerprint,
     configHash: q.query.configHash,
@@ -92,11 +97,13 @@ function remotePrefixQuery(q: CheckedQuery): RemotePrefixQuery {
 }
 
 async function localCandidates(retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
-  return retention.lookupPrefix(
-    { modelId: q.query.modelId, fingerprint: q.fingerprint, configHash: q.query.configHash },
+  const found = await retention.lookupPrefix(
+    { scopeId: q.scopeId, modelId: q.query.modelId, fingerprint: q.fingerprint, configHash: q.query.configHash },
     q.chain,
     { exclude: q.exclude, minCommonMessages: q.query.minCommonMessages, exactAncestor: q.query.exactAncestor, limit },
   );
+  // The index keeps scopes apart; the path, which says whose a cache is, must agree.
+  return found.filter((c) => (c.facts.scopeId ?? null) === q.scopeId);
 }
 
 function matchOf(c: PrefixCandidate): PrefixMatch {
@@ -163,7 +170,7 @@ async function lendOne<T>(
 ): Promise<{ value: T } | null> {
   const { cachePath, commonMessages } = candidate;
   const loc = parseCachePath(ctx.root, cachePath);
-  if (!loc) return null;
+  if (!loc || loc.scopeId !== q.scopeId) return null; // never another scope's cache
   const skip = (reason: string): null => {
     ctx.logger.debug(logLine("prefix source skipped", { cachePath, reason }));
     return null;
@@ -187,7 +194,7 @@ async function lendOne<T>(
 
   const holdAndCheck = async (): Promise<BorrowedCache | null> => {
     // Never through a symlink, never creating directories for a cache that is gone.
-    const dirs = await assertRealDirs(ctx.root, [loc.cacheKey, loc.modelId]).catch((error: unknown) => error as Error);
+    const dirs = await assertRealDirs(ctx.root, cacheDirComponents(loc)).catch((error: unknown) => error as Error);
     if (dirs instanceof Error) return skip(`its directory cannot be used: ${dirs.message}`);
     if (!dirs) return vanished();
     if (!(await statIdentity(cachePath))) return vanished();

@@ -8,11 +8,16 @@
  */
 import path from "node:path";
 import { DeleteLog, type DeleteLogMark, type DeletePhase, deleteScope, scopeCovers } from "../durable/delete-log.js";
+import { parseCachePath } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import type { NativeFs } from "../native/index.js";
 
-/** What a delete covers: everything (`cacheKey` undefined), a key for every model, or a key's model. */
+/**
+ * What a delete covers: everything (`cacheKey` undefined), a key for every model, or a key's
+ * model — a key of one isolation scope (`scopeId`; null or absent: the shared space).
+ */
 export interface DeleteScope {
+  scopeId?: string | null | undefined;
   cacheKey?: string | undefined;
   modelId?: string | undefined;
 }
@@ -51,15 +56,17 @@ export class Deletes {
 
   /** True when a delete recorded after `mark` (here or in any process) covers `cachePath`. */
   async coveredSince(cachePath: string, mark: DeleteMark): Promise<boolean> {
+    const loc = parseCachePath(this.#root, cachePath);
     const modelDir = path.dirname(path.resolve(cachePath));
-    const modelId = path.basename(modelDir);
-    const cacheKey = path.basename(path.dirname(modelDir));
+    const modelId = loc?.modelId ?? path.basename(modelDir);
+    const cacheKey = loc?.cacheKey ?? path.basename(path.dirname(modelDir));
+    const scopeId = loc?.scopeId ?? null;
     for (const [scope, generation] of this.#scopes) {
-      if (generation > mark.generation && scopeCovers(scope, cacheKey, modelId)) return true;
+      if (generation > mark.generation && scopeCovers(scope, cacheKey, modelId, scopeId)) return true;
     }
     if (mark.log === null) return false;
     try {
-      return await this.log.coveredSince(mark.log, cacheKey, modelId);
+      return await this.log.coveredSince(mark.log, cacheKey, modelId, scopeId);
     } catch (error) {
       this.#logger.warn(logLine("could not read the delete log; a delete from another process may be missed", { cachePath, error }));
       return false;

@@ -3,7 +3,7 @@
  * changes them together. Pure bookkeeping: no I/O.
  *
  * - `savedCounts`: cache path → messages the committed state covers (seed layer 2);
- * - `initialized`: (modelId, configHash, cacheKey) whose cache this store primed or
+ * - `initialized`: (modelId, configHash, cacheKey, scope) whose cache this store primed or
  *   verified (seed layer 3);
  * - `trusted`: cache path → the committed manifest entry of the file this store wrote or
  *   verified, and the model fingerprint it was verified for, so a later turn of the same
@@ -13,11 +13,11 @@
  */
 import path from "node:path";
 import type { ManifestEntry } from "../manifest/format.js";
-import { isWithin } from "../layout/paths.js";
+import { type CacheLocation, isWithin } from "../layout/paths.js";
 
-export function initKey(modelId: string, configHash: string, cacheKey: string): string {
-  // NUL cannot occur in any of the three (they are validated path components).
-  return `${modelId}\0${configHash}\0${cacheKey}`;
+export function initKey(loc: CacheLocation): string {
+  // NUL cannot occur in any of the four (validated path components; a scope id is hex).
+  return `${loc.modelId}\0${loc.configHash}\0${loc.cacheKey}\0${loc.scopeId ?? ""}`;
 }
 
 /** A committed entry this store trusts, for sessions of one model fingerprint. */
@@ -44,13 +44,13 @@ export class StoreLayers {
   }
 
   /** Forget every cache under `dir` and every init flag `matches` selects. */
-  forgetUnder(dir: string, matches: (modelId: string, configHash: string, cacheKey: string) => boolean): void {
+  forgetUnder(dir: string, matches: (loc: CacheLocation) => boolean): void {
     for (const map of [this.savedCounts, this.trusted]) {
       for (const key of map.keys()) if (isWithin(dir, key)) map.delete(key);
     }
     for (const key of this.initialized) {
-      const [modelId, configHash, cacheKey] = key.split("\0") as [string, string, string];
-      if (matches(modelId, configHash, cacheKey)) this.initialized.delete(key);
+      const [modelId, configHash, cacheKey, scope] = key.split("\0") as [string, string, string, string];
+      if (matches({ scopeId: scope === "" ? null : scope, modelId, configHash, cacheKey })) this.initialized.delete(key);
     }
   }
 

@@ -6,7 +6,7 @@
  * so the list lives on disk, not in one store's memory: every store on the root reads it
  * before it reads from the tier, and any of them sends what it holds.
  *
- * `{"format":1,"deletes":[{"id":"<16 hex>","target":{"all":true}|{"kvCacheKey":"…","modelId":"…"}}]}`,
+ * `{"format":1,"deletes":[{"id":"<16 hex>","target":{"all":true}|{"scopeId":null|"<32 hex>","kvCacheKey":"…","modelId":"…"}}]}`,
  * oldest first, rewritten whole (temp, fsync, rename, directory fsync) under
  * `remote-deletes.lock`; a delete of everything replaces every earlier entry. Readers stat
  * it and re-read only when it changed. Sending is one store at a time on the root
@@ -16,41 +16,59 @@
  *
  * The file is trusted as everything under the root is: a root must be writable only by the
  * users whose caches it holds (a planted entry would make a store delete remote copies).
- * Entries are parsed strictly; a garbled file counts as empty and is logged.
+ * Entries are parsed strictly; a garbled file counts as empty and is logged. A key's delete
+ * names its isolation scope by id (`scopeId`, null for the shared space; never the scope
+ * itself): it covers that scope's copies only, never the same key in another scope, and an
+ * entry without a well-formed `scopeId` is dropped rather than guessed at.
  */
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { writeFileAtomic } from "../durable/files.js";
+import { PRIVATE_DIR_MODE, writeFileAtomic } from "../durable/files.js";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
+import { SCOPE_ID_PATTERN } from "../keys/scope.js";
 import { internalDir } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import type { NativeFs } from "../native/index.js";
-import type { DeleteTarget } from "../types.js";
 
 export const PENDING_DELETES_NAME = "remote-deletes.json";
 const FORMAT = 1;
 /** Larger than any list kvkeep writes in practice (an entry is ~100 bytes; `all` collapses the list). */
 const MAX_FILE_BYTES = 4 * 1024 * 1024;
 
+/**
+ * A delete as the store hands it to the remote side: everything, or a key (every model, or
+ * one) of one scope — its id, null for the shared space (the public `DeleteTarget` names the
+ * scope itself, which is never written down).
+ */
+export type SyncDeleteTarget = { all: true } | { scopeId: string | null; kvCacheKey: string; modelId?: string | undefined };
+
 export interface PendingDelete {
   /** Names this entry in the file, so the store that sends it removes exactly it. */
   readonly id: string;
-  readonly target: DeleteTarget;
+  readonly target: SyncDeleteTarget;
 }
 
-function parseTarget(value: unknown): DeleteTarget | null {
-  const t = value as { all?: unknown; kvCacheKey?: unknown; modelId?: unknown } | null;
+function parseTarget(value: unknown): SyncDeleteTarget | null {
+  const t = value as { all?: unknown; scopeId?: unknown; kvCacheKey?: unknown; modelId?: unknown } | null;
   if (!t || typeof t !== "object") return null;
   if (t.all === true) return { all: true };
+  // The scope must be said: a key's delete without it could be taken for the shared space's.
+  if (!(t.scopeId === null || (typeof t.scopeId === "string" && SCOPE_ID_PATTERN.test(t.scopeId)))) return null;
   try {
     assertCacheKey(t.kvCacheKey);
     if (t.modelId !== undefined) assertModelId(t.modelId);
   } catch {
     return null;
   }
-  return { kvCacheKey: t.kvCacheKey, ...(t.modelId !== undefined ? { modelId: t.modelId as string } : {}) };
+  return { scopeId: t.scopeId, kvCacheKey: t.kvCacheKey, ...(t.modelId !== undefined ? { modelId: t.modelId as string } : {}) };
+}
+
+/** A target as the file holds it: a key's always with its `scopeId` (null included), no undefined fields. */
+function targetJson(target: SyncDeleteTarget): SyncDeleteTarget {
+  if ("all" in target) return { all: true };
+  return { scopeId: target.scopeId, kvCacheKey: target.kvCacheKey, ...(target.modelId !== undefined ? { modelId: target.modelId } : {}) };
 }
 
 /** The entries of the file's text; null when it is not this format at all. */
@@ -72,7 +90,7 @@ export function parsePendingDeletes(text: string): PendingDelete[] | null {
 }
 
 function serialize(deletes: readonly PendingDelete[]): string {
-  return `${JSON.stringify({ format: FORMAT, deletes: deletes.map((d) => ({ id: d.id, target: d.target })) })}\n`;
+  return `${JSON.stringify({ format: FORMAT, deletes: deletes.map((d) => ({ id: d.id, target: targetJson(d.target) })) })}\n`;
 }
 
 export class PendingRemoteDeletes {
@@ -153,7 +171,7 @@ export class PendingRemoteDeletes {
   /** `<root>/.kvkeep`, created if missing — never through a symlink. */
   async #ensureDir(): Promise<void> {
     try {
-      await fs.mkdir(this.#dir);
+      await fs.mkdir(this.#dir, { mode: PRIVATE_DIR_MODE });
     } catch (error) {
       if (errnoCode(error) !== "EEXIST") throw error;
     }

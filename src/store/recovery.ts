@@ -59,7 +59,7 @@ export async function recoverRoot(
     const names = new Set(modelDir.files.map((f) => f.name));
     for (const file of modelDir.files) {
       if (file.kind !== "manifest" || names.has(`${file.configHash}.bin`)) continue;
-      const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
+      const loc = { scopeId: modelDir.scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
       const cachePath = cachePathOf(ctx.root, loc);
       // (a .bin that is not a regular file is not listed, but is not missing either)
       if ((await fs.lstat(cachePath).catch(() => null)) !== null) continue;

@@ -27,15 +27,17 @@ import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
 import { ownTempPath } from "../durable/temp-owner.js";
-import { type CacheLocation, cachePathOf, internalDir, isWithin, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cacheKeyDir, cachePathOf, internalDir, isWithin, parseCachePath } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
 import { installCache, readManifest, removeCacheFiles } from "../manifest/store.js";
 import type { RemoteCacheId, RemoteTier } from "../remote/types.js";
 import { WriteBehind } from "../remote/write-behind.js";
-import { type PendingDelete, PendingRemoteDeletes } from "./pending-remote-deletes.js";
+import { type PendingDelete, PendingRemoteDeletes, type SyncDeleteTarget } from "./pending-remote-deletes.js";
 import { manifestHeader } from "../session/trust.js";
-import type { DeleteTarget } from "../types.js";
+
+export type { SyncDeleteTarget };
+type DeleteTarget = SyncDeleteTarget;
 import type { StoreContext } from "./context.js";
 import { initKey } from "./layers.js";
 
@@ -49,7 +51,11 @@ const DELETE_RETRY_MAX_MS = 60_000;
 /** Whether a delete of `target` covers the cache at `loc`. */
 function covers(target: DeleteTarget, loc: CacheLocation): boolean {
   if ("all" in target) return true;
-  return target.kvCacheKey === loc.cacheKey && (target.modelId === undefined || target.modelId === loc.modelId);
+  return (
+    target.scopeId === loc.scopeId &&
+    target.kvCacheKey === loc.cacheKey &&
+    (target.modelId === undefined || target.modelId === loc.modelId)
+  );
 }
 
 interface UploadJob {
@@ -59,6 +65,8 @@ interface UploadJob {
 
 /** A prefix query as the store's findPrefix/borrowPrefix checked it. */
 export interface RemotePrefixQuery {
+  /** The isolation scope's id (null: the shared space): only its states are looked up. */
+  scopeId: string | null;
   modelId: string;
   fingerprint: string | null;
   configHash: string;
@@ -76,6 +84,7 @@ export interface RemoteSyncInternals {
 }
 
 const cacheIdOf = (loc: CacheLocation, fingerprint: string | null): RemoteCacheId => ({
+  scopeId: loc.scopeId,
   modelId: loc.modelId,
   fingerprint,
   configHash: loc.configHash,
@@ -162,6 +171,7 @@ export class RemoteSync {
       const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, identity));
       if (!st.isFile() || !entry || entry.messageCount === 0) return;
       if (manifest.modelId !== job.id.modelId || manifest.configHash !== job.id.configHash) return;
+      if ((manifest.scope ?? null) !== (job.id.scopeId ?? null)) return;
       if (manifest.cacheKey !== job.id.cacheKey || manifest.fingerprint !== job.id.fingerprint) return;
       const outcome = await this.tier.upload(
         reserved.ticket,
@@ -226,7 +236,7 @@ export class RemoteSync {
         ctx.logger.warn(logLine("a state fetched from the remote tier changed on disk before install; dropped", { cachePath }));
         return null;
       }
-      ctx.layers.recordTrusted(cachePath, initKey(loc.modelId, loc.configHash, loc.cacheKey), entry, fingerprint);
+      ctx.layers.recordTrusted(cachePath, initKey(loc), entry, fingerprint);
       ctx.retention.noteCommitted(cachePath, entry, fingerprint);
       ctx.logger.debug(logLine("installed a state from the remote tier", { cachePath, messageCount: entry.messageCount }));
       return entry;
@@ -247,13 +257,13 @@ export class RemoteSync {
     const ctx = this.#ctx();
     const hit = await this.tier
       .lookupPrefix(
-        { modelId: query.modelId, fingerprint: query.fingerprint, configHash: query.configHash },
+        { scopeId: query.scopeId, modelId: query.modelId, fingerprint: query.fingerprint, configHash: query.configHash },
         query.historyKeys,
         { minMessages: Math.max(localBest + 1, query.minCommonMessages), exactAncestor: query.exactAncestor },
       )
       .catch(() => null);
     if (!hit) return false;
-    const loc: CacheLocation = { cacheKey: hit.cacheKey, modelId: query.modelId, configHash: query.configHash };
+    const loc: CacheLocation = { scopeId: query.scopeId, cacheKey: hit.cacheKey, modelId: query.modelId, configHash: query.configHash };
     await this.#refreshPending();
     if (this.#deletePending(loc)) return false;
     const cachePath = cachePathOf(ctx.root, loc);
@@ -300,12 +310,13 @@ export class RemoteSync {
       this.#uploads.cancel(() => true);
       this.#deferredUploads.clear();
     } else {
-      const dir = path.join(ctx.root, target.kvCacheKey, target.modelId ?? "");
+      const dir = path.join(cacheKeyDir(ctx.root, target.kvCacheKey, target.scopeId), target.modelId ?? "");
       this.#uploads.cancel((cachePath) => isWithin(dir, cachePath));
       for (const cachePath of this.#deferredUploads.keys()) if (isWithin(dir, cachePath)) this.#deferredUploads.delete(cachePath);
     }
     // A copy: the caller may reuse its object.
-    const kept: DeleteTarget = "all" in target ? { all: true } : { kvCacheKey: target.kvCacheKey, modelId: target.modelId };
+    const kept: DeleteTarget =
+      "all" in target ? { all: true } : { scopeId: target.scopeId, kvCacheKey: target.kvCacheKey, modelId: target.modelId };
     // Pending here at once (no read-back while it is being recorded), then on disk.
     const own = { entry: { id: PendingRemoteDeletes.newId(), target: kept }, persisted: 0 };
     if ("all" in kept) this.#own = []; // everything covers every earlier one
@@ -376,7 +387,7 @@ export class RemoteSync {
   /** Null when the tier took the delete, else why not. */
   async #remove(target: DeleteTarget): Promise<string | null> {
     const removed = await this.tier
-      .remove("all" in target ? { all: true } : { cacheKey: target.kvCacheKey, modelId: target.modelId })
+      .remove("all" in target ? { all: true } : { scopeId: target.scopeId, cacheKey: target.kvCacheKey, modelId: target.modelId })
       .catch((error: unknown) => ({ ok: false as const, reason: String(error) }));
     return removed.ok ? null : removed.reason;
   }
@@ -485,5 +496,7 @@ export class RemoteSync {
 }
 
 function describeTarget(target: DeleteTarget): string {
-  return "all" in target ? "all" : target.modelId === undefined ? target.kvCacheKey : `${target.kvCacheKey} (${target.modelId})`;
+  if ("all" in target) return "all";
+  const key = target.modelId === undefined ? target.kvCacheKey : `${target.kvCacheKey} (${target.modelId})`;
+  return target.scopeId === null ? key : `${key} in scope ${target.scopeId}`;
 }

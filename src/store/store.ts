@@ -8,7 +8,8 @@ import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, unlinkIfExists } from "
 import { claimRoot, syncRootMarker } from "../durable/root-marker.js";
 import { deadWritersTemp, ownTempName } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
-import { type CacheLocation, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cacheDirComponents, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
+import { SCOPE_ID_PATTERN, scopeIdOption } from "../keys/scope.js";
 import { processLocks } from "../locks/path-locks.js";
 import { assertLogger, type Logger, logLine, silentLogger } from "../logger.js";
 import { isOwnLockFile, provenCache } from "../manifest/ownership.js";
@@ -38,7 +39,7 @@ import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { RemoteSync, type RemoteSyncInternals } from "./remote-sync.js";
 import type { RemoteTier } from "../remote/types.js";
-import { listKeyDirs, scanKeyDir } from "./scan.js";
+import { listKeyDirs, listScopeIds, scanKeyDir } from "./scan.js";
 import { didYouMean } from "../suggest.js";
 
 export interface KvCacheStoreOptions {
@@ -164,9 +165,10 @@ export interface KvCacheStore {
   readonly ready: Promise<RecoveryReport>;
   createSession(modelId: string, options?: SessionOptions): KvCacheSession;
   /**
-   * Remove a key's caches for every model (or one model), on disk and in memory, or
-   * everything with `{ all: true }`. Turns open on a removed cache are rolled back at
-   * their commit (`DELETED_DURING_TURN`). Only kvkeep's own files are removed.
+   * Remove a key's caches for every model (or one model) in one scope (`scope`; the shared
+   * space without it), on disk and in memory, or everything — every scope — with
+   * `{ all: true }`. Turns open on a removed cache are rolled back at their commit
+   * (`DELETED_DURING_TURN`). Only kvkeep's own files are removed.
    */
   delete(target: DeleteTarget): Promise<void>;
   /** Listen to turn events (started/settled); returns the unsubscribe function. */
@@ -314,7 +316,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
       },
       ensureCacheDir: async (loc: CacheLocation) => {
-        await mkdirUnderRoot(nfs, root, loc.cacheKey, loc.modelId);
+        await mkdirUnderRoot(nfs, root, ...cacheDirComponents(loc));
       },
       forgetCache,
       prune,
@@ -322,7 +324,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
         const removed = await removeCacheFiles(cachePath);
         retention.noteRemoved(cachePath);
         const loc = parseCachePath(root, cachePath);
-        if (loc) forgetCache(cachePath, initKey(loc.modelId, loc.configHash, loc.cacheKey));
+        if (loc) forgetCache(cachePath, initKey(loc));
         return removed;
       },
       releaseCache: async (lease, cachePath, removed) => {
@@ -387,7 +389,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async deleteReporting(target: DeleteTarget): Promise<DeleteReport> {
     const ctx = this.#ctx;
     if (!target || typeof target !== "object") {
-      throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId? } or { all: true }.", {
+      throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId?, scope? } or { all: true }.", {
         argument: "target",
       });
     }
@@ -396,11 +398,17 @@ export class KvCacheStoreImpl implements KvCacheStore {
       if (target.all !== true) {
         throw new KvKeepError("INVALID_ARGUMENT", "delete({ all }) needs all: true.", { argument: "all" });
       }
+      // A caller meaning "everything of this scope" must not get everything of every scope.
+      if ("scope" in target || "scopeId" in target) {
+        throw new KvKeepError("INVALID_ARGUMENT", "delete({ all: true }) removes every scope's caches and takes no scope; delete one scope's keys by name instead.", {
+          argument: "scope",
+        });
+      }
       recorded = [{}];
     } else {
       assertCacheKey(target.kvCacheKey);
       if (target.modelId !== undefined) assertModelId(target.modelId);
-      recorded = [{ cacheKey: target.kvCacheKey, modelId: target.modelId }];
+      recorded = [{ scopeId: deleteScopeId(target), cacheKey: target.kvCacheKey, modelId: target.modelId }];
     }
     ctx.assertOpen();
     const report: DeleteReport = { caches: 0, removedFiles: 0, leftFiles: [] };
@@ -409,34 +417,43 @@ export class KvCacheStoreImpl implements KvCacheStore {
     // everything is gone, so a turn that took its lock while this ran sees it too.
     await this.#deletes.record(recorded, "start");
     try {
-      const scopes: Array<{ cacheKey: string; modelId?: string | undefined }> =
-        "all" in target ? (await listKeyDirs(this.root)).map((cacheKey) => ({ cacheKey })) : [recorded[0] as { cacheKey: string; modelId?: string }];
-      for (const scope of scopes) await this.#removeScope(scope.cacheKey, scope.modelId, report);
+      const keys: Array<{ scopeId: string | null; cacheKey: string; modelId?: string | undefined }> = [];
+      if ("all" in target) {
+        for (const scopeId of [null, ...(await listScopeIds(this.root))]) {
+          for (const cacheKey of await listKeyDirs(this.root, scopeId)) keys.push({ scopeId, cacheKey });
+        }
+      } else keys.push(recorded[0] as { scopeId: string | null; cacheKey: string; modelId?: string });
+      for (const key of keys) await this.#removeKey(key.scopeId, key.cacheKey, key.modelId, report);
     } finally {
       await this.#deletes.record(recorded, "end");
     }
     if ("all" in target) this.layers.clear();
     // Remote hook: the fleet's copy goes too, with a tombstone against uploads in flight.
-    await ctx.remote?.afterDelete(target);
+    const removed = recorded[0]!;
+    await ctx.remote?.afterDelete(
+      "all" in target ? { all: true } : { scopeId: removed.scopeId ?? null, kvCacheKey: removed.cacheKey!, modelId: removed.modelId },
+    );
     return report;
   }
 
   /**
-   * Remove every file of a key (one model, or all) that is provably kvkeep's, and what memory
-   * knows of it: caches and manifests whose manifest names their place, their (empty) lock
-   * files, dead writers' temps (src/manifest/ownership.ts). Anything else stays, logged, and a
-   * directory is pruned only when this removed something from it.
+   * Remove every file of a key (one model, or all) in one scope's space that is provably
+   * kvkeep's, and what memory knows of it: caches and manifests whose manifest names their
+   * place (their scope included), their (empty) lock files, dead writers' temps
+   * (src/manifest/ownership.ts). Anything else stays, logged, and a directory is pruned only
+   * when this removed something from it.
    */
-  async #removeScope(cacheKey: string, modelId: string | undefined, report: DeleteReport): Promise<void> {
+  async #removeKey(scopeId: string | null, cacheKey: string, modelId: string | undefined, report: DeleteReport): Promise<void> {
     const ctx = this.#ctx;
-    const scopeDir = modelId === undefined ? cacheKeyDir(this.root, cacheKey) : path.join(this.root, cacheKey, modelId);
-    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId)) {
+    const keyDir = cacheKeyDir(this.root, cacheKey, scopeId);
+    const removedDir = modelId === undefined ? keyDir : path.join(keyDir, modelId);
+    for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId, false, scopeId)) {
       const removedBefore = report.removedFiles;
       // Proven before anything goes: removing a cache takes its manifest, the proof, with it.
       const proven = new Set<string>();
       for (const file of modelDir.files) {
         if ((file.kind === "cache" || file.kind === "manifest") && !proven.has(file.configHash!)) {
-          const loc = { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
+          const loc = { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
           if (await provenCache(cachePathOf(this.root, loc), loc, ctx.nfs)) proven.add(file.configHash!);
         }
       }
@@ -453,7 +470,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
             left(file);
             continue;
           }
-          const cachePath = cachePathOf(this.root, { cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+          const cachePath = cachePathOf(this.root, { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
           if (!ctx.nfs.crossProcessLocks) {
             if (await unlinkIfExists(file.path)) report.removedFiles++;
           } else {
@@ -487,8 +504,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       if (report.removedFiles > removedBefore) await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
     }
     ctx.layers.forgetUnder(
-      scopeDir,
-      (m, _configHash, k) => k === cacheKey && (modelId === undefined || m === modelId),
+      removedDir,
+      (loc) => loc.scopeId === scopeId && loc.cacheKey === cacheKey && (modelId === undefined || loc.modelId === modelId),
     );
   }
 
@@ -526,7 +543,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
     const resolved = cachePathOf(this.root, loc);
     // Never through a symlink planted below the root, and never creating directories:
     // a missing level means there is no cache (UNSAFE_PATH for a symlink or file).
-    if (!(await assertRealDirs(this.root, [loc.cacheKey, loc.modelId]))) return null;
+    if (!(await assertRealDirs(this.root, cacheDirComponents(loc)))) return null;
     const lease = ctx.locks.tryAcquire(resolved);
     if (!lease) return null;
     ctx.layers.refDir(resolved);
@@ -550,6 +567,18 @@ export class KvCacheStoreImpl implements KvCacheStore {
     await this.#ctx.remote?.close();
     await this.retention.close();
   }
+}
+
+/** The scope id a keyed delete names: by `scope`, by `scopeId`, or null (the shared space). */
+function deleteScopeId(target: { scope?: string | undefined; scopeId?: string | undefined }): string | null {
+  if (target.scopeId === undefined) return scopeIdOption(target.scope);
+  if (target.scope !== undefined) {
+    throw new KvKeepError("INVALID_ARGUMENT", "delete takes scope or scopeId, not both.", { argument: "scopeId" });
+  }
+  if (typeof target.scopeId !== "string" || !SCOPE_ID_PATTERN.test(target.scopeId)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "scopeId must be a scope's id: 32 hex characters, as kvkeep scan shows it.", { argument: "scopeId" });
+  }
+  return target.scopeId;
 }
 
 function checkRemoteOptions(options: KvCacheStoreOptions): RemoteTier | null {

@@ -1,5 +1,6 @@
 /**
- * kvkeep under the real Bare runtime (the `bare` binary from bare-runtime-linux-x64): the
+ * kvkeep under the real Bare runtimes (every one test/bare/helpers.ts finds: the `bare`
+ * package's and bare-runtime-linux-x64's), each the same tests: the
  * package imports through its `bare` export condition with the native backend, refuses bad
  * input exactly as under Node, and one cache root is shared safely by Node and Bare
  * processes — a commit from either is trusted by the other as is, and their locks exclude
@@ -10,13 +11,15 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import * as kvkeepNode from "../../src/index.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, barePackage, repoRoot, runBare, startBare, jsonLines } from "./helpers.js";
+import { bareRuntimes, barePackage, jsonLines, onBare, repoRoot } from "./helpers.js";
 // @ts-expect-error plain ESM shared with the Bare worker (no types)
 import { BAD_INPUT_CASES } from "./fixtures/bad-input-cases.mjs";
 
 const manifestOf = (cachePath: string): string => readFileSync(cachePath.replace(/\.bin$/, ".meta.json"), "utf8");
 
-describe.skipIf(!bareAvailable())("kvkeep on Bare", () => {
+describe.each(bareRuntimes())("kvkeep on Bare $version (from $from)", (runtime) => {
+  const { runBare, startBare } = onBare(runtime);
+
   it("imports through the bare export condition and runs a turn on the native backend", async () => {
     const root = tempDir();
     const { status, lines, stderr } = await runBare("store-worker.mjs", {
@@ -40,6 +43,20 @@ describe.skipIf(!bareAvailable())("kvkeep on Bare", () => {
     // Without it, the same worker opens the store on the addon.
     const opened = await runBare("no-native-worker.mjs", { root }, { env: { KVKEEP_NO_NATIVE: "" } });
     expect(opened.lines).toEqual([{ backend: expect.stringMatching(/^(local-build|prebuilt)$/) }]);
+  });
+
+  it("imports on this Bare (the version check at import passes)", async () => {
+    const self = await runBare("import-check.mjs", {});
+    expect(self.lines[0]).toEqual({ imported: true, exports: "function" });
+  });
+
+  // The fixture pretends to be an older Bare by shadowing Bare.version, which Bare 1.31's
+  // global allows; from 1.33 on the global is frozen, so the pretence runs on 1.31 only.
+  it.runIf(runtime.version.startsWith("1.31."))("refuses, at import, a Bare older than the oldest tested one (RUNTIME_UNSUPPORTED, saying how to get a current one)", async () => {
+    const older = await runBare("import-check.mjs", { version: "v1.30.2" });
+    expect(older.status).toBe(0);
+    expect(older.lines[0]).toMatchObject({ imported: false, code: "RUNTIME_UNSUPPORTED", name: "KvKeepError" });
+    expect(String(older.lines[0]!.message)).toMatch(/needs Bare 1\.31\.0 or later, and this is Bare 1\.30\.2.*npm install bare/);
   });
 
   it("resolves no node: builtin at run time (Bare has none): the build maps every one", async () => {

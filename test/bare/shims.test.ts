@@ -12,7 +12,7 @@ import { describe, expect, it } from "vitest";
 import { sha256 } from "../../src/platform/bare/sha256.js";
 import { createHash } from "node:crypto";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, runBare } from "./helpers.js";
+import { bareRuntimes, onBare } from "./helpers.js";
 import { behaviour, identities } from "./fs-conformance.js";
 
 describe("SHA-256 in plain JS (the Bare build's createHash)", () => {
@@ -26,7 +26,9 @@ describe("SHA-256 in plain JS (the Bare build's createHash)", () => {
   });
 });
 
-describe.skipIf(!bareAvailable())("node:fs as kvkeep uses it: Bare shims against Node", () => {
+describe.each(bareRuntimes())("node:fs as kvkeep uses it: Bare $version shims against Node", (runtime) => {
+  const { runBare } = onBare(runtime);
+
   it("behave as Node's: refusals, no-follow, mkdir/readdir/FileHandle semantics, hashing", async () => {
     const root = tempDir();
     const nodeDir = path.join(root, "node");

@@ -212,6 +212,9 @@ describe("strict arguments: a typo never deletes", () => {
     [["rm", "--yes=no", "chat-2"], /--yes takes no value/],
     [["gc", "--max-bytes", "lots"], /--max-bytes must be a size such as 512K, 5M, 2G/],
     [["gc", "--max-idle", "30"], /--max-idle must be a duration such as 30s, 15m, 1h or 7d/],
+    [["gc", "--max-bytes", "-1"], /^kvkeep gc: --max-bytes cannot be negative \(got -1\)\. See kvkeep gc --help\.$/],
+    [["scan", "--max-bytes", "-5M"], /--max-bytes cannot be negative \(got -5M\)/],
+    [["rm", "--model", "--dry-run", "chat-2"], /--model needs a value, not the option --dry-run/],
     [["gc", "extra"], /unexpected argument "extra"/],
     [["scan", "--fix"], /unknown option --fix/],
     [["rm"], /at least one cache key, or --all/],
@@ -278,13 +281,25 @@ describe("kvkeep gc", () => {
 });
 
 describe("exit codes and messages", () => {
-  it("a missing root and a root that is a file: exit 1, one line, JSON with --json", async () => {
+  it("a root that does not exist yet (a fresh machine): the read-only commands say 0 caches and exit 0; the others exit 1; nothing is created", async () => {
     const dir = tempDir();
     const missing = path.join(dir, "nope");
-    for (const command of ["usage", "scan", "verify", "gc"]) {
-      const run = await kvkeep([command, "--root", missing]);
-      expect(run.code, command).toBe(1);
-      expect(run.stderr).toBe(`kvkeep ${command}: no cache root at ${missing}; pass --root DIR or set KVKEEP_DIR (nothing was changed).\n`);
+    const note = `kvkeep: no cache root at ${missing} yet: nothing is cached there (the first turn that caches creates it; --root DIR or KVKEEP_DIR for another).\n`;
+    const usage = await kvkeep(["usage", "--root", missing]);
+    expect([usage.code, usage.stderr]).toEqual([0, note]);
+    expect(usage.stdout).toMatch(/^.*nope: 0 caches, 0 B\n/);
+    const scan = await kvkeep(["scan", "--root", missing]);
+    expect([scan.code, scan.stdout, scan.stderr]).toEqual([0, `${missing}: no caches\n`, note]);
+    const verify = await kvkeep(["verify", "--root", missing]);
+    expect([verify.code, verify.stderr]).toEqual([0, note]);
+    expect(verify.stdout).toMatch(/^0 caches \(0 B\) checked in .*: 0 ok\n$/);
+    expect(json((await kvkeep(["scan", "--root", missing, "--json"])))).toEqual([]);
+    expect(json(await kvkeep(["usage", "--root", missing, "--json"]))).toMatchObject({ rootExists: false, count: 0, bytes: 0 });
+    expect(json(await kvkeep(["verify", "--root", missing, "--json"]))).toMatchObject({ results: [] });
+    for (const args of [["gc"], ["verify", "--fix"], ["rm", "chat-2"]]) {
+      const run = await kvkeep([...args, "--root", missing]);
+      expect(run.code, args.join(" ")).toBe(1);
+      expect(run.stderr).toBe(`kvkeep ${args[0]}: no cache root at ${missing}; pass --root DIR or set KVKEEP_DIR (nothing was changed).\n`);
     }
     await expect(fs.stat(missing)).rejects.toThrow(); // not created
     const file = path.join(dir, "file");

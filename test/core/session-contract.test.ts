@@ -398,6 +398,10 @@ describe("8. keys, foreign handles and serialisation", () => {
     ["x".repeat(256), "KEY_TOO_LONG"],
     ["é".repeat(128), "KEY_TOO_LONG"],
     ["auto-0123456789abcdef", "KEY_RESERVED"],
+    [".scopes", "KEY_RESERVED"],
+    ["x\uD800", "KEY_LONE_SURROGATE"],
+    ["x\uDBFF", "KEY_LONE_SURROGATE"],
+    ["\uDC00x", "KEY_LONE_SURROGATE"],
   ];
 
   it.each(unsafe)("rejects custom key %j with %s before touching any file", async (customKey, code) => {
@@ -411,6 +415,14 @@ describe("8. keys, foreign handles and serialisation", () => {
 
   it.each(unsafe.filter(([, code]) => code !== "KEY_RESERVED"))("rejects model id %j with %s", (modelId, code) => {
     expect(() => createKvCacheSession(modelId)).toThrow(expect.objectContaining({ code, argument: "modelId" }));
+  });
+
+  it("keeps keys that differ only in lone surrogates from sharing one directory: both are refused, a surrogate pair is a key like any", async () => {
+    // "x\uD800" and "x\uDBFF" would both be written as "x\uFFFD": one directory, two keys.
+    await expect(deleteKvCacheState({ kvCacheKey: "x\uD800" })).rejects.toMatchObject({ code: "KEY_LONE_SURROGATE", argument: "kvCacheKey" });
+    const session = createKvCacheSession(MODEL);
+    const emoji = await customTurn(session, "chat-\u{1F600}", configHash, 2);
+    expect(path.basename(path.dirname(path.dirname(emoji.cachePath)))).toBe("chat-\u{1F600}");
   });
 
   it("rejects unsafe delete keys and a config hash that is not a plain name", async () => {

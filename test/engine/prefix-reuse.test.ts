@@ -117,7 +117,7 @@ describe("starting from another conversation's cache (real engine, each reuse in
       // when the source shares messages beyond the system prompt; a new chat's prime keeps the
       // system prompt and gives up at most a few template tokens after it (the adapter loads
       // the source again only when more than 16 tokens would be lost).
-      const borrowed = await stateTokens(cachePathOf(root, { cacheKey: result.stats.sourceKey!, modelId: modelIdOf(), configHash }));
+      const borrowed = await stateTokens(cachePathOf(root, { scopeId: null, cacheKey: result.stats.sourceKey!, modelId: modelIdOf(), configHash }));
       const common = Math.min(commonPrefix(borrowed, prompt), prompt.length - 1);
       if (scenario.shared > 1) expect(result.stats.reusedTokens, scenario.name).toBe(common);
       else {
@@ -165,6 +165,28 @@ describe("starting from another conversation's cache (real engine, each reuse in
       sourceKey: seeded.cachePath.split("/").at(-3),
     });
     await same.dispose();
+    await store.close();
+  }, 120_000);
+
+  it("never starts from another scope's cache (the adapter's default scope or a call's); within a scope it does", async () => {
+    const store = openKvCacheStore({ root: tempDir() });
+    const adapter = createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, scope: "user-a" });
+    const t1 = await adapter.completion({ history: [system, u1], kvCache: "chat", maxTokens: MAX, temperature: 0 });
+    const h2: CacheMessage[] = [system, u1, { role: "assistant", content: t1.text }, u2];
+    const cold = { source: "none", sourceKey: null, reusedTokens: 0 };
+    // User B names the same session, on the same adapter: a conversation of its own, primed cold.
+    expect((await adapter.completion({ history: h2, kvCache: "chat", scope: "user-b", maxTokens: 4, temperature: 0 })).stats).toMatchObject(cold);
+    // A new chat with the same system prompt in another scope, or in the shared space, starts cold too.
+    const newChat = (content: string): CacheMessage[] => [system, { role: "user", content }];
+    expect((await adapter.completion({ history: newChat("Riddle me this."), kvCache: true, scope: "user-c", maxTokens: 4, temperature: 0 })).stats).toMatchObject(cold);
+    const unscoped = createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT });
+    expect((await unscoped.completion({ history: newChat("Riddle me this."), kvCache: true, maxTokens: 4, temperature: 0 })).stats).toMatchObject(cold);
+    await unscoped.dispose();
+    // In user A's scope (the adapter's default) the same new chat starts from user A's "chat".
+    const own = await adapter.completion({ history: newChat("Riddle me that."), kvCache: true, maxTokens: 4, temperature: 0 });
+    expect(own.stats).toMatchObject({ source: "prefix", sourceKey: "chat" });
+    expect(own.stats.reusedTokens).toBeGreaterThan(0);
+    await adapter.dispose();
     await store.close();
   }, 120_000);
 

@@ -1,5 +1,5 @@
 /**
- * Prefix reuse on models whose loaded state cannot be cut back (test/engine/cut-back-facts):
+ * Prefix reuse on models whose loaded state cannot be cut back (test/facts/cut-back-facts):
  * a recurrent model (tinyMamba) and a sliding-window one (tinySwa, gemma3). The adapter
  * detects them from the model and starts only from exact ancestors — a cache whose tokens
  * are all a prefix of the prompt — so a regenerate or a new chat starts cold there, while a

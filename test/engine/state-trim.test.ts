@@ -1,6 +1,7 @@
 /**
- * The cut-back policy as a pure function. The engine behaviour each rule encodes is pinned
- * on real generated models in cut-back-facts.test.ts.
+ * The cut-back policy as a pure function. The engine behaviour each rule encodes is probed
+ * on real generated models by test/facts/cut-back-facts.test.ts (`npm run facts`); that the
+ * adapter keeps to it on the real engine is test/engine/cut-guard.test.ts.
  */
 import { describe, expect, it } from "vitest";
 import {
@@ -31,7 +32,7 @@ describe("stateTrimPolicy", () => {
 
   it("a sliding-window model can cut a loaded state back by one token, with or without swaFullCache", () => {
     expect(stateTrimPolicy(sliding)).toEqual({ maxCutBack: 1, limitedBy: "sliding-window" });
-    // a state file holds only the window whatever the cache size (cut-back-facts.test.ts)
+    // a state file holds only the window whatever the cache size (test/facts/cut-back-facts.test.ts)
     expect(stateTrimPolicy({ ...sliding, swaFullCache: true })).toEqual({ maxCutBack: 1, limitedBy: "sliding-window" });
     expect(canCutBackToAnyPrefix({ ...sliding, swaFullCache: true })).toBe(false);
   });

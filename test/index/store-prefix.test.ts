@@ -438,7 +438,7 @@ async function gatedRetention(root: string, internals: RetentionInternals = {}) 
   );
   await retention.buildAtOpen(walk);
   const lookup = async (history: ReturnType<typeof conversation>): Promise<string[]> =>
-    (await retention.lookupPrefix({ modelId: MODEL, fingerprint: null, configHash }, messageKeyChain(history))).map((c) => c.cachePath);
+    (await retention.lookupPrefix({ scopeId: null, modelId: MODEL, fingerprint: null, configHash }, messageKeyChain(history))).map((c) => c.cachePath);
   return { retention, lookup, walkEntered, openGate: open };
 }
 

@@ -11,18 +11,20 @@ import { describe, expect, it } from "vitest";
 import { tempDir } from "../helpers/temp-root.js";
 import { repoRoot } from "../cli/helpers.js";
 
-/** kvkeep's dist/ in a package of its own, with no prebuilds/ and no local build. */
+/** An app with kvkeep's dist/ in its node_modules, with no prebuilds/ and no local build; the app's directory. */
 async function packageWithoutAddon(): Promise<string> {
-  const pkg = path.join(tempDir("kvkeep-noaddon-"), "kvkeep");
-  await fs.mkdir(pkg);
+  const app = tempDir("kvkeep-noaddon-");
+  await fs.writeFile(path.join(app, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
+  const pkg = path.join(app, "node_modules", "kvkeep");
+  await fs.mkdir(pkg, { recursive: true });
   await fs.copyFile(path.join(repoRoot, "package.json"), path.join(pkg, "package.json"));
   await fs.cp(path.join(repoRoot, "dist"), path.join(pkg, "dist"), { recursive: true });
   await fs.symlink(path.join(repoRoot, "node_modules"), path.join(pkg, "node_modules"));
-  return pkg;
+  return app;
 }
 
 const SCRIPT = `
-import { openKvCacheStore } from "./dist/index.js";
+import { openKvCacheStore } from "kvkeep";
 import os from "node:os";
 import fs from "node:fs";
 import path from "node:path";
@@ -49,9 +51,26 @@ describe("no native backend", () => {
     expect(plain.stdout).toBe("js-fallback\njs-fallback\n");
     expect(plain.stderr.match(/\[KVKEEP_NATIVE_FALLBACK\] KvKeepWarning: /g)).toHaveLength(1);
     expect(plain.stderr).toMatch(/locks do not exclude other processes/);
-    expect(plain.stderr).toMatch(/npm rebuild kvkeep/);
+    // A command that builds from the app's directory (npm rebuild kvkeep does not: npm 11 skips
+    // unapproved install scripts, and without the tools the hook only prints a notice)
+    expect(plain.stderr).toContain("`npm install --save-dev cmake-js node-addon-api && node node_modules/kvkeep/scripts/install.mjs --build`");
+    expect(plain.stderr).not.toContain("npm rebuild");
 
     expect(run(pkg, ["--disable-warning=KVKEEP_NATIVE_FALLBACK"]).stderr).toBe("");
     expect(run(pkg, [], { KVKEEP_NO_NATIVE: "1" }).stderr).toBe("");
+  });
+});
+
+describe("the command the warning gives", () => {
+  it("in an app: the build tools, then kvkeep's install script with --build, as typed in the app's directory; in a checkout: npm run build:native", async () => {
+    const { addonBuildCommand } = await import("../../src/native/index.js");
+    expect(addonBuildCommand("/srv/app/node_modules/kvkeep", "/srv/app")).toBe(
+      "npm install --save-dev cmake-js node-addon-api && node node_modules/kvkeep/scripts/install.mjs --build",
+    );
+    expect(addonBuildCommand("/srv/app/node_modules/kvkeep", "/elsewhere")).toBe(
+      "npm install --save-dev cmake-js node-addon-api && node /srv/app/node_modules/kvkeep/scripts/install.mjs --build",
+    );
+    expect(addonBuildCommand("/home/me/kvkeep", "/home/me/kvkeep")).toBe("npm run build:native");
+    expect(addonBuildCommand("/home/me/kvkeep", "/home/me/app")).toBe("cd /home/me/kvkeep && npm run build:native");
   });
 });

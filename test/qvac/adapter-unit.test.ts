@@ -45,6 +45,9 @@ describe("kvkeep/qvac addon checks", () => {
     expect(() => createQvacCompletion({ model: loadedModel, store, modelId: "m", fingerprint: 3 as unknown as string })).toThrow(
       expect.objectContaining({ code: "INVALID_ARGUMENT", argument: "fingerprint" }),
     );
+    expect(() => createQvacCompletion({ model: loadedModel, store, modelId: "m", scope: "" })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT", argument: "scope" }),
+    );
   });
 
   it("completion refuses malformed params with INVALID_ARGUMENT naming the argument", async () => {
@@ -59,6 +62,7 @@ describe("kvkeep/qvac addon checks", () => {
       argument: "generationParams",
     });
     await expect(bad({ history: [{ role: "user", content: "hi" }], kvCache: ".." })).rejects.toMatchObject({ code: "KEY_DOT_SEGMENT" });
+    await expect(bad({ history: [{ role: "user", content: "hi" }], kvCache: "k", scope: "a\uD800" })).rejects.toMatchObject({ argument: "scope" });
     await store.close();
   });
 });

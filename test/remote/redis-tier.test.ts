@@ -400,6 +400,47 @@ describe("Redis tier listing under an LFU eviction policy", () => {
 });
 
 describe("Redis tier connections", () => {
+  it("a model load holding the event loop while the tier connects logs nothing: the client's connect timeout was transient", async () => {
+    const server = await startRedis();
+    const logger = recordingLogger();
+    // connectTimeout is max(1 s, 5 × timeoutMs) = 2 s: held past it, node-redis's connect timer
+    // fires before the socket's connect event is seen, reports "Connection timeout" and reconnects.
+    const tier = createRedisTier({ url: server.url, timeoutMs: 400, logger });
+    try {
+      const until = Date.now() + 2500;
+      while (Date.now() < until) {
+        // a synchronous model load
+      }
+      let answered = false;
+      for (let i = 0; i < 50 && !answered; i++) {
+        answered = (await tier.serverUsage()).ok;
+        if (!answered) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(answered).toBe(true);
+      expect(logger.lines).toEqual([]);
+    } finally {
+      await tier.close();
+      await server.stop();
+    }
+  });
+
+  it("while Redis is down, the outage is warned about once, and the client's errors go to debug", async () => {
+    const server = await startRedis();
+    const logger = recordingLogger();
+    const tier = createRedisTier({ url: server.url, timeoutMs: 200, logger });
+    try {
+      expect((await tier.serverUsage()).ok).toBe(true);
+      await server.kill();
+      for (let i = 0; i < 4; i++) await tier.serverUsage();
+      await new Promise((r) => setTimeout(r, 300));
+      expect(logger.lines.filter((l) => l.level === "warn")).toEqual([{ level: "warn", line: expect.stringContaining("remote redis tier unreachable") }]);
+      expect(logger.lines.some((l) => l.level === "debug" && l.line.includes("redis client error"))).toBe(true);
+    } finally {
+      await tier.close();
+      await server.stop();
+    }
+  });
+
   it("a tier closed while its connections are still being made leaves none open (the process can exit)", async () => {
     const server = await startRedis();
     try {

@@ -46,7 +46,7 @@ describe("retention across processes", () => {
       holder.child.kill("SIGKILL");
       expect(await holder.exited).toBe("SIGKILL");
       const after = await store.sweep({ maxBytes: 0 });
-      expect(after.evicted).toEqual([{ cacheKey: keyOf(held), modelId: MODEL, configHash: expect.any(String), bytes: 1500, reason: "budget" }]);
+      expect(after.evicted).toEqual([{ scopeId: null, cacheKey: keyOf(held), modelId: MODEL, configHash: expect.any(String), bytes: 1500, reason: "budget" }]);
       expect(await exists(held)).toBe(false);
     } finally {
       holder.child.kill("SIGKILL");

@@ -111,7 +111,7 @@ describe("idle expiry", () => {
 
     const store = openStore(root, { maxIdleMs: 60 * 60 * 1000 });
     const result = await store.sweep();
-    expect(result.evicted).toEqual([{ cacheKey: keyOf(stale), modelId: MODEL, configHash: expect.any(String), bytes: 1000, reason: "idle" }]);
+    expect(result.evicted).toEqual([{ scopeId: null, cacheKey: keyOf(stale), modelId: MODEL, configHash: expect.any(String), bytes: 1000, reason: "idle" }]);
     expect(result.keptBytes).toBe(1000);
     expect(await exists(fresh)).toBe(true);
     await store.close();
@@ -169,7 +169,7 @@ describe("named caches and usage", () => {
 
     const evictNamed = openStore(root, { evictNamed: true });
     const second = await evictNamed.sweep({ maxBytes: 0 });
-    expect(second.evicted).toEqual([{ cacheKey: "my-chat", modelId: MODEL, configHash: expect.any(String), bytes: 3000, reason: "idle" }]);
+    expect(second.evicted).toEqual([{ scopeId: null, cacheKey: "my-chat", modelId: MODEL, configHash: expect.any(String), bytes: 3000, reason: "idle" }]);
     expect(await exists(named)).toBe(false);
     expect(await evictNamed.usage()).toEqual({ bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, staleTempBytes: 0 });
     await evictNamed.close();

@@ -213,7 +213,7 @@ describe("request bodies have a read timeout (issue 20, item 6)", () => {
   it("a client that trickles its body in is answered 408 and cut off at the timeout; a stream that outlasts it is not", async () => {
     const { app } = buildApp({
       modelId: "m", modelCreated: 0, pool: new SlotPool<CompletionEngine>([slowEngine(6, 400)], 4), parallel: 1,
-      metrics: createKvKeepMetrics({ registry: new Registry() }), apiKey: null, bodyLimit: 1 << 20, cacheEnabled: false,
+      metrics: createKvKeepMetrics({ registry: new Registry() }), apiKeys: [], bodyLimit: 1 << 20, cacheEnabled: false,
       logger: silentLogger, host: "127.0.0.1", requestTimeoutMs: 1000,
     });
     await app.listen({ host: "127.0.0.1", port: 0 });

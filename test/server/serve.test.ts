@@ -11,6 +11,8 @@ import path from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
+import { scopeIdOf } from "../../src/keys/scope.js";
+import { scopeOfApiKey } from "../../src/server/options.js";
 import { openaiClient, parsePrometheus, type ServeProcess, servedModel, startServe, tokensHeldAfter } from "./helpers.js";
 
 type Message = OpenAI.ChatCompletionMessageParam;
@@ -408,7 +410,8 @@ describe("metrics", () => {
     // of another fingerprint (another process on the root, as after a model upgrade).
     const f = conversation("refused-foreign");
     const planter = openKvCacheStore({ root: roots[0]! });
-    const session = planter.createSession(model, { fingerprint: "another-model" });
+    // In the scope of the server's API key: the conversations its clients reach.
+    const session = planter.createSession(model, { fingerprint: "another-model", scope: scopeOfApiKey(KEY) });
     const planted = await session.beginTurn({
       kind: "custom",
       customKey: "refused-foreign",
@@ -425,7 +428,7 @@ describe("metrics", () => {
     const c = conversation("refused-corrupt");
     const h1: Message[] = [c.system, c.user(1)];
     const t1 = await complete(h1, { kv_cache: "refused-corrupt" });
-    const dir = path.join(roots[0]!, "refused-corrupt");
+    const dir = path.join(roots[0]!, ".scopes", scopeIdOf(scopeOfApiKey(KEY)), "refused-corrupt");
     const bin = readdirSync(dir, { recursive: true, encoding: "utf8" }).find((f) => f.endsWith(".bin"))!;
     truncateSync(path.join(dir, bin), 100);
     const t2 = await complete([...h1, { role: "assistant", content: t1.text }, c.user(2)], { kv_cache: "refused-corrupt" });

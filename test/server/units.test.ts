@@ -7,7 +7,9 @@ import { describe, expect, it } from "vitest";
 import { createKvKeepMetrics } from "../../src/metrics/index.js";
 import { runServe } from "../../src/server/cli.js";
 import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from "../../src/server/openai.js";
-import { isLoopbackHost, parseServeArgs, parseSize, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { modelSpecKind } from "../../src/server/model-source.js";
+import { isLoopbackHost, parseApiKeysFile, parseServeArgs, parseSize, scopeOfApiKey, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { describeStartupStep, type StartupStep, startupStatus } from "../../src/server/startup-status.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
 import { parsePrometheus } from "./helpers.js";
 
@@ -19,13 +21,28 @@ describe("kvkeep serve flags", () => {
       {},
     );
     expect(options).toEqual({
-      modelPath: "m.gguf", host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKey: "k",
-      maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false,
+      modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, json: false,
+    });
+    expect(parseServeArgs(["--model", "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "--models-dir", "/m", "--json"], {})).toMatchObject({
+      modelPath: "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", modelsDir: "/m", json: true,
     });
     expect(parseServeArgs(["--model", "m.gguf"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({
-      host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKey: "from-env", maxBytes: null, cache: true,
+      host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKeys: ["from-env"], maxBytes: null, cache: true,
     });
     expect(parseServeArgs(["--help"])).toEqual({ help: true });
+    // Several keys (each a scope), a key file, and reuse across conversations turned off; the
+    // environment's key is only the default when no key is given.
+    expect(
+      parseServeArgs(["--model", "m.gguf", "--api-key", "a", "--api-key", "b", "--api-key", "a", "--api-keys", "/keys", "--no-prefix-reuse"], {
+        KVKEEP_API_KEY: "from-env",
+      }),
+    ).toMatchObject({ apiKeys: ["a", "b"], apiKeysFile: "/keys", prefixReuse: false });
+    expect(parseServeArgs(["--model", "m.gguf", "--api-keys", "/keys"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({ apiKeys: [] });
+    expect(parseApiKeysFile("# the team\n  key-1  \r\n\nkey-2\n", "f")).toEqual(["key-1", "key-2"]);
+    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(UsageError);
+    // The scope of a key: what `printf %s KEY | sha256sum` prints (the key itself reaches no file).
+    expect(scopeOfApiKey("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     expect([parseSize("1.5G", "x"), parseSize("100", "x"), parseSize("4GiB", "x"), parseSize("4gb", "x")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
   });
 
@@ -45,6 +62,28 @@ describe("kvkeep serve flags", () => {
     }
   });
 
+  it("says what an unknown flag was probably meant to be, and refuses a negative size in its own words", () => {
+    const message = (argv: string[]): string => {
+      try {
+        parseServeArgs(argv, {});
+      } catch (error) {
+        expect(error).toBeInstanceOf(UsageError);
+        return (error as Error).message;
+      }
+      throw new Error("expected a UsageError");
+    };
+    expect(message(["--model", "m", "--prot", "1"])).toBe("unknown option --prot (did you mean --port?).");
+    expect(message(["--modle", "m"])).toBe("unknown option --modle (did you mean --model?).");
+    expect(message(["--model", "m", "--max-bytes", "-1"])).toBe("--max-bytes cannot be negative (got -1).");
+    expect(message(["--model", "m", "--root", "--json"])).toMatch(/^--root needs a value, not the option --json/);
+    expect(message([])).toMatch(/--model is required: a GGUF model file, an hf: URI .* or a URL/);
+  });
+
+  it("a --model is a file path unless it has a scheme: hf:, https:, http: (a Windows drive is a path)", () => {
+    expect(["hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "https://example.com/m.gguf", "http://127.0.0.1:1/m.gguf"].map(modelSpecKind)).toEqual(["uri", "uri", "uri"]);
+    expect(["./model.gguf", "/models/m.gguf", "m.gguf", "C:\\models\\m.gguf", "dir:with/colon.gguf".slice(4)].map(modelSpecKind)).toEqual(["file", "file", "file", "file", "file"]);
+  });
+
   it("runServe exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
     const io = () => {
       const out = { stdout: "", stderr: "" };
@@ -59,12 +98,79 @@ describe("kvkeep serve flags", () => {
     const missing = io();
     expect(await runServe(["--model", "/nonexistent/model.gguf"], missing.io)).toBe(1);
     expect(missing.out.stderr).toContain("no such file");
+    // kvkeep --json serve (the CLI forwards its global flags): errors as the other commands print them
+    const asJson = io();
+    expect(await runServe(["--json", "--model", "/nonexistent/model.gguf"], asJson.io)).toBe(1);
+    expect(JSON.parse(asJson.out.stderr)).toEqual({ error: { code: "START_FAILED", message: expect.stringContaining("no such file"), exitCode: 1 } });
+    const badJson = io();
+    expect(await runServe(["--json", "--prot", "1"], badJson.io)).toBe(2);
+    expect(JSON.parse(badJson.out.stderr)).toMatchObject({ error: { code: "USAGE", message: "unknown option --prot (did you mean --port?).", exitCode: 2 } });
   });
 
   it("knows loopback hosts and shares threads among the contexts", () => {
     expect(["127.0.0.1", "127.1.2.3", "localhost", "::1"].every(isLoopbackHost)).toBe(true);
     expect(["0.0.0.0", "192.168.1.2", "::", "example.com"].some(isLoopbackHost)).toBe(false);
     expect([threadsPerContext(2, 1), threadsPerContext(2, 2), threadsPerContext(2, 8), threadsPerContext(8, 3)]).toEqual([2, 1, 1, 2]);
+  });
+});
+
+describe("what kvkeep serve says while it starts", () => {
+  const steps: StartupStep[] = [
+    { step: "download", spec: "hf:a/b:Q8_0", downloadedBytes: 0, totalBytes: 1000 * 1024 },
+    ...[150, 160, 420, 990, 1000].map((k): StartupStep => ({ step: "download", spec: "hf:a/b:Q8_0", downloadedBytes: k * 1024, totalBytes: 1000 * 1024 })),
+    { step: "engine" },
+    { step: "load", file: "b.gguf", bytes: 1000 * 1024, fraction: 0 },
+    { step: "load", file: "b.gguf", bytes: 1000 * 1024, fraction: 1 },
+    { step: "contexts", count: 2 },
+  ];
+
+  it("in a pipe: a line when each step starts, one per 10% of a download, and each step's end with its duration", () => {
+    let out = "";
+    let clock = 0;
+    const status = startupStatus({ write: (t: string) => (out += t), isTTY: false }, "kvkeep serve: ", () => clock);
+    for (const s of steps) {
+      status.report(s);
+      clock += 500;
+    }
+    status.done();
+    expect(out.split("\n")).toEqual([
+      "kvkeep serve: downloading hf:a/b:Q8_0: 0 B of 1000 KiB (0%)",
+      "kvkeep serve: downloading hf:a/b:Q8_0: 150 KiB of 1000 KiB (15%)",
+      "kvkeep serve: downloading hf:a/b:Q8_0: 420 KiB of 1000 KiB (42%)",
+      "kvkeep serve: downloading hf:a/b:Q8_0: 990 KiB of 1000 KiB (99%)",
+      "kvkeep serve: downloading hf:a/b:Q8_0: 1000 KiB of 1000 KiB (100%), done in 3.0 s",
+      "kvkeep serve: starting node-llama-cpp",
+      "kvkeep serve: starting node-llama-cpp, done in 0.5 s",
+      "kvkeep serve: loading the model b.gguf (1000 KiB): 0%",
+      "kvkeep serve: loading the model b.gguf (1000 KiB): 100%, done in 1.0 s",
+      "kvkeep serve: creating 2 contexts and warming them up",
+      "kvkeep serve: creating 2 contexts and warming them up, done in 0.5 s",
+      "",
+    ]);
+  });
+
+  it("on a terminal: one line per step, redrawn in place at most every 100 ms, cut to the width", () => {
+    let out = "";
+    let clock = 0;
+    const status = startupStatus({ write: (t: string) => (out += t), isTTY: true, columns: 40 }, "kvkeep serve: ", () => clock);
+    status.report({ step: "engine" });
+    clock += 2000;
+    status.report({ step: "load", file: "b.gguf", bytes: 10, fraction: 0 });
+    clock += 50;
+    status.report({ step: "load", file: "b.gguf", bytes: 10, fraction: 0.5 }); // within 100 ms: not drawn
+    clock += 100;
+    status.report({ step: "load", file: "b.gguf", bytes: 10, fraction: 1 });
+    status.done();
+    const frames = out.split("\r").filter(Boolean);
+    expect(frames.every((f) => f.replace(/\x1b\[K\n?$/, "").length <= 39)).toBe(true);
+    expect(frames).toEqual([
+      "kvkeep serve: starting node-llama-cpp\x1b[K",
+      "kvkeep serve: starting node-llama-cpp,…\x1b[K\n",
+      "kvkeep serve: loading the model b.gguf…\x1b[K",
+      "kvkeep serve: loading the model b.gguf…\x1b[K",
+      "kvkeep serve: loading the model b.gguf…\x1b[K\n",
+    ]);
+    expect(describeStartupStep({ step: "load", file: "b.gguf", bytes: 10, fraction: 0.5 })).toBe("loading the model b.gguf (10 B): 50%");
   });
 });
 
@@ -169,6 +275,10 @@ describe("OpenAI requests", () => {
     expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
     expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
     expect(refused({}, "a/b")).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
+    // Names the adapter refuses are the client's mistake too (they answered 500 with an error log).
+    for (const name of ["auto-0123456789abcdef", ".kvkeep", ".scopes", "x\uD800"]) {
+      expect(refused({ kv_cache: name }), name).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
+    }
     expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
   });
 
@@ -197,7 +307,7 @@ describe("kvkeep/metrics", () => {
     metrics.observeTurn({ ...turn, hit: false, reusedTokens: 0, loadMs: 0, saveMs: 0 }, { cache: false }); // no hit or miss
     metrics.observeRollback("aborted");
     metrics.observeTurn({ ...turn, hit: true, commitFailure: "no-space" }); // the reply stood, its state did not
-    metrics.observeSweep({ evicted: [{ cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
+    metrics.observeSweep({ evicted: [{ scopeId: null, cacheKey: "k", modelId: "m", configHash: "h", bytes: 1, reason: "idle" }, { scopeId: null, cacheKey: "j", modelId: "m", configHash: "h", bytes: 1, reason: "budget" }], keptBytes: 0 });
     const samples = parsePrometheus(await registry.metrics());
     expect(samples.get('kvkeep_cache_hits_total{source="own"}')).toBe(2);
     expect(samples.get('kvkeep_cache_hits_total{source="prefix"}')).toBe(2);

@@ -8,6 +8,7 @@ import type { CommandContext, ParsedCommand } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
+import { shownScope } from "../scope.js";
 import { openCliStore } from "../store.js";
 import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "./remote.js";
 
@@ -27,14 +28,14 @@ function pickVictims(plan: SweepPlan, maxBytes: number): { victims: Candidate[];
   return { victims, keptBytes: remaining };
 }
 
-const evictedOf = (c: Candidate): EvictedCache => ({ cacheKey: c.entry.cacheKey, modelId: c.entry.modelId, configHash: c.entry.configHash, bytes: c.entry.bytes, reason: c.reason });
+const evictedOf = (c: Candidate): EvictedCache => ({ scopeId: c.entry.scopeId ?? null, cacheKey: c.entry.cacheKey, modelId: c.entry.modelId, configHash: c.entry.configHash, bytes: c.entry.bytes, reason: c.reason });
 
 /** What a sweep with these limits would evict, from a read-only look at the root. */
 async function planOnly(root: string, limits: RetentionLimits): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
   const { caches } = await readRoot(root);
   const entries: Array<[string, IndexEntry]> = caches
     .filter((c) => c.hasManifest)
-    .map((c) => [c.cachePath, { cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
+    .map((c) => [c.cachePath, { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
   const { victims, keptBytes } = pickVictims(planSweep(entries, limits, Date.now()), limits.maxBytes);
   return { evicted: victims.map(evictedOf), keptBytes };
 }
@@ -152,10 +153,15 @@ function localLines(local: LocalGc, limits: RetentionLimits, dryRun: boolean): s
   return [
     ...(local.evicted.length === 0
       ? []
-      : renderTable(
-          [{ header: "KEY" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
-          local.evicted.map((e) => [e.cacheKey, e.modelId, formatBytes(e.bytes), e.reason === "idle" ? "idle" : "over budget"]),
-        )),
+      : local.evicted.some((e) => e.scopeId !== null)
+        ? renderTable(
+            [{ header: "KEY" }, { header: "SCOPE" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
+            local.evicted.map((e) => [e.cacheKey, shownScope(e.scopeId), e.modelId, formatBytes(e.bytes), e.reason === "idle" ? "idle" : "over budget"]),
+          )
+        : renderTable(
+            [{ header: "KEY" }, { header: "MODEL" }, { header: "SIZE", align: "right" }, { header: "WHY" }],
+            local.evicted.map((e) => [e.cacheKey, e.modelId, formatBytes(e.bytes), e.reason === "idle" ? "idle" : "over budget"]),
+          )),
     `${verb} ${plural(local.evicted.length, "cache")} (${formatBytes(local.freedBytes)}); ${formatBytes(local.keptBytes)} of evictable caches ${dryRun ? "would stay" : "kept"}, budget ${formatBytes(limits.maxBytes)}` +
       (local.keptBytes > limits.maxBytes && local.warnings.length === 0 ? " (over it: caches in use are never evicted)" : ""),
     ...(dryRun ? [] : [removedFilesLine(local)]),
@@ -188,7 +194,7 @@ interface RemoteGc {
   server: RemoteServerUsage | null;
   maxBytes: number | null;
   maxIdleMs: number | null;
-  evicted: Array<{ cacheKey: string; modelId: string; configHash: string; bytes: number; reason: RemoteReason; generation: number }>;
+  evicted: Array<{ scopeId: string | null; cacheKey: string; modelId: string; configHash: string; bytes: number; reason: RemoteReason; generation: number }>;
   freedBytes: number;
   /** Evictable remote bytes left (auto; named too with --evict-named). */
   keptBytes: number;
@@ -217,7 +223,7 @@ async function gcRemote(
   if (limits.maxBytes !== null || limits.maxIdleMs !== null) {
     const entries: Array<[string, IndexEntry]> = whole.map((s, i) => [
       String(i),
-      { cacheKey: s.id.cacheKey, modelId: s.id.modelId, configHash: s.id.configHash, kind: cacheKind(s), bytes: s.size, lastUsedMs: lastUseOf(s, now) },
+      { scopeId: s.id.scopeId ?? null, cacheKey: s.id.cacheKey, modelId: s.id.modelId, configHash: s.id.configHash, kind: cacheKind(s), bytes: s.size, lastUsedMs: lastUseOf(s, now) },
     ]);
     const maxBytes = limits.maxBytes ?? UNLIMITED;
     const plan = planSweep(entries, { maxBytes, maxIdleMs: limits.maxIdleMs ?? UNLIMITED, evictNamed: limits.evictNamed }, now);
@@ -241,7 +247,7 @@ async function gcRemote(
         continue;
       }
     }
-    evicted.push({ cacheKey: state.id.cacheKey, modelId: state.id.modelId, configHash: state.id.configHash, bytes: state.size, reason, generation: state.generation });
+    evicted.push({ scopeId: state.id.scopeId ?? null, cacheKey: state.id.cacheKey, modelId: state.id.modelId, configHash: state.id.configHash, bytes: state.size, reason, generation: state.generation });
   }
   const expiring = states.map((s) => s.expiresInMs).filter((ms): ms is number => ms !== null);
   const sum = remoteTotals(states);

@@ -12,7 +12,7 @@
  *   {
  *     name: "serve",
  *     summary: "OpenAI-compatible HTTP server on a local model, with kvkeep caches",
- *     usage: "kvkeep serve --model PATH [--host H] [--port N] [--root DIR] …",
+ *     usage: "kvkeep serve --model PATH|hf:URI|URL [--models-dir DIR] [--host H] [--port N] [--root DIR] …",
  *     raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
  *   },
  */
@@ -27,7 +27,7 @@ import { verifyCommand } from "./verify.js";
 const serveCommand: RawCommand = {
   name: "serve",
   summary: "an OpenAI-compatible HTTP server on a local model, whose conversations keep their KV caches",
-  usage: "kvkeep serve --model PATH [--host H] [--port N] [--ctx N] [--parallel N] [--root DIR] [--api-key KEY] [--max-bytes SIZE]",
+  usage: "kvkeep serve --model PATH|hf:URI|URL [--models-dir DIR] [--host H] [--port N] [--ctx N] [--parallel N] [--root DIR] [--api-key KEY] [--max-bytes SIZE]",
   // Imported when it runs: Fastify, prom-client and node-llama-cpp load only for `serve`.
   raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
 };

@@ -196,11 +196,14 @@ export async function withRemote<T>(target: RemoteTarget, work: (remote: OpenRem
 }
 
 /** Every state the tier lists (or one key's), as REMOTE_UNAVAILABLE with the URL when it cannot. */
-export async function listRemote(remote: OpenRemote, filter?: { cacheKey: string; modelId?: string | undefined }): Promise<RemoteListing[]> {
+export async function listRemote(
+  remote: OpenRemote,
+  filter?: { cacheKey: string; modelId?: string | undefined; scopeId?: string | null | undefined },
+): Promise<RemoteListing[]> {
   if (filter) assertCacheKey(filter.cacheKey, "cacheKey");
   const out: RemoteListing[] = [];
   try {
-    for await (const state of remote.tier.list(filter ? { cacheKey: filter.cacheKey } : undefined)) {
+    for await (const state of remote.tier.list(filter ? { cacheKey: filter.cacheKey, scopeId: filter.scopeId ?? null } : undefined)) {
       if (filter?.modelId === undefined || state.id.modelId === filter.modelId) out.push(state);
     }
   } catch (error) {
@@ -212,6 +215,7 @@ export async function listRemote(remote: OpenRemote, filter?: { cacheKey: string
 /** A remote state as scan and gc print it in JSON. */
 export function listingJson(state: RemoteListing, now: number) {
   return {
+    scopeId: state.id.scopeId ?? null,
     cacheKey: state.id.cacheKey,
     modelId: state.id.modelId,
     fingerprint: state.id.fingerprint,

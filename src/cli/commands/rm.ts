@@ -7,27 +7,34 @@ import { formatBytes, plural, renderTable } from "../format.js";
 import { confirm } from "../io.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { openCliStore } from "../store.js";
+import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
 import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "./remote.js";
 
 interface Target {
+  /** The key's scope (its id), null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   caches: CacheRecord[];
 }
+
+/** One key of one scope, as a map key (NUL cannot occur in a key or a scope id). */
+const spaceKey = (scopeId: string | null | undefined, cacheKey: string): string => `${scopeId ?? ""}\0${cacheKey}`;
 
 const sumBytes = (caches: readonly CacheRecord[]): number => caches.reduce((sum, c) => sum + c.bytes, 0);
 
 export const rmCommand: ParsedCommand = {
   name: "rm",
   summary: "remove the caches of one or more keys (or --all, with confirmation); --remote: from Redis too",
-  usage: "kvkeep rm <key>... [--model ID] [--dry-run] [--remote URL]  |  kvkeep rm --all [--yes] [--dry-run] [--remote URL]",
+  usage: "kvkeep rm <key>... [--model ID] [--scope SCOPE | --scope-id ID] [--dry-run] [--remote URL]  |  kvkeep rm --all [--yes] [--dry-run] [--remote URL]",
   description:
-    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). --all removes every cache under the root: on a terminal it asks first; without a terminal it needs --yes. With --remote the shared Redis tier's copies go too (for --all, everything under --remote-prefix), and each delete leaves a tombstone so an upload still in flight from another machine cannot bring it back; a key then counts as found if it was on disk or in Redis. Redis is reached before anything is removed: when it cannot be, rm exits 1 and removes nothing. Only files kvkeep can prove are its own go (a cache whose manifest names it, its manifest, an empty lock file, a dead writer's temp); the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt.",
+    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). Keys are those of the shared space unless --scope or --scope-id names an isolation scope: the same key in another scope is another conversation and stays. --all removes every cache under the root, every scope's: on a terminal it asks first; without a terminal it needs --yes. With --remote the shared Redis tier's copies go too (for --all, everything under --remote-prefix), and each delete leaves a tombstone so an upload still in flight from another machine cannot bring it back; a key then counts as found if it was on disk or in Redis. Redis is reached before anything is removed: when it cannot be, rm exits 1 and removes nothing. Only files kvkeep can prove are its own go (a cache whose manifest names it, its manifest, an empty lock file, a dead writer's temp); the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt.",
   options: {
     model: { type: "string", value: "ID", help: "only this model's caches of the keys" },
     all: { type: "boolean", help: "every cache under the root (and in Redis, with --remote)" },
     yes: { type: "boolean", short: "y", help: "do not ask before --all (required when stdin is not a terminal)" },
     "dry-run": { type: "boolean", help: "print what it would remove; remove nothing" },
     ...ADOPT_OPTION,
+    ...SCOPE_OPTIONS,
     ...REMOTE_OPTIONS,
   },
   positionals: { name: "a cache key (or --all)", min: 0, max: Infinity },
@@ -37,6 +44,7 @@ export const rmCommand: ParsedCommand = {
     ["kvkeep rm --all --dry-run", "list everything --all would remove"],
     ["kvkeep rm --all --yes", "everything, no question (scripts)"],
     ["kvkeep rm chat-42 --remote redis://redis:6379", "chat-42 here and for the whole fleet"],
+    ["kvkeep rm chat-42 --scope-id 5d41402abc4b2a76b9719d911017c592", "chat-42 of one scope (the SCOPE column of kvkeep scan)"],
   ],
   async run(ctx) {
     const all = ctx.options.all === true;
@@ -45,14 +53,17 @@ export const rmCommand: ParsedCommand = {
     const keys = [...ctx.positionals];
     if (all && keys.length > 0) throw usageError(`--all takes no keys (got ${keys.map((k) => JSON.stringify(k)).join(" ")}).`);
     if (all && model !== undefined) throw usageError("--all removes every model's caches; --model goes with keys: kvkeep rm <key>... --model ID.");
+    const scopeId = scopeIdFromOptions(ctx.options);
+    if (all && scopeId !== undefined) throw usageError("--all removes every scope's caches; --scope goes with keys: kvkeep rm <key>... --scope SCOPE.");
     if (!all && keys.length === 0) throw usageError("give at least one cache key, or --all.");
     for (const key of keys) assertCacheKey(key, "cacheKey");
     if (model !== undefined) assertModelId(model, "--model");
     const target = remoteTarget(ctx.options);
     const root = await localRoot(ctx, target);
     if (root) assertKvkeepRoot(ctx, root);
-    if (!target) return removeLocal(ctx, root!, { all, model, dryRun, keys });
-    return withRemote(target, (remote) => removeBoth(ctx, root, remote, { all, model, dryRun, keys }));
+    const req: RmRequest = { all, model, dryRun, keys, scopeId: scopeId ?? null };
+    if (!target) return removeLocal(ctx, root!, req);
+    return withRemote(target, (remote) => removeBoth(ctx, root, remote, req));
   },
 };
 
@@ -61,6 +72,8 @@ interface RmRequest {
   model: string | undefined;
   dryRun: boolean;
   keys: string[];
+  /** The scope of the keys (its id), null for the shared space. */
+  scopeId: string | null;
 }
 
 /** The local caches the request covers (none without a root), and the keys that have none. */
@@ -70,14 +83,18 @@ async function planLocal(ctx: CommandContext, root: RootState | null, req: RmReq
   if (root === null) return { targets, missing: req.all ? [] : [...new Set(req.keys)] };
   if (req.all) {
     const { caches } = await readRoot(ctx.root);
-    const byKey = new Map<string, CacheRecord[]>();
-    for (const c of caches.filter((c) => c.owned)) byKey.set(c.cacheKey, [...(byKey.get(c.cacheKey) ?? []), c]);
-    for (const [cacheKey, list] of byKey) targets.push({ cacheKey, caches: list });
+    const byKey = new Map<string, Target>();
+    for (const c of caches.filter((c) => c.owned)) {
+      const key = spaceKey(c.scopeId, c.cacheKey);
+      if (!byKey.has(key)) byKey.set(key, { scopeId: c.scopeId, cacheKey: c.cacheKey, caches: [] });
+      byKey.get(key)!.caches.push(c);
+    }
+    targets.push(...byKey.values());
   } else {
     for (const cacheKey of new Set(req.keys)) {
-      const dirs = await scanKeyDir(ctx.root, cacheKey, req.model);
+      const dirs = await scanKeyDir(ctx.root, cacheKey, req.model, false, req.scopeId);
       if (dirs.length === 0) missing.push(cacheKey);
-      else targets.push({ cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat().filter((c) => c.owned) });
+      else targets.push({ scopeId: req.scopeId, cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat().filter((c) => c.owned) });
     }
   }
   return { targets, missing };
@@ -112,7 +129,17 @@ async function executeLocal(ctx: CommandContext, root: RootState, req: RmRequest
   };
   try {
     if (req.all) count(await store.deleteReporting({ all: true }));
-    else for (const t of targets) count(await store.deleteReporting({ kvCacheKey: t.cacheKey, ...(req.model !== undefined ? { modelId: req.model } : {}) }));
+    else {
+      for (const t of targets) {
+        count(
+          await store.deleteReporting({
+            kvCacheKey: t.cacheKey,
+            ...(req.model !== undefined ? { modelId: req.model } : {}),
+            ...(t.scopeId !== null ? { scopeId: t.scopeId } : {}),
+          }),
+        );
+      }
+    }
   } finally {
     await store.close();
   }
@@ -126,13 +153,18 @@ function filesLine(removed: Removed): string[] {
 }
 
 function localJson(t: Target, model: string | undefined) {
-  return { cacheKey: t.cacheKey, ...(model !== undefined ? { modelId: model } : {}), caches: t.caches.length, bytes: sumBytes(t.caches) };
+  return { scopeId: t.scopeId, cacheKey: t.cacheKey, ...(model !== undefined ? { modelId: model } : {}), caches: t.caches.length, bytes: sumBytes(t.caches) };
+}
+
+/** The SCOPE column, when any row is of a scope (a root without scopes prints as before). */
+function scopeColumn(scopeIds: ReadonlyArray<string | null>): boolean {
+  return scopeIds.some((s) => s !== null);
 }
 
 function missingError(req: RmRequest, missing: readonly string[], found: number, where: string): CliError {
   return new CliError(
     "NOT_FOUND",
-    `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${req.model !== undefined ? ` with model ${JSON.stringify(req.model)}` : ""} ${where}${found > 0 ? ` (${found === 1 ? "the other key" : `the other ${found} keys`} ${req.dryRun ? "would be" : found === 1 ? "was" : "were"} removed)` : ""}.`,
+    `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${req.model !== undefined ? ` with model ${JSON.stringify(req.model)}` : ""}${req.scopeId !== null ? ` in scope ${req.scopeId}` : ""} ${where}${found > 0 ? ` (${found === 1 ? "the other key" : `the other ${found} keys`} ${req.dryRun ? "would be" : found === 1 ? "was" : "were"} removed)` : ""}.`,
   );
 }
 
@@ -153,10 +185,15 @@ async function removeLocal(ctx: CommandContext, root: RootState, req: RmRequest)
           ? `nothing to remove: no caches under ${ctx.root}`
           : []
         : [
-            ...renderTable(
-              [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
-              targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
-            ),
+            ...(scopeColumn(targets.map((t) => t.scopeId))
+              ? renderTable(
+                  [{ header: "KEY" }, { header: "SCOPE" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
+                  targets.map((t) => [t.cacheKey, shownScope(t.scopeId), String(t.caches.length), formatBytes(sumBytes(t.caches))]),
+                )
+              : renderTable(
+                  [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
+                  targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
+                )),
             `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) of ${plural(targets.length, "key")}${req.model !== undefined ? ` for model ${req.model}` : ""}`,
             ...(req.dryRun ? [] : filesLine(files)),
           ],
@@ -166,6 +203,7 @@ async function removeLocal(ctx: CommandContext, root: RootState, req: RmRequest)
 }
 
 interface RemoteRemoval {
+  scopeId: string | null;
   cacheKey: string;
   /** States the tier removed (listed, for a dry run). */
   states: number;
@@ -181,8 +219,11 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
   const local = await planLocal(ctx, root, req);
   const listed = req.all
     ? await listRemote(remote)
-    : (await Promise.all([...new Set(req.keys)].map((cacheKey) => listRemote(remote, { cacheKey, modelId: req.model })))).flat();
-  const remoteKeys = req.all ? [...new Set(listed.map((s) => s.id.cacheKey))].sort() : [...new Set(req.keys)];
+    : (await Promise.all([...new Set(req.keys)].map((cacheKey) => listRemote(remote, { cacheKey, modelId: req.model, scopeId: req.scopeId })))).flat();
+  // (scope, key) pairs: the same key in two scopes is two conversations.
+  const remoteKeys: Array<{ scopeId: string | null; cacheKey: string }> = req.all
+    ? [...new Map(listed.map((s) => [spaceKey(s.id.scopeId, s.id.cacheKey), { scopeId: s.id.scopeId ?? null, cacheKey: s.id.cacheKey }])).values()]
+    : [...new Set(req.keys)].map((cacheKey) => ({ scopeId: req.scopeId, cacheKey }));
   const allCaches = local.targets.flatMap((t) => t.caches);
   const where = describeTarget(remote.target);
   if (req.all && !req.dryRun && (allCaches.length > 0 || listed.length > 0)) {
@@ -193,9 +234,9 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
   }
   const files = root !== null ? await executeLocal(ctx, root, req, local.targets) : { removedFiles: 0, leftFiles: [] };
 
-  const removals: RemoteRemoval[] = remoteKeys.map((cacheKey) => {
-    const mine = listed.filter((s) => s.id.cacheKey === cacheKey);
-    return { cacheKey, states: mine.length, bytes: sumSizes(mine) };
+  const removals: RemoteRemoval[] = remoteKeys.map(({ scopeId, cacheKey }) => {
+    const mine = listed.filter((s) => s.id.cacheKey === cacheKey && (s.id.scopeId ?? null) === scopeId);
+    return { scopeId, cacheKey, states: mine.length, bytes: sumSizes(mine) };
   });
   let failure: string | null = null;
   if (!req.dryRun) {
@@ -206,7 +247,7 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
       }
     } else {
       for (const removal of removals) {
-        const outcome = await remote.tier.remove({ cacheKey: removal.cacheKey, modelId: req.model });
+        const outcome = await remote.tier.remove({ cacheKey: removal.cacheKey, modelId: req.model, scopeId: removal.scopeId });
         if (!outcome.ok) {
           failure = `${JSON.stringify(removal.cacheKey)} and the keys after it: ${outcome.reason}`;
           removals.splice(removals.indexOf(removal));
@@ -217,11 +258,13 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
     }
   }
   const removedRemote = removals.filter((r) => r.states > 0);
-  const found = new Set([...local.targets.map((t) => t.cacheKey), ...removedRemote.map((r) => r.cacheKey)]);
-  const missing = req.all || failure !== null ? [] : [...new Set(req.keys)].filter((k) => !found.has(k));
+  const found = new Map<string, { scopeId: string | null; cacheKey: string }>();
+  for (const k of [...local.targets, ...removedRemote]) found.set(spaceKey(k.scopeId, k.cacheKey), { scopeId: k.scopeId, cacheKey: k.cacheKey });
+  const missing = req.all || failure !== null ? [] : [...new Set(req.keys)].filter((k) => !found.has(spaceKey(req.scopeId, k)));
 
   const verb = req.dryRun ? "would remove" : "removed";
-  const keyOrder = [...found].sort();
+  const keyOrder = [...found.keys()].sort();
+  const withScope = scopeColumn([...found.values()].map((k) => k.scopeId));
   ctx.print(
     {
       root: ctx.root,
@@ -244,11 +287,26 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
       const remoteBytes = removedRemote.reduce((sum, r) => sum + r.bytes, 0);
       return [
         ...renderTable(
-          [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }, { header: "REMOTE", align: "right" }, { header: "REMOTE SIZE", align: "right" }],
+          [
+            { header: "KEY" },
+            ...(withScope ? [{ header: "SCOPE" }] : []),
+            { header: "CACHES", align: "right" },
+            { header: "SIZE", align: "right" },
+            { header: "REMOTE", align: "right" },
+            { header: "REMOTE SIZE", align: "right" },
+          ],
           keyOrder.map((k) => {
-            const t = local.targets.find((x) => x.cacheKey === k);
-            const r = removedRemote.find((x) => x.cacheKey === k);
-            return [k, String(t?.caches.length ?? 0), formatBytes(t ? sumBytes(t.caches) : 0), String(r?.states ?? 0), formatBytes(r?.bytes ?? 0)];
+            const { scopeId, cacheKey } = found.get(k)!;
+            const t = local.targets.find((x) => spaceKey(x.scopeId, x.cacheKey) === k);
+            const r = removedRemote.find((x) => spaceKey(x.scopeId, x.cacheKey) === k);
+            return [
+              cacheKey,
+              ...(withScope ? [shownScope(scopeId)] : []),
+              String(t?.caches.length ?? 0),
+              formatBytes(t ? sumBytes(t.caches) : 0),
+              String(r?.states ?? 0),
+              formatBytes(r?.bytes ?? 0),
+            ];
           }),
         ),
         `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) here and ${plural(remoteStates, "remote state")} (${formatBytes(remoteBytes)}) from ${where}${req.model !== undefined ? `, model ${req.model}` : ""}`,

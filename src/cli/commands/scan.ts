@@ -4,12 +4,14 @@ import { readRoot, totals } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
-import { checkRoot, noteIfNotRoot } from "../root.js";
+import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";
+import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
 import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
 
-/** The columns a local and a remote listing start with. */
-const CACHE_COLUMNS: readonly Column[] = [
+/** The columns a local and a remote listing start with (SCOPE only on a root that has scopes). */
+const cacheColumns = (withScope: boolean): Column[] => [
   { header: "KEY" },
+  ...(withScope ? [{ header: "SCOPE" }] : []),
   { header: "MODEL" },
   { header: "CONFIG" },
   { header: "SIZE", align: "right" },
@@ -19,11 +21,12 @@ const CACHE_COLUMNS: readonly Column[] = [
 export const scanCommand: ParsedCommand = {
   name: "scan",
   summary: "every cache: key, model, size, messages, last use (changes nothing)",
-  usage: "kvkeep scan [--max-bytes SIZE] [--root DIR] [--json]  |  kvkeep scan --remote URL [--remote-prefix PREFIX] [--json]",
+  usage: "kvkeep scan [--max-bytes SIZE] [--scope SCOPE | --scope-id ID] [--root DIR] [--json]  |  kvkeep scan --remote URL [--remote-prefix PREFIX] [--json]",
   description:
-    "Lists every cache under the root with its size, the messages its committed state covers and when it was last used, and flags a cache a turn would not trust (no manifest, unreadable manifest). On a terminal a bar above the table shows the disk used by auto caches (evictable) and named ones against the retention budget. With --remote it lists what the shared Redis tier holds instead (the root is not read): each state's key, model, config, size, messages, when it was committed, when it was last uploaded or downloaded, when it expires, and whether its chunks are gone. It only reads: listing is not a use, and changes no expiry.",
+    "Lists every cache under the root with its size, the messages its committed state covers and when it was last used, and flags a cache a turn would not trust (no manifest, unreadable manifest). A cache of an isolation scope shows the scope's id (a hash: kvkeep never stores the scope itself) in a SCOPE column; --scope or --scope-id lists only that scope's. On a terminal a bar above the table shows the disk used by auto caches (evictable) and named ones against the retention budget. With --remote it lists what the shared Redis tier holds instead (the root is not read): each state's key, model, config, size, messages, when it was committed, when it was last uploaded or downloaded, when it expires, and whether its chunks are gone. It only reads: listing is not a use, and changes no expiry.",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "the budget the bar is drawn against (default 4G, the store's default maxBytes)" },
+    ...SCOPE_OPTIONS,
     ...REMOTE_OPTIONS,
   },
   positionals: { name: "", min: 0, max: 0 },
@@ -35,13 +38,17 @@ export const scanCommand: ParsedCommand = {
   ],
   async run(ctx) {
     const target = remoteTarget(ctx.options);
+    const scopeId = scopeIdFromOptions(ctx.options);
     if (target) {
       if (ctx.options["max-bytes"] !== undefined) throw usageError("--max-bytes draws the local budget bar; scan --remote lists the Redis tier (see kvkeep gc --remote-max-bytes).");
-      return scanRemote(ctx, target);
+      return scanRemote(ctx, target, scopeId);
     }
     const budget = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
-    noteIfNotRoot(ctx, await checkRoot(ctx.root));
-    const { caches } = await readRoot(ctx.root);
+    const state = await checkRootToRead(ctx.root);
+    if (state === null) ctx.note(noRootYet(ctx.root));
+    else noteIfNotRoot(ctx, state);
+    const caches = state !== null ? (await readRoot(ctx.root)).caches.filter((c) => scopeId === undefined || c.scopeId === scopeId) : [];
+    const withScope = caches.some((c) => c.scopeId !== null);
     const now = Date.now();
     ctx.print(
       caches.map((c) => ({ ...c, lastUsed: new Date(c.lastUsedMs).toISOString() })),
@@ -50,9 +57,10 @@ export const scanCommand: ParsedCommand = {
         const sum = totals(caches);
         const anyProblem = caches.some((c) => c.problem);
         const table = renderTable(
-          [...CACHE_COLUMNS, { header: "LAST USE" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
+          [...cacheColumns(withScope), { header: "LAST USE" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
           caches.map((c) => [
             c.cacheKey,
+            ...(withScope ? [shownScope(c.scopeId)] : []),
             c.modelId,
             c.configHash,
             formatBytes(c.bytes),
@@ -70,8 +78,11 @@ export const scanCommand: ParsedCommand = {
 };
 
 /** `kvkeep scan --remote`: the states the Redis tier holds, newest commit first within a key. */
-async function scanRemote(ctx: CommandContext, target: RemoteTarget): Promise<number> {
-  const { states, cluster } = await withRemote(target, async (remote) => ({ states: await listRemote(remote), cluster: remote.cluster }));
+async function scanRemote(ctx: CommandContext, target: RemoteTarget, scopeId: string | undefined): Promise<number> {
+  const listed = await withRemote(target, async (remote) => ({ states: await listRemote(remote), cluster: remote.cluster }));
+  const { cluster } = listed;
+  const states = listed.states.filter((s) => scopeId === undefined || (s.id.scopeId ?? null) === scopeId);
+  const withScope = states.some((s) => s.id.scopeId != null);
   states.sort(
     (a, b) =>
       (a.id.cacheKey < b.id.cacheKey ? -1 : a.id.cacheKey > b.id.cacheKey ? 1 : 0) ||
@@ -87,9 +98,10 @@ async function scanRemote(ctx: CommandContext, target: RemoteTarget): Promise<nu
       const sum = remoteTotals(states);
       const anyProblem = states.some((s) => !s.whole);
       const table = renderTable(
-        [...CACHE_COLUMNS, { header: "COMMITTED" }, { header: "LAST USE" }, { header: "EXPIRES" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
+        [...cacheColumns(withScope), { header: "COMMITTED" }, { header: "LAST USE" }, { header: "EXPIRES" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
         states.map((s) => [
           s.id.cacheKey,
+          ...(withScope ? [shownScope(s.id.scopeId)] : []),
           s.id.modelId,
           s.id.configHash,
           formatBytes(s.size),

@@ -12,12 +12,14 @@ import type { ParsedCommand } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
-import { ADOPT_OPTION, assertKvkeepRoot, checkRoot, markAdopted, noteIfNotRoot } from "../root.js";
+import { ADOPT_OPTION, assertKvkeepRoot, checkRoot, checkRootToRead, markAdopted, noRootYet, noteIfNotRoot } from "../root.js";
 
 /** `foreign`: a `.bin` no kvkeep manifest names — not kvkeep's, never removed, not a failure. */
 type Status = "ok" | "bad" | "removed" | "busy" | "error" | "foreign";
 
 interface Result {
+  /** The cache's scope id, null for the shared space. */
+  scopeId: string | null;
   cacheKey: string;
   modelId: string;
   configHash: string;
@@ -41,7 +43,13 @@ async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true
   const read = await readManifest(cache.cachePath);
   if ("missing" in read) return { ok: false, reason: "cache file has no manifest" };
   if ("error" in read) return { ok: false, reason: read.error };
-  const expect = { modelId: cache.modelId, configHash: cache.configHash, cacheKey: cache.cacheKey, fingerprint: read.manifest.fingerprint };
+  const expect = {
+    ...(cache.scopeId !== null ? { scope: cache.scopeId } : {}),
+    modelId: cache.modelId,
+    configHash: cache.configHash,
+    cacheKey: cache.cacheKey,
+    fingerprint: read.manifest.fingerprint,
+  };
   const verdict = judgeFile(read.manifest, expect, identity);
   if (verdict.verdict === "reject") return { ok: false, reason: verdict.reason };
   const candidates = verdict.verdict === "match" ? [verdict.entry] : verdict.candidates.map((c) => c.entry);
@@ -70,22 +78,26 @@ export const verifyCommand: ParsedCommand = {
   ],
   async run(ctx) {
     const fix = ctx.options.fix === true;
-    const root = await checkRoot(ctx.root);
-    if (fix) {
-      assertKvkeepRoot(ctx, root);
-      markAdopted(ctx, root);
+    // Without --fix it only reads: a root that does not exist yet has 0 caches, all fine.
+    const state = fix ? await checkRoot(ctx.root) : await checkRootToRead(ctx.root);
+    if (state === null) {
+      ctx.note(noRootYet(ctx.root));
+    } else if (fix) {
+      assertKvkeepRoot(ctx, state);
+      markAdopted(ctx, state);
     } else {
-      noteIfNotRoot(ctx, root);
+      noteIfNotRoot(ctx, state);
     }
+    const root = state ?? { readOnly: false, readOnlyReason: null };
     const started = Date.now();
-    const { caches } = await readRoot(ctx.root);
+    const { caches } = state === null ? { caches: [] } : await readRoot(ctx.root);
     const nfs = loadNativeFs();
     const totalBytes = caches.reduce((sum, c) => sum + c.bytes, 0);
     const progress = progressBar(ctx.io.stderr, { label: "verifying", totalBytes, totalItems: caches.length, enabled: !ctx.json });
     const results: Result[] = [];
     let doneBytes = 0;
     for (const cache of caches) {
-      const base = { cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
+      const base = { scopeId: cache.scopeId, cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
       results.push({ ...base, ...(await verifyOne(nfs, ctx.root, cache, fix, root.readOnly)) });
       doneBytes += cache.bytes;
       progress.update(doneBytes, results.length);

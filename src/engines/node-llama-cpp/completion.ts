@@ -20,6 +20,7 @@ import { getDefaultStore } from "../../default-store.js";
 import { statIdentity } from "../../durable/files.js";
 import { KvKeepError } from "../../errors.js";
 import { messageKeyChain } from "../../keys/auto-key.js";
+import { assertScope } from "../../keys/scope.js";
 import { generateConfigHash } from "../../keys/config-hash.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { type FileIdentity, sameIdentity } from "../../manifest/format.js";
@@ -41,9 +42,32 @@ import { type LlamaTool, primeTokens, renderPrompt } from "./render.js";
 import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 import { StopTextStream } from "./stop-text-stream.js";
 
+/**
+ * A node-llama-cpp 3 `LlamaModel`, described by the members kvkeep's types rely on rather
+ * than imported: an app's model comes from the app's own copy of node-llama-cpp, and
+ * node-llama-cpp's classes have private members, so TypeScript refuses a `LlamaModel` of one
+ * copy where another copy's is declared (TS2322, "separate declarations of a private
+ * property"). In a local-path install kvkeep's declarations would resolve node-llama-cpp
+ * from the checkout's dev copy. Any copy's `LlamaModel` fits this.
+ */
+export interface LlamaModelLike {
+  readonly filename: string | undefined;
+  readonly fileInfo: object;
+  readonly fileInsights: { readonly isRecurrent: boolean; readonly isHybrid: boolean; readonly swaSize: number | undefined };
+  readonly trainContextSize: number;
+  tokenize(text: string, specialTokens?: boolean): readonly number[];
+  detokenize(tokens: readonly number[], specialTokens?: boolean): string;
+  createContext(options?: object): Promise<object>;
+}
+
+/** A node-llama-cpp `ChatWrapper` from any copy of node-llama-cpp (see `LlamaModelLike`). */
+export interface ChatWrapperLike {
+  readonly wrapperName: string;
+}
+
 export interface LlamaCppCompletionOptions {
-  /** The loaded model. The adapter never disposes it. */
-  model: LlamaModel;
+  /** The loaded model (node-llama-cpp's `LlamaModel`, from the app's copy). The adapter never disposes it. */
+  model: LlamaModelLike;
   /** The kvkeep store. Default: the default store (root from `KVKEEP_DIR`, else the XDG cache dir). */
   store?: KvCacheStore | undefined;
   /** The model id caches are filed under. Default: the model's file name, made a safe path component. */
@@ -57,8 +81,8 @@ export interface LlamaCppCompletionOptions {
   threads?: number | undefined;
   /** Further context options (flash attention, KV cache types, batch size); they enter the fingerprint. */
   contextOptions?: Omit<LlamaContextOptions, "contextSize" | "threads" | "sequences"> | undefined;
-  /** The chat wrapper. Default: the one node-llama-cpp resolves for the model. */
-  chatWrapper?: ChatWrapper | undefined;
+  /** The chat wrapper (a node-llama-cpp `ChatWrapper`). Default: the one node-llama-cpp resolves for the model. */
+  chatWrapper?: ChatWrapperLike | undefined;
   /**
    * Identifies model + state layout in each cache's manifest. Default: derived from the GGUF
    * metadata and tensor info, sampled weight bytes, file size, the llama.cpp release and the
@@ -80,6 +104,12 @@ export interface LlamaCppCompletionOptions {
    * Default: true.
    */
   prefixReuse?: boolean | undefined;
+  /**
+   * The scope of every call that names none (`CompletionParams.scope`): whose conversations
+   * these are. Calls of different scopes never share a cache or a prefix. Default: none (the
+   * store's shared space).
+   */
+  scope?: string | undefined;
 }
 
 export interface CompletionParams {
@@ -87,6 +117,12 @@ export interface CompletionParams {
   history: readonly CacheMessage[];
   /** A session name (named cache), `true` (auto mode: keyed by the history) or `false` (no cache, cold). */
   kvCache: string | boolean;
+  /**
+   * Whose conversation this is — a user, a tenant, an API key (`SessionOptions.scope`): its
+   * caches, and the caches its turns may start from, are that scope's only. The same
+   * `kvCache` name in two scopes is two conversations. Default: the adapter's `scope`.
+   */
+  scope?: string | undefined;
   /** Tools to describe to the model; their names enter the config hash. */
   tools?: readonly LlamaTool[] | undefined;
   /** Stop after this many generated tokens. Default: until the model ends its reply or the context is full. */
@@ -195,7 +231,6 @@ export interface LlamaCppCompletion {
 interface Engine {
   context: LlamaContext;
   sequence: LlamaContextSequence;
-  session: KvCacheSession;
   fingerprint: string;
   /**
    * How far a state loaded from a file may be cut back: any prefix for attention models, one
@@ -250,10 +285,14 @@ function validateParams(params: CompletionParams): void {
   if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((t) => typeof t !== "string" || t.length === 0))) {
     throw bad("stop must be an array of non-empty strings.", "stop");
   }
+  if (params.scope !== undefined) assertScope(params.scope);
 }
 
+/** The options with node-llama-cpp's own types: what the caller passed is node-llama-cpp's objects. */
+type EngineOptions = Omit<LlamaCppCompletionOptions, "model" | "chatWrapper"> & { model: LlamaModel; chatWrapper?: ChatWrapper | undefined };
+
 export class LlamaCppCompletionImpl implements LlamaCppCompletion {
-  readonly #options: LlamaCppCompletionOptions;
+  readonly #options: EngineOptions;
   readonly #store: KvCacheStore;
   readonly #modelId: string;
   readonly #wrapper: ChatWrapper;
@@ -263,13 +302,15 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   #holding: Holding | null = null;
   #disposed = false;
 
-  constructor(options: LlamaCppCompletionOptions) {
-    if (!options?.model) throw new KvKeepError("INVALID_ARGUMENT", "createLlamaCppCompletion needs a loaded model.", { argument: "model" });
+  constructor(given: LlamaCppCompletionOptions) {
+    if (!given?.model) throw new KvKeepError("INVALID_ARGUMENT", "createLlamaCppCompletion needs a loaded model.", { argument: "model" });
+    const options = given as unknown as EngineOptions;
     this.#options = options;
     this.#store = options.store ?? getDefaultStore();
     this.#modelId = options.modelId ?? modelIdFromModel(options.model);
     this.#wrapper = options.chatWrapper ?? resolveChatWrapper(options.model);
     this.#logger = options.logger ?? silentLogger;
+    if (options.scope !== undefined) assertScope(options.scope);
   }
 
   completion(params: CompletionParams): Promise<CompletionResult> {
@@ -335,12 +376,8 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         );
       }
       const fingerprint = this.#options.fingerprint ?? (await fingerprintModel(model, context, modelPath));
-      const session = this.#store.createSession(this.#modelId, {
-        fingerprint,
-        ...(this.#options.logger ? { logger: this.#options.logger } : {}),
-      });
       const trim = stateTrimPolicy(readStateTrimTraits(model, this.#options.contextOptions ?? {}));
-      return { context, sequence: context.getSequence(), session, fingerprint, trim };
+      return { context, sequence: context.getSequence(), fingerprint, trim };
     })();
     this.#engine.catch(() => (this.#engine = null));
     return this.#engine;
@@ -352,7 +389,14 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     const engine = await this.#openEngine();
     // The clock starts once the engine is open: creating the context is a one-time cost.
     const started = now();
-    const { sequence, session } = engine;
+    const { sequence } = engine;
+    const scope = params.scope ?? this.#options.scope;
+    // A session per call (cheap: no I/O): the call's scope decides where its caches live.
+    const session = this.#store.createSession(this.#modelId, {
+      fingerprint: engine.fingerprint,
+      ...(scope !== undefined ? { scope } : {}),
+      ...(this.#options.logger ? { logger: this.#options.logger } : {}),
+    });
     const prompt = renderPrompt(model, this.#wrapper, params.history, params.tools);
     if (prompt.tokens.length >= sequence.contextSize) {
       throw new KvKeepError("INVALID_ARGUMENT", `the prompt (${prompt.tokens.length} tokens) does not fit the context (${sequence.contextSize}).`, {
@@ -393,7 +437,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
         primeStart = { source: "none", sourceKey: null, loadMs: 0, kept: 0, reach: 0 };
         // (Only where a state can be cut back to its system prompt: attention models.)
         if (systemMessages > 0 && engine.trim.maxCutBack === Number.POSITIVE_INFINITY) {
-          const borrowed = await this.#borrow(engine, params.history, configHash, [], systemMessages);
+          const borrowed = await this.#borrow(engine, scope, params.history, configHash, [], systemMessages);
           if (borrowed) {
             const reach = this.#cutTo(sequence, prompt.tokens, prompt.tokens.length - 1);
             primeStart = { ...borrowed, kept: this.#cutTo(sequence, tokens, tokens.length), reach };
@@ -417,7 +461,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
       const reloadPrimeSource = turn.primed && primeStart.reach > primeStart.kept + RELOAD_AFTER_PRIME_TOKENS;
       const minCommon = reloadPrimeSource ? Math.max(1, ownDepth) : ownDepth + 1;
       const borrowed =
-        minCommon <= params.history.length ? await this.#borrow(engine, params.history, configHash, [turn.cachePath], minCommon) : null;
+        minCommon <= params.history.length ? await this.#borrow(engine, scope, params.history, configHash, [turn.cachePath], minCommon) : null;
       if (borrowed) start = borrowed;
       else if (!turn.primed && !(await this.#holds(turn))) {
         this.#holding = null;
@@ -471,12 +515,13 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   }
 
   /**
-   * Load the cache of another conversation sharing at least `minCommon` leading messages of
-   * `history` (read-only, held only while loading), or nothing. Never fails the turn: a
-   * source the engine cannot load is logged, and the turn goes on without it.
+   * Load the cache of another conversation of the same scope sharing at least `minCommon`
+   * leading messages of `history` (read-only, held only while loading), or nothing. Never
+   * fails the turn: a source the engine cannot load is logged, and the turn goes on without it.
    */
   async #borrow(
     engine: Engine,
+    scope: string | undefined,
     history: readonly CacheMessage[],
     configHash: string,
     exclude: string[],
@@ -488,6 +533,7 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
     try {
       const lent = await this.#store.borrowPrefix(
         {
+          ...(scope !== undefined ? { scope } : {}),
           modelId: this.#modelId,
           fingerprint: engine.fingerprint,
           configHash,

@@ -8,12 +8,21 @@
 import type { LlamaContext, LlamaModel } from "node-llama-cpp";
 import { xxh64Hex } from "../../keys/hash.js";
 import { sampleFile, stableJson } from "../fingerprint-parts.js";
+import type { LlamaModelLike } from "./completion.js";
+
+/** A node-llama-cpp `LlamaContext` from any copy of node-llama-cpp (see `LlamaModelLike`). */
+export interface LlamaContextLike {
+  readonly contextSize: number;
+  readonly flashAttention: unknown;
+  readonly kvCacheKeyType: unknown;
+  readonly kvCacheValueType: unknown;
+}
 
 /**
  * The model file's path: given, else node-llama-cpp's internal `_modelPath` (its public API
  * exposes only the base name), else null.
  */
-export function modelFilePath(model: LlamaModel, given?: string): string | null {
+export function modelFilePath(model: LlamaModelLike, given?: string): string | null {
   if (given) return given;
   const internal = (model as unknown as { _modelPath?: unknown })._modelPath;
   return typeof internal === "string" ? internal : null;
@@ -24,7 +33,9 @@ export function modelFilePath(model: LlamaModel, given?: string): string | null 
  * Without the model file (`modelPath` null) the weights cannot be sampled, and two models
  * of the same shape with different weights get the same fingerprint.
  */
-export async function fingerprintModel(model: LlamaModel, context: LlamaContext, modelPath: string | null = modelFilePath(model)): Promise<string> {
+export async function fingerprintModel(given: LlamaModelLike, givenContext: LlamaContextLike, modelPath: string | null = modelFilePath(given)): Promise<string> {
+  const model = given as unknown as LlamaModel;
+  const context = givenContext as unknown as LlamaContext;
   const file = modelPath ? await sampleFile(modelPath) : { size: model.size, sample: "no-file" };
   const parts = {
     format: "kvkeep-llama-fp-1",
@@ -41,7 +52,7 @@ export async function fingerprintModel(model: LlamaModel, context: LlamaContext,
 }
 
 /** A model id that is one safe path component, from the model's file name. */
-export function modelIdFromModel(model: LlamaModel): string {
+export function modelIdFromModel(model: LlamaModelLike): string {
   const base = (model.filename ?? "model").split(/[\\/]/).pop()!.replace(/\.gguf$/i, "");
   const safe = base.replace(/[^A-Za-z0-9._-]/g, "_").replace(/^\.+/, "_").slice(0, 200);
   return safe.length > 0 ? safe : "model";

@@ -4,11 +4,13 @@
  */
 export {
   createLlamaCppCompletion,
+  type ChatWrapperLike,
   type CompletionParams,
   type CompletionResult,
   type CompletionStats,
   type LlamaCppCompletion,
   type LlamaCppCompletionOptions,
+  type LlamaModelLike,
 } from "./completion.js";
-export { fingerprintModel, modelIdFromModel } from "./fingerprint.js";
+export { fingerprintModel, type LlamaContextLike, modelIdFromModel } from "./fingerprint.js";
 export type { LlamaTool } from "./render.js";

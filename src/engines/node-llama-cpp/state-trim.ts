@@ -2,9 +2,10 @@
  * How far a state LOADED FROM A FILE can be cut back (node-llama-cpp
  * `eraseContextTokenRanges` from the first differing token to the end) and still be both
  * exact and cheap, decided from the model's architecture. Pure: no I/O and no
- * node-llama-cpp import. The facts behind each rule are pinned by
- * test/engine/cut-back-facts.test.ts and written up in test/fixtures/ENGINE-FACTS.md
+ * node-llama-cpp import. The facts behind each rule are probed by
+ * test/facts/cut-back-facts.test.ts (`npm run facts`) and written up in test/fixtures/ENGINE-FACTS.md
  * ("Models that cannot cut a state back"); measured on node-llama-cpp 3.22.1.
+ * test/engine/cut-guard.test.ts pins that the adapter never asks for a longer cut.
  *
  * - Attention with a full KV cache (llama and most models): any prefix. The erase drops
  *   cells and nothing is re-evaluated.

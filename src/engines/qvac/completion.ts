@@ -23,6 +23,7 @@ import { constants as fsConstants } from "node:fs";
 import { getDefaultStore } from "../../default-store.js";
 import { fsWriteError, KvKeepError } from "../../errors.js";
 import { generateConfigHash } from "../../keys/config-hash.js";
+import { assertScope } from "../../keys/scope.js";
 import { type Logger, logLine, silentLogger } from "../../logger.js";
 import { decideCachedHistorySlice } from "../../slice/decide.js";
 import type { KvCacheStore } from "../../store/store.js";
@@ -46,6 +47,11 @@ export interface QvacCompletionOptions {
   fingerprint?: string | undefined;
   /** Where the adapter logs. Default: silent. */
   logger?: Logger | undefined;
+  /**
+   * The scope of every call that names none (`QvacCompletionParams.scope`): whose
+   * conversations these are. Default: none (the store's shared space).
+   */
+  scope?: string | undefined;
 }
 
 export interface QvacCompletionParams {
@@ -53,6 +59,11 @@ export interface QvacCompletionParams {
   history: readonly QvacMessage[];
   /** A session name (named cache), `true` (auto mode: keyed by the history) or `false` (no cache). */
   kvCache: string | boolean;
+  /**
+   * Whose conversation this is — a user, a tenant, an API key (`SessionOptions.scope`): the
+   * same `kvCache` name in two scopes is two conversations. Default: the adapter's `scope`.
+   */
+  scope?: string | undefined;
   /** Aborts the call: the addon's job is cancelled, the turn rolls back, the call rejects with ABORTED. */
   signal?: AbortSignal | undefined;
   /** Passed to the addon as `generationParams` (`temp`, `top_p`, `predict`, `seed`, …). */
@@ -133,6 +144,7 @@ function validateParams(params: QvacCompletionParams): void {
     throw bad("generationParams must be a plain object.", "generationParams");
   }
   if (params.onToken !== undefined && typeof params.onToken !== "function") throw bad("onToken must be a function.", "onToken");
+  if (params.scope !== undefined) assertScope(params.scope);
 }
 
 function abortedCompletion(signal: AbortSignal | undefined): KvKeepError {
@@ -157,7 +169,8 @@ class QvacCompletionImpl implements QvacCompletion {
   readonly #modelId: string;
   readonly #logger: Logger;
   readonly #fingerprintOption: string | undefined;
-  #session: Promise<KvCacheSession> | null = null;
+  readonly #scope: string | undefined;
+  #fingerprint: Promise<string> | null = null;
   #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
 
@@ -173,10 +186,11 @@ class QvacCompletionImpl implements QvacCompletion {
     this.#store = options.store ?? getDefaultStore();
     this.#logger = options.logger ?? silentLogger;
     this.#fingerprintOption = options.fingerprint;
-    // The session validates the id (KEY_* codes, as everywhere in kvkeep); made now so bad
-    // input is refused here, with the fingerprint's file reads deferred to the first call.
-    this.#store.createSession(options.modelId);
+    // The session validates the id (KEY_* codes, as everywhere in kvkeep) and the scope; made
+    // now so bad input is refused here, with the fingerprint's file reads deferred to the first call.
+    this.#store.createSession(options.modelId, options.scope !== undefined ? { scope: options.scope } : {});
     this.#modelId = options.modelId;
+    this.#scope = options.scope;
   }
 
   completion(params: QvacCompletionParams): Promise<QvacCompletionResult> {
@@ -191,16 +205,16 @@ class QvacCompletionImpl implements QvacCompletion {
     await this.#queue;
   }
 
-  #openSession(): Promise<KvCacheSession> {
-    this.#session ??= (async () => {
-      const fingerprint = this.#fingerprintOption ?? (await fingerprintQvacModel(this.#model));
-      return this.#store.createSession(this.#modelId, {
-        fingerprint,
-        ...(this.#logger !== silentLogger ? { logger: this.#logger } : {}),
-      });
-    })();
-    this.#session.catch(() => (this.#session = null));
-    return this.#session;
+  /** A session of the call's scope (cheap: the fingerprint is computed once per adapter). */
+  async #openSession(scope: string | undefined): Promise<KvCacheSession> {
+    this.#fingerprint ??= (async () => this.#fingerprintOption ?? (await fingerprintQvacModel(this.#model)))();
+    this.#fingerprint.catch(() => (this.#fingerprint = null));
+    const fingerprint = await this.#fingerprint;
+    return this.#store.createSession(this.#modelId, {
+      fingerprint,
+      ...(scope !== undefined ? { scope } : {}),
+      ...(this.#logger !== silentLogger ? { logger: this.#logger } : {}),
+    });
   }
 
   /** The token budget in force, for QVAC's commit rule. */
@@ -222,7 +236,7 @@ class QvacCompletionImpl implements QvacCompletion {
       return { text: outcome.text, stats: this.#stats(outcome, false, 0, 0, false, null) };
     }
 
-    const session = await this.#openSession();
+    const session = await this.#openSession(params.scope ?? this.#scope);
     const systemPrompt = history.filter((m) => m.role === "system").map((m) => m.content).join("\n") || null;
     const configHash = generateConfigHash(systemPrompt);
     const primeText = systemPrompt ?? (this.#model._config?.["system_prompt"] as string | undefined) ?? DEFAULT_SYSTEM_PROMPT;

@@ -6,6 +6,7 @@
  */
 import bareFs from "bare-fs";
 import bareOs from "bare-os";
+import { assertSupportedBare } from "./version.js";
 
 interface BareGlobal {
   readonly pid: number;
@@ -21,6 +22,10 @@ export function bareGlobal(): BareGlobal {
   if (!bare) throw new Error("kvkeep's Bare build was loaded outside the Bare runtime; Node resolves the package's Node build.");
   return bare;
 }
+
+// At import: every kvkeep module under Bare reaches the runtime through this one, so an
+// unsupported Bare fails `import "kvkeep"` with RUNTIME_UNSUPPORTED before anything runs.
+assertSupportedBare(bareGlobal().version);
 
 /** bare-fs's Stats (numbers, milliseconds). */
 export interface BareStats {

@@ -10,9 +10,12 @@
  *   <p>{kvkeep}:gen                           the fleet's generation clock
  *   <p>{kvkeep}:deleted-all                   generation of the last delete of everything
  *
- * key tag = XXH64 of the cache key; scope tag = XXH64 of (model, fingerprint, config hash):
- * user strings never appear in key names, so braces or odd bytes in them cannot move a key
- * to another slot or collide. Data keys are content-addressed (state checksum) and per
+ * key tag = XXH64 of the cache key (and of the isolation scope's id, for a scoped key);
+ * scope tag = XXH64 of (model, fingerprint, config hash[, isolation scope id]): user strings
+ * never appear in key names, so braces or odd bytes in them cannot move a key to another
+ * slot or collide, and two isolation scopes never share a heads, tombstone, data or prefix
+ * key (the same cache key in two scopes is two caches; a delete in one never reaches the
+ * other). Keys of the shared space (no scope) are named as before scopes. Data keys are content-addressed (state checksum) and per
  * upload (its generation): two uploads never write into the same key.
  */
 import { KvKeepError } from "../../errors.js";
@@ -31,27 +34,29 @@ export function assertKeyPrefix(prefix: unknown): asserts prefix is string {
   }
 }
 
-export function keyTag(cacheKey: string): string {
-  return xxh64Hex(`kvkeep-remote-key\0${cacheKey}`);
+export function keyTag(cacheKey: string, scopeId: string | null = null): string {
+  return xxh64Hex(scopeId === null ? `kvkeep-remote-key\0${cacheKey}` : `kvkeep-remote-scoped-key\0${scopeId}\0${cacheKey}`);
 }
 
 export function scopeTag(scope: RemoteScope): string {
-  return xxh64Hex(`kvkeep-remote-scope\0${JSON.stringify([scope.modelId, scope.fingerprint, scope.configHash])}`);
+  const parts: Array<string | null> = [scope.modelId, scope.fingerprint, scope.configHash];
+  if (scope.scopeId != null) parts.push(scope.scopeId);
+  return xxh64Hex(`kvkeep-remote-scope\0${JSON.stringify(parts)}`);
 }
 
 export class RedisKeys {
   constructor(readonly prefix: string) {}
 
-  heads(cacheKey: string): string {
-    return `${this.prefix}{${keyTag(cacheKey)}}:heads`;
+  heads(cacheKey: string, scopeId: string | null | undefined = null): string {
+    return `${this.prefix}{${keyTag(cacheKey, scopeId ?? null)}}:heads`;
   }
 
-  tombs(cacheKey: string): string {
-    return `${this.prefix}{${keyTag(cacheKey)}}:tombs`;
+  tombs(cacheKey: string, scopeId: string | null | undefined = null): string {
+    return `${this.prefix}{${keyTag(cacheKey, scopeId ?? null)}}:tombs`;
   }
 
   data(id: RemoteCacheId, xxh64: string, generation: number): string {
-    return `${this.prefix}{${keyTag(id.cacheKey)}}:data:${scopeTag(id)}:${xxh64}:${generation}`;
+    return `${this.prefix}{${keyTag(id.cacheKey, id.scopeId ?? null)}}:data:${scopeTag(id)}:${xxh64}:${generation}`;
   }
 
   prefixIndex(scope: RemoteScope): string {

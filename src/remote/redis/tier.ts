@@ -42,6 +42,7 @@ import type {
 } from "../types.js";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_MS, DEFAULT_TRANSFER_TIMEOUT_MS, DEFAULT_TTL_SECONDS } from "./defaults.js";
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX, keyTag, RedisKeys, scopeTag } from "./keys.js";
+import { SCOPE_ID_PATTERN } from "../../keys/scope.js";
 import { asText, classifyRedisError, type NodeRedisClientLike, RedisLink } from "./link.js";
 import { DROP_IF_GENERATION, INDEX_PREFIXES, NEXT_GENERATION, PUBLISH, REMOVE } from "./scripts.js";
 
@@ -108,6 +109,13 @@ function assertCacheId(id: RemoteCacheId): void {
   if (!(id.fingerprint === null || typeof id.fingerprint === "string")) {
     throw invalid("fingerprint", "fingerprint must be a string or null.");
   }
+  assertScopeId(id.scopeId);
+}
+
+function assertScopeId(scopeId: unknown): void {
+  if (scopeId != null && !(typeof scopeId === "string" && SCOPE_ID_PATTERN.test(scopeId))) {
+    throw invalid("scopeId", "scopeId must be a scope's id (32 hex characters, from the store) or null for the shared space.");
+  }
 }
 
 /** "ok", "missing" (a chunk is gone), "unavailable", or what was wrong with the bytes. */
@@ -159,8 +167,12 @@ export class RedisTier implements RemoteTier {
     this.#loggerGiven = options.logger !== undefined;
 
     const onError = (error: unknown): void => {
-      // Connection errors repeat while the server is down; the guard warns once per outage.
-      this.#logger.debug(logLine("redis client error", { error }));
+      // Logged only during an outage the guard has warned about (once). Otherwise the client
+      // reconnects on its own and no operation fails — e.g. the "Connection timeout" its
+      // connect timer reports when a model load held the event loop while the socket
+      // connected — and a line at every start would only alarm. An error that does fail an
+      // operation reaches the guard, which warns with it.
+      if (this.#guard?.state === "open") this.#logger.debug(logLine("redis client error", { error }));
     };
     if (url !== undefined) {
       const clientOptions = options.clientOptions ?? {};
@@ -272,7 +284,7 @@ export class RedisTier implements RemoteTier {
 
   async #upload(generation: number, state: RemoteState, file: FileHandle): Promise<UploadOutcome> {
     const { id } = state;
-    const heads = this.keys.heads(id.cacheKey);
+    const heads = this.keys.heads(id.cacheKey, id.scopeId);
     const field = scopeTag(id);
     const read = await this.#transfer("read record", (c) => c.hGet(heads, field));
     if (!read.ok) return failure(read, "reading the current record");
@@ -297,7 +309,7 @@ export class RedisTier implements RemoteTier {
     }
     const record: RemoteRecord = {
       format: RECORD_FORMAT,
-      id: { modelId: id.modelId, fingerprint: id.fingerprint, configHash: id.configHash, cacheKey: id.cacheKey },
+      id: { scopeId: id.scopeId ?? null, modelId: id.modelId, fingerprint: id.fingerprint, configHash: id.configHash, cacheKey: id.cacheKey },
       size: state.size,
       xxh64: state.xxh64,
       messageCount: state.messageCount,
@@ -311,7 +323,7 @@ export class RedisTier implements RemoteTier {
     };
     const published = await this.#transfer("publish", (c) =>
       c.eval(PUBLISH, {
-        keys: [heads, this.keys.tombs(id.cacheKey), dataKey],
+        keys: [heads, this.keys.tombs(id.cacheKey, id.scopeId), dataKey],
         arguments: [field, String(generation), serializeRecord(record), String(record.chunks), String(this.ttlSeconds ?? 0), id.modelId],
       }),
     );
@@ -458,7 +470,7 @@ export class RedisTier implements RemoteTier {
       c.corrupt += 1;
       this.#reportBroken(id, record.generation, got === "missing" ? "a chunk is missing (evicted or expired)" : got);
       await this.#lookup("drop broken record", (cmd) =>
-        cmd.eval(DROP_IF_GENERATION, { keys: [this.keys.heads(id.cacheKey)], arguments: [scopeTag(id), String(record.generation)] }),
+        cmd.eval(DROP_IF_GENERATION, { keys: [this.keys.heads(id.cacheKey, id.scopeId)], arguments: [scopeTag(id), String(record.generation)] }),
       );
       return { hit: false, reason: "corrupt" };
     }
@@ -471,7 +483,7 @@ export class RedisTier implements RemoteTier {
 
   async #readRecordWithin(deadline: "lookup" | "control", id: RemoteCacheId): Promise<Guarded<RemoteRecord | { error: string } | null>> {
     const run = deadline === "lookup" ? this.#lookup.bind(this) : this.#control.bind(this);
-    const read = await run("read record", (c) => c.hGet(this.keys.heads(id.cacheKey), scopeTag(id)));
+    const read = await run("read record", (c) => c.hGet(this.keys.heads(id.cacheKey, id.scopeId), scopeTag(id)));
     if (!read.ok) return read;
     const text = asText(read.value);
     return { ok: true, value: text === null ? null : parseRecord(text, id) };
@@ -545,7 +557,7 @@ export class RedisTier implements RemoteTier {
     const ttl = this.ttlSeconds;
     await this.#transfer("refresh ttl", async (c) => {
       await Promise.all([
-        c.expire(this.keys.heads(record.id.cacheKey), ttl),
+        c.expire(this.keys.heads(record.id.cacheKey, record.id.scopeId), ttl),
         c.expire(this.keys.data(record.id, record.xxh64, record.dataGeneration), ttl),
       ]);
     });
@@ -616,12 +628,14 @@ export class RedisTier implements RemoteTier {
     return outcome;
   }
 
-  async #removeKey(target: { cacheKey: string; modelId?: string | undefined }, generation: number): Promise<RemoveOutcome> {
+  async #removeKey(target: { cacheKey: string; modelId?: string | undefined; scopeId?: string | null | undefined }, generation: number): Promise<RemoveOutcome> {
     assertCacheKey(target.cacheKey, "cacheKey");
     if (target.modelId !== undefined) assertModelId(target.modelId);
+    assertScopeId(target.scopeId);
+    // One scope's key: its heads and tombstones are its own (a scoped key tag).
     const removed = await this.#control("delete", (c) =>
       c.eval(REMOVE, {
-        keys: [this.keys.heads(target.cacheKey), this.keys.tombs(target.cacheKey)],
+        keys: [this.keys.heads(target.cacheKey, target.scopeId), this.keys.tombs(target.cacheKey, target.scopeId)],
         arguments: [String(generation), target.modelId ?? "", String(TOMBSTONE_TTL_SECONDS)],
       }),
     );
@@ -651,11 +665,12 @@ export class RedisTier implements RemoteTier {
 
   // ---- administration (kvkeep scan | gc --remote) ----------------------------------------
 
-  async *list(filter?: { cacheKey?: string | undefined }): AsyncIterable<RemoteListing> {
+  async *list(filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined }): AsyncIterable<RemoteListing> {
     let headsKeys: string[];
     if (filter?.cacheKey !== undefined) {
       assertCacheKey(filter.cacheKey, "cacheKey");
-      headsKeys = [this.keys.heads(filter.cacheKey)];
+      assertScopeId(filter.scopeId);
+      headsKeys = [this.keys.heads(filter.cacheKey, filter.scopeId)];
     } else {
       headsKeys = await this.#scanKeys(this.keys.headsPattern, "hash");
     }
@@ -667,7 +682,7 @@ export class RedisTier implements RemoteTier {
         const record = parseRecord(value);
         if ("error" in record) continue;
         // Filed where it belongs, or it is not trusted (not even listed).
-        if (key !== this.keys.heads(record.id.cacheKey) || field !== scopeTag(record.id)) continue;
+        if (key !== this.keys.heads(record.id.cacheKey, record.id.scopeId) || field !== scopeTag(record.id)) continue;
         records.push(record);
       }
       if (records.length === 0) continue;
@@ -723,7 +738,7 @@ export class RedisTier implements RemoteTier {
     if (!current.ok) return { ok: false, reason: failure(current, "reading the record").reason };
     const record = current.value;
     if (record === null || "error" in record || record.generation !== state.generation) return { ok: true, evicted: false };
-    const heads = this.keys.heads(state.id.cacheKey);
+    const heads = this.keys.heads(state.id.cacheKey, state.id.scopeId);
     const dataKey = this.keys.data(record.id, record.xxh64, record.dataGeneration);
     const dropped = await this.#control("evict", (c) =>
       c.eval(DROP_IF_GENERATION, { keys: [heads, dataKey], arguments: [scopeTag(state.id), String(state.generation)] }),

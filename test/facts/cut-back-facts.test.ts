@@ -1,5 +1,6 @@
 /**
- * What node-llama-cpp 3.22.1 does when a state LOADED FROM A FILE is cut back to a shorter
+ * `npm run facts` only (never `npm test`: these pin node-llama-cpp, not kvkeep, and the
+ * replies depend on the CPU's numerics). What node-llama-cpp 3.22.1 does when a state LOADED FROM A FILE is cut back to a shorter
  * prefix (`eraseContextTokenRanges` from the first differing token to the end), on the three
  * kinds of models kvkeep meets: full attention (tiny, llama), sliding-window attention
  * (tinySwa, gemma3) and recurrent (tinyMamba, mamba). Each test is named by the fact it
@@ -19,6 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readStateTrimTraits, stateTrimPolicy } from "../../src/engines/node-llama-cpp/state-trim.js";
 import { createContext, greedyGenerate, loadFixtureModel } from "../fixtures/engine.js";
 import { MODEL_SHAPES } from "../fixtures/gguf/models.js";
+import { observe } from "./observe.js";
 
 type Name = "tiny" | "tinySwa" | "tinyMamba";
 const models = {} as Record<Name, LlamaModel>;
@@ -74,6 +76,8 @@ async function evaluatedDuring(seq: LlamaContextSequence, action: () => Promise<
   await action();
   return seq.tokenMeter.usedInputTokens - before;
 }
+
+const equal = (a: readonly Token[], b: readonly Token[]): boolean => a.length === b.length && a.every((t, i) => t === b[i]);
 
 async function coldReply(name: Name, prompt: readonly Token[]): Promise<Token[]> {
   return (await greedyGenerate(await freshSequence(name), prompt, GENERATE)).tokens;
@@ -195,7 +199,7 @@ describe("cutting a loaded state back", () => {
       const r = await cutBackLoadedState("tiny", cut);
       expect(r.reEvaluated, `cut ${cut}`).toBe(0);
       expect(r.reply, `cut ${cut}`).toEqual(r.cold);
-      expect(r.uncut, `cut ${cut}: the uncut state answers otherwise`).not.toEqual(r.cold);
+      observe(`llama, cut ${cut}: the UNCUT state's reply equals cold (false = this test can tell a wrong state)`, equal(r.uncut, r.cold));
     }
   });
 
@@ -206,7 +210,7 @@ describe("cutting a loaded state back", () => {
       expect(r.reEvaluated, `cut ${cut}`).toBe(common.length);
       expect(r.keptTokens, `cut ${cut}`).toEqual(common);
       expect(r.reply, `cut ${cut}`).toEqual(r.cold);
-      expect(r.uncut, `cut ${cut}: the uncut state answers otherwise`).not.toEqual(r.cold);
+      observe(`mamba, cut ${cut}: the UNCUT state's reply equals cold (false = this test can tell a wrong state)`, equal(r.uncut, r.cold));
     }
   });
 
@@ -216,7 +220,11 @@ describe("cutting a loaded state back", () => {
     expect(r.reply).toEqual(r.cold);
   });
 
-  it("gemma3: by 8 or swaSize-1 tokens SILENTLY WRONG: nothing re-evaluated, the reply differs from cold (also with swaFullCache)", async () => {
+  // Wrong, not slow: the window's older cells are missing. Whether that changes the next 12
+  // greedy tokens of the tiny model depends on the CPU (on this project's EPYC it did in
+  // earlier runs, then not): observed, never asserted. kvkeep's guard is its policy
+  // (maxCutBack 1), pinned in test/engine/prefix-trim.test.ts.
+  it("gemma3: by 8 or swaSize-1 tokens nothing is re-evaluated and node-llama-cpp believes the cut worked (also with swaFullCache); the reply is observed", async () => {
     const common = tokens("tinySwa", COMMON);
     for (const [cut, options] of [
       [8, {}],
@@ -227,7 +235,7 @@ describe("cutting a loaded state back", () => {
       const r = await cutBackLoadedState("tinySwa", cut, options);
       expect(r.reEvaluated, label).toBe(0);
       expect(r.keptTokens, label).toEqual(common); // node-llama-cpp believes the cut worked
-      expect(r.reply, label).not.toEqual(r.cold);
+      observe(`gemma3, loaded state cut back by ${label}: reply equals cold`, equal(r.reply, r.cold));
     }
   });
 
@@ -300,13 +308,13 @@ describe("checkpoints survive loadStateFromFile (a node-llama-cpp hazard for a s
     return { checkpointAfterA, keep, reEvaluated, reply, cold: await coldReply(name, [...b.slice(0, keep), ...question]) };
   }
 
-  it("mamba and gemma3: B's cut restores A's checkpoint and answers wrongly; clearHistory() before the load makes it exact", async () => {
+  it("mamba and gemma3: B's cut restores A's checkpoint (only B's tokens after it are evaluated, on A's state); clearHistory() before the load makes it exact", async () => {
     for (const name of ["tinyMamba", "tinySwa"] as const) {
       const stale = await secondConversation(name, false);
       expect(stale.checkpointAfterA, name).toBeGreaterThan(0);
       // only B's tokens after A's checkpoint were evaluated, on top of A's state
       expect(stale.reEvaluated, name).toBe(stale.keep - stale.checkpointAfterA - 1);
-      expect(stale.reply, name).not.toEqual(stale.cold);
+      observe(`${name}: the reply after restoring the other conversation's checkpoint equals cold`, equal(stale.reply, stale.cold));
 
       const cleared = await secondConversation(name, true);
       expect(cleared.reEvaluated, name).toBe(cleared.keep);

@@ -1,10 +1,11 @@
 /**
+ * `npm run facts` only (never `npm test`: they pin node-llama-cpp, not kvkeep).
  * Facts about node-llama-cpp 3.22.1 that kvkeep's adapter relies on, pinned on the
  * generated tiny model. Each test is named by the fact it pins; ENGINE-FACTS.md has
  * the write-up. Cases that can crash the process run in child processes.
  *
  * Timings on the realistic model are printed (not asserted) with
- *   KVKEEP_ENGINE_TIMINGS=1 npx vitest run test/engine/engine-facts.test.ts
+ *   KVKEEP_ENGINE_TIMINGS=1 npm run facts -- test/facts/engine-facts.test.ts
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -24,6 +25,7 @@ import {
   type ChatMessage,
 } from "../fixtures/engine.js";
 import { ensureModel, FIXTURE_TOKENS, MODEL_SHAPES, type ModelShape } from "../fixtures/gguf/models.js";
+import { observe } from "./observe.js";
 
 const repoRoot = join(import.meta.dirname, "..", "..");
 let dir: string;
@@ -316,11 +318,13 @@ describe("1. state files", () => {
       expect(r.result?.logs).toContain("mismatched key type");
     });
 
-    it("another model of the same shape (other weights) loads SILENTLY and generates other tokens", async () => {
+    // What the foreign state then generates is the CPU's numerics: observed. kvkeep's guard
+    // (the fingerprint samples the weights) is test/engine/adapter.test.ts.
+    it("another model of the same shape (other weights) loads it SILENTLY (no error, every token restored)", async () => {
       const r = await runLoadProbe(await variant({ seed: 2 }), statePath, { contextSize: 1024 }, nextToken);
       expect(r.result?.loaded).toBe(true);
       expect(r.result?.contextTokens).toBe(savedTokens);
-      expect(r.result?.tokens).not.toEqual(reference);
+      observe("a state loaded into a model of other weights generates the same tokens as its own model", JSON.stringify(r.result?.tokens) === JSON.stringify(reference));
     });
 
     it("corrupted KV bytes load silently; an empty file throws", async () => {
@@ -473,7 +477,7 @@ describe("3. evaluation control", () => {
     expect(Number.isFinite(r.ttftMs)).toBe(true);
   });
 
-  it("greedy (temperature 0) output is identical from memory, from a loaded state and from a cold prefill (tiny model)", async () => {
+  it("greedy (temperature 0) output is identical from memory and from a loaded state; a cold prefill's is observed (tiny model)", async () => {
     const agreement: string[] = [];
     for (const len of [50, 700]) {
       const prompt = renderChat(model, [history[0]!, { role: "user", content: "The quick brown fox jumps over the lazy dog. ".repeat(len / 45 + 1).slice(0, len) }]);
@@ -488,7 +492,7 @@ describe("3. evaluation control", () => {
       const cold = await greedyGenerate((await ctx(2048)).getSequence(), prompt, 48);
       expect(loaded.tokens).toEqual(memory.tokens);
       agreement.push(`${prompt.length} prompt tokens: cold agrees on ${firstDiff(cold.tokens, memory.tokens)}/${memory.tokens.length}`);
-      expect(cold.tokens).toEqual(memory.tokens);
+      observe(`tiny, ${prompt.length} prompt tokens: a cold prefill generates the same 48 greedy tokens as the sequence continuing in memory`, JSON.stringify(cold.tokens) === JSON.stringify(memory.tokens));
     }
     console.log(`[engine-facts] cold vs resumed greedy agreement (tiny): ${agreement.join("; ")}`);
   });

@@ -1,20 +1,21 @@
 /**
- * Facts about @qvac/llm-llamacpp 0.53.0 that kvkeep/qvac is built on (test/fixtures/QVAC-FACTS.md),
+ * `npm run facts` only (never `npm test`: they pin the addon, not kvkeep; the cancel probe
+ * also depends on timing). Facts about @qvac/llm-llamacpp 0.53.0 that kvkeep/qvac is built on (test/fixtures/QVAC-FACTS.md),
  * probed on the real addon under the real `bare` binary with no kvkeep involved. If one of
  * these changes with a new addon version, the adapter's design must be revisited.
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { ensureModel } from "../fixtures/gguf/models.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { bareAvailable, runBare } from "./helpers.js";
+import { bareRuntimes, onBare } from "../bare/helpers.js";
 
 let endless = "";
 
-async function probe(job: Record<string, unknown>): Promise<{ status: number | string; lines: Array<Record<string, unknown>>; stderr: string }> {
-  return runBare("addon-probe.mjs", { model: endless, dir: tempDir(), ...job });
-}
+describe.each(bareRuntimes())("@qvac/llm-llamacpp 0.53.0 under Bare $version", (runtime) => {
+  const { runBare } = onBare(runtime);
+  const probe = (job: Record<string, unknown>): Promise<{ status: number | string; lines: Array<Record<string, unknown>>; stderr: string }> =>
+    runBare("addon-probe.mjs", { model: endless, dir: tempDir(), ...job });
 
-describe.skipIf(!bareAvailable())("@qvac/llm-llamacpp 0.53.0 under Bare", () => {
   beforeAll(async () => {
     // The end-of-turn token banned (as the fixture bans non-text bytes): replies run to the
     // token budget, so a cancel always lands first. With eogBias 0 it is an ordinary token,

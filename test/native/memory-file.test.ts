@@ -1,0 +1,210 @@
+/**
+ * In-memory files (memfd) for the engine handoff: what the path names, how writes replace
+ * contents, and that descriptors are never leaked — closed on close(), after a read or write
+ * in flight, on a callback's failure, by garbage collection, and never inherited by children.
+ * test/engine/memory-handoff.test.ts hands them to the real engine.
+ */
+import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync, readlinkSync, readSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, it } from "vitest";
+import { withMemoryFile } from "../../src/native/memory-file.js";
+import { createJsFallbackFs } from "../../src/native/fallback.js";
+import type { MemoryFile } from "../../src/native/types.js";
+import { bundleFixture } from "../helpers/child.js";
+import { nativeSkipped, nativeSuiteName, requireNative, seededBytes } from "./helpers.js";
+
+const onLinux = process.platform === "linux";
+const open: MemoryFile[] = [];
+afterAll(() => {
+  for (const file of open) file.close();
+});
+
+let names = 0;
+function uniqueName(): string {
+  return `kvkeep-test-${process.pid}-${names++}`;
+}
+
+function create(name = uniqueName()): MemoryFile {
+  const file = requireNative().fs.createMemoryFile(name);
+  if (file === null) throw new Error("the native backend has no memory files on Linux");
+  open.push(file);
+  return file;
+}
+
+/** Descriptors of this process that are memfds named `name`. */
+function memfdsNamed(name: string): number {
+  let count = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === `/memfd:${name} (deleted)`) count++;
+    } catch {
+      // gone while listing
+    }
+  }
+  return count;
+}
+
+describe("the JS fallback", () => {
+  it("has no in-memory files: createMemoryFile is null, so callers keep real files", () => {
+    expect(createJsFallbackFs().createMemoryFile()).toBeNull();
+  });
+});
+
+describe.skipIf(nativeSkipped || !onLinux)(nativeSuiteName("native in-memory files (Linux memfd)"), () => {
+  it("the path names the memory file: a gather write is read back through the fd, the path and the API", async () => {
+    const name = uniqueName();
+    const file = create(name);
+    expect(file.path).toBe(`/proc/self/fd/${file.fd}`);
+    expect(readlinkSync(file.path)).toBe(`/memfd:${name} (deleted)`);
+    const parts = [seededBytes(1000, 1), new Uint8Array(0), seededBytes(70_000, 2), seededBytes(3, 3)];
+    const expected = Buffer.concat(parts);
+    await file.write(parts);
+    expect(file.size()).toBe(expected.byteLength);
+    expect((await file.read()).equals(expected)).toBe(true);
+    expect(readFileSync(file.path).equals(expected)).toBe(true);
+    const viaFd = Buffer.alloc(expected.byteLength);
+    expect(readSync(file.fd, viaFd, 0, viaFd.byteLength, 0)).toBe(expected.byteLength);
+    expect(viaFd.equals(expected)).toBe(true);
+  });
+
+  it("a gather write of more parts than one pwritev takes (IOV_MAX) lands in order", async () => {
+    const file = create();
+    const parts = Array.from({ length: 3000 }, (_, i) => seededBytes(1 + (i % 7), i));
+    await file.write(parts);
+    expect((await file.read()).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  it("a read into a caller's buffer fills it and resolves a view of exactly the file's bytes; a buffer too small is not used", async () => {
+    const file = create();
+    const content = seededBytes(100_000, 9);
+    await file.write(content);
+    const scratch = Buffer.alloc(300_000, 0xee);
+    const view = await file.read(scratch);
+    expect(view.byteLength).toBe(content.byteLength);
+    expect(view.equals(content)).toBe(true);
+    expect(view.buffer).toBe(scratch.buffer);
+    expect(view.byteOffset).toBe(scratch.byteOffset);
+    expect(scratch[content.byteLength]).toBe(0xee); // nothing past the file's end was touched
+    const small = Buffer.alloc(10);
+    const fresh = await file.read(small);
+    expect(fresh.equals(content)).toBe(true);
+    expect(fresh.buffer).not.toBe(small.buffer);
+    await expect(file.read({} as Uint8Array)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+  });
+
+  it("a write replaces the whole content: a shorter one leaves nothing of the longer", async () => {
+    const file = create();
+    await file.write(seededBytes(50_000, 4));
+    await file.write(Buffer.from("short"));
+    expect(file.size()).toBe(5);
+    expect((await file.read()).toString()).toBe("short");
+    await file.write([]);
+    expect(file.size()).toBe(0);
+    expect((await file.read()).byteLength).toBe(0);
+  });
+
+  it("opening the path for writing (what llama.cpp's fopen 'wb' does) truncates the memory file, and the writer's close keeps it", async () => {
+    const file = create();
+    await file.write(seededBytes(10_000, 5));
+    writeFileSync(file.path, "xy"); // open O_WRONLY|O_CREAT|O_TRUNC, write, close
+    expect(file.size()).toBe(2);
+    expect((await file.read()).toString()).toBe("xy");
+    expect(file.fd).toBeGreaterThanOrEqual(0);
+  });
+
+  it("close is idempotent and frees the descriptor; later calls fail with IO_ERROR", async () => {
+    const name = uniqueName();
+    const file = create(name);
+    await file.write(Buffer.from("data"));
+    expect(memfdsNamed(name)).toBe(1);
+    file.close();
+    file.close();
+    expect(file.fd).toBe(-1);
+    expect(memfdsNamed(name)).toBe(0);
+    expect(() => file.size()).toThrow(expect.objectContaining({ code: "IO_ERROR" }));
+    await expect(file.read()).rejects.toMatchObject({ code: "IO_ERROR" });
+    await expect(file.write(Buffer.from("x"))).rejects.toMatchObject({ code: "IO_ERROR" });
+  });
+
+  it("a close while a read or a write is in flight waits for it: the read gets every byte, the descriptor goes after", async () => {
+    const name = uniqueName();
+    const file = create(name);
+    const content = seededBytes(32 << 20, 6);
+    const writing = file.write(content);
+    file.close(); // asked for during the write
+    expect(file.fd).toBe(-1);
+    await writing;
+    expect(memfdsNamed(name)).toBe(0);
+
+    const name2 = uniqueName();
+    const second = create(name2);
+    await second.write(content);
+    const reading = second.read();
+    second.close();
+    expect((await reading).equals(content)).toBe(true);
+    expect(memfdsNamed(name2)).toBe(0);
+  });
+
+  it("refuses a write of anything but Uint8Arrays and a name that memfd_create cannot take (INVALID_ARGUMENT)", async () => {
+    const file = create();
+    await expect(file.write([{} as Uint8Array])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(file.write([new Uint16Array(2) as unknown as Uint8Array])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    expect(() => requireNative().fs.createMemoryFile("x".repeat(250))).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+    expect(() => requireNative().fs.createMemoryFile("a\0b")).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+  });
+
+  it("withMemoryFile closes the file when the callback fails, and after it succeeds", async () => {
+    const name = uniqueName();
+    let seen: MemoryFile | undefined;
+    await expect(
+      withMemoryFile(
+        requireNative().fs,
+        async (file) => {
+          seen = file;
+          await file.write(Buffer.from("x"));
+          throw new Error("the engine failed");
+        },
+        name,
+      ),
+    ).rejects.toThrow("the engine failed");
+    expect(seen?.fd).toBe(-1);
+    expect(await withMemoryFile(requireNative().fs, async (file) => (await file.write(Buffer.from("ok")), (await file.read()).toString()), name)).toBe("ok");
+    expect(memfdsNamed(name)).toBe(0);
+    expect(await withMemoryFile(createJsFallbackFs(), async () => "never")).toBeNull();
+  });
+
+  it("a thousand files created and closed leave no descriptor behind", () => {
+    const name = uniqueName();
+    for (let i = 0; i < 1000; i++) create(name).close();
+    expect(memfdsNamed(name)).toBe(0);
+  });
+
+  it("a child process does not inherit the descriptor (MFD_CLOEXEC)", () => {
+    const name = uniqueName();
+    create(name);
+    expect(memfdsNamed(name)).toBe(1);
+    const listing = spawnSync("sh", ["-c", "ls -l /proc/$$/fd"], { encoding: "utf8", timeout: 10_000 });
+    expect(listing.status).toBe(0);
+    expect(listing.stdout).not.toContain(name);
+  });
+
+  it("a file dropped without close() is closed when garbage-collected (child process)", async () => {
+    const script = await bundleFixture("test/native/fixtures/memory-file-child.ts");
+    const run = spawnSync(process.execPath, ["--expose-gc", script, "gc"], { encoding: "utf8", timeout: 30_000, env: { ...process.env, KVKEEP_NO_NATIVE: "" } });
+    expect(run.status, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout.trim().split("\n").pop()!)).toEqual({ before: 3, after: 0 });
+  });
+
+  it("a write past RLIMIT_FSIZE fails with IO_ERROR (EFBIG) instead of killing the process (child process)", async () => {
+    const script = await bundleFixture("test/native/fixtures/memory-file-child.ts");
+    const run = spawnSync("bash", ["-c", `ulimit -f 1024 && exec "${process.execPath}" "${script}" fsize`], {
+      encoding: "utf8",
+      timeout: 30_000,
+      env: { ...process.env, KVKEEP_NO_NATIVE: "" },
+    });
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout.trim().split("\n").pop()!) as { code?: string; message?: string };
+    expect(result.code).toBe("IO_ERROR");
+    expect(result.message).toContain("EFBIG");
+  });
+});
