@@ -34,7 +34,7 @@ const evictedOf = (c: Candidate): EvictedCache => ({ scopeId: c.entry.scopeId ??
 async function planOnly(root: string, limits: RetentionLimits): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
   const { caches } = await readRoot(root);
   const entries: Array<[string, IndexEntry]> = caches
-    .filter((c) => c.hasManifest)
+    .filter((c) => c.owned)
     .map((c) => [c.cachePath, { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
   const { victims, keptBytes } = pickVictims(planSweep(entries, limits, Date.now()), limits.maxBytes);
   return { evicted: victims.map(evictedOf), keptBytes };
