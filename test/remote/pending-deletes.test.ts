@@ -8,8 +8,10 @@ import { existsSync, promises as fs } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
+import { scopeIdOf } from "../../src/keys/scope.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
 import { keyTag } from "../../src/remote/redis/keys.js";
+import { parsePendingDeletes } from "../../src/store/pending-remote-deletes.js";
 import type { InternalStoreOptions, KvCacheStore } from "../../src/store/store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { commitAutoConversation, commitNamedConversation, configHash, conversation, MODEL, user, writeSelfCheckingState } from "../index/helpers.js";
@@ -133,5 +135,69 @@ describe("deletes made while Redis is down are honoured by every store on the ro
     while ((await remoteKeys("killed-deleter")) !== "" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect(await remoteKeys("killed-deleter")).toBe("");
     await next.close();
+  });
+
+  it("a pending delete names its scope: the same key of another scope and of the shared space is still read back, and only that scope's copy goes when it is sent", async () => {
+    const { root, keyPrefix, open } = machine();
+    const [ALICE, BOB] = ["tenant:alice", "tenant:bob"];
+    const scoped = (store: KvCacheStore, scope?: string) => store.createSession(MODEL, { fingerprint: FINGERPRINT, ...(scope === undefined ? {} : { scope }) });
+    /** What a turn on "chat" in `scope` starts from on `store` (then rolled back). */
+    const peek = async (store: KvCacheStore, scope?: string): Promise<number> => {
+      const s = scoped(store, scope);
+      const turn = await s.beginTurn({ kind: "custom", customKey: "chat", configHash, primeIfMissing: (p) => writeSelfCheckingState(p, 64) });
+      await s.rollback(turn);
+      return turn.savedCount;
+    };
+    const remoteKeysOf = (scopeId: string | null): Promise<string> => server.cli("--scan", "--pattern", `${keyPrefix}{${keyTag("chat", scopeId)}}:[hd]*`);
+    // Another machine uploads "chat" in Alice's scope, Bob's and the shared space; Redis snapshots them.
+    const elsewhere = openKvCacheStore({ root: tempDir(), remote: createRedisTier({ url: server.url, keyPrefix, chunkBytes: 4096, timeoutMs: 3000 }) });
+    await commitNamedConversation(scoped(elsewhere, ALICE), "chat", conversation("alice", 1));
+    await commitNamedConversation(scoped(elsewhere, BOB), "chat", conversation("bob", 2));
+    await commitNamedConversation(scoped(elsewhere), "chat", conversation("shared", 3));
+    const probe = conversation("probe-scoped", 2);
+    await commitAutoConversation(session(elsewhere), probe);
+    await elsewhere.close();
+    await server.cli("SAVE");
+
+    const a = open({ remoteInternals: { deleteRetryFirstMs: 600_000 } });
+    const b = open({ remoteInternals: { deleteRetryFirstMs: 600_000 } });
+    await server.kill();
+    try {
+      await a.delete({ kvCacheKey: "chat", scope: ALICE });
+    } finally {
+      await server.restart();
+    }
+    expect(JSON.parse(await fs.readFile(path.join(root, ".kvkeep", "remote-deletes.json"), "utf8")).deletes).toMatchObject([
+      { target: { scopeId: scopeIdOf(ALICE), kvCacheKey: "chat" } },
+    ]);
+    await waitUntilServed(b, probe);
+    expect(await remoteKeysOf(scopeIdOf(ALICE))).not.toBe(""); // Redis came back with Alice's state…
+    expect(await peek(b, ALICE)).toBe(0); // …which no store on the root reads back,
+    expect(await peek(b, BOB)).toBe(5); // while Bob's "chat" and the shared space's are read through as ever
+    expect(await peek(b, undefined)).toBe(7);
+    await Promise.all([a.close(), b.close()]); // Redis is up: the delete is sent
+    expect(existsSync(path.join(root, ".kvkeep", "remote-deletes.json"))).toBe(false);
+    expect(await remoteKeysOf(scopeIdOf(ALICE))).toBe("");
+    expect(await remoteKeysOf(scopeIdOf(BOB))).not.toBe("");
+    expect(await remoteKeysOf(null)).not.toBe("");
+  });
+
+  it("an entry of the root's list is honoured only with the scope it names: a key's entry without a well-formed scopeId is dropped, not taken for the shared space's", () => {
+    const id = scopeIdOf("tenant:alice");
+    const file = (targets: unknown[]): string =>
+      JSON.stringify({ format: 1, deletes: targets.map((target, i) => ({ id: `${i}`.padStart(16, "0"), target })) });
+    expect(
+      parsePendingDeletes(
+        file([
+          { scopeId: id, kvCacheKey: "chat" },
+          { scopeId: null, kvCacheKey: "chat", modelId: "m" },
+          { all: true },
+          { kvCacheKey: "chat" }, // no scope said
+          { scopeId: "tenant:alice", kvCacheKey: "chat" }, // a scope, not its id
+          { scopeId: id.toUpperCase(), kvCacheKey: "chat" },
+          { scopeId: 7, kvCacheKey: "chat" },
+        ]),
+      )?.map((d) => d.target),
+    ).toEqual([{ scopeId: id, kvCacheKey: "chat" }, { scopeId: null, kvCacheKey: "chat", modelId: "m" }, { all: true }]);
   });
 });

@@ -18,6 +18,8 @@ import { SlotPool } from "../../src/server/pool.js";
 import { type ServeProcess, startServe } from "./helpers.js";
 
 const KEY = "sk-harden";
+/** A second client's key: each key is its own scope, and any of them guards the routes. */
+const KEY2 = "sk-harden-second";
 let server: ServeProcess;
 let keyed: ServeProcess;
 let model: string;
@@ -25,7 +27,7 @@ const roots: string[] = [];
 
 beforeAll(async () => {
   for (let i = 0; i < 2; i++) roots.push(mkdtempSync(path.join(os.tmpdir(), "kvkeep-harden-")));
-  [server, keyed] = await Promise.all([startServe(["--ctx", "4096", "--root", roots[0]!]), startServe(["--root", roots[1]!, "--api-key", KEY])]);
+  [server, keyed] = await Promise.all([startServe(["--ctx", "4096", "--root", roots[0]!]), startServe(["--root", roots[1]!, "--api-key", KEY, "--api-key", KEY2])]);
   model = ((await (await fetch(`${server.url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0]!.id;
 });
 
@@ -139,6 +141,7 @@ describe("a browser page of another site cannot use the server (issue 20, item 6
     }
     // With an API key the key guards every route (a rebinding page cannot know it): any name is served.
     expect((await raw(keyed, { path: "/v1/models", headers: { host: "gpu-box.lan", authorization: `Bearer ${KEY}` } })).status).toBe(200);
+    expect((await raw(keyed, { path: "/v1/models", headers: { host: "gpu-box.lan", authorization: `Bearer ${KEY2}` } })).status).toBe(200);
     expect((await raw(keyed, { path: "/v1/models", headers: { host: "gpu-box.lan" } })).status).toBe(401);
   });
 
@@ -158,11 +161,13 @@ describe("a browser page of another site cannot use the server (issue 20, item 6
     expect((await raw(server, { path: "/health", headers: { origin: `http://localhost:${server.port}`, host: `localhost:${server.port}` } })).status).toBe(200);
   });
 
-  it("/health says only that the server is up without the key, when a key is set; the model and queue with it", async () => {
+  it("/health says only that the server is up without a key, when keys are set; the model and queue with any of them", async () => {
     const anonymous = await raw(keyed, { path: "/health" });
     expect(anonymous).toEqual({ status: 200, body: { status: "ok" } });
     const withKey = await raw(keyed, { path: "/health", headers: { authorization: `Bearer ${KEY}` } });
     expect(withKey.body).toMatchObject({ status: "ok", model: expect.any(String), parallel: 1, queued: 0 });
+    const withSecondKey = await raw(keyed, { path: "/health", headers: { authorization: `Bearer ${KEY2}` } });
+    expect(withSecondKey.body).toMatchObject({ status: "ok", model: expect.any(String), parallel: 1, queued: 0 });
     const wrongKey = await raw(keyed, { path: "/health", headers: { authorization: "Bearer nope" } });
     expect(wrongKey.body).toEqual({ status: "ok" });
     // Without keys (one user on loopback) it says all.
