@@ -15,6 +15,7 @@
  *
  *   npx tsx bench/prefix.ts        (BENCH_TARGETS=2000,8000  BENCH_REPEATS=3  BENCH_CACHES=10000)
  */
+import { writeRootMarker } from "../src/durable/root-marker.js";
 import { randomBytes } from "node:crypto";
 import { promises as fs, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -99,6 +100,7 @@ async function engineRows(): Promise<Array<Record<string, string | number>>> {
 
 /** `n` caches with real manifests and chains (3–9 messages each, one system prompt), fabricated on disk. */
 async function fabricate(root: string, n: number): Promise<CacheMessage[]> {
+  writeRootMarker(root); // a root kvkeep made (a store refuses a foreign directory)
   const configHash = generateConfigHash("bench system prompt");
   const system: CacheMessage = { role: "system", content: "bench system prompt" };
   const state = randomBytes(2048);

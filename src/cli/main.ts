@@ -13,6 +13,7 @@ import { parseCommandArgs, splitCommand } from "./args.js";
 import { type Command, type CommandContext, GLOBAL_OPTIONS, isRaw, TOP_LEVEL_OPTIONS } from "./command.js";
 import { commands as defaultCommands } from "./commands/index.js";
 import { describeFailure, EXIT_OK, usageError } from "./errors.js";
+import { escapeControls } from "./format.js";
 import { commandHelp, globalHelp } from "./help.js";
 import { type CliIo, processIo } from "./io.js";
 
@@ -23,6 +24,9 @@ export function kvkeepVersion(): string {
 }
 
 const lines = (text: string | readonly string[]): string => (typeof text === "string" ? text : text.join("\n"));
+
+/** Human output, each line with its control characters escaped: a name from a client never writes to the terminal. */
+const safeLines = (text: string | readonly string[]): string => (typeof text === "string" ? [text] : text).map(escapeControls).join("\n");
 
 export async function main(argv: readonly string[], io: CliIo = processIo(), commands: readonly Command[] = defaultCommands): Promise<number> {
   // --json is honoured for errors even when parsing fails, if it was given at all.
@@ -71,11 +75,11 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
       options: values,
       positionals: parsed.positionals,
       print: (value, human) => {
-        const text = json ? JSON.stringify(value, null, 2) : lines(human());
+        const text = json ? JSON.stringify(value, null, 2) : safeLines(human());
         if (text !== "") io.stdout.write(`${text}\n`); // nothing to say is no output, not a blank line
       },
       note: (line) => {
-        if (!json) io.stderr.write(`${line}\n`);
+        if (!json) io.stderr.write(`${escapeControls(line)}\n`);
       },
     };
     return await command.run(ctx);
@@ -87,7 +91,7 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
     } else {
       const where = commandName && commands.some((c) => c.name === commandName) ? `kvkeep ${commandName}` : "kvkeep";
       const hint = failure.code === "USAGE" ? ` See ${where} --help.` : "";
-      io.stderr.write(`${where}: ${message}${hint}\n`);
+      io.stderr.write(`${where}: ${escapeControls(message)}${hint}\n`);
     }
     return failure.exitCode;
   }

@@ -3,6 +3,7 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
+import { isOwnDirLevel } from "../layout/paths.js";
 import type { FileIdentity } from "../manifest/format.js";
 import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
@@ -215,11 +216,15 @@ export async function assertRealDirs(root: string, components: readonly string[]
 /**
  * Remove now-empty directories from `dir` upwards, stopping below `root` and at the first
  * directory that is not empty or that `isInUse` claims (an in-flight turn still needs it).
+ * Only the levels kvkeep makes — a key directory and its model directories, and under
+ * `.scopes/` a scope's space and its key and model directories (isOwnDirLevel) — are ever
+ * removed; any other `dir` removes nothing.
  */
 export async function pruneEmptyDirs(root: string, dir: string, isInUse: (dir: string) => boolean): Promise<void> {
   let current = path.resolve(dir);
   const top = path.resolve(root);
   while (current !== top && current.startsWith(top + path.sep)) {
+    if (!isOwnDirLevel(path.relative(top, current).split(path.sep))) return;
     if (isInUse(current)) return;
     try {
       await fs.rmdir(current);

@@ -26,6 +26,8 @@ import {
 } from "./openai.js";
 import { scopeOfApiKey } from "./options.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
+import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
+import { hostAllowed, originAllowed } from "./origin.js";
 
 /** What a slot runs: the node-llama-cpp adapter's `completion`. */
 export interface CompletionEngine {
@@ -50,7 +52,16 @@ export interface AppDeps {
   /** False: every turn runs without kvkeep (`--no-cache`). */
   cacheEnabled: boolean;
   logger: Logger;
+  /** What a prompt must stay under to be worth rendering (see prompt-bounds.ts); null: no check before rendering. */
+  promptBounds?: PromptBounds | null | undefined;
+  /** The host the server listens on (`--host`): a name requests may carry in Host (see origin.ts). */
+  host: string;
+  /** Longest a client may take to send a whole request, headers and body (408 and closed past it). Default 30 s. */
+  requestTimeoutMs?: number | undefined;
 }
+
+/** A client that trickles its request in (a byte a second) must not hold a connection for ever. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 
 export interface ServeApp {
   app: FastifyInstance;
@@ -61,6 +72,11 @@ export interface ServeApp {
 /** A turn aborted while its client is still connected: the server is closing. */
 const shuttingDown = (): ApiError => new ApiError(503, "The server is shutting down; retry the request.", "server_error", null, "server_shutting_down");
 const notFound = (what: string): ApiError => new ApiError(404, what, "invalid_request_error", null, "unknown_url");
+
+/** The bearer token of a request, or null when it sends none. */
+function bearerToken(header: string | string[] | undefined): string | null {
+  return typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
+}
 
 function sameSecret(given: string, expected: string): boolean {
   const a = Buffer.from(given);
@@ -74,6 +90,16 @@ function toApiError(error: FastifyError | Error, logger: Logger): ApiError {
   const fastifyError = error as FastifyError;
   if (fastifyError.validation?.length) {
     const first = fastifyError.validation[0]!;
+    if (first.keyword === "maxItems" && first.instancePath === "/messages") {
+      const limit = (first.params as { limit?: number }).limit ?? 0;
+      return new ApiError(
+        400,
+        `the prompt has more than ${limit} messages, and each takes at least one token: it cannot fit the context (${limit + 1} tokens).`,
+        "invalid_request_error",
+        "messages",
+        "context_length_exceeded",
+      );
+    }
     const param = paramOfPath(first.instancePath, (first.params as { missingProperty?: unknown })?.missingProperty);
     const what = param ?? "the request body";
     return new ApiError(400, `Invalid value for '${what}': ${first.message ?? "invalid"}.`, "invalid_request_error", param, "invalid_value");
@@ -106,9 +132,18 @@ export function buildApp(deps: AppDeps): ServeApp {
   const scopes = new WeakMap<FastifyRequest, string>();
   let recentTurnMs = 1000;
 
+  const requestTimeoutMs = deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     logger: false,
     bodyLimit: deps.bodyLimit,
+    // Node answers 408 and closes a connection whose request (headers and body) is not all in
+    // within the timeout; it looks at connections this often (its default, 30 s, would let a
+    // request trickle in for twice the timeout).
+    requestTimeout: requestTimeoutMs,
+    http: {
+      headersTimeout: Math.min(requestTimeoutMs, 60_000),
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(requestTimeoutMs / 4))),
+    },
     // Closing destroys every connection: running turns were aborted first, and a keep-alive
     // connection on which no request ever arrived would otherwise hold close() for a minute.
     forceCloseConnections: true,
@@ -128,14 +163,44 @@ export function buildApp(deps: AppDeps): ServeApp {
     void reply.code(404).send(errorBody(apiError));
   });
 
+  /**
+   * The scope of the key `token` is, or null for none (or no token). Every key is compared
+   * (in constant time each), whichever matches.
+   */
+  const scopeOfToken = (token: string | null): string | null => {
+    let scope: string | null = null;
+    if (token !== null) for (const k of keys) if (sameSecret(token, k.key)) scope = k.scope;
+    return scope;
+  };
+  /** Whether a request may see what only key holders see: any key, when keys are set. */
+  const authorized = (header: string | string[] | undefined): boolean => keys.length === 0 || scopeOfToken(bearerToken(header)) !== null;
+
+  // Before anything else, on every route: a request a browser page of another site made (by
+  // DNS rebinding, or cross-origin) is refused unread (origin.ts).
+  app.addHook("onRequest", async (request, reply) => {
+    const host = request.headers.host;
+    if (!hostAllowed(host, deps.host, keys.length > 0)) {
+      const apiError = new ApiError(
+        403,
+        `This server does not answer to the host name ${JSON.stringify(host ?? "")}: without an API key it serves only loopback names, IP addresses and its --host (a page could otherwise reach it by DNS rebinding). Use one of those, or start it with --host NAME or --api-key.`,
+        "invalid_request_error",
+        null,
+        "host_not_allowed",
+      );
+      return reply.code(403).send(errorBody(apiError));
+    }
+    const origin = request.headers.origin;
+    if (!originAllowed(typeof origin === "string" ? origin : undefined, host)) {
+      const apiError = new ApiError(403, `Requests from pages of another origin (${String(origin)}) are not served.`, "invalid_request_error", null, "origin_not_allowed");
+      return reply.code(403).send(errorBody(apiError));
+    }
+  });
+
   // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
   app.addHook("onRequest", async (request, reply) => {
     if (keys.length === 0 || request.url === "/health") return;
-    const header = request.headers.authorization;
-    const token = typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
-    // Every key is compared (in constant time each), whichever matches.
-    let scope: string | null = null;
-    if (token !== null) for (const k of keys) if (sameSecret(token, k.key)) scope = k.scope;
+    const token = bearerToken(request.headers.authorization);
+    const scope = scopeOfToken(token);
     if (scope !== null) scopes.set(request, scope);
     if (token === null || scope === null) {
       const apiError = new ApiError(
@@ -149,7 +214,10 @@ export function buildApp(deps: AppDeps): ServeApp {
     }
   });
 
-  app.get("/health", async () => ({ status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth }));
+  // Open to all (load balancers, probes); what it serves and how busy it is only with the key, when keys are set.
+  app.get("/health", async (request) =>
+    authorized(request.headers.authorization) ? { status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth } : { status: "ok" },
+  );
 
   app.get("/metrics", async (_request, reply) => {
     void reply.header("content-type", metrics.registry.contentType);
@@ -165,7 +233,12 @@ export function buildApp(deps: AppDeps): ServeApp {
     return modelObject();
   });
 
-  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: chatCompletionBodySchema } }, async (request, reply) => {
+  // More messages than the context has tokens is refused by the schema, before its items are
+  // validated one by one (Ajv checks maxItems first): see prompt-bounds.ts.
+  const bodySchema = deps.promptBounds
+    ? { ...chatCompletionBodySchema, properties: { ...chatCompletionBodySchema.properties, messages: { ...chatCompletionBodySchema.properties.messages, maxItems: deps.promptBounds.contextSize - 1 } } }
+    : chatCompletionBodySchema;
+  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: bodySchema } }, async (request, reply) => {
     const scope = scopes.get(request);
     const header = request.headers["x-kv-cache"];
     const turn = toTurnRequest(request.body, {
@@ -173,6 +246,9 @@ export function buildApp(deps: AppDeps): ServeApp {
       kvCacheHeader: Array.isArray(header) ? header[0] : header,
       cacheEnabled: deps.cacheEnabled,
     });
+    // Before a slot and before rendering: a prompt that cannot fit is refused in O(messages).
+    const cannotFit = deps.promptBounds ? promptCannotFit(turn.history, deps.promptBounds) : null;
+    if (cannotFit !== null) throw new ApiError(400, cannotFit, "invalid_request_error", "messages", "context_length_exceeded");
 
     // A client that goes away — while queued, or mid-turn — aborts its turn.
     const controller = new AbortController();

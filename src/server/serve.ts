@@ -17,6 +17,7 @@ import { buildApp, type CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
+import { maxTokenBytesOf } from "./prompt-bounds.js";
 import type { StartupStep } from "./startup-status.js";
 
 export interface RunningServer {
@@ -133,6 +134,12 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
+    host: options.host,
+    promptBounds: {
+      // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
+      contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),
+      maxTokenBytes: maxTokenBytesOf((model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: unknown } } }).tokenizer?.ggml?.tokens),
+    },
   });
   try {
     await app.listen({ host: options.host, port: options.port });

@@ -35,6 +35,16 @@ describe.each(bareRuntimes())("kvkeep on Bare $version (from $from)", (runtime) 
     expect(readFileSync(path.join(root, "chat", "m", "cfg0.bin"), "utf8")).toBe("state from bare");
   });
 
+  it("refuses KVKEEP_NO_NATIVE=1 with NATIVE_UNAVAILABLE instead of running without cross-process locks", async () => {
+    const root = tempDir();
+    const refused = await runBare("no-native-worker.mjs", { root }, { env: { KVKEEP_NO_NATIVE: "1" } });
+    expect(refused.status).toBe(0);
+    expect(refused.lines).toEqual([{ code: "NATIVE_UNAVAILABLE", message: expect.stringMatching(/KVKEEP_NO_NATIVE is set, but under Bare kvkeep needs its native addon.*Unset KVKEEP_NO_NATIVE/) }]);
+    // Without it, the same worker opens the store on the addon.
+    const opened = await runBare("no-native-worker.mjs", { root }, { env: { KVKEEP_NO_NATIVE: "" } });
+    expect(opened.lines).toEqual([{ backend: expect.stringMatching(/^(local-build|prebuilt)$/) }]);
+  });
+
   it("imports on this Bare (the version check at import passes)", async () => {
     const self = await runBare("import-check.mjs", {});
     expect(self.lines[0]).toEqual({ imported: true, exports: "function" });

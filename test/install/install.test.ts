@@ -77,13 +77,14 @@ function tryApp(dir: string): { backend: string; stderr: string; version: string
 
 /**
  * The README's node-llama-cpp snippet as an app's TypeScript file: the ```ts block under
- * "Using it with node-llama-cpp", with the two names it leaves to the reader declared.
+ * "Using it with node-llama-cpp", with the names it leaves to the reader declared (the model
+ * file, the abort signal, and whose conversation it is: the caller's user id as its scope).
  */
 function readmeSnippet(): string {
   const readme = readFileSync(path.join(checkout, "README.md"), "utf8");
   const section = readme.slice(readme.indexOf("## Using it with node-llama-cpp"));
   const block = /```ts\n([\s\S]*?)```/.exec(section)![1]!;
-  return `declare const modelPath: string;\ndeclare const signal: AbortSignal;\n${block}\nexport {};\n`;
+  return `declare const modelPath: string;\ndeclare const signal: AbortSignal;\ndeclare const userId: string;\n${block}\nexport {};\n`;
 }
 
 /**
