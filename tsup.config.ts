@@ -8,6 +8,8 @@ export default defineConfig({
     "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
     "metrics/index": "src/metrics/index.ts",
+    "warm/index": "src/warm/index.ts",
+    "keys/index": "src/keys/index.ts",
     "server/bin": "src/server/bin.ts",
   },
   format: ["esm"],
