@@ -7,13 +7,14 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { didYouMean } from "../suggest.js";
 import type { OptionSpec, OptionValues } from "./command.js";
 import { usageError } from "./errors.js";
-import { parseDuration, parseSize } from "./units.js";
 
 type Token = NonNullable<ReturnType<typeof parseArgs>["tokens"]>[number];
 
 function parseArgsOptions(specs: Readonly<Record<string, OptionSpec>>): NonNullable<ParseArgsConfig["options"]> {
   const options: NonNullable<ParseArgsConfig["options"]> = {};
-  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, ...(spec.short ? { short: spec.short } : {}) };
+  for (const [name, spec] of Object.entries(specs)) {
+    options[name] = { type: spec.type, ...(spec.short ? { short: spec.short } : {}), ...(spec.multiple ? { multiple: true } : {}) };
+  }
   return options;
 }
 
@@ -109,22 +110,4 @@ export function parseCommandArgs(
   }
   if (count < positionals.min) throw usageError(`missing ${positionals.name}.`);
   return parsed;
-}
-
-/** A `--max-bytes`-style option: `5M`, `2G`, `512K` or bytes. */
-export function sizeOption(values: OptionValues, name: string): number | undefined {
-  const text = values[name];
-  if (typeof text !== "string") return undefined;
-  const bytes = parseSize(text);
-  if (bytes === undefined) throw usageError(`--${name} must be a size such as 512K, 5M, 2G or a number of bytes (got ${JSON.stringify(text)}).`);
-  return bytes;
-}
-
-/** A duration option: `30s`, `15m`, `1h`, `7d`. */
-export function durationOption(values: OptionValues, name: string): number | undefined {
-  const text = values[name];
-  if (typeof text !== "string") return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined) throw usageError(`--${name} must be a duration such as 30s, 15m, 1h or 7d (got ${JSON.stringify(text)}).`);
-  return ms;
 }

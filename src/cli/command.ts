@@ -8,12 +8,14 @@ import type { CliIo } from "./io.js";
 export interface OptionSpec {
   type: "boolean" | "string";
   short?: string;
+  /** A string option that may be given several times (its value is then a list). */
+  multiple?: boolean;
   /** Placeholder for the value in help (`SIZE`, `DIR`). */
   value?: string;
   help: string;
 }
 
-export type OptionValues = Record<string, string | boolean | undefined>;
+export type OptionValues = Record<string, string | boolean | string[] | undefined>;
 
 export interface CommandContext {
   readonly io: CliIo;

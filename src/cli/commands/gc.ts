@@ -2,7 +2,7 @@ import { cacheKindOf } from "../../keys/safe-key.js";
 import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import type { EvictedCache } from "../../types.js";
-import { durationOption, sizeOption } from "../args.js";
+import { durationOption, sizeOption } from "../option-values.js";
 import { readRoot } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { CliError } from "../errors.js";

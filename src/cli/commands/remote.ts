@@ -12,7 +12,7 @@ import { DEFAULT_TTL_SECONDS } from "../../remote/redis/defaults.js";
 import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "../../remote/redis/keys.js";
 import { withDeadline } from "../../remote/guard.js";
 import type { RemoteListing, RemoteTier } from "../../remote/types.js";
-import { durationOption } from "../args.js";
+import { durationOption } from "../option-values.js";
 import type { CommandContext, OptionSpec, OptionValues } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { checkRoot, type RootState } from "../root.js";

@@ -1,5 +1,5 @@
 import { DEFAULT_MAX_BYTES } from "../../retention/plan.js";
-import { sizeOption } from "../args.js";
+import { sizeOption } from "../option-values.js";
 import { readRoot, totals } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { usageError } from "../errors.js";
