@@ -8,7 +8,6 @@ export default defineConfig({
     "engines/qvac/index": "src/engines/qvac/index.ts",
     "cli/bin": "src/cli/bin.ts",
     "metrics/index": "src/metrics/index.ts",
-    "server/bin": "src/server/bin.ts",
   },
   format: ["esm"],
   target: "node20",
