@@ -2,15 +2,15 @@ import { cacheKindOf } from "../../keys/safe-key.js";
 import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import type { EvictedCache } from "../../types.js";
-import { durationOption, sizeOption } from "../option-values.js";
 import { readRoot } from "../caches.js";
 import type { Command, CommandContext } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
+import { durationOption, sizeOption } from "../option-values.js";
+import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "../remote-tier.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { shownScope } from "../scope.js";
 import { openCliStore } from "../store.js";
-import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "./remote.js";
 
 /**
  * What a sweep with this plan evicts: the idle entries, then the least recently used until

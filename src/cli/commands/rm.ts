@@ -5,10 +5,10 @@ import type { Command, CommandContext } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { confirm } from "../io.js";
+import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "../remote-tier.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
-import { openCliStore } from "../store.js";
 import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
-import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "./remote.js";
+import { openCliStore } from "../store.js";
 
 interface Target {
   /** The key's scope (its id), null for the shared space. */
