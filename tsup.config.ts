@@ -10,7 +10,6 @@ export default defineConfig({
     "metrics/index": "src/metrics/index.ts",
     "warm/index": "src/warm/index.ts",
     "keys/index": "src/keys/index.ts",
-    "server/bin": "src/server/bin.ts",
   },
   format: ["esm"],
   target: "node20",

@@ -29,7 +29,8 @@ export type {
   WarmResult,
   WarmUsage,
 } from "./types.js";
-export { type CacheWarmer, type CacheWarmerDeps, createCacheWarmer, type WarmerStateSnapshot } from "./warmer.js";
+export { createCacheWarmer } from "./warmer.js";
+export type { CacheWarmer, CacheWarmerDeps, WarmerStateSnapshot } from "./warmer-api.js";
 export { createFileSettingsStorage, type FileSettingsStorageOptions, SETTINGS_FILE_MAX_BYTES } from "./file-storage.js";
 export {
   createPrefetchWarm,

@@ -8,7 +8,7 @@ import { lockPathOf } from "../../layout/paths.js";
 import { promises as fs } from "node:fs";
 import { loadNativeFs, type NativeFs } from "../../native/index.js";
 import { type CacheRecord, readRoot } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
@@ -60,7 +60,7 @@ async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true
 
 const message = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
-export const verifyCommand: ParsedCommand = {
+export const verifyCommand: Command = {
   name: "verify",
   summary: "checksum every cache against its manifest; --fix removes the damaged ones",
   usage: "kvkeep verify [--fix] [--root DIR] [--json]",
