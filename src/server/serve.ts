@@ -78,6 +78,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     logger,
     // An aborted or failed turn keeps the conversation's last committed state.
     onRollback: "keep-committed",
+    adopt: options.adopt,
     ...(options.maxBytes !== null ? { maxBytes: options.maxBytes } : {}),
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.

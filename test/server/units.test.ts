@@ -40,13 +40,16 @@ describe("kvkeep serve flags", () => {
   it("parses every flag, with sizes in powers of 1024 and loopback defaults", () => {
     const options = parseServeArgs(
       ["--model", "m.gguf", "--host", "::1", "--port", "0", "--ctx", "2048", "--parallel", "4", "--max-queue", "3", "--root", "/r",
-        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache"],
+        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache", "--adopt"],
       {},
     );
     expect(options).toEqual({
       modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
-      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, json: false,
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, adopt: true,
+      json: false,
     });
+    // A directory that is not a kvkeep root is refused unless adopted, as by gc, rm and verify --fix.
+    expect(parseServeArgs(["--model", "m.gguf"], {})).toMatchObject({ adopt: false });
     expect(parseServeArgs(["--model", "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "--models-dir", "/m", "--json"], {})).toMatchObject({
       modelPath: "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", modelsDir: "/m", json: true,
     });
