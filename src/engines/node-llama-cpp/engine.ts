@@ -19,7 +19,8 @@ import { generateReply } from "./generate.js";
 import type { CompletionParams, LlamaCppCompletionOptions } from "./options.js";
 import { replyMessage } from "./messages.js";
 import { primeTokens, renderPrompt } from "./render.js";
-import { checkConstraints, planReply } from "./reply-plan.js";
+import { checkConstraints } from "./constraints.js";
+import { planReply } from "./reply-plan.js";
 import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 
 /** The options with node-llama-cpp's own types: what the caller passed is node-llama-cpp's objects. */

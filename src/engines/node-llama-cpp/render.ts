@@ -5,7 +5,8 @@ import type { ChatHistoryItem, ChatModelFunctionCall, ChatModelFunctions, ChatMo
 type ResponsePart = ChatModelResponse["response"][number];
 import type { CacheMessage } from "../../types.js";
 import { decodeHistory } from "./messages.js";
-import { type CallSyntax, callSyntax, checkTools } from "./reply-plan.js";
+import { checkTools } from "./constraints.js";
+import { type CallSyntax, callSyntax } from "./reply-plan.js";
 
 /** A tool the model may be told about: its name enters the config hash. */
 export interface LlamaTool {
