@@ -56,7 +56,13 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
 
   completion(params: CompletionParams): Promise<CompletionResult> {
     // Tool calls and results become messages the skeleton can key (messages.ts).
-    return this.#turns.completion(params && typeof params === "object" ? { ...params, history: encodeHistory(params.history) } : params);
+    let encoded: CompletionParams;
+    try {
+      encoded = params && typeof params === "object" ? { ...params, history: encodeHistory(params.history) } : params;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#turns.completion(encoded);
   }
 
   preload(cachePath: string, options: { signal?: AbortSignal } = {}): Promise<CacheInfo | null> {
