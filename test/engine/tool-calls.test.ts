@@ -5,7 +5,7 @@
  * model does write: its own greedy reply's opening, learnt in a first run (the tools'
  * description is fixed text, so the prompt does not depend on the prefix).
  */
-import { ChatMLChatWrapper, type ChatModelFunctions, LlamaText, type LlamaModel } from "node-llama-cpp";
+import { ChatMLChatWrapper, type ChatModelFunctions, type ChatWrapperSettings, LlamaText, type LlamaModel } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { type ChatMessage, createLlamaCppCompletion, type LlamaTool } from "../../src/engines/node-llama-cpp/index.js";
 import { openKvCacheStore } from "../../src/index.js";
@@ -19,10 +19,12 @@ beforeAll(async () => {
 
 /** ChatML with a call prefix of our choosing and a tools description that does not mention it. */
 class PrefixWrapper extends ChatMLChatWrapper {
+  override readonly settings: ChatWrapperSettings;
+
   constructor(prefix: string) {
     super();
-    const functions = this.settings.functions;
-    this.settings = { ...this.settings, functions: { ...functions, call: { ...functions.call, prefix, prefixAlternateMatches: [], optionalPrefixSpace: false } } };
+    const functions = ChatMLChatWrapper.defaultSettings.functions;
+    this.settings = { ...ChatMLChatWrapper.defaultSettings, functions: { ...functions, call: { ...functions.call, prefix, prefixAlternateMatches: [], optionalPrefixSpace: false } } };
   }
 
   override generateAvailableFunctionsSystemText(functions: ChatModelFunctions): LlamaText {

@@ -44,7 +44,11 @@ async function send(page: Page, text: string): Promise<string> {
   const before = (await cacheLines(page)).filter((l) => l.length > 0).length;
   await page.fill("#input", text);
   await page.press("#input", "Enter");
-  await page.waitForFunction((n) => [...document.querySelectorAll(".msg.assistant .cache")].filter((e) => e.textContent).length > n, before, { timeout: 120_000 });
+  await page.waitForFunction(
+    (n) => Array.from((globalThis as unknown as { document: { querySelectorAll(s: string): ArrayLike<{ textContent: string | null }> } }).document.querySelectorAll(".msg.assistant .cache")).filter((e) => e.textContent).length > n,
+    before,
+    { timeout: 120_000 },
+  );
   return (await cacheLines(page)).filter((l) => l.length > 0).at(-1)!;
 }
 
@@ -68,7 +72,7 @@ describe("the web page", () => {
     await page.fill("#key", KEY);
     await page.press("#key", "Tab"); // change → stored, the page reconnects
     await expect.poll(() => page.textContent("#model"), { timeout: 30_000 }).toMatch(/^model /);
-    expect(await page.evaluate(() => localStorage.getItem("kvkeep.apiKey"))).toBe(KEY);
+    expect(await page.evaluate(() => (globalThis as unknown as { localStorage: { getItem(k: string): string | null } }).localStorage.getItem("kvkeep.apiKey"))).toBe(KEY);
 
     await page.fill("#system", "You are a friendly assistant that answers in one short paragraph.");
     const first = await send(page, "Hello! What can you do?");
