@@ -103,6 +103,58 @@ describe("tool calls in auto mode", () => {
   });
 });
 
+/** ChatML with parallel calls: `between` separates two calls of one reply. */
+class ParallelWrapper extends ChatMLChatWrapper {
+  override readonly settings: ChatWrapperSettings;
+
+  constructor(between: string) {
+    super();
+    const defaults = ChatMLChatWrapper.defaultSettings;
+    this.settings = {
+      ...defaults,
+      functions: {
+        ...defaults.functions,
+        parallelism: { call: { sectionPrefix: "", betweenCalls: between, sectionSuffix: "" }, result: { sectionPrefix: "\n", betweenResults: "\n", sectionSuffix: "\n" } },
+      },
+    };
+  }
+}
+
+describe("parallel calls", () => {
+  it("where the wrapper has parallel calls, a reply makes another call when the model starts one; the next step reuses them all", async () => {
+    const ask: ChatMessage[] = [{ role: "user", content: "Do both." }];
+    // One call (the model never writes the separator "\u0001"); then what the model writes right after it.
+    const one = createLlamaCppCompletion({ model, store: openKvCacheStore({ root: tempDir() }), contextSize: 4096, chatWrapper: new ParallelWrapper("\u0001") });
+    const first = await one.completion({ history: ask, tools, toolChoice: "required", kvCache: false, temperature: 0, maxTokens: 200 });
+    expect(first.toolCalls).toHaveLength(1);
+    const c = first.toolCalls![0]!;
+    const after = await one.completion({ history: [...ask, { role: "assistant", content: `||call: ${c.name}(${c.arguments})` }], tools, kvCache: false, temperature: 0, maxTokens: 1 });
+    await one.dispose();
+    // With that character as the separator, the model "starts another call" after the first.
+    const store = openKvCacheStore({ root: tempDir() });
+    const two = createLlamaCppCompletion({ model, store, contextSize: 4096, chatWrapper: new ParallelWrapper(after.text) });
+    const r = await two.completion({ history: ask, tools, toolChoice: "required", kvCache: true, temperature: 0, maxTokens: 300 });
+    expect(r.toolCalls!.length).toBeGreaterThanOrEqual(2);
+    expect(r.toolCalls![0]!.name).toBe(c.name);
+    for (const call of r.toolCalls!) checkArguments(call.name, call.arguments);
+    expect(new Set(r.toolCalls!.map((t) => t.id)).size).toBe(r.toolCalls!.length);
+    // One-call replies when parallel calls are off.
+    const single = await two.completion({ history: ask, tools, toolChoice: "required", parallelToolCalls: false, kvCache: false, temperature: 0, maxTokens: 300 });
+    expect(single.toolCalls).toHaveLength(1);
+    const next = await two.completion({
+      history: [...ask, { role: "assistant", content: "", toolCalls: r.toolCalls }, ...r.toolCalls!.map((t): ChatMessage => ({ role: "tool", toolCallId: t.id, content: "1" }))],
+      tools,
+      toolChoice: "none",
+      kvCache: true,
+      temperature: 0,
+      maxTokens: 4,
+    });
+    expect(next.stats.reusedTokens).toBeGreaterThanOrEqual(r.stats.promptTokens + r.stats.completionTokens - 1);
+    await two.dispose();
+    await store.close();
+  });
+});
+
 describe("forced calls", () => {
   it("a forced call cut by maxTokens is not returned (finishReason length); what was written counts, within the budget", async () => {
     const adapter = createLlamaCppCompletion({ model, store: openKvCacheStore({ root: tempDir() }), contextSize: 4096 });
