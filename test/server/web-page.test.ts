@@ -25,6 +25,7 @@ let server: ServeProcess;
 let browser: Browser;
 
 beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)`);
   root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-web-"));
   server = await startServe(["--ctx", "4096", "--root", root, "--api-key", KEY, "--api-key", OTHER_KEY]);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
