@@ -248,7 +248,9 @@ describe("structured output", () => {
       properties: {
         answer: { type: "string", maxLength: 12 },
         confident: { type: "boolean" },
-        count: { type: "integer" },
+        // Every property bounded: the grammar is finite, so the reply ends within max_tokens
+        // whatever the model's numerics (an unbounded integer could run on past it).
+        count: { type: "integer", enum: [1, 2, 3, 4] },
         color: { type: "string", enum: ["red", "green", "blue"] },
         tags: { type: "array", items: { type: "string", maxLength: 5 }, maxItems: 2 },
       },
@@ -257,23 +259,23 @@ describe("structured output", () => {
     };
     const messages: Message[] = [{ role: "user", content: "Describe the sky as JSON." }];
     const response_format = { type: "json_schema" as const, json_schema: { name: "sky", schema, strict: true } };
-    const response = await client.chat.completions.create({ model, messages, response_format, temperature: 0, max_tokens: 200 });
+    const response = await client.chat.completions.create({ model, messages, response_format, temperature: 0, max_tokens: 400 });
     expect(response.choices[0]!.finish_reason).toBe("stop");
     const text = response.choices[0]!.message.content!;
     const value = JSON.parse(text) as Record<string, unknown>;
     expect(Object.keys(value).sort()).toEqual(["answer", "color", "confident", "count", "tags"]);
     expect(typeof value.answer === "string" && value.answer.length <= 12).toBe(true);
     expect(typeof value.confident).toBe("boolean");
-    expect(Number.isInteger(value.count)).toBe(true);
+    expect([1, 2, 3, 4]).toContain(value.count);
     expect(["red", "green", "blue"]).toContain(value.color);
     expect(Array.isArray(value.tags) && value.tags.length <= 2 && value.tags.every((t) => typeof t === "string" && t.length <= 5)).toBe(true);
     expect(text).toBe(text.trim()); // exactly the JSON: no terminator left behind
 
-    const s = await streamed({ messages, response_format, max_tokens: 200 });
+    const s = await streamed({ messages, response_format, max_tokens: 400 });
     expect(s.content).toBe(text);
   });
 
-  it("json_object: a reply that ends is one JSON object; one cut by max_tokens says length", async () => {
+  it("json_object: the reply opens an object; one cut by max_tokens says length; one that ends is one JSON object", async () => {
     const cut = await client.chat.completions.create({
       model,
       messages: [{ role: "user", content: "JSON, please." }],
@@ -283,24 +285,23 @@ describe("structured output", () => {
     });
     expect(cut.choices[0]!.finish_reason).toBe("length");
     expect(cut.choices[0]!.message.content).toBe("{");
-    // A random model may wander in a string for long: ask until one reply ends (each is either).
-    let ended: string | null = null;
-    for (let i = 0; i < 12 && ended === null; i++) {
-      const r = await client.chat.completions.create({
-        model,
-        messages: [{ role: "user", content: `JSON object number ${i}, please.` }],
-        response_format: { type: "json_object" },
-        temperature: 0,
-        max_tokens: 160,
-        kv_cache: false,
-      } as OpenAI.ChatCompletionCreateParamsNonStreaming);
-      const text = r.choices[0]!.message.content!;
-      expect(text.startsWith("{")).toBe(true);
-      if (r.choices[0]!.finish_reason === "stop") ended = text;
-      else expect(r.choices[0]!.finish_reason).toBe("length");
-    }
-    expect(ended, "no reply of 12 ended within 160 tokens").not.toBeNull();
-    const value: unknown = JSON.parse(ended!);
+    // Any object is allowed, so a random model may wander in a string past any budget: which
+    // way a reply ends is the model's choice (and its numerics', which differ between CPUs).
+    // Either is valid; a reply that says it ended must be one JSON object. (That path is pinned
+    // deterministically by the json_schema test above, whose grammar is finite.)
+    const r = await client.chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "A JSON object, please." }],
+      response_format: { type: "json_object" },
+      temperature: 0,
+      max_tokens: 160,
+      kv_cache: false,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const text = r.choices[0]!.message.content!;
+    expect(text.startsWith("{")).toBe(true);
+    expect(["stop", "length"]).toContain(r.choices[0]!.finish_reason);
+    if (r.choices[0]!.finish_reason === "length") return;
+    const value: unknown = JSON.parse(text);
     expect(typeof value === "object" && value !== null && !Array.isArray(value)).toBe(true);
   });
 });
