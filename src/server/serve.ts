@@ -136,6 +136,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     cacheEnabled: options.cache,
     logger,
     host: options.host,
+    root: store.root,
     promptBounds: {
       // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
       contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),

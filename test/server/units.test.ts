@@ -293,10 +293,16 @@ describe("OpenAI requests", () => {
   it("refuses what it cannot honour with the parameter named", () => {
     expect(refused({ model: "gpt-4o" })).toMatchObject({ status: 404, code: "model_not_found", param: "model" });
     expect(refused({ n: 2 })).toMatchObject({ status: 400, param: "n" });
-    expect(refused({ tools: [{ type: "function" }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "two words" } }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "g" } } })).toMatchObject({
+      status: 400,
+      param: "tool_choice",
+    });
     expect(refused({ frequency_penalty: 0.5 })).toMatchObject({ status: 400, param: "frequency_penalty" });
     expect(map({ frequency_penalty: 0, presence_penalty: null }).kvCache).toBe(true);
-    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
+    expect(refused({ messages: [{ role: "user", content: "x" }, { role: "tool", content: "x", tool_call_id: "call_1" }] })).toMatchObject({ status: 400, param: "messages" });
+    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].tool_call_id" });
+    expect(refused({ messages: [{ role: "function", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
     expect(refused({ messages: [{ role: "user", content: [{ type: "image_url" }] }] })).toMatchObject({ param: "messages[0].content[0].type" });
     expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
     expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
@@ -305,7 +311,8 @@ describe("OpenAI requests", () => {
     for (const name of ["auto-0123456789abcdef", ".kvkeep", ".scopes", "x\uD800"]) {
       expect(refused({ kv_cache: name }), name).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
     }
-    expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_object" }, tools: [{ type: "function", function: { name: "f" } }] })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_schema" } })).toMatchObject({ param: "response_format.json_schema" });
   });
 
   it("names a parameter from a JSON-schema path", () => {
