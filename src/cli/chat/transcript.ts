@@ -18,9 +18,9 @@
  * the same session is refused instead of both writing their own version of the conversation.
  *
  * The transcript is written after each turn's cache was committed: a crash in between leaves
- * the cache one turn ahead of the transcript, which kvkeep's saved-count check handles (the
- * next turn does not trust the longer cache and re-reads the conversation) — never a transcript
- * that claims more than the cache.
+ * the cache one turn ahead of the transcript — never a transcript that claims more than the
+ * cache — and the next turn reuses the cache as far as it matches the conversation sent (the
+ * node-llama-cpp adapter cuts a state back to where it and the prompt differ).
  */
 import { createHash } from "node:crypto";
 import path from "node:path";
