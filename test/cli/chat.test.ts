@@ -2,6 +2,10 @@
  * `kvkeep chat`: the built CLI on the real node-llama-cpp engine and the generated tiny model,
  * on a real pseudo-terminal (pty.ts) and with piped stdin; and its pure parts (the typed
  * line, the cache line, the transcript file, a conversation's turns) in this process.
+ *
+ * The chats run with --threads 1: on this shared 2-core machine under load, llama.cpp's two
+ * threads waiting on each other made the tiny model's tokens ~10× slower (measured: 100 tokens
+ * in 27 s with 2 threads, 3.2 s with 1, at load 12).
  */
 import { promises as fs } from "node:fs";
 import { describe, expect, it } from "vitest";
@@ -29,7 +33,7 @@ describe("kvkeep chat on a terminal", () => {
   it("keeps a named session: a second run resumes it from the cache the first left, with its earlier turn restored", async () => {
     const model = await ensureModel(resolveShape("tiny"));
     const root = tempDir("kvkeep-chat-");
-    const chat = [process.execPath, bin, "chat", "--model", model, "--session", "work", "--root", root, "--max-tokens", "8", "--system", "Be brief."];
+    const chat = [process.execPath, bin, "chat", "--model", model, "--session", "work", "--root", root, "--threads", "1", "--max-tokens", "8", "--system", "Be brief."];
 
     // First run: one turn, then /exit.
     const first = await runOnPty(chat, [
@@ -63,7 +67,7 @@ describe("kvkeep chat on a terminal", () => {
 
     // What the first turn left is what the same conversation reuses at its second turn when
     // it never stopped: one piped run of both messages in another root.
-    const control = await kvkeep(["--json", "chat", "--model", model, "--session", "work", "--root", tempDir("kvkeep-chat-"), "--max-tokens", "8", "--system", "Be brief."], {
+    const control = await kvkeep(["--json", "chat", "--model", model, "--session", "work", "--root", tempDir("kvkeep-chat-"), "--threads", "1", "--max-tokens", "8", "--system", "Be brief."], {
       input: "hello there\nhow are you\n",
     });
     expect(control.code).toBe(0);
@@ -71,13 +75,37 @@ describe("kvkeep chat on a terminal", () => {
     expect(turns[0]!.reply).toBe(reply);
     expect([resumedReused, resumedPrompt]).toEqual([turns[1]!.stats.reusedTokens, turns[1]!.stats.promptTokens]);
   }, 240_000);
+
+  it("Ctrl-C stops a reply and keeps nothing of the turn; the chat goes on, and a Ctrl-C at the prompt right after quits", async () => {
+    // The tiny model with its end-of-turn token pushed down never ends a reply by itself: a
+    // reply runs until the context is full, so Ctrl-C always lands while it streams.
+    const endless = await ensureModel("tiny", undefined, { eogBias: -30 });
+    const root = tempDir("kvkeep-chat-");
+    const run = await runOnPty(
+      [process.execPath, bin, "chat", "--model", endless, "--session", "stop", "--root", root, "--threads", "1"],
+      [
+        { expect: "> ", send: "tell me everything\r" },
+        { expect: String.raw`tell me everything\n\S`, send: "\x03" },
+        { expect: "interrupted: the reply was dropped, the conversation goes on from the turn before" },
+        { expect: "> ", send: "/history\r" },
+        { expect: "no turns yet" },
+        { expect: "> ", send: "and again\r" },
+        { expect: String.raw`and again\n\S`, send: "\x03" },
+        { expect: "interrupted" },
+        { expect: "> ", send: "\x03" },
+      ],
+    );
+    expect(run.code).toBe(0);
+    expect(run.screen).not.toMatch(/prompt tokens? from cache/); // no turn completed
+    await expect(fs.stat(transcriptPath(root, "stop", undefined))).rejects.toMatchObject({ code: "ENOENT" });
+  }, 240_000);
 });
 
 describe("kvkeep chat without a terminal", () => {
   it("reads one message per line, prints each reply on stdout and its cache line on stderr, and keeps the transcript", async () => {
     const model = await ensureModel(resolveShape("tiny"));
     const root = tempDir("kvkeep-chat-");
-    const run = await kvkeep(["chat", "--model", model, "--session", "notes", "--root", root, "--max-tokens", "6"], { input: "first message\n\n/nope\nsecond message\n" });
+    const run = await kvkeep(["chat", "--model", model, "--session", "notes", "--root", root, "--threads", "1", "--max-tokens", "6"], { input: "first message\n\n/nope\nsecond message\n" });
     expect(run.code).toBe(0);
     const lines = run.stderr.split("\n").filter((l) => l.startsWith("kvkeep: "));
     expect(lines).toHaveLength(2);
@@ -98,7 +126,7 @@ describe("kvkeep chat without a terminal", () => {
   it("with --json prints one event per line; /new forgets the conversation, its transcript and its cache", async () => {
     const model = await ensureModel(resolveShape("tiny"));
     const root = tempDir("kvkeep-chat-");
-    const run = await kvkeep(["--json", "chat", "--model", model, "--session", "s", "--root", root, "--max-tokens", "4"], { input: "one\ntwo\n/new\nthree\n" });
+    const run = await kvkeep(["--json", "chat", "--model", model, "--session", "s", "--root", root, "--threads", "1", "--max-tokens", "4"], { input: "one\ntwo\n/new\nthree\n" });
     expect(run.code).toBe(0);
     const all = events(run.stdout);
     expect(all.map((e) => e.event)).toEqual(["start", "turn", "turn", "reset", "turn"]);
@@ -108,6 +136,29 @@ describe("kvkeep chat without a terminal", () => {
     expect(all[4]!.stats).toMatchObject({ reusedTokens: 0, source: "none" }); // after /new: nothing cached
     const file = transcriptPath(root, "s", undefined);
     expect(parseTranscript(await fs.readFile(file, "utf8"), file).messages.map((m) => m.content)[0]).toBe("three");
+  });
+
+  it("SIGTERM during a reply stops it, keeps nothing of the turn and ends the chat (exit 143) with its lock released", async () => {
+    const endless = await ensureModel("tiny", undefined, { eogBias: -30 });
+    const root = tempDir("kvkeep-chat-");
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, [bin, "chat", "--model", endless, "--session", "term", "--root", root, "--threads", "1"], { stdio: ["pipe", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.stdin.write("tell me everything\n"); // stdin stays open: the chat would wait for more
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    const code = await new Promise<number | null>((resolve) => {
+      child.stdout.once("data", () => child.kill("SIGTERM")); // the reply is streaming
+      child.on("close", (c) => resolve(c));
+    });
+    clearTimeout(timer);
+    expect(code).toBe(143);
+    expect(stderr).toContain("interrupted: the reply was dropped");
+    await expect(fs.stat(transcriptPath(root, "term", undefined))).rejects.toMatchObject({ code: "ENOENT" });
+    // The session's lock went with the process: the session opens again.
+    const again = await kvkeep(["--json", "chat", "--model", endless, "--session", "term", "--root", root, "--threads", "1"], { input: "" });
+    expect(again.code).toBe(0);
+    expect(events(again.stdout)[0]).toMatchObject({ event: "start", previousTurns: 0 });
   });
 
   it("refuses a second chat on a session that is open, before loading the model", async () => {
