@@ -41,7 +41,7 @@ export interface ManifestEntry extends FileIdentity {
    * What the state holds, for prefix reuse: the message-key chain of the conversation it
    * covers (`messageKeyChain(history).key(i)` for i = 1…, 16 hex chars each; at most
    * MAX_CHAIN_KEYS, the first ones), or null when unknown (a primed state, a handler that
-   * did not pass its history). See src/index/prefix-index.ts.
+   * did not pass its history). See src/prefix/prefix-index.ts.
    */
   chain?: readonly string[] | null;
 }

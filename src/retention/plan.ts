@@ -21,7 +21,7 @@ export interface IndexEntry {
   bytes: number;
   /** Last use (a turn that loaded it, or a commit/prime that wrote it), ms since the epoch. */
   lastUsedMs: number;
-  /** What the state holds, for the prefix index (src/index/); absent when unknown. */
+  /** What the state holds, for the prefix index (src/prefix/); absent when unknown. */
   prefix?: PrefixInfo | null | undefined;
 }
 

@@ -15,7 +15,7 @@ import { constants as fsConstants, existsSync, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { assertRealDirs, statIdentity } from "../durable/files.js";
-import type { PrefixCandidate } from "../index/prefix-index.js";
+import type { PrefixCandidate } from "../prefix/prefix-index.js";
 import { assertHistory, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertModelId } from "../keys/safe-key.js";
 import { scopeIdOption } from "../keys/scope.js";
