@@ -4,7 +4,7 @@ import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
 import { isOwnDirLevel } from "../layout/paths.js";
-import type { FileIdentity } from "../manifest/format.js";
+import type { FileIdentity } from "./identity.js";
 import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
 

@@ -11,8 +11,8 @@ import { manifestPathOf } from "../layout/paths.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import { loadNativeFs, type NativeFs } from "../native/index.js";
 import type { CacheRefusalReason } from "../types.js";
+import { type FileIdentity, sameIdentity } from "../durable/identity.js";
 import {
-  type FileIdentity,
   judgeFile,
   type Manifest,
   type ManifestEntry,
@@ -20,7 +20,6 @@ import {
   MANIFEST_FORMAT,
   MANIFEST_MAX_BYTES,
   parseManifest,
-  sameIdentity,
   serializeManifest,
 } from "./format.js";
 
