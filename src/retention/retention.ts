@@ -26,7 +26,7 @@ import type { ManifestEntry } from "../manifest/format.js";
 import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest, removeCacheFiles, touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
-import type { RetentionHooks } from "../store/context.js";
+import type { RetentionHooks } from "./hooks.js";
 import { initKey } from "../store/layers.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 import type { EvictedCache, StoreUsage, SweepOptions, SweepResult } from "../types.js";

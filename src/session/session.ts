@@ -17,7 +17,7 @@ import { type Manifest, type ManifestEntry, MAX_CHAIN_KEYS } from "../manifest/f
 import { type InstallParams, installCache, verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
-import { establishTrust, manifestHeader } from "./trust.js";
+import { establishTrust, manifestHeader } from "../store/trust.js";
 import type { StoreContext } from "../store/context.js";
 import type { DeleteMark } from "../store/deletes.js";
 import type {

@@ -26,10 +26,10 @@ import { type ManifestEntry, MAX_CHAIN_KEYS } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import type { Retention } from "../retention/retention.js";
-import { manifestHeader } from "../session/trust.js";
+import { manifestHeader } from "./trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
 import type { StoreContext } from "./context.js";
-import type { RemotePrefixQuery } from "./remote-sync.js";
+import type { RemotePrefixQuery } from "./remote-hooks.js";
 
 /** Candidates tried per borrow (held, vanished or stale ones are skipped for the next). */
 const BORROW_CANDIDATES = 4;

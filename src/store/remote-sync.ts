@@ -35,11 +35,12 @@ import { installCache, readManifest, removeCacheFiles } from "../manifest/store.
 import type { RemoteCacheId, RemoteTier } from "../remote/types.js";
 import { WriteBehind } from "../remote/write-behind.js";
 import { type PendingDelete, PendingRemoteDeletes, type SyncDeleteTarget } from "./pending-remote-deletes.js";
-import { manifestHeader } from "../session/trust.js";
+import { manifestHeader } from "./trust.js";
 
 export type { SyncDeleteTarget };
 type DeleteTarget = SyncDeleteTarget;
 import type { StoreContext } from "./context.js";
+import type { RemoteHooks, RemotePrefixQuery } from "./remote-hooks.js";
 import { initKey } from "./layers.js";
 
 /** Uploads waiting at most (one per cache; the oldest is dropped past this). */
@@ -64,20 +65,6 @@ interface UploadJob {
   reservation: ReturnType<RemoteTier["reserve"]>;
 }
 
-/** A prefix query as the store's findPrefix/borrowPrefix checked it. */
-export interface RemotePrefixQuery {
-  /** The isolation scope's id (null: the shared space): only its states are looked up. */
-  scopeId: string | null;
-  modelId: string;
-  fingerprint: string | null;
-  configHash: string;
-  /** Keys 1…n of the history (element j = key of its first j + 1 messages). */
-  historyKeys: readonly string[];
-  minCommonMessages: number;
-  exactAncestor: boolean;
-  exclude: ReadonlySet<string>;
-}
-
 /** Knobs for tests. @internal */
 export interface RemoteSyncInternals {
   /** First retry of a remote delete the tier could not take (default 1 s). */
@@ -92,7 +79,7 @@ const cacheIdOf = (loc: CacheLocation, fingerprint: string | null): RemoteCacheI
   cacheKey: loc.cacheKey,
 });
 
-export class RemoteSync {
+export class RemoteSync implements RemoteHooks {
   readonly tier: RemoteTier;
   readonly #ctx: () => StoreContext;
   readonly #uploads: WriteBehind<UploadJob>;

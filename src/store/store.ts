@@ -17,7 +17,7 @@ import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
 import { createSession } from "../session/session.js";
-import { establishTrust } from "../session/trust.js";
+import { establishTrust } from "./trust.js";
 import type {
   BorrowedCache,
   CacheInfo,

@@ -10,8 +10,8 @@ import { logLine } from "../logger.js";
 import { sameIdentity } from "../durable/identity.js";
 import type { Manifest } from "../manifest/format.js";
 import { removeCacheFiles, verifyCache } from "../manifest/store.js";
-import type { StoreContext } from "../store/context.js";
-import { initKey, type TrustedCache } from "../store/layers.js";
+import type { StoreContext } from "./context.js";
+import { initKey, type TrustedCache } from "./layers.js";
 import type { CacheRefusal } from "../types.js";
 
 export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
