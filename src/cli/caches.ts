@@ -8,7 +8,7 @@ import { cacheKindOf } from "../keys/safe-key.js";
 import { cachePathOf } from "../layout/paths.js";
 import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest } from "../manifest/store.js";
-import { type ScannedModelDir, scanRoot } from "../store/scan.js";
+import { type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 
 export interface CacheRecord {
   /** The scope's id (never the scope itself: kvkeep does not know it), or null for the shared space. */

@@ -25,7 +25,7 @@ import { sameIdentity } from "../durable/identity.js";
 import { type ManifestEntry, MAX_CHAIN_KEYS } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
-import type { Retention } from "../retention/retention.js";
+import type { RootCatalog } from "../catalog/catalog.js";
 import { manifestHeader } from "./trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
 import type { StoreContext } from "./context.js";
@@ -74,12 +74,12 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
   };
 }
 
-async function candidatesFor(ctx: StoreContext, retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
-  const local = await localCandidates(retention, q, limit);
+async function candidatesFor(ctx: StoreContext, catalog: RootCatalog, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+  const local = await localCandidates(catalog, q, limit);
   // Remote hook: the fleet may hold a longer prefix than this machine; one pulled here is
   // installed under the root and found by the local index like any other cache.
   if (ctx.remote && (await ctx.remote.pullPrefix(remotePrefixQuery(q), local[0]?.commonMessages ?? 0))) {
-    return localCandidates(retention, q, limit);
+    return localCandidates(catalog, q, limit);
   }
   return local;
 }
@@ -97,8 +97,8 @@ function remotePrefixQuery(q: CheckedQuery): RemotePrefixQuery {
   };
 }
 
-async function localCandidates(retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
-  const found = await retention.lookupPrefix(
+async function localCandidates(catalog: RootCatalog, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+  const found = await catalog.lookupPrefix(
     { scopeId: q.scopeId, modelId: q.query.modelId, fingerprint: q.fingerprint, configHash: q.query.configHash },
     q.chain,
     { exclude: q.exclude, minCommonMessages: q.query.minCommonMessages, exactAncestor: q.query.exactAncestor, limit },
@@ -120,10 +120,10 @@ function matchOf(c: PrefixCandidate): PrefixMatch {
 }
 
 /** The cache sharing the longest message prefix with the history (smallest file on ties), or null. */
-export async function findPrefix(ctx: StoreContext, retention: Retention, query: PrefixQuery): Promise<PrefixMatch | null> {
+export async function findPrefix(ctx: StoreContext, catalog: RootCatalog, query: PrefixQuery): Promise<PrefixMatch | null> {
   ctx.assertOpen();
   const q = checkQuery(query);
-  const [best] = await candidatesFor(ctx, retention, q, 1);
+  const [best] = await candidatesFor(ctx, catalog, q, 1);
   return best ? matchOf(best) : null;
 }
 
@@ -140,7 +140,7 @@ function loadPathOf(handle: FileHandle, cachePath: string): string {
  */
 export async function borrowPrefix<T>(
   ctx: StoreContext,
-  retention: Retention,
+  catalog: RootCatalog,
   query: PrefixQuery,
   use: (source: BorrowedCache) => Promise<T>,
 ): Promise<{ value: T } | null> {
@@ -149,8 +149,8 @@ export async function borrowPrefix<T>(
     throw new KvKeepError("INVALID_ARGUMENT", "borrowPrefix needs a function (source) => Promise.", { argument: "use" });
   }
   const q = checkQuery(query);
-  for (const candidate of await candidatesFor(ctx, retention, q, BORROW_CANDIDATES)) {
-    const lent = await lendOne(ctx, retention, q, candidate, use);
+  for (const candidate of await candidatesFor(ctx, catalog, q, BORROW_CANDIDATES)) {
+    const lent = await lendOne(ctx, catalog, q, candidate, use);
     if (lent) return lent;
   }
   return null;
@@ -164,7 +164,7 @@ export async function borrowPrefix<T>(
  */
 async function lendOne<T>(
   ctx: StoreContext,
-  retention: Retention,
+  catalog: RootCatalog,
   q: CheckedQuery,
   candidate: PrefixCandidate,
   use: (source: BorrowedCache) => Promise<T>,
@@ -177,9 +177,9 @@ async function lendOne<T>(
     return null;
   };
   // Without this, a state removed outside kvkeep stays a candidate (one stat per turn) until the next resync.
-  const seenLastUsedMs = retention.index.get(cachePath)?.lastUsedMs;
+  const seenLastUsedMs = catalog.index.get(cachePath)?.lastUsedMs;
   const vanished = (): null => {
-    retention.forgetVanished(cachePath, seenLastUsedMs);
+    catalog.forgetVanished(cachePath, seenLastUsedMs);
     return skip("file gone");
   };
   let lease: Lease | null = null;

@@ -19,7 +19,7 @@ import { cachePathOf, manifestPathOf } from "../layout/paths.js";
 import { provenCache } from "../manifest/ownership.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
-import { type ScannedModelDir, scanRoot } from "./scan.js";
+import { type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 
 export interface RecoveryReport {
   removedTemps: number;

@@ -39,7 +39,7 @@ import { type DeleteScope, Deletes } from "./deletes.js";
 import { recoverRoot, type RecoveryReport } from "./recovery.js";
 import { RemoteSync, type RemoteSyncInternals } from "./remote-sync.js";
 import type { RemoteTier } from "../remote/types.js";
-import { listKeyDirs, listScopeIds, scanKeyDir } from "./scan.js";
+import { listKeyDirs, listScopeIds, scanKeyDir } from "../catalog/scan.js";
 import { didYouMean } from "../suggest.js";
 
 export interface KvCacheStoreOptions {
@@ -311,7 +311,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       }
     };
     const retention = new Retention(
-      { root, logger, nfs, locks, forgetCache, prune, onEvicted, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
+      { root, logger, nfs, locks, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.#ctx, visit) },
       retentionSettings,
       options.retentionInternals,
     );
@@ -532,11 +532,11 @@ export class KvCacheStoreImpl implements KvCacheStore {
   }
 
   findPrefix(query: PrefixQuery): Promise<PrefixMatch | null> {
-    return findPrefix(this.#ctx, this.retention, query);
+    return findPrefix(this.#ctx, this.retention.catalog, query);
   }
 
   borrowPrefix<T>(query: PrefixQuery, use: (source: BorrowedCache) => Promise<T>): Promise<{ value: T } | null> {
-    return borrowPrefix(this.#ctx, this.retention, query, use);
+    return borrowPrefix(this.#ctx, this.retention.catalog, query, use);
   }
 
   async useCache<T>(

@@ -1,5 +1,6 @@
 import { cacheKindOf } from "../../keys/safe-key.js";
-import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
+import type { IndexEntry } from "../../catalog/entry.js";
+import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import type { EvictedCache } from "../../types.js";
 import { durationOption, sizeOption } from "../args.js";

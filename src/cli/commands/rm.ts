@@ -1,5 +1,5 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
-import { scanKeyDir } from "../../store/scan.js";
+import { scanKeyDir } from "../../catalog/scan.js";
 import { type CacheRecord, readRoot, recordsOf } from "../caches.js";
 import type { CommandContext, ParsedCommand } from "../command.js";
 import { CliError, usageError } from "../errors.js";

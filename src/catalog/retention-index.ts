@@ -16,7 +16,7 @@
  */
 import { PrefixIndex } from "../prefix/prefix-index.js";
 import { snapshotRecordBytes } from "./log-record.js";
-import type { IndexEntry } from "./plan.js";
+import type { IndexEntry } from "./entry.js";
 
 export interface IndexUsage {
   bytes: number;
