@@ -5,14 +5,14 @@
  * `decideCachedHistorySlice`, `getCurrentCacheInfo`, `__kvCacheSessionTestHooks`) works on a
  * default store; `openKvCacheStore` gives a store of your own.
  */
-export { openKvCacheStore, type KvCacheStore, type KvCacheStoreOptions } from "./store/store.js";
+export { openKvCacheStore, type KvCacheStore, type KvCacheStoreOptions } from "./facade/kvkeep-store.js";
 export type { RecoveryReport } from "./store/recovery.js";
 export {
   createKvCacheSession,
   deleteKvCacheState,
   getCurrentCacheInfo,
   __kvCacheSessionTestHooks,
-} from "./default-store.js";
+} from "./facade/default-store.js";
 export { generateConfigHash, type ToolLike } from "./keys/config-hash.js";
 export { autoCacheKey, KeyChain, messageKeyChain, normalizeAssistantContent } from "./keys/auto-key.js";
 export { decideCachedHistorySlice, type HistorySlice } from "./slice/decide.js";

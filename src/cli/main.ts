@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { defaultRoot } from "../layout/paths.js";
+import { defaultRoot } from "../store/options.js";
 import { findPackageRoot } from "../native/paths.js";
 import { didYouMean } from "../suggest.js";
 import { parseCommandArgs, splitCommand } from "./args.js";

@@ -15,7 +15,7 @@ import { loadNativeFs } from "../../src/native/index.js";
 import { INDEX_LOG_NAME } from "../../src/catalog/index-log.js";
 import { resolveRetentionSettings, Retention, type RetentionInternals } from "../../src/retention/retention.js";
 import { type ScannedModelDir, scanRoot } from "../../src/catalog/scan.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 import {

@@ -4,7 +4,7 @@
  */
 import type { LlamaContextOptions, SequenceEvaluateOptions } from "node-llama-cpp";
 import type { Logger } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { CacheInfo, CacheMessage } from "../../types.js";
 import type { WarmFn } from "../../warm/types.js";
 import type { CompletionResult } from "../shared/stats.js";

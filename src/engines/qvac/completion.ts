@@ -19,10 +19,10 @@
  *   history on an empty state instead of appending it to a cache that does not hold its
  *   prefix; the turn's commit then replaces the stale cache.
  */
-import { getDefaultStore } from "../../default-store.js";
+import { getDefaultStore } from "../../facade/default-store.js";
 import { KvKeepError } from "../../errors.js";
 import { type Logger, silentLogger } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { CompletionResult, CompletionStats } from "../shared/stats.js";
 import { CompletionTurns } from "../shared/turn.js";
 import { assertSupportedAddon } from "./addon-version.js";
