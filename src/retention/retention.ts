@@ -44,7 +44,7 @@ import {
 export interface RetentionDeps {
   readonly root: string;
   readonly logger: Logger;
-  readonly nfs: NativeFs;
+  readonly fsBackend: NativeFs;
   readonly locks: PathLockTable;
   /** Forget every in-memory layer of an evicted cache. */
   forgetCache(cachePath: string, loc: CacheLocation): void;
@@ -130,7 +130,7 @@ export class Retention implements RetentionHooks {
     this.#evictConcurrency = Math.max(1, internals.evictConcurrency ?? DEFAULT_EVICT_CONCURRENCY);
     this.#beforeEvict = internals.beforeEvict;
     this.catalog = new RootCatalog(
-      { root: deps.root, logger: deps.logger, fsBackend: deps.nfs, walkRoot: deps.walkRoot },
+      { root: deps.root, logger: deps.logger, fsBackend: deps.fsBackend, walkRoot: deps.walkRoot },
       { compactLogBytes: internals.compactLogBytes, beforeOpenWalk: internals.beforeOpenWalk },
     );
   }
@@ -348,7 +348,7 @@ export class Retention implements RetentionHooks {
         return "gone";
       }
       // And a file nothing proves kvkeep's gets no lock file made beside it.
-      if (!manifestNames(await readManifest(cachePath, this.#deps.nfs), locationOf(entry))) return this.#leaveForeign(cachePath);
+      if (!manifestNames(await readManifest(cachePath, this.#deps.fsBackend), locationOf(entry))) return this.#leaveForeign(cachePath);
       const lease = locks.tryAcquire(cachePath);
       if (!lease) {
         logger.debug(logLine("retention kept a cache in use", { cachePath, reason: candidate.reason }));
@@ -359,7 +359,7 @@ export class Retention implements RetentionHooks {
       let foreign = false;
       let bytes = 0;
       try {
-        const [identity, diskUseMs, read] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath), readManifest(cachePath, this.#deps.nfs)]);
+        const [identity, diskUseMs, read] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath), readManifest(cachePath, this.#deps.fsBackend)]);
         if (!identity) {
           vanished = true;
         } else if (!manifestNames(read, locationOf(entry))) {

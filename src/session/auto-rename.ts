@@ -45,7 +45,7 @@ export async function commitAuto(
       outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true, file: null };
     } else {
       targetLease ??= await ctx.locks.acquire(targetPath);
-      const existing = await verifyCache(ctx.nfs, targetPath, targetHeader, { checksum: false });
+      const existing = await verifyCache(ctx.fsBackend, targetPath, targetHeader, { checksum: false });
       if (existing.ok) {
         ctx.layers.recordTrusted(targetPath, targetInit, existing.entry, fingerprint);
         outcome = { committed: true, cachePath: targetPath, messageCount: existing.entry.messageCount, keptExisting: true, file: null };

@@ -11,7 +11,7 @@ import { assertNotDeleted, type CommittedOutcome, identityOf, install, type Sess
 /** The new state the engine saved: at savePath, or rewritten in place at cachePath. */
 export async function findNewState(env: SessionEnv, st: TurnState): Promise<{ path: string; inPlace: boolean }> {
   const { ctx } = env;
-  const savedState = await inspectFile(st.handle.savePath, ctx.nfs);
+  const savedState = await inspectFile(st.handle.savePath, ctx.fsBackend);
   if (savedState.kind === "other") {
     throw new KvKeepError(
       "UNSAFE_PATH",
@@ -25,7 +25,7 @@ export async function findNewState(env: SessionEnv, st: TurnState): Promise<{ pa
     }
     return { path: st.handle.savePath, inPlace: false };
   }
-  const currentState = await inspectFile(st.cachePath, ctx.nfs);
+  const currentState = await inspectFile(st.cachePath, ctx.fsBackend);
   if (currentState.kind === "other") {
     throw new KvKeepError("UNSAFE_PATH", `the cache path ${st.cachePath} became a ${currentState.type} during the turn; nothing was committed.`);
   }

@@ -68,7 +68,7 @@ export async function openTurn(
       primeTemp = ownTempPath(cachePath);
       await input.primeIfMissing(primeTemp);
       await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, false);
-      const primeState = await inspectFile(primeTemp, ctx.nfs);
+      const primeState = await inspectFile(primeTemp, ctx.fsBackend);
       if (primeState.kind === "other") {
         throw new KvKeepError(
           "UNSAFE_PATH",
@@ -196,7 +196,7 @@ export async function beginTurn(env: SessionEnv, input: BeginTurnInput): Promise
       // Anything there is looked at (a bad entry is removed under the lock, not skipped forever).
       // Remote hook: without a local file, the shared tier may have it (a cheap look first).
       const cached =
-        (await inspectFile(cachePathOf(ctx.root, lookup), ctx.nfs)).kind !== "missing" || (await ctx.remote?.has(lookup, fingerprint));
+        (await inspectFile(cachePathOf(ctx.root, lookup), ctx.fsBackend)).kind !== "missing" || (await ctx.remote?.has(lookup, fingerprint));
       if (cached) ({ st, refused: refusedAtLookup } = await openTurn(env, lookup, "auto", input, true, chain));
     }
     st ??= (await openTurn(env, locate(autoKeyOf(chain.key(n)), input.configHash), "auto", input, false, chain, refusedAtLookup)).st;

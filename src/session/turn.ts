@@ -89,7 +89,7 @@ export function deletedDuringTurnError(cause?: unknown): KvKeepError {
  */
 export async function install(env: SessionEnv, params: InstallParams): Promise<ManifestEntry> {
   const { ctx, log } = env;
-  const { entry, unsettled } = await installCache(ctx.nfs, params);
+  const { entry, unsettled } = await installCache(ctx.fsBackend, params);
   if (unsettled) {
     log("warn", "the new state is installed, but a last step of its commit failed; its manifest is settled at its next use", {
       cachePath: params.target,

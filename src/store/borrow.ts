@@ -212,7 +212,7 @@ async function lendOne<T>(
     if (known && known.fingerprint === q.fingerprint && sameIdentity(known, identity)) {
       entry = known;
     } else {
-      const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, q.fingerprint), {
+      const verdict = await verifyCache(ctx.fsBackend, cachePath, manifestHeader(loc, q.fingerprint), {
         checksum: ctx.verify === "checksum",
         readOnly: true,
       });

@@ -12,7 +12,7 @@ import type { RemoteHooks } from "./remote-hooks.js";
 export interface StoreContext {
   readonly root: string;
   readonly logger: Logger;
-  readonly nfs: NativeFs;
+  readonly fsBackend: NativeFs;
   readonly locks: PathLockTable;
   readonly layers: StoreLayers;
   readonly onRollback: "clear" | "keep-committed";

@@ -94,7 +94,7 @@ async function removeKey(ctx: StoreContext, scopeId: string | null, cacheKey: st
     for (const file of modelDir.files) {
       if ((file.kind === "cache" || file.kind === "manifest") && !proven.has(file.configHash!)) {
         const loc = { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
-        if (await provenCache(cachePathOf(ctx.root, loc), loc, ctx.nfs)) proven.add(file.configHash!);
+        if (await provenCache(cachePathOf(ctx.root, loc), loc, ctx.fsBackend)) proven.add(file.configHash!);
       }
     }
     const left = (file: { path: string }): void => {
@@ -111,7 +111,7 @@ async function removeKey(ctx: StoreContext, scopeId: string | null, cacheKey: st
           continue;
         }
         const cachePath = cachePathOf(ctx.root, { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
-        if (!ctx.nfs.crossProcessLocks) {
+        if (!ctx.fsBackend.crossProcessLocks) {
           if (await unlinkIfExists(file.path)) report.removedFiles++;
         } else {
           // Only an unheld lock file may go: a holder must keep excluding newcomers.

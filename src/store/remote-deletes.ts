@@ -122,7 +122,7 @@ export class RemoteDeletes {
 
   #file(): PendingRemoteDeletes {
     const ctx = this.#ctx();
-    this.#pendingFile ??= new PendingRemoteDeletes(ctx.root, ctx.nfs, ctx.logger);
+    this.#pendingFile ??= new PendingRemoteDeletes(ctx.root, ctx.fsBackend, ctx.logger);
     return this.#pendingFile;
   }
 
@@ -198,7 +198,7 @@ export class RemoteDeletes {
   async #retryInOrder(): Promise<boolean> {
     // One sender on the root: a delete sent twice would take two generations, and the late
     // tombstone could remove an upload made in between.
-    const lock = await this.#ctx().nfs.lockFile(path.join(internalDir(this.#ctx().root), "remote-deletes.send.lock"), "exclusive", {
+    const lock = await this.#ctx().fsBackend.lockFile(path.join(internalDir(this.#ctx().root), "remote-deletes.send.lock"), "exclusive", {
       under: this.#ctx().root,
     }).catch(() => null);
     try {

@@ -171,7 +171,7 @@ export class RemoteSync implements RemoteHooks {
       const got = await this.tier.fetchTo(cacheIdOf(loc, fingerprint), temp);
       if (!got.hit) return null;
       const { state } = got;
-      const { entry, unsettled } = await installCache(ctx.nfs, {
+      const { entry, unsettled } = await installCache(ctx.fsBackend, {
         source: temp,
         target: cachePath,
         header: manifestHeader(loc, fingerprint),

@@ -51,7 +51,7 @@ export class StoreCore {
     const resolved = resolveStoreOptions(options);
     const { logger, remote } = resolved;
     this.root = resolved.root;
-    const nfs: NativeFs = loadNativeFs(logger);
+    const fsBackend: NativeFs = loadNativeFs(logger);
     // Before anything else touches the directory: a foreign one is refused as it is.
     let markerWritten = true;
     const claimed = claimRoot(this.root, {
@@ -65,15 +65,15 @@ export class StoreCore {
     this.#markerSynced =
       claimed.kind === "marked" || !markerWritten
         ? Promise.resolve()
-        : syncRootMarker(nfs, this.root).catch((error: unknown) => logger.debug(logLine("could not sync the root marker", { error })));
-    this.backend = nfs.kind;
+        : syncRootMarker(fsBackend, this.root).catch((error: unknown) => logger.debug(logLine("could not sync the root marker", { error })));
+    this.backend = fsBackend.kind;
     const locks = processLocks();
     const layers = this.layers;
     const root = this.root;
     const forgetCache = (cachePath: string, init: string): void => layers.forget(cachePath, init);
     const prune = (cachePath: string): Promise<void> =>
       pruneEmptyDirs(root, path.dirname(cachePath), (dir) => layers.isDirActive(dir));
-    const deletes = new Deletes(root, nfs, logger);
+    const deletes = new Deletes(root, fsBackend, logger);
     this.#deletes = deletes;
     const onEvicted = (evicted: EvictedCache): void => {
       for (const listener of this.#evictionListeners) {
@@ -85,7 +85,7 @@ export class StoreCore {
       }
     };
     const retention = new Retention(
-      { root, logger, nfs, locks, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
+      { root, logger, fsBackend, locks, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
       resolved.retention,
       options.retentionInternals,
     );
@@ -93,7 +93,7 @@ export class StoreCore {
     this.context = {
       root,
       logger,
-      nfs,
+      fsBackend,
       locks,
       layers,
       onRollback: resolved.onRollback,
@@ -102,7 +102,7 @@ export class StoreCore {
         if (this.#closed) throw new KvKeepError("STORE_CLOSED", "this kvkeep store was closed; open a new one.");
       },
       ensureCacheDir: async (loc: CacheLocation) => {
-        await mkdirUnderRoot(nfs, root, ...cacheDirComponents(loc));
+        await mkdirUnderRoot(fsBackend, root, ...cacheDirComponents(loc));
       },
       forgetCache,
       prune,

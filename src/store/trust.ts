@@ -46,7 +46,7 @@ export async function establishTrust(
   fingerprint: string | null,
 ): Promise<TrustOutcome> {
   const init = initKey(loc);
-  const state = await inspectFile(cachePath, ctx.nfs);
+  const state = await inspectFile(cachePath, ctx.fsBackend);
   if (state.kind === "missing") {
     // Nothing on disk: whatever memory says about this path is stale.
     ctx.forgetCache(cachePath, init);
@@ -63,7 +63,7 @@ export async function establishTrust(
   ) {
     return { trusted: known, refused: null };
   }
-  const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, fingerprint), {
+  const verdict = await verifyCache(ctx.fsBackend, cachePath, manifestHeader(loc, fingerprint), {
     checksum: ctx.verify === "checksum",
   });
   if (verdict.ok) {

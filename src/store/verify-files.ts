@@ -32,7 +32,7 @@ export interface CacheVerdict {
  * identity, but rewriting every manifest here would reset every cache's last use (the
  * manifest's mtime) — and fail on a read-only root. The first turn re-anchors instead.
  */
-async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true } | { ok: false; reason: string }> {
+async function checkCache(fsBackend: NativeFs, cache: CacheRecord): Promise<{ ok: true } | { ok: false; reason: string }> {
   const identity = await statIdentity(cache.cachePath);
   if (!identity) return { ok: false, reason: "file vanished" };
   const read = await readManifest(cache.cachePath);
@@ -48,7 +48,7 @@ async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true
   const verdict = judgeFile(read.manifest, expect, identity);
   if (verdict.verdict === "reject") return { ok: false, reason: verdict.reason };
   const candidates = verdict.verdict === "match" ? [verdict.entry] : verdict.candidates.map((c) => c.entry);
-  const digest = await nfs.xxh64File(cache.cachePath);
+  const digest = await fsBackend.xxh64File(cache.cachePath);
   if (!candidates.some((entry) => entry.xxh64 === digest)) return { ok: false, reason: `checksum ${digest} matches no committed state` };
   return { ok: true };
 }

@@ -423,7 +423,7 @@ async function gatedRetention(root: string, internals: RetentionInternals = {}) 
     {
       root,
       logger: silentLogger,
-      nfs: loadNativeFs(),
+      fsBackend: loadNativeFs(),
       locks: processLocks(),
       forgetCache: () => {},
       prune: async () => {},
