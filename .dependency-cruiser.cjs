@@ -1,6 +1,7 @@
 /**
- * kvkeep's import rules (ARCHITECTURE.md, "Layers"): arrows only point down. `npm test` runs
- * them (`npm run test:imports`); `npx depcruise src` prints every broken rule.
+ * kvkeep's import rules (ARCHITECTURE.md, "Layers"): arrows only point down. `npm test` checks
+ * them (test/tooling/import-rules.test.ts, which also proves each rule fires on a planted
+ * violation); `npm run test:imports` prints every broken rule.
  *
  * The layers, top to bottom. A module may import its own layer and the layers below it,
  * never one above; the named rules after them say what each layer must not know even below.
