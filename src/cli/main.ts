@@ -1,6 +1,6 @@
 /**
- * `kvkeep` — inspect and manage a cache root. The commands are the table in
- * commands/index.ts; this file parses the command line strictly, prints help and the
+ * `kvkeep` — inspect and manage a cache root, or serve a model with it. The commands are the
+ * table in commands/index.ts; this file parses the command line strictly, prints help and the
  * version, runs the command and turns what it throws into one line (or one JSON object)
  * on stderr with its exit status: 0 done, 1 failed or found problems, 2 bad usage.
  */
@@ -9,7 +9,7 @@ import { kvkeepVersion } from "../store/inspect.js";
 import { defaultRoot } from "../store/options.js";
 import { didYouMean } from "../suggest.js";
 import { parseCommandArgs, splitCommand } from "./args.js";
-import { type Command, type CommandContext, GLOBAL_OPTIONS, isRaw, TOP_LEVEL_OPTIONS } from "./command.js";
+import { type Command, type CommandContext, TOP_LEVEL_OPTIONS } from "./command.js";
 import { commands as defaultCommands } from "./commands/index.js";
 import { describeFailure, EXIT_OK, usageError } from "./errors.js";
 import { escapeControls } from "./format.js";
@@ -28,8 +28,9 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
   let commandName: string | undefined;
   try {
     const split = splitCommand(argv, TOP_LEVEL_OPTIONS, (option) => {
-      const owners = commands.filter((c) => !isRaw(c) && Object.hasOwn(c.options, option)).map((c) => c.name);
-      return owners.length === 0 ? "" : ` before the command; it is an option of ${owners.join(" and ")}: put it after the command name, e.g. kvkeep ${owners[0]} --${option}`;
+      const owners = commands.filter((c) => Object.hasOwn(c.options, option)).map((c) => c.name);
+      const names = owners.length <= 2 ? owners.join(" and ") : `${owners.slice(0, -1).join(", ")} and ${owners.at(-1)}`;
+      return owners.length === 0 ? "" : ` before the command; it is an option of ${names}: put it after the command name, e.g. kvkeep ${owners[0]} --${option}`;
     });
     commandName = split.command;
     json = split.globals.json === true || json;
@@ -46,14 +47,12 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
     if (!command) {
       throw usageError(`unknown command ${JSON.stringify(name)}${didYouMean(name, commands.map((c) => c.name))}; the commands are ${commands.map((c) => c.name).join(", ")}.`);
     }
-    if (split.command === "help" || (split.globals.help && !isRaw(command))) {
+    if (split.command === "help" || split.globals.help) {
       if (split.command === "help" && split.rest.length > 1) throw usageError("kvkeep help takes one command name.");
       io.stdout.write(`${lines(commandHelp(command))}\n`);
       return EXIT_OK;
     }
-    if (isRaw(command)) return await command.raw([...split.globalArgs, ...split.rest], io);
-
-    const parsed = parseCommandArgs(command.name, split.rest, { ...GLOBAL_OPTIONS, ...command.options }, command.positionals);
+    const parsed = parseCommandArgs(command, split.rest);
     if (parsed.values.help) {
       io.stdout.write(`${lines(commandHelp(command))}\n`);
       return EXIT_OK;

@@ -117,7 +117,7 @@ export const PRIVATE_DIR_MODE = 0o700;
  * directory that has resolved survives a power cut (its entry would otherwise live only
  * in memory). Everything it creates — the root, missing directories above it, and the
  * levels below — is private to the user (0700): caches hold conversations, and a root is
- * only as private as its directories (README, "Security model").
+ * only as private as its directories (docs/security.md, "What a scope does not do").
  */
 export async function mkdirUnderRoot(fsBackend: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);

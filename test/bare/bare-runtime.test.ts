@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import * as kvkeepNode from "../../src/index.js";
+import { createFileSettingsStorage } from "../../src/warm/index.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { bareRuntimes, barePackage, jsonLines, onBare, repoRoot } from "./helpers.js";
 // @ts-expect-error plain ESM shared with the Bare worker (no types)
@@ -128,7 +129,7 @@ describe.each(bareRuntimes())("kvkeep on Bare $version (from $from)", (runtime) 
 
   it("shares warm settings with Node: the same files (SHA-256 names), read and written both ways", async () => {
     const dir = path.join(tempDir(), "warm");
-    const node = kvkeepNode.createFileSettingsStorage(dir);
+    const node = createFileSettingsStorage(dir);
     await node.set("chat ✓ ünï", '{"enabled":false,"intervalMs":5000}');
     const bare = await runBare("store-worker.mjs", {
       root: tempDir(),

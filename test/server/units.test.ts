@@ -1,17 +1,40 @@
 /**
  * The server's pure parts: strict flags, sizes, the slot pool and its queue, the mapping of
- * OpenAI requests, and `runServe`'s exit codes; and the metrics module on its own registry.
+ * OpenAI requests, and `kvkeep serve`'s exit codes; and the metrics module on its own registry.
  */
+import { Readable } from "node:stream";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
+import { parseCommandArgs } from "../../src/cli/args.js";
+import { parseApiKeysFile, serveCommand, serveOptions } from "../../src/cli/commands/serve.js";
+import { CliError } from "../../src/cli/errors.js";
+import { main } from "../../src/cli/main.js";
+import { parseSize } from "../../src/cli/units.js";
 import { createKvKeepMetrics } from "../../src/metrics/index.js";
-import { runServe } from "../../src/server/cli.js";
+import type { ServeOptions } from "../../src/server/options.js";
 import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from "../../src/server/openai.js";
 import { modelSpecKind } from "../../src/server/model-source.js";
-import { isLoopbackHost, parseApiKeysFile, parseServeArgs, parseSize, scopeOfApiKey, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { isLoopbackHost, scopeOfApiKey, threadsPerContext } from "../../src/server/options.js";
 import { describeStartupStep, type StartupStep, startupStatus } from "../../src/server/startup-status.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
 import { parsePrometheus } from "./helpers.js";
+
+/** `kvkeep serve ARGV` up to the start: its flags parsed as main parses every command's, then turned into ServeOptions. */
+function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeOptions | { help: true } {
+  const { values } = parseCommandArgs(serveCommand, argv);
+  return values.help ? { help: true } : serveOptions(values, env);
+}
+
+/** `kvkeep serve ARGV` run in this process, as bin.ts runs it, on the given output streams. */
+function runServe(argv: readonly string[], io: { stdout: { write(t: string): unknown }; stderr: { write(t: string): unknown } }): Promise<number> {
+  return main(["serve", ...argv], { stdin: Readable.from([]), env: process.env, ...io });
+}
+
+/** The CLI's usage error (exit 2), whichever flag or value was wrong. */
+function isUsageError(error: unknown): boolean {
+  return error instanceof CliError && error.code === "USAGE" && error.exitCode === 2;
+}
+const USAGE_ERROR = expect.objectContaining({ name: "CliError", code: "USAGE", exitCode: 2 });
 
 describe("kvkeep serve flags", () => {
   it("parses every flag, with sizes in powers of 1024 and loopback defaults", () => {
@@ -40,10 +63,10 @@ describe("kvkeep serve flags", () => {
     ).toMatchObject({ apiKeys: ["a", "b"], apiKeysFile: "/keys", prefixReuse: false });
     expect(parseServeArgs(["--model", "m.gguf", "--api-keys", "/keys"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({ apiKeys: [] });
     expect(parseApiKeysFile("# the team\n  key-1  \r\n\nkey-2\n", "f")).toEqual(["key-1", "key-2"]);
-    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(UsageError);
+    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(USAGE_ERROR);
     // The scope of a key: what `printf %s KEY | sha256sum` prints (the key itself reaches no file).
     expect(scopeOfApiKey("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    expect([parseSize("1.5G", "x"), parseSize("100", "x"), parseSize("4GiB", "x"), parseSize("4gb", "x")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
+    expect([parseSize("1.5G"), parseSize("100"), parseSize("4GiB"), parseSize("4gb")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
   });
 
   it("refuses unknown flags, positionals, missing values and out-of-range numbers", () => {
@@ -58,7 +81,7 @@ describe("kvkeep serve flags", () => {
       ["--model", "m", "--max-bytes", "4X"],
       ["--model", "m", "--api-key", ""],
     ]) {
-      expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(UsageError);
+      expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(USAGE_ERROR);
     }
   });
 
@@ -67,10 +90,10 @@ describe("kvkeep serve flags", () => {
       try {
         parseServeArgs(argv, {});
       } catch (error) {
-        expect(error).toBeInstanceOf(UsageError);
+        expect(isUsageError(error)).toBe(true);
         return (error as Error).message;
       }
-      throw new Error("expected a UsageError");
+      throw new Error("expected a usage error");
     };
     expect(message(["--model", "m", "--prot", "1"])).toBe("unknown option --prot (did you mean --port?).");
     expect(message(["--modle", "m"])).toBe("unknown option --modle (did you mean --model?).");
@@ -84,7 +107,7 @@ describe("kvkeep serve flags", () => {
     expect(["./model.gguf", "/models/m.gguf", "m.gguf", "C:\\models\\m.gguf", "dir:with/colon.gguf".slice(4)].map(modelSpecKind)).toEqual(["file", "file", "file", "file", "file"]);
   });
 
-  it("runServe exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
+  it("kvkeep serve exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
     const io = () => {
       const out = { stdout: "", stderr: "" };
       return { out, io: { stdout: { write: (t: string) => (out.stdout += t) }, stderr: { write: (t: string) => (out.stderr += t) } } };

@@ -1,16 +1,16 @@
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planEvictions, planRootSweep, type RetentionLimits } from "../../store/inspect.js";
 import type { EvictedCache } from "../../types.js";
-import { durationOption, sizeOption } from "../args.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
+import { durationOption, sizeOption } from "../option-values.js";
+import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "../remote-tier.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { shownScope } from "../scope.js";
 import { openCliStore } from "../store.js";
-import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "./remote.js";
 
-export const gcCommand: ParsedCommand = {
+export const gcCommand: Command = {
   name: "gc",
   summary: "evict idle and least recently used auto caches down to a budget; --remote: report (and trim) Redis too",
   usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json] [--remote URL [--remote-max-bytes SIZE] [--remote-max-idle DURATION]]",

@@ -1,13 +1,13 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
 import { type CacheRecord, readKey, readRoot } from "../../store/inspect.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { confirm } from "../io.js";
+import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "../remote-tier.js";
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
-import { openCliStore } from "../store.js";
 import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
-import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "./remote.js";
+import { openCliStore } from "../store.js";
 
 interface Target {
   /** The key's scope (its id), null for the shared space. */
@@ -21,7 +21,7 @@ const spaceKey = (scopeId: string | null | undefined, cacheKey: string): string 
 
 const sumBytes = (caches: readonly CacheRecord[]): number => caches.reduce((sum, c) => sum + c.bytes, 0);
 
-export const rmCommand: ParsedCommand = {
+export const rmCommand: Command = {
   name: "rm",
   summary: "remove the caches of one or more keys (or --all, with confirmation); --remote: from Redis too",
   usage: "kvkeep rm <key>... [--model ID] [--scope SCOPE | --scope-id ID] [--dry-run] [--remote URL]  |  kvkeep rm --all [--yes] [--dry-run] [--remote URL]",

@@ -1,11 +1,11 @@
-import { sizeOption } from "../args.js";
 import { DEFAULT_MAX_BYTES, readRoot, totals } from "../../store/inspect.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
+import { sizeOption } from "../option-values.js";
+import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "../remote-tier.js";
 import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";
 import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
-import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
 
 /** The columns a local and a remote listing start with (SCOPE only on a root that has scopes). */
 const cacheColumns = (withScope: boolean): Column[] => [
@@ -17,7 +17,7 @@ const cacheColumns = (withScope: boolean): Column[] => [
   { header: "MESSAGES", align: "right" },
 ];
 
-export const scanCommand: ParsedCommand = {
+export const scanCommand: Command = {
   name: "scan",
   summary: "every cache: key, model, size, messages, last use (changes nothing)",
   usage: "kvkeep scan [--max-bytes SIZE] [--scope SCOPE | --scope-id ID] [--root DIR] [--json]  |  kvkeep scan --remote URL [--remote-prefix PREFIX] [--json]",

@@ -1,9 +1,9 @@
 import { readRoot, totals } from "../../store/inspect.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";
 
-export const usageCommand: ParsedCommand = {
+export const usageCommand: Command = {
   name: "usage",
   summary: "bytes and counts on disk, auto vs named (changes nothing)",
   usage: "kvkeep usage [--root DIR] [--json]",

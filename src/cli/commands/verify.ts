@@ -1,7 +1,7 @@
 import path from "node:path";
 import { readRoot } from "../../store/inspect.js";
 import { type CacheVerdict, verifyCacheFiles, type VerifyStatus } from "../../store/verify-files.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
@@ -18,7 +18,7 @@ interface Result extends CacheVerdict {
   bytes: number;
 }
 
-export const verifyCommand: ParsedCommand = {
+export const verifyCommand: Command = {
   name: "verify",
   summary: "checksum every cache against its manifest; --fix removes the damaged ones",
   usage: "kvkeep verify [--fix] [--root DIR] [--json]",
