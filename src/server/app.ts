@@ -9,8 +9,10 @@ import type { CompletionParams, CompletionResult } from "../engines/node-llama-c
 import { isKvKeepError } from "../errors.js";
 import { type Logger, logLine } from "../logger.js";
 import type { KvKeepMetrics } from "../metrics/index.js";
+import type { ToolCallDelta } from "../engines/node-llama-cpp/options.js";
 import {
   ApiError,
+  apiErrorOfArgument,
   type ChatCompletionBody,
   chatCompletionBodySchema,
   chunkBody,
@@ -20,14 +22,18 @@ import {
   errorBody,
   paramOfPath,
   sseEvent,
+  type FinishReason,
+  type ToolCallChunk,
   toTurnRequest,
   type TurnRequest,
+  turnReport,
   usageOf,
 } from "./openai.js";
 import { scopeOfApiKey } from "./options.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
 import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
 import { hostAllowed, originAllowed } from "./origin.js";
+import { listSessions, webPage } from "./web.js";
 
 /** What a slot runs: the node-llama-cpp adapter's `completion`. */
 export interface CompletionEngine {
@@ -58,6 +64,14 @@ export interface AppDeps {
   host: string;
   /** Longest a client may take to send a whole request, headers and body (408 and closed past it). Default 30 s. */
   requestTimeoutMs?: number | undefined;
+  /** The cache root, for the web page's list of sessions (`GET /kvkeep/sessions`); absent: that route answers 404. */
+  root?: string | undefined;
+}
+
+/** The web page: static, holds no data, so it is served without a key (its requests send the key). */
+function isWebPage(request: FastifyRequest): boolean {
+  const route = request.url.split("?")[0];
+  return request.method === "GET" && (route === "/" || route === "/index.html");
 }
 
 /** A client that trickles its request in (a byte a second) must not hold a connection for ever. */
@@ -67,6 +81,11 @@ export interface ServeApp {
   app: FastifyInstance;
   /** Abort every running turn (they roll back, keeping the last committed state). */
   abortAll(reason: string): void;
+}
+
+/** OpenAI's finish reason of a reply: `tool_calls` when it calls tools. */
+function finishReasonOf(result: CompletionResult): FinishReason {
+  return result.toolCalls?.length ? "tool_calls" : result.stats.finishReason;
 }
 
 /** A turn aborted while its client is still connected: the server is closing. */
@@ -198,7 +217,7 @@ export function buildApp(deps: AppDeps): ServeApp {
 
   // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
   app.addHook("onRequest", async (request, reply) => {
-    if (keys.length === 0 || request.url === "/health") return;
+    if (keys.length === 0 || request.url === "/health" || isWebPage(request)) return;
     const token = bearerToken(request.headers.authorization);
     const scope = scopeOfToken(token);
     if (scope !== null) scopes.set(request, scope);
@@ -218,6 +237,27 @@ export function buildApp(deps: AppDeps): ServeApp {
   app.get("/health", async (request) =>
     authorized(request.headers.authorization) ? { status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth } : { status: "ok" },
   );
+
+  // The chat page (web/index.html), same origin as the API it talks to.
+  const servePage = async (_request: FastifyRequest, reply: FastifyReply) => {
+    const html = await webPage();
+    if (html === null) throw notFound("This installation of kvkeep has no web page (web/index.html is missing from the package).");
+    void reply
+      .header("content-type", "text/html; charset=utf-8")
+      .header("cache-control", "no-cache")
+      // The page loads nothing from elsewhere and is never framed.
+      .header("content-security-policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+      .header("x-content-type-options", "nosniff");
+    return html;
+  };
+  app.get("/", servePage);
+  app.get("/index.html", servePage);
+
+  // The named sessions kvkeep keeps for the caller's key (its scope only), for the page.
+  app.get("/kvkeep/sessions", async (request) => {
+    if (deps.root === undefined) throw notFound("This server lists no sessions.");
+    return { object: "list", model: deps.modelId, data: await listSessions(deps.root, deps.modelId, scopes.get(request)) };
+  });
 
   app.get("/metrics", async (_request, reply) => {
     void reply.header("content-type", metrics.registry.contentType);
@@ -294,6 +334,10 @@ export function buildApp(deps: AppDeps): ServeApp {
       topP: turn.topP,
       seed: turn.seed,
       stop: turn.stop,
+      tools: turn.tools,
+      toolChoice: turn.toolChoice,
+      parallelToolCalls: turn.parallelToolCalls,
+      responseFormat: turn.responseFormat,
       signal,
     };
     if (!turn.stream) {
@@ -305,7 +349,7 @@ export function buildApp(deps: AppDeps): ServeApp {
         if (reply.raw.destroyed) return reply.hijack(); // the client went away
         throw shuttingDown();
       }
-      return completionBody(head, result.text, result.stats.finishReason, usageOf(result.stats));
+      return completionBody(head, result, finishReasonOf(result), usageOf(result.stats), turnReport(result.stats));
     }
 
     // Streaming. The head (status 200 and the role chunk) goes out with the first piece of
@@ -330,8 +374,16 @@ export function buildApp(deps: AppDeps): ServeApp {
     };
     try {
       const onToken = (piece: string): void => write(chunkBody(head, { delta: { content: piece }, finishReason: null }, usageField));
-      const result = await complete(engine, { ...params, onToken }, turn);
-      write(chunkBody(head, { delta: {}, finishReason: result.stats.finishReason }, usageField));
+      // A tool call streams as OpenAI's: its id, type and name first, then its arguments in pieces.
+      const onToolCall = (d: ToolCallDelta): void => {
+        const call: ToolCallChunk =
+          d.name !== undefined
+            ? { index: d.index, ...(d.id !== undefined ? { id: d.id } : {}), type: "function", function: { name: d.name, arguments: "" } }
+            : { index: d.index, function: { arguments: d.arguments ?? "" } };
+        write(chunkBody(head, { delta: { tool_calls: [call] }, finishReason: null }, usageField));
+      };
+      const result = await complete(engine, { ...params, onToken, onToolCall }, turn);
+      write(chunkBody(head, { delta: {}, finishReason: finishReasonOf(result) }, usageField, turnReport(result.stats)));
       if (turn.includeUsage) write(chunkBody(head, null, usageOf(result.stats)));
       write("[DONE]");
     } catch (error) {
@@ -363,10 +415,7 @@ export function buildApp(deps: AppDeps): ServeApp {
       if (isKvKeepError(error) && error.code.startsWith("KEY_")) {
         throw new ApiError(400, error.message, "invalid_request_error", "kv_cache", "invalid_kv_cache");
       }
-      if (isKvKeepError(error, "INVALID_ARGUMENT")) {
-        const code = error.argument === "history" ? "context_length_exceeded" : null;
-        throw new ApiError(400, error.message, "invalid_request_error", error.argument === "history" ? "messages" : (error.argument ?? null), code);
-      }
+      if (isKvKeepError(error, "INVALID_ARGUMENT")) throw apiErrorOfArgument(error);
       if (cached) metrics.observeRollback("error");
       throw error;
     }

@@ -38,6 +38,8 @@ export interface ServeOptions {
   threads: number;
   /** Serve without kvkeep (every turn a full prefill): the baseline of `bench/serve.ts`. */
   cache: boolean;
+  /** `--adopt`: serve from a non-empty directory that is not marked as a kvkeep root, and mark it. */
+  adopt: boolean;
   /** `kvkeep --json serve`: the listening line and errors as JSON, no progress lines. */
   json: boolean;
 }

@@ -78,6 +78,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     logger,
     // An aborted or failed turn keeps the conversation's last committed state.
     onRollback: "keep-committed",
+    adopt: options.adopt,
     ...(options.maxBytes !== null ? { maxBytes: options.maxBytes } : {}),
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.
@@ -135,6 +136,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     cacheEnabled: options.cache,
     logger,
     host: options.host,
+    root: store.root,
     promptBounds: {
       // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
       contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),

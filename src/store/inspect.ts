@@ -9,7 +9,7 @@
 import { readFileSync, promises as fs } from "node:fs";
 import path from "node:path";
 import type { IndexEntry } from "../catalog/entry.js";
-import { scanKeyDir, type ScannedModelDir, scanRoot } from "../catalog/scan.js";
+import { listKeyDirs, scanKeyDir, type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 import { errnoCode } from "../errors.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { cachePathOf } from "../layout/paths.js";
@@ -139,6 +139,19 @@ export async function readKey(root: string, cacheKey: string, modelId: string | 
   const dirs = await scanKeyDir(root, cacheKey, modelId, false, scopeId);
   if (dirs.length === 0) return null;
   return (await Promise.all(dirs.map((d) => recordsOf(root, d)))).flat();
+}
+
+/**
+ * The caches of `modelId` in one scope's space (null: the shared space) whose key is of `kind`,
+ * as the web page lists a caller's sessions: only that scope's directories are read.
+ */
+export async function readScopeCaches(root: string, scopeId: string | null, modelId: string, kind: "named" | "auto"): Promise<CacheRecord[]> {
+  const caches: CacheRecord[] = [];
+  for (const key of await listKeyDirs(root, scopeId)) {
+    if (cacheKindOf(key) !== kind) continue;
+    for (const dir of await scanKeyDir(root, key, modelId, false, scopeId)) caches.push(...(await recordsOf(root, dir)));
+  }
+  return caches;
 }
 
 /**

@@ -186,7 +186,7 @@ describe("installing kvkeep as the README says", () => {
     const tarball = path.join(work, `kvkeep-${version}.tgz`);
     expect(packed).toContain(`kvkeep-${version}.tgz`);
     const listing = sh(work, "tar", ["-tzf", tarball]);
-    for (const file of ["package/LICENSE", "package/README.md", "package/dist/index.js", "package/dist/cli/bin.js", `package/prebuilds/${process.platform}-${process.arch}/kvkeep.node`]) {
+    for (const file of ["package/LICENSE", "package/README.md", "package/dist/index.js", "package/dist/cli/bin.js", "package/web/index.html", `package/prebuilds/${process.platform}-${process.arch}/kvkeep.node`]) {
       expect(listing).toContain(file);
     }
     expect(existsSync(path.join(checkout, "prebuilds", `${process.platform}-${process.arch}`))).toBe(false); // postpack cleaned up

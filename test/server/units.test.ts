@@ -40,13 +40,16 @@ describe("kvkeep serve flags", () => {
   it("parses every flag, with sizes in powers of 1024 and loopback defaults", () => {
     const options = parseServeArgs(
       ["--model", "m.gguf", "--host", "::1", "--port", "0", "--ctx", "2048", "--parallel", "4", "--max-queue", "3", "--root", "/r",
-        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache"],
+        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache", "--adopt"],
       {},
     );
     expect(options).toEqual({
       modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
-      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, json: false,
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, adopt: true,
+      json: false,
     });
+    // A directory that is not a kvkeep root is refused unless adopted, as by gc, rm and verify --fix.
+    expect(parseServeArgs(["--model", "m.gguf"], {})).toMatchObject({ adopt: false });
     expect(parseServeArgs(["--model", "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "--models-dir", "/m", "--json"], {})).toMatchObject({
       modelPath: "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", modelsDir: "/m", json: true,
     });
@@ -290,10 +293,16 @@ describe("OpenAI requests", () => {
   it("refuses what it cannot honour with the parameter named", () => {
     expect(refused({ model: "gpt-4o" })).toMatchObject({ status: 404, code: "model_not_found", param: "model" });
     expect(refused({ n: 2 })).toMatchObject({ status: 400, param: "n" });
-    expect(refused({ tools: [{ type: "function" }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "two words" } }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "g" } } })).toMatchObject({
+      status: 400,
+      param: "tool_choice",
+    });
     expect(refused({ frequency_penalty: 0.5 })).toMatchObject({ status: 400, param: "frequency_penalty" });
     expect(map({ frequency_penalty: 0, presence_penalty: null }).kvCache).toBe(true);
-    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
+    expect(refused({ messages: [{ role: "user", content: "x" }, { role: "tool", content: "x", tool_call_id: "call_1" }] })).toMatchObject({ status: 400, param: "messages" });
+    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].tool_call_id" });
+    expect(refused({ messages: [{ role: "function", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
     expect(refused({ messages: [{ role: "user", content: [{ type: "image_url" }] }] })).toMatchObject({ param: "messages[0].content[0].type" });
     expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
     expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
@@ -302,7 +311,8 @@ describe("OpenAI requests", () => {
     for (const name of ["auto-0123456789abcdef", ".kvkeep", ".scopes", "x\uD800"]) {
       expect(refused({ kv_cache: name }), name).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
     }
-    expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_object" }, tools: [{ type: "function", function: { name: "f" } }] })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_schema" } })).toMatchObject({ param: "response_format.json_schema" });
   });
 
   it("names a parameter from a JSON-schema path", () => {

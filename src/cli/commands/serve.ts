@@ -11,6 +11,7 @@ import { type Command, NO_ARGUMENTS, type OptionSpec, type OptionValues } from "
 import { usageError } from "../errors.js";
 import type { CliIo } from "../io.js";
 import { integerOption, listOption, requiredText, sizeOption, textOption } from "../option-values.js";
+import { ADOPT_OPTION } from "../root.js";
 
 const SERVE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   model: {
@@ -39,6 +40,7 @@ const SERVE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   "max-body": { type: "string", value: "SIZE", help: "largest request body (default 4M)" },
   threads: { type: "string", value: "N", help: "CPU threads shared by the sequences (default: the machine's)" },
   "no-cache": { type: "boolean", help: "serve without kvkeep (every turn evaluates its whole prompt)" },
+  ...ADOPT_OPTION,
 };
 
 /**
@@ -70,6 +72,7 @@ export function serveOptions(values: OptionValues, env: NodeJS.ProcessEnv): Serv
     maxBodyBytes: sizeOption(values, "max-body") ?? 4 * 1024 ** 2,
     threads: integerOption(values, "threads", { min: 1, max: 4096 }) ?? Math.max(1, os.availableParallelism()),
     cache: values["no-cache"] !== true,
+    adopt: values.adopt === true,
     json: values.json === true,
   };
 }
