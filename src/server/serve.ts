@@ -12,7 +12,7 @@ import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/no
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
 import type { Logger } from "../logger.js";
 import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
-import { openKvCacheStore } from "../store/store.js";
+import { openKvCacheStore } from "../facade/kvkeep-store.js";
 import { buildApp, type CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
