@@ -5,7 +5,7 @@
  * that fails or is interrupted changes nothing: its message is not added, the transcript is
  * not written, and the engine adapter rolled its cache back to the last committed state.
  */
-import type { CompletionResult } from "../../engines/shared/stats.js";
+import type { CompletionResult } from "../../engines/node-llama-cpp/index.js";
 import type { CacheMessage } from "../../types.js";
 import type { Transcript } from "./transcript.js";
 

@@ -6,12 +6,11 @@
  */
 import path from "node:path";
 import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
-import { createLlamaCppCompletion, type LlamaCppCompletion } from "../../engines/node-llama-cpp/completion.js";
-import { modelIdFromModel } from "../../engines/node-llama-cpp/fingerprint.js";
+import { createLlamaCppCompletion, type LlamaCppCompletion, modelIdFromModel } from "../../engines/node-llama-cpp/index.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { Logger } from "../../logger.js";
 import { ModelSourceError, resolveModelSpec } from "../../server/model-source.js";
 import type { StartupStep } from "../../server/startup-status.js";
-import type { KvCacheStore } from "../../store/store.js";
 import { CliError } from "../errors.js";
 
 export interface ChatEngineOptions {

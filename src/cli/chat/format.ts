@@ -1,5 +1,5 @@
 /** What `kvkeep chat` reads from a line and the lines it prints about turns and sessions. Pure. */
-import type { CompletionStats } from "../../engines/shared/stats.js";
+import type { CompletionStats } from "../../engines/node-llama-cpp/index.js";
 import { escapeControls, plural } from "../format.js";
 
 /** A line typed at the chat. */

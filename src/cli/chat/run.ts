@@ -12,9 +12,8 @@
  */
 import { isKvKeepError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
-import { loadNativeFs } from "../../native/index.js";
 import { startupStatus } from "../../server/startup-status.js";
-import { openKvCacheStore } from "../../store/store.js";
+import { openKvCacheStore } from "../../facade/kvkeep-store.js";
 import { CliError } from "../errors.js";
 import type { CliIo } from "../io.js";
 import { Conversation, resolveSystemPrompt, type TurnOutcome } from "./conversation.js";
@@ -198,7 +197,7 @@ export async function chatUntilEnd(options: ChatOptions, io: CliIo): Promise<num
     let file: TranscriptFile | null = null;
     let kept: Transcript | null = null;
     if (options.session !== null) {
-      file = new TranscriptFile(loadNativeFs(logger), store.root, options.session, options.scope);
+      file = new TranscriptFile(store.root, options.session, options.scope, logger);
       await file.lock();
       const lockHeld = file;
       cleanups.push(() => lockHeld.release());

@@ -12,10 +12,11 @@
  * they did not write in a cache directory as foreign. `.kvkeep/` is kvkeep's own directory
  * (the root marker, logs, the warmer's state), never taken for a cache.
  *
- * How: JSON written atomically with the durable layer's helpers (temp, fsync, rename, fsync of
- * the directory), read without following symlinks and bounded in size. While a chat runs it
- * holds `<id>.lock` (a cross-process lock with the native addon), so a second `kvkeep chat` on
- * the same session is refused instead of both writing their own version of the conversation.
+ * How: JSON, through the facade's `OwnFile` (kvkeep's own files below the root): written
+ * atomically and durably (temp, fsync, rename, fsync of the directory), read without following
+ * symlinks and bounded in size. While a chat runs it holds `<id>.lock` (a cross-process lock
+ * with the native addon), so a second `kvkeep chat` on the same session is refused instead of
+ * both writing their own version of the conversation.
  *
  * The transcript is written after each turn's cache was committed: a crash in between leaves
  * the cache one turn ahead of the transcript — never a transcript that claims more than the
@@ -24,11 +25,11 @@
  */
 import { createHash } from "node:crypto";
 import path from "node:path";
-import { mkdirUnderRoot, unlinkIfExists, writeFileAtomic } from "../../durable/files.js";
 import { KvKeepError } from "../../errors.js";
+import { OwnFile } from "../../facade/own-file.js";
 import { INTERNAL_DIR_NAME } from "../../keys/safe-key.js";
 import { scopeIdOption } from "../../keys/scope.js";
-import type { LockHandle, NativeFs } from "../../native/index.js";
+import type { Logger } from "../../logger.js";
 import { CliError } from "../errors.js";
 
 /** What `kvkeep chat` keeps of a conversation. */
@@ -41,8 +42,8 @@ export interface Transcript {
 
 export const TRANSCRIPT_FORMAT = 1;
 
-/** The directory of chat transcripts, below the root. */
-export const CHAT_DIR_COMPONENTS = [INTERNAL_DIR_NAME, "chat"] as const;
+/** The directory of chat transcripts, in the root's `.kvkeep/`. */
+const CHAT_DIR = "chat";
 
 /** A transcript is text a person typed and read: far below this. A larger file is not one of ours. */
 const MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024;
@@ -58,7 +59,7 @@ export function transcriptId(session: string, scope: string | undefined): string
 
 /** `<root>/.kvkeep/chat/<id>.json`. Pure. */
 export function transcriptPath(root: string, session: string, scope: string | undefined): string {
-  return path.join(root, ...CHAT_DIR_COMPONENTS, `${transcriptId(session, scope)}.json`);
+  return path.join(root, INTERNAL_DIR_NAME, CHAT_DIR, `${transcriptId(session, scope)}.json`);
 }
 
 /** The file's text for `transcript`. Pure. */
@@ -96,19 +97,16 @@ export function parseTranscript(text: string, file: string): Transcript {
   return { system: v.system, messages };
 }
 
-/** One session's transcript file and its lock. */
+/** One session's transcript file and its lock (kvkeep's own file below the root: facade/own-file.ts). */
 export class TranscriptFile {
-  readonly path: string;
-  readonly #lockPath: string;
-  readonly #root: string;
-  readonly #nfs: NativeFs;
-  #lock: LockHandle | null = null;
+  readonly #file: OwnFile;
 
-  constructor(nfs: NativeFs, root: string, session: string, scope: string | undefined) {
-    this.#nfs = nfs;
-    this.#root = root;
-    this.path = transcriptPath(root, session, scope);
-    this.#lockPath = this.path.replace(/\.json$/, ".lock");
+  constructor(root: string, session: string, scope: string | undefined, logger?: Logger) {
+    this.#file = new OwnFile(root, CHAT_DIR, `${transcriptId(session, scope)}.json`, logger);
+  }
+
+  get path(): string {
+    return this.#file.path;
   }
 
   /**
@@ -116,40 +114,35 @@ export class TranscriptFile {
    * `kvkeep chat` holds it. (With the JS fallback backend locks do not reach other processes.)
    */
   async lock(): Promise<void> {
-    await mkdirUnderRoot(this.#nfs, this.#root, ...CHAT_DIR_COMPONENTS);
-    const handle = this.#nfs.tryLockFile(this.#lockPath, "exclusive", { under: this.#root });
-    if (handle === null) {
+    if (!(await this.#file.tryLock())) {
       throw new CliError("SESSION_IN_USE", "this session is open in another kvkeep chat; quit that one first, or pick another --session.");
     }
-    this.#lock = handle;
   }
 
   /** The transcript, or null when the session has none yet. */
   async load(): Promise<Transcript | null> {
-    let read;
+    let data;
     try {
-      read = await this.#nfs.readFileBounded(this.path, MAX_TRANSCRIPT_BYTES);
+      data = await this.#file.read(MAX_TRANSCRIPT_BYTES);
     } catch (error) {
       if (error instanceof KvKeepError) throw unreadable(this.path, `cannot be read (${error.message})`);
       throw error;
     }
-    return read === null ? null : parseTranscript(read.data.toString("utf8"), this.path);
+    return data === null ? null : parseTranscript(data.toString("utf8"), this.path);
   }
 
   /** Replace the transcript, atomically and durably. */
   async save(transcript: Transcript): Promise<void> {
-    await mkdirUnderRoot(this.#nfs, this.#root, ...CHAT_DIR_COMPONENTS);
-    await writeFileAtomic(this.#nfs, this.path, serializeTranscript(transcript), { syncDir: true });
+    await this.#file.write(serializeTranscript(transcript));
   }
 
   /** Remove the transcript (the session starts over). */
   async remove(): Promise<void> {
-    if (await unlinkIfExists(this.path)) await this.#nfs.fsyncDir(path.dirname(this.path));
+    await this.#file.remove();
   }
 
-  /** Release the lock (the file stays: a lock file is reused by the next chat on the session). */
+  /** Release the lock (the lock file stays: it is reused by the next chat on the session). */
   release(): void {
-    this.#lock?.release();
-    this.#lock = null;
+    this.#file.release();
   }
 }
