@@ -190,7 +190,7 @@ describe("kvkeep chat without a terminal", () => {
 });
 
 describe("kvkeep chat's usage errors", () => {
-  it("says what is missing or mistyped (exit 2) and loads nothing; a model that is not there exits 1", async () => {
+  it("says what is missing or mistyped (exit 2) and loads nothing; a model that is not there, or a transcript kvkeep did not write, exits 1", async () => {
     const missing = await kvkeep(["chat"]);
     expect([missing.code, missing.stderr]).toEqual([
       2,
@@ -207,6 +207,22 @@ describe("kvkeep chat's usage errors", () => {
     const absent = await kvkeep(["--json", "chat", "--model", "/nonexistent/m.gguf", "--root", tempDir("kvkeep-chat-")]);
     expect(absent.code).toBe(1);
     expect(JSON.parse(absent.stderr).error.code).toBe("START_FAILED");
+    // A transcript kvkeep did not write — not JSON, or a symlink planted in its place — stops
+    // the chat before the model loads, and is left as it is.
+    const root = tempDir("kvkeep-chat-");
+    const file = transcriptPath(root, "mine", undefined);
+    await fs.mkdir(`${root}/.kvkeep/chat`, { recursive: true });
+    await fs.writeFile(file, "not a transcript");
+    const garbled = await kvkeep(["--json", "chat", "--model", "/nonexistent/m.gguf", "--session", "mine", "--root", root]);
+    expect([garbled.code, JSON.parse(garbled.stderr).error.code]).toEqual([1, "TRANSCRIPT_UNREADABLE"]);
+    expect(await fs.readFile(file, "utf8")).toBe("not a transcript");
+    await fs.rm(file);
+    await fs.writeFile(`${root}/elsewhere.json`, serializeTranscript({ system: null, messages: [] }));
+    await fs.symlink(`${root}/elsewhere.json`, file);
+    const linked = await kvkeep(["--json", "chat", "--model", "/nonexistent/m.gguf", "--session", "mine", "--root", root]);
+    expect([linked.code, JSON.parse(linked.stderr).error.code]).toEqual([1, "TRANSCRIPT_UNREADABLE"]);
+    expect((await fs.lstat(file)).isSymbolicLink()).toBe(true);
+
     const help = await kvkeep(["chat", "--help"]);
     expect(help.stdout).toMatch(/^Usage: kvkeep chat --model PATH\|hf:URI\|URL \[--session NAME\]/);
   });
