@@ -29,6 +29,9 @@ export async function startServe(args: string[], env: NodeJS.ProcessEnv = {}): P
     ...(args.includes("--model") ? [] : ["--model", model]),
     ...(args.includes("--host") ? [] : ["--host", "127.0.0.1"]),
     ...(args.includes("--port") ? [] : ["--port", "0"]),
+    // One thread: test files run in parallel on a 2-core machine, and two threads per server
+    // under that load made generation ~8× slower (measured: 100 tokens 27 s vs 3.2 s at load 12).
+    ...(args.includes("--threads") ? [] : ["--threads", "1"]),
   ];
   const run = runChild(script, ["serve", ...defaults, ...args], env);
   const line = await run.waitForLine((l) => l.includes("listening on http://"), 60_000);

@@ -116,7 +116,8 @@ async function streamed(body: Omit<OpenAI.ChatCompletionCreateParamsStreaming, "
   return { content, finish, calls, kvkeep };
 }
 
-describe("tool calls", () => {
+// Each test generates up to a few hundred tokens under grammars: minutes on a loaded 2-core machine, never unbounded.
+describe("tool calls", { timeout: 240_000 }, () => {
   it("a named function is called with arguments valid for its schema (not streamed, then streamed: the same call)", async () => {
     const messages = opening("named");
     const response = await client.chat.completions.create({
@@ -241,7 +242,7 @@ describe("tool calls", () => {
   });
 });
 
-describe("structured output", () => {
+describe("structured output", { timeout: 240_000 }, () => {
   it("json_schema (strict): the reply parses and fits the schema, streamed and not", async () => {
     const schema = {
       type: "object",
