@@ -9,7 +9,7 @@
 import { readFileSync, promises as fs } from "node:fs";
 import path from "node:path";
 import type { IndexEntry } from "../catalog/entry.js";
-import { listKeyDirs, scanKeyDir, type ScannedModelDir, scanRoot } from "../catalog/scan.js";
+import { listKeyDirs, listScopeIds, scanKeyDir, type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 import { errnoCode } from "../errors.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { cachePathOf } from "../layout/paths.js";
@@ -139,6 +139,15 @@ export async function readKey(root: string, cacheKey: string, modelId: string | 
   const dirs = await scanKeyDir(root, cacheKey, modelId, false, scopeId);
   if (dirs.length === 0) return null;
   return (await Promise.all(dirs.map((d) => recordsOf(root, d)))).flat();
+}
+
+/** The isolation scopes (ids) whose space holds caches of `cacheKey` (of `modelId`, or any): where else to look. */
+export async function scopesHoldingKey(root: string, cacheKey: string, modelId: string | undefined): Promise<string[]> {
+  const held: string[] = [];
+  for (const scopeId of await listScopeIds(root)) {
+    if (((await readKey(root, cacheKey, modelId, scopeId)) ?? []).length > 0) held.push(scopeId);
+  }
+  return held;
 }
 
 /**

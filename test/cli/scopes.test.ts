@@ -68,6 +68,12 @@ describe("kvkeep on a root with scopes", () => {
     const again = await kvkeep(["rm", "chat", "--scope-id", alice, "--root", root, "--json"]);
     expect([again.code, jsonError(again).code]).toEqual([1, "NOT_FOUND"]);
     expect(jsonError(again).message).toContain(alice);
+    // "notes" lives only in Alice's scope: rm in the shared space finds nothing, removes
+    // nothing, and says which scope holds it.
+    const elsewhere = await kvkeep(["rm", "notes", "--root", root, "--json"]);
+    expect([elsewhere.code, jsonError(elsewhere).code]).toEqual([1, "NOT_FOUND"]);
+    expect(jsonError(elsewhere).message).toContain(`--scope-id ${alice}`);
+    expect(rows(json<Listed[]>(await kvkeep(["scan", "--root", root, "--json"])))).toEqual([`${alice} notes 6`, `${bob} chat 8`].sort());
     expect((await kvkeep(["rm", "--all", "--scope", ALICE, "--root", root])).code).toBe(2); // --all is every scope's
     const everything = await kvkeep(["rm", "--all", "--yes", "--root", root, "--json"]);
     expect(everything.code).toBe(0);

@@ -1,5 +1,5 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
-import { type CacheRecord, readKey, readRoot } from "../../store/inspect.js";
+import { type CacheRecord, readKey, readRoot, scopesHoldingKey } from "../../store/inspect.js";
 import type { Command, CommandContext } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
@@ -160,10 +160,14 @@ function scopeColumn(scopeIds: ReadonlyArray<string | null>): boolean {
   return scopeIds.some((s) => s !== null);
 }
 
-function missingError(req: RmRequest, missing: readonly string[], found: number, where: string): CliError {
+async function missingError(root: string, req: RmRequest, missing: readonly string[], found: number, where: string): Promise<CliError> {
+  // A key asked for in the shared space may live in a scope's space (a server with API keys):
+  // say which, since `rm KEY` alone never reaches it.
+  const scoped = req.scopeId === null ? [...new Set((await Promise.all(missing.map((k) => scopesHoldingKey(root, k, req.model).catch(() => [])))).flat())] : [];
+  const hint = scoped.length > 0 ? ` It exists in the space of scope ${scoped.map((s) => `--scope-id ${s}`).join(", ")}: pass that option (or --scope NAME).` : "";
   return new CliError(
     "NOT_FOUND",
-    `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${req.model !== undefined ? ` with model ${JSON.stringify(req.model)}` : ""}${req.scopeId !== null ? ` in scope ${req.scopeId}` : ""} ${where}${found > 0 ? ` (${found === 1 ? "the other key" : `the other ${found} keys`} ${req.dryRun ? "would be" : found === 1 ? "was" : "were"} removed)` : ""}.`,
+    `no caches for ${missing.map((k) => JSON.stringify(k)).join(", ")}${req.model !== undefined ? ` with model ${JSON.stringify(req.model)}` : ""}${req.scopeId !== null ? ` in scope ${req.scopeId}` : ""} ${where}${found > 0 ? ` (${found === 1 ? "the other key" : `the other ${found} keys`} ${req.dryRun ? "would be" : found === 1 ? "was" : "were"} removed)` : ""}.${hint}`,
   );
 }
 
@@ -197,7 +201,7 @@ async function removeLocal(ctx: CommandContext, root: RootState, req: RmRequest)
             ...(req.dryRun ? [] : filesLine(files)),
           ],
   );
-  if (missing.length > 0) throw missingError(req, missing, targets.length, `under ${ctx.root}`);
+  if (missing.length > 0) throw await missingError(ctx.root, req, missing, targets.length, `under ${ctx.root}`);
   return 0;
 }
 
@@ -316,6 +320,6 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
   if (failure !== null) {
     throw new CliError("REMOTE_UNAVAILABLE", `the remote copies could not all be removed from ${where} (${failure}); run the same kvkeep rm again once Redis answers.`);
   }
-  if (missing.length > 0) throw missingError(req, missing, found.size, `under ${ctx.root} or in ${where}`);
+  if (missing.length > 0) throw await missingError(ctx.root, req, missing, found.size, `under ${ctx.root} or in ${where}`);
   return 0;
 }
