@@ -87,9 +87,10 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
     return fail(io, json, "START_FAILED", error.message, 1);
   }
   status?.done();
+  if (server.engineHint && !json) io.stderr.write(`kvkeep serve: ${server.engineHint}\n`);
   io.stdout.write(
     json
-      ? `${JSON.stringify({ listening: server.url, model: server.modelId, parallel: options.parallel, root: options.cache ? server.root : null })}\n`
+      ? `${JSON.stringify({ listening: server.url, model: server.modelId, parallel: options.parallel, root: options.cache ? server.root : null, engineBuild: server.engineBuild })}\n`
       : `kvkeep serve: listening on ${server.url} (model ${server.modelId}, ${options.parallel} parallel, ` +
           `${options.cache ? `cache root ${server.root}` : "cache off"})\n`,
   );

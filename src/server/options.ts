@@ -2,6 +2,7 @@
 import { createHash } from "node:crypto";
 import os from "node:os";
 import { parseArgs } from "node:util";
+import { LLAMA_BUILD_CHOICES, type LlamaBuildChoice } from "../engines/node-llama-cpp/llama-build.js";
 import { didYouMean } from "../suggest.js";
 
 export interface ServeOptions {
@@ -35,6 +36,12 @@ export interface ServeOptions {
   maxBodyBytes: number;
   /** CPU threads shared by the sequences. */
   threads: number;
+  /**
+   * Which llama.cpp binary node-llama-cpp runs (`--engine-build`, else `$KVKEEP_ENGINE_BUILD`):
+   * `auto` (a local build for this machine if one exists, else the prebuilt one), `native`
+   * (build one first if missing) or `prebuilt` (src/engines/node-llama-cpp/llama-build.ts).
+   */
+  engineBuild: LlamaBuildChoice;
   /** Serve without kvkeep (every turn a full prefill): the baseline of `bench/serve.ts`. */
   cache: boolean;
   /** `kvkeep --json serve`: the listening line and errors as JSON, no progress lines. */
@@ -65,6 +72,11 @@ Options:
   --max-bytes SIZE    disk budget of automatic caches, e.g. 4G (default 4G)
   --max-body SIZE     largest request body (default 4M)
   --threads N         CPU threads shared by the sequences (default: the machine's)
+  --engine-build auto|native|prebuilt
+                      node-llama-cpp's llama.cpp binary: auto = a build for this machine when
+                      one exists, else the generic prebuilt one; native = build one first if
+                      missing (offline, from the source node-llama-cpp ships; minutes);
+                      prebuilt = the prebuilt one (default $KVKEEP_ENGINE_BUILD, else auto)
   --no-cache          serve without kvkeep (every turn evaluates its whole prompt)
   --json              print the listening line and errors as JSON (also as kvkeep --json serve)
   -h, --help          this text
@@ -109,6 +121,7 @@ const OPTIONS = {
   "max-bytes": { type: "string" },
   "max-body": { type: "string" },
   threads: { type: "string" },
+  "engine-build": { type: "string" },
   "no-cache": { type: "boolean" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -160,6 +173,11 @@ export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   if (v.host !== undefined && v.host.length === 0) throw new UsageError("--host must not be empty.");
   if (v.root !== undefined && v.root.length === 0) throw new UsageError("--root must not be empty.");
   const cores = Math.max(1, os.availableParallelism());
+  const engineBuild = v["engine-build"] ?? (env.KVKEEP_ENGINE_BUILD || "auto");
+  if (!(LLAMA_BUILD_CHOICES as readonly string[]).includes(engineBuild)) {
+    const from = v["engine-build"] !== undefined ? "--engine-build" : "$KVKEEP_ENGINE_BUILD";
+    throw new UsageError(`${from} must be one of ${LLAMA_BUILD_CHOICES.join(", ")} (got ${JSON.stringify(engineBuild)}).`);
+  }
   return {
     modelPath: v.model,
     modelsDir: v["models-dir"] ?? null,
@@ -175,6 +193,7 @@ export function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
     maxBytes: v["max-bytes"] === undefined ? null : parseSize(v["max-bytes"], "--max-bytes"),
     maxBodyBytes: v["max-body"] === undefined ? 4 * 1024 ** 2 : parseSize(v["max-body"], "--max-body"),
     threads: v.threads === undefined ? cores : parseInteger(v.threads, "--threads", 1, 4096),
+    engineBuild: engineBuild as LlamaBuildChoice,
     cache: !v["no-cache"],
     json: v.json === true,
   };

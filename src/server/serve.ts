@@ -10,6 +10,7 @@ import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama
 import { Registry, collectDefaultMetrics } from "prom-client";
 import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
+import { describeLlamaBinary, llamaBuildOptions } from "../engines/node-llama-cpp/llama-build.js";
 import type { Logger } from "../logger.js";
 import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../store/store.js";
@@ -25,6 +26,10 @@ export interface RunningServer {
   readonly port: number;
   readonly modelId: string;
   readonly root: string;
+  /** Which llama.cpp binary node-llama-cpp runs: a build for this machine (`local`) or its generic `prebuilt` one. */
+  readonly engineBuild: "local" | "prebuilt";
+  /** Set when the generic prebuilt binary runs on a CPU: how to get a build for this machine. */
+  readonly engineHint: string | null;
   readonly metrics: KvKeepMetrics;
   /** Abort running turns (they keep their last committed state), stop listening, free the engine. */
   close(): Promise<void>;
@@ -52,8 +57,21 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
   }
   const modelPath = resolved.path;
 
-  onStep({ step: "engine" });
-  const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
+  onStep({ step: "engine", build: options.engineBuild });
+  let llama: Llama;
+  try {
+    llama = await getLlama({
+      ...llamaBuildOptions(options.engineBuild),
+      logLevel: LlamaLogLevel.warn,
+      maxThreads: options.threads,
+      // A native build compiles for minutes: its output goes to stderr (stdout is the listening line).
+      progressLogs: options.engineBuild === "native" && !options.json ? "stderr" : false,
+    });
+  } catch (error) {
+    throw new ServeStartError(`node-llama-cpp found no llama.cpp binary it can run (--engine-build ${options.engineBuild}): ${(error as Error).message}`);
+  }
+  const binary = describeLlamaBinary(llama);
+  onStep({ step: "engine", build: options.engineBuild, binary: binary.line });
   let model: LlamaModel;
   // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
   // loadModel resolved, and must not reopen a step that is over.
@@ -152,6 +170,8 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     port,
     modelId,
     root: store.root,
+    engineBuild: llama.buildType === "localBuild" ? "local" : "prebuilt",
+    engineHint: binary.hint,
     metrics,
     close() {
       closing ??= (async () => {
