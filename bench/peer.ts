@@ -10,7 +10,7 @@
  * gives a ratio of medians, the table the median of the rounds' ratios. Then time to ready,
  * memory and, with --long, a long-context probe. Never part of `npm test`.
  *
- *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--long] [--no-table] [--json FILE]
+ *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--long] [--regenerate] [--no-table] [--json FILE]
  *
  *   --llama-server PATH   an existing llama-server (also $KVKEEP_LLAMA_SERVER); default
  *                         $KVKEEP_PEER_DIR/llama.cpp/build/bin/llama-server (<tmp>/kvkeep-peer),
@@ -19,6 +19,7 @@
  *   --build               build it there even if one exists
  *   --quick               one round, fewer conversations (a smoke run while developing)
  *   --long                also the long-context probe (~8 000 tokens; a few minutes)
+ *   --regenerate          also what a regenerate and a new chat cost kvkeep, part by part (bench/peer/anatomy.ts)
  *   --no-table            only the probes
  *   --json FILE           write every figure as JSON too
  * node-llama-cpp's native build is its local build (`npx --no node-llama-cpp source download
@@ -33,6 +34,7 @@ import { ensureModel, resolveShape } from "../test/fixtures/gguf/models.js";
 import { median, table } from "./lib.js";
 import { buildLlamaServer, checkoutCommit, defaultLlamaServerPath } from "./peer/llama-server.js";
 import { type LongContextRow, runLongContext } from "./peer/long-context.js";
+import { type RegenerateAnatomy, regenerateAnatomy } from "./peer/anatomy.js";
 import { type RoundResult, runRound, SCENARIOS, type ScenarioName } from "./peer/scenarios.js";
 import { kvkeepTarget, llamaServerTarget, type PeerSettings, REPLY_TOKENS, type Target } from "./peer/targets.js";
 
@@ -43,6 +45,7 @@ const { values: flags } = parseArgs({
     rounds: { type: "string" },
     quick: { type: "boolean" },
     long: { type: "boolean" },
+    regenerate: { type: "boolean" },
     "no-table": { type: "boolean" },
     json: { type: "string" },
   },
@@ -82,6 +85,7 @@ interface Output {
   ready?: Record<string, number>;
   memory?: Record<string, { afterRoundRobin: number; end: number; peak: number }>;
   longContext?: LongContextRow[];
+  regenerate?: RegenerateAnatomy;
 }
 const output: Output = {
   machine: { cpu: os.cpus()[0]?.model ?? "?", cores: os.availableParallelism(), loadStart: load() },
@@ -200,6 +204,37 @@ if (flags.long) {
     ),
   );
   output.longContext = rows;
+}
+
+if (flags.regenerate) {
+  const a = await regenerateAnatomy({ modelPath: settings.modelPath, threads: settings.threads, repeats: 5 });
+  const kib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  console.log(
+    `\nregenerate (node-llama-cpp ${a.buildType}; a ${a.promptTokens}-token prompt, the state ${a.stateTokens} tokens, ${kib(a.stateBytes)}; ` +
+      `${a.evaluatedTokens} tokens evaluated; medians of 5)\n`,
+  );
+  console.log(
+    table([
+      { part: "kvkeep: time to first token of the regenerate", ms: a.kvkeepTtftMs },
+      { part: "  of which kvkeep's load of the state (stats.loadMs)", ms: a.kvkeepLoadMs },
+      { part: "node-llama-cpp alone: load the whole state file", ms: a.floorLoadFullMs },
+      { part: `node-llama-cpp alone: load a state of the kept tokens only (${kib(a.keptBytes)})`, ms: a.floorLoadKeptMs },
+      { part: "node-llama-cpp alone: cut the state back to the prompt", ms: a.floorCutMs },
+      { part: `node-llama-cpp alone: evaluate the ${a.evaluatedTokens} new tokens, sample the first`, ms: a.floorEvaluateFirstTokenMs },
+      { part: "kvkeep's own (time to first token − load − cut − evaluate)", ms: a.kvkeepTtftMs - a.kvkeepLoadMs - a.floorCutMs - a.floorEvaluateFirstTokenMs },
+    ]),
+  );
+  const n = a.newChat;
+  console.log(`\nnew chat, same system prompt (a ${n.promptTokens}-token prompt, ${n.reusedTokens} from a cache; medians of 5)\n`);
+  console.log(
+    table([
+      { part: "kvkeep: time to first token of the new chat", ms: n.kvkeepTtftMs },
+      { part: "  of which kvkeep's load of the other conversation's state", ms: n.kvkeepLoadMs },
+      { part: "node-llama-cpp alone, holding that conversation: cut to the system prompt, evaluate, first token", ms: n.floorCutEvaluateFirstTokenMs },
+      { part: `node-llama-cpp alone: save the system prompt's state (${kib(n.primeBytes)}; kvkeep's prime writes it)`, ms: n.floorSavePrimeMs },
+    ]),
+  );
+  output.regenerate = a;
 }
 
 output.machine.loadEnd = load();
