@@ -82,8 +82,11 @@ export async function runServe(argv: string[], io: ServeIo = { stdout: process.s
   try {
     server = await serve.startServer(options, logger, (step) => status?.report(step));
   } catch (error) {
-    if (!(error instanceof serve.ServeStartError)) throw error;
     status?.done();
+    // Fastify and prom-client load while the model does (serve.ts).
+    const name = missingPackage(error);
+    if (name) return fail(io, json, "PACKAGE_MISSING", `needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}`, 1);
+    if (!(error instanceof serve.ServeStartError)) throw error;
     return fail(io, json, "START_FAILED", error.message, 1);
   }
   status?.done();

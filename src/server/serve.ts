@@ -6,15 +6,14 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
-import { Registry, collectDefaultMetrics } from "prom-client";
+import { getLlama, type Llama, type LlamaModel, LlamaLogLevel, resolveChatWrapper } from "node-llama-cpp";
 import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
 import { describeLlamaBinary, llamaBuildOptions } from "../engines/node-llama-cpp/llama-build.js";
 import type { Logger } from "../logger.js";
-import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
+import type { KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../store/store.js";
-import { buildApp, type CompletionEngine } from "./app.js";
+import type { CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
@@ -56,6 +55,10 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     throw error;
   }
   const modelPath = resolved.path;
+  // The HTTP side (Fastify, prom-client: ~0.1 s of module loading) loads while node-llama-cpp
+  // starts and loads the model, much of it on threads of its own.
+  const httpModules = Promise.all([import("prom-client"), import("../metrics/index.js"), import("./app.js")]);
+  httpModules.catch(() => {}); // awaited below; a failure surfaces there
 
   onStep({ step: "engine", build: options.engineBuild });
   let llama: Llama;
@@ -89,6 +92,15 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     await llama.dispose();
     throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
   }
+  let http: Awaited<typeof httpModules>;
+  try {
+    http = await httpModules;
+  } catch (error) {
+    await model.dispose();
+    await llama.dispose();
+    throw error; // a missing package: cli.ts says which to install
+  }
+  const [{ Registry, collectDefaultMetrics }, { createKvKeepMetrics }, { buildApp }] = http;
   const modelId = modelIdFromModel(model);
   const store = openKvCacheStore({
     ...(options.root !== null ? { root: options.root } : {}),
@@ -109,6 +121,9 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
   const metrics = createKvKeepMetrics({ registry, store });
 
   const threads = threadsPerContext(options.threads, options.parallel);
+  // Once for every slot: node-llama-cpp picks the wrapper by rendering test chats through the
+  // model's Jinja template, 0.1-0.5 s a call (each adapter would otherwise resolve its own).
+  const chatWrapper = resolveChatWrapper(model);
   const adapters: LlamaCppCompletion[] = Array.from({ length: options.parallel }, () =>
     createLlamaCppCompletion({
       model,
@@ -116,6 +131,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
       modelId,
       modelPath,
       threads,
+      chatWrapper,
       logger,
       prefixReuse: options.prefixReuse,
       ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
