@@ -91,6 +91,10 @@ const output: Output = {
   machine: { cpu: os.cpus()[0]?.model ?? "?", cores: os.availableParallelism(), loadStart: load() },
   settings: { ...settings, replyTokens: REPLY_TOKENS, rounds },
 };
+/** Written after every round and section: a run of an hour that fails late keeps what it measured. */
+const saveJson = (): void => {
+  if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ ...output, machine: { ...output.machine, loadEnd: load() } }, null, 2)}\n`);
+};
 
 if (!flags["no-table"]) {
   const results: RoundResult[] = [];
@@ -120,6 +124,8 @@ if (!flags["no-table"]) {
     } finally {
       await Promise.all(targets.map((t) => t.dispose()));
     }
+    output.rounds = results;
+    saveJson();
     log(`round ${round} of ${rounds} done (load ${load()})`);
   }
 
@@ -177,33 +183,7 @@ if (!flags["no-table"]) {
     )}`,
   );
   Object.assign(output, { table: rows, rounds: results, ready, memory });
-}
-
-if (flags.long) {
-  const rows = await runLongContext({
-    modelPath: settings.modelPath,
-    llamaServer,
-    threads: settings.threads,
-    tokens: Number(process.env.BENCH_LONG_TOKENS ?? 8000),
-    extra: [35, 64, 140],
-    repeats: 3,
-    nativeBuild,
-    variants,
-    log,
-  });
-  console.log(`\nlong context: ${process.env.BENCH_LONG_TOKENS ?? 8000} tokens cold, then N more tokens (median of 3); ${settings.threads} threads\n`);
-  console.log(
-    table(
-      rows.map((r) => ({
-        engine: r.engine,
-        settings: r.settings,
-        "cold ms/token": r.coldMsPerToken,
-        ...Object.fromEntries(Object.entries(r.extraMs).map(([n, ms]) => [`+${n} ms`, ms])),
-        ...Object.fromEntries(Object.entries(r.extraMs).map(([n, ms]) => [`+${n} ms/token`, ms / Number(n)])),
-      })),
-    ),
-  );
-  output.longContext = rows;
+  saveJson();
 }
 
 if (flags.regenerate) {
@@ -235,6 +215,35 @@ if (flags.regenerate) {
     ]),
   );
   output.regenerate = a;
+  saveJson();
+}
+
+if (flags.long) {
+  const rows = await runLongContext({
+    modelPath: settings.modelPath,
+    llamaServer,
+    threads: settings.threads,
+    tokens: Number(process.env.BENCH_LONG_TOKENS ?? 8000),
+    extra: [35, 64, 140],
+    repeats: 3,
+    nativeBuild,
+    variants,
+    log,
+  });
+  console.log(`\nlong context: ${process.env.BENCH_LONG_TOKENS ?? 8000} tokens cold, then N more tokens (median of 3); ${settings.threads} threads\n`);
+  console.log(
+    table(
+      rows.map((r) => ({
+        engine: r.engine,
+        settings: r.settings,
+        "cold ms/token": r.coldMsPerToken,
+        ...Object.fromEntries(Object.entries(r.extraMs).map(([n, ms]) => [`+${n} ms`, ms])),
+        ...Object.fromEntries(Object.entries(r.extraMs).map(([n, ms]) => [`+${n} ms/token`, ms / Number(n)])),
+      })),
+    ),
+  );
+  output.longContext = rows;
+  saveJson();
 }
 
 output.machine.loadEnd = load();
