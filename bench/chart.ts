@@ -1,5 +1,5 @@
 /**
- * The README's benchmark picture: time to first token against history length, one line per
+ * The benchmark chart of docs/benchmarks.md: time to first token against history length, one line per
  * way of starting a turn, drawn as a self-contained SVG (no charting dependency).
  *
  *   npx tsx bench/chart.ts [bench/results/engine-ttft.json] [docs/bench-ttft.svg]
@@ -170,7 +170,7 @@ export function lineChartSvg(options: ChartOptions): string {
   return `${out.join("\n")}\n`;
 }
 
-/** The README chart from a results file. */
+/** The chart of docs/benchmarks.md from a results file. */
 export function ttftChartSvg(results: TtftResults): string {
   const last = [...results.points].sort((a, b) => a.tokens - b.tokens).pop();
   const endLabels: Record<string, string> = {};

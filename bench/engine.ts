@@ -9,8 +9,8 @@
  * Goals (issue 6): resumed/cold ≤ 0.10 at 2000 tokens; resumed/floor ≤ 1.15.
  *   npx tsx bench/engine.ts        (BENCH_REPEATS=7 by default)
  *   BENCH_TOKENS=500,1000,2000,3000 npx tsx bench/engine.ts --chart
- *       also writes the medians to bench/results/engine-ttft.json and draws the README's
- *       chart, docs/bench-ttft.svg (bench/chart.ts).
+ *       also writes the medians to bench/results/engine-ttft.json and draws the
+ *       chart of docs/benchmarks.md, docs/bench-ttft.svg (bench/chart.ts).
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";

@@ -15,12 +15,14 @@
  *
  *   npx tsx bench/prefix.ts        (BENCH_TARGETS=2000,8000  BENCH_REPEATS=3  BENCH_CACHES=10000)
  */
+import { writeRootMarker } from "../src/durable/root-marker.js";
 import { randomBytes } from "node:crypto";
 import { promises as fs, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createLlamaCppCompletion, modelIdFromModel } from "../src/engines/node-llama-cpp/index.js";
-import { type CacheMessage, generateConfigHash, messageKeyChain, openKvCacheStore } from "../src/index.js";
+import { type CacheMessage, generateConfigHash, openKvCacheStore } from "../src/index.js";
+import { messageKeyChain } from "../src/keys/index.js";
 import { hashReady, xxh64Hex } from "../src/keys/hash.js";
 import { cachePathOf, manifestPathOf } from "../src/layout/paths.js";
 import { MANIFEST_FORMAT, serializeManifest } from "../src/manifest/format.js";
@@ -99,6 +101,7 @@ async function engineRows(): Promise<Array<Record<string, string | number>>> {
 
 /** `n` caches with real manifests and chains (3–9 messages each, one system prompt), fabricated on disk. */
 async function fabricate(root: string, n: number): Promise<CacheMessage[]> {
+  writeRootMarker(root); // a root kvkeep made (a store refuses a foreign directory)
   const configHash = generateConfigHash("bench system prompt");
   const system: CacheMessage = { role: "system", content: "bench system prompt" };
   const state = randomBytes(2048);

@@ -9,6 +9,7 @@
  * Goals (issue 7): a sweep over 10 000 caches ≤ 50 ms; commit latency flat (≤ 1.2× from
  * 1 000 to 100 000).          npx tsx bench/retention.ts     (BENCH_CACHES=1000,10000 to shorten)
  */
+import { writeRootMarker } from "../src/durable/root-marker.js";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, promises as fs, rmSync } from "node:fs";
@@ -43,6 +44,7 @@ async function inParallel(n: number, concurrency: number, work: (i: number) => P
  * file a real commit leaves beside its cache; last uses spread over the past 12 h.
  */
 async function fabricate(root: string, n: number): Promise<number> {
+  writeRootMarker(root); // a root kvkeep made (a store refuses a foreign directory)
   let bytes = 0;
   const now = Date.now();
   await inParallel(n, 64, async (i) => {

@@ -36,6 +36,8 @@ export const BARE_BUILTINS: Readonly<Record<string, { shim: string } | { package
 export const BARE_ENTRIES: Readonly<Record<string, string>> = {
   index: "src/index.ts",
   "engines/qvac/index": "src/engines/qvac/index.ts",
+  "warm/index": "src/warm/index.ts",
+  "keys/index": "src/keys/index.ts",
 };
 
 const builtinsPlugin: Plugin = {

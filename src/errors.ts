@@ -27,6 +27,8 @@ export type KvKeepErrorCode =
   | "NO_SPACE"
   | "IO_ERROR"
   | "TARGET_EXISTS"
+  // A non-empty directory that is not a kvkeep cache root (no `.kvkeep/root.json`): refused untouched.
+  | "ROOT_NOT_KVKEEP"
   // Remote tier (kvkeep/redis), for the calls that report it (CLI listing, explicit deletes).
   | "REMOTE_UNAVAILABLE"
   // Native addon.

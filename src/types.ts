@@ -304,6 +304,8 @@ export interface SweepResult {
    * `evictNamed`). Above `maxBytes` only when caches in use had to be kept.
    */
   keptBytes: number;
+  /** Every file the sweep removed: each evicted cache's file, manifest and lock file. */
+  removedFiles: number;
 }
 
 /** What is on disk under the root: every cache, auto and named. */

@@ -118,11 +118,11 @@ export function kvkeepTarget(name: string, settings: PeerSettings, engineBuild: 
     name,
     readyMs,
     async start() {
-      const script = await bundleFixture("src/server/bin.ts");
+      const script = await bundleFixture("src/cli/bin.ts");
       const port = await freePort();
       const started = nowMs();
       const args = [
-        script, "--model", settings.modelPath, "--host", "127.0.0.1", "--port", String(port), "--root", root,
+        script, "serve", "--model", settings.modelPath, "--host", "127.0.0.1", "--port", String(port), "--root", root,
         "--ctx", String(settings.contextSize), "--threads", String(settings.threads), "--parallel", "1", "--engine-build", engineBuild,
       ];
       const proc = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"] });

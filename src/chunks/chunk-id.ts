@@ -22,7 +22,9 @@
  * chunks, and a chosen collision with someone else's chunk is a second preimage (2^128).
  */
 import { createHash } from "node:crypto";
-import { CHUNK_FORMAT_VERSION, encodeKvGeometry, type KvGeometry, SEQ_STATE_VERSION } from "./state-format.js";
+import { CHUNK_FORMAT_VERSION } from "./chunk-codec.js";
+import { encodeKvGeometry, type KvGeometry } from "./kv-geometry.js";
+import { SEQ_STATE_VERSION } from "./seq-state-parser.js";
 
 /** A chunk identity: 32 lowercase hex characters (128 bits). Safe as a file name. */
 export type ChunkId = string;

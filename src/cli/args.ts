@@ -1,19 +1,21 @@
 /**
- * Strict argument parsing on Node's `util.parseArgs`: an unknown option, a value given to a
- * flag, a missing value or an extra argument is a USAGE error (exit 2) raised before the
- * command runs, so a typo never reaches a command that deletes.
+ * The one flag parser of every `kvkeep` command (`serve` included), on Node's
+ * `util.parseArgs`: an unknown option (with a did-you-mean), a value given to a flag, a
+ * missing value or an extra argument is a USAGE error (exit 2) raised before the command
+ * runs, so a typo never reaches a command that deletes or starts a server. Pure.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { didYouMean } from "../suggest.js";
-import type { OptionSpec, OptionValues } from "./command.js";
+import { type Command, GLOBAL_OPTIONS, type OptionSpec, type OptionValues } from "./command.js";
 import { usageError } from "./errors.js";
-import { parseDuration, parseSize } from "./units.js";
 
 type Token = NonNullable<ReturnType<typeof parseArgs>["tokens"]>[number];
 
 function parseArgsOptions(specs: Readonly<Record<string, OptionSpec>>): NonNullable<ParseArgsConfig["options"]> {
   const options: NonNullable<ParseArgsConfig["options"]> = {};
-  for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, ...(spec.short ? { short: spec.short } : {}) };
+  for (const [name, spec] of Object.entries(specs)) {
+    options[name] = { type: spec.type, ...(spec.short ? { short: spec.short } : {}), ...(spec.multiple ? { multiple: true } : {}) };
+  }
   return options;
 }
 
@@ -60,8 +62,6 @@ function strictParse(args: readonly string[], specs: Readonly<Record<string, Opt
 export interface SplitArgs {
   /** Global options given before the command name. */
   globals: OptionValues;
-  /** The arguments before the command name, as given (forwarded to raw commands). */
-  globalArgs: string[];
   command: string | undefined;
   /** Everything after the command name. */
   rest: string[];
@@ -77,54 +77,33 @@ export function splitCommand(argv: readonly string[], topLevel: Readonly<Record<
   const before = first === -1 ? tokens : tokens.slice(0, first);
   checkTokens(before, topLevel, hint);
   const commandIndex = first === -1 ? argv.length : tokens[first]!.index;
-  const globalArgs = argv.slice(0, commandIndex);
-  const { values } = strictParse(globalArgs, topLevel, false);
+  const { values } = strictParse(argv.slice(0, commandIndex), topLevel, false);
   return {
     globals: values,
-    globalArgs,
     command: first === -1 ? undefined : argv[commandIndex],
     rest: argv.slice(commandIndex + 1),
   };
 }
 
-/** A command's own arguments, strictly: options from `specs`, and `min`..`max` positionals. */
-export function parseCommandArgs(
-  command: string,
-  args: readonly string[],
-  specs: Readonly<Record<string, OptionSpec>>,
-  positionals: { name: string; min: number; max: number },
-): { values: OptionValues; positionals: string[] } {
+/**
+ * A command's own arguments (everything after its name), strictly: its options and the
+ * global ones, and `min`..`max` positionals. `--help` wins over missing arguments (so
+ * `kvkeep rm --help` needs no key), never over a wrong one: an unknown option or an extra
+ * argument is refused next to `--help` too.
+ */
+export function parseCommandArgs(command: Command, args: readonly string[]): { values: OptionValues; positionals: string[] } {
+  const specs = { ...GLOBAL_OPTIONS, ...command.options };
   const { tokens } = parseArgs({ args: [...args], options: parseArgsOptions(specs), strict: false, allowPositionals: true, tokens: true });
   checkTokens(tokens, specs);
   const parsed = strictParse(args, specs, true);
-  if (parsed.values.help) return parsed; // help wins over missing or extra arguments
+  const { max, min, name } = command.positionals;
   const count = parsed.positionals.length;
-  if (count > positionals.max) {
-    const extra = parsed.positionals.slice(positionals.max).map((p) => JSON.stringify(p)).join(" ");
+  if (count > max) {
+    const extra = parsed.positionals.slice(max).map((p) => JSON.stringify(p)).join(" ");
     throw usageError(
-      positionals.max === 0
-        ? `unexpected argument ${extra}: kvkeep ${command} takes none.`
-        : `too many arguments: ${extra} (kvkeep ${command} takes at most ${positionals.max}).`,
+      max === 0 ? `unexpected argument ${extra}: kvkeep ${command.name} takes none.` : `too many arguments: ${extra} (kvkeep ${command.name} takes at most ${max}).`,
     );
   }
-  if (count < positionals.min) throw usageError(`missing ${positionals.name}.`);
+  if (count < min && !parsed.values.help) throw usageError(`missing ${name}.`);
   return parsed;
-}
-
-/** A `--max-bytes`-style option: `5M`, `2G`, `512K` or bytes. */
-export function sizeOption(values: OptionValues, name: string): number | undefined {
-  const text = values[name];
-  if (typeof text !== "string") return undefined;
-  const bytes = parseSize(text);
-  if (bytes === undefined) throw usageError(`--${name} must be a size such as 512K, 5M, 2G or a number of bytes (got ${JSON.stringify(text)}).`);
-  return bytes;
-}
-
-/** A duration option: `30s`, `15m`, `1h`, `7d`. */
-export function durationOption(values: OptionValues, name: string): number | undefined {
-  const text = values[name];
-  if (typeof text !== "string") return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined) throw usageError(`--${name} must be a duration such as 30s, 15m, 1h or 7d (got ${JSON.stringify(text)}).`);
-  return ms;
 }

@@ -6,6 +6,7 @@ import { promises as fs } from "node:fs";
 import { errnoCode } from "../errors.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import { cachePathOf } from "../layout/paths.js";
+import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest } from "../manifest/store.js";
 import { type ScannedModelDir, scanRoot } from "../store/scan.js";
 
@@ -22,8 +23,13 @@ export interface CacheRecord {
   messageCount: number | null;
   /** Last use: the manifest's mtime (set by every load and commit), else the file's. */
   lastUsedMs: number;
-  /** Whether a manifest file exists beside it (a store's retention indexes only these). */
+  /** Whether a manifest file exists beside it. */
   hasManifest: boolean;
+  /**
+   * Whether it is provably kvkeep's: its manifest is a kvkeep manifest naming it (a store's
+   * retention counts only these, and only these are ever removed).
+   */
+  owned: boolean;
   /** Why a turn would not trust it, as far as a read-only look can tell; null when it looks fine. */
   problem: string | null;
 }
@@ -55,7 +61,8 @@ export async function recordsOf(root: string, dir: ScannedModelDir, temps?: Root
       }
     }
     if (file.kind !== "cache") continue;
-    const cachePath = cachePathOf(root, { scopeId: dir.scopeId, cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! });
+    const loc = { scopeId: dir.scopeId, cacheKey: dir.cacheKey, modelId: dir.modelId, configHash: file.configHash! };
+    const cachePath = cachePathOf(root, loc);
     const st = await sizeOf(cachePath);
     if (!st) continue; // removed since the directory was listed
     const read = await readManifest(cachePath);
@@ -70,8 +77,18 @@ export async function recordsOf(root: string, dir: ScannedModelDir, temps?: Root
       bytes: st.bytes,
       messageCount: entry?.messageCount ?? null,
       hasManifest: !("missing" in read),
+      owned: manifestNames(read, loc),
       lastUsedMs: (await readLastUse(cachePath).catch(() => null)) ?? st.mtimeMs,
-      problem: "manifest" in read ? (entry ? null : "manifest has no committed state") : "missing" in read ? "no manifest" : read.error,
+      problem:
+        "manifest" in read
+          ? !manifestNames(read, loc)
+            ? "its manifest names another cache"
+            : entry
+              ? null
+              : "manifest has no committed state"
+          : "missing" in read
+            ? "no manifest"
+            : read.error,
     });
   }
   return caches;
@@ -85,10 +102,11 @@ export async function readRoot(root: string): Promise<RootContents> {
   return { caches, temps };
 }
 
-/** Totals by kind, as `store.usage()` reports them. */
+/** Totals by kind of the caches that are kvkeep's, as `store.usage()` reports them. */
 export function totals(caches: readonly CacheRecord[]): { bytes: number; count: number; autoBytes: number; namedBytes: number; autoCount: number; namedCount: number } {
   const sum = { bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, autoCount: 0, namedCount: 0 };
   for (const c of caches) {
+    if (!c.owned) continue;
     sum.bytes += c.bytes;
     sum.count++;
     if (c.kind === "auto") {

@@ -1,19 +1,22 @@
 /**
- * The shape of a `kvkeep` command. Every command is one entry of the table in
- * `commands/index.ts`; parsing, `--help`, `--json` and error output come from here and
- * `main.ts`, so a command only declares its options and does its work.
+ * The shape of a `kvkeep` command. Every command, `serve` included, is one entry of the
+ * table in `commands/index.ts`; parsing (args.ts), values (option-values.ts), `--help`
+ * (help.ts), `--json` and error output (errors.ts, main.ts) come from here, so a command only
+ * declares its options and does its work.
  */
 import type { CliIo } from "./io.js";
 
 export interface OptionSpec {
   type: "boolean" | "string";
   short?: string;
+  /** A string option that may be given several times (its value is then a list). */
+  multiple?: boolean;
   /** Placeholder for the value in help (`SIZE`, `DIR`). */
   value?: string;
   help: string;
 }
 
-export type OptionValues = Record<string, string | boolean | undefined>;
+export type OptionValues = Record<string, string | boolean | string[] | undefined>;
 
 export interface CommandContext {
   readonly io: CliIo;
@@ -28,8 +31,12 @@ export interface CommandContext {
   note(line: string): void;
 }
 
-/** A command whose arguments `main` parses strictly from its declared options. */
-export interface ParsedCommand {
+/**
+ * One `kvkeep` command: what it accepts and what it does. `main` parses its arguments
+ * strictly from `options` (with the global ones), prints its `--help` from these fields, and
+ * turns what `run` throws into one stderr line (or JSON) with an exit status.
+ */
+export interface Command {
   readonly name: string;
   /** One line for the command list. */
   readonly summary: string;
@@ -41,28 +48,14 @@ export interface ParsedCommand {
   readonly positionals: { readonly name: string; readonly min: number; readonly max: number };
   /** `[command line, what it does]` */
   readonly examples: ReadonlyArray<readonly [string, string]>;
+  /** Does the work; resolves to the exit status. Throw a `CliError` (errors.ts) to fail. */
   run(ctx: CommandContext): Promise<number>;
 }
 
-/**
- * A command that parses its own arguments (e.g. `kvkeep serve`, see commands/index.ts):
- * it receives every argument except its own name — global options given before the name
- * included — and handles its own `--help`. Returns the exit status.
- */
-export interface RawCommand {
-  readonly name: string;
-  readonly summary: string;
-  readonly usage: string;
-  readonly raw: (argv: string[], io: CliIo) => Promise<number>;
-}
+/** `positionals` of a command that takes options only. */
+export const NO_ARGUMENTS: Command["positionals"] = { name: "", min: 0, max: 0 };
 
-export type Command = ParsedCommand | RawCommand;
-
-export function isRaw(command: Command): command is RawCommand {
-  return "raw" in command;
-}
-
-/** Options every parsed command accepts, before or after its name. */
+/** Options every command accepts, before or after its name. */
 export const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   root: {
     type: "string",

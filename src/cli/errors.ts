@@ -22,7 +22,11 @@ export type CliErrorCode =
   /** `--remote`: Redis could not be reached, or did not answer within --remote-timeout. */
   | "REMOTE_UNAVAILABLE"
   /** `--remote` without the `redis` package (an optional peer dependency) installed. */
-  | "REMOTE_CLIENT_MISSING";
+  | "REMOTE_CLIENT_MISSING"
+  /** `serve` without a package it needs (node-llama-cpp, fastify, prom-client: optional peer dependencies). */
+  | "PACKAGE_MISSING"
+  /** `serve` could not start: the model could not be found, downloaded or loaded. */
+  | "START_FAILED";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -39,6 +43,7 @@ export class CliError extends Error {
   }
 }
 
+/** The one usage error of every command: bad flags, values or arguments (exit 2, nothing was done). */
 export function usageError(message: string): CliError {
   return new CliError("USAGE", message);
 }

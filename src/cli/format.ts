@@ -44,13 +44,37 @@ export function plural(count: number, singular: string, pluralForm = `${singular
   return `${count} ${count === 1 ? singular : pluralForm}`;
 }
 
+/**
+ * Characters a terminal acts on instead of showing, or that reorder or break lines: C0
+ * controls (ESC starts escape sequences, CR and LF fake rows), DEL, C1 controls (0x9B is a
+ * CSI on many terminals), the Unicode line and paragraph separators, and the bidirectional
+ * overrides and isolates.
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `text` safe to print on a terminal: each control character (see CONTROL) as a visible
+ * escape, `\x1b` or `\u202e`. Session names are chosen by clients (`kv_cache`, `X-KV-Cache`),
+ * so a name must never move the cursor, clear the screen or add a row to a table.
+ */
+export function escapeControls(text: string): string {
+  return text.replace(CONTROL, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}
+
 export interface Column {
   header: string;
   align?: "left" | "right";
 }
 
-/** Rows under a header, columns padded to their widest cell, two spaces apart, no trailing spaces. */
-export function renderTable(columns: readonly Column[], rows: ReadonlyArray<readonly string[]>): string[] {
+/**
+ * Rows under a header, columns padded to their widest cell, two spaces apart, no trailing
+ * spaces. Cells are printed with their control characters escaped (escapeControls).
+ */
+export function renderTable(columns: readonly Column[], rawRows: ReadonlyArray<readonly string[]>): string[] {
+  const rows = rawRows.map((r) => r.map(escapeControls));
   const widths = columns.map((c, i) => Math.max(c.header.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: readonly string[]): string =>
     columns

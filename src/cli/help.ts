@@ -1,6 +1,7 @@
-/** `kvkeep --help` and `kvkeep <command> --help`, rendered from the command table. */
-import { type Command, GLOBAL_OPTIONS, isRaw, type OptionSpec, type ParsedCommand, TOP_LEVEL_OPTIONS } from "./command.js";
+/** The one help generator: `kvkeep --help` and `kvkeep <command> --help`, rendered from the command table. */
+import { type Command, GLOBAL_OPTIONS, type OptionSpec, TOP_LEVEL_OPTIONS } from "./command.js";
 import { renderTable } from "./format.js";
+import { DURATION_SYNTAX, SIZE_SYNTAX } from "./units.js";
 
 function optionLines(specs: Readonly<Record<string, OptionSpec>>): string[] {
   const rows = Object.entries(specs).map(([name, spec]) => [
@@ -44,7 +45,8 @@ export function globalHelp(commands: readonly Command[], version: string): strin
     "Options (before or after the command):",
     ...optionLines(TOP_LEVEL_OPTIONS),
     "",
-    "Sizes: 512K, 5M, 2G (powers of 1024) or bytes. Durations: 30s, 15m, 1h, 7d.",
+    SIZE_SYNTAX,
+    DURATION_SYNTAX,
     "Exit status: 0 done; 1 failed, or found problems (verify); 2 bad usage (nothing was changed).",
     "",
     "Examples:",
@@ -59,9 +61,14 @@ export function globalHelp(commands: readonly Command[], version: string): strin
   ];
 }
 
-export function commandHelp(command: Command): string[] {
-  if (isRaw(command)) return [`Usage: ${command.usage}`, "", command.summary];
-  const c: ParsedCommand = command;
+/** The grammar lines for the kinds of values a command's options take (SIZE, DURATION). */
+function syntaxLines(specs: Readonly<Record<string, OptionSpec>>): string[] {
+  const kinds = new Set(Object.values(specs).map((spec) => spec.value));
+  return [...(kinds.has("SIZE") ? [SIZE_SYNTAX] : []), ...(kinds.has("DURATION") ? [DURATION_SYNTAX] : [])];
+}
+
+export function commandHelp(c: Command): string[] {
+  const syntax = syntaxLines(c.options);
   return [
     `Usage: ${c.usage}`,
     "",
@@ -70,6 +77,7 @@ export function commandHelp(command: Command): string[] {
     "",
     "Global options:",
     ...optionLines(GLOBAL_OPTIONS),
+    ...(syntax.length > 0 ? ["", ...syntax] : []),
     "",
     "Examples:",
     ...exampleLines(c.examples),

@@ -1,6 +1,7 @@
 /** The streams a command talks through (the process's own in `bin.ts`). */
 import { createInterface } from "node:readline";
 import { Readable } from "node:stream";
+import { escapeControls } from "./format.js";
 
 export interface CliOutput {
   write(text: string): unknown;
@@ -23,7 +24,7 @@ export function processIo(): CliIo {
 export async function confirm(io: CliIo, question: string): Promise<boolean> {
   const rl = createInterface({ input: io.stdin, output: io.stderr as NodeJS.WritableStream, terminal: false });
   try {
-    io.stderr.write(`${question} [y/N] `);
+    io.stderr.write(`${escapeControls(question)} [y/N] `);
     const answer = await new Promise<string>((resolve) => {
       rl.once("line", resolve);
       rl.once("close", () => resolve(""));

@@ -1,6 +1,6 @@
 /**
- * `kvkeep` — inspect and manage a cache root. The commands are the table in
- * commands/index.ts; this file parses the command line strictly, prints help and the
+ * `kvkeep` — inspect and manage a cache root, or serve a model with it. The commands are the
+ * table in commands/index.ts; this file parses the command line strictly, prints help and the
  * version, runs the command and turns what it throws into one line (or one JSON object)
  * on stderr with its exit status: 0 done, 1 failed or found problems, 2 bad usage.
  */
@@ -10,9 +10,10 @@ import { defaultRoot } from "../layout/paths.js";
 import { findPackageRoot } from "../native/paths.js";
 import { didYouMean } from "../suggest.js";
 import { parseCommandArgs, splitCommand } from "./args.js";
-import { type Command, type CommandContext, GLOBAL_OPTIONS, isRaw, TOP_LEVEL_OPTIONS } from "./command.js";
+import { type Command, type CommandContext, TOP_LEVEL_OPTIONS } from "./command.js";
 import { commands as defaultCommands } from "./commands/index.js";
 import { describeFailure, EXIT_OK, usageError } from "./errors.js";
+import { escapeControls } from "./format.js";
 import { commandHelp, globalHelp } from "./help.js";
 import { type CliIo, processIo } from "./io.js";
 
@@ -24,14 +25,18 @@ export function kvkeepVersion(): string {
 
 const lines = (text: string | readonly string[]): string => (typeof text === "string" ? text : text.join("\n"));
 
+/** Human output, each line with its control characters escaped: a name from a client never writes to the terminal. */
+const safeLines = (text: string | readonly string[]): string => (typeof text === "string" ? [text] : text).map(escapeControls).join("\n");
+
 export async function main(argv: readonly string[], io: CliIo = processIo(), commands: readonly Command[] = defaultCommands): Promise<number> {
   // --json is honoured for errors even when parsing fails, if it was given at all.
   let json = argv.includes("--json");
   let commandName: string | undefined;
   try {
     const split = splitCommand(argv, TOP_LEVEL_OPTIONS, (option) => {
-      const owners = commands.filter((c) => !isRaw(c) && Object.hasOwn(c.options, option)).map((c) => c.name);
-      return owners.length === 0 ? "" : ` before the command; it is an option of ${owners.join(" and ")}: put it after the command name, e.g. kvkeep ${owners[0]} --${option}`;
+      const owners = commands.filter((c) => Object.hasOwn(c.options, option)).map((c) => c.name);
+      const names = owners.length <= 2 ? owners.join(" and ") : `${owners.slice(0, -1).join(", ")} and ${owners.at(-1)}`;
+      return owners.length === 0 ? "" : ` before the command; it is an option of ${names}: put it after the command name, e.g. kvkeep ${owners[0]} --${option}`;
     });
     commandName = split.command;
     json = split.globals.json === true || json;
@@ -48,14 +53,12 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
     if (!command) {
       throw usageError(`unknown command ${JSON.stringify(name)}${didYouMean(name, commands.map((c) => c.name))}; the commands are ${commands.map((c) => c.name).join(", ")}.`);
     }
-    if (split.command === "help" || (split.globals.help && !isRaw(command))) {
+    if (split.command === "help" || split.globals.help) {
       if (split.command === "help" && split.rest.length > 1) throw usageError("kvkeep help takes one command name.");
       io.stdout.write(`${lines(commandHelp(command))}\n`);
       return EXIT_OK;
     }
-    if (isRaw(command)) return await command.raw([...split.globalArgs, ...split.rest], io);
-
-    const parsed = parseCommandArgs(command.name, split.rest, { ...GLOBAL_OPTIONS, ...command.options }, command.positionals);
+    const parsed = parseCommandArgs(command, split.rest);
     if (parsed.values.help) {
       io.stdout.write(`${lines(commandHelp(command))}\n`);
       return EXIT_OK;
@@ -71,11 +74,11 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
       options: values,
       positionals: parsed.positionals,
       print: (value, human) => {
-        const text = json ? JSON.stringify(value, null, 2) : lines(human());
+        const text = json ? JSON.stringify(value, null, 2) : safeLines(human());
         if (text !== "") io.stdout.write(`${text}\n`); // nothing to say is no output, not a blank line
       },
       note: (line) => {
-        if (!json) io.stderr.write(`${line}\n`);
+        if (!json) io.stderr.write(`${escapeControls(line)}\n`);
       },
     };
     return await command.run(ctx);
@@ -87,7 +90,7 @@ export async function main(argv: readonly string[], io: CliIo = processIo(), com
     } else {
       const where = commandName && commands.some((c) => c.name === commandName) ? `kvkeep ${commandName}` : "kvkeep";
       const hint = failure.code === "USAGE" ? ` See ${where} --help.` : "";
-      io.stderr.write(`${where}: ${message}${hint}\n`);
+      io.stderr.write(`${where}: ${escapeControls(message)}${hint}\n`);
     }
     return failure.exitCode;
   }

@@ -1,9 +1,16 @@
-/** The cache root a command works on: it must exist and be a directory; is it writable? */
+/**
+ * The cache root a command works on: it must exist and be a directory; is it writable; is
+ * it a kvkeep root (src/durable/root-marker.ts)?
+ */
 import { constants as fsConstants, promises as fs } from "node:fs";
+import { inspectRoot, notARootError, type RootKind, writeRootMarker } from "../durable/root-marker.js";
 import { errnoCode } from "../errors.js";
+import type { CommandContext } from "./command.js";
 import { CliError } from "./errors.js";
 
 export interface RootState {
+  /** What the directory is: `marked`, `legacy` (made by an earlier kvkeep), `empty` or `foreign`. */
+  kind: RootKind;
   /** On a read-only file system (or not writable by this user): nothing can be removed. */
   readOnly: boolean;
   /** Why, for messages: `EROFS`, `EACCES`. */
@@ -24,12 +31,42 @@ export async function checkRoot(root: string): Promise<RootState> {
   if (!st.isDirectory()) {
     throw new CliError("ROOT_NOT_DIRECTORY", `the cache root ${root} is not a directory; pass --root DIR with the cache directory.`);
   }
+  const kind = inspectRoot(root);
   try {
     await fs.access(root, fsConstants.W_OK);
-    return { readOnly: false, readOnlyReason: null };
+    return { kind, readOnly: false, readOnlyReason: null };
   } catch (error) {
-    return { readOnly: true, readOnlyReason: errnoCode(error) ?? "not writable" };
+    return { kind, readOnly: true, readOnlyReason: errnoCode(error) ?? "not writable" };
   }
+}
+
+/** The `--adopt` option of the commands that change a root. */
+export const ADOPT_OPTION = {
+  adopt: {
+    type: "boolean",
+    help: "work on a directory that is not marked as a kvkeep root (no .kvkeep/root.json) and mark it; still only kvkeep's own files are removed",
+  },
+} as const;
+
+/**
+ * ROOT_NOT_KVKEEP (exit 1) for a command that changes the root — and for its dry run, which
+ * says what it would do — when the directory is not a kvkeep root, unless `--adopt`.
+ * Nothing is touched either way: the marker is written by the store the command opens.
+ */
+export function assertKvkeepRoot(ctx: CommandContext, state: RootState): void {
+  if (state.kind.kind !== "foreign" || ctx.options.adopt === true) return;
+  throw notARootError(ctx.root, state.kind, "pass --adopt to treat it as one");
+}
+
+/** Mark an adopted root for a command that changes it without opening a store (`verify --fix`). */
+export function markAdopted(ctx: CommandContext, state: RootState): void {
+  if (state.kind.kind === "foreign" && ctx.options.adopt === true && !state.readOnly) writeRootMarker(ctx.root);
+}
+
+/** For a command that only reads: say (not with --json) that the directory is not marked as a kvkeep root. */
+export function noteIfNotRoot(ctx: CommandContext, state: RootState): void {
+  if (state.kind.kind !== "foreign") return;
+  ctx.note(`kvkeep: note: ${ctx.root} is not marked as a kvkeep cache root (no .kvkeep/root.json); gc, rm and verify --fix refuse it without --adopt`);
 }
 
 /** ROOT_READ_ONLY (exit 1) for a command that must remove files. */

@@ -1,4 +1,7 @@
-/** Sizes (`512K`, `5M`, `2G`) and durations (`30s`, `15m`, `1h`, `7d`) as the CLI accepts them (pure). */
+/**
+ * The grammar of every `kvkeep` command's values (pure): sizes (`512K`, `5M`, `2G`),
+ * durations (`30s`, `15m`, `1h`, `7d`) and whole numbers. option-values.ts applies it to flags.
+ */
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
 
@@ -29,3 +32,16 @@ export function parseDuration(text: string): number | undefined {
   }
   return Number.isSafeInteger(Math.round(total)) ? Math.round(total) : undefined;
 }
+
+/**
+ * A whole number written with digits only (`8080`, `007`): no sign, fraction, exponent or
+ * unit. Undefined otherwise. Not bounded here: the caller checks its range.
+ */
+export function parseWholeNumber(text: string): number | undefined {
+  const trimmed = text.trim();
+  return /^\d+$/.test(trimmed) ? Number(trimmed) : undefined;
+}
+
+/** The grammar in one line each, for help texts. */
+export const SIZE_SYNTAX = "Sizes: 512K, 5M, 2G, 1.5T (powers of 1024; KB, KiB, MB, … mean the same) or bytes.";
+export const DURATION_SYNTAX = "Durations: 30s, 15m, 1h, 7d, 2w, 500ms, or a sum such as 1h30m.";

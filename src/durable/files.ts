@@ -3,6 +3,7 @@ import { constants as fsConstants, promises as fs } from "node:fs";
 import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
+import { isOwnDirLevel } from "../layout/paths.js";
 import type { FileIdentity } from "../manifest/format.js";
 import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
@@ -116,7 +117,7 @@ export const PRIVATE_DIR_MODE = 0o700;
  * directory that has resolved survives a power cut (its entry would otherwise live only
  * in memory). Everything it creates — the root, missing directories above it, and the
  * levels below — is private to the user (0700): caches hold conversations, and a root is
- * only as private as its directories (README, "Security model").
+ * only as private as its directories (docs/security.md, "What a scope does not do").
  */
 export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
@@ -215,11 +216,15 @@ export async function assertRealDirs(root: string, components: readonly string[]
 /**
  * Remove now-empty directories from `dir` upwards, stopping below `root` and at the first
  * directory that is not empty or that `isInUse` claims (an in-flight turn still needs it).
+ * Only the levels kvkeep makes — a key directory and its model directories, and under
+ * `.scopes/` a scope's space and its key and model directories (isOwnDirLevel) — are ever
+ * removed; any other `dir` removes nothing.
  */
 export async function pruneEmptyDirs(root: string, dir: string, isInUse: (dir: string) => boolean): Promise<void> {
   let current = path.resolve(dir);
   const top = path.resolve(root);
   while (current !== top && current.startsWith(top + path.sep)) {
+    if (!isOwnDirLevel(path.relative(top, current).split(path.sep))) return;
     if (isInUse(current)) return;
     try {
       await fs.rmdir(current);

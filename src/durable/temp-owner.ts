@@ -87,3 +87,23 @@ export function tempWriterAlive(fileName: string): boolean {
   // Not knowable here (no /proc, or the process went between the two looks): keep it.
   return now === null || now === owner.stamp;
 }
+
+/** The stamp kvkeep puts in temp names: 10 hex digits of a hash (writerStampOf). */
+const STAMP = /^[0-9a-f]{10}$/;
+
+/**
+ * Whether `fileName` is a name kvkeep gives its temps. Where this process stamps its temps
+ * (Linux: /proc), every kvkeep writer does, so a name without a well-formed stamp —
+ * `report.bin.1234-abc.tmp` — is not one of kvkeep's; where stamps cannot be made, the
+ * pattern alone.
+ */
+export function ownTempName(fileName: string): boolean {
+  const owner = tempOwner(fileName);
+  if (!owner) return false;
+  return owner.stamp === null ? ownWriterStamp() === null : STAMP.test(owner.stamp);
+}
+
+/** Whether the temp file named `fileName` is a leftover kvkeep may remove: its own name, its writer dead. */
+export function deadWritersTemp(fileName: string): boolean {
+  return ownTempName(fileName) && !tempWriterAlive(fileName);
+}

@@ -5,7 +5,8 @@
  *   <root>/<cacheKey>/<modelId>/<configHash>.meta.json   its manifest
  *   <root>/<cacheKey>/<modelId>/<configHash>.lock        its cross-process lock (native addon only)
  *   <root>/<cacheKey>/<modelId>/<name>.<pid>-<stamp>-<rand>.tmp  temp files: turn saves, manifest writes
- *   <root>/.kvkeep/                                     kvkeep's own files (settings, …)
+ *   <root>/.kvkeep/                                     kvkeep's own files (logs, settings, …)
+ *   <root>/.kvkeep/root.json                            the marker that makes the directory a root
  *
  * A scoped cache (src/keys/scope.ts) lives in its scope's own space, the same layout one
  * level down: `<root>/.scopes/<scope id>/<cacheKey>/<modelId>/<configHash>.bin`. `.scopes`
@@ -112,11 +113,22 @@ export function tempOwnerPid(fileName: string): number | undefined {
 
 export type CacheFileKind = "cache" | "manifest" | "lock" | "temp";
 
-/** What a file in a model directory is, by its name; null for anything not kvkeep's. */
+/**
+ * The only temps kvkeep writes in a model directory: beside a cache file or a manifest,
+ * `<configHash>.bin.<owner>.tmp` or `<configHash>.meta.json.<owner>.tmp` (see tempPathFor).
+ * A user's `report.1234-abc.tmp` does not fit, so no sweep ever takes it for a dead writer's.
+ */
+const CACHE_DIR_TEMP = /^([A-Za-z0-9_-]{1,128})\.(?:bin|meta\.json)\.\d+-(?:[0-9a-z]+-)?[0-9a-z]+\.tmp$/;
+
+/**
+ * What a file in a model directory is, by its name; null for a name kvkeep never gives a
+ * file there. A name is a claim, not a proof: a cache, manifest or lock file is removed only
+ * once its contents prove it kvkeep's (src/manifest/ownership.ts).
+ */
 export function classifyFileName(fileName: string): { kind: CacheFileKind; configHash: string } | null {
   if (fileName.endsWith(TEMP_SUFFIX)) {
-    if (tempOwnerPid(fileName) === undefined) return null;
-    return { kind: "temp", configHash: fileName.split(".")[0] ?? "" };
+    const temp = CACHE_DIR_TEMP.exec(fileName);
+    return temp ? { kind: "temp", configHash: temp[1]! } : null;
   }
   for (const [suffix, kind] of [
     [MANIFEST_SUFFIX, "manifest"],
@@ -156,6 +168,20 @@ export function parseRelativeParts(parts: readonly string[]): CacheLocation | nu
   const kind = classifyFileName(fileName);
   if (kind?.kind !== "cache" || isReservedRootName(cacheKey) || cacheKey.length === 0 || modelId.length === 0) return null;
   return { scopeId, cacheKey, modelId, configHash: kind.configHash };
+}
+
+/**
+ * Whether a directory below the root (its path components relative to the root) is one of
+ * the levels kvkeep makes, and so may be pruned once empty: in the shared space a key
+ * directory and its model directories (`<key>`, `<key>/<model>`); for scopes `.scopes`, a
+ * scope's space `.scopes/<id>` — kvkeep's by its name, a scope id's form — and the key and
+ * model levels in it. Deeper levels, `.kvkeep` and anything under `.scopes` not named like
+ * a scope id are never kvkeep's to remove.
+ */
+export function isOwnDirLevel(parts: readonly string[]): boolean {
+  if (parts.length === 0 || parts.some((part) => part.length === 0)) return false;
+  if (parts[0] === SCOPES_DIR_NAME) return parts.length <= 4 && (parts.length < 2 || SCOPE_ID_PATTERN.test(parts[1]!));
+  return parts.length <= 2 && !isReservedRootName(parts[0]!);
 }
 
 /** True when `child` is `dir` itself or inside it. */

@@ -276,10 +276,12 @@ async function installFresh(nfs: NativeFs, params: InstallParams, entry: Manifes
 /**
  * Remove a cache file and its manifest (file first: a manifest alone is never trusted) —
  * whatever they are: a symlink is removed itself, a directory planted there with its contents.
+ * Resolves to how many of the two were there and are gone.
  */
-export async function removeCacheFiles(cachePath: string): Promise<void> {
-  await removeEntry(cachePath);
-  await removeEntry(manifestPathOf(cachePath));
+export async function removeCacheFiles(cachePath: string): Promise<number> {
+  const bin = await removeEntry(cachePath);
+  const manifest = await removeEntry(manifestPathOf(cachePath));
+  return Number(bin) + Number(manifest);
 }
 
 /**

@@ -93,7 +93,7 @@ export interface KvKeepMetrics {
    * Record what a retention sweep (`store.sweep()`) evicted — for metrics not subscribed to
    * the sweeping store's eviction events; a no-op when `options.store` has `onEviction`.
    */
-  observeSweep(result: SweepResult): void;
+  observeSweep(result: Pick<SweepResult, "evicted"> & Partial<SweepResult>): void;
 }
 
 /** `none`, or the reason the turn's own cache was refused (only the known reasons become labels). */

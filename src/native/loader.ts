@@ -48,9 +48,24 @@ export function openNativeBackend(): Selection & { binding: NativeBinding } {
   );
 }
 
-/** The full choice, as loadNativeFs makes it. */
-export function selectBackend(env: NodeJS.ProcessEnv = process.env): Selection {
+/** True under the Bare runtime (kvkeep's Bare build), where the addon is required. */
+export function runningOnBare(): boolean {
+  return typeof (globalThis as { Bare?: unknown }).Bare === "object";
+}
+
+/**
+ * The full choice, as loadNativeFs makes it. Under Bare, KVKEEP_NO_NATIVE is refused
+ * (NATIVE_UNAVAILABLE): the addon is what gives Bare its cross-process locks, and running
+ * without them silently would let two processes on one root corrupt each other's turns.
+ */
+export function selectBackend(env: NodeJS.ProcessEnv = process.env, onBare: boolean = runningOnBare()): Selection {
   if (nativeDisabledByEnv(env)) {
+    if (onBare) {
+      throw new KvKeepError(
+        "NATIVE_UNAVAILABLE",
+        "KVKEEP_NO_NATIVE is set, but under Bare kvkeep needs its native addon: it supplies the cross-process locks (and the O_NOFOLLOW/O_EXCL opens and nanosecond file identities bare-fs lacks). Unset KVKEEP_NO_NATIVE; there is no pure-JS fallback under Bare.",
+      );
+    }
     return { fs: createJsFallbackFs(), binding: null, problems: ["KVKEEP_NO_NATIVE is set"] };
   }
   const root = findPackageRoot();

@@ -100,6 +100,22 @@ export class RetentionIndex {
     this.#remove(this.#entries, cachePath, u);
   }
 
+  /**
+   * What the disk says of a cache a record told of (`entry`, or null: no such cache), taking
+   * the place of whatever the index holds — unless the entry changed since `seen` was read
+   * (a commit, use or delete of this process meanwhile is newer than the look). Never during
+   * a rebuild (the walk reads the disk itself).
+   */
+  confirm(cachePath: string, seen: IndexEntry | undefined, entry: IndexEntry | null): void {
+    if (this.#replay !== null || this.#entries.get(cachePath) !== seen) return;
+    if (seen) {
+      this.#entries.delete(cachePath);
+      this.#account(seen, -1);
+      this.prefix.remove(cachePath);
+    }
+    if (entry) this.#put(this.#entries, cachePath, entry);
+  }
+
   /** Start a rebuild: from now on, changes are also kept to be replayed onto its result. */
   beginRebuild(): void {
     this.#replay = [];

@@ -14,14 +14,15 @@ import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { statIdentity } from "../durable/files.js";
-import { tempWriterAlive } from "../durable/temp-owner.js";
+import { deadWritersTemp } from "../durable/temp-owner.js";
 import { cacheKindOf } from "../keys/safe-key.js";
-import { type CacheLocation, cachePathOf, manifestPathOf, parseCachePath, parseRelativeParts, relativeCachePath } from "../layout/paths.js";
+import { type CacheLocation, cachePathOf, lockPathOf, manifestPathOf, parseCachePath, parseRelativeParts, relativeCachePath } from "../layout/paths.js";
 import type { PathLockTable } from "../locks/path-locks.js";
 import { type Logger, logLine } from "../logger.js";
 import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../index/prefix-index.js";
 import { prefixScope } from "../index/prefix-index.js";
 import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
+import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest, removeCacheFiles, touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
 import type { RetentionHooks } from "../store/context.js";
@@ -131,7 +132,7 @@ export function resolveRetentionSettings(options: {
 async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
   let bytes = 0;
   for (const file of modelDir.files) {
-    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    if (file.kind !== "temp" || !deadWritersTemp(file.name)) continue;
     const st = await fs.lstat(file.path).catch(() => null);
     if (st?.isFile()) bytes += st.size;
   }
@@ -202,6 +203,8 @@ export class Retention implements RetentionHooks {
   #closed = false;
   /** Bytes of dead writers' temp files the last walk found and could not remove. */
   #staleTempBytes = 0;
+  /** Caches other processes' records told of since they were last checked on disk (#confirmRecords). */
+  readonly #unconfirmed = new Set<string>();
 
   constructor(deps: RetentionDeps, settings: RetentionSettings, internals: RetentionInternals = {}) {
     this.#deps = deps;
@@ -320,6 +323,7 @@ export class Retention implements RetentionHooks {
   async usage(): Promise<StoreUsage> {
     await this.#built;
     await this.#refresh(false);
+    await this.#confirmRecords();
     const caches = this.index.usage();
     return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
   }
@@ -391,10 +395,13 @@ export class Retention implements RetentionHooks {
     const periodic = this.#sweepsSinceResync >= this.#internals.resyncEverySweeps;
     if (periodic) this.#sweepsSinceResync = 0;
     await this.#refresh(periodic);
+    await this.#confirmRecords(); // before a compaction writes the index out as a snapshot
     await this.#maybeCompact();
+    await this.#confirmRecords(); // what the compaction read
 
     const plan = planSweep(this.index.entries(), limits, Date.now());
-    const evicted = await this.#execute(plan, limits);
+    const removed = { files: 0 };
+    const evicted = await this.#execute(plan, limits, removed);
     const keptBytes = this.index.evictableBytes(limits.evictNamed);
     this.#deps.logger.debug(
       logLine("retention sweep finished", {
@@ -405,15 +412,15 @@ export class Retention implements RetentionHooks {
         ms: Date.now() - started,
       }),
     );
-    return { evicted, keptBytes };
+    return { evicted, keptBytes, removedFiles: removed.files };
   }
 
   /** Evict the idle candidates, then LRU ones until the budget holds; a few at a time. */
-  async #execute(plan: SweepPlan, limits: RetentionLimits): Promise<EvictedCache[]> {
+  async #execute(plan: SweepPlan, limits: RetentionLimits, removed: { files: number }): Promise<EvictedCache[]> {
     const done: Array<{ candidate: Candidate; evicted: EvictedCache }> = [];
     let remaining = plan.evictableBytes;
     const attempt = async (candidate: Candidate): Promise<void> => {
-      const outcome = await this.#evictOne(candidate, plan.idleCutoffMs);
+      const outcome = await this.#evictOne(candidate, plan.idleCutoffMs, removed);
       if (outcome === "kept") return;
       remaining -= candidate.entry.bytes; // evicted, or already gone: either way not on disk
       if (outcome !== "gone") done.push({ candidate, evicted: outcome });
@@ -469,7 +476,7 @@ export class Retention implements RetentionHooks {
    * what made it a victim. `gone`: it was not on disk any more (a removal whose record was
    * not seen yet). Never throws: a failure keeps the cache and is logged.
    */
-  async #evictOne(candidate: Candidate, idleCutoffMs: number): Promise<EvictedCache | "kept" | "gone"> {
+  async #evictOne(candidate: Candidate, idleCutoffMs: number, counter: { files: number }): Promise<EvictedCache | "kept" | "gone"> {
     const { cachePath, entry } = candidate;
     const { locks, logger } = this.#deps;
     try {
@@ -479,6 +486,8 @@ export class Retention implements RetentionHooks {
         this.index.remove(cachePath);
         return "gone";
       }
+      // And a file nothing proves kvkeep's gets no lock file made beside it.
+      if (!manifestNames(await readManifest(cachePath, this.#deps.nfs), locationOf(entry))) return this.#leaveForeign(cachePath);
       const lease = locks.tryAcquire(cachePath);
       if (!lease) {
         logger.debug(logLine("retention kept a cache in use", { cachePath, reason: candidate.reason }));
@@ -486,28 +495,36 @@ export class Retention implements RetentionHooks {
       }
       let removed = false;
       let vanished = false;
+      let foreign = false;
       let bytes = 0;
       try {
-        const [identity, diskUseMs] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath)]);
+        const [identity, diskUseMs, read] = await Promise.all([statIdentity(cachePath), readLastUse(cachePath), readManifest(cachePath, this.#deps.nfs)]);
         if (!identity) {
           vanished = true;
+        } else if (!manifestNames(read, locationOf(entry))) {
+          // Not provably kvkeep's (no manifest names it: a record pointed at someone's file,
+          // or a crash left a bin without its manifest): never removed, and not a cache.
+          foreign = true;
         } else if (!stillVictim(candidate, diskUseMs, idleCutoffMs, Date.now())) {
           // Used since the index last heard of it: learn that, and keep it.
           if (diskUseMs !== null) this.index.use(cachePath, clampUse(diskUseMs, Date.now()));
           return "kept";
         } else {
-          await removeCacheFiles(cachePath);
+          const files = await removeCacheFiles(cachePath); // (not `+= await`: sweeps evict several at once)
+          counter.files += files;
           removed = true;
           bytes = identity.size;
         }
       } finally {
         lease.release({ removeLockFile: removed || vanished });
       }
+      if (removed && !(await fs.lstat(lockPathOf(cachePath)).catch(() => null))) counter.files++;
       if (vanished) {
         this.index.remove(cachePath);
         await this.#deps.prune(cachePath);
         return "gone";
       }
+      if (foreign) return this.#leaveForeign(cachePath);
       const u = Date.now();
       this.index.remove(cachePath);
       this.log.append({ op: "del", p: relativeOf(locationOf(entry)), u, w: this.log.writerId });
@@ -537,6 +554,14 @@ export class Retention implements RetentionHooks {
       logger.warn(logLine("retention could not evict a cache; it stays", { cachePath, error }));
       return "kept";
     }
+  }
+
+  /** A candidate that is not provably a cache: out of the index, its file untouched. */
+  #leaveForeign(cachePath: string): "gone" {
+    this.index.remove(cachePath);
+    // Info, not a warning: nothing failed (a sweep's warnings make `kvkeep gc` exit 1).
+    this.#deps.logger.info(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
+    return "gone";
   }
 
   // ── The index: refresh from the log, rebuild from the disk, compaction ─────────────
@@ -638,6 +663,8 @@ export class Retention implements RetentionHooks {
       await Promise.all(inFlight);
       if (failure) throw (failure as { error: unknown }).error;
       this.index.finishRebuild(fresh);
+      // The walk read the disk: what records told before it is moot (later ones are applied after).
+      this.#unconfirmed.clear();
       this.#staleTempBytes = [...staleTemps.values()].reduce((a, b) => a + b, 0);
       mark ??= { ino: null, offset: 0 };
       this.log.setReadPosition(mark);
@@ -663,23 +690,71 @@ export class Retention implements RetentionHooks {
         .map(async (f): Promise<[string, IndexEntry] | null> => {
           const loc = { scopeId: modelDir.scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: f.configHash! };
           const cachePath = cachePathOf(this.#deps.root, loc);
-          try {
-            // lstat: the entries themselves, never what a symlink planted there points to.
-            const [bin, manifest, read] = await Promise.all([
-              statIdentity(cachePath),
-              fs.lstat(manifestPathOf(cachePath)),
-              readManifest(cachePath, this.#deps.nfs),
-            ]);
-            if (!bin || !manifest.isFile()) return null;
-            const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
-            return [cachePath, entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin))];
-          } catch (error) {
-            if (errnoCode(error) === "ENOENT") return null; // removed while walking
-            throw error;
-          }
+          const entry = await this.#entryFromDisk(cachePath, loc);
+          return entry ? [cachePath, entry] : null;
         }),
     );
     return found.filter((x): x is [string, IndexEntry] => x !== null);
+  }
+
+  /**
+   * What the disk says of one cache: null when it is not there or not provably kvkeep's (no
+   * manifest names it); else bytes from a stat, last use from the manifest's mtime, prefix
+   * facts from the manifest slot the file matches.
+   */
+  async #entryFromDisk(cachePath: string, loc: CacheLocation): Promise<IndexEntry | null> {
+    try {
+      // lstat: the entries themselves, never what a symlink planted there points to.
+      const [bin, manifest, read] = await Promise.all([
+        statIdentity(cachePath),
+        fs.lstat(manifestPathOf(cachePath)),
+        readManifest(cachePath, this.#deps.nfs),
+      ]);
+      // Only a cache its manifest proves kvkeep's is retention's to count or evict.
+      if (!bin || !manifest.isFile() || !manifestNames(read, loc)) return null;
+      const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
+      return entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin));
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null; // removed meanwhile
+      throw error;
+    }
+  }
+
+  /**
+   * Check on disk what other processes' records told of since the last check (#apply): a
+   * record is a hint, and the log is writable by anyone who can write the root. A `put` or
+   * `use` that made an entry gets its bytes (and last use) from the disk, or is dropped when
+   * there is no such cache; a `del` of a cache that is still there is undone. Runs before a
+   * sweep plans and before usage() answers, so no planted record decides an eviction or a
+   * figure. An entry this process changed meanwhile (its own commit or delete) is left as it
+   * is; one whose check fails (EIO) is kept as the record said and checked again next time.
+   */
+  async #confirmRecords(): Promise<void> {
+    if (this.#unconfirmed.size === 0) return;
+    await this.#serialIndexWork(async () => {
+      const paths = [...this.#unconfirmed];
+      this.#unconfirmed.clear();
+      const root = this.#deps.root;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < paths.length) {
+          const cachePath = paths[next++]!;
+          const loc = parseCachePath(root, cachePath);
+          if (!loc) continue;
+          const seen = this.index.get(cachePath);
+          let disk: IndexEntry | null;
+          try {
+            disk = await this.#entryFromDisk(cachePath, loc);
+          } catch (error) {
+            this.#unconfirmed.add(cachePath);
+            this.#deps.logger.debug(logLine("could not check a cache a log record named; checked again later", { cachePath, error }));
+            continue;
+          }
+          this.index.confirm(cachePath, seen, disk);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(COLLECT_CONCURRENCY, paths.length) }, worker));
+    });
   }
 
   #apply(records: LogRecord[]): void {
@@ -694,10 +769,20 @@ export class Retention implements RetentionHooks {
       if (!loc || relativeOf(loc) !== record.p) continue;
       const cachePath = cachePathOf(root, loc);
       this.stats.recordsApplied++;
-      if (record.op === "put") this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
-      else if (record.op === "use") {
+      // Bytes and existence come from the record for now, and are checked on disk before a
+      // sweep or usage() relies on them (#confirmRecords). A `use` of a known cache changes
+      // only its last use, which can delay an eviction, never cause one.
+      if (record.op === "put") {
+        this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
+        this.#unconfirmed.add(cachePath);
+      } else if (record.op === "use") {
+        const known = this.index.get(cachePath) !== undefined;
         this.index.use(cachePath, record.u, record.b === undefined ? undefined : entryFor(loc, record.b, record.u));
-      } else this.index.remove(cachePath, record.u);
+        if (!known) this.#unconfirmed.add(cachePath);
+      } else {
+        this.index.remove(cachePath, record.u);
+        this.#unconfirmed.add(cachePath);
+      }
     }
   }
 

@@ -9,8 +9,10 @@ import type { CompletionParams, CompletionResult } from "../engines/node-llama-c
 import { isKvKeepError } from "../errors.js";
 import { type Logger, logLine } from "../logger.js";
 import type { KvKeepMetrics } from "../metrics/index.js";
+import type { ToolCallDelta } from "../engines/node-llama-cpp/options.js";
 import {
   ApiError,
+  apiErrorOfArgument,
   type ChatCompletionBody,
   chatCompletionBodySchema,
   chunkBody,
@@ -20,12 +22,18 @@ import {
   errorBody,
   paramOfPath,
   sseEvent,
+  type FinishReason,
+  type ToolCallChunk,
   toTurnRequest,
   type TurnRequest,
+  turnReport,
   usageOf,
 } from "./openai.js";
 import { scopeOfApiKey } from "./options.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
+import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";
+import { hostAllowed, originAllowed } from "./origin.js";
+import { listSessions, webPage } from "./web.js";
 
 /** What a slot runs: the node-llama-cpp adapter's `completion`. */
 export interface CompletionEngine {
@@ -50,7 +58,24 @@ export interface AppDeps {
   /** False: every turn runs without kvkeep (`--no-cache`). */
   cacheEnabled: boolean;
   logger: Logger;
+  /** What a prompt must stay under to be worth rendering (see prompt-bounds.ts); null: no check before rendering. */
+  promptBounds?: PromptBounds | null | undefined;
+  /** The host the server listens on (`--host`): a name requests may carry in Host (see origin.ts). */
+  host: string;
+  /** Longest a client may take to send a whole request, headers and body (408 and closed past it). Default 30 s. */
+  requestTimeoutMs?: number | undefined;
+  /** The cache root, for the web page's list of sessions (`GET /kvkeep/sessions`); absent: that route answers 404. */
+  root?: string | undefined;
 }
+
+/** The web page: static, holds no data, so it is served without a key (its requests send the key). */
+function isWebPage(request: FastifyRequest): boolean {
+  const route = request.url.split("?")[0];
+  return request.method === "GET" && (route === "/" || route === "/index.html");
+}
+
+/** A client that trickles its request in (a byte a second) must not hold a connection for ever. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 
 export interface ServeApp {
   app: FastifyInstance;
@@ -58,9 +83,19 @@ export interface ServeApp {
   abortAll(reason: string): void;
 }
 
+/** OpenAI's finish reason of a reply: `tool_calls` when it calls tools. */
+function finishReasonOf(result: CompletionResult): FinishReason {
+  return result.toolCalls?.length ? "tool_calls" : result.stats.finishReason;
+}
+
 /** A turn aborted while its client is still connected: the server is closing. */
 const shuttingDown = (): ApiError => new ApiError(503, "The server is shutting down; retry the request.", "server_error", null, "server_shutting_down");
 const notFound = (what: string): ApiError => new ApiError(404, what, "invalid_request_error", null, "unknown_url");
+
+/** The bearer token of a request, or null when it sends none. */
+function bearerToken(header: string | string[] | undefined): string | null {
+  return typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
+}
 
 function sameSecret(given: string, expected: string): boolean {
   const a = Buffer.from(given);
@@ -74,6 +109,16 @@ function toApiError(error: FastifyError | Error, logger: Logger): ApiError {
   const fastifyError = error as FastifyError;
   if (fastifyError.validation?.length) {
     const first = fastifyError.validation[0]!;
+    if (first.keyword === "maxItems" && first.instancePath === "/messages") {
+      const limit = (first.params as { limit?: number }).limit ?? 0;
+      return new ApiError(
+        400,
+        `the prompt has more than ${limit} messages, and each takes at least one token: it cannot fit the context (${limit + 1} tokens).`,
+        "invalid_request_error",
+        "messages",
+        "context_length_exceeded",
+      );
+    }
     const param = paramOfPath(first.instancePath, (first.params as { missingProperty?: unknown })?.missingProperty);
     const what = param ?? "the request body";
     return new ApiError(400, `Invalid value for '${what}': ${first.message ?? "invalid"}.`, "invalid_request_error", param, "invalid_value");
@@ -106,9 +151,18 @@ export function buildApp(deps: AppDeps): ServeApp {
   const scopes = new WeakMap<FastifyRequest, string>();
   let recentTurnMs = 1000;
 
+  const requestTimeoutMs = deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
     logger: false,
     bodyLimit: deps.bodyLimit,
+    // Node answers 408 and closes a connection whose request (headers and body) is not all in
+    // within the timeout; it looks at connections this often (its default, 30 s, would let a
+    // request trickle in for twice the timeout).
+    requestTimeout: requestTimeoutMs,
+    http: {
+      headersTimeout: Math.min(requestTimeoutMs, 60_000),
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(requestTimeoutMs / 4))),
+    },
     // Closing destroys every connection: running turns were aborted first, and a keep-alive
     // connection on which no request ever arrived would otherwise hold close() for a minute.
     forceCloseConnections: true,
@@ -128,14 +182,44 @@ export function buildApp(deps: AppDeps): ServeApp {
     void reply.code(404).send(errorBody(apiError));
   });
 
-  // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
-  app.addHook("onRequest", async (request, reply) => {
-    if (keys.length === 0 || request.url === "/health") return;
-    const header = request.headers.authorization;
-    const token = typeof header === "string" && /^Bearer /i.test(header) ? header.slice(7).trim() : null;
-    // Every key is compared (in constant time each), whichever matches.
+  /**
+   * The scope of the key `token` is, or null for none (or no token). Every key is compared
+   * (in constant time each), whichever matches.
+   */
+  const scopeOfToken = (token: string | null): string | null => {
     let scope: string | null = null;
     if (token !== null) for (const k of keys) if (sameSecret(token, k.key)) scope = k.scope;
+    return scope;
+  };
+  /** Whether a request may see what only key holders see: any key, when keys are set. */
+  const authorized = (header: string | string[] | undefined): boolean => keys.length === 0 || scopeOfToken(bearerToken(header)) !== null;
+
+  // Before anything else, on every route: a request a browser page of another site made (by
+  // DNS rebinding, or cross-origin) is refused unread (origin.ts).
+  app.addHook("onRequest", async (request, reply) => {
+    const host = request.headers.host;
+    if (!hostAllowed(host, deps.host, keys.length > 0)) {
+      const apiError = new ApiError(
+        403,
+        `This server does not answer to the host name ${JSON.stringify(host ?? "")}: without an API key it serves only loopback names, IP addresses and its --host (a page could otherwise reach it by DNS rebinding). Use one of those, or start it with --host NAME or --api-key.`,
+        "invalid_request_error",
+        null,
+        "host_not_allowed",
+      );
+      return reply.code(403).send(errorBody(apiError));
+    }
+    const origin = request.headers.origin;
+    if (!originAllowed(typeof origin === "string" ? origin : undefined, host)) {
+      const apiError = new ApiError(403, `Requests from pages of another origin (${String(origin)}) are not served.`, "invalid_request_error", null, "origin_not_allowed");
+      return reply.code(403).send(errorBody(apiError));
+    }
+  });
+
+  // Authentication before the body is read: an unauthenticated client cannot make the server parse anything.
+  app.addHook("onRequest", async (request, reply) => {
+    if (keys.length === 0 || request.url === "/health" || isWebPage(request)) return;
+    const token = bearerToken(request.headers.authorization);
+    const scope = scopeOfToken(token);
     if (scope !== null) scopes.set(request, scope);
     if (token === null || scope === null) {
       const apiError = new ApiError(
@@ -149,7 +233,31 @@ export function buildApp(deps: AppDeps): ServeApp {
     }
   });
 
-  app.get("/health", async () => ({ status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth }));
+  // Open to all (load balancers, probes); what it serves and how busy it is only with the key, when keys are set.
+  app.get("/health", async (request) =>
+    authorized(request.headers.authorization) ? { status: "ok", model: deps.modelId, parallel: deps.parallel, queued: pool.queueDepth } : { status: "ok" },
+  );
+
+  // The chat page (web/index.html), same origin as the API it talks to.
+  const servePage = async (_request: FastifyRequest, reply: FastifyReply) => {
+    const html = await webPage();
+    if (html === null) throw notFound("This installation of kvkeep has no web page (web/index.html is missing from the package).");
+    void reply
+      .header("content-type", "text/html; charset=utf-8")
+      .header("cache-control", "no-cache")
+      // The page loads nothing from elsewhere and is never framed.
+      .header("content-security-policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+      .header("x-content-type-options", "nosniff");
+    return html;
+  };
+  app.get("/", servePage);
+  app.get("/index.html", servePage);
+
+  // The named sessions kvkeep keeps for the caller's key (its scope only), for the page.
+  app.get("/kvkeep/sessions", async (request) => {
+    if (deps.root === undefined) throw notFound("This server lists no sessions.");
+    return { object: "list", model: deps.modelId, data: await listSessions(deps.root, deps.modelId, scopes.get(request)) };
+  });
 
   app.get("/metrics", async (_request, reply) => {
     void reply.header("content-type", metrics.registry.contentType);
@@ -165,7 +273,12 @@ export function buildApp(deps: AppDeps): ServeApp {
     return modelObject();
   });
 
-  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: chatCompletionBodySchema } }, async (request, reply) => {
+  // More messages than the context has tokens is refused by the schema, before its items are
+  // validated one by one (Ajv checks maxItems first): see prompt-bounds.ts.
+  const bodySchema = deps.promptBounds
+    ? { ...chatCompletionBodySchema, properties: { ...chatCompletionBodySchema.properties, messages: { ...chatCompletionBodySchema.properties.messages, maxItems: deps.promptBounds.contextSize - 1 } } }
+    : chatCompletionBodySchema;
+  app.post<{ Body: ChatCompletionBody }>("/v1/chat/completions", { schema: { body: bodySchema } }, async (request, reply) => {
     const scope = scopes.get(request);
     const header = request.headers["x-kv-cache"];
     const turn = toTurnRequest(request.body, {
@@ -173,6 +286,9 @@ export function buildApp(deps: AppDeps): ServeApp {
       kvCacheHeader: Array.isArray(header) ? header[0] : header,
       cacheEnabled: deps.cacheEnabled,
     });
+    // Before a slot and before rendering: a prompt that cannot fit is refused in O(messages).
+    const cannotFit = deps.promptBounds ? promptCannotFit(turn.history, deps.promptBounds) : null;
+    if (cannotFit !== null) throw new ApiError(400, cannotFit, "invalid_request_error", "messages", "context_length_exceeded");
 
     // A client that goes away — while queued, or mid-turn — aborts its turn.
     const controller = new AbortController();
@@ -218,6 +334,10 @@ export function buildApp(deps: AppDeps): ServeApp {
       topP: turn.topP,
       seed: turn.seed,
       stop: turn.stop,
+      tools: turn.tools,
+      toolChoice: turn.toolChoice,
+      parallelToolCalls: turn.parallelToolCalls,
+      responseFormat: turn.responseFormat,
       signal,
     };
     if (!turn.stream) {
@@ -229,7 +349,7 @@ export function buildApp(deps: AppDeps): ServeApp {
         if (reply.raw.destroyed) return reply.hijack(); // the client went away
         throw shuttingDown();
       }
-      return completionBody(head, result.text, result.stats.finishReason, usageOf(result.stats));
+      return completionBody(head, result, finishReasonOf(result), usageOf(result.stats), turnReport(result.stats));
     }
 
     // Streaming. The head (status 200 and the role chunk) goes out with the first piece of
@@ -254,8 +374,16 @@ export function buildApp(deps: AppDeps): ServeApp {
     };
     try {
       const onToken = (piece: string): void => write(chunkBody(head, { delta: { content: piece }, finishReason: null }, usageField));
-      const result = await complete(engine, { ...params, onToken }, turn);
-      write(chunkBody(head, { delta: {}, finishReason: result.stats.finishReason }, usageField));
+      // A tool call streams as OpenAI's: its id, type and name first, then its arguments in pieces.
+      const onToolCall = (d: ToolCallDelta): void => {
+        const call: ToolCallChunk =
+          d.name !== undefined
+            ? { index: d.index, ...(d.id !== undefined ? { id: d.id } : {}), type: "function", function: { name: d.name, arguments: "" } }
+            : { index: d.index, function: { arguments: d.arguments ?? "" } };
+        write(chunkBody(head, { delta: { tool_calls: [call] }, finishReason: null }, usageField));
+      };
+      const result = await complete(engine, { ...params, onToken, onToolCall }, turn);
+      write(chunkBody(head, { delta: {}, finishReason: finishReasonOf(result) }, usageField, turnReport(result.stats)));
       if (turn.includeUsage) write(chunkBody(head, null, usageOf(result.stats)));
       write("[DONE]");
     } catch (error) {
@@ -287,10 +415,7 @@ export function buildApp(deps: AppDeps): ServeApp {
       if (isKvKeepError(error) && error.code.startsWith("KEY_")) {
         throw new ApiError(400, error.message, "invalid_request_error", "kv_cache", "invalid_kv_cache");
       }
-      if (isKvKeepError(error, "INVALID_ARGUMENT")) {
-        const code = error.argument === "history" ? "context_length_exceeded" : null;
-        throw new ApiError(400, error.message, "invalid_request_error", error.argument === "history" ? "messages" : (error.argument ?? null), code);
-      }
+      if (isKvKeepError(error, "INVALID_ARGUMENT")) throw apiErrorOfArgument(error);
       if (cached) metrics.observeRollback("error");
       throw error;
     }

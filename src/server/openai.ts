@@ -4,9 +4,13 @@
  * OpenAI-style errors. Pure (no I/O).
  */
 import { randomBytes } from "node:crypto";
-import { isKvKeepError } from "../errors.js";
+import type { CompletionStats, ToolCall } from "../engines/node-llama-cpp/completion.js";
+import { checkResponseFormat, checkToolChoice, checkTools } from "../engines/node-llama-cpp/constraints.js";
+import { type ChatMessage, encodeHistory } from "../engines/node-llama-cpp/messages.js";
+import type { ResponseFormat, ToolChoice } from "../engines/node-llama-cpp/options.js";
+import type { LlamaTool } from "../engines/node-llama-cpp/render.js";
+import { isKvKeepError, type KvKeepError } from "../errors.js";
 import { assertCustomKey } from "../keys/safe-key.js";
-import type { CacheMessage } from "../types.js";
 
 /** An error the client caused (or a busy/closing server), sent as `{ error: { message, type, param, code } }`. */
 export class ApiError extends Error {
@@ -63,9 +67,69 @@ export const chatCompletionBodySchema = {
             ],
           },
           name: { type: "string" },
+          tool_call_id: { type: "string", minLength: 1 },
+          tool_calls: nullable({
+            type: "array",
+            items: {
+              type: "object",
+              required: ["id", "function"],
+              properties: {
+                id: { type: "string", minLength: 1 },
+                type: { type: "string", enum: ["function"] },
+                function: {
+                  type: "object",
+                  required: ["name", "arguments"],
+                  properties: { name: { type: "string", minLength: 1 }, arguments: { type: "string" } },
+                },
+              },
+            },
+          }),
         },
       },
     },
+    tools: nullable({
+      type: "array",
+      items: {
+        type: "object",
+        required: ["type", "function"],
+        properties: {
+          type: { type: "string", enum: ["function"] },
+          function: {
+            type: "object",
+            required: ["name"],
+            properties: {
+              name: { type: "string", minLength: 1 },
+              description: { type: "string" },
+              parameters: { type: "object" },
+              strict: nullable({ type: "boolean" }),
+            },
+          },
+        },
+      },
+    }),
+    tool_choice: nullable({
+      anyOf: [
+        { type: "string", enum: ["auto", "none", "required"] },
+        {
+          type: "object",
+          required: ["type", "function"],
+          properties: { type: { type: "string", enum: ["function"] }, function: { type: "object", required: ["name"], properties: { name: { type: "string", minLength: 1 } } } },
+        },
+      ],
+    }),
+    parallel_tool_calls: nullable({ type: "boolean" }),
+    response_format: nullable({
+      type: "object",
+      required: ["type"],
+      properties: {
+        type: { type: "string", enum: ["text", "json_object", "json_schema"] },
+        json_schema: {
+          type: "object",
+          required: ["name"],
+          properties: { name: { type: "string", minLength: 1 }, description: { type: "string" }, schema: { type: "object" }, strict: nullable({ type: "boolean" }) },
+        },
+      },
+    }),
     stream: nullable({ type: "boolean" }),
     stream_options: nullable({ type: "object", properties: { include_usage: { type: "boolean" } } }),
     max_tokens: nullable({ type: "integer", minimum: 1 }),
@@ -88,7 +152,7 @@ export const chatCompletionBodySchema = {
 
 /** What a validated request asks for, in the adapter's terms. */
 export interface TurnRequest {
-  history: CacheMessage[];
+  history: ChatMessage[];
   /** A session name, `true` (auto: keyed by the history) or `false` (no cache). */
   kvCache: string | boolean;
   stream: boolean;
@@ -98,11 +162,28 @@ export interface TurnRequest {
   topP: number | undefined;
   seed: number | undefined;
   stop: string[] | undefined;
+  tools: LlamaTool[] | undefined;
+  toolChoice: ToolChoice | undefined;
+  parallelToolCalls: boolean | undefined;
+  responseFormat: ResponseFormat | undefined;
+}
+
+interface RequestToolCall {
+  id: string;
+  type?: "function";
+  function: { name: string; arguments: string };
 }
 
 interface RequestMessage {
   role: string;
   content?: string | null | Array<{ type: string; text?: string }>;
+  tool_call_id?: string;
+  tool_calls?: RequestToolCall[] | null;
+}
+
+interface RequestTool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean | null };
 }
 
 /** The body after schema validation (only the fields kvkeep reads). */
@@ -121,10 +202,12 @@ export interface ChatCompletionBody {
   frequency_penalty?: number | null;
   presence_penalty?: number | null;
   kv_cache?: string | boolean;
-  tools?: unknown;
+  tools?: RequestTool[] | null;
+  tool_choice?: "auto" | "none" | "required" | { type: "function"; function: { name: string } } | null;
+  parallel_tool_calls?: boolean | null;
   functions?: unknown;
   logprobs?: unknown;
-  response_format?: unknown;
+  response_format?: { type: "text" | "json_object" | "json_schema"; json_schema?: { name: string; schema?: Record<string, unknown>; strict?: boolean | null } } | null;
 }
 
 const invalid = (message: string, param: string | null, code: string | null = null): ApiError =>
@@ -134,7 +217,8 @@ function messageText(message: RequestMessage, index: number): string {
   const content = message.content;
   if (typeof content === "string") return content;
   if (content === null || content === undefined) {
-    throw invalid(`messages[${index}] has no content; kvkeep serve supports text messages only (no tool calls).`, `messages[${index}].content`);
+    if (message.role === "assistant" && message.tool_calls?.length) return "";
+    throw invalid(`messages[${index}] has no content; only an assistant message that calls tools may have none.`, `messages[${index}].content`);
   }
   return content
     .map((part, p) => {
@@ -175,23 +259,62 @@ export function toTurnRequest(
     throw new ApiError(404, `The model '${body.model}' does not exist; this server serves '${context.modelId}'.`, "invalid_request_error", "model", "model_not_found");
   }
   if (body.n != null && body.n !== 1) throw invalid("n must be 1: kvkeep serve generates one choice per request.", "n");
-  if ((Array.isArray(body.tools) && body.tools.length > 0) || (Array.isArray(body.functions) && body.functions.length > 0)) {
-    throw invalid("tools are not supported by kvkeep serve.", Array.isArray(body.tools) ? "tools" : "functions");
+  if (Array.isArray(body.functions) && body.functions.length > 0) {
+    throw invalid("functions (OpenAI's deprecated function calling) are not supported by kvkeep serve: send tools.", "functions");
   }
   for (const penalty of ["frequency_penalty", "presence_penalty"] as const) {
     if (body[penalty] != null && body[penalty] !== 0) throw invalid(`${penalty} is not supported by kvkeep serve (only 0).`, penalty);
   }
   if (body.logprobs === true) throw invalid("logprobs are not supported by kvkeep serve.", "logprobs");
-  const format = (body.response_format as { type?: unknown } | null | undefined)?.type;
-  if (format !== undefined && format !== "text") throw invalid("only response_format { type: 'text' } is supported.", "response_format");
 
-  const history = body.messages.map((message, index): CacheMessage => {
-    if (message.role === "tool" || message.role === "function") {
-      throw invalid(`messages[${index}] has role '${message.role}'; tool messages are not supported.`, `messages[${index}].role`);
+  const history = body.messages.map((message, index): ChatMessage => {
+    if (message.role === "function") {
+      throw invalid(`messages[${index}] has role 'function' (OpenAI's deprecated function calling); send tool messages.`, `messages[${index}].role`);
+    }
+    if (message.role === "tool") {
+      if (message.tool_call_id === undefined) throw invalid(`messages[${index}] is a tool message without tool_call_id.`, `messages[${index}].tool_call_id`);
+      return { role: "tool", content: messageText(message, index), toolCallId: message.tool_call_id };
+    }
+    if (message.tool_calls?.length) {
+      if (message.role !== "assistant") throw invalid(`messages[${index}] has tool_calls but role '${message.role}'.`, `messages[${index}].tool_calls`);
+      const toolCalls = message.tool_calls.map((c): ToolCall => ({ id: c.id, name: c.function.name, arguments: c.function.arguments }));
+      return { role: "assistant", content: messageText(message, index), toolCalls };
     }
     return { role: message.role === "developer" ? "system" : message.role, content: messageText(message, index) };
   });
   if (!history.some((m) => m.role !== "system")) throw invalid("messages must include a user or assistant message.", "messages");
+
+  // Tools, the tool choice and the response format, checked as the adapter will (400 before a slot is taken).
+  const tools = body.tools?.length
+    ? body.tools.map((t): LlamaTool => ({
+        name: t.function.name,
+        ...(t.function.description !== undefined ? { description: t.function.description } : {}),
+        ...(t.function.parameters !== undefined ? { params: t.function.parameters } : {}),
+        ...(t.function.strict === true ? { strict: true } : {}),
+      }))
+    : undefined;
+  const choice = body.tool_choice;
+  const toolChoice: ToolChoice | undefined = choice == null ? undefined : typeof choice === "string" ? choice : { name: choice.function.name };
+  const rf = body.response_format;
+  let responseFormat: ResponseFormat | undefined;
+  if (rf?.type === "json_schema") {
+    if (!rf.json_schema) throw invalid("response_format of type 'json_schema' needs json_schema: { name, schema, strict? }.", "response_format.json_schema");
+    responseFormat = { type: "json_schema", name: rf.json_schema.name, schema: rf.json_schema.schema ?? {}, strict: rf.json_schema.strict === true };
+  } else if (rf?.type === "json_object") responseFormat = { type: "json_object" };
+  try {
+    encodeHistory(history);
+    const checked = checkTools(tools);
+    const chosen = checkToolChoice(toolChoice, checked);
+    if (checkResponseFormat(responseFormat) !== null && checked.size > 0 && chosen === "auto") {
+      throw invalid(
+        "response_format with tools needs tool_choice 'none', 'required' or a named function: kvkeep cannot constrain a reply to be either JSON or a tool call.",
+        "response_format",
+      );
+    }
+  } catch (error) {
+    if (isKvKeepError(error, "INVALID_ARGUMENT")) throw apiErrorOfArgument(error);
+    throw error;
+  }
 
   const stream = body.stream === true;
   return {
@@ -204,7 +327,28 @@ export function toTurnRequest(
     topP: body.top_p ?? undefined,
     seed: body.seed ?? undefined,
     stop: body.stop == null ? undefined : typeof body.stop === "string" ? [body.stop] : body.stop,
+    tools,
+    toolChoice,
+    parallelToolCalls: body.parallel_tool_calls ?? undefined,
+    responseFormat,
   };
+}
+
+/** The request parameter an adapter argument stands for. */
+const PARAM_OF_ARGUMENT: Record<string, string> = {
+  history: "messages",
+  tools: "tools",
+  toolChoice: "tool_choice",
+  responseFormat: "response_format",
+  parallelToolCalls: "parallel_tool_calls",
+  maxTokens: "max_tokens",
+};
+
+/** A 400 for an argument the adapter refused (INVALID_ARGUMENT), naming the request's parameter. */
+export function apiErrorOfArgument(error: KvKeepError): ApiError {
+  const argument = error.argument ?? null;
+  const param = argument === null ? null : (PARAM_OF_ARGUMENT[argument] ?? argument);
+  return new ApiError(400, error.message, "invalid_request_error", param, argument === "history" && /context/.test(error.message) ? "context_length_exceeded" : "invalid_value");
 }
 
 /** `messages[0].role` from Ajv's `/messages/0/role`. */
@@ -242,15 +386,74 @@ export interface CompletionHead {
   model: string;
 }
 
-export function completionBody(head: CompletionHead, text: string, finishReason: "stop" | "length", usage: Usage) {
+export type FinishReason = "stop" | "length" | "tool_calls";
+
+/** OpenAI's `tool_calls` of a message. */
+export function toolCallsBody(calls: readonly ToolCall[]) {
+  return calls.map((c) => ({ id: c.id, type: "function" as const, function: { name: c.name, arguments: c.arguments } }));
+}
+
+/**
+ * What kvkeep did for the turn, in a `kvkeep` field of the response (and of a stream's last
+ * chunk): clients that do not know it ignore it; kvkeep's web page shows it.
+ */
+export interface TurnReport {
+  /** Where the reused tokens came from: the conversation's own cache, another's prefix, or none. */
+  source: CompletionStats["source"];
+  prompt_tokens: number;
+  cached_tokens: number;
+  /** From the start of the turn (after the queue) to the first generated token. */
+  ttft_ms: number | null;
+  load_ms: number;
+  save_ms: number;
+  committed: boolean;
+}
+
+export function turnReport(stats: CompletionStats): TurnReport {
+  const ms = (v: number): number => Math.round(v * 10) / 10;
+  return {
+    source: stats.source,
+    prompt_tokens: stats.promptTokens,
+    cached_tokens: stats.reusedTokens,
+    ttft_ms: Number.isFinite(stats.ttftMs) ? ms(stats.ttftMs) : null,
+    load_ms: ms(stats.loadMs),
+    save_ms: ms(stats.saveMs),
+    committed: stats.committed,
+  };
+}
+
+export function completionBody(
+  head: CompletionHead,
+  reply: { text: string; toolCalls?: readonly ToolCall[] | undefined },
+  finishReason: FinishReason,
+  usage: Usage,
+  report?: TurnReport,
+) {
+  const calls = reply.toolCalls?.length ? { tool_calls: toolCallsBody(reply.toolCalls) } : {};
   return {
     id: head.id,
     object: "chat.completion" as const,
     created: head.created,
     model: head.model,
-    choices: [{ index: 0, message: { role: "assistant" as const, content: text, refusal: null }, logprobs: null, finish_reason: finishReason }],
+    choices: [
+      {
+        index: 0,
+        message: { role: "assistant" as const, content: calls.tool_calls && reply.text === "" ? null : reply.text, refusal: null, ...calls },
+        logprobs: null,
+        finish_reason: finishReason,
+      },
+    ],
     usage,
+    ...(report ? { kvkeep: report } : {}),
   };
+}
+
+/** A streamed piece of a tool call (OpenAI's `delta.tool_calls[]`). */
+export interface ToolCallChunk {
+  index: number;
+  id?: string;
+  type?: "function";
+  function: { name?: string; arguments: string };
 }
 
 /**
@@ -259,8 +462,9 @@ export function completionBody(head: CompletionHead, text: string, finishReason:
  */
 export function chunkBody(
   head: CompletionHead,
-  choice: { delta: { role?: "assistant"; content?: string }; finishReason: "stop" | "length" | null } | null,
+  choice: { delta: { role?: "assistant"; content?: string; tool_calls?: ToolCallChunk[] }; finishReason: FinishReason | null } | null,
   usage: Usage | null | undefined,
+  report?: TurnReport,
 ) {
   return {
     id: head.id,
@@ -269,6 +473,7 @@ export function chunkBody(
     model: head.model,
     choices: choice ? [{ index: 0, delta: choice.delta, logprobs: null, finish_reason: choice.finishReason }] : [],
     ...(usage !== undefined ? { usage } : {}),
+    ...(report ? { kvkeep: report } : {}),
   };
 }
 

@@ -17,6 +17,7 @@ import type { CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
+import { maxTokenBytesOf } from "./prompt-bounds.js";
 import type { StartupStep } from "./startup-status.js";
 
 export interface RunningServer {
@@ -107,6 +108,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     logger,
     // An aborted or failed turn keeps the conversation's last committed state.
     onRollback: "keep-committed",
+    adopt: options.adopt,
     ...(options.maxBytes !== null ? { maxBytes: options.maxBytes } : {}),
     // The store's own background sweeps (after commits, at most every 5 min): the metrics
     // count their evictions through store.onEviction.
@@ -167,6 +169,13 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     bodyLimit: options.maxBodyBytes,
     cacheEnabled: options.cache,
     logger,
+    host: options.host,
+    root: store.root,
+    promptBounds: {
+      // The adapters' context size (createLlamaCppCompletion's default when --ctx is not given).
+      contextSize: options.contextSize ?? Math.min(model.trainContextSize, 4096),
+      maxTokenBytes: maxTokenBytesOf((model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: unknown } } }).tokenizer?.ggml?.tokens),
+    },
   });
   try {
     await app.listen({ host: options.host, port: options.port });

@@ -41,8 +41,8 @@ export interface StoreContext {
   forgetCache(cachePath: string, init: string): void;
   /** Remove the cache's directory and its key directory if empty and unused. */
   prune(cachePath: string): Promise<void>;
-  /** Remove a cache everywhere at once: its files, its index entry, its in-memory layers. */
-  removeCache(cachePath: string): Promise<void>;
+  /** Remove a cache everywhere at once: its files, its index entry, its in-memory layers. Resolves to the files removed. */
+  removeCache(cachePath: string): Promise<number>;
   /**
    * Give a cache up after using it: release the lease (removing the lock file when the
    * cache was `removed`), drop the directory ref, and prune emptied directories.

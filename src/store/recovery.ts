@@ -1,6 +1,8 @@
 /**
  * Recovery: remove what crashed writers left behind — temp files whose writer is dead, and
- * manifests whose cache file is gone. Runs in the background at open, and again on every
+ * manifests whose cache file is gone — and nothing else: a temp by its kvkeep name (beside a
+ * cache or manifest, in a model directory), a manifest only when it is a kvkeep manifest
+ * naming its own place (src/manifest/ownership.ts). Runs in the background at open, and again on every
  * walk a retention resync makes (so a writer that dies while the store is open has its
  * temps removed by a later sweep).
  *
@@ -12,8 +14,9 @@
  */
 import { promises as fs } from "node:fs";
 import { inspectFile, unlinkIfExists } from "../durable/files.js";
-import { tempWriterAlive } from "../durable/temp-owner.js";
+import { deadWritersTemp } from "../durable/temp-owner.js";
 import { cachePathOf, manifestPathOf } from "../layout/paths.js";
+import { provenCache } from "../manifest/ownership.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
 import { type ScannedModelDir, scanRoot } from "./scan.js";
@@ -29,7 +32,7 @@ export interface RecoveryReport {
 async function removeDeadTemps(ctx: StoreContext, modelDir: ScannedModelDir, report: RecoveryReport): Promise<ScannedModelDir> {
   const removed = new Set<string>();
   for (const file of modelDir.files) {
-    if (file.kind !== "temp" || tempWriterAlive(file.name)) continue;
+    if (file.kind !== "temp" || !deadWritersTemp(file.name)) continue;
     try {
       if (await unlinkIfExists(file.path)) report.removedTemps++;
       removed.add(file.name);
@@ -56,9 +59,13 @@ export async function recoverRoot(
     const names = new Set(modelDir.files.map((f) => f.name));
     for (const file of modelDir.files) {
       if (file.kind !== "manifest" || names.has(`${file.configHash}.bin`)) continue;
-      const cachePath = cachePathOf(ctx.root, { scopeId: modelDir.scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
+      const loc = { scopeId: modelDir.scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
+      const cachePath = cachePathOf(ctx.root, loc);
       // (a .bin that is not a regular file is not listed, but is not missing either)
       if ((await fs.lstat(cachePath).catch(() => null)) !== null) continue;
+      // Only a manifest that proves itself kvkeep's (it names this very place) is an orphan:
+      // someone's `notes.meta.json` is not.
+      if (!(await provenCache(cachePath, loc, ctx.nfs))) continue;
       let lease;
       try {
         lease = ctx.locks.tryAcquire(cachePath);

@@ -15,28 +15,28 @@
  *   under the root, then found by the local index.
  * - `afterDelete` (store.delete): queued uploads of the target are dropped and the remote
  *   copy deleted, leaving a tombstone so an upload still in flight cannot bring it back. A
- *   delete the tier cannot take now (Redis down) is retried with backoff while the store is
- *   open; until it succeeds nothing it covers is read back from the tier — else the
- *   conversation the user just deleted would come back at its next turn once Redis returns —
- *   and new commits it covers are uploaded only after it (its late tombstone would remove them).
+ *   delete the tier cannot take now (Redis down) is recorded under the root
+ *   (`.kvkeep/remote-deletes.json`) and retried with backoff by the stores on the root — the
+ *   next one to open it, if this one closes or dies first; until it succeeds no store on the
+ *   root reads what it covers back from the tier — else the conversation the user just
+ *   deleted would come back at its next turn once Redis returns — and new commits it covers
+ *   are uploaded only after it (its late tombstone would remove them).
  */
 import { constants as fsConstants, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
 import { ownTempPath } from "../durable/temp-owner.js";
-import { type CacheLocation, cacheKeyDir, cachePathOf, isWithin, parseCachePath } from "../layout/paths.js";
+import { type CacheLocation, cacheKeyDir, cachePathOf, internalDir, isWithin, parseCachePath } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { type ManifestEntry, sameIdentity } from "../manifest/format.js";
 import { installCache, readManifest, removeCacheFiles } from "../manifest/store.js";
 import type { RemoteCacheId, RemoteTier } from "../remote/types.js";
 import { WriteBehind } from "../remote/write-behind.js";
+import { type PendingDelete, PendingRemoteDeletes, type SyncDeleteTarget } from "./pending-remote-deletes.js";
 import { manifestHeader } from "../session/trust.js";
-/**
- * A delete as the store hands it over: everything, or a key (every model, or one) of one
- * scope — its id, null for the shared space (the public `DeleteTarget` names the scope itself).
- */
-export type SyncDeleteTarget = { all: true } | { scopeId: string | null; kvCacheKey: string; modelId?: string | undefined };
+
+export type { SyncDeleteTarget };
 type DeleteTarget = SyncDeleteTarget;
 import type { StoreContext } from "./context.js";
 import { initKey } from "./layers.js";
@@ -95,8 +95,23 @@ export class RemoteSync {
   readonly tier: RemoteTier;
   readonly #ctx: () => StoreContext;
   readonly #uploads: WriteBehind<UploadJob>;
-  /** Deletes the tier has not taken yet, oldest first (this store only: see afterDelete). */
-  readonly #unsyncedDeletes: DeleteTarget[] = [];
+  /**
+   * Deletes the tier has not taken yet: the root's list (`.kvkeep/remote-deletes.json`, every
+   * store's on this root, as last read) and this store's own until they are known taken.
+   * See afterDelete and src/store/pending-remote-deletes.ts.
+   */
+  #onDisk: PendingDelete[] = [];
+  /**
+   * This store's deletes not yet known taken. `persisted`: the count of writes to the root's
+   * list when it was recorded there (0: memory only, so far) — a read begun before that write
+   * cannot tell whether another store took it.
+   */
+  #own: Array<{ entry: PendingDelete; persisted: number }> = [];
+  /** Writes of this store to the root's list so far. */
+  #listWrites = 0;
+  #pendingFile: PendingRemoteDeletes | null = null;
+  /** The first look at the root's list (close waits for it). */
+  #started: Promise<void> = Promise.resolve();
   /** Commits a pending delete covers: uploaded once it is taken (see afterCommit). */
   readonly #deferredUploads = new Map<string, string | null>();
   #deleteRetry: ReturnType<typeof setTimeout> | null = null;
@@ -182,8 +197,9 @@ export class RemoteSync {
   // ── read-through ─────────────────────────────────────────────────────────────────────
 
   /** Whether the tier has the state of `loc` (a cheap look before taking a lock for it). */
-  has(loc: CacheLocation, fingerprint: string | null): Promise<boolean> {
-    if (this.#deletePending(loc)) return Promise.resolve(false);
+  async has(loc: CacheLocation, fingerprint: string | null): Promise<boolean> {
+    await this.#refreshPending();
+    if (this.#deletePending(loc)) return false;
     return this.tier.has(cacheIdOf(loc, fingerprint)).catch(() => false);
   }
 
@@ -194,6 +210,7 @@ export class RemoteSync {
    */
   async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null> {
     const ctx = this.#ctx();
+    await this.#refreshPending();
     if (this.#deletePending(loc)) return null;
     const temp = ownTempPath(cachePath);
     try {
@@ -247,6 +264,7 @@ export class RemoteSync {
       .catch(() => null);
     if (!hit) return false;
     const loc: CacheLocation = { scopeId: query.scopeId, cacheKey: hit.cacheKey, modelId: query.modelId, configHash: query.configHash };
+    await this.#refreshPending();
     if (this.#deletePending(loc)) return false;
     const cachePath = cachePathOf(ctx.root, loc);
     if (query.exclude.has(cachePath) || (await statIdentity(cachePath).catch(() => null))) return false;
@@ -269,15 +287,22 @@ export class RemoteSync {
 
   // ── deletes and close ────────────────────────────────────────────────────────────────
 
+  /** Called by the store once its context exists: look at the root's list, and send what it holds. */
+  start(): void {
+    this.#started = this.#refreshPending().then(() => {
+      if (this.#pendingTargets().length > 0) void this.#retryDeletes();
+    });
+  }
+
   /**
    * After `store.delete`: drop waiting uploads it covers and delete the remote copies (a
-   * tombstone refuses uploads ordered before it). The target is kept as pending before the
-   * first attempt, and stays so until the tier takes it — retried in the background (1 s,
-   * doubling to 60 s) while the store is open, and once more at close. While it is pending,
-   * this store never reads what it covers back from the tier (Redis may come back from a
-   * snapshot holding it) and uploads its new commits of it only after the delete went through.
-   * Other stores and machines may still resume it until then; a store closed first says so
-   * (`kvkeep rm --remote` finishes it).
+   * tombstone refuses uploads ordered before it). The target is pending in this store before
+   * the first attempt, and recorded in the root's list (`.kvkeep/remote-deletes.json`) before
+   * it too, and stays so until the tier takes it — retried in the background (1 s, doubling
+   * to 60 s) while a store on the root is open, once more at close, and by the next store that
+   * opens the root after this one closed or died. While it is pending, no store on the root
+   * reads what it covers back from the tier (Redis may come back from a snapshot holding it),
+   * and new commits it covers are uploaded only after it went through.
    */
   async afterDelete(target: DeleteTarget): Promise<void> {
     const ctx = this.#ctx();
@@ -292,22 +317,72 @@ export class RemoteSync {
     // A copy: the caller may reuse its object.
     const kept: DeleteTarget =
       "all" in target ? { all: true } : { scopeId: target.scopeId, kvCacheKey: target.kvCacheKey, modelId: target.modelId };
-    if ("all" in kept) this.#unsyncedDeletes.length = 0; // everything covers every earlier one
-    this.#unsyncedDeletes.push(kept);
+    // Pending here at once (no read-back while it is being recorded), then on disk.
+    const own = { entry: { id: PendingRemoteDeletes.newId(), target: kept }, persisted: 0 };
+    if ("all" in kept) this.#own = []; // everything covers every earlier one
+    this.#own.push(own);
+    try {
+      await this.#file().add(own.entry);
+      own.persisted = ++this.#listWrites;
+    } catch (error) {
+      ctx.logger.warn(
+        logLine("could not record the pending remote delete under the root; only this store honours it until Redis takes it", {
+          target: describeTarget(kept),
+          error,
+        }),
+      );
+    }
     if (await this.#retryDeletes()) return;
-    if (!this.#unsyncedDeletes.includes(kept)) return; // taken; an earlier one is what failed
+    if (!this.#own.includes(own)) return; // taken; an earlier one is what failed
     ctx.logger.warn(
       logLine(
         this.#closing
-          ? "the remote copy could not be deleted, and the store is closing; other machines may resume it (run kvkeep rm --remote)"
-          : "the remote copy could not be deleted yet; retrying in the background, and this store will not read it back meanwhile",
+          ? "the remote copy could not be deleted, and the store is closing; the delete stays recorded under the root for the next store to send (or run kvkeep rm --remote)"
+          : "the remote copy could not be deleted yet; retrying in the background, and no store on this root reads it back meanwhile",
         { target: describeTarget(kept), reason: this.#lastDeleteFailure },
       ),
     );
   }
 
   #lastDeleteFailure = "";
-  readonly #failedDeletes = new WeakSet<DeleteTarget>();
+  /** Ids of deletes that failed at least once (their success is logged). */
+  readonly #failedDeletes = new Set<string>();
+
+  #file(): PendingRemoteDeletes {
+    const ctx = this.#ctx();
+    this.#pendingFile ??= new PendingRemoteDeletes(ctx.root, ctx.nfs, ctx.logger);
+    return this.#pendingFile;
+  }
+
+  /**
+   * Read the root's list (one stat when unchanged). A delete of this store's that was in it
+   * and is gone was taken by another store. Starts the retries when the list holds deletes
+   * (any store on the root sends them). An unreadable list keeps what was read before.
+   */
+  async #refreshPending(): Promise<void> {
+    const writesBefore = this.#listWrites;
+    let onDisk: PendingDelete[];
+    try {
+      onDisk = await this.#file().read();
+    } catch (error) {
+      this.#logger.debug(logLine("could not read the pending remote deletes; using the last list read", { error }));
+      return;
+    }
+    this.#onDisk = onDisk;
+    const ids = new Set(onDisk.map((d) => d.id));
+    this.#own = this.#own.filter((o) => o.persisted === 0 || o.persisted > writesBefore || ids.has(o.entry.id));
+    if (onDisk.length > 0) this.#scheduleDeleteRetry();
+  }
+
+  /** Every pending delete, oldest first: the root's list, then this store's not recorded there. */
+  #pendingEntries(): PendingDelete[] {
+    const ids = new Set(this.#onDisk.map((d) => d.id));
+    return [...this.#onDisk, ...this.#own.filter((o) => !ids.has(o.entry.id)).map((o) => o.entry)];
+  }
+
+  #pendingTargets(): DeleteTarget[] {
+    return this.#pendingEntries().map((d) => d.target);
+  }
 
   /** Null when the tier took the delete, else why not. */
   async #remove(target: DeleteTarget): Promise<string | null> {
@@ -317,8 +392,9 @@ export class RemoteSync {
     return removed.ok ? null : removed.reason;
   }
 
+  /** Whether a pending delete (this store's, or any on the root as last read) covers `loc`. */
   #deletePending(loc: CacheLocation): boolean {
-    return this.#unsyncedDeletes.some((target) => covers(target, loc));
+    return this.#pendingTargets().some((target) => covers(target, loc));
   }
 
   #scheduleDeleteRetry(): void {
@@ -332,32 +408,55 @@ export class RemoteSync {
   }
 
   /**
-   * Send the pending deletes in order, one sender at a time (a delete kept while one runs is
-   * taken by the same run); true when none is left. On a failure the rest wait for the timer.
+   * Send the pending deletes in order, one sender at a time in this store (a delete kept
+   * while one runs is taken by the same run) and on the root (the send lock); true when
+   * none is left. On a failure the rest wait for the timer.
    */
   #retryDeletes(): Promise<boolean> {
-    this.#retrying ??= this.#retryInOrder().finally(() => (this.#retrying = null));
+    this.#retrying ??= this.#retryInOrder()
+      .catch((error: unknown) => {
+        this.#logger.warn(logLine("sending pending remote deletes failed; retrying later", { error }));
+        this.#scheduleDeleteRetry();
+        return false;
+      })
+      .finally(() => (this.#retrying = null));
     return this.#retrying;
   }
 
   async #retryInOrder(): Promise<boolean> {
-    while (this.#unsyncedDeletes.length > 0) {
-      const target = this.#unsyncedDeletes[0]!;
-      const failed = await this.#remove(target);
-      if (failed !== null) {
-        this.#lastDeleteFailure = failed;
-        this.#failedDeletes.add(target);
-        this.#deleteRetryMs = Math.min(this.#deleteRetryMs * 2, Math.max(DELETE_RETRY_MAX_MS, this.#deleteRetryFirstMs));
-        this.#logger.debug(logLine("remote delete failed", { target: describeTarget(target), reason: failed, nextMs: this.#deleteRetryMs }));
-        this.#scheduleDeleteRetry();
-        return false;
+    // One sender on the root: a delete sent twice would take two generations, and the late
+    // tombstone could remove an upload made in between.
+    const lock = await this.#ctx().nfs.lockFile(path.join(internalDir(this.#ctx().root), "remote-deletes.send.lock"), "exclusive", {
+      under: this.#ctx().root,
+    }).catch(() => null);
+    try {
+      for (;;) {
+        await this.#refreshPending();
+        const next = this.#pendingEntries()[0];
+        if (!next) break;
+        const failed = await this.#remove(next.target);
+        if (failed !== null) {
+          this.#lastDeleteFailure = failed;
+          this.#failedDeletes.add(next.id);
+          this.#deleteRetryMs = Math.min(this.#deleteRetryMs * 2, Math.max(DELETE_RETRY_MAX_MS, this.#deleteRetryFirstMs));
+          this.#logger.debug(logLine("remote delete failed", { target: describeTarget(next.target), reason: failed, nextMs: this.#deleteRetryMs }));
+          this.#scheduleDeleteRetry();
+          return false;
+        }
+        // Taken: off the root's list (by id: the list may have changed meanwhile) and this store's.
+        if (this.#onDisk.some((d) => d.id === next.id)) {
+          await this.#file()
+            .remove(next.id)
+            .catch((error: unknown) => this.#logger.warn(logLine("a remote delete went through but stays in the pending list; it will be sent again", { error })));
+        }
+        this.#onDisk = this.#onDisk.filter((d) => d.id !== next.id);
+        this.#own = this.#own.filter((o) => o.entry.id !== next.id);
+        if (this.#failedDeletes.delete(next.id)) {
+          this.#logger.info(logLine("a remote copy that could not be deleted earlier is deleted now", { target: describeTarget(next.target) }));
+        }
       }
-      // A delete kept meanwhile may have changed the list (`all` replaces it): by identity.
-      const at = this.#unsyncedDeletes.indexOf(target);
-      if (at >= 0) this.#unsyncedDeletes.splice(at, 1);
-      if (this.#failedDeletes.has(target)) {
-        this.#logger.info(logLine("a remote copy that could not be deleted earlier is deleted now", { target: describeTarget(target) }));
-      }
+    } finally {
+      lock?.release();
     }
     this.#deleteRetryMs = this.#deleteRetryFirstMs;
     this.#releaseDeferredUploads();
@@ -380,12 +479,13 @@ export class RemoteSync {
     this.#closing = true;
     if (this.#deleteRetry) clearTimeout(this.#deleteRetry);
     this.#deleteRetry = null;
+    await this.#started;
     // Deletes first: an upload a pending delete covers is sent only after it (or never).
     await this.#retrying;
-    if (this.#unsyncedDeletes.length > 0 && !(await this.#retryDeletes())) {
+    if (this.#pendingEntries().length > 0 && !(await this.#retryDeletes())) {
       this.#logger.warn(
-        logLine("closing with remote copies still not deleted; other machines may resume them (run kvkeep rm --remote)", {
-          targets: this.#unsyncedDeletes.map(describeTarget),
+        logLine("closing with remote copies still not deleted; the deletes stay recorded under the root, and the next store on it sends them (or run kvkeep rm --remote)", {
+          targets: this.#pendingTargets().map(describeTarget),
         }),
       );
     }

@@ -5,12 +5,14 @@
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, statIdentity, unlinkIfExists } from "../durable/files.js";
-import { tempWriterAlive } from "../durable/temp-owner.js";
+import { claimRoot, syncRootMarker } from "../durable/root-marker.js";
+import { deadWritersTemp, ownTempName } from "../durable/temp-owner.js";
 import { assertCacheKey, assertModelId } from "../keys/safe-key.js";
 import { type CacheLocation, cacheDirComponents, cacheKeyDir, cachePathOf, defaultRoot, parseCachePath } from "../layout/paths.js";
 import { SCOPE_ID_PATTERN, scopeIdOption } from "../keys/scope.js";
 import { processLocks } from "../locks/path-locks.js";
 import { assertLogger, type Logger, logLine, silentLogger } from "../logger.js";
+import { isOwnLockFile, provenCache } from "../manifest/ownership.js";
 import { removeCacheFiles } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind, type NativeFs } from "../native/index.js";
 import { Retention, type RetentionInternals, resolveRetentionSettings } from "../retention/retention.js";
@@ -91,6 +93,23 @@ export interface KvCacheStoreOptions {
   remote?: RemoteTier | undefined;
   /** Uploads waiting for the remote tier at most, one per cache (the oldest is dropped past it). Default 64. */
   maxPendingUploads?: number | undefined;
+  /**
+   * Open a non-empty directory that is not marked as a kvkeep root (no `.kvkeep/root.json`,
+   * e.g. caches copied or restored without their `.kvkeep/`) and mark it. Without it such a
+   * directory is refused with ROOT_NOT_KVKEEP and left untouched. Either way kvkeep only
+   * ever removes files it can prove are its own. Default: false.
+   */
+  adopt?: boolean | undefined;
+}
+
+/** What `store.delete` removed (the CLI prints it). @internal */
+export interface DeleteReport {
+  /** Caches removed (a `.bin` with its manifest). */
+  caches: number;
+  /** Every file removed: cache files, manifests, lock files, dead writers' temps. */
+  removedFiles: number;
+  /** Files in the deleted directories left in place because nothing proves them kvkeep's. */
+  leftFiles: string[];
 }
 
 /** Options for tests and benchmarks; not part of the public API. @internal */
@@ -114,6 +133,7 @@ const KNOWN_STORE_OPTIONS: Record<keyof (KvCacheStoreOptions & InternalStoreOpti
   evictNamed: true,
   remote: true,
   maxPendingUploads: true,
+  adopt: true,
   retentionInternals: true,
   remoteInternals: true,
 };
@@ -232,6 +252,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
    * itself, or while the turn was still beginning.
    */
   readonly #deletes: Deletes;
+  /** The fsyncs of a root marker this store wrote (close waits for them). */
+  readonly #markerSynced: Promise<void>;
   #closed = false;
 
   constructor(options: KvCacheStoreOptions & InternalStoreOptions = {}) {
@@ -248,11 +270,28 @@ export class KvCacheStoreImpl implements KvCacheStore {
     if (options.verify !== undefined && options.verify !== "size" && options.verify !== "checksum") {
       throw new KvKeepError("INVALID_ARGUMENT", `options.verify must be "size" or "checksum".`, { argument: "verify" });
     }
+    if (options.adopt !== undefined && typeof options.adopt !== "boolean") {
+      throw new KvKeepError("INVALID_ARGUMENT", "options.adopt must be a boolean.", { argument: "adopt" });
+    }
     const remote = checkRemoteOptions(options);
     const retentionSettings = resolveRetentionSettings(options);
     this.root = path.resolve(options.root ?? defaultRoot());
     const logger = options.logger ?? silentLogger;
     const nfs: NativeFs = loadNativeFs(logger);
+    // Before anything else touches the directory: a foreign one is refused as it is.
+    let markerWritten = true;
+    const claimed = claimRoot(this.root, {
+      adopt: options.adopt === true,
+      how: "open it with openKvCacheStore({ adopt: true }) (or a kvkeep command with --adopt)",
+      onWriteFailed: (error) => {
+        markerWritten = false;
+        logger.warn(logLine("could not mark the cache root (.kvkeep/root.json); it is used as it is", { root: this.root, error }));
+      },
+    });
+    this.#markerSynced =
+      claimed.kind === "marked" || !markerWritten
+        ? Promise.resolve()
+        : syncRootMarker(nfs, this.root).catch((error: unknown) => logger.debug(logLine("could not sync the root marker", { error })));
     this.backend = nfs.kind;
     const locks = processLocks();
     const layers = this.layers;
@@ -294,10 +333,11 @@ export class KvCacheStoreImpl implements KvCacheStore {
       forgetCache,
       prune,
       removeCache: async (cachePath) => {
-        await removeCacheFiles(cachePath);
+        const removed = await removeCacheFiles(cachePath);
         retention.noteRemoved(cachePath);
         const loc = parseCachePath(root, cachePath);
         if (loc) forgetCache(cachePath, initKey(loc));
+        return removed;
       },
       releaseCache: async (lease, cachePath, removed) => {
         lease?.release({ removeLockFile: removed });
@@ -319,6 +359,8 @@ export class KvCacheStoreImpl implements KvCacheStore {
       remote: remote && new RemoteSync(remote, () => this.#ctx, { maxPendingUploads: options.maxPendingUploads, ...options.remoteInternals }),
     };
     remote?.setLogger(logger);
+    // Deletes other stores on this root left pending for the tier are honoured (and sent) from now on.
+    this.#ctx.remote?.start();
     // One walk of the root at open: recovery, and the retention index built from it.
     this.ready = retention.buildAtOpen((visit) => recoverRoot(this.#ctx, visit)).catch((error: unknown) => {
       logger.warn(logLine("recovery at open failed; caches are still verified before use", { error }));
@@ -352,6 +394,11 @@ export class KvCacheStoreImpl implements KvCacheStore {
   }
 
   async delete(target: DeleteTarget): Promise<void> {
+    await this.deleteReporting(target);
+  }
+
+  /** `delete`, resolving to what it removed and what it left (the CLI's summary). @internal */
+  async deleteReporting(target: DeleteTarget): Promise<DeleteReport> {
     const ctx = this.#ctx;
     if (!target || typeof target !== "object") {
       throw new KvKeepError("INVALID_ARGUMENT", "delete needs { kvCacheKey, modelId?, scope? } or { all: true }.", {
@@ -376,6 +423,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
       recorded = [{ scopeId: deleteScopeId(target), cacheKey: target.kvCacheKey, modelId: target.modelId }];
     }
     ctx.assertOpen();
+    const report: DeleteReport = { caches: 0, removedFiles: 0, leftFiles: [] };
     // Recorded before any file goes (in memory and in the shared log), so a turn in any
     // process that took its lock before this point sees it at its commit; and again when
     // everything is gone, so a turn that took its lock while this ran sees it too.
@@ -387,7 +435,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
           for (const cacheKey of await listKeyDirs(this.root, scopeId)) keys.push({ scopeId, cacheKey });
         }
       } else keys.push(recorded[0] as { scopeId: string | null; cacheKey: string; modelId?: string });
-      for (const key of keys) await this.#removeKey(key.scopeId, key.cacheKey, key.modelId);
+      for (const key of keys) await this.#removeKey(key.scopeId, key.cacheKey, key.modelId, report);
     } finally {
       await this.#deletes.record(recorded, "end");
     }
@@ -397,37 +445,75 @@ export class KvCacheStoreImpl implements KvCacheStore {
     await ctx.remote?.afterDelete(
       "all" in target ? { all: true } : { scopeId: removed.scopeId ?? null, kvCacheKey: removed.cacheKey!, modelId: removed.modelId },
     );
+    return report;
   }
 
-  /** Remove every kvkeep file of a key (one model, or all) in one scope's space, and what memory knows of it. */
-  async #removeKey(scopeId: string | null, cacheKey: string, modelId: string | undefined): Promise<void> {
+  /**
+   * Remove every file of a key (one model, or all) in one scope's space that is provably
+   * kvkeep's, and what memory knows of it: caches and manifests whose manifest names their
+   * place (their scope included), their (empty) lock files, dead writers' temps
+   * (src/manifest/ownership.ts). Anything else stays, logged, and a directory is pruned only
+   * when this removed something from it.
+   */
+  async #removeKey(scopeId: string | null, cacheKey: string, modelId: string | undefined, report: DeleteReport): Promise<void> {
     const ctx = this.#ctx;
     const keyDir = cacheKeyDir(this.root, cacheKey, scopeId);
     const removedDir = modelId === undefined ? keyDir : path.join(keyDir, modelId);
     for (const modelDir of await scanKeyDir(this.root, cacheKey, modelId, false, scopeId)) {
+      const removedBefore = report.removedFiles;
+      // Proven before anything goes: removing a cache takes its manifest, the proof, with it.
+      const proven = new Set<string>();
+      for (const file of modelDir.files) {
+        if ((file.kind === "cache" || file.kind === "manifest") && !proven.has(file.configHash!)) {
+          const loc = { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! };
+          if (await provenCache(cachePathOf(this.root, loc), loc, ctx.nfs)) proven.add(file.configHash!);
+        }
+      }
+      const left = (file: { path: string }): void => {
+        report.leftFiles.push(file.path);
+        ctx.logger.warn(logLine("delete left a file that is not provably kvkeep's", { path: file.path }));
+      };
       for (const file of modelDir.files) {
         if (file.kind === null) {
-          ctx.logger.warn(logLine("delete left a file that is not kvkeep's", { path: file.path }));
+          left(file);
         } else if (file.kind === "lock") {
+          // The lock of a cache proven here; an empty file alone named `x.lock` may be someone's mutex.
+          if (!proven.has(file.configHash!) || !(await isOwnLockFile(file.path))) {
+            left(file);
+            continue;
+          }
           const cachePath = cachePathOf(this.root, { scopeId, cacheKey: modelDir.cacheKey, modelId: modelDir.modelId, configHash: file.configHash! });
           if (!ctx.nfs.crossProcessLocks) {
-            await unlinkIfExists(file.path);
+            if (await unlinkIfExists(file.path)) report.removedFiles++;
           } else {
             // Only an unheld lock file may go: a holder must keep excluding newcomers.
-            ctx.locks.tryAcquire(cachePath)?.release({ removeLockFile: true });
+            const lease = ctx.locks.tryAcquire(cachePath);
+            if (lease) {
+              lease.release({ removeLockFile: true });
+              report.removedFiles++;
+            }
           }
         } else if (file.kind === "cache") {
-          await ctx.removeCache(file.path);
+          if (!proven.has(file.configHash!)) {
+            left(file);
+            continue;
+          }
+          const files = await ctx.removeCache(file.path);
+          report.removedFiles += files;
+          report.caches++;
         } else if (file.kind === "temp") {
           // A live writer's temp belongs to a turn in flight: it ends that turn itself (its
           // commit sees this delete and refuses). A dead writer's is a leftover.
-          if (!tempWriterAlive(file.name)) await unlinkIfExists(file.path);
-        } else {
-          await unlinkIfExists(file.path);
+          if (!ownTempName(file.name)) left(file);
+          else if (deadWritersTemp(file.name) && (await unlinkIfExists(file.path))) report.removedFiles++;
+        } else if (!proven.has(file.configHash!)) {
+          left(file);
+        } else if (await unlinkIfExists(file.path)) {
+          report.removedFiles++; // a manifest whose cache went before it (or is gone)
         }
       }
       ctx.layers.forgetUnder(modelDir.dir, () => false);
-      await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
+      if (report.removedFiles > removedBefore) await pruneEmptyDirs(this.root, modelDir.dir, (dir) => ctx.layers.isDirActive(dir));
     }
     ctx.layers.forgetUnder(
       removedDir,
@@ -496,6 +582,7 @@ export class KvCacheStoreImpl implements KvCacheStore {
   async close(): Promise<void> {
     this.#closed = true;
     await this.ready;
+    await this.#markerSynced;
     // Remote hook: pending uploads finish before the tier closes.
     await this.#ctx.remote?.close();
     await this.retention.close();

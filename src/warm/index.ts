@@ -1,4 +1,8 @@
-/** Cache warming (DESIGN.md §3): the public names, re-exported from the package root. */
+/**
+ * `kvkeep/warm`: the whole of cache warming (DESIGN.md §3). The package root re-exports the
+ * seed's names and `createStoreWarmer` (src/index.ts); the rest — settings storage, the
+ * prefetch strategy, the pure helpers past the seed's — is imported from here (docs/api.md).
+ */
 export {
   type ConversationSettings,
   type ConversationState,
@@ -25,7 +29,8 @@ export type {
   WarmResult,
   WarmUsage,
 } from "./types.js";
-export { type CacheWarmer, type CacheWarmerDeps, createCacheWarmer, type WarmerStateSnapshot } from "./warmer.js";
+export { createCacheWarmer } from "./warmer.js";
+export type { CacheWarmer, CacheWarmerDeps, WarmerStateSnapshot } from "./warmer-api.js";
 export { createFileSettingsStorage, type FileSettingsStorageOptions, SETTINGS_FILE_MAX_BYTES } from "./file-storage.js";
 export {
   createPrefetchWarm,

@@ -12,7 +12,8 @@ import type { TurnEvent } from "../types.js";
 import { createFileSettingsStorage } from "./file-storage.js";
 import { createPrefetchWarm } from "./strategies.js";
 import type { SettingsStorage, WarmFn } from "./types.js";
-import { type CacheWarmer, type CacheWarmerDeps, createCacheWarmer } from "./warmer.js";
+import { createCacheWarmer } from "./warmer.js";
+import type { CacheWarmer, CacheWarmerDeps } from "./warmer-api.js";
 
 /** A store event listener that drives `warmer`. */
 export function connectWarmer(warmer: CacheWarmer): (event: TurnEvent) => void {

@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import * as kvkeepNode from "../../src/index.js";
+import { createFileSettingsStorage } from "../../src/warm/index.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { bareRuntimes, barePackage, jsonLines, onBare, repoRoot } from "./helpers.js";
 // @ts-expect-error plain ESM shared with the Bare worker (no types)
@@ -33,6 +34,16 @@ describe.each(bareRuntimes())("kvkeep on Bare $version (from $from)", (runtime) 
     expect(lines[1]).toMatchObject({ step: "begun", primed: true, savedCount: 0 });
     expect(lines[2]).toMatchObject({ step: "committed" });
     expect(readFileSync(path.join(root, "chat", "m", "cfg0.bin"), "utf8")).toBe("state from bare");
+  });
+
+  it("refuses KVKEEP_NO_NATIVE=1 with NATIVE_UNAVAILABLE instead of running without cross-process locks", async () => {
+    const root = tempDir();
+    const refused = await runBare("no-native-worker.mjs", { root }, { env: { KVKEEP_NO_NATIVE: "1" } });
+    expect(refused.status).toBe(0);
+    expect(refused.lines).toEqual([{ code: "NATIVE_UNAVAILABLE", message: expect.stringMatching(/KVKEEP_NO_NATIVE is set, but under Bare kvkeep needs its native addon.*Unset KVKEEP_NO_NATIVE/) }]);
+    // Without it, the same worker opens the store on the addon.
+    const opened = await runBare("no-native-worker.mjs", { root }, { env: { KVKEEP_NO_NATIVE: "" } });
+    expect(opened.lines).toEqual([{ backend: expect.stringMatching(/^(local-build|prebuilt)$/) }]);
   });
 
   it("imports on this Bare (the version check at import passes)", async () => {
@@ -118,7 +129,7 @@ describe.each(bareRuntimes())("kvkeep on Bare $version (from $from)", (runtime) 
 
   it("shares warm settings with Node: the same files (SHA-256 names), read and written both ways", async () => {
     const dir = path.join(tempDir(), "warm");
-    const node = kvkeepNode.createFileSettingsStorage(dir);
+    const node = createFileSettingsStorage(dir);
     await node.set("chat ✓ ünï", '{"enabled":false,"intervalMs":5000}');
     const bare = await runBare("store-worker.mjs", {
       root: tempDir(),

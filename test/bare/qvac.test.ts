@@ -78,7 +78,7 @@ function strayFiles(root: string): string[] {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (!/\.(bin|meta\.json|lock|log)$/.test(e.name)) out.push(path.relative(root, p));
+      else if (!/\.(bin|meta\.json|lock|log)$/.test(e.name) && path.relative(root, p) !== path.join(".kvkeep", "root.json")) out.push(path.relative(root, p));
     }
   };
   walk(root);

@@ -1,4 +1,4 @@
-/** The README's benchmark chart (bench/chart.ts): what it draws from a results file. */
+/** The benchmark chart of docs/benchmarks.md (bench/chart.ts): what it draws from a results file. */
 import { describe, expect, it } from "vitest";
 import { lineChartSvg, niceTicks, ttftChartSvg, ttftSeries, type TtftResults } from "../../bench/chart.js";
 

@@ -1,7 +1,9 @@
-/** The CLI's units and human formats (pure). */
+/** The CLI's units, typed flag values and human formats (pure). */
 import { describe, expect, it } from "vitest";
+import { CliError } from "../../src/cli/errors.js";
 import { budgetBar, formatAge, formatBytes, plural, renderTable } from "../../src/cli/format.js";
-import { parseDuration, parseSize } from "../../src/cli/units.js";
+import { integerOption, listOption, requiredText, sizeOption, textOption } from "../../src/cli/option-values.js";
+import { parseDuration, parseSize, parseWholeNumber } from "../../src/cli/units.js";
 import { closestName } from "../../src/suggest.js";
 
 describe("sizes and durations on the command line", () => {
@@ -27,6 +29,38 @@ describe("sizes and durations on the command line", () => {
     expect(parseDuration("1h30m")).toBe(5_400_000);
     expect(parseDuration("0")).toBe(0);
     for (const bad of ["30", "1x", "h", "", "-1h", "1 h"]) expect(parseDuration(bad), bad).toBeUndefined();
+  });
+});
+
+describe("typed flag values, every command's (a USAGE error names the flag and the form it wants)", () => {
+  const usage = (fn: () => unknown): string => {
+    try {
+      fn();
+    } catch (error) {
+      expect(error).toBeInstanceOf(CliError);
+      expect((error as CliError).code).toBe("USAGE");
+      return (error as Error).message;
+    }
+    throw new Error("expected a usage error");
+  };
+
+  it("whole numbers are digits only, then checked against the flag's range", () => {
+    expect(["8080", "0", "007", " 12 "].map(parseWholeNumber)).toEqual([8080, 0, 7, 12]);
+    for (const bad of ["", "-1", "+1", "2.5", "1e3", "0x10", "8k"]) expect(parseWholeNumber(bad), bad).toBeUndefined();
+    expect(integerOption({ port: "80" }, "port", { min: 0, max: 65535 })).toBe(80);
+    expect(integerOption({}, "port", { min: 0, max: 65535 })).toBeUndefined();
+    expect(usage(() => integerOption({ port: "http" }, "port", { min: 0, max: 65535 }))).toBe('--port must be a whole number (got "http").');
+    expect(usage(() => integerOption({ port: "70000" }, "port", { min: 0, max: 65535 }))).toBe("--port must be between 0 and 65535 (got 70000).");
+  });
+
+  it("text may be required or merely non-empty; a repeated flag is a list; a size is a size", () => {
+    expect(usage(() => requiredText({ model: "" }, "model", "a GGUF file"))).toBe("--model is required: a GGUF file.");
+    expect(usage(() => textOption({ host: "" }, "host"))).toBe("--host must not be empty.");
+    expect(textOption({}, "host")).toBeUndefined();
+    expect(listOption({}, "api-key")).toEqual([]);
+    expect(usage(() => listOption({ "api-key": ["a", ""] }, "api-key"))).toBe("--api-key must not be empty.");
+    expect(sizeOption({ "max-bytes": "2G" }, "max-bytes")).toBe(2 * 1024 ** 3);
+    expect(usage(() => sizeOption({ "max-bytes": "99999999T" }, "max-bytes"))).toBe('--max-bytes must be a size such as 512K, 5M, 2G or a number of bytes (got "99999999T").');
   });
 });
 

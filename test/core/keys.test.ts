@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { autoCacheKey, generateConfigHash, type CacheMessage } from "../../src/index.js";
+import { generateConfigHash, type CacheMessage } from "../../src/index.js";
+import { autoCacheKey } from "../../src/keys/index.js";
 import { autoKeyChain, autoLookupHistory } from "../../src/keys/auto-key.js";
 import { xxh64Hex } from "../../src/keys/hash.js";
 

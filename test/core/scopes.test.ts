@@ -8,7 +8,7 @@ import { promises as fs, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { scopeIdOf } from "../../src/keys/scope.js";
-import { manifestPathOf } from "../../src/layout/paths.js";
+import { manifestPathOf, tempPathFor } from "../../src/layout/paths.js";
 import { KvCacheStoreImpl } from "../../src/store/store.js";
 import type { CacheMessage, TurnEvent } from "../../src/types.js";
 import { listTree } from "../helpers/fake-engine.js";
@@ -262,7 +262,9 @@ describe("deletes, retention and recovery know whose a cache is", () => {
     const store = openStore(root);
     const cache = await commitNamedConversation(store.createSession(MODEL, { scope: ALICE }), "chat", conversation("a", 1));
     await store.close();
-    const deadTemp = `${cache}.999999999-deadbeef-1.tmp`;
+    // Named as kvkeep names its temps (a 10-hex incarnation stamp): a name without one is not
+    // kvkeep's and is never removed (test/cli/foreign-root.test.ts). Pid 999999999 is no process.
+    const deadTemp = tempPathFor(cache, 999_999_999, "deadbeef01");
     await fs.writeFile(deadTemp, "left by a crash");
     const reopened = openStore(root);
     expect(await reopened.ready).toMatchObject({ removedTemps: 1 });

@@ -268,7 +268,8 @@ describe("recovery at open", () => {
     const b = await customTurn(session, "b", configHash, 2);
     await store.close();
     const deadPid = 2 ** 22 + 12345; // above pid_max: no such process
-    const deadTemp = `${a.cachePath}.${deadPid}-abc.tmp`;
+    // Named as kvkeep names its temps here: pid, incarnation stamp, unique part.
+    const deadTemp = `${a.cachePath}.${deadPid}-0123456789-abc.tmp`;
     const liveTemp = `${a.cachePath}.${process.ppid}-abc.tmp`;
     await fs.writeFile(deadTemp, "torn half-written state");
     await fs.writeFile(liveTemp, "a live writer's save in progress");
@@ -290,7 +291,7 @@ describe("recovery at open", () => {
     const session = store.createSession(MODEL);
     const turn = await session.beginTurn({ kind: "custom", customKey: "held", configHash, primeIfMissing: countingPrime() });
     await writeState(turn.savePath);
-    const deadTemp = `${turn.cachePath}.${2 ** 22 + 7}-zz.tmp`;
+    const deadTemp = `${turn.cachePath}.${2 ** 22 + 7}-0123456789-zz.tmp`;
     await fs.writeFile(deadTemp, "x");
     const other = openKvCacheStore({ root });
     expect(await other.ready).toMatchObject({ removedTemps: 1 });

@@ -77,13 +77,14 @@ function tryApp(dir: string): { backend: string; stderr: string; version: string
 
 /**
  * The README's node-llama-cpp snippet as an app's TypeScript file: the ```ts block under
- * "Using it with node-llama-cpp", with the two names it leaves to the reader declared.
+ * "Using it with node-llama-cpp", with the names it leaves to the reader declared (the model
+ * file, the abort signal, and whose conversation it is: the caller's user id as its scope).
  */
 function readmeSnippet(): string {
   const readme = readFileSync(path.join(checkout, "README.md"), "utf8");
   const section = readme.slice(readme.indexOf("## Using it with node-llama-cpp"));
   const block = /```ts\n([\s\S]*?)```/.exec(section)![1]!;
-  return `declare const modelPath: string;\ndeclare const signal: AbortSignal;\n${block}\nexport {};\n`;
+  return `declare const modelPath: string;\ndeclare const signal: AbortSignal;\ndeclare const userId: string;\n${block}\nexport {};\n`;
 }
 
 /**
@@ -185,7 +186,7 @@ describe("installing kvkeep as the README says", () => {
     const tarball = path.join(work, `kvkeep-${version}.tgz`);
     expect(packed).toContain(`kvkeep-${version}.tgz`);
     const listing = sh(work, "tar", ["-tzf", tarball]);
-    for (const file of ["package/LICENSE", "package/README.md", "package/dist/index.js", "package/dist/cli/bin.js", `package/prebuilds/${process.platform}-${process.arch}/kvkeep.node`]) {
+    for (const file of ["package/LICENSE", "package/README.md", "package/dist/index.js", "package/dist/cli/bin.js", "package/web/index.html", `package/prebuilds/${process.platform}-${process.arch}/kvkeep.node`]) {
       expect(listing).toContain(file);
     }
     expect(existsSync(path.join(checkout, "prebuilds", `${process.platform}-${process.arch}`))).toBe(false); // postpack cleaned up

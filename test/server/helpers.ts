@@ -1,7 +1,7 @@
 /**
- * Real `kvkeep serve` processes for the server tests: src/server/bin.ts bundled once and
- * started with node on 127.0.0.1 and a free port, a generated tiny model, the official
- * `openai` client.
+ * Real `kvkeep serve` processes for the server tests: the kvkeep executable (src/cli/bin.ts)
+ * bundled once and started with node as `kvkeep serve` on 127.0.0.1 and a free port, a
+ * generated tiny model, the official `openai` client.
  */
 import OpenAI from "openai";
 import { ensureModel, resolveShape } from "../fixtures/gguf/models.js";
@@ -23,14 +23,14 @@ export interface ServeProcess {
 
 /** Start `kvkeep serve` with `args` (plus --model, --host 127.0.0.1, --port 0 unless given) and wait until it listens. */
 export async function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServeProcess> {
-  const script = await bundleFixture("src/server/bin.ts");
+  const script = await bundleFixture("src/cli/bin.ts");
   const model = await tinyModelPath();
   const defaults = [
     ...(args.includes("--model") ? [] : ["--model", model]),
     ...(args.includes("--host") ? [] : ["--host", "127.0.0.1"]),
     ...(args.includes("--port") ? [] : ["--port", "0"]),
   ];
-  const run = runChild(script, [...defaults, ...args], env);
+  const run = runChild(script, ["serve", ...defaults, ...args], env);
   const line = await run.waitForLine((l) => l.includes("listening on http://"), 60_000);
   const url = /listening on (http:\/\/\S+)/.exec(line)![1]!;
   return {

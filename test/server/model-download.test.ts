@@ -7,6 +7,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import path from "node:path";
+import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tempDir } from "../helpers/temp-root.js";
 import { openaiClient, servedModel, startServe, tinyModelPath } from "./helpers.js";
@@ -83,9 +84,11 @@ describe("kvkeep serve --model URL", () => {
   it("a URL that is not there fails the start with exit 1, naming it, and leaves nothing in --models-dir", async () => {
     const modelsDir = tempDir();
     const url = `${base}/models/missing.gguf`;
-    const { runServe } = await import("../../src/server/cli.js");
+    const { main } = await import("../../src/cli/main.js");
     let stderr = "";
-    const code = await runServe(["--model", url, "--models-dir", modelsDir, "--port", "0"], {
+    const code = await main(["serve", "--model", url, "--models-dir", modelsDir, "--port", "0"], {
+      stdin: Readable.from([]),
+      env: process.env,
       stdout: { write: () => true },
       stderr: { write: (t: string) => (stderr += t) },
     });

@@ -335,14 +335,19 @@ describe("security and errors", () => {
     expect(response.body.error.message).not.toMatch(/\n\s+at /); // never a stack trace
   }
 
-  it("requires the API key on every route but /health", async () => {
+  it("requires the API key on every route but /health and the web page", async () => {
     const body = JSON.stringify({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 1 });
     expectOpenAiError(await post(body, {}, false), 401, "invalid_api_key");
     expectOpenAiError(await post(body, { authorization: "Bearer wrong-key" }, false), 401, "invalid_api_key");
     expectOpenAiError(await post(body, { authorization: `Basic ${KEY}` }, false), 401, "invalid_api_key");
     expectOpenAiError(await fetchJson("/v1/models", { auth: false }), 401, "invalid_api_key");
     expectOpenAiError(await fetchJson("/metrics", { auth: false }), 401, "invalid_api_key");
+    expectOpenAiError(await fetchJson("/kvkeep/sessions", { auth: false }), 401, "invalid_api_key");
     expect((await fetchJson("/health", { auth: false })).status).toBe(200);
+    // The page is static and holds nothing: it asks for the key and sends it with its requests.
+    const page = await fetchJson("/", { auth: false });
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-type")).toMatch(/^text\/html/);
     await expect(openaiClient(server, "wrong-key").models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
   });
 

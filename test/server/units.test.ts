@@ -1,30 +1,56 @@
 /**
  * The server's pure parts: strict flags, sizes, the slot pool and its queue, the mapping of
- * OpenAI requests, and `runServe`'s exit codes; and the metrics module on its own registry.
+ * OpenAI requests, and `kvkeep serve`'s exit codes; and the metrics module on its own registry.
  */
+import { Readable } from "node:stream";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
+import { parseCommandArgs } from "../../src/cli/args.js";
+import { parseApiKeysFile, serveCommand, serveOptions } from "../../src/cli/commands/serve.js";
+import { CliError } from "../../src/cli/errors.js";
+import { main } from "../../src/cli/main.js";
+import { parseSize } from "../../src/cli/units.js";
 import { createKvKeepMetrics } from "../../src/metrics/index.js";
-import { runServe } from "../../src/server/cli.js";
+import type { ServeOptions } from "../../src/server/options.js";
 import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from "../../src/server/openai.js";
 import { modelSpecKind } from "../../src/server/model-source.js";
-import { isLoopbackHost, parseApiKeysFile, parseServeArgs, parseSize, scopeOfApiKey, threadsPerContext, UsageError } from "../../src/server/options.js";
+import { isLoopbackHost, scopeOfApiKey, threadsPerContext } from "../../src/server/options.js";
 import { describeStartupStep, type StartupStep, startupStatus } from "../../src/server/startup-status.js";
 import { cpuFeatures, describeLlamaBinary, llamaBuildOptions } from "../../src/engines/node-llama-cpp/llama-build.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
 import { parsePrometheus } from "./helpers.js";
 
+/** `kvkeep serve ARGV` up to the start: its flags parsed as main parses every command's, then turned into ServeOptions. */
+function parseServeArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeOptions | { help: true } {
+  const { values } = parseCommandArgs(serveCommand, argv);
+  return values.help ? { help: true } : serveOptions(values, env);
+}
+
+/** `kvkeep serve ARGV` run in this process, as bin.ts runs it, on the given output streams. */
+function runServe(argv: readonly string[], io: { stdout: { write(t: string): unknown }; stderr: { write(t: string): unknown } }): Promise<number> {
+  return main(["serve", ...argv], { stdin: Readable.from([]), env: process.env, ...io });
+}
+
+/** The CLI's usage error (exit 2), whichever flag or value was wrong. */
+function isUsageError(error: unknown): boolean {
+  return error instanceof CliError && error.code === "USAGE" && error.exitCode === 2;
+}
+const USAGE_ERROR = expect.objectContaining({ name: "CliError", code: "USAGE", exitCode: 2 });
+
 describe("kvkeep serve flags", () => {
   it("parses every flag, with sizes in powers of 1024 and loopback defaults", () => {
     const options = parseServeArgs(
       ["--model", "m.gguf", "--host", "::1", "--port", "0", "--ctx", "2048", "--parallel", "4", "--max-queue", "3", "--root", "/r",
-        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache"],
+        "--api-key", "k", "--max-bytes", "4G", "--max-body", "512K", "--threads", "2", "--no-cache", "--adopt"],
       {},
     );
     expect(options).toEqual({
       modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
-      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, engineBuild: "auto", cache: false, json: false,
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, engineBuild: "auto", cache: false, adopt: true,
+      json: false,
     });
+    // A directory that is not a kvkeep root is refused unless adopted, as by gc, rm and verify --fix.
+    expect(parseServeArgs(["--model", "m.gguf"], {})).toMatchObject({ adopt: false });
     expect(parseServeArgs(["--model", "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", "--models-dir", "/m", "--json"], {})).toMatchObject({
       modelPath: "hf:Qwen/Qwen3-0.6B-GGUF:Q8_0", modelsDir: "/m", json: true,
     });
@@ -44,10 +70,10 @@ describe("kvkeep serve flags", () => {
     ).toMatchObject({ apiKeys: ["a", "b"], apiKeysFile: "/keys", prefixReuse: false });
     expect(parseServeArgs(["--model", "m.gguf", "--api-keys", "/keys"], { KVKEEP_API_KEY: "from-env" })).toMatchObject({ apiKeys: [] });
     expect(parseApiKeysFile("# the team\n  key-1  \r\n\nkey-2\n", "f")).toEqual(["key-1", "key-2"]);
-    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(UsageError);
+    expect(() => parseApiKeysFile("# only a comment\n\n", "f")).toThrow(USAGE_ERROR);
     // The scope of a key: what `printf %s KEY | sha256sum` prints (the key itself reaches no file).
     expect(scopeOfApiKey("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    expect([parseSize("1.5G", "x"), parseSize("100", "x"), parseSize("4GiB", "x"), parseSize("4gb", "x")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
+    expect([parseSize("1.5G"), parseSize("100"), parseSize("4GiB"), parseSize("4gb")]).toEqual([1.5 * 1024 ** 3, 100, 4 * 1024 ** 3, 4 * 1024 ** 3]);
   });
 
   it("refuses unknown flags, positionals, missing values and out-of-range numbers", () => {
@@ -63,7 +89,7 @@ describe("kvkeep serve flags", () => {
       ["--model", "m", "--api-key", ""],
       ["--model", "m", "--engine-build", "fast"],
     ]) {
-      expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(UsageError);
+      expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(USAGE_ERROR);
     }
   });
 
@@ -72,10 +98,10 @@ describe("kvkeep serve flags", () => {
       try {
         parseServeArgs(argv, {});
       } catch (error) {
-        expect(error).toBeInstanceOf(UsageError);
+        expect(isUsageError(error)).toBe(true);
         return (error as Error).message;
       }
-      throw new Error("expected a UsageError");
+      throw new Error("expected a usage error");
     };
     expect(message(["--model", "m", "--prot", "1"])).toBe("unknown option --prot (did you mean --port?).");
     expect(message(["--modle", "m"])).toBe("unknown option --modle (did you mean --model?).");
@@ -89,7 +115,7 @@ describe("kvkeep serve flags", () => {
     expect(["./model.gguf", "/models/m.gguf", "m.gguf", "C:\\models\\m.gguf", "dir:with/colon.gguf".slice(4)].map(modelSpecKind)).toEqual(["file", "file", "file", "file", "file"]);
   });
 
-  it("runServe exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
+  it("kvkeep serve exits 0 for --help, 2 for a bad flag and 1 for a missing model file, printing a hint", async () => {
     const io = () => {
       const out = { stdout: "", stderr: "" };
       return { out, io: { stdout: { write: (t: string) => (out.stdout += t) }, stderr: { write: (t: string) => (out.stderr += t) } } };
@@ -313,10 +339,16 @@ describe("OpenAI requests", () => {
   it("refuses what it cannot honour with the parameter named", () => {
     expect(refused({ model: "gpt-4o" })).toMatchObject({ status: 404, code: "model_not_found", param: "model" });
     expect(refused({ n: 2 })).toMatchObject({ status: 400, param: "n" });
-    expect(refused({ tools: [{ type: "function" }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "two words" } }] })).toMatchObject({ status: 400, param: "tools" });
+    expect(refused({ tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "g" } } })).toMatchObject({
+      status: 400,
+      param: "tool_choice",
+    });
     expect(refused({ frequency_penalty: 0.5 })).toMatchObject({ status: 400, param: "frequency_penalty" });
     expect(map({ frequency_penalty: 0, presence_penalty: null }).kvCache).toBe(true);
-    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
+    expect(refused({ messages: [{ role: "user", content: "x" }, { role: "tool", content: "x", tool_call_id: "call_1" }] })).toMatchObject({ status: 400, param: "messages" });
+    expect(refused({ messages: [{ role: "tool", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].tool_call_id" });
+    expect(refused({ messages: [{ role: "function", content: "x" }] })).toMatchObject({ status: 400, param: "messages[0].role" });
     expect(refused({ messages: [{ role: "user", content: [{ type: "image_url" }] }] })).toMatchObject({ param: "messages[0].content[0].type" });
     expect(refused({ messages: [{ role: "assistant", content: null }] })).toMatchObject({ param: "messages[0].content" });
     expect(refused({ messages: [{ role: "system", content: "only a system prompt" }] })).toMatchObject({ param: "messages" });
@@ -325,7 +357,8 @@ describe("OpenAI requests", () => {
     for (const name of ["auto-0123456789abcdef", ".kvkeep", ".scopes", "x\uD800"]) {
       expect(refused({ kv_cache: name }), name).toMatchObject({ status: 400, code: "invalid_kv_cache", param: "kv_cache" });
     }
-    expect(refused({ response_format: { type: "json_object" } })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_object" }, tools: [{ type: "function", function: { name: "f" } }] })).toMatchObject({ param: "response_format" });
+    expect(refused({ response_format: { type: "json_schema" } })).toMatchObject({ param: "response_format.json_schema" });
   });
 
   it("names a parameter from a JSON-schema path", () => {

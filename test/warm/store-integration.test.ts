@@ -5,7 +5,8 @@
  */
 import { existsSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { createStoreWarmer, generateConfigHash, openKvCacheStore, warmSettingsDir, type WarmFn } from "../../src/index.js";
+import { createStoreWarmer, generateConfigHash, openKvCacheStore, type WarmFn } from "../../src/index.js";
+import { warmSettingsDir } from "../../src/warm/index.js";
 import { countingPrime, writeState } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { deferred, fakeTimers } from "./helpers.js";

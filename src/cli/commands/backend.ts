@@ -1,7 +1,7 @@
 import { loadNativeFs } from "../../native/index.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 
-export const backendCommand: ParsedCommand = {
+export const backendCommand: Command = {
   name: "backend",
   summary: "which native backend kvkeep uses here (prebuilt, local build or JS fallback)",
   usage: "kvkeep backend [--json]",

@@ -2,15 +2,15 @@ import { cacheKindOf } from "../../keys/safe-key.js";
 import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
 import type { EvictedCache } from "../../types.js";
-import { durationOption, sizeOption } from "../args.js";
 import { readRoot } from "../caches.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
-import { assertWritable, type RootState } from "../root.js";
+import { durationOption, sizeOption } from "../option-values.js";
+import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "../remote-tier.js";
+import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { shownScope } from "../scope.js";
 import { openCliStore } from "../store.js";
-import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, remoteTotals, ttlNote, withRemote } from "./remote.js";
 
 /**
  * What a sweep with this plan evicts: the idle entries, then the least recently used until
@@ -34,23 +34,24 @@ const evictedOf = (c: Candidate): EvictedCache => ({ scopeId: c.entry.scopeId ??
 async function planOnly(root: string, limits: RetentionLimits): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
   const { caches } = await readRoot(root);
   const entries: Array<[string, IndexEntry]> = caches
-    .filter((c) => c.hasManifest)
+    .filter((c) => c.owned)
     .map((c) => [c.cachePath, { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
   const { victims, keptBytes } = pickVictims(planSweep(entries, limits, Date.now()), limits.maxBytes);
   return { evicted: victims.map(evictedOf), keptBytes };
 }
 
-export const gcCommand: ParsedCommand = {
+export const gcCommand: Command = {
   name: "gc",
   summary: "evict idle and least recently used auto caches down to a budget; --remote: report (and trim) Redis too",
   usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json] [--remote URL [--remote-max-bytes SIZE] [--remote-max-idle DURATION]]",
   description:
-    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
+    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). Only files kvkeep can prove are its own are removed — evicted caches (a manifest names each) and what crashed writers left (temps named by kvkeep, manifests of vanished caches) — and the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt. With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "budget for the evictable caches: 512M, 2G, … (default 4G)" },
     "max-idle": { type: "string", value: "DURATION", help: "evict caches unused this long: 30m, 12h, 7d, … (default 24h)" },
     "evict-named": { type: "boolean", help: "let it evict named (custom-key) caches too, and count them against the budget (remote ones too)" },
     "dry-run": { type: "boolean", help: "print what it would evict; remove nothing (here or in Redis)" },
+    ...ADOPT_OPTION,
     ...REMOTE_OPTIONS,
     "remote-max-bytes": { type: "string", value: "SIZE", help: "with --remote: budget for the evictable remote states (default: none)" },
     "remote-max-idle": { type: "string", value: "DURATION", help: "with --remote: evict remote states unused this long (default: none, they expire by TTL)" },
@@ -77,6 +78,7 @@ export const gcCommand: ParsedCommand = {
     const dryRun = ctx.options["dry-run"] === true;
     const target = remoteTarget(ctx.options, ["remote-max-bytes", "remote-max-idle"]);
     const root = await localRoot(ctx, target);
+    if (root) assertKvkeepRoot(ctx, root);
     if (!target) {
       const local = await sweepLocal(ctx, root!, limits, dryRun);
       ctx.print({ root: ctx.root, dryRun, ...limitsJson(limits), ...local }, () => localLines(local, limits, dryRun));
@@ -94,7 +96,7 @@ export const gcCommand: ParsedCommand = {
           rootExists: root !== null,
           dryRun,
           ...limitsJson(limits),
-          ...(local ?? { evicted: [], keptBytes: 0, freedBytes: 0, warnings: [] }),
+          ...(local ?? { evicted: [], keptBytes: 0, freedBytes: 0, removedFiles: 0, recoveredFiles: 0, warnings: [] }),
           remote: trimmed,
         },
         () => [...(local ? [...localLines(local, limits, dryRun), ""] : []), ...remoteLines(trimmed, dryRun)],
@@ -109,6 +111,10 @@ interface LocalGc {
   evicted: EvictedCache[];
   keptBytes: number;
   freedBytes: number;
+  /** Every file removed: the evicted caches' files, manifests and lock files, and `recoveredFiles`. */
+  removedFiles: number;
+  /** Of those, what the store's recovery at open removed: dead writers' temps, manifests of vanished caches. */
+  recoveredFiles: number;
   warnings: string[];
 }
 
@@ -116,10 +122,11 @@ const limitsJson = (limits: RetentionLimits) => ({ maxBytes: limits.maxBytes, ma
 
 /** One sweep of the root (a plan only, for a dry run). */
 async function sweepLocal(ctx: CommandContext, root: RootState, limits: RetentionLimits, dryRun: boolean): Promise<LocalGc> {
-  let result: { evicted: EvictedCache[]; keptBytes: number };
+  let result: { evicted: EvictedCache[]; keptBytes: number; removedFiles: number };
   let warnings: string[] = [];
+  let recoveredFiles = 0;
   if (dryRun) {
-    result = await planOnly(ctx.root, limits);
+    result = { ...(await planOnly(ctx.root, limits)), removedFiles: 0 };
   } else {
     assertWritable(ctx.root, root, "evict caches");
     const opened = await openCliStore(ctx, { evictNamed: limits.evictNamed });
@@ -129,8 +136,16 @@ async function sweepLocal(ctx: CommandContext, root: RootState, limits: Retentio
       await opened.store.close();
     }
     warnings = opened.warnings;
+    recoveredFiles = opened.recoveredFiles;
   }
-  return { ...result, freedBytes: result.evicted.reduce((sum, e) => sum + e.bytes, 0), warnings };
+  return {
+    evicted: result.evicted,
+    keptBytes: result.keptBytes,
+    freedBytes: result.evicted.reduce((sum, e) => sum + e.bytes, 0),
+    removedFiles: result.removedFiles + recoveredFiles,
+    recoveredFiles,
+    warnings,
+  };
 }
 
 function localLines(local: LocalGc, limits: RetentionLimits, dryRun: boolean): string[] {
@@ -149,7 +164,14 @@ function localLines(local: LocalGc, limits: RetentionLimits, dryRun: boolean): s
           )),
     `${verb} ${plural(local.evicted.length, "cache")} (${formatBytes(local.freedBytes)}); ${formatBytes(local.keptBytes)} of evictable caches ${dryRun ? "would stay" : "kept"}, budget ${formatBytes(limits.maxBytes)}` +
       (local.keptBytes > limits.maxBytes && local.warnings.length === 0 ? " (over it: caches in use are never evicted)" : ""),
+    ...(dryRun ? [] : [removedFilesLine(local)]),
   ];
+}
+
+/** Every file gc removed, said in so many words (a sweep's caches and recovery's leftovers). */
+function removedFilesLine(local: LocalGc): string {
+  const recovered = local.recoveredFiles > 0 ? ` (${local.recoveredFiles} of them left by crashed writers)` : "";
+  return `removed ${plural(local.removedFiles, "file")}${recovered}`;
 }
 
 function failIfProblems(warnings: readonly string[]): void {

@@ -1,35 +1,43 @@
 /**
  * THE COMMAND TABLE — adding a command to `kvkeep` is one entry here.
  *
- * A command whose options main.ts should parse (strictly, with --help, --json and error
- * output for free) is a `ParsedCommand` (see ../command.ts and e.g. ./usage.ts).
+ * A command declares its options, arguments, help text and examples (`Command`, ../command.ts);
+ * main.ts parses its arguments strictly (args.ts: unknown options with a did-you-mean, exit
+ * 2), prints its `--help` (help.ts), and prints what it throws as one line, or JSON with
+ * `--json` (errors.ts). Its `run` reads typed values with option-values.ts (sizes, durations,
+ * whole numbers, required and repeated flags: one grammar, units.ts) and does its work.
+ * A command with heavy dependencies imports them in `run`, as `serve` does (./serve.ts), so
+ * `kvkeep scan` never loads Fastify or node-llama-cpp.
  *
- * A command that parses its own arguments is a `RawCommand`: it gets every argument except
- * its name (global options given before the name included) and the process's streams, and
- * returns the exit status. Import it lazily so its dependencies load only when it runs.
- * `kvkeep serve` (src/server/cli.ts) registers like this:
+ * A later `kvkeep chat --model PATH [--session NAME] [--root DIR]` would be one file,
+ * ./chat.ts, and its name in the list below (--root, --json and --help come with every command):
  *
- *   {
- *     name: "serve",
- *     summary: "OpenAI-compatible HTTP server on a local model, with kvkeep caches",
- *     usage: "kvkeep serve --model PATH|hf:URI|URL [--models-dir DIR] [--host H] [--port N] [--root DIR] …",
- *     raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
- *   },
+ *   export const chatCommand: Command = {
+ *     name: "chat",
+ *     summary: "talk to a local model in the terminal; the conversation keeps its KV cache",
+ *     usage: "kvkeep chat --model PATH [--session NAME] [--root DIR]",
+ *     description: "A conversation with a local model on the terminal, resumed from its cache.",
+ *     options: {
+ *       model: { type: "string", value: "PATH", help: "the GGUF model (required)" },
+ *       session: { type: "string", value: "NAME", help: "the conversation to resume (default: a new one)" },
+ *     },
+ *     positionals: NO_ARGUMENTS,
+ *     examples: [["kvkeep chat --model ./qwen.gguf --session work", "resume the conversation 'work'"]],
+ *     async run(ctx) {
+ *       const modelPath = requiredText(ctx.options, "model", "a GGUF model file");
+ *       const session = textOption(ctx.options, "session");
+ *       const { chatUntilEnd } = await import("../../chat/cli.js"); // node-llama-cpp loads only to chat
+ *       return chatUntilEnd({ modelPath, session, root: ctx.root }, ctx.io);
+ *     },
+ *   };
  */
-import type { Command, RawCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { backendCommand } from "./backend.js";
 import { gcCommand } from "./gc.js";
 import { rmCommand } from "./rm.js";
 import { scanCommand } from "./scan.js";
+import { serveCommand } from "./serve.js";
 import { usageCommand } from "./usage.js";
 import { verifyCommand } from "./verify.js";
-
-const serveCommand: RawCommand = {
-  name: "serve",
-  summary: "an OpenAI-compatible HTTP server on a local model, whose conversations keep their KV caches",
-  usage: "kvkeep serve --model PATH|hf:URI|URL [--models-dir DIR] [--host H] [--port N] [--ctx N] [--parallel N] [--root DIR] [--api-key KEY] [--max-bytes SIZE]",
-  // Imported when it runs: Fastify, prom-client and node-llama-cpp load only for `serve`.
-  raw: async (argv, io) => (await import("../../server/cli.js")).runServe(argv, io),
-};
 
 export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand, serveCommand];

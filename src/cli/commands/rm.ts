@@ -1,14 +1,14 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
 import { scanKeyDir } from "../../store/scan.js";
 import { type CacheRecord, readRoot, recordsOf } from "../caches.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { confirm } from "../io.js";
-import { assertWritable, type RootState } from "../root.js";
-import { openCliStore } from "../store.js";
+import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "../remote-tier.js";
+import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
-import { describeTarget, listRemote, localRoot, type OpenRemote, REMOTE_OPTIONS, remoteTarget, sumSizes, withRemote } from "./remote.js";
+import { openCliStore } from "../store.js";
 
 interface Target {
   /** The key's scope (its id), null for the shared space. */
@@ -22,17 +22,18 @@ const spaceKey = (scopeId: string | null | undefined, cacheKey: string): string 
 
 const sumBytes = (caches: readonly CacheRecord[]): number => caches.reduce((sum, c) => sum + c.bytes, 0);
 
-export const rmCommand: ParsedCommand = {
+export const rmCommand: Command = {
   name: "rm",
   summary: "remove the caches of one or more keys (or --all, with confirmation); --remote: from Redis too",
   usage: "kvkeep rm <key>... [--model ID] [--scope SCOPE | --scope-id ID] [--dry-run] [--remote URL]  |  kvkeep rm --all [--yes] [--dry-run] [--remote URL]",
   description:
-    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). Keys are those of the shared space unless --scope or --scope-id names an isolation scope: the same key in another scope is another conversation and stays. --all removes every cache under the root, every scope's: on a terminal it asks first; without a terminal it needs --yes. With --remote the shared Redis tier's copies go too (for --all, everything under --remote-prefix), and each delete leaves a tombstone so an upload still in flight from another machine cannot bring it back; a key then counts as found if it was on disk or in Redis. Redis is reached before anything is removed: when it cannot be, rm exits 1 and removes nothing.",
+    "Removes every cache of each key given — for every model, or only --model's — on disk and from any store that opens the root later. A turn open on a removed cache fails at its commit with DELETED_DURING_TURN; rm does not wait for it. A key with no caches is reported and makes rm exit 1 (the others are still removed). Keys are those of the shared space unless --scope or --scope-id names an isolation scope: the same key in another scope is another conversation and stays. --all removes every cache under the root, every scope's: on a terminal it asks first; without a terminal it needs --yes. With --remote the shared Redis tier's copies go too (for --all, everything under --remote-prefix), and each delete leaves a tombstone so an upload still in flight from another machine cannot bring it back; a key then counts as found if it was on disk or in Redis. Redis is reached before anything is removed: when it cannot be, rm exits 1 and removes nothing. Only files kvkeep can prove are its own go (a cache whose manifest names it, its manifest, an empty lock file, a dead writer's temp); the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt.",
   options: {
     model: { type: "string", value: "ID", help: "only this model's caches of the keys" },
     all: { type: "boolean", help: "every cache under the root (and in Redis, with --remote)" },
     yes: { type: "boolean", short: "y", help: "do not ask before --all (required when stdin is not a terminal)" },
     "dry-run": { type: "boolean", help: "print what it would remove; remove nothing" },
+    ...ADOPT_OPTION,
     ...SCOPE_OPTIONS,
     ...REMOTE_OPTIONS,
   },
@@ -59,6 +60,7 @@ export const rmCommand: ParsedCommand = {
     if (model !== undefined) assertModelId(model, "--model");
     const target = remoteTarget(ctx.options);
     const root = await localRoot(ctx, target);
+    if (root) assertKvkeepRoot(ctx, root);
     const req: RmRequest = { all, model, dryRun, keys, scopeId: scopeId ?? null };
     if (!target) return removeLocal(ctx, root!, req);
     return withRemote(target, (remote) => removeBoth(ctx, root, remote, req));
@@ -82,7 +84,7 @@ async function planLocal(ctx: CommandContext, root: RootState | null, req: RmReq
   if (req.all) {
     const { caches } = await readRoot(ctx.root);
     const byKey = new Map<string, Target>();
-    for (const c of caches) {
+    for (const c of caches.filter((c) => c.owned)) {
       const key = spaceKey(c.scopeId, c.cacheKey);
       if (!byKey.has(key)) byKey.set(key, { scopeId: c.scopeId, cacheKey: c.cacheKey, caches: [] });
       byKey.get(key)!.caches.push(c);
@@ -92,7 +94,7 @@ async function planLocal(ctx: CommandContext, root: RootState | null, req: RmReq
     for (const cacheKey of new Set(req.keys)) {
       const dirs = await scanKeyDir(ctx.root, cacheKey, req.model, false, req.scopeId);
       if (dirs.length === 0) missing.push(cacheKey);
-      else targets.push({ scopeId: req.scopeId, cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat() });
+      else targets.push({ scopeId: req.scopeId, cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat().filter((c) => c.owned) });
     }
   }
   return { targets, missing };
@@ -108,25 +110,46 @@ async function confirmAll(ctx: CommandContext, what: string): Promise<void> {
   if (!yes) throw new CliError("NOT_CONFIRMED", "not confirmed; nothing was removed.");
 }
 
+/** What a local removal did to the disk: every file removed, and the files left because nothing proves them kvkeep's. */
+interface Removed {
+  removedFiles: number;
+  leftFiles: string[];
+}
+
 /** Remove the planned local caches through a store (which records the deletes for other processes). */
-async function executeLocal(ctx: CommandContext, root: RootState, req: RmRequest, targets: readonly Target[]): Promise<void> {
-  if (req.dryRun || targets.length === 0) return;
+async function executeLocal(ctx: CommandContext, root: RootState, req: RmRequest, targets: readonly Target[]): Promise<Removed> {
+  const removed: Removed = { removedFiles: 0, leftFiles: [] };
+  if (req.dryRun || targets.length === 0) return removed;
   assertWritable(ctx.root, root, "remove caches");
-  const { store } = await openCliStore(ctx);
+  const { store, recoveredFiles } = await openCliStore(ctx);
+  removed.removedFiles += recoveredFiles;
+  const count = (report: { removedFiles: number; leftFiles: string[] }): void => {
+    removed.removedFiles += report.removedFiles;
+    removed.leftFiles.push(...report.leftFiles);
+  };
   try {
-    if (req.all) await store.delete({ all: true });
+    if (req.all) count(await store.deleteReporting({ all: true }));
     else {
       for (const t of targets) {
-        await store.delete({
-          kvCacheKey: t.cacheKey,
-          ...(req.model !== undefined ? { modelId: req.model } : {}),
-          ...(t.scopeId !== null ? { scopeId: t.scopeId } : {}),
-        });
+        count(
+          await store.deleteReporting({
+            kvCacheKey: t.cacheKey,
+            ...(req.model !== undefined ? { modelId: req.model } : {}),
+            ...(t.scopeId !== null ? { scopeId: t.scopeId } : {}),
+          }),
+        );
       }
     }
   } finally {
     await store.close();
   }
+  return removed;
+}
+
+/** The line that counts the files removed (and left), after a removal that ran. */
+function filesLine(removed: Removed): string[] {
+  const left = removed.leftFiles.length > 0 ? `; left ${plural(removed.leftFiles.length, "file")} that ${removed.leftFiles.length === 1 ? "is" : "are"} not kvkeep's` : "";
+  return [`removed ${plural(removed.removedFiles, "file")}${left}`];
 }
 
 function localJson(t: Target, model: string | undefined) {
@@ -151,26 +174,29 @@ async function removeLocal(ctx: CommandContext, root: RootState, req: RmRequest)
   if (req.all && !req.dryRun && allCaches.length > 0) {
     await confirmAll(ctx, `${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root}`);
   }
-  await executeLocal(ctx, root, req, targets);
+  const files = await executeLocal(ctx, root, req, targets);
 
   const verb = req.dryRun ? "would remove" : "removed";
-  ctx.print({ root: ctx.root, dryRun: req.dryRun, removed: targets.map((t) => localJson(t, req.model)), missing }, () =>
-    targets.length === 0
-      ? req.all
-        ? `nothing to remove: no caches under ${ctx.root}`
-        : []
-      : [
-          ...(scopeColumn(targets.map((t) => t.scopeId))
-            ? renderTable(
-                [{ header: "KEY" }, { header: "SCOPE" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
-                targets.map((t) => [t.cacheKey, shownScope(t.scopeId), String(t.caches.length), formatBytes(sumBytes(t.caches))]),
-              )
-            : renderTable(
-                [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
-                targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
-              )),
-          `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) of ${plural(targets.length, "key")}${req.model !== undefined ? ` for model ${req.model}` : ""}`,
-        ],
+  ctx.print(
+    { root: ctx.root, dryRun: req.dryRun, removed: targets.map((t) => localJson(t, req.model)), missing, removedFiles: files.removedFiles, leftFiles: files.leftFiles },
+    () =>
+      targets.length === 0
+        ? req.all
+          ? `nothing to remove: no caches under ${ctx.root}`
+          : []
+        : [
+            ...(scopeColumn(targets.map((t) => t.scopeId))
+              ? renderTable(
+                  [{ header: "KEY" }, { header: "SCOPE" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
+                  targets.map((t) => [t.cacheKey, shownScope(t.scopeId), String(t.caches.length), formatBytes(sumBytes(t.caches))]),
+                )
+              : renderTable(
+                  [{ header: "KEY" }, { header: "CACHES", align: "right" }, { header: "SIZE", align: "right" }],
+                  targets.map((t) => [t.cacheKey, String(t.caches.length), formatBytes(sumBytes(t.caches))]),
+                )),
+            `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) of ${plural(targets.length, "key")}${req.model !== undefined ? ` for model ${req.model}` : ""}`,
+            ...(req.dryRun ? [] : filesLine(files)),
+          ],
   );
   if (missing.length > 0) throw missingError(req, missing, targets.length, `under ${ctx.root}`);
   return 0;
@@ -206,7 +232,7 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
       `${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) under ${ctx.root} and ${plural(listed.length, "remote state")} (${formatBytes(sumSizes(listed))}) in ${where}`,
     );
   }
-  if (root !== null) await executeLocal(ctx, root, req, local.targets);
+  const files = root !== null ? await executeLocal(ctx, root, req, local.targets) : { removedFiles: 0, leftFiles: [] };
 
   const removals: RemoteRemoval[] = remoteKeys.map(({ scopeId, cacheKey }) => {
     const mine = listed.filter((s) => s.id.cacheKey === cacheKey && (s.id.scopeId ?? null) === scopeId);
@@ -246,6 +272,8 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
       dryRun: req.dryRun,
       removed: local.targets.map((t) => localJson(t, req.model)),
       missing,
+      removedFiles: files.removedFiles,
+      leftFiles: files.leftFiles,
       remote: {
         url: remote.target.shown,
         keyPrefix: remote.target.keyPrefix,
@@ -282,6 +310,7 @@ async function removeBoth(ctx: CommandContext, root: RootState | null, remote: O
           }),
         ),
         `${verb} ${plural(allCaches.length, "cache")} (${formatBytes(sumBytes(allCaches))}) here and ${plural(remoteStates, "remote state")} (${formatBytes(remoteBytes)}) from ${where}${req.model !== undefined ? `, model ${req.model}` : ""}`,
+        ...(req.dryRun || root === null ? [] : filesLine(files)),
       ];
     },
   );

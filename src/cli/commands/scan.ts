@@ -1,12 +1,12 @@
 import { DEFAULT_MAX_BYTES } from "../../retention/plan.js";
-import { sizeOption } from "../args.js";
 import { readRoot, totals } from "../caches.js";
-import type { CommandContext, ParsedCommand } from "../command.js";
+import type { Command, CommandContext } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";
-import { checkRootToRead, noRootYet } from "../root.js";
+import { sizeOption } from "../option-values.js";
+import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "../remote-tier.js";
+import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";
 import { SCOPE_OPTIONS, scopeIdFromOptions, shownScope } from "../scope.js";
-import { describeTarget, formatExpiry, lastUseOf, listingJson, listRemote, REMOTE_OPTIONS, type RemoteTarget, remoteProblem, remoteTarget, remoteTotals, withRemote } from "./remote.js";
 
 /** The columns a local and a remote listing start with (SCOPE only on a root that has scopes). */
 const cacheColumns = (withScope: boolean): Column[] => [
@@ -18,7 +18,7 @@ const cacheColumns = (withScope: boolean): Column[] => [
   { header: "MESSAGES", align: "right" },
 ];
 
-export const scanCommand: ParsedCommand = {
+export const scanCommand: Command = {
   name: "scan",
   summary: "every cache: key, model, size, messages, last use (changes nothing)",
   usage: "kvkeep scan [--max-bytes SIZE] [--scope SCOPE | --scope-id ID] [--root DIR] [--json]  |  kvkeep scan --remote URL [--remote-prefix PREFIX] [--json]",
@@ -44,9 +44,10 @@ export const scanCommand: ParsedCommand = {
       return scanRemote(ctx, target, scopeId);
     }
     const budget = sizeOption(ctx.options, "max-bytes") ?? DEFAULT_MAX_BYTES;
-    const exists = (await checkRootToRead(ctx.root)) !== null;
-    if (!exists) ctx.note(noRootYet(ctx.root));
-    const caches = exists ? (await readRoot(ctx.root)).caches.filter((c) => scopeId === undefined || c.scopeId === scopeId) : [];
+    const state = await checkRootToRead(ctx.root);
+    if (state === null) ctx.note(noRootYet(ctx.root));
+    else noteIfNotRoot(ctx, state);
+    const caches = state !== null ? (await readRoot(ctx.root)).caches.filter((c) => scopeId === undefined || c.scopeId === scopeId) : [];
     const withScope = caches.some((c) => c.scopeId !== null);
     const now = Date.now();
     ctx.print(

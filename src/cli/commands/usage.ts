@@ -1,9 +1,9 @@
 import { readRoot, totals } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { formatBytes, plural, renderTable } from "../format.js";
-import { checkRootToRead, noRootYet } from "../root.js";
+import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";
 
-export const usageCommand: ParsedCommand = {
+export const usageCommand: Command = {
   name: "usage",
   summary: "bytes and counts on disk, auto vs named (changes nothing)",
   usage: "kvkeep usage [--root DIR] [--json]",
@@ -16,8 +16,10 @@ export const usageCommand: ParsedCommand = {
     ["kvkeep usage --root /var/cache/app --json", "as JSON: { root, bytes, count, autoBytes, namedBytes, … }"],
   ],
   async run(ctx) {
-    const exists = (await checkRootToRead(ctx.root)) !== null;
-    if (!exists) ctx.note(noRootYet(ctx.root));
+    const state = await checkRootToRead(ctx.root);
+    const exists = state !== null;
+    if (state === null) ctx.note(noRootYet(ctx.root));
+    else noteIfNotRoot(ctx, state);
     const { caches, temps } = exists ? await readRoot(ctx.root) : { caches: [], temps: { count: 0, bytes: 0 } };
     const sum = totals(caches);
     ctx.print({ root: ctx.root, rootExists: exists, ...sum, tempFiles: temps.count, tempBytes: temps.bytes }, () => [

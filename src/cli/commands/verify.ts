@@ -2,16 +2,20 @@ import path from "node:path";
 import { pruneEmptyDirs, statIdentity } from "../../durable/files.js";
 import { processLocks } from "../../locks/path-locks.js";
 import { judgeFile } from "../../manifest/format.js";
+import { manifestNames } from "../../manifest/ownership.js";
 import { readManifest, removeCacheFiles } from "../../manifest/store.js";
+import { lockPathOf } from "../../layout/paths.js";
+import { promises as fs } from "node:fs";
 import { loadNativeFs, type NativeFs } from "../../native/index.js";
 import { type CacheRecord, readRoot } from "../caches.js";
-import type { ParsedCommand } from "../command.js";
+import type { Command } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
-import { checkRoot, checkRootToRead, noRootYet } from "../root.js";
+import { ADOPT_OPTION, assertKvkeepRoot, checkRoot, checkRootToRead, markAdopted, noRootYet, noteIfNotRoot } from "../root.js";
 
-type Status = "ok" | "bad" | "removed" | "busy" | "error";
+/** `foreign`: a `.bin` no kvkeep manifest names — not kvkeep's, never removed, not a failure. */
+type Status = "ok" | "bad" | "removed" | "busy" | "error" | "foreign";
 
 interface Result {
   /** The cache's scope id, null for the shared space. */
@@ -23,6 +27,8 @@ interface Result {
   bytes: number;
   status: Status;
   reason?: string;
+  /** Files --fix removed for this cache: its file, manifest and lock file. */
+  removedFiles?: number;
 }
 
 /**
@@ -54,14 +60,15 @@ async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true
 
 const message = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
-export const verifyCommand: ParsedCommand = {
+export const verifyCommand: Command = {
   name: "verify",
   summary: "checksum every cache against its manifest; --fix removes the damaged ones",
   usage: "kvkeep verify [--fix] [--root DIR] [--json]",
   description:
-    "Reads every cache file and compares its XXH64 with the committed state its manifest records (and the model, key and config the manifest names). A cache a turn holds right now — in any process — is reported busy, never waited for. Verify changes nothing unless --fix is given; then it removes each damaged cache with its manifest, lock file and emptied directories. A copied or restored root verifies as it is (its manifests are not rewritten, so last-use times survive). A read-only root is checked without locks. On a terminal a progress bar runs on stderr.",
+    "Reads every cache file and compares its XXH64 with the committed state its manifest records (and the model, key and config the manifest names). A cache a turn holds right now — in any process — is reported busy, never waited for. Verify changes nothing unless --fix is given; then it removes each damaged cache with its manifest, lock file and emptied directories, and says how many files it removed. A .bin that no kvkeep manifest names is not a cache: reported foreign, never removed, not a failure. --fix refuses a directory that is not a kvkeep root (no .kvkeep/root.json) unless --adopt. A copied or restored root verifies as it is (its manifests are not rewritten, so last-use times survive). A read-only root is checked without locks. On a terminal a progress bar runs on stderr.",
   options: {
     fix: { type: "boolean", help: "remove the caches that fail (a turn would re-prime them anyway)" },
+    ...ADOPT_OPTION,
   },
   positionals: { name: "", min: 0, max: 0 },
   examples: [
@@ -73,7 +80,14 @@ export const verifyCommand: ParsedCommand = {
     const fix = ctx.options.fix === true;
     // Without --fix it only reads: a root that does not exist yet has 0 caches, all fine.
     const state = fix ? await checkRoot(ctx.root) : await checkRootToRead(ctx.root);
-    if (state === null) ctx.note(noRootYet(ctx.root));
+    if (state === null) {
+      ctx.note(noRootYet(ctx.root));
+    } else if (fix) {
+      assertKvkeepRoot(ctx, state);
+      markAdopted(ctx, state);
+    } else {
+      noteIfNotRoot(ctx, state);
+    }
     const root = state ?? { readOnly: false, readOnlyReason: null };
     const started = Date.now();
     const { caches } = state === null ? { caches: [] } : await readRoot(ctx.root);
@@ -92,6 +106,7 @@ export const verifyCommand: ParsedCommand = {
 
     const count = (status: Status): number => results.filter((r) => r.status === status).length;
     const failed = count("bad") + count("error");
+    const removedFiles = results.reduce((sum, r) => sum + (r.removedFiles ?? 0), 0);
     const summary =
       `${plural(results.length, "cache")} (${formatBytes(totalBytes)}) checked in ${formatElapsed(Date.now() - started)}: ` +
       [
@@ -100,9 +115,11 @@ export const verifyCommand: ParsedCommand = {
         ...(count("removed") ? [`${count("removed")} removed`] : []),
         ...(count("busy") ? [`${count("busy")} busy`] : []),
         ...(count("error") ? [`${plural(count("error"), "error")}`] : []),
+        ...(count("foreign") ? [`${count("foreign")} not kvkeep's (left alone)`] : []),
       ].join(", ") +
-      (root.readOnly ? ` (read-only root: checked without locks${fix ? ", nothing removed" : ""})` : "");
-    ctx.print({ root: ctx.root, readOnly: root.readOnly, results }, () => {
+      (root.readOnly ? ` (read-only root: checked without locks${fix ? ", nothing removed" : ""})` : "") +
+      (fix && !root.readOnly ? `; removed ${plural(removedFiles, "file")}` : "");
+    ctx.print({ root: ctx.root, readOnly: root.readOnly, results, removedFiles }, () => {
       const notable = results.filter((r) => r.status !== "ok");
       const table =
         notable.length === 0
@@ -117,8 +134,17 @@ export const verifyCommand: ParsedCommand = {
   },
 };
 
-/** One cache under its lock (taken without waiting); never throws: a failure is that cache's `error`. */
-async function verifyOne(nfs: NativeFs, root: string, cache: CacheRecord, fix: boolean, readOnly: boolean): Promise<Pick<Result, "status" | "reason">> {
+/**
+ * One cache under its lock (taken without waiting); never throws: a failure is that cache's
+ * `error`. A file no kvkeep manifest names is not a cache: it is reported `foreign` before any
+ * lock is taken (a lock file would be created beside it) and never removed.
+ */
+async function verifyOne(nfs: NativeFs, root: string, cache: CacheRecord, fix: boolean, readOnly: boolean): Promise<Pick<Result, "status" | "reason" | "removedFiles">> {
+  const read = await readManifest(cache.cachePath, nfs).catch((error: unknown) => ({ error: message(error) }));
+  if (!manifestNames(read, cache)) {
+    const why = "missing" in read ? "no manifest" : "error" in read ? read.error : "its manifest names another cache";
+    return { status: "foreign", reason: `${why}: not kvkeep's, left alone` };
+  }
   let lease;
   try {
     lease = processLocks().tryAcquire(cache.cachePath);
@@ -130,18 +156,18 @@ async function verifyOne(nfs: NativeFs, root: string, cache: CacheRecord, fix: b
     if (!readOnly) return { status: "error", reason: `cannot take its lock: ${message(error)}` };
     lease = null;
   }
-  let removed = false;
+  let removed: { reason: string; files: number } | null = null;
   try {
     const verdict = await checkCache(nfs, cache);
     if (verdict.ok) return { status: "ok" };
     if (!fix || readOnly) return { status: "bad", reason: verdict.reason };
-    await removeCacheFiles(cache.cachePath);
-    removed = true;
-    return { status: "removed", reason: verdict.reason };
+    removed = { reason: verdict.reason, files: await removeCacheFiles(cache.cachePath) };
   } catch (error) {
     return { status: "error", reason: message(error) };
   } finally {
-    lease?.release({ removeLockFile: removed });
-    if (removed) await pruneEmptyDirs(root, path.dirname(cache.cachePath), () => false);
+    lease?.release({ removeLockFile: removed !== null });
   }
+  if (!(await fs.lstat(lockPathOf(cache.cachePath)).catch(() => null))) removed.files++;
+  await pruneEmptyDirs(root, path.dirname(cache.cachePath), () => false);
+  return { status: "removed", reason: removed.reason, removedFiles: removed.files };
 }

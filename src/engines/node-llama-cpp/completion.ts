@@ -17,10 +17,21 @@ import type { CompletionResult } from "../shared/stats.js";
 import { CompletionTurns } from "../shared/turn.js";
 import { type EngineOptions, LlamaCppEngine, type OpenedLlama } from "./engine.js";
 import { modelIdFromModel } from "./fingerprint.js";
+import { encodeHistory } from "./messages.js";
 import type { CompletionParams, LlamaCppCompletion, LlamaCppCompletionOptions } from "./options.js";
 
-export type { ChatWrapperLike, CompletionParams, LlamaCppCompletion, LlamaCppCompletionOptions, LlamaModelLike } from "./options.js";
-export type { CompletionResult, CompletionStats } from "../shared/stats.js";
+export type {
+  ChatWrapperLike,
+  CompletionParams,
+  LlamaCppCompletion,
+  LlamaCppCompletionOptions,
+  LlamaModelLike,
+  ResponseFormat,
+  ToolCallDelta,
+  ToolChoice,
+} from "./options.js";
+export type { CompletionResult, CompletionStats, ToolCall } from "../shared/stats.js";
+export type { ChatMessage } from "./messages.js";
 
 export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   readonly #store: KvCacheStore;
@@ -44,7 +55,14 @@ export class LlamaCppCompletionImpl implements LlamaCppCompletion {
   }
 
   completion(params: CompletionParams): Promise<CompletionResult> {
-    return this.#turns.completion(params);
+    // Tool calls and results become messages the skeleton can key (messages.ts).
+    let encoded: CompletionParams;
+    try {
+      encoded = params && typeof params === "object" ? { ...params, history: encodeHistory(params.history) } : params;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#turns.completion(encoded);
   }
 
   preload(cachePath: string, options: { signal?: AbortSignal } = {}): Promise<CacheInfo | null> {

@@ -17,7 +17,10 @@ import { type EngineTurn, noReuse, type Reuse, type TurnCall, type TurnEngine } 
 import { fingerprintModel, modelFilePath } from "./fingerprint.js";
 import { generateReply } from "./generate.js";
 import type { CompletionParams, LlamaCppCompletionOptions } from "./options.js";
+import { replyMessage } from "./messages.js";
 import { primeTokens, renderPrompt } from "./render.js";
+import { checkConstraints } from "./constraints.js";
+import { planReply } from "./reply-plan.js";
 import { readStateTrimTraits, type StateTrimPolicy, stateTrimPolicy } from "./state-trim.js";
 
 /** The options with node-llama-cpp's own types: what the caller passed is node-llama-cpp's objects. */
@@ -104,6 +107,10 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((t) => typeof t !== "string" || t.length === 0))) {
       throw invalidArgument("stop must be an array of non-empty strings.", "stop");
     }
+    for (const callback of ["onToolCall"] as const) {
+      if (params[callback] !== undefined && typeof params[callback] !== "function") throw invalidArgument(`${callback} must be a function.`, callback);
+    }
+    checkConstraints(params);
   }
 
   configNames(params: CompletionParams): readonly string[] | undefined {
@@ -190,11 +197,13 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
         const keep = turn ? cutTo(sequence, prompt.tokens, prompt.tokens.length - 1, engine.trim) : 0;
         this.#holding = null;
         if (!turn) await sequence.clearHistory();
-        const reply = await generateReply(model, sequence, prompt, keep, params, call.started);
+        const plan = await planReply(model, this.#wrapper, params);
+        const reply = await generateReply(model, sequence, prompt, keep, params, call.started, plan);
         // A prime's tokens were evaluated in this call unless they came from another cache.
         const reused = turn?.primed && !borrowed ? Math.min(keep, primeStart.kept) : keep;
         return {
           ...reply,
+          reply: replyMessage(reply.text, reply.toolCalls),
           promptTokens: prompt.tokens.length,
           reusedTokens: reused,
           reuse: reused === 0 ? { ...noReuse(), loadMs: reuse.loadMs } : reuse,

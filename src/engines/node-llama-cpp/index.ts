@@ -11,6 +11,11 @@ export {
   type LlamaCppCompletion,
   type LlamaCppCompletionOptions,
   type LlamaModelLike,
+  type ChatMessage,
+  type ResponseFormat,
+  type ToolCall,
+  type ToolCallDelta,
+  type ToolChoice,
 } from "./completion.js";
 export type { CompletionCommitFailure } from "../shared/stats.js";
 export { fingerprintModel, type LlamaContextLike, modelIdFromModel } from "./fingerprint.js";

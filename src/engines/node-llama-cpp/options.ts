@@ -5,10 +5,37 @@
 import type { LlamaContextOptions, SequenceEvaluateOptions } from "node-llama-cpp";
 import type { Logger } from "../../logger.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { CacheInfo, CacheMessage } from "../../types.js";
+import type { CacheInfo } from "../../types.js";
 import type { WarmFn } from "../../warm/types.js";
 import type { CompletionResult } from "../shared/stats.js";
+import type { ChatMessage } from "./messages.js";
 import type { LlamaTool } from "./render.js";
+
+/**
+ * Which tool the model may call: `"auto"` (the default with tools) — it answers in text or
+ * starts a call itself; `"none"` — text only (the tools are still described); `"required"` — it
+ * calls one (or, where the chat wrapper has parallel calls, several) of the tools; `{ name }` —
+ * it calls that tool.
+ */
+export type ToolChoice = "auto" | "none" | "required" | { name: string };
+
+/**
+ * The shape of a text reply: free text, any JSON object, or JSON valid for a schema (generated
+ * under a grammar, see json-schema.ts for what a schema may use; `strict` refuses a schema with
+ * what the grammar cannot enforce instead of ignoring it).
+ */
+export type ResponseFormat = { type: "text" } | { type: "json_object" } | { type: "json_schema"; schema: unknown; strict?: boolean | undefined; name?: string | undefined };
+
+/**
+ * A piece of a tool call as it is generated: first `{ index, id, name }`, then the
+ * arguments' text in pieces `{ index, arguments }` that join to the call's `arguments`.
+ */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  name?: string;
+  arguments?: string;
+}
 
 /**
  * A node-llama-cpp 3 `LlamaModel`, described by the members kvkeep's types rely on rather
@@ -81,8 +108,11 @@ export interface LlamaCppCompletionOptions {
 }
 
 export interface CompletionParams {
-  /** The conversation so far, ending with the new user message. */
-  history: readonly CacheMessage[];
+  /**
+   * The conversation so far, ending with the new user message — or, in an agent loop, with
+   * the tool messages answering the last reply's calls (see `ChatMessage`).
+   */
+  history: readonly ChatMessage[];
   /** A session name (named cache), `true` (auto mode: keyed by the history) or `false` (no cache, cold). */
   kvCache: string | boolean;
   /**
@@ -91,8 +121,19 @@ export interface CompletionParams {
    * `kvCache` name in two scopes is two conversations. Default: the adapter's `scope`.
    */
   scope?: string | undefined;
-  /** Tools to describe to the model; their names enter the config hash. */
+  /**
+   * Tools to describe to the model (`params`: a JSON schema of the arguments); their names
+   * enter the config hash. A call's arguments are generated under a grammar for the schema.
+   */
   tools?: readonly LlamaTool[] | undefined;
+  /** Which tool the model may call. Default: `"auto"`. */
+  toolChoice?: ToolChoice | undefined;
+  /** Whether a reply may call several tools, where the chat wrapper can render that. Default: true. */
+  parallelToolCalls?: boolean | undefined;
+  /** The shape of a text reply. Default: free text. */
+  responseFormat?: ResponseFormat | undefined;
+  /** Called with each piece of a tool call as it is generated (see `ToolCallDelta`). */
+  onToolCall?: ((delta: ToolCallDelta) => void) | undefined;
   /** Stop after this many generated tokens. Default: until the model ends its reply or the context is full. */
   maxTokens?: number | undefined;
   /**

@@ -1,31 +1,94 @@
 /** Rendering a conversation to tokens with the model's chat wrapper (never a flattened string). */
-import type { ChatHistoryItem, ChatModelFunctions, ChatWrapper, LlamaModel, Token } from "node-llama-cpp";
-import { KvKeepError } from "../../errors.js";
+import type { ChatHistoryItem, ChatModelFunctionCall, ChatModelFunctions, ChatModelResponse, ChatWrapper, LlamaModel, Token } from "node-llama-cpp";
+
+/** One part of a model response: text, a function call, a segment. */
+type ResponsePart = ChatModelResponse["response"][number];
 import type { CacheMessage } from "../../types.js";
+import { decodeHistory } from "./messages.js";
+import { checkTools } from "./constraints.js";
+import { type CallSyntax, callSyntax } from "./reply-plan.js";
 
 /** A tool the model may be told about: its name enters the config hash. */
 export interface LlamaTool {
   name: string;
   description?: string | undefined;
-  /** JSON schema of the parameters, passed to the chat wrapper as node-llama-cpp expects. */
+  /** JSON schema of the parameters (see json-schema.ts for what the grammar enforces). */
   params?: unknown;
+  /** Refuse a schema with what the grammar cannot enforce, instead of ignoring that part. Default: false. */
+  strict?: boolean | undefined;
 }
 
-export function toChatHistory(history: readonly CacheMessage[]): ChatHistoryItem[] {
-  return history.map((m, i): ChatHistoryItem => {
-    if (m.role === "system") return { type: "system", text: m.content };
-    if (m.role === "user") return { type: "user", text: m.content };
-    if (m.role === "assistant") return { type: "model", response: [m.content] };
-    throw new KvKeepError("INVALID_ARGUMENT", `history[${i}].role must be "system", "user" or "assistant".`, {
-      argument: "history",
-    });
-  });
+/** A tool's result as the wrapper renders it: JSON when the text is JSON, else the text. */
+function resultValue(content: string): unknown {
+  try {
+    return JSON.parse(content);
+  } catch {
+    return content;
+  }
+}
+
+/**
+ * The history as node-llama-cpp's chat history. An assistant message calling tools, the tool
+ * results after it and the assistant's reply after those are one model response (calls with
+ * their results, then text), as node-llama-cpp renders a turn with function calls: each call
+ * is rendered from its raw text, exactly as it was generated.
+ */
+export function toChatHistory(history: readonly CacheMessage[], syntax?: CallSyntax): ChatHistoryItem[] {
+  const items: ChatHistoryItem[] = [];
+  /** The model response that tool results (and a reply after them) continue, if the last message opened one. */
+  let open: ResponsePart[] | null = null;
+  let afterResults = false;
+  /** The open response's calls by id, for the results that follow. */
+  const calls = new Map<string, ChatModelFunctionCall>();
+  for (const m of decodeHistory(history)) {
+    if (m.kind === "system" || m.kind === "user") {
+      items.push(m.kind === "system" ? { type: "system", text: m.text } : { type: "user", text: m.text });
+      open = null;
+      afterResults = false;
+    } else if (m.kind === "assistant") {
+      if (open && afterResults) open.push(m.text);
+      else items.push({ type: "model", response: [m.text] });
+      open = null;
+      afterResults = false;
+    } else if (m.kind === "tool-calls") {
+      const continuing = open !== null && afterResults;
+      const response: ResponsePart[] = continuing ? open! : [];
+      if (m.text.length > 0) response.push(m.text);
+      m.calls.forEach((call, i) => {
+        const item: ChatModelFunctionCall = {
+          type: "functionCall",
+          name: call.name,
+          params: resultValue(call.arguments),
+          result: undefined,
+          ...(syntax ? { rawCall: syntax.rawCall(call.name, call.arguments).toJSON() } : {}),
+          ...(i === 0 && continuing ? { startsNewChunk: true } : {}),
+        };
+        response.push(item);
+        calls.set(call.id, item);
+      });
+      if (!continuing) items.push({ type: "model", response });
+      open = response;
+      afterResults = false;
+    } else if (m.kind === "tool-results") {
+      // Tool results: fill in the calls of the message before (messages.ts put them right after it).
+      for (const { id, content } of m.results) {
+        const call = open ? calls.get(id) : undefined;
+        if (call) call.result = resultValue(content);
+      }
+      afterResults = true;
+    }
+  }
+  return items;
 }
 
 function functionsOf(tools: readonly LlamaTool[] | undefined): ChatModelFunctions | undefined {
   if (!tools?.length) return undefined;
+  const schemas = checkTools(tools);
   return Object.fromEntries(
-    tools.map((t) => [t.name, { ...(t.description ? { description: t.description } : {}), ...(t.params ? { params: t.params } : {}) }]),
+    tools.map((t) => {
+      const params = schemas.get(t.name);
+      return [t.name, { ...(t.description ? { description: t.description } : {}), ...(params ? { params } : {}) }];
+    }),
   ) as ChatModelFunctions;
 }
 
@@ -35,15 +98,19 @@ export interface Rendered {
   stopTexts: string[];
 }
 
-/** The prompt for the next reply: the history, then an open assistant turn. */
+/**
+ * The prompt for the next reply: the history, then an open assistant turn — or, when the
+ * history ends with the assistant's text or tool results, that turn continued.
+ */
 export function renderPrompt(
   model: LlamaModel,
   wrapper: ChatWrapper,
   history: readonly CacheMessage[],
   tools?: readonly LlamaTool[],
 ): Rendered {
-  const chatHistory = toChatHistory(history);
-  if (history.at(-1)?.role !== "assistant") chatHistory.push({ type: "model", response: [] });
+  const chatHistory = toChatHistory(history, callSyntax(wrapper));
+  const last = history.at(-1)?.role;
+  if (last !== "assistant" && last !== "kvkeep:tool-results") chatHistory.push({ type: "model", response: [] });
   const functions = functionsOf(tools);
   const state = wrapper.generateContextState({ chatHistory, ...(functions ? { availableFunctions: functions } : {}) });
   const stopTexts = state.stopGenerationTriggers

@@ -23,11 +23,11 @@ export interface CommitReport {
 export async function commitReply(
   session: KvCacheSession,
   turn: TurnHandle,
-  reply: { history: readonly CacheMessage[]; text: string; configHash: string; tokenCount: number | undefined },
+  reply: { history: readonly CacheMessage[]; reply: CacheMessage; configHash: string; tokenCount: number | undefined },
   logger: Logger,
 ): Promise<CommitReport> {
   const messageCount = reply.history.length + 1;
-  const covered = [...reply.history, { role: "assistant", content: reply.text }];
+  const covered = [...reply.history, reply.reply];
   const { tokenCount } = reply;
   const started = now();
   try {

@@ -94,9 +94,20 @@ export interface CompletionStats {
   refused: CacheRefusal | null;
 }
 
+/** A call of a tool the model made: its id (made by kvkeep), the tool's name, and its arguments as JSON text. */
+export interface ToolCall {
+  id: string;
+  name: string;
+  /** The arguments as generated: JSON text valid for the tool's parameter schema. */
+  arguments: string;
+}
+
 /** What a completion resolves to, for every adapter. */
 export interface CompletionResult {
+  /** The reply's text (with tool calls: the text before them, often empty). */
   text: string;
+  /** The tools the reply calls (node-llama-cpp with `tools`); absent when it calls none. */
+  toolCalls?: readonly ToolCall[];
   stats: CompletionStats;
 }
 

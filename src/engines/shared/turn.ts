@@ -17,14 +17,14 @@ import { assertScope } from "../../keys/scope.js";
 import { messageKeyChain } from "../../keys/auto-key.js";
 import { type Logger, silentLogger } from "../../logger.js";
 import type { KvCacheStore } from "../../store/store.js";
-import type { CacheRefusal, KvCacheSession, TurnHandle } from "../../types.js";
+import type { CacheMessage, CacheRefusal, KvCacheSession, TurnHandle } from "../../types.js";
 import { abortedCompletion, throwIfAborted } from "./abort.js";
 import { now } from "./clock.js";
 import { type Committed, type CommitReport, commitReply } from "./commit.js";
 import { Lazy } from "./lazy.js";
 import { turnConfigHash, type TurnParams, validateTurnParams } from "./params.js";
 import { SerialQueue } from "./queue.js";
-import type { CompletionCommitFailure, CompletionResult, CompletionStats, ReuseSource } from "./stats.js";
+import type { CompletionCommitFailure, CompletionResult, CompletionStats, ReuseSource, ToolCall } from "./stats.js";
 
 /** What a turn starts from: where its reused tokens come from, and what loading them cost. */
 export interface Reuse {
@@ -54,6 +54,14 @@ export interface Generation {
   reuse: Reuse;
   /** Tokens in the engine's state after the run (kept in the manifest); undefined when unknown. */
   tokenCount: number | undefined;
+  /**
+   * The message the reply stands for in the next turn's history, which the commit keys the new
+   * state by. Default: `{ role: "assistant", content: text }`. (node-llama-cpp: a reply that
+   * calls tools is its own kind of message, see engines/node-llama-cpp/messages.ts.)
+   */
+  reply?: CacheMessage | undefined;
+  /** The tools the reply calls (node-llama-cpp with `tools`); absent or empty: none. */
+  toolCalls?: readonly ToolCall[] | undefined;
 }
 
 /** What the skeleton knows about a call when it asks the engine to begin it. */
@@ -174,7 +182,7 @@ export class CompletionTurns<P extends TurnParams, O> {
       const generation = await work.generate(null, noReuse());
       if (generation.aborted) throw abortedCompletion(signal);
       throwIfAborted(signal);
-      return { text: generation.text, stats: completionStats(generation, NOTHING_SAVED, null) };
+      return resultOf(generation, completionStats(generation, NOTHING_SAVED, null));
     }
 
     // A session per call (cheap: no I/O): the call's scope decides where its caches live.
@@ -202,13 +210,13 @@ export class CompletionTurns<P extends TurnParams, O> {
         report = await commitReply(
           session,
           turn,
-          { history, text: generation.text, configHash, tokenCount: generation.tokenCount },
+          { history, reply: generation.reply ?? { role: "assistant", content: generation.text }, configHash, tokenCount: generation.tokenCount },
           this.#logger,
         );
       }
       const saved = { saveMs: work.save || ended ? now() - saveStart : 0, commitMs: report.commitMs, outcome: report.outcome, failure: report.failure };
       work.settled?.(report.outcome);
-      return { text: generation.text, stats: completionStats(generation, saved, turn.refused) };
+      return resultOf(generation, completionStats(generation, saved, turn.refused));
     } finally {
       if (!ended) await session.rollback(turn);
     }
@@ -231,6 +239,10 @@ interface Saved {
 }
 
 const NOTHING_SAVED: Saved = { saveMs: 0, commitMs: 0, outcome: null, failure: null };
+
+function resultOf(generation: Generation, stats: CompletionStats): CompletionResult {
+  return generation.toolCalls?.length ? { text: generation.text, toolCalls: generation.toolCalls, stats } : { text: generation.text, stats };
+}
 
 /** The one `CompletionStats` of every adapter, from what the engine measured and the commit. */
 function completionStats(generation: Generation, saved: Saved, refused: CacheRefusal | null): CompletionStats {

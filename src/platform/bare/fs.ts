@@ -110,3 +110,8 @@ export function unlinkSync(filePath: string): void {
 export function renameSync(from: string, to: string): void {
   fsBare.renameSync(from, to);
 }
+
+/** The names in a directory (Node's `readdirSync(dir)` without options). */
+export function readdirSync(dir: string): string[] {
+  return fsBare.readdirSync(dir, { withFileTypes: true }).map((entry) => entry.name);
+}

@@ -1,5 +1,6 @@
 /**
- * `--remote URL` for scan, rm and gc: the fleet's shared Redis tier (kvkeep/redis).
+ * `--remote URL` for scan, rm and gc: the fleet's shared Redis tier (kvkeep/redis), as the
+ * CLI reaches it (options, connection, listings). Not a command: the commands import it.
  *
  * The `redis` client is an optional peer dependency: it and kvkeep/redis are imported only
  * when `--remote` is given, so every other command works without them. Connecting has a
@@ -7,15 +8,15 @@
  * answer is one REMOTE_UNAVAILABLE line (exit 1), raised before anything is changed. A
  * Redis Cluster is recognised by its `INFO cluster` and then driven as a cluster.
  */
-import { assertCacheKey, cacheKindOf } from "../../keys/safe-key.js";
-import { DEFAULT_TTL_SECONDS } from "../../remote/redis/defaults.js";
-import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "../../remote/redis/keys.js";
-import { withDeadline } from "../../remote/guard.js";
-import type { RemoteListing, RemoteTier } from "../../remote/types.js";
-import { durationOption } from "../args.js";
-import type { CommandContext, OptionSpec, OptionValues } from "../command.js";
-import { CliError, usageError } from "../errors.js";
-import { checkRoot, type RootState } from "../root.js";
+import { assertCacheKey, cacheKindOf } from "../keys/safe-key.js";
+import { DEFAULT_TTL_SECONDS } from "../remote/redis/defaults.js";
+import { assertKeyPrefix, DEFAULT_KEY_PREFIX } from "../remote/redis/keys.js";
+import { withDeadline } from "../remote/guard.js";
+import type { RemoteListing, RemoteTier } from "../remote/types.js";
+import type { CommandContext, OptionSpec, OptionValues } from "./command.js";
+import { CliError, usageError } from "./errors.js";
+import { durationOption } from "./option-values.js";
+import { checkRoot, type RootState } from "./root.js";
 
 export const DEFAULT_REMOTE_TIMEOUT_MS = 3000;
 
@@ -167,7 +168,7 @@ export async function openRemote(target: RemoteTarget): Promise<OpenRemote> {
     };
     client = await connectWithin(redis.createCluster({ rootNodes: [{ url: target.url }], defaults }), target);
   }
-  const { createRedisTier } = await import("../../remote/redis/index.js");
+  const { createRedisTier } = await import("../remote/redis/index.js");
   const tier = createRedisTier({
     client: client as unknown as Parameters<typeof createRedisTier>[0]["client"],
     keyPrefix: target.keyPrefix,
