@@ -6,11 +6,11 @@
  * request by request. Prints, from one run, the issue's table: time to first token of
  * kvkeep serve over llama-server's — with its defaults (RAM prompt cache), and with a client
  * that saves and restores slot files — for each scenario; kvkeep runs both with a native
- * node-llama-cpp build (when there is one) and with the prebuilt binary. Medians: each round
+ * node-llama-cpp build when there is one, else the prebuilt binary (both with --prebuilt). Medians: each round
  * gives a ratio of medians, the table the median of the rounds' ratios. Then time to ready,
  * memory and, with --long, a long-context probe. Never part of `npm test`.
  *
- *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--long] [--regenerate] [--no-table] [--json FILE]
+ *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--no-table] [--json FILE]
  *
  *   --llama-server PATH   an existing llama-server (also $KVKEEP_LLAMA_SERVER); default
  *                         $KVKEEP_PEER_DIR/llama.cpp/build/bin/llama-server (<tmp>/kvkeep-peer),
@@ -18,6 +18,8 @@
  *                         when missing (20-40 minutes on 2 cores; offline)
  *   --build               build it there even if one exists
  *   --quick               one round, fewer conversations (a smoke run while developing)
+ *   --prebuilt            also kvkeep on node-llama-cpp's prebuilt binary when a native build runs
+ *                         (a fifth server in the interleaving: a run takes a quarter longer)
  *   --long                also the long-context probe (~8 000 tokens; a few minutes)
  *   --regenerate          also what a regenerate and a new chat cost kvkeep, part by part (bench/peer/anatomy.ts)
  *   --no-table            only the probes
@@ -46,6 +48,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean" },
     long: { type: "boolean" },
     regenerate: { type: "boolean" },
+    prebuilt: { type: "boolean" },
     "no-table": { type: "boolean" },
     json: { type: "string" },
   },
@@ -102,7 +105,7 @@ if (!flags["no-table"]) {
   for (let round = 1; round <= rounds; round++) {
     const targets: Target[] = [
       ...(nativeBuild ? [kvkeepTarget("kvkeep native", settings, "auto")] : []),
-      kvkeepTarget("kvkeep prebuilt", settings, "prebuilt"),
+      ...(!nativeBuild || flags.prebuilt ? [kvkeepTarget("kvkeep prebuilt", settings, "prebuilt")] : []),
       llamaServerTarget("llama-server defaults", settings, llamaServer, false),
       llamaServerTarget("llama-server slot files", settings, llamaServer, true),
     ];

@@ -96,7 +96,6 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
   };
   const nlc: Array<{ settings: string; request: EngineProbeRequest }> = [
     { settings: "prebuilt, defaults (flash attention auto)", request: { ...base, build: "prebuilt" } },
-    { settings: "prebuilt, flash attention off", request: { ...base, build: "prebuilt", flashAttention: false } },
   ];
   if (options.nativeBuild) {
     nlc.push(
@@ -107,10 +106,7 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
       { settings: "native, 1 thread", request: { ...base, build: "native", threads: 1 } },
     );
     for (const variant of options.variants) {
-      nlc.push(
-        { settings: `native ${variant.label}, defaults`, request: { ...base, build: "native", cmakeOptions: variant.cmakeOptions } },
-        { settings: `native ${variant.label}, flash attention off`, request: { ...base, build: "native", cmakeOptions: variant.cmakeOptions, flashAttention: false } },
-      );
+      nlc.push({ settings: `native ${variant.label}, defaults`, request: { ...base, build: "native", cmakeOptions: variant.cmakeOptions } });
     }
   }
   for (const { settings, request } of nlc) {
