@@ -10,7 +10,7 @@
  * gives a ratio of medians, the table the median of the rounds' ratios. Then time to ready,
  * memory and, with --long, a long-context probe. Never part of `npm test`.
  *
- *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--no-table] [--json FILE]
+ *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--ready] [--no-table] [--json FILE]
  *
  *   --llama-server PATH   an existing llama-server (also $KVKEEP_LLAMA_SERVER); default
  *                         $KVKEEP_PEER_DIR/llama.cpp/build/bin/llama-server (<tmp>/kvkeep-peer),
@@ -22,6 +22,7 @@
  *                         (a fifth server in the interleaving: a run takes a quarter longer)
  *   --long                also the long-context probe (~8 000 tokens; a few minutes)
  *   --regenerate          also what a regenerate and a new chat cost kvkeep, part by part (bench/peer/anatomy.ts)
+ *   --ready               also where kvkeep serve's time to ready goes, step by step (bench/peer/ready-probe.ts)
  *   --no-table            only the probes
  *   --json FILE           write every figure as JSON too
  * node-llama-cpp's native build is its local build (`npx --no node-llama-cpp source download
@@ -37,6 +38,7 @@ import { median, table } from "./lib.js";
 import { buildLlamaServer, checkoutCommit, defaultLlamaServerPath } from "./peer/llama-server.js";
 import { type LongContextRow, runLongContext } from "./peer/long-context.js";
 import { type RegenerateAnatomy, regenerateAnatomy } from "./peer/anatomy.js";
+import { type ReadyParts, readyAnatomy } from "./peer/ready.js";
 import { type RoundResult, runRound, SCENARIOS, type ScenarioName } from "./peer/scenarios.js";
 import { kvkeepTarget, llamaServerTarget, type PeerSettings, REPLY_TOKENS, type Target } from "./peer/targets.js";
 
@@ -48,6 +50,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean" },
     long: { type: "boolean" },
     regenerate: { type: "boolean" },
+    ready: { type: "boolean" },
     prebuilt: { type: "boolean" },
     "no-table": { type: "boolean" },
     json: { type: "string" },
@@ -89,6 +92,7 @@ interface Output {
   memory?: Record<string, { afterRoundRobin: number; end: number; peak: number }>;
   longContext?: LongContextRow[];
   regenerate?: RegenerateAnatomy;
+  readyParts?: ReadyParts[];
 }
 const output: Output = {
   machine: { cpu: os.cpus()[0]?.model ?? "?", cores: os.availableParallelism(), loadStart: load() },
@@ -218,6 +222,15 @@ if (flags.regenerate) {
     ]),
   );
   output.regenerate = a;
+  saveJson();
+}
+
+if (flags.ready) {
+  const builds = nativeBuild ? (["auto", "prebuilt"] as const) : (["prebuilt"] as const);
+  const parts = await readyAnatomy({ ...settings, builds: [...builds], llamaServer, repeats: 5, log });
+  console.log(`\nkvkeep serve's time to ready, step by step (ms from the process's start; medians of 5 fresh processes; llama-server: spawn → /health 200)\n`);
+  console.log(table(parts));
+  output.readyParts = parts;
   saveJson();
 }
 
