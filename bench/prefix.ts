@@ -26,7 +26,7 @@ import { messageKeyChain } from "../src/keys/index.js";
 import { hashReady, xxh64Hex } from "../src/keys/hash.js";
 import { cachePathOf, manifestPathOf } from "../src/layout/paths.js";
 import { MANIFEST_FORMAT, serializeManifest } from "../src/manifest/format.js";
-import { KvCacheStoreImpl } from "../src/store/store.js";
+import { KvCacheStoreImpl } from "../src/facade/kvkeep-store.js";
 import { createContext, loadFixtureModel, renderChat, type ChatMessage } from "../test/fixtures/engine.js";
 import { median, nowMs, table } from "./lib.js";
 

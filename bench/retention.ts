@@ -19,7 +19,7 @@ import xxhash from "xxhash-wasm";
 import { generateConfigHash } from "../src/index.js";
 import { cachePathOf, lockPathOf, manifestPathOf } from "../src/layout/paths.js";
 import { MANIFEST_FORMAT, serializeManifest } from "../src/manifest/format.js";
-import { KvCacheStoreImpl } from "../src/store/store.js";
+import { KvCacheStoreImpl } from "../src/facade/kvkeep-store.js";
 import { median, nowMs, table } from "./lib.js";
 
 const counts = (process.env.BENCH_CACHES ?? "1000,10000,100000").split(",").map(Number);

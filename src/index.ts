@@ -8,14 +8,14 @@
  * your own. Warming's seed names and `createStoreWarmer` are here; the rest of warming is
  * `kvkeep/warm`, the auto-key scheme `kvkeep/keys`.
  */
-export { openKvCacheStore, type KvCacheStore, type KvCacheStoreOptions } from "./store/store.js";
+export { openKvCacheStore, type KvCacheStore, type KvCacheStoreOptions } from "./facade/kvkeep-store.js";
 export type { RecoveryReport } from "./store/recovery.js";
 export {
   createKvCacheSession,
   deleteKvCacheState,
   getCurrentCacheInfo,
   __kvCacheSessionTestHooks,
-} from "./default-store.js";
+} from "./facade/default-store.js";
 export { generateConfigHash, type ToolLike } from "./keys/config-hash.js";
 export { decideCachedHistorySlice, type HistorySlice } from "./slice/decide.js";
 export { KvKeepError, isKvKeepError, type KvKeepErrorCode } from "./errors.js";

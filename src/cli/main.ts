@@ -4,10 +4,9 @@
  * version, runs the command and turns what it throws into one line (or one JSON object)
  * on stderr with its exit status: 0 done, 1 failed or found problems, 2 bad usage.
  */
-import { readFileSync } from "node:fs";
 import path from "node:path";
-import { defaultRoot } from "../layout/paths.js";
-import { findPackageRoot } from "../native/paths.js";
+import { kvkeepVersion } from "../store/inspect.js";
+import { defaultRoot } from "../store/options.js";
 import { didYouMean } from "../suggest.js";
 import { parseCommandArgs, splitCommand } from "./args.js";
 import { type Command, type CommandContext, TOP_LEVEL_OPTIONS } from "./command.js";
@@ -17,11 +16,6 @@ import { escapeControls } from "./format.js";
 import { commandHelp, globalHelp } from "./help.js";
 import { type CliIo, processIo } from "./io.js";
 
-export function kvkeepVersion(): string {
-  const root = findPackageRoot();
-  if (root === null) return "unknown";
-  return (JSON.parse(readFileSync(path.join(root, "package.json"), "utf8")) as { version: string }).version;
-}
 
 const lines = (text: string | readonly string[]): string => (typeof text === "string" ? text : text.join("\n"));
 

@@ -3,7 +3,7 @@
  * it a kvkeep root (src/durable/root-marker.ts)?
  */
 import { constants as fsConstants, promises as fs } from "node:fs";
-import { inspectRoot, notARootError, type RootKind, writeRootMarker } from "../durable/root-marker.js";
+import { inspectRoot, notARootError, type RootKind, writeRootMarker } from "../store/inspect.js";
 import { errnoCode } from "../errors.js";
 import type { CommandContext } from "./command.js";
 import { CliError } from "./errors.js";

@@ -1,6 +1,6 @@
 /** Opening a store for a command that changes the root (gc, rm), with its warnings collected. */
 import type { Logger } from "../logger.js";
-import { type KvCacheStoreOptions, KvCacheStoreImpl } from "../store/store.js";
+import { type KvCacheStoreOptions, KvCacheStoreImpl } from "../facade/kvkeep-store.js";
 import type { CommandContext } from "./command.js";
 
 export interface CliStore {

@@ -67,17 +67,17 @@ export class DeleteLog {
   readonly rotatedPath: string;
   readonly #dir: string;
   readonly #root: string;
-  readonly #nfs: NativeFs;
+  readonly #fsBackend: NativeFs;
   readonly #rotateBytes: number;
 
   /** `rotateBytes`: tests shrink it to rotate after a few records. */
-  constructor(root: string, nfs: NativeFs, options: { rotateBytes?: number } = {}) {
+  constructor(root: string, fsBackend: NativeFs, options: { rotateBytes?: number } = {}) {
     this.#rotateBytes = options.rotateBytes ?? DELETE_LOG_ROTATE_BYTES;
     this.#root = root;
     this.#dir = internalDir(root);
     this.path = path.join(this.#dir, DELETE_LOG_NAME);
     this.rotatedPath = `${this.path}.1`;
-    this.#nfs = nfs;
+    this.#fsBackend = fsBackend;
   }
 
   /** The mark a turn keeps: where the log ends now. */
@@ -169,7 +169,7 @@ export class DeleteLog {
   }
 
   async #stat(filePath: string): Promise<LogFile | null> {
-    const entry = await this.#nfs.identity(filePath);
+    const entry = await this.#fsBackend.identity(filePath);
     if (entry === null) return null;
     if (entry.type !== "file") {
       throw new KvKeepError("UNSAFE_PATH", `${filePath} is not a regular file (a symlink, FIFO, device or directory); kvkeep does not use it.`);
@@ -196,7 +196,7 @@ export class DeleteLog {
 
   /** Move the log aside, once, by whoever gets the rotation lock without waiting. */
   async #rotate(): Promise<void> {
-    const lock = this.#nfs.tryLockFile(`${this.path}.lock`, "exclusive", { under: this.#root });
+    const lock = this.#fsBackend.tryLockFile(`${this.path}.lock`, "exclusive", { under: this.#root });
     if (!lock) return;
     try {
       const current = await this.#stat(this.path);

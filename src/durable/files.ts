@@ -4,7 +4,7 @@ import path from "node:path";
 import { errnoCode, fsWriteError, KvKeepError } from "../errors.js";
 import { crashPoint } from "./crash-points.js";
 import { isOwnDirLevel } from "../layout/paths.js";
-import type { FileIdentity } from "../manifest/format.js";
+import type { FileIdentity } from "./identity.js";
 import { ownTempPath } from "./temp-owner.js";
 import { type EntryType, loadNativeFs, type NativeFs } from "../native/index.js";
 
@@ -21,8 +21,8 @@ export type FileState =
  * nothing is opened, so a FIFO or device costs nothing. Failures other than "nothing there"
  * (EIO, EACCES, …) are `KvKeepError`s like every error kvkeep raises.
  */
-export async function inspectFile(filePath: string, nfs: Pick<NativeFs, "identity"> = loadNativeFs()): Promise<FileState> {
-  const entry = await nfs.identity(filePath);
+export async function inspectFile(filePath: string, fsBackend: Pick<NativeFs, "identity"> = loadNativeFs()): Promise<FileState> {
+  const entry = await fsBackend.identity(filePath);
   if (entry === null) return { kind: "missing" };
   if (entry.type !== "file") return { kind: "other", type: entry.type };
   return { kind: "file", identity: { size: entry.size, ino: entry.ino, mtimeNs: entry.mtimeNs } };
@@ -87,7 +87,7 @@ export async function writeSynced(filePath: string, data: string | Uint8Array): 
  * On any failure the temp file is removed and the target is untouched.
  */
 export async function writeFileAtomic(
-  nfs: NativeFs,
+  fsBackend: NativeFs,
   target: string,
   data: string | Uint8Array,
   options: { syncDir: boolean },
@@ -102,7 +102,7 @@ export async function writeFileAtomic(
     throw error instanceof KvKeepError ? error : fsWriteError(`writing ${path.basename(target)}`, error);
   }
   await crashPoint("atomic-write:after-rename");
-  if (options.syncDir) await nfs.fsyncDir(path.dirname(target));
+  if (options.syncDir) await fsBackend.fsyncDir(path.dirname(target));
 }
 
 /** Directories kvkeep creates are its user's only: rwx for the owner, nothing for others. */
@@ -119,7 +119,7 @@ export const PRIVATE_DIR_MODE = 0o700;
  * levels below — is private to the user (0700): caches hold conversations, and a root is
  * only as private as its directories (docs/security.md, "What a scope does not do").
  */
-export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
+export async function mkdirUnderRoot(fsBackend: Pick<NativeFs, "fsyncDir">, root: string, ...components: string[]): Promise<string> {
   const full = path.join(root, ...components);
   for (let attempt = 0; ; attempt++) {
     try {
@@ -153,7 +153,7 @@ export async function mkdirUnderRoot(nfs: Pick<NativeFs, "fsyncDir">, root: stri
         }
       }
       // Each new directory's entry lives in its parent: sync those parents.
-      for (const dir of created) await nfs.fsyncDir(dir);
+      for (const dir of created) await fsBackend.fsyncDir(dir);
       return full;
     } catch (error) {
       // Another process pruned an empty directory between our mkdir and the next level (or

@@ -161,9 +161,9 @@ export function claimRoot(
  * cut soon after a root was made could leave its caches behind a lost marker, and the next
  * open would refuse the root as foreign. Best effort: a failure is only logged by the caller.
  */
-export async function syncRootMarker(nfs: { fsyncFile(path: string): Promise<void>; fsyncDir(path: string): Promise<void> }, root: string): Promise<void> {
-  await nfs.fsyncFile(markerPath(root));
-  await nfs.fsyncDir(internalDir(root));
-  await nfs.fsyncDir(root);
-  await nfs.fsyncDir(path.dirname(path.resolve(root)));
+export async function syncRootMarker(fsBackend: { fsyncFile(path: string): Promise<void>; fsyncDir(path: string): Promise<void> }, root: string): Promise<void> {
+  await fsBackend.fsyncFile(markerPath(root));
+  await fsBackend.fsyncDir(internalDir(root));
+  await fsBackend.fsyncDir(root);
+  await fsBackend.fsyncDir(path.dirname(path.resolve(root)));
 }

@@ -13,7 +13,6 @@
  * can never be a cache key, and a scope id is 32 hex chars, so the two layouts never meet:
  * a root without scopes looks exactly as before.
  */
-import os from "node:os";
 import path from "node:path";
 import { INTERNAL_DIR_NAME, isReservedRootName, SCOPES_DIR_NAME } from "../keys/safe-key.js";
 import { SCOPE_ID_PATTERN } from "../keys/scope.js";
@@ -51,12 +50,6 @@ export function relativeCachePath(loc: CacheLocation): string {
   return [...cacheDirComponents(loc), loc.configHash + CACHE_SUFFIX].join("/");
 }
 
-/** `$KVKEEP_DIR`, else `$XDG_CACHE_HOME/kvkeep`, else `~/.cache/kvkeep`. */
-export function defaultRoot(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.KVKEEP_DIR) return path.resolve(env.KVKEEP_DIR);
-  if (env.XDG_CACHE_HOME) return path.resolve(env.XDG_CACHE_HOME, "kvkeep");
-  return path.join(os.homedir(), ".cache", "kvkeep");
-}
 
 export function internalDir(root: string): string {
   return path.join(root, INTERNAL_DIR_NAME);

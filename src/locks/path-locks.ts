@@ -72,11 +72,11 @@ export class PathLockTable {
       });
     }
     // Granted in this process; now exclude other processes.
-    const nfs = this.nativeFs();
+    const fsBackend = this.nativeFs();
     let osLock: LockHandle | null = null;
-    if (nfs.crossProcessLocks) {
+    if (fsBackend.crossProcessLocks) {
       try {
-        osLock = await nfs.lockFile(lockPathOf(cachePath), "exclusive", { signal, under: rootOf(cachePath) });
+        osLock = await fsBackend.lockFile(lockPathOf(cachePath), "exclusive", { signal, under: rootOf(cachePath) });
       } catch (error) {
         this.#handOff(cachePath);
         throw error;
@@ -88,10 +88,10 @@ export class PathLockTable {
   /** Take the lock only if nobody (in this or another process) holds it; never waits. */
   tryAcquire(cachePath: string): Lease | null {
     if (this.#entries.has(cachePath)) return null;
-    const nfs = this.nativeFs();
+    const fsBackend = this.nativeFs();
     let osLock: LockHandle | null = null;
-    if (nfs.crossProcessLocks) {
-      osLock = nfs.tryLockFile(lockPathOf(cachePath), "exclusive", { under: rootOf(cachePath) });
+    if (fsBackend.crossProcessLocks) {
+      osLock = fsBackend.tryLockFile(lockPathOf(cachePath), "exclusive", { under: rootOf(cachePath) });
       if (!osLock) return null;
     }
     this.#entries.set(cachePath, { queue: [] });

@@ -7,6 +7,7 @@
  * ARCHITECTURE.md, "Commit protocol"). A file is matched to a slot by its identity —
  * size, inode and mtime — which a rename keeps and any rewrite changes.
  */
+import { type FileIdentity, sameIdentity } from "../durable/identity.js";
 import { SCOPE_ID_PATTERN } from "../keys/scope.js";
 import type { CacheRefusalReason } from "../types.js";
 
@@ -18,15 +19,6 @@ export const MANIFEST_FORMAT = 1;
  * 16 hex chars per slot is ~140 KiB) while a planted huge or sparse file costs nothing.
  */
 export const MANIFEST_MAX_BYTES = 256 * 1024;
-
-/** What identifies one version of a file on disk without reading it. */
-export interface FileIdentity {
-  size: number;
-  /** Inode number, as a decimal string (64-bit safe). */
-  ino: string;
-  /** Modification time in nanoseconds, as a decimal string. */
-  mtimeNs: string;
-}
 
 export interface ManifestEntry extends FileIdentity {
   /** XXH64 of the whole file, 16 lowercase hex chars. */
@@ -41,7 +33,7 @@ export interface ManifestEntry extends FileIdentity {
    * What the state holds, for prefix reuse: the message-key chain of the conversation it
    * covers (`messageKeyChain(history).key(i)` for i = 1…, 16 hex chars each; at most
    * MAX_CHAIN_KEYS, the first ones), or null when unknown (a primed state, a handler that
-   * did not pass its history). See src/index/prefix-index.ts.
+   * did not pass its history). See src/prefix/prefix-index.ts.
    */
   chain?: readonly string[] | null;
 }
@@ -165,10 +157,6 @@ export function parseManifest(text: string): Manifest | { error: string } {
 
 export function serializeManifest(manifest: Manifest): string {
   return JSON.stringify(manifest, null, 1) + "\n";
-}
-
-export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
-  return a.size === b.size && a.ino === b.ino && a.mtimeNs === b.mtimeNs;
 }
 
 /**

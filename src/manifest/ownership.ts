@@ -41,8 +41,8 @@ export function manifestNames(read: ManifestRead, loc: CacheLocation): boolean {
 }
 
 /** Whether the cache file at `cachePath` (of `loc`) is provably kvkeep's: its manifest names it. */
-export async function provenCache(cachePath: string, loc: CacheLocation, nfs: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<boolean> {
-  return manifestNames(await readManifest(cachePath, nfs), loc);
+export async function provenCache(cachePath: string, loc: CacheLocation, fsBackend: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<boolean> {
+  return manifestNames(await readManifest(cachePath, fsBackend), loc);
 }
 
 /** Whether the file at `lockPath` can be a kvkeep lock file: regular and empty (lstat: never through a link). */

@@ -11,8 +11,8 @@ import { manifestPathOf } from "../layout/paths.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import { loadNativeFs, type NativeFs } from "../native/index.js";
 import type { CacheRefusalReason } from "../types.js";
+import { type FileIdentity, sameIdentity } from "../durable/identity.js";
 import {
-  type FileIdentity,
   judgeFile,
   type Manifest,
   type ManifestEntry,
@@ -20,7 +20,6 @@ import {
   MANIFEST_FORMAT,
   MANIFEST_MAX_BYTES,
   parseManifest,
-  sameIdentity,
   serializeManifest,
 } from "./format.js";
 
@@ -32,10 +31,10 @@ export type ManifestRead = { manifest: Manifest } | { missing: true } | { error:
  * else (a symlink, FIFO, device, directory, a huge or sparse file) is an `error`, so the
  * cache is untrusted, within milliseconds.
  */
-export async function readManifest(cachePath: string, nfs: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<ManifestRead> {
+export async function readManifest(cachePath: string, fsBackend: Pick<NativeFs, "readFileBounded"> = loadNativeFs()): Promise<ManifestRead> {
   let read;
   try {
-    read = await nfs.readFileBounded(manifestPathOf(cachePath), MANIFEST_MAX_BYTES);
+    read = await fsBackend.readFileBounded(manifestPathOf(cachePath), MANIFEST_MAX_BYTES);
   } catch (error) {
     return { error: `manifest unreadable: ${(error as Error).message}` };
   }
@@ -60,18 +59,18 @@ const corrupt = (reason: string): Verification => ({ ok: false, missing: false, 
  * unless `readOnly`, which leaves the manifest as it is.
  */
 export async function verifyCache(
-  nfs: NativeFs,
+  fsBackend: NativeFs,
   cachePath: string,
   expect: ManifestExpectation,
   options: { checksum: boolean; readOnly?: boolean },
 ): Promise<Verification> {
-  const state = await inspectFile(cachePath, nfs);
+  const state = await inspectFile(cachePath, fsBackend);
   if (state.kind === "missing") return { ok: false, missing: true };
   if (state.kind === "other") {
     return corrupt(`the cache path is a ${state.type}, not a regular file`);
   }
   const identity = state.identity;
-  const read = await readManifest(cachePath, nfs);
+  const read = await readManifest(cachePath, fsBackend);
   if ("missing" in read) return corrupt("cache file has no manifest");
   if ("error" in read) return corrupt(read.error);
   const { manifest } = read;
@@ -86,11 +85,11 @@ export async function verifyCache(
   } else {
     by = "checksum";
     const candidates = verdict.verdict === "match" ? [{ entry: verdict.entry, slot: verdict.slot }] : verdict.candidates;
-    const digest = await nfs.xxh64File(cachePath);
+    const digest = await fsBackend.xxh64File(cachePath);
     const hit = candidates.find((c) => c.entry.xxh64 === digest);
     if (!hit) return corrupt(`checksum ${digest} matches no committed state`);
     // The bytes hashed must be the file judged (the hash opens the path again).
-    const after = await inspectFile(cachePath, nfs);
+    const after = await inspectFile(cachePath, fsBackend);
     if (after.kind !== "file" || !sameIdentity(after.identity, identity)) {
       return corrupt("the cache file changed while it was verified");
     }
@@ -103,7 +102,7 @@ export async function verifyCache(
   if (!options.readOnly && (slot === "pending" || verdict.verdict !== "match")) {
     const next: Manifest = { ...manifest, current: settled, pending: null };
     try {
-      await writeFileAtomic(nfs, manifestPathOf(cachePath), serializeManifest(next), { syncDir: false });
+      await writeFileAtomic(fsBackend, manifestPathOf(cachePath), serializeManifest(next), { syncDir: false });
     } catch {
       // Settling is an optimisation: the manifest as it is still describes this file (the
       // slot just matched), so a full disk must not make a good cache untrusted.
@@ -165,11 +164,11 @@ const asKvKeepError = (what: string, error: unknown): KvKeepError =>
  * manifest — never trusted, removed on next use — which loses only the state being
  * committed; a failure in between removes the file again and rejects.
  */
-export async function installCache(nfs: NativeFs, params: InstallParams): Promise<Installed> {
+export async function installCache(fsBackend: NativeFs, params: InstallParams): Promise<Installed> {
   const { source, target } = params;
   const manifestPath = manifestPathOf(target);
   const inPlace = path.resolve(source) === path.resolve(target);
-  const sourceState = await inspectFile(source, nfs);
+  const sourceState = await inspectFile(source, fsBackend);
   if (sourceState.kind === "missing") {
     throw new KvKeepError("SAVE_MISSING", `the new state at ${source} disappeared before it could be committed.`);
   }
@@ -180,10 +179,10 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   if (identity.size === 0) throw new KvKeepError("SAVE_EMPTY", `the new state at ${source} is empty (0 bytes).`);
   let entry: ManifestEntry;
   try {
-    await nfs.fsyncFile(source);
+    await fsBackend.fsyncFile(source);
     entry = {
       ...identity,
-      xxh64: await nfs.xxh64File(source),
+      xxh64: await fsBackend.xxh64File(source),
       messageCount: params.messageCount,
       tokenCount: params.tokenCount,
       committedAt: Date.now(),
@@ -195,7 +194,7 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   }
   // Anything but a regular file where the manifest goes (a directory, a symlink, a FIFO)
   // describes nothing and would fail every manifest write: it goes first.
-  const manifestState = await inspectFile(manifestPath, nfs);
+  const manifestState = await inspectFile(manifestPath, fsBackend);
   if (manifestState.kind === "other") await removeEntry(manifestPath);
   const header = { format: MANIFEST_FORMAT, ...params.header } as const;
   const manifestOf = (current: ManifestEntry, pending: ManifestEntry | null): string =>
@@ -203,39 +202,39 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   if (inPlace) {
     // The engine already replaced the committed state: there is no previous one to keep.
     try {
-      await writeFileAtomic(nfs, manifestPath, manifestOf(entry, null), { syncDir: true });
+      await writeFileAtomic(fsBackend, manifestPath, manifestOf(entry, null), { syncDir: true });
       await crashPoint("install:after-final-manifest");
     } catch (error) {
       throw asKvKeepError("writing the manifest", error);
     }
     return { entry, unsettled: null };
   }
-  if (params.previous === null) return installFresh(nfs, params, entry, manifestOf(entry, null));
+  if (params.previous === null) return installFresh(fsBackend, params, entry, manifestOf(entry, null));
 
   const previous = params.previous;
   // Before the rename: the previous state is the cache, and stays it on any failure.
   try {
-    await writeFileAtomic(nfs, manifestPath, manifestOf(previous, entry), { syncDir: true });
+    await writeFileAtomic(fsBackend, manifestPath, manifestOf(previous, entry), { syncDir: true });
     await crashPoint("install:after-pending-manifest");
   } catch (error) {
     throw asKvKeepError("writing the manifest", error);
   }
   try {
-    if (params.noReplace) await nfs.renameNoReplace(source, target);
+    if (params.noReplace) await fsBackend.renameNoReplace(source, target);
     else await fs.rename(source, target);
   } catch (error) {
     // The previous state is still the cache and still `current`. Drop the pending slot so
     // it cannot match a later file by accident; if even that fails, the manifest as it is
     // still describes the cache correctly — never remove it.
-    await writeFileAtomic(nfs, manifestPath, manifestOf(previous, null), { syncDir: false }).catch(() => {});
+    await writeFileAtomic(fsBackend, manifestPath, manifestOf(previous, null), { syncDir: false }).catch(() => {});
     throw asKvKeepError("renaming the new state into place", error);
   }
   // The point of no return: the new state is the cache file and `pending` describes it.
   try {
     await crashPoint("install:after-rename");
-    await nfs.fsyncDir(path.dirname(target));
+    await fsBackend.fsyncDir(path.dirname(target));
     await crashPoint("install:after-rename-synced");
-    await writeFileAtomic(nfs, manifestPath, manifestOf(entry, null), { syncDir: false });
+    await writeFileAtomic(fsBackend, manifestPath, manifestOf(entry, null), { syncDir: false });
     await crashPoint("install:after-final-manifest");
   } catch (error) {
     return { entry, unsettled: asKvKeepError("settling the manifest after the new state was installed", error) };
@@ -243,14 +242,14 @@ export async function installCache(nfs: NativeFs, params: InstallParams): Promis
   return { entry, unsettled: null };
 }
 
-async function installFresh(nfs: NativeFs, params: InstallParams, entry: ManifestEntry, manifestText: string): Promise<Installed> {
+async function installFresh(fsBackend: NativeFs, params: InstallParams, entry: ManifestEntry, manifestText: string): Promise<Installed> {
   const manifestPath = manifestPathOf(params.target);
   const manifestTemp = ownTempPath(manifestPath);
   let placed = false;
   try {
     await writeSynced(manifestTemp, manifestText);
     await crashPoint("atomic-write:after-temp-synced");
-    if (params.noReplace) await nfs.renameNoReplace(params.source, params.target);
+    if (params.noReplace) await fsBackend.renameNoReplace(params.source, params.target);
     else await fs.rename(params.source, params.target);
     placed = true;
     await crashPoint("install:after-rename");
@@ -265,7 +264,7 @@ async function installFresh(nfs: NativeFs, params: InstallParams, entry: Manifes
   // Both are in place: the new state is the cache. Only durability can still fail.
   try {
     await crashPoint("atomic-write:after-rename");
-    await nfs.fsyncDir(path.dirname(params.target));
+    await fsBackend.fsyncDir(path.dirname(params.target));
     await crashPoint("install:after-final-manifest");
   } catch (error) {
     return { entry, unsettled: asKvKeepError("syncing the cache directory after the new state was installed", error) };

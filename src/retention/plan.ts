@@ -7,32 +7,8 @@
  * `maxBytes`. The executor (retention.ts) takes each candidate's lock and re-checks it on
  * disk (`stillVictim`) before removing anything: the plan is a proposal, not a verdict.
  */
+import { type IndexEntry, USE_TIME_SLACK_MS } from "../catalog/entry.js";
 import { KvKeepError } from "../errors.js";
-
-/** What the index knows about one cache. */
-export interface IndexEntry {
-  /** The cache's scope id; null or absent for the shared space (see CacheLocation). */
-  scopeId?: string | null | undefined;
-  cacheKey: string;
-  modelId: string;
-  configHash: string;
-  /** `auto`: an auto-mode key (evictable by default); `named`: a custom key (the user's). */
-  kind: "auto" | "named";
-  bytes: number;
-  /** Last use (a turn that loaded it, or a commit/prime that wrote it), ms since the epoch. */
-  lastUsedMs: number;
-  /** What the state holds, for the prefix index (src/index/); absent when unknown. */
-  prefix?: PrefixInfo | null | undefined;
-}
-
-/** The part of a cache's manifest entry the prefix index needs. */
-export interface PrefixInfo {
-  fingerprint: string | null;
-  /** Message keys 1…k of the conversation the state holds. */
-  chain: readonly string[];
-  messageCount: number;
-  tokenCount: number | null;
-}
 
 export interface RetentionLimits {
   maxBytes: number;
@@ -65,22 +41,6 @@ export interface SweepPlan {
 export const DEFAULT_MAX_BYTES = 4 * 1024 ** 3;
 export const DEFAULT_MAX_IDLE_MS = 24 * 60 * 60 * 1000;
 export const DEFAULT_SWEEP_INTERVAL_MS = 5 * 60 * 1000;
-
-/**
- * A use time read back from disk (a file's mtime, ms) may round a millisecond below the
- * time kvkeep set or recorded; anything later than this is a use the index did not know of.
- */
-export const USE_TIME_SLACK_MS = 1;
-
-/**
- * A last use read from the disk (a manifest's mtime) or from another process's record, as
- * retention may believe it: never later than `now`. A time in the future — a skewed clock,
- * a restored or hand-touched file — would otherwise exempt a cache from idle eviction for
- * as long as it lies ahead, whatever `maxIdleMs` says (even 0).
- */
-export function clampUse(ms: number, now: number): number {
-  return Math.min(ms, now);
-}
 
 /** A retention limit must be a finite, non-negative number (use a huge one to disable a limit). */
 export function checkLimit(value: unknown, argument: string): number {

@@ -15,20 +15,22 @@ import {
   apiErrorOfArgument,
   type ChatCompletionBody,
   chatCompletionBodySchema,
+  errorBody,
+  paramOfPath,
+  toTurnRequest,
+  type TurnRequest,
+} from "./openai.js";
+import {
   chunkBody,
   type CompletionHead,
   completionBody,
   completionId,
-  errorBody,
-  paramOfPath,
-  sseEvent,
   type FinishReason,
+  sseEvent,
   type ToolCallChunk,
-  toTurnRequest,
-  type TurnRequest,
   turnReport,
   usageOf,
-} from "./openai.js";
+} from "./openai-reply.js";
 import { scopeOfApiKey } from "./options.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, type SlotPool } from "./pool.js";
 import { type PromptBounds, promptCannotFit } from "./prompt-bounds.js";

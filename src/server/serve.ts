@@ -12,7 +12,7 @@ import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
 import { describeLlamaBinary, llamaBuildOptions } from "../engines/node-llama-cpp/llama-build.js";
 import type { Logger } from "../logger.js";
 import type { KvKeepMetrics } from "../metrics/index.js";
-import { openKvCacheStore } from "../store/store.js";
+import { openKvCacheStore } from "../facade/kvkeep-store.js";
 import type { CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";

@@ -7,11 +7,9 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { recordsOf } from "../cli/caches.js";
-import { cacheKindOf } from "../keys/safe-key.js";
 import { scopeIdOf } from "../keys/scope.js";
 import { findPackageRoot } from "../native/paths.js";
-import { listKeyDirs, scanKeyDir } from "../store/scan.js";
+import { readScopeCaches } from "../store/inspect.js";
 
 /** The page's file in the package. */
 export function webPagePath(): string | null {
@@ -51,14 +49,9 @@ export const MAX_LISTED_SESSIONS = 200;
 export async function listSessions(root: string, modelId: string, scope: string | undefined): Promise<SessionInfo[]> {
   const scopeId = scope === undefined ? null : scopeIdOf(scope);
   const sessions: SessionInfo[] = [];
-  for (const key of await listKeyDirs(root, scopeId)) {
-    if (cacheKindOf(key) !== "named") continue;
-    for (const dir of await scanKeyDir(root, key, modelId, false, scopeId)) {
-      for (const record of await recordsOf(root, dir)) {
-        if (!record.owned || record.problem !== null) continue;
-        sessions.push({ name: record.cacheKey, messages: record.messageCount, bytes: record.bytes, last_used_ms: Math.round(record.lastUsedMs) });
-      }
-    }
+  for (const record of await readScopeCaches(root, scopeId, modelId, "named")) {
+    if (!record.owned || record.problem !== null) continue;
+    sessions.push({ name: record.cacheKey, messages: record.messageCount, bytes: record.bytes, last_used_ms: Math.round(record.lastUsedMs) });
   }
   sessions.sort((a, b) => b.last_used_ms - a.last_used_ms);
   // One line per name: a session's caches under several system prompts show as its latest.

@@ -15,20 +15,21 @@ import { constants as fsConstants, existsSync, promises as fs } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { errnoCode, KvKeepError } from "../errors.js";
 import { assertRealDirs, statIdentity } from "../durable/files.js";
-import type { PrefixCandidate } from "../index/prefix-index.js";
+import type { PrefixCandidate } from "../prefix/prefix-index.js";
 import { assertHistory, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { assertConfigHash, assertModelId } from "../keys/safe-key.js";
 import { scopeIdOption } from "../keys/scope.js";
 import { cacheDirComponents, parseCachePath } from "../layout/paths.js";
 import { logLine } from "../logger.js";
-import { type ManifestEntry, MAX_CHAIN_KEYS, sameIdentity } from "../manifest/format.js";
+import { sameIdentity } from "../durable/identity.js";
+import { type ManifestEntry, MAX_CHAIN_KEYS } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
-import type { Retention } from "../retention/retention.js";
-import { manifestHeader } from "../session/trust.js";
+import type { RootCatalog } from "../catalog/catalog.js";
+import { manifestHeader } from "./trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
 import type { StoreContext } from "./context.js";
-import type { RemotePrefixQuery } from "./remote-sync.js";
+import type { RemotePrefixQuery } from "./remote-hooks.js";
 
 /** Candidates tried per borrow (held, vanished or stale ones are skipped for the next). */
 const BORROW_CANDIDATES = 4;
@@ -73,12 +74,12 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
   };
 }
 
-async function candidatesFor(ctx: StoreContext, retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
-  const local = await localCandidates(retention, q, limit);
+async function candidatesFor(ctx: StoreContext, catalog: RootCatalog, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+  const local = await localCandidates(catalog, q, limit);
   // Remote hook: the fleet may hold a longer prefix than this machine; one pulled here is
   // installed under the root and found by the local index like any other cache.
   if (ctx.remote && (await ctx.remote.pullPrefix(remotePrefixQuery(q), local[0]?.commonMessages ?? 0))) {
-    return localCandidates(retention, q, limit);
+    return localCandidates(catalog, q, limit);
   }
   return local;
 }
@@ -96,8 +97,8 @@ function remotePrefixQuery(q: CheckedQuery): RemotePrefixQuery {
   };
 }
 
-async function localCandidates(retention: Retention, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
-  const found = await retention.lookupPrefix(
+async function localCandidates(catalog: RootCatalog, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
+  const found = await catalog.lookupPrefix(
     { scopeId: q.scopeId, modelId: q.query.modelId, fingerprint: q.fingerprint, configHash: q.query.configHash },
     q.chain,
     { exclude: q.exclude, minCommonMessages: q.query.minCommonMessages, exactAncestor: q.query.exactAncestor, limit },
@@ -119,10 +120,10 @@ function matchOf(c: PrefixCandidate): PrefixMatch {
 }
 
 /** The cache sharing the longest message prefix with the history (smallest file on ties), or null. */
-export async function findPrefix(ctx: StoreContext, retention: Retention, query: PrefixQuery): Promise<PrefixMatch | null> {
+export async function findPrefix(ctx: StoreContext, catalog: RootCatalog, query: PrefixQuery): Promise<PrefixMatch | null> {
   ctx.assertOpen();
   const q = checkQuery(query);
-  const [best] = await candidatesFor(ctx, retention, q, 1);
+  const [best] = await candidatesFor(ctx, catalog, q, 1);
   return best ? matchOf(best) : null;
 }
 
@@ -139,7 +140,7 @@ function loadPathOf(handle: FileHandle, cachePath: string): string {
  */
 export async function borrowPrefix<T>(
   ctx: StoreContext,
-  retention: Retention,
+  catalog: RootCatalog,
   query: PrefixQuery,
   use: (source: BorrowedCache) => Promise<T>,
 ): Promise<{ value: T } | null> {
@@ -148,8 +149,8 @@ export async function borrowPrefix<T>(
     throw new KvKeepError("INVALID_ARGUMENT", "borrowPrefix needs a function (source) => Promise.", { argument: "use" });
   }
   const q = checkQuery(query);
-  for (const candidate of await candidatesFor(ctx, retention, q, BORROW_CANDIDATES)) {
-    const lent = await lendOne(ctx, retention, q, candidate, use);
+  for (const candidate of await candidatesFor(ctx, catalog, q, BORROW_CANDIDATES)) {
+    const lent = await lendOne(ctx, catalog, q, candidate, use);
     if (lent) return lent;
   }
   return null;
@@ -163,7 +164,7 @@ export async function borrowPrefix<T>(
  */
 async function lendOne<T>(
   ctx: StoreContext,
-  retention: Retention,
+  catalog: RootCatalog,
   q: CheckedQuery,
   candidate: PrefixCandidate,
   use: (source: BorrowedCache) => Promise<T>,
@@ -176,9 +177,9 @@ async function lendOne<T>(
     return null;
   };
   // Without this, a state removed outside kvkeep stays a candidate (one stat per turn) until the next resync.
-  const seenLastUsedMs = retention.index.get(cachePath)?.lastUsedMs;
+  const seenLastUsedMs = catalog.index.get(cachePath)?.lastUsedMs;
   const vanished = (): null => {
-    retention.forgetVanished(cachePath, seenLastUsedMs);
+    catalog.forgetVanished(cachePath, seenLastUsedMs);
     return skip("file gone");
   };
   let lease: Lease | null = null;
@@ -211,7 +212,7 @@ async function lendOne<T>(
     if (known && known.fingerprint === q.fingerprint && sameIdentity(known, identity)) {
       entry = known;
     } else {
-      const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, q.fingerprint), {
+      const verdict = await verifyCache(ctx.fsBackend, cachePath, manifestHeader(loc, q.fingerprint), {
         checksum: ctx.verify === "checksum",
         readOnly: true,
       });

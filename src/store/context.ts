@@ -2,33 +2,17 @@
 import type { CacheLocation } from "../layout/paths.js";
 import type { Logger } from "../logger.js";
 import type { Lease, PathLockTable } from "../locks/path-locks.js";
-import type { ManifestEntry } from "../manifest/format.js";
 import type { NativeFs } from "../native/index.js";
+import type { RetentionHooks } from "../retention/hooks.js";
 import type { TurnEvent } from "../types.js";
 import type { DeleteMark } from "./deletes.js";
 import type { StoreLayers } from "./layers.js";
-import type { RemoteSync } from "./remote-sync.js";
-
-/**
- * What sessions and `store.delete` tell retention (src/retention/retention.ts), which keeps
- * the index of the root: each call right after the change it reports (sessions hold the
- * cache's lock then).
- */
-export interface RetentionHooks {
-  /** A state was installed at `cachePath` (prime or commit) for `fingerprint`: a write, and a use. */
-  noteCommitted(cachePath: string, entry: ManifestEntry, fingerprint: string | null): void;
-  /** A turn loads the trusted cache at `cachePath`: a use (also recorded on disk; never throws). */
-  noteUsed(cachePath: string, entry: ManifestEntry): Promise<void>;
-  /** The cache at `cachePath` was removed. */
-  noteRemoved(cachePath: string): void;
-  /** A commit succeeded: start a background sweep if one is due (never waits for it). */
-  afterCommit(): void;
-}
+import type { RemoteHooks } from "./remote-hooks.js";
 
 export interface StoreContext {
   readonly root: string;
   readonly logger: Logger;
-  readonly nfs: NativeFs;
+  readonly fsBackend: NativeFs;
   readonly locks: PathLockTable;
   readonly layers: StoreLayers;
   readonly onRollback: "clear" | "keep-committed";
@@ -58,5 +42,5 @@ export interface StoreContext {
   emit(event: TurnEvent): void;
   readonly retention: RetentionHooks;
   /** The remote tier's hooks (`openKvCacheStore({ remote })`), or null without one. */
-  readonly remote: RemoteSync | null;
+  readonly remote: RemoteHooks | null;
 }

@@ -37,10 +37,10 @@ export class Deletes {
   /** Scope (as recorded: "", "<key>", "<key>/<model>") → the generation of its last record. */
   readonly #scopes = new Map<string, number>();
 
-  constructor(root: string, nfs: NativeFs, logger: Logger) {
+  constructor(root: string, fsBackend: NativeFs, logger: Logger) {
     this.#root = root;
     this.#logger = logger;
-    this.log = new DeleteLog(root, nfs);
+    this.log = new DeleteLog(root, fsBackend);
   }
 
   async mark(): Promise<DeleteMark> {

@@ -97,30 +97,30 @@ export class PendingRemoteDeletes {
   readonly path: string;
   readonly #dir: string;
   readonly #root: string;
-  readonly #nfs: NativeFs;
+  readonly #fsBackend: NativeFs;
   readonly #logger: Logger;
   /** The file as last read: its identity, and its entries. */
   #cached: { key: string; deletes: PendingDelete[] } | null = null;
   #warnedGarbled = false;
 
-  constructor(root: string, nfs: NativeFs, logger: Logger) {
+  constructor(root: string, fsBackend: NativeFs, logger: Logger) {
     this.#root = root;
     this.#dir = internalDir(root);
     this.path = path.join(this.#dir, PENDING_DELETES_NAME);
-    this.#nfs = nfs;
+    this.#fsBackend = fsBackend;
     this.#logger = logger;
   }
 
   /** The entries as the file has them now (one stat when it did not change). Throws on an unreadable file. */
   async read(): Promise<PendingDelete[]> {
-    const entry = await this.#nfs.identity(this.path);
+    const entry = await this.#fsBackend.identity(this.path);
     if (entry === null) {
       this.#cached = null;
       return [];
     }
     const key = `${entry.type}:${entry.ino}:${entry.size}:${entry.mtimeNs}`;
     if (this.#cached?.key === key) return this.#cached.deletes;
-    const read = await this.#nfs.readFileBounded(this.path, MAX_FILE_BYTES);
+    const read = await this.#fsBackend.readFileBounded(this.path, MAX_FILE_BYTES);
     if (read === null) return [];
     const deletes = parsePendingDeletes(read.data.toString("utf8"));
     if (deletes === null && !this.#warnedGarbled) {
@@ -149,7 +149,7 @@ export class PendingRemoteDeletes {
 
   async #update(change: (deletes: PendingDelete[]) => PendingDelete[]): Promise<void> {
     await this.#ensureDir();
-    const lock = await this.#nfs.lockFile(path.join(this.#dir, "remote-deletes.lock"), "exclusive", { under: this.#root });
+    const lock = await this.#fsBackend.lockFile(path.join(this.#dir, "remote-deletes.lock"), "exclusive", { under: this.#root });
     try {
       const before = await this.read().catch(() => []);
       const after = change(before);
@@ -158,7 +158,7 @@ export class PendingRemoteDeletes {
           if (errnoCode(error) !== "ENOENT") throw error;
         });
       } else {
-        await writeFileAtomic(this.#nfs, this.path, serialize(after), { syncDir: true });
+        await writeFileAtomic(this.#fsBackend, this.path, serialize(after), { syncDir: true });
       }
       this.#cached = null;
     } catch (error) {

@@ -19,7 +19,7 @@ import { cachePathOf, manifestPathOf } from "../layout/paths.js";
 import { provenCache } from "../manifest/ownership.js";
 import { logLine } from "../logger.js";
 import type { StoreContext } from "./context.js";
-import { type ScannedModelDir, scanRoot } from "./scan.js";
+import { type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 
 export interface RecoveryReport {
   removedTemps: number;
@@ -65,7 +65,7 @@ export async function recoverRoot(
       if ((await fs.lstat(cachePath).catch(() => null)) !== null) continue;
       // Only a manifest that proves itself kvkeep's (it names this very place) is an orphan:
       // someone's `notes.meta.json` is not.
-      if (!(await provenCache(cachePath, loc, ctx.nfs))) continue;
+      if (!(await provenCache(cachePath, loc, ctx.fsBackend))) continue;
       let lease;
       try {
         lease = ctx.locks.tryAcquire(cachePath);
@@ -80,12 +80,12 @@ export async function recoverRoot(
       }
       try {
         // (re-checked under the lock: a commit may have created the file since the scan)
-        if ((await inspectFile(cachePath, ctx.nfs)).kind === "missing" && (await unlinkIfExists(manifestPathOf(cachePath)))) {
+        if ((await inspectFile(cachePath, ctx.fsBackend)).kind === "missing" && (await unlinkIfExists(manifestPathOf(cachePath)))) {
           report.removedManifests++;
         }
       } finally {
         // Taking the lock may have created a lock file; leave none beside a cache that is gone.
-        lease.release({ removeLockFile: (await inspectFile(cachePath, ctx.nfs).catch(() => null))?.kind === "missing" });
+        lease.release({ removeLockFile: (await inspectFile(cachePath, ctx.fsBackend).catch(() => null))?.kind === "missing" });
       }
     }
   }

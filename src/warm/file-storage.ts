@@ -94,8 +94,8 @@ export function createFileSettingsStorage(dir: string, options: FileSettingsStor
   const logger = options.logger ?? silentLogger;
   const root = options.root ?? dir;
   const levels = levelsBelow(root, dir);
-  let nfs: NativeFs | undefined;
-  const nativeFs = (): NativeFs => (nfs ??= loadNativeFs());
+  let fsBackend: NativeFs | undefined;
+  const nativeFs = (): NativeFs => (fsBackend ??= loadNativeFs());
   /** The last queued operation per key; operations on a key run one after another. */
   const queues = new Map<string, Promise<void>>();
 

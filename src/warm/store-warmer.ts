@@ -7,7 +7,7 @@
 import path from "node:path";
 import { internalDir } from "../layout/paths.js";
 import { loadNativeFs } from "../native/index.js";
-import type { KvCacheStore } from "../store/store.js";
+import type { KvCacheStore } from "../facade/kvkeep-store.js";
 import type { TurnEvent } from "../types.js";
 import { createFileSettingsStorage } from "./file-storage.js";
 import { createPrefetchWarm } from "./strategies.js";

@@ -6,7 +6,7 @@ import { existsSync, promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { generateConfigHash, isKvKeepError } from "../../src/index.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { parseManifest } from "../../src/manifest/format.js";
 import { countingPrime, listTree, writeState } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";

@@ -9,7 +9,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { scopeIdOf } from "../../src/keys/scope.js";
 import { manifestPathOf, tempPathFor } from "../../src/layout/paths.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import type { CacheMessage, TurnEvent } from "../../src/types.js";
 import { listTree } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";

@@ -13,7 +13,7 @@ import { promises as fs } from "node:fs";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type CrashPoint, setCrashPointHookForTest } from "../../src/durable/crash-points.js";
 import { type CommitOutcome, generateConfigHash } from "../../src/index.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { countingPrime, customTurn, listTree, writeState } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 

@@ -14,7 +14,7 @@ import { CRASH_POINTS } from "../../src/durable/crash-points.js";
 import { createXxh64 } from "../../src/keys/hash.js";
 import { verifyCache } from "../../src/manifest/store.js";
 import { loadNativeFs } from "../../src/native/index.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { listTree } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";

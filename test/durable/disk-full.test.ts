@@ -14,7 +14,7 @@ import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type CrashPoint, setCrashPointHookForTest } from "../../src/durable/crash-points.js";
 import { generateConfigHash, openKvCacheStore } from "../../src/index.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { countingPrime, customTurn, listTree, writeState } from "../helpers/fake-engine.js";
 
 const configHash = generateConfigHash("sys");

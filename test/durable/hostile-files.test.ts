@@ -14,7 +14,7 @@ import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { generateConfigHash, type KvCacheSession, openKvCacheStore, type TurnHandle } from "../../src/index.js";
 import { createXxh64 } from "../../src/keys/hash.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, CHILD_BACKENDS, type ChildBackend, runChildScenario } from "../helpers/child.js";
 import { countingPrime, customTurn } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";

@@ -7,7 +7,7 @@ import { existsSync, promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { generateConfigHash, openKvCacheStore, type KvCacheStoreOptions, type Logger } from "../../src/index.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { countingPrime, customTurn, listTree, writeState } from "../helpers/fake-engine.js";
 import { tempDir } from "../helpers/temp-root.js";
 

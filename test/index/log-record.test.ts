@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decodeLines, encodeRecord, prefixOfRecord } from "../../src/retention/log-record.js";
+import { decodeLines, encodeRecord, prefixOfRecord } from "../../src/catalog/log-record.js";
 
 const key = "0123456789abcdef";
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { type PrefixFacts, PrefixIndex, prefixScope } from "../../src/index/prefix-index.js";
+import { type PrefixFacts, PrefixIndex, prefixScope } from "../../src/prefix/prefix-index.js";
 import { messageKeyChain } from "../../src/keys/auto-key.js";
 import type { CacheMessage } from "../../src/types.js";
 

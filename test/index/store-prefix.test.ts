@@ -12,10 +12,10 @@ import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { processLocks } from "../../src/locks/path-locks.js";
 import { silentLogger } from "../../src/logger.js";
 import { loadNativeFs } from "../../src/native/index.js";
-import { INDEX_LOG_NAME } from "../../src/retention/index-log.js";
+import { INDEX_LOG_NAME } from "../../src/catalog/index-log.js";
 import { resolveRetentionSettings, Retention, type RetentionInternals } from "../../src/retention/retention.js";
-import { type ScannedModelDir, scanRoot } from "../../src/store/scan.js";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { type ScannedModelDir, scanRoot } from "../../src/catalog/scan.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 import {
@@ -423,7 +423,7 @@ async function gatedRetention(root: string, internals: RetentionInternals = {}) 
     {
       root,
       logger: silentLogger,
-      nfs: loadNativeFs(),
+      fsBackend: loadNativeFs(),
       locks: processLocks(),
       forgetCache: () => {},
       prune: async () => {},

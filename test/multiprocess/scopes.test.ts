@@ -5,7 +5,7 @@
  * reuses it.
  */
 import { describe, expect, it } from "vitest";
-import { KvCacheStoreImpl } from "../../src/store/store.js";
+import { KvCacheStoreImpl } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { configHash, conversation, MODEL, user } from "../index/helpers.js";

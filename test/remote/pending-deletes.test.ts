@@ -12,7 +12,7 @@ import { scopeIdOf } from "../../src/keys/scope.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
 import { keyTag } from "../../src/remote/redis/keys.js";
 import { parsePendingDeletes } from "../../src/store/pending-remote-deletes.js";
-import type { InternalStoreOptions, KvCacheStore } from "../../src/store/store.js";
+import type { InternalStoreOptions, KvCacheStore } from "../../src/facade/kvkeep-store.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
 import { commitAutoConversation, commitNamedConversation, configHash, conversation, MODEL, user, writeSelfCheckingState } from "../index/helpers.js";
 import { tempDir } from "../helpers/temp-root.js";

@@ -10,7 +10,7 @@ import { openKvCacheStore } from "../../src/index.js";
 import { scopeIdOf } from "../../src/keys/scope.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
 import { parseRecord, serializeRecord } from "../../src/remote/record.js";
-import type { KvCacheStore } from "../../src/store/store.js";
+import type { KvCacheStore } from "../../src/facade/kvkeep-store.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { commitAutoConversation, commitNamedConversation, configHash, conversation, MODEL, SYSTEM, user, writeSelfCheckingState } from "../index/helpers.js";
 import { type RedisServer, startRedis } from "./helpers/redis-server.js";

@@ -10,7 +10,7 @@ import { messageKeyChain } from "../../src/keys/auto-key.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
 import { keyTag, scopeTag } from "../../src/remote/redis/keys.js";
 import { parseRecord } from "../../src/remote/record.js";
-import type { InternalStoreOptions, KvCacheStore } from "../../src/store/store.js";
+import type { InternalStoreOptions, KvCacheStore } from "../../src/facade/kvkeep-store.js";
 import {
   assistant,
   commitAutoConversation,

@@ -7,7 +7,8 @@
 import { promises as fs } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { manifestPathOf } from "../../src/layout/paths.js";
-import { clampUse, stillVictim } from "../../src/retention/plan.js";
+import { clampUse } from "../../src/catalog/entry.js";
+import { stillVictim } from "../../src/retention/plan.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { commitAuto, MODEL, openStore, sleep } from "./helpers.js";
 

@@ -3,7 +3,7 @@ import { promises as fs } from "node:fs";
 import { generateConfigHash, type KvCacheSession, type TurnHandle } from "../../src/index.js";
 import type { Logger } from "../../src/logger.js";
 import { manifestPathOf } from "../../src/layout/paths.js";
-import { type InternalStoreOptions, KvCacheStoreImpl, type KvCacheStoreOptions } from "../../src/store/store.js";
+import { type InternalStoreOptions, KvCacheStoreImpl, type KvCacheStoreOptions } from "../../src/facade/kvkeep-store.js";
 import { writeState } from "../helpers/fake-engine.js";
 
 export const MODEL = "retention-model";

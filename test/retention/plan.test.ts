@@ -1,8 +1,9 @@
 /** The pure parts of retention: the planner, the index's time guards, the log's line codec. */
 import { describe, expect, it } from "vitest";
-import { decodeLines, encodeRecord } from "../../src/retention/log-record.js";
-import { type Candidate, checkLimit, type IndexEntry, planSweep, stillVictim } from "../../src/retention/plan.js";
-import { RetentionIndex } from "../../src/retention/retention-index.js";
+import { decodeLines, encodeRecord } from "../../src/catalog/log-record.js";
+import type { IndexEntry } from "../../src/catalog/entry.js";
+import { type Candidate, checkLimit, planSweep, stillVictim } from "../../src/retention/plan.js";
+import { RetentionIndex } from "../../src/catalog/retention-index.js";
 
 const entry = (lastUsedMs: number, bytes = 100, kind: "auto" | "named" = "auto"): IndexEntry => ({
   cacheKey: kind === "auto" ? "auto-0123456789abcdef" : "named",

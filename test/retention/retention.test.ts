@@ -6,7 +6,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import { openKvCacheStore } from "../../src/index.js";
-import { INDEX_LOG_NAME, IndexLog } from "../../src/retention/index-log.js";
+import { INDEX_LOG_NAME, IndexLog } from "../../src/catalog/index-log.js";
 import { tempDir } from "../helpers/temp-root.js";
 import * as prefix from "../index/helpers.js";
 import {

@@ -68,6 +68,9 @@ describe("the web page", () => {
     page.on("requestfailed", (r) => failed.push(r.url()));
     page.on("pageerror", (e) => failed.push(String(e)));
     await page.goto(`${server.url}/`);
+    // Short replies: the random-weights model never ends a reply itself, and three 512-token
+    // replies cost minutes on a loaded 2-core machine. The page reads this setting per request.
+    await page.evaluate(() => (globalThis as unknown as { localStorage: { setItem(k: string, v: string): void } }).localStorage.setItem("kvkeep.maxTokens", "32"));
     // Without the key the API answers 401, and the page says so.
     await expect.poll(() => page.textContent("#model"), { timeout: 30_000 }).toMatch(/API key/i);
     await page.fill("#key", KEY);
@@ -105,7 +108,7 @@ describe("the web page", () => {
     expect(cached3 / prompt3).toBeGreaterThan(0.8);
     expect(failed).toEqual([]);
     await context.close();
-  });
+  }, 240_000);
 
   it("lists only the caller's key's sessions", async () => {
     const list = async (key: string): Promise<string[]> => {

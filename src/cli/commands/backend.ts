@@ -1,4 +1,4 @@
-import { loadNativeFs } from "../../native/index.js";
+import { nativeBackend } from "../../store/inspect.js";
 import type { Command } from "../command.js";
 
 export const backendCommand: Command = {
@@ -11,9 +11,9 @@ export const backendCommand: Command = {
   positionals: { name: "", min: 0, max: 0 },
   examples: [["kvkeep backend", "e.g. `prebuilt (…/prebuilds/linux-x64/kvkeep.node); cross-process locks: yes`"]],
   async run(ctx) {
-    const nfs = loadNativeFs();
-    ctx.print({ kind: nfs.kind, crossProcessLocks: nfs.crossProcessLocks, binaryPath: nfs.binaryPath }, () =>
-      `${nfs.kind}${nfs.binaryPath ? ` (${nfs.binaryPath})` : ""}; cross-process locks: ${nfs.crossProcessLocks ? "yes" : "no"}`,
+    const backend = nativeBackend();
+    ctx.print(backend, () =>
+      `${backend.kind}${backend.binaryPath ? ` (${backend.binaryPath})` : ""}; cross-process locks: ${backend.crossProcessLocks ? "yes" : "no"}`,
     );
     return 0;
   },

@@ -1,8 +1,6 @@
-import { cacheKindOf } from "../../keys/safe-key.js";
-import { type Candidate, DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planSweep, type RetentionLimits, type SweepPlan } from "../../retention/plan.js";
 import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
+import { DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planEvictions, planRootSweep, type RetentionLimits } from "../../store/inspect.js";
 import type { EvictedCache } from "../../types.js";
-import { readRoot } from "../caches.js";
 import type { Command, CommandContext } from "../command.js";
 import { CliError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
@@ -11,34 +9,6 @@ import { cacheKind, formatSpan, lastUseOf, listRemote, localRoot, type OpenRemot
 import { ADOPT_OPTION, assertKvkeepRoot, assertWritable, type RootState } from "../root.js";
 import { shownScope } from "../scope.js";
 import { openCliStore } from "../store.js";
-
-/**
- * What a sweep with this plan evicts: the idle entries, then the least recently used until
- * the rest fit in `maxBytes` (what retention's executor does, minus its locks and re-checks,
- * which can only keep more).
- */
-function pickVictims(plan: SweepPlan, maxBytes: number): { victims: Candidate[]; keptBytes: number } {
-  const victims: Candidate[] = [...plan.idle];
-  let remaining = plan.evictableBytes - victims.reduce((sum, c) => sum + c.entry.bytes, 0);
-  const order = plan.budgetOrder();
-  for (let next = order.next(); remaining > maxBytes && !next.done; next = order.next()) {
-    victims.push(next.value);
-    remaining -= next.value.entry.bytes;
-  }
-  return { victims, keptBytes: remaining };
-}
-
-const evictedOf = (c: Candidate): EvictedCache => ({ scopeId: c.entry.scopeId ?? null, cacheKey: c.entry.cacheKey, modelId: c.entry.modelId, configHash: c.entry.configHash, bytes: c.entry.bytes, reason: c.reason });
-
-/** What a sweep with these limits would evict, from a read-only look at the root. */
-async function planOnly(root: string, limits: RetentionLimits): Promise<{ evicted: EvictedCache[]; keptBytes: number }> {
-  const { caches } = await readRoot(root);
-  const entries: Array<[string, IndexEntry]> = caches
-    .filter((c) => c.owned)
-    .map((c) => [c.cachePath, { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
-  const { victims, keptBytes } = pickVictims(planSweep(entries, limits, Date.now()), limits.maxBytes);
-  return { evicted: victims.map(evictedOf), keptBytes };
-}
 
 export const gcCommand: Command = {
   name: "gc",
@@ -126,7 +96,7 @@ async function sweepLocal(ctx: CommandContext, root: RootState, limits: Retentio
   let warnings: string[] = [];
   let recoveredFiles = 0;
   if (dryRun) {
-    result = { ...(await planOnly(ctx.root, limits)), removedFiles: 0 };
+    result = { ...(await planRootSweep(ctx.root, limits)), removedFiles: 0 };
   } else {
     assertWritable(ctx.root, root, "evict caches");
     const opened = await openCliStore(ctx, { evictNamed: limits.evictNamed });
@@ -226,8 +196,7 @@ async function gcRemote(
       { scopeId: s.id.scopeId ?? null, cacheKey: s.id.cacheKey, modelId: s.id.modelId, configHash: s.id.configHash, kind: cacheKind(s), bytes: s.size, lastUsedMs: lastUseOf(s, now) },
     ]);
     const maxBytes = limits.maxBytes ?? UNLIMITED;
-    const plan = planSweep(entries, { maxBytes, maxIdleMs: limits.maxIdleMs ?? UNLIMITED, evictNamed: limits.evictNamed }, now);
-    const picked = pickVictims(plan, maxBytes);
+    const picked = planEvictions(entries, { maxBytes, maxIdleMs: limits.maxIdleMs ?? UNLIMITED, evictNamed: limits.evictNamed }, now);
     keptBytes = picked.keptBytes;
     for (const v of picked.victims) planned.push({ state: whole[Number(v.cachePath)]!, reason: v.reason });
   }

@@ -1,6 +1,5 @@
 import { assertCacheKey, assertModelId } from "../../keys/safe-key.js";
-import { scanKeyDir } from "../../store/scan.js";
-import { type CacheRecord, readRoot, recordsOf } from "../caches.js";
+import { type CacheRecord, readKey, readRoot } from "../../store/inspect.js";
 import type { Command, CommandContext } from "../command.js";
 import { CliError, usageError } from "../errors.js";
 import { formatBytes, plural, renderTable } from "../format.js";
@@ -92,9 +91,9 @@ async function planLocal(ctx: CommandContext, root: RootState | null, req: RmReq
     targets.push(...byKey.values());
   } else {
     for (const cacheKey of new Set(req.keys)) {
-      const dirs = await scanKeyDir(ctx.root, cacheKey, req.model, false, req.scopeId);
-      if (dirs.length === 0) missing.push(cacheKey);
-      else targets.push({ scopeId: req.scopeId, cacheKey, caches: (await Promise.all(dirs.map((d) => recordsOf(ctx.root, d)))).flat().filter((c) => c.owned) });
+      const caches = await readKey(ctx.root, cacheKey, req.model, req.scopeId);
+      if (caches === null) missing.push(cacheKey);
+      else targets.push({ scopeId: req.scopeId, cacheKey, caches: caches.filter((c) => c.owned) });
     }
   }
   return { targets, missing };

@@ -1,5 +1,4 @@
-import { DEFAULT_MAX_BYTES } from "../../retention/plan.js";
-import { readRoot, totals } from "../caches.js";
+import { DEFAULT_MAX_BYTES, readRoot, totals } from "../../store/inspect.js";
 import type { Command, CommandContext } from "../command.js";
 import { usageError } from "../errors.js";
 import { budgetBar, type Column, formatAge, formatBytes, plural, renderTable } from "../format.js";

@@ -1,4 +1,4 @@
-import { readRoot, totals } from "../caches.js";
+import { readRoot, totals } from "../../store/inspect.js";
 import type { Command } from "../command.js";
 import { formatBytes, plural, renderTable } from "../format.js";
 import { checkRootToRead, noRootYet, noteIfNotRoot } from "../root.js";

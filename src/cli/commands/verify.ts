@@ -1,23 +1,14 @@
 import path from "node:path";
-import { pruneEmptyDirs, statIdentity } from "../../durable/files.js";
-import { processLocks } from "../../locks/path-locks.js";
-import { judgeFile } from "../../manifest/format.js";
-import { manifestNames } from "../../manifest/ownership.js";
-import { readManifest, removeCacheFiles } from "../../manifest/store.js";
-import { lockPathOf } from "../../layout/paths.js";
-import { promises as fs } from "node:fs";
-import { loadNativeFs, type NativeFs } from "../../native/index.js";
-import { type CacheRecord, readRoot } from "../caches.js";
+import { readRoot } from "../../store/inspect.js";
+import { type CacheVerdict, verifyCacheFiles, type VerifyStatus } from "../../store/verify-files.js";
 import type { Command } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
 import { progressBar } from "../progress.js";
 import { ADOPT_OPTION, assertKvkeepRoot, checkRoot, checkRootToRead, markAdopted, noRootYet, noteIfNotRoot } from "../root.js";
 
-/** `foreign`: a `.bin` no kvkeep manifest names — not kvkeep's, never removed, not a failure. */
-type Status = "ok" | "bad" | "removed" | "busy" | "error" | "foreign";
-
-interface Result {
+/** One cache's line of the report: where it is, and its verdict. */
+interface Result extends CacheVerdict {
   /** The cache's scope id, null for the shared space. */
   scopeId: string | null;
   cacheKey: string;
@@ -25,40 +16,7 @@ interface Result {
   configHash: string;
   cachePath: string;
   bytes: number;
-  status: Status;
-  reason?: string;
-  /** Files --fix removed for this cache: its file, manifest and lock file. */
-  removedFiles?: number;
 }
-
-/**
- * Does the file match a committed state of its manifest, checksum included? Read-only on
- * purpose: a turn's check re-anchors a copied or restored file's manifest to its new
- * identity, but rewriting every manifest here would reset every cache's last use (the
- * manifest's mtime) — and fail on a read-only root. The first turn re-anchors instead.
- */
-async function checkCache(nfs: NativeFs, cache: CacheRecord): Promise<{ ok: true } | { ok: false; reason: string }> {
-  const identity = await statIdentity(cache.cachePath);
-  if (!identity) return { ok: false, reason: "file vanished" };
-  const read = await readManifest(cache.cachePath);
-  if ("missing" in read) return { ok: false, reason: "cache file has no manifest" };
-  if ("error" in read) return { ok: false, reason: read.error };
-  const expect = {
-    ...(cache.scopeId !== null ? { scope: cache.scopeId } : {}),
-    modelId: cache.modelId,
-    configHash: cache.configHash,
-    cacheKey: cache.cacheKey,
-    fingerprint: read.manifest.fingerprint,
-  };
-  const verdict = judgeFile(read.manifest, expect, identity);
-  if (verdict.verdict === "reject") return { ok: false, reason: verdict.reason };
-  const candidates = verdict.verdict === "match" ? [verdict.entry] : verdict.candidates.map((c) => c.entry);
-  const digest = await nfs.xxh64File(cache.cachePath);
-  if (!candidates.some((entry) => entry.xxh64 === digest)) return { ok: false, reason: `checksum ${digest} matches no committed state` };
-  return { ok: true };
-}
-
-const message = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 export const verifyCommand: Command = {
   name: "verify",
@@ -91,20 +49,19 @@ export const verifyCommand: Command = {
     const root = state ?? { readOnly: false, readOnlyReason: null };
     const started = Date.now();
     const { caches } = state === null ? { caches: [] } : await readRoot(ctx.root);
-    const nfs = loadNativeFs();
     const totalBytes = caches.reduce((sum, c) => sum + c.bytes, 0);
     const progress = progressBar(ctx.io.stderr, { label: "verifying", totalBytes, totalItems: caches.length, enabled: !ctx.json });
     const results: Result[] = [];
     let doneBytes = 0;
     for (const cache of caches) {
       const base = { scopeId: cache.scopeId, cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
-      results.push({ ...base, ...(await verifyOne(nfs, ctx.root, cache, fix, root.readOnly)) });
+      results.push({ ...base, ...(await verifyCacheFiles(ctx.root, cache, { fix, readOnly: root.readOnly })) });
       doneBytes += cache.bytes;
       progress.update(doneBytes, results.length);
     }
     progress.finish();
 
-    const count = (status: Status): number => results.filter((r) => r.status === status).length;
+    const count = (status: VerifyStatus): number => results.filter((r) => r.status === status).length;
     const failed = count("bad") + count("error");
     const removedFiles = results.reduce((sum, r) => sum + (r.removedFiles ?? 0), 0);
     const summary =
@@ -134,40 +91,3 @@ export const verifyCommand: Command = {
   },
 };
 
-/**
- * One cache under its lock (taken without waiting); never throws: a failure is that cache's
- * `error`. A file no kvkeep manifest names is not a cache: it is reported `foreign` before any
- * lock is taken (a lock file would be created beside it) and never removed.
- */
-async function verifyOne(nfs: NativeFs, root: string, cache: CacheRecord, fix: boolean, readOnly: boolean): Promise<Pick<Result, "status" | "reason" | "removedFiles">> {
-  const read = await readManifest(cache.cachePath, nfs).catch((error: unknown) => ({ error: message(error) }));
-  if (!manifestNames(read, cache)) {
-    const why = "missing" in read ? "no manifest" : "error" in read ? read.error : "its manifest names another cache";
-    return { status: "foreign", reason: `${why}: not kvkeep's, left alone` };
-  }
-  let lease;
-  try {
-    lease = processLocks().tryAcquire(cache.cachePath);
-    if (!lease) return { status: "busy", reason: "a turn holds it" };
-  } catch (error) {
-    // On a read-only file system no lock file can be opened for writing, and no process
-    // can change the cache either: check it unlocked. Anything else is this cache's error
-    // (e.g. its lock path is a directory), not the whole run's.
-    if (!readOnly) return { status: "error", reason: `cannot take its lock: ${message(error)}` };
-    lease = null;
-  }
-  let removed: { reason: string; files: number } | null = null;
-  try {
-    const verdict = await checkCache(nfs, cache);
-    if (verdict.ok) return { status: "ok" };
-    if (!fix || readOnly) return { status: "bad", reason: verdict.reason };
-    removed = { reason: verdict.reason, files: await removeCacheFiles(cache.cachePath) };
-  } catch (error) {
-    return { status: "error", reason: message(error) };
-  } finally {
-    lease?.release({ removeLockFile: removed !== null });
-  }
-  if (!(await fs.lstat(lockPathOf(cache.cachePath)).catch(() => null))) removed.files++;
-  await pruneEmptyDirs(root, path.dirname(cache.cachePath), () => false);
-  return { status: "removed", reason: removed.reason, removedFiles: removed.files };
-}

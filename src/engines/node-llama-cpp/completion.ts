@@ -7,10 +7,10 @@
  * cache into the idle engine between completions.
  */
 import { type ChatWrapper, resolveChatWrapper } from "node-llama-cpp";
-import { getDefaultStore } from "../../default-store.js";
+import { getDefaultStore } from "../../facade/default-store.js";
 import { KvKeepError } from "../../errors.js";
 import { silentLogger } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { CacheInfo } from "../../types.js";
 import type { WarmFn } from "../../warm/types.js";
 import type { CompletionResult } from "../shared/stats.js";

@@ -4,8 +4,7 @@
  */
 import { KvKeepError } from "../../errors.js";
 import { type GrammarSchema, toGrammarSchema } from "./json-schema.js";
-import type { CompletionParams, ResponseFormat, ToolChoice } from "./options.js";
-import type { LlamaTool } from "./render.js";
+import type { CompletionParams, LlamaTool, ResponseFormat, ToolChoice } from "./options.js";
 
 /** A tool's name: what OpenAI allows, which is also what a grammar literal and the wrapper's docs take as is. */
 const TOOL_NAME = /^[A-Za-z0-9_-]{1,64}$/;

@@ -8,7 +8,7 @@
 import os from "node:os";
 import type { ChatWrapper, LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import { type Logger, logLine } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { BorrowedCache, CacheInfo, CacheMessage, TurnHandle } from "../../types.js";
 import { now } from "../shared/clock.js";
 import type { Committed } from "../shared/commit.js";

@@ -4,12 +4,21 @@
  */
 import type { LlamaContextOptions, SequenceEvaluateOptions } from "node-llama-cpp";
 import type { Logger } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { CacheInfo } from "../../types.js";
 import type { WarmFn } from "../../warm/types.js";
 import type { CompletionResult } from "../shared/stats.js";
 import type { ChatMessage } from "./messages.js";
-import type { LlamaTool } from "./render.js";
+
+/** A tool the model may be told about: its name enters the config hash. */
+export interface LlamaTool {
+  name: string;
+  description?: string | undefined;
+  /** JSON schema of the parameters (see json-schema.ts for what the grammar enforces). */
+  params?: unknown;
+  /** Refuse a schema with what the grammar cannot enforce, instead of ignoring that part. Default: false. */
+  strict?: boolean | undefined;
+}
 
 /**
  * Which tool the model may call: `"auto"` (the default with tools) — it answers in text or

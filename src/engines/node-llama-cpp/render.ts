@@ -6,17 +6,10 @@ type ResponsePart = ChatModelResponse["response"][number];
 import type { CacheMessage } from "../../types.js";
 import { decodeHistory } from "./messages.js";
 import { checkTools } from "./constraints.js";
+import type { LlamaTool } from "./options.js";
 import { type CallSyntax, callSyntax } from "./reply-plan.js";
 
-/** A tool the model may be told about: its name enters the config hash. */
-export interface LlamaTool {
-  name: string;
-  description?: string | undefined;
-  /** JSON schema of the parameters (see json-schema.ts for what the grammar enforces). */
-  params?: unknown;
-  /** Refuse a schema with what the grammar cannot enforce, instead of ignoring that part. Default: false. */
-  strict?: boolean | undefined;
-}
+export type { LlamaTool };
 
 /** A tool's result as the wrapper renders it: JSON when the text is JSON, else the text. */
 function resultValue(content: string): unknown {

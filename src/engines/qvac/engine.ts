@@ -15,7 +15,7 @@ import { invalidArgument, systemPromptOf } from "../shared/params.js";
 import { type EngineTurn, type Generation, noReuse, type TurnCall, type TurnEngine } from "../shared/turn.js";
 import { shouldCommitCachedTurn } from "./commit-rules.js";
 import { fingerprintQvacModel } from "./fingerprint.js";
-import type { QvacCompletionParams } from "./completion.js";
+import type { QvacCompletionParams } from "./options.js";
 import type { QvacMessage, QvacModel, QvacResponse, QvacRunOptions, QvacRunStats } from "./model.js";
 
 const DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant.";

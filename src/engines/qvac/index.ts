@@ -3,14 +3,8 @@
  * `import { createQvacCompletion } from "kvkeep/qvac"`. The addon is an optional peer
  * dependency; this entry point never imports it (the caller passes a loaded instance).
  */
-export {
-  createQvacCompletion,
-  type QvacCompletion,
-  type QvacCompletionOptions,
-  type QvacCompletionParams,
-  type QvacCompletionResult,
-  type QvacCompletionStats,
-} from "./completion.js";
+export { createQvacCompletion } from "./completion.js";
+export type { QvacCompletion, QvacCompletionOptions, QvacCompletionParams, QvacCompletionResult, QvacCompletionStats } from "./options.js";
 export type { CompletionCommitFailure, CompletionStats } from "../shared/stats.js";
 export { SUPPORTED_QVAC_ADDON_VERSION } from "./addon-version.js";
 export { fingerprintQvacModel } from "./fingerprint.js";

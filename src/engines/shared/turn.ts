@@ -16,7 +16,7 @@ import { assertModelId } from "../../keys/safe-key.js";
 import { assertScope } from "../../keys/scope.js";
 import { messageKeyChain } from "../../keys/auto-key.js";
 import { type Logger, silentLogger } from "../../logger.js";
-import type { KvCacheStore } from "../../store/store.js";
+import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { CacheMessage, CacheRefusal, KvCacheSession, TurnHandle } from "../../types.js";
 import { abortedCompletion, throwIfAborted } from "./abort.js";
 import { now } from "./clock.js";

@@ -7,10 +7,11 @@ import { inspectFile } from "../durable/files.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import type { CacheLocation } from "../layout/paths.js";
 import { logLine } from "../logger.js";
-import { type Manifest, sameIdentity } from "../manifest/format.js";
+import { sameIdentity } from "../durable/identity.js";
+import type { Manifest } from "../manifest/format.js";
 import { removeCacheFiles, verifyCache } from "../manifest/store.js";
-import type { StoreContext } from "../store/context.js";
-import { initKey, type TrustedCache } from "../store/layers.js";
+import type { StoreContext } from "./context.js";
+import { initKey, type TrustedCache } from "./layers.js";
 import type { CacheRefusal } from "../types.js";
 
 export function manifestHeader(loc: CacheLocation, fingerprint: string | null): Omit<Manifest, "current" | "pending" | "format"> {
@@ -45,7 +46,7 @@ export async function establishTrust(
   fingerprint: string | null,
 ): Promise<TrustOutcome> {
   const init = initKey(loc);
-  const state = await inspectFile(cachePath, ctx.nfs);
+  const state = await inspectFile(cachePath, ctx.fsBackend);
   if (state.kind === "missing") {
     // Nothing on disk: whatever memory says about this path is stale.
     ctx.forgetCache(cachePath, init);
@@ -62,7 +63,7 @@ export async function establishTrust(
   ) {
     return { trusted: known, refused: null };
   }
-  const verdict = await verifyCache(ctx.nfs, cachePath, manifestHeader(loc, fingerprint), {
+  const verdict = await verifyCache(ctx.fsBackend, cachePath, manifestHeader(loc, fingerprint), {
     checksum: ctx.verify === "checksum",
   });
   if (verdict.ok) {

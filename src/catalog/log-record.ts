@@ -11,7 +11,7 @@
  *   "f": model fingerprint (or null), "c": [message keys], "m": messages, "t": tokens (or null).
  */
 import { MAX_CHAIN_KEYS } from "../manifest/format.js";
-import type { IndexEntry, PrefixInfo } from "./plan.js";
+import type { IndexEntry, PrefixInfo } from "./entry.js";
 
 export type LogOp = "put" | "use" | "del";
 

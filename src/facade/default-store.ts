@@ -2,12 +2,12 @@
  * The seed's module-level API on a lazily opened default store (root from `KVKEEP_DIR`,
  * else the XDG cache dir), and the seed's test hooks on that store's layers.
  */
-import { autoCacheKey, assertHistory } from "./keys/auto-key.js";
-import { assertConfigHash, assertModelId } from "./keys/safe-key.js";
-import { cachePathOf } from "./layout/paths.js";
-import { initKey } from "./store/layers.js";
-import { KvCacheStoreImpl } from "./store/store.js";
-import type { CacheMessage, DeleteTarget, KvCacheSession, SessionOptions } from "./types.js";
+import { autoCacheKey, assertHistory } from "../keys/auto-key.js";
+import { assertConfigHash, assertModelId } from "../keys/safe-key.js";
+import { cachePathOf } from "../layout/paths.js";
+import { initKey } from "../store/layers.js";
+import { KvCacheStoreImpl } from "./kvkeep-store.js";
+import type { CacheMessage, DeleteTarget, KvCacheSession, SessionOptions } from "../types.js";
 
 let defaultStore: KvCacheStoreImpl | null = null;
 

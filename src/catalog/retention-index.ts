@@ -14,9 +14,9 @@
  * The prefix index (`prefix`) is a second view of the same entries: it changes exactly when
  * an entry is stored or removed here, so both answer from the same knowledge of the root.
  */
-import { PrefixIndex } from "../index/prefix-index.js";
+import { PrefixIndex } from "../prefix/prefix-index.js";
 import { snapshotRecordBytes } from "./log-record.js";
-import type { IndexEntry } from "./plan.js";
+import type { IndexEntry } from "./entry.js";
 
 export interface IndexUsage {
   bytes: number;
