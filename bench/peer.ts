@@ -10,7 +10,7 @@
  * gives a ratio of medians, the table the median of the rounds' ratios. Then time to ready,
  * memory and, with --long, a long-context probe. Never part of `npm test`.
  *
- *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--ready] [--no-table] [--json FILE]
+ *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--ready] [--no-table] [--from-json FILE] [--json FILE]
  *
  *   --llama-server PATH   an existing llama-server (also $KVKEEP_LLAMA_SERVER); default
  *                         $KVKEEP_PEER_DIR/llama.cpp/build/bin/llama-server (<tmp>/kvkeep-peer),
@@ -24,11 +24,12 @@
  *   --regenerate          also what a regenerate and a new chat cost kvkeep, part by part (bench/peer/anatomy.ts)
  *   --ready               also where kvkeep serve's time to ready goes, step by step (bench/peer/ready-probe.ts)
  *   --no-table            only the probes
+ *   --from-json FILE      print the table from a saved run's rounds (a run stopped early keeps those it finished)
  *   --json FILE           write every figure as JSON too
  * node-llama-cpp's native build is its local build (`npx --no node-llama-cpp source download
  * --gpu false`); without one the kvkeep rows are the prebuilt binary's only.
  */
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -53,6 +54,7 @@ const { values: flags } = parseArgs({
     ready: { type: "boolean" },
     prebuilt: { type: "boolean" },
     "no-table": { type: "boolean" },
+    "from-json": { type: "string" },
     json: { type: "string" },
   },
   strict: true,
@@ -88,6 +90,8 @@ interface Output {
   settings: PeerSettings & { replyTokens: number; rounds: number };
   table?: Array<Record<string, string | number>>;
   rounds?: RoundResult[];
+  /** Each server's times to ready (spawn → /health 200), every start of every round. */
+  readyRuns?: Record<string, number[]>;
   ready?: Record<string, number>;
   memory?: Record<string, { afterRoundRobin: number; end: number; peak: number }>;
   longContext?: LongContextRow[];
@@ -103,7 +107,71 @@ const saveJson = (): void => {
   if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ ...output, machine: { ...output.machine, loadEnd: load() } }, null, 2)}\n`);
 };
 
-if (!flags["no-table"]) {
+/** Print (and keep in `output`) the table of `results`: TTFT ratios per scenario, time to ready, memory. */
+function report(results: RoundResult[], readyAll: Record<string, number[]>, loadRange: string): void {
+  const names = Object.keys(results[0]!.samples);
+  const kvkeeps = names.filter((n) => n.startsWith("kvkeep"));
+  const peers = ["llama-server defaults", "llama-server slot files"];
+  const short = (n: string): string => n.replace("llama-server ", "").replace("kvkeep ", "");
+  const ttft = (r: RoundResult, name: string, s: ScenarioName): number => median(r.samples[name]![s].map((x) => x.ttftMs));
+  const rows: Array<Record<string, string | number>> = [];
+  for (const { name, label } of SCENARIOS) {
+    const row: Record<string, string | number> = { scenario: label };
+    for (const n of names) row[`${n} ms`] = median(results.map((r) => ttft(r, n, name)));
+    for (const k of kvkeeps) {
+      for (const p of peers) row[`${short(k)} / ${short(p)}`] = median(results.map((r) => ttft(r, k, name) / ttft(r, p, name)));
+    }
+    row["cached tokens (kvkeep; slot files)"] = `${median(results.flatMap((r) => r.samples[kvkeeps[0]!]![name].map((x) => x.cachedTokens)))}; ${median(results.flatMap((r) => r.samples["llama-server slot files"]![name].map((x) => x.cachedTokens)))}`;
+    row["prompt tokens"] = median(results.flatMap((r) => r.samples[kvkeeps[0]!]![name].map((x) => x.promptTokens)));
+    rows.push(row);
+  }
+  const coldRow: Record<string, string | number> = { scenario: "cold prompt (first turn, nothing cached)" };
+  for (const n of names) coldRow[`${n} ms`] = median(results.map((r) => r.cold[n]!.ttftMs));
+  for (const k of kvkeeps) for (const p of peers) coldRow[`${short(k)} / ${short(p)}`] = median(results.map((r) => r.cold[k]!.ttftMs / r.cold[p]!.ttftMs));
+  coldRow["cached tokens (kvkeep; slot files)"] = "0; 0";
+  coldRow["prompt tokens"] = median(results.map((r) => r.cold[kvkeeps[0]!]!.promptTokens));
+  rows.push(coldRow);
+
+  console.log(
+    `\nkvkeep serve vs llama-server (llama.cpp ${checkoutCommit(llamaServer) ?? "?"}, native) — realistic model, ${settings.threads} threads, ` +
+      `context ${settings.contextSize}, 1 sequence, greedy, ${REPLY_TOKENS}-token replies, openai client streaming, TTFT at the client; ` +
+      `${results.length} round(s), ratios = median over rounds of the round's median TTFT ratio; ${os.cpus()[0]?.model}, load ${loadRange}\n`,
+  );
+  console.log(table(rows));
+  const restores = median(results.flatMap((r) => Object.values(r.samples["llama-server slot files"]!).flat().filter((s) => s.restoreMs > 0).map((s) => s.restoreMs)));
+  console.log(`\n(slot files: the client's restore, when it made one, took ${restores.toFixed(1)} ms median, inside the TTFT above)`);
+
+  const ready: Record<string, number> = {};
+  const memory: Output["memory"] = {};
+  for (const n of names) {
+    ready[n] = readyAll[n] ? median(readyAll[n]) : Number.NaN;
+    memory[n] = {
+      afterRoundRobin: median(results.map((r) => r.memory[n]!.afterRoundRobin)),
+      end: median(results.map((r) => r.memory[n]!.end)),
+      peak: median(results.map((r) => r.memory[n]!.peak)),
+    };
+  }
+  console.log(
+    `\n${table(
+      names.map((n) => ({
+        server: n,
+        "ready ms (spawn → /health 200)": Number.isNaN(ready[n]!) ? "not saved" : ready[n]!,
+        "RSS MiB after 4 conversations": memory[n]!.afterRoundRobin,
+        "RSS MiB at the end": memory[n]!.end,
+        "peak RSS MiB": memory[n]!.peak,
+      })),
+    )}`,
+  );
+  Object.assign(output, { table: rows, rounds: results, readyRuns: readyAll, ready, memory });
+  saveJson();
+}
+
+if (flags["from-json"]) {
+  // A saved run's rounds (a run stopped early keeps those it finished): the table again.
+  const saved = JSON.parse(readFileSync(flags["from-json"], "utf8")) as Output;
+  if (!saved.rounds?.length) throw new Error(`${flags["from-json"]}: no rounds in it`);
+  report(saved.rounds, saved.readyRuns ?? {}, `${saved.machine.loadStart} → ${saved.machine.loadEnd ?? "?"}`);
+} else if (!flags["no-table"]) {
   const results: RoundResult[] = [];
   const readyAll: Record<string, number[]> = {};
   for (let round = 1; round <= rounds; round++) {
@@ -131,66 +199,11 @@ if (!flags["no-table"]) {
     } finally {
       await Promise.all(targets.map((t) => t.dispose()));
     }
-    output.rounds = results;
+    Object.assign(output, { rounds: results, readyRuns: readyAll });
     saveJson();
     log(`round ${round} of ${rounds} done (load ${load()})`);
   }
-
-  const names = Object.keys(results[0]!.samples);
-  const kvkeeps = names.filter((n) => n.startsWith("kvkeep"));
-  const peers = ["llama-server defaults", "llama-server slot files"];
-  const short = (n: string): string => n.replace("llama-server ", "").replace("kvkeep ", "");
-  const ttft = (r: RoundResult, name: string, s: ScenarioName): number => median(r.samples[name]![s].map((x) => x.ttftMs));
-  const rows: Array<Record<string, string | number>> = [];
-  for (const { name, label } of SCENARIOS) {
-    const row: Record<string, string | number> = { scenario: label };
-    for (const n of names) row[`${n} ms`] = median(results.map((r) => ttft(r, n, name)));
-    for (const k of kvkeeps) {
-      for (const p of peers) row[`${short(k)} / ${short(p)}`] = median(results.map((r) => ttft(r, k, name) / ttft(r, p, name)));
-    }
-    row["cached tokens (kvkeep; slot files)"] = `${median(results.flatMap((r) => r.samples[kvkeeps[0]!]![name].map((x) => x.cachedTokens)))}; ${median(results.flatMap((r) => r.samples["llama-server slot files"]![name].map((x) => x.cachedTokens)))}`;
-    row["prompt tokens"] = median(results.flatMap((r) => r.samples[kvkeeps[0]!]![name].map((x) => x.promptTokens)));
-    rows.push(row);
-  }
-  const coldRow: Record<string, string | number> = { scenario: "cold prompt (first turn, nothing cached)" };
-  for (const n of names) coldRow[`${n} ms`] = median(results.map((r) => r.cold[n]!.ttftMs));
-  for (const k of kvkeeps) for (const p of peers) coldRow[`${short(k)} / ${short(p)}`] = median(results.map((r) => r.cold[k]!.ttftMs / r.cold[p]!.ttftMs));
-  coldRow["cached tokens (kvkeep; slot files)"] = "0; 0";
-  coldRow["prompt tokens"] = median(results.map((r) => r.cold[kvkeeps[0]!]!.promptTokens));
-  rows.push(coldRow);
-
-  console.log(
-    `\nkvkeep serve vs llama-server (llama.cpp ${checkoutCommit(llamaServer) ?? "?"}, native) — realistic model, ${settings.threads} threads, ` +
-      `context ${settings.contextSize}, 1 sequence, greedy, ${REPLY_TOKENS}-token replies, openai client streaming, TTFT at the client; ` +
-      `${rounds} round(s), ratios = median over rounds of the round's median TTFT ratio; ${os.cpus()[0]?.model}, load ${output.machine.loadStart} → ${load()}\n`,
-  );
-  console.log(table(rows));
-  const restores = median(results.flatMap((r) => Object.values(r.samples["llama-server slot files"]!).flat().filter((s) => s.restoreMs > 0).map((s) => s.restoreMs)));
-  console.log(`\n(slot files: the client's restore, when it made one, took ${restores.toFixed(1)} ms median, inside the TTFT above)`);
-
-  const ready: Record<string, number> = {};
-  const memory: Output["memory"] = {};
-  for (const n of names) {
-    ready[n] = median(readyAll[n]!);
-    memory[n] = {
-      afterRoundRobin: median(results.map((r) => r.memory[n]!.afterRoundRobin)),
-      end: median(results.map((r) => r.memory[n]!.end)),
-      peak: median(results.map((r) => r.memory[n]!.peak)),
-    };
-  }
-  console.log(
-    `\n${table(
-      names.map((n) => ({
-        server: n,
-        "ready ms (spawn → /health 200)": ready[n]!,
-        "RSS MiB after 4 conversations": memory[n]!.afterRoundRobin,
-        "RSS MiB at the end": memory[n]!.end,
-        "peak RSS MiB": memory[n]!.peak,
-      })),
-    )}`,
-  );
-  Object.assign(output, { table: rows, rounds: results, ready, memory });
-  saveJson();
+  report(results, readyAll, `${output.machine.loadStart} → ${load()}`);
 }
 
 if (flags.regenerate) {

@@ -83,6 +83,12 @@ async function probeLlamaServer(binary: string, options: LongContextOptions, arg
   }
 }
 
+/** A row's figures in one line, logged as each probe ends (a run stopped early keeps them). */
+function describe(result: { coldMsPerToken: number; extraMs: Record<string, number> }): string {
+  const extra = Object.entries(result.extraMs).map(([n, ms]) => `+${n} ${ms.toFixed(0)} ms`);
+  return `cold ${result.coldMsPerToken.toFixed(2)} ms/token, ${extra.join(", ")}`;
+}
+
 export async function runLongContext(options: LongContextOptions): Promise<LongContextRow[]> {
   const rows: LongContextRow[] = [];
   const contextSize = options.tokens + Math.max(...options.extra) + 256;
@@ -114,7 +120,7 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
     try {
       const result = await probeNodeLlamaCpp(request);
       rows.push({ engine: "node-llama-cpp", settings, coldMsPerToken: result.coldMsPerToken, extraMs: result.extraMs });
-      options.log(`long context: node-llama-cpp ${settings} (${((nowMs() - started) / 1000).toFixed(0)} s)`);
+      options.log(`long context: node-llama-cpp ${settings}: ${describe(result)} (${((nowMs() - started) / 1000).toFixed(0)} s)`);
     } catch (error) {
       options.log(`long context: node-llama-cpp ${settings} failed: ${(error as Error).message.slice(0, 300)}`);
     }
@@ -130,7 +136,7 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
       const started = nowMs();
       const result = await probeLlamaServer(options.llamaServer, options, args);
       rows.push({ engine: "llama-server", settings, ...result });
-      options.log(`long context: llama-server ${settings} (${((nowMs() - started) / 1000).toFixed(0)} s)`);
+      options.log(`long context: llama-server ${settings}: ${describe(result)} (${((nowMs() - started) / 1000).toFixed(0)} s)`);
     }
   }
   return rows;
