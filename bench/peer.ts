@@ -10,7 +10,7 @@
  * gives a ratio of medians, the table the median of the rounds' ratios. Then time to ready,
  * memory and, with --long, a long-context probe. Never part of `npm test`.
  *
- *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long] [--regenerate] [--ready] [--no-table] [--from-json FILE] [--json FILE]
+ *   npx tsx bench/peer.ts [--llama-server PATH] [--build] [--rounds 3] [--quick] [--prebuilt] [--long | --long-core] [--regenerate] [--ready] [--no-table] [--from-json FILE] [--json FILE]
  *
  *   --llama-server PATH   an existing llama-server (also $KVKEEP_LLAMA_SERVER); default
  *                         $KVKEEP_PEER_DIR/llama.cpp/build/bin/llama-server (<tmp>/kvkeep-peer),
@@ -20,7 +20,8 @@
  *   --quick               one round, fewer conversations (a smoke run while developing)
  *   --prebuilt            also kvkeep on node-llama-cpp's prebuilt binary when a native build runs
  *                         (a fifth server in the interleaving: a run takes a quarter longer)
- *   --long                also the long-context probe (~8 000 tokens; a few minutes)
+ *   --long                also the long-context probe (~8 000 tokens; 10-40 minutes: every build and setting)
+ *   --long-core           the long-context probe's core rows only (each engine's defaults and flash attention off)
  *   --regenerate          also what a regenerate and a new chat cost kvkeep, part by part (bench/peer/anatomy.ts)
  *   --ready               also where kvkeep serve's time to ready goes, step by step (bench/peer/ready-probe.ts)
  *   --no-table            only the probes
@@ -50,6 +51,7 @@ const { values: flags } = parseArgs({
     rounds: { type: "string" },
     quick: { type: "boolean" },
     long: { type: "boolean" },
+    "long-core": { type: "boolean" },
     regenerate: { type: "boolean" },
     ready: { type: "boolean" },
     prebuilt: { type: "boolean" },
@@ -247,7 +249,7 @@ if (flags.ready) {
   saveJson();
 }
 
-if (flags.long) {
+if (flags.long || flags["long-core"]) {
   const rows = await runLongContext({
     modelPath: settings.modelPath,
     llamaServer,
@@ -257,6 +259,7 @@ if (flags.long) {
     repeats: 3,
     nativeBuild,
     variants,
+    core: flags["long-core"] === true,
     log,
   });
   console.log(`\nlong context: ${process.env.BENCH_LONG_TOKENS ?? 8000} tokens cold, then N more tokens (median of 3); ${settings.threads} threads\n`);

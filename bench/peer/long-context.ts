@@ -25,6 +25,8 @@ export interface LongContextOptions {
   readonly nativeBuild: boolean;
   /** Extra local builds to try, by their cmake options (each built with `NODE_LLAMA_CPP_CMAKE_OPTION_*`). */
   readonly variants: ReadonlyArray<{ label: string; cmakeOptions: Record<string, string> }>;
+  /** Only the rows that answer "which engine, and does flash attention matter": each engine's defaults and flash attention off. */
+  readonly core?: boolean;
   readonly log: (text: string) => void;
 }
 
@@ -103,7 +105,12 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
   const nlc: Array<{ settings: string; request: EngineProbeRequest }> = [
     { settings: "prebuilt, defaults (flash attention auto)", request: { ...base, build: "prebuilt" } },
   ];
-  if (options.nativeBuild) {
+  if (options.nativeBuild && options.core) {
+    nlc.push(
+      { settings: "native, defaults (flash attention auto)", request: { ...base, build: "native" } },
+      { settings: "native, flash attention off", request: { ...base, build: "native", flashAttention: false } },
+    );
+  } else if (options.nativeBuild) {
     nlc.push(
       { settings: "native, defaults (flash attention auto)", request: { ...base, build: "native" } },
       { settings: "native, flash attention off", request: { ...base, build: "native", flashAttention: false } },
@@ -132,7 +139,7 @@ export async function runLongContext(options: LongContextOptions): Promise<LongC
       { settings: "native, -ctk q8_0 -ctv q8_0", args: ["-ctk", "q8_0", "-ctv", "q8_0"] },
       { settings: "native, -t 1", args: ["-t", "1"] },
     ];
-    for (const { settings, args } of ls) {
+    for (const { settings, args } of options.core ? ls.slice(0, 2) : ls) {
       const started = nowMs();
       const result = await probeLlamaServer(options.llamaServer, options, args);
       rows.push({ engine: "llama-server", settings, ...result });
