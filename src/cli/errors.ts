@@ -23,10 +23,14 @@ export type CliErrorCode =
   | "REMOTE_UNAVAILABLE"
   /** `--remote` without the `redis` package (an optional peer dependency) installed. */
   | "REMOTE_CLIENT_MISSING"
-  /** `serve` without a package it needs (node-llama-cpp, fastify, prom-client: optional peer dependencies). */
+  /** `serve` or `chat` without a package it needs (node-llama-cpp; for serve also fastify, prom-client: optional peer dependencies). */
   | "PACKAGE_MISSING"
-  /** `serve` could not start: the model could not be found, downloaded or loaded. */
-  | "START_FAILED";
+  /** `serve` or `chat` could not start: the model could not be found, downloaded or loaded. */
+  | "START_FAILED"
+  /** `chat --session NAME` while another `kvkeep chat` has that session open. */
+  | "SESSION_IN_USE"
+  /** `chat --session NAME`: the session's transcript file is not one kvkeep can read. */
+  | "TRANSCRIPT_UNREADABLE";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

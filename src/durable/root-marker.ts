@@ -73,12 +73,17 @@ export function inspectRoot(root: string): RootKind {
   }
   if (!st.isDirectory()) return { kind: "not-directory" };
   const internal = internalDir(root);
+  // List the directory BEFORE looking for the marker. A marker is never removed, and a store
+  // writes it before anything else in the root; so whatever the listing holds, a marker
+  // written before it is seen below. Looked for first, another process could write the
+  // marker and its first cache between the two looks, and a fresh root being filled by
+  // other processes was refused as foreign (seen under load: 4 processes opening one root).
+  const others = readdirSync(root).filter((name) => name !== INTERNAL_DIR_NAME);
   // A `.kvkeep` that is not a plain directory (a planted symlink) proves nothing and holds no marker.
   if (lstatOrNull(internal)?.isDirectory()) {
     if (lstatOrNull(markerPath(root))?.isFile()) return { kind: "marked" };
     if (LEGACY_PROOF.some((name) => lstatOrNull(path.join(internal, name))?.isFile())) return { kind: "legacy" };
   }
-  const others = readdirSync(root).filter((name) => name !== INTERNAL_DIR_NAME);
   if (others.length === 0) return { kind: "empty" };
   return { kind: "foreign", sample: others.sort().slice(0, SAMPLE) };
 }

@@ -1,9 +1,9 @@
 /**
  * One footing for every `kvkeep` command, in this process (main with captured streams): the
  * flag parser, the value grammar, the help generator and the usage error are the same for
- * `serve` as for `gc`, and a command added to the table — here an entry shaped like the
- * `kvkeep chat` sketched in src/cli/commands/index.ts, which records what it was given
- * instead of chatting — gets all of it without a line of its own.
+ * `serve` as for `gc`, and a command added to the table — here `talk`, an entry shaped like
+ * `kvkeep chat` (src/cli/commands/chat.ts) that records what it was given instead of
+ * chatting — gets all of it without a line of its own.
  */
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -34,34 +34,34 @@ async function run(argv: readonly string[], table: readonly Command[] = commands
   return { code, ...out };
 }
 
-/** What a `kvkeep chat` entry's run was given, by the table's machinery alone. */
+/** What the `kvkeep talk` entry's run was given, by the table's machinery alone. */
 const given: Array<{ modelPath: string; session: string | undefined; root: string; json: boolean }> = [];
 
-const chatCommand: Command = {
-  name: "chat",
+const talkCommand: Command = {
+  name: "talk",
   summary: "talk to a local model in the terminal; the conversation keeps its KV cache",
-  usage: "kvkeep chat --model PATH [--session NAME] [--root DIR]",
+  usage: "kvkeep talk --model PATH [--session NAME] [--root DIR]",
   description: "A conversation with a local model on the terminal, resumed from its cache.",
   options: {
     model: { type: "string", value: "PATH", help: "the GGUF model (required)" },
     session: { type: "string", value: "NAME", help: "the conversation to resume (default: a new one)" },
   },
   positionals: NO_ARGUMENTS,
-  examples: [["kvkeep chat --model ./qwen.gguf --session work", "resume the conversation 'work'"]],
+  examples: [["kvkeep talk --model ./qwen.gguf --session work", "resume the conversation 'work'"]],
   async run(ctx) {
     const modelPath = requiredText(ctx.options, "model", "a GGUF model file");
     given.push({ modelPath, session: textOption(ctx.options, "session"), root: ctx.root, json: ctx.json });
     return 0;
   },
 };
-const withChat = [...commands, chatCommand];
+const withTalk = [...commands, talkCommand];
 
 describe("a command added to the table", () => {
   it("gets its typed flags, the global --root and --json, before or after its name", async () => {
     const root = tempDir();
     given.length = 0;
-    expect((await run(["--json", "chat", "--model", "m.gguf", "--session", "work", "--root", root], withChat)).code).toBe(0);
-    expect((await run(["--root", root, "chat", "--model=m.gguf"], withChat)).code).toBe(0);
+    expect((await run(["--json", "talk", "--model", "m.gguf", "--session", "work", "--root", root], withTalk)).code).toBe(0);
+    expect((await run(["--root", root, "talk", "--model=m.gguf"], withTalk)).code).toBe(0);
     expect(given).toEqual([
       { modelPath: "m.gguf", session: "work", root: path.resolve(root), json: true },
       { modelPath: "m.gguf", session: undefined, root: path.resolve(root), json: false },
@@ -70,23 +70,23 @@ describe("a command added to the table", () => {
 
   it("gets strict flags with a did-you-mean, the usage error (exit 2, JSON with --json) and a hint, and never runs on a mistake", async () => {
     given.length = 0;
-    const typo = await run(["chat", "--model", "m", "--sesion", "x"], withChat);
-    expect([typo.code, typo.stderr]).toEqual([2, "kvkeep chat: unknown option --sesion (did you mean --session?). See kvkeep chat --help.\n"]);
-    const missing = await run(["chat"], withChat);
-    expect([missing.code, missing.stderr]).toEqual([2, "kvkeep chat: --model is required: a GGUF model file. See kvkeep chat --help.\n"]);
-    const asJson = await run(["--json", "chat", "--model"], withChat);
+    const typo = await run(["talk", "--model", "m", "--sesion", "x"], withTalk);
+    expect([typo.code, typo.stderr]).toEqual([2, "kvkeep talk: unknown option --sesion (did you mean --session?). See kvkeep talk --help.\n"]);
+    const missing = await run(["talk"], withTalk);
+    expect([missing.code, missing.stderr]).toEqual([2, "kvkeep talk: --model is required: a GGUF model file. See kvkeep talk --help.\n"]);
+    const asJson = await run(["--json", "talk", "--model"], withTalk);
     expect(asJson.code).toBe(2);
     expect(JSON.parse(asJson.stderr)).toEqual({ error: { code: "USAGE", message: "--model needs a value (--model PATH).", exitCode: 2 } });
-    expect((await run(["chat", "--model", "m", "extra"], withChat)).stderr).toBe('kvkeep chat: unexpected argument "extra": kvkeep chat takes none. See kvkeep chat --help.\n');
-    expect((await run(["chta"], withChat)).stderr).toMatch(/^kvkeep: unknown command "chta" \(did you mean "chat"\?\)/);
+    expect((await run(["talk", "--model", "m", "extra"], withTalk)).stderr).toBe('kvkeep talk: unexpected argument "extra": kvkeep talk takes none. See kvkeep talk --help.\n');
+    expect((await run(["tlak"], withTalk)).stderr).toMatch(/^kvkeep: unknown command "tlak" \(did you mean "talk"\?\)/);
     expect(given).toEqual([]);
   });
 
   it("gets its --help from its entry, in the format of every command, and a line in kvkeep --help", async () => {
-    const help = await run(["chat", "--help"], withChat);
+    const help = await run(["talk", "--help"], withTalk);
     expect(help.code).toBe(0);
     expect(help.stdout.split("\n")).toEqual([
-      "Usage: kvkeep chat --model PATH [--session NAME] [--root DIR]",
+      "Usage: kvkeep talk --model PATH [--session NAME] [--root DIR]",
       "",
       "A conversation with a local model on the terminal, resumed from its cache.",
       "",
@@ -100,14 +100,14 @@ describe("a command added to the table", () => {
       "  -h, --help      show help (for a command: kvkeep <command> --help)",
       "",
       "Examples:",
-      "  kvkeep chat --model ./qwen.gguf --session work",
+      "  kvkeep talk --model ./qwen.gguf --session work",
       "      resume the conversation 'work'",
       "",
     ]);
-    expect((await run(["help", "chat"], withChat)).stdout).toBe(help.stdout);
-    expect((await run(["--help", "chat"], withChat)).stdout).toBe(help.stdout);
-    expect((await run(["--help"], withChat)).stdout).toMatch(/^ {2}chat\s+talk to a local model in the terminal/m);
-    expect((await run(["--model", "m", "chat"], withChat)).stderr).toContain("unknown option --model before the command; it is an option of rm, serve and chat:");
+    expect((await run(["help", "talk"], withTalk)).stdout).toBe(help.stdout);
+    expect((await run(["--help", "talk"], withTalk)).stdout).toBe(help.stdout);
+    expect((await run(["--help"], withTalk)).stdout).toMatch(/^ {2}talk\s+talk to a local model in the terminal/m);
+    expect((await run(["--model", "m", "talk"], withTalk)).stderr).toContain("unknown option --model before the command; it is an option of rm, serve, chat and talk:");
   });
 });
 

@@ -6,33 +6,17 @@
  * 2), prints its `--help` (help.ts), and prints what it throws as one line, or JSON with
  * `--json` (errors.ts). Its `run` reads typed values with option-values.ts (sizes, durations,
  * whole numbers, required and repeated flags: one grammar, units.ts) and does its work.
- * A command with heavy dependencies imports them in `run`, as `serve` does (./serve.ts), so
- * `kvkeep scan` never loads Fastify or node-llama-cpp.
+ * A command with heavy dependencies imports them in `run`, as `serve` and `chat` do
+ * (./serve.ts, ./chat.ts), so `kvkeep scan` never loads Fastify or node-llama-cpp.
  *
- * A later `kvkeep chat --model PATH [--session NAME] [--root DIR]` would be one file,
- * ./chat.ts, and its name in the list below (--root, --json and --help come with every command):
- *
- *   export const chatCommand: Command = {
- *     name: "chat",
- *     summary: "talk to a local model in the terminal; the conversation keeps its KV cache",
- *     usage: "kvkeep chat --model PATH [--session NAME] [--root DIR]",
- *     description: "A conversation with a local model on the terminal, resumed from its cache.",
- *     options: {
- *       model: { type: "string", value: "PATH", help: "the GGUF model (required)" },
- *       session: { type: "string", value: "NAME", help: "the conversation to resume (default: a new one)" },
- *     },
- *     positionals: NO_ARGUMENTS,
- *     examples: [["kvkeep chat --model ./qwen.gguf --session work", "resume the conversation 'work'"]],
- *     async run(ctx) {
- *       const modelPath = requiredText(ctx.options, "model", "a GGUF model file");
- *       const session = textOption(ctx.options, "session");
- *       const { chatUntilEnd } = await import("../../chat/cli.js"); // node-llama-cpp loads only to chat
- *       return chatUntilEnd({ modelPath, session, root: ctx.root }, ctx.io);
- *     },
- *   };
+ * `chat` is the shape of a new command: one file whose entry declares its flags and examples,
+ * a pure function from parsed flags to its options (`chatOptions`), and a `run` that imports
+ * the work (src/cli/chat/) only when the command runs; then its name in the list below
+ * (--root, --json and --help come with every command).
  */
 import type { Command } from "../command.js";
 import { backendCommand } from "./backend.js";
+import { chatCommand } from "./chat.js";
 import { gcCommand } from "./gc.js";
 import { rmCommand } from "./rm.js";
 import { scanCommand } from "./scan.js";
@@ -40,4 +24,4 @@ import { serveCommand } from "./serve.js";
 import { usageCommand } from "./usage.js";
 import { verifyCommand } from "./verify.js";
 
-export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand, serveCommand];
+export const commands: readonly Command[] = [usageCommand, scanCommand, verifyCommand, gcCommand, rmCommand, backendCommand, serveCommand, chatCommand];
