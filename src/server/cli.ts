@@ -47,14 +47,18 @@ export async function serveUntilStopped(options: ServeOptions, io: ServeIo): Pro
   try {
     server = await serve.startServer(options, logger, (step) => status?.report(step));
   } catch (error) {
-    if (!(error instanceof serve.ServeStartError)) throw error;
     status?.done();
+    // Fastify and prom-client load while the model does (serve.ts).
+    const name = missingPackage(error);
+    if (name) throw new CliError("PACKAGE_MISSING", `needs the package '${name}': npm install ${SERVE_PACKAGES.join(" ")}`);
+    if (!(error instanceof serve.ServeStartError)) throw error;
     throw new CliError("START_FAILED", error.message);
   }
   status?.done();
+  if (server.engineHint && !json) io.stderr.write(`kvkeep serve: ${server.engineHint}\n`);
   io.stdout.write(
     json
-      ? `${JSON.stringify({ listening: server.url, model: server.modelId, parallel: options.parallel, root: options.cache ? server.root : null })}\n`
+      ? `${JSON.stringify({ listening: server.url, model: server.modelId, parallel: options.parallel, root: options.cache ? server.root : null, engineBuild: server.engineBuild })}\n`
       : `kvkeep serve: listening on ${server.url} (model ${server.modelId}, ${options.parallel} parallel, ` +
           `${options.cache ? `cache root ${server.root}` : "cache off"})\n`,
   );

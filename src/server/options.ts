@@ -4,6 +4,7 @@
  * server applies to it: an API key's scope, loopback hosts, threads per context.
  */
 import { createHash } from "node:crypto";
+import type { LlamaBuildChoice } from "../engines/node-llama-cpp/llama-build.js";
 
 export interface ServeOptions {
   /** What --model gave: a GGUF file path, an `hf:` URI or a URL (model-source.ts resolves it). */
@@ -36,6 +37,12 @@ export interface ServeOptions {
   maxBodyBytes: number;
   /** CPU threads shared by the sequences. */
   threads: number;
+  /**
+   * Which llama.cpp binary node-llama-cpp runs (`--engine-build`, else `$KVKEEP_ENGINE_BUILD`):
+   * `auto` (a local build for this machine if one exists, else the prebuilt one), `native`
+   * (build one first if missing) or `prebuilt` (src/engines/node-llama-cpp/llama-build.ts).
+   */
+  engineBuild: LlamaBuildChoice;
   /** Serve without kvkeep (every turn a full prefill): the baseline of `bench/serve.ts`. */
   cache: boolean;
   /** `--adopt`: serve from a non-empty directory that is not marked as a kvkeep root, and mark it. */

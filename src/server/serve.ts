@@ -6,14 +6,14 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
-import { Registry, collectDefaultMetrics } from "prom-client";
+import { getLlama, type Llama, type LlamaModel, LlamaLogLevel, resolveChatWrapper } from "node-llama-cpp";
 import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
+import { describeLlamaBinary, llamaBuildOptions } from "../engines/node-llama-cpp/llama-build.js";
 import type { Logger } from "../logger.js";
-import { createKvKeepMetrics, type KvKeepMetrics } from "../metrics/index.js";
+import type { KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../facade/kvkeep-store.js";
-import { buildApp, type CompletionEngine } from "./app.js";
+import type { CompletionEngine } from "./app.js";
 import { ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
@@ -26,6 +26,10 @@ export interface RunningServer {
   readonly port: number;
   readonly modelId: string;
   readonly root: string;
+  /** Which llama.cpp binary node-llama-cpp runs: a build for this machine (`local`) or its generic `prebuilt` one. */
+  readonly engineBuild: "local" | "prebuilt";
+  /** Set when the generic prebuilt binary runs on a CPU: how to get a build for this machine. */
+  readonly engineHint: string | null;
   readonly metrics: KvKeepMetrics;
   /** Abort running turns (they keep their last committed state), stop listening, free the engine. */
   close(): Promise<void>;
@@ -52,9 +56,26 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     throw error;
   }
   const modelPath = resolved.path;
+  // The HTTP side (Fastify, prom-client: ~0.1 s of module loading) loads while node-llama-cpp
+  // starts and loads the model, much of it on threads of its own.
+  const httpModules = Promise.all([import("prom-client"), import("../metrics/index.js"), import("./app.js")]);
+  httpModules.catch(() => {}); // awaited below; a failure surfaces there
 
-  onStep({ step: "engine" });
-  const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
+  onStep({ step: "engine", build: options.engineBuild });
+  let llama: Llama;
+  try {
+    llama = await getLlama({
+      ...llamaBuildOptions(options.engineBuild),
+      logLevel: LlamaLogLevel.warn,
+      maxThreads: options.threads,
+      // A native build compiles for minutes: its output goes to stderr (stdout is the listening line).
+      progressLogs: options.engineBuild === "native" && !options.json ? "stderr" : false,
+    });
+  } catch (error) {
+    throw new ServeStartError(`node-llama-cpp found no llama.cpp binary it can run (--engine-build ${options.engineBuild}): ${(error as Error).message}`);
+  }
+  const binary = describeLlamaBinary(llama);
+  onStep({ step: "engine", build: options.engineBuild, binary: binary.line });
   let model: LlamaModel;
   // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
   // loadModel resolved, and must not reopen a step that is over.
@@ -72,6 +93,15 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     await llama.dispose();
     throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
   }
+  let http: Awaited<typeof httpModules>;
+  try {
+    http = await httpModules;
+  } catch (error) {
+    await model.dispose();
+    await llama.dispose();
+    throw error; // a missing package: cli.ts says which to install
+  }
+  const [{ Registry, collectDefaultMetrics }, { createKvKeepMetrics }, { buildApp }] = http;
   const modelId = modelIdFromModel(model);
   const store = openKvCacheStore({
     ...(options.root !== null ? { root: options.root } : {}),
@@ -93,6 +123,9 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
   const metrics = createKvKeepMetrics({ registry, store });
 
   const threads = threadsPerContext(options.threads, options.parallel);
+  // Once for every slot: node-llama-cpp picks the wrapper by rendering test chats through the
+  // model's Jinja template, 0.1-0.5 s a call (each adapter would otherwise resolve its own).
+  const chatWrapper = resolveChatWrapper(model);
   const adapters: LlamaCppCompletion[] = Array.from({ length: options.parallel }, () =>
     createLlamaCppCompletion({
       model,
@@ -100,6 +133,7 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
       modelId,
       modelPath,
       threads,
+      chatWrapper,
       logger,
       prefixReuse: options.prefixReuse,
       ...(options.contextSize !== null ? { contextSize: options.contextSize } : {}),
@@ -161,6 +195,8 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
     port,
     modelId,
     root: store.root,
+    engineBuild: llama.buildType === "localBuild" ? "local" : "prebuilt",
+    engineHint: binary.hint,
     metrics,
     close() {
       closing ??= (async () => {

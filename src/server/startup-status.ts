@@ -7,11 +7,12 @@
  * how long it took.
  */
 import { formatBytes } from "../cli/format.js";
+import type { LlamaBuildChoice } from "../engines/node-llama-cpp/llama-build.js";
 import { terminalColumns } from "../cli/progress.js";
 
 export type StartupStep =
   | { readonly step: "download"; readonly spec: string; readonly downloadedBytes: number; readonly totalBytes: number }
-  | { readonly step: "engine" }
+  | { readonly step: "engine"; readonly build?: LlamaBuildChoice; readonly binary?: string }
   | { readonly step: "load"; readonly file: string; readonly bytes: number; readonly fraction: number }
   | { readonly step: "contexts"; readonly count: number };
 
@@ -23,7 +24,10 @@ export function describeStartupStep(s: StartupStep): string {
       return `downloading ${s.spec}: ${formatBytes(s.downloadedBytes)} of ${s.totalBytes > 0 ? formatBytes(s.totalBytes) : "?"} (${pct}%)`;
     }
     case "engine":
-      return "starting node-llama-cpp";
+      if (s.binary) return `started node-llama-cpp: ${s.binary}`;
+      return s.build === "native"
+        ? "starting node-llama-cpp (--engine-build native: compiling llama.cpp for this machine first if it has no build yet, minutes)"
+        : "starting node-llama-cpp";
     case "load":
       return `loading the model ${s.file} (${formatBytes(s.bytes)}): ${Math.floor(s.fraction * 100)}%`;
     case "contexts":

@@ -16,6 +16,7 @@ import { ApiError, type ChatCompletionBody, paramOfPath, toTurnRequest } from ".
 import { modelSpecKind } from "../../src/server/model-source.js";
 import { isLoopbackHost, scopeOfApiKey, threadsPerContext } from "../../src/server/options.js";
 import { describeStartupStep, type StartupStep, startupStatus } from "../../src/server/startup-status.js";
+import { cpuFeatures, describeLlamaBinary, llamaBuildOptions } from "../../src/engines/node-llama-cpp/llama-build.js";
 import { QueueAbortedError, QueueFullError, retryAfterSeconds, SlotPool } from "../../src/server/pool.js";
 import { parsePrometheus } from "./helpers.js";
 
@@ -45,7 +46,7 @@ describe("kvkeep serve flags", () => {
     );
     expect(options).toEqual({
       modelPath: "m.gguf", modelsDir: null, host: "::1", port: 0, contextSize: 2048, parallel: 4, maxQueue: 3, root: "/r", apiKeys: ["k"],
-      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, cache: false, adopt: true,
+      apiKeysFile: null, prefixReuse: true, maxBytes: 4 * 1024 ** 3, maxBodyBytes: 512 * 1024, threads: 2, engineBuild: "auto", cache: false, adopt: true,
       json: false,
     });
     // A directory that is not a kvkeep root is refused unless adopted, as by gc, rm and verify --fix.
@@ -57,6 +58,9 @@ describe("kvkeep serve flags", () => {
       host: "127.0.0.1", port: 8080, contextSize: null, parallel: 1, root: null, apiKeys: ["from-env"], maxBytes: null, cache: true,
     });
     expect(parseServeArgs(["--help"])).toEqual({ help: true });
+    // Which llama.cpp binary: the flag, else the environment, else auto.
+    expect(parseServeArgs(["--model", "m.gguf", "--engine-build", "native"], { KVKEEP_ENGINE_BUILD: "prebuilt" })).toMatchObject({ engineBuild: "native" });
+    expect(parseServeArgs(["--model", "m.gguf"], { KVKEEP_ENGINE_BUILD: "prebuilt" })).toMatchObject({ engineBuild: "prebuilt" });
     // Several keys (each a scope), a key file, and reuse across conversations turned off; the
     // environment's key is only the default when no key is given.
     expect(
@@ -83,6 +87,7 @@ describe("kvkeep serve flags", () => {
       ["--model", "m", "--parallel", "2.5"],
       ["--model", "m", "--max-bytes", "4X"],
       ["--model", "m", "--api-key", ""],
+      ["--model", "m", "--engine-build", "fast"],
     ]) {
       expect(() => parseServeArgs(argv, {}), argv.join(" ")).toThrow(USAGE_ERROR);
     }
@@ -197,6 +202,47 @@ describe("what kvkeep serve says while it starts", () => {
       "kvkeep serve: loading the model b.gguf…\x1b[K\n",
     ]);
     expect(describeStartupStep({ step: "load", file: "b.gguf", bytes: 10, fraction: 0.5 })).toBe("loading the model b.gguf (10 B): 50%");
+  });
+
+  it("the engine step ends naming the binary node-llama-cpp loaded", () => {
+    let out = "";
+    const status = startupStatus({ write: (t: string) => (out += t), isTTY: false }, "kvkeep serve: ", () => 0);
+    status.report({ step: "engine", build: "native" });
+    status.report({ step: "engine", build: "native", binary: "llama.cpp v0.5.0, a build for this machine" });
+    status.done();
+    expect(out).toBe(
+      "kvkeep serve: starting node-llama-cpp (--engine-build native: compiling llama.cpp for this machine first if it has no build yet, minutes)\n" +
+        "kvkeep serve: started node-llama-cpp: llama.cpp v0.5.0, a build for this machine, done in 0.0 s\n",
+    );
+  });
+});
+
+describe("which llama.cpp binary", () => {
+  const info = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 0 | OPENMP = 1 | ";
+
+  it("says a local build is a build for this machine, with the CPU features it was compiled for, and gives no hint", () => {
+    const described = describeLlamaBinary({ buildType: "localBuild", gpu: false, llamaCppRelease: { release: "v0.5.0" }, systemInfo: info });
+    expect(described).toEqual({
+      line: "llama.cpp v0.5.0, a build for this machine (node-llama-cpp local build), CPU (SSE3 AVX AVX2 AVX512 OPENMP)",
+      hint: null,
+    });
+    expect(cpuFeatures(info)).not.toContain("AMX_INT8");
+  });
+
+  it("says when the generic prebuilt binary runs on a CPU, and how to build one for this machine offline", () => {
+    const described = describeLlamaBinary({ buildType: "prebuilt", gpu: false, llamaCppRelease: { release: "v0.5.0" }, systemInfo: info });
+    expect(described.line).toMatch(/^llama\.cpp v0\.5\.0, node-llama-cpp's generic prebuilt binary, CPU/);
+    expect(described.hint).toContain("npx --no node-llama-cpp source download --gpu false");
+    expect(described.hint).toContain("--engine-build native");
+    // On a GPU the prebuilt binaries are the usual way: no hint.
+    expect(describeLlamaBinary({ buildType: "prebuilt", gpu: "cuda", llamaCppRelease: { release: "v0.5.0" }, systemInfo: info }).hint).toBeNull();
+  });
+
+  it("asks node-llama-cpp for its default, for a build (compiling one if missing), or for the prebuilt binary only", () => {
+    expect(llamaBuildOptions("auto")).toEqual({ build: "auto" });
+    expect(llamaBuildOptions("native")).toEqual({ build: "try" });
+    // Never compiles, and names cmake options no local build has, so node-llama-cpp skips its local build.
+    expect(llamaBuildOptions("prebuilt")).toMatchObject({ build: "never", cmakeOptions: { KVKEEP_SKIP_LOCAL_BUILD: "ON" } });
   });
 });
 

@@ -6,6 +6,7 @@
  */
 import { promises as fs } from "node:fs";
 import os from "node:os";
+import { LLAMA_BUILD_CHOICES, type LlamaBuildChoice } from "../../engines/node-llama-cpp/llama-build.js";
 import type { ServeOptions } from "../../server/options.js";
 import { type Command, NO_ARGUMENTS, type OptionSpec, type OptionValues } from "../command.js";
 import { usageError } from "../errors.js";
@@ -39,13 +40,33 @@ const SERVE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   "max-bytes": { type: "string", value: "SIZE", help: "disk budget of automatic caches, e.g. 4G (default 4G)" },
   "max-body": { type: "string", value: "SIZE", help: "largest request body (default 4M)" },
   threads: { type: "string", value: "N", help: "CPU threads shared by the sequences (default: the machine's)" },
+  "engine-build": {
+    type: "string",
+    value: "auto|native|prebuilt",
+    help:
+      "node-llama-cpp's llama.cpp binary: auto = a build for this machine when one exists, else the generic prebuilt one; " +
+      "native = build one first if missing (offline, from the source node-llama-cpp ships; minutes); prebuilt = the prebuilt one " +
+      "(default $KVKEEP_ENGINE_BUILD, else auto)",
+  },
   "no-cache": { type: "boolean", help: "serve without kvkeep (every turn evaluates its whole prompt)" },
   ...ADOPT_OPTION,
 };
 
+/** `--engine-build`, else `$KVKEEP_ENGINE_BUILD`, else `auto`; a USAGE `CliError` for anything else. */
+function engineBuildOption(values: OptionValues, env: NodeJS.ProcessEnv): LlamaBuildChoice {
+  const given = textOption(values, "engine-build");
+  const choice = given ?? (env.KVKEEP_ENGINE_BUILD || "auto");
+  if (!(LLAMA_BUILD_CHOICES as readonly string[]).includes(choice)) {
+    const from = given !== undefined ? "--engine-build" : "$KVKEEP_ENGINE_BUILD";
+    throw usageError(`${from} must be one of ${LLAMA_BUILD_CHOICES.join(", ")} (got ${JSON.stringify(choice)}).`);
+  }
+  return choice as LlamaBuildChoice;
+}
+
 /**
  * The server's options from `kvkeep serve`'s parsed flags (global ones included) and the
- * environment (`KVKEEP_API_KEY`, the key when no `--api-key` or `--api-keys` is given).
+ * environment (`KVKEEP_API_KEY`, the key when no `--api-key` or `--api-keys` is given;
+ * `KVKEEP_ENGINE_BUILD`, the binary when no `--engine-build` is given).
  * Throws a USAGE `CliError` for a missing model or a bad value. Pure.
  */
 export function serveOptions(values: OptionValues, env: NodeJS.ProcessEnv): ServeOptions {
@@ -71,6 +92,7 @@ export function serveOptions(values: OptionValues, env: NodeJS.ProcessEnv): Serv
     maxBytes: sizeOption(values, "max-bytes") ?? null,
     maxBodyBytes: sizeOption(values, "max-body") ?? 4 * 1024 ** 2,
     threads: integerOption(values, "threads", { min: 1, max: 4096 }) ?? Math.max(1, os.availableParallelism()),
+    engineBuild: engineBuildOption(values, env),
     cache: values["no-cache"] !== true,
     adopt: values.adopt === true,
     json: values.json === true,
