@@ -225,6 +225,7 @@ async function lendOne<T>(
       return skip("its conversation no longer matches the index");
     }
     if (q.query.exactAncestor && entry.messageCount !== commonMessages) return skip("not an exact ancestor");
+    if (entry.chunks) return skip("a chunked cache (lent joined in memory only)");
     try {
       handle = await fs.open(cachePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
     } catch (error) {
@@ -244,6 +245,8 @@ async function lendOne<T>(
       tokenCount: entry.tokenCount,
       bytes: entry.size,
       loadPath: loadPathOf(handle, cachePath),
+      layout: "whole",
+      loadedTokens: null,
     };
   };
 

@@ -211,9 +211,16 @@ export class StoreCore {
     ctx.layers.refDir(resolved);
     let trusted: TrustedCache | null = null;
     try {
-      ({ trusted } = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null));
+      ({ trusted } = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null, { wholeOnly: true }));
       if (!trusted) return null;
-      const result = await use({ cachePath: resolved, messageCount: trusted.messageCount, tokenCount: trusted.tokenCount, bytes: trusted.size });
+      const result = await use({
+        cachePath: resolved,
+        messageCount: trusted.messageCount,
+        tokenCount: trusted.tokenCount,
+        bytes: trusted.size,
+        layout: "whole",
+        loadPath: resolved,
+      });
       await ctx.retention.noteUsed(resolved, trusted);
       return result;
     } finally {
