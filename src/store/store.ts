@@ -1,6 +1,7 @@
 /** The store core (the facade, src/facade/kvkeep-store.ts, adds the sessions). */
 import path from "node:path";
 import { KvKeepError } from "../errors.js";
+import { ChunkFiles } from "../chunkfiles/chunk-files.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, statIdentity } from "../durable/files.js";
 import { claimRoot, syncRootMarker } from "../durable/root-marker.js";
 import { type CacheLocation, cacheDirComponents, cachePathOf, parseCachePath } from "../layout/paths.js";
@@ -94,6 +95,7 @@ export class StoreCore {
       root,
       logger,
       fsBackend,
+      chunkFiles: new ChunkFiles(root, fsBackend),
       locks,
       layers,
       onRollback: resolved.onRollback,
