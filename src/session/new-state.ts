@@ -6,12 +6,15 @@
  * — only its tail chunk, after the chunks the root lacks are stored (chunk-commit.ts).
  */
 import { promises as fs } from "node:fs";
+import { isStateFormatError, type StateFormatError } from "../chunks/errors.js";
+import { crashPoint } from "../durable/crash-points.js";
 import { KvKeepError } from "../errors.js";
 import { inspectFile, unlinkIfExists } from "../durable/files.js";
 import { sameIdentity } from "../durable/identity.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import type { ChunkedState } from "../manifest/format.js";
 import type { MemoryFile } from "../native/index.js";
+import { type ChunkPlan, planChunks, storeChunks } from "./chunk-commit.js";
 import type { SessionEnv, TurnState } from "./turn.js";
 
 /** The new state as the install takes it: a file (temp or in place), and its chunks when stored chunked. */
@@ -58,14 +61,53 @@ export async function withMemoryState<T>(
   if (memory.size() === 0) throw empty();
   const bytes = await memory.read();
   if (bytes.byteLength === 0) throw empty();
+  let plan: ChunkPlan | null = null;
+  if (env.chunking) {
+    try {
+      plan = planChunks(env, bytes);
+    } catch (error) {
+      if (!isStateFormatError(error)) throw error;
+      warnWholeOnce(env, error);
+    }
+  }
   const temp = ownTempPath(target);
   try {
-    await writeTemp(temp, bytes);
-    return await use({ path: temp, inPlace: false, chunks: null });
+    if (!plan) {
+      await writeTemp(temp, bytes);
+      return await use({ path: temp, inPlace: false, chunks: null });
+    }
+    const chunked = plan;
+    // Shared from the first touch to the manifest install: a GC never collects a chunk in between.
+    return await env.ctx.chunkFiles.withCommitGate(async () => {
+      const stored = await storeChunks(env, chunked, bytes);
+      await crashPoint("chunked:after-chunks-stored");
+      await writeTemp(temp, stored.tail);
+      await crashPoint("chunked:after-tail-temp");
+      env.log("debug", "storing a chunked state", {
+        target,
+        tokens: chunked.entry.tokens,
+        chunks: chunked.ids.length,
+        written: stored.written,
+        bytes: stored.writtenBytes + stored.tail.byteLength,
+      });
+      return use({ path: temp, inPlace: false, chunks: chunked.entry });
+    });
   } finally {
     // Renamed into place by a successful install (then this finds nothing), else left over.
     await unlinkIfExists(temp).catch(() => {});
   }
+}
+
+const warnedWhole = new WeakMap<object, Set<string>>();
+
+/** A state this session cannot split is stored whole; said once per store, model and reason. */
+function warnWholeOnce(env: SessionEnv, error: StateFormatError): void {
+  let seen = warnedWhole.get(env.ctx);
+  if (!seen) warnedWhole.set(env.ctx, (seen = new Set()));
+  const key = `${env.modelId}:${error.code}`;
+  if (seen.has(key)) return;
+  seen.add(key);
+  env.log("warn", "a state could not be split into chunks; it is stored whole", { modelId: env.modelId, code: error.code, reason: error.message });
 }
 
 /** A new temp file holding `bytes` (the install fsyncs and hashes it). */
