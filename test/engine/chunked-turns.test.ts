@@ -4,11 +4,12 @@
  * (a new context that loads its state from the root), and the reference for "same tokens" is
  * the raw engine continuing from its own in-memory state, as in adapter.test.ts.
  */
-import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import os from "node:os";
 import { cp } from "node:fs/promises";
 import path from "node:path";
 import type { LlamaModel } from "node-llama-cpp";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSeqState } from "../../src/chunks/state-format.js";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
 import { modelIdFromModel } from "../../src/engines/node-llama-cpp/fingerprint.js";
@@ -34,6 +35,8 @@ const system: CacheMessage = { role: "system", content: "You are a careful assis
 const u1: CacheMessage = { role: "user", content: "Tell me how a cache keeps a conversation warm between visits, in a few words please." };
 const u2: CacheMessage = { role: "user", content: "And what happens when two conversations start the same way? Say it briefly, once more." };
 const u3: CacheMessage = { role: "user", content: "One last thing: what does a crash do to it?" };
+/** A second message long enough that its turn completes a new chunk. */
+const long2: CacheMessage = { role: "user", content: `${u2.content} ${"Here is more context for you to weigh. ".repeat(10)}` };
 
 /** Replies of the raw engine over consecutive turns, continuing from its in-memory state. */
 async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
@@ -201,7 +204,6 @@ describe("chunked storage across conversations, layouts and failures", () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
     const t1 = await turn(store, [system, u1], true);
-    const long2: CacheMessage = { role: "user", content: `${u2.content} ${"Here is more context for you to weigh. ".repeat(10)}` };
     const h2 = [system, u1, { role: "assistant", content: t1.text }, long2];
     const t2 = await turn(store, h2, true);
     // Regenerate the last reply: the same history again (its lookup key was superseded: it borrows).
@@ -229,6 +231,91 @@ describe("chunked storage across conversations, layouts and failures", () => {
   });
 });
 
+/** The tokens of the state a cache holds, as a store loads it (after its recovery and verification), or null when none is trusted. */
+async function loadedTokens(root: string, cachePath: string): Promise<number[] | null> {
+  const store = openKvCacheStore({ root });
+  try {
+    await store.ready;
+    const { fingerprint } = JSON.parse(readFileSync(manifestPathOf(cachePath), "utf8")) as { fingerprint: string | null };
+    return await store.useCache(cachePath, { fingerprint }, async (cache) => [...parseSeqState(readFileSync(cache.loadPath)).tokens]);
+  } finally {
+    await store.close();
+  }
+}
+
+const COMMIT_STEPS = [
+  "chunk:after-temp-synced",
+  "chunk:after-rename",
+  "chunked:after-chunks-stored",
+  "chunked:after-tail-temp",
+  "install:after-fsync-state",
+  "install:after-pending-manifest",
+  "install:after-rename",
+  "install:after-rename-synced",
+  "install:after-final-manifest",
+] as const;
+
+/** A root whose named conversation "crashy" committed one turn, and what its second turn commits undisturbed. */
+interface CrashBase {
+  root: string;
+  h2: CacheMessage[];
+  previous: number[];
+  next: number[];
+}
+let crashBase: Promise<CrashBase> | null = null;
+const lasting: string[] = [];
+afterAll(() => {
+  for (const dir of lasting) rmSync(dir, { recursive: true, force: true });
+});
+
+function makeCrashBase(): Promise<CrashBase> {
+  crashBase ??= (async () => {
+    // Outlives the test that makes it (tempDir's go after each test): removed in afterAll.
+    const root = mkdtempSync(path.join(os.tmpdir(), "kvkeep-crash-base-"));
+    lasting.push(root);
+    const store = openKvCacheStore({ root });
+    const h1 = [system, u1];
+    const t1 = await turn(store, h1, "crashy");
+    const cachePath = cachePathAfter(store, "crashy", []);
+    await store.close();
+    const previous = await committedTokens(cachePath, root);
+    const copy = `${root}-next`;
+    lasting.push(copy);
+    await cp(root, copy, { recursive: true });
+    const h2 = [...h1, { role: "assistant", content: t1.text }, long2];
+    const copyStore = openKvCacheStore({ root: copy });
+    await turn(copyStore, h2, "crashy");
+    await copyStore.close();
+    const next = await committedTokens(cachePath.replace(root, copy), copy);
+    return { root, h2, previous, next };
+  })();
+  return crashBase;
+}
+
+describe("a chunked commit SIGKILLed at each of its steps", () => {
+  it.each(COMMIT_STEPS)("at %s leaves the previous turn (before the tail's rename) or the new one (from it on), whole, and the conversation goes on", async (step) => {
+    const base = await makeCrashBase();
+    // The second turn writes a new chunk (so the chunk steps are reached).
+    expect(Math.floor(base.next.length / 256)).toBeGreaterThan(Math.floor(base.previous.length / 256));
+    const root = tempDir();
+    await cp(base.root, root, { recursive: true });
+    const cachePath = customCachePathIn(root, "crashy");
+    const run = runChild(child, [modelPath, root, JSON.stringify({ history: base.h2, kvCache: "crashy", maxTokens: MAX, contextSize: CONTEXT })], {
+      KVKEEP_TEST_CRASH_AT: step,
+    });
+    expect(await run.exited, `the child never reached ${step}: ${run.stderr()}`).toBe("SIGKILL");
+
+    const tokens = await loadedTokens(root, cachePath);
+    const committedNew = COMMIT_STEPS.indexOf(step) >= COMMIT_STEPS.indexOf("install:after-rename");
+    expect(tokens, step).toEqual(committedNew ? base.next : base.previous);
+
+    const again = openKvCacheStore({ root });
+    const t3 = await turn(again, [...base.h2, { role: "assistant", content: "fine" }, u3], "crashy");
+    expect(t3.stats).toMatchObject({ layout: "chunked", hit: true, committed: true });
+    await again.close();
+  });
+});
+
 const configHash = generateConfigHash(system.content);
 const modelIdOf = (): string => modelIdFromModel(model);
 
@@ -236,4 +323,11 @@ const modelIdOf = (): string => modelIdFromModel(model);
 function cachePathAfter(store: KvCacheStore, kvCache: string | true, history: CacheMessage[]): string {
   const session = store.createSession(modelIdOf());
   return kvCache === true ? session.autoCachePath(configHash, history) : session.customCachePath(kvCache, configHash);
+}
+
+function customCachePathIn(root: string, key: string): string {
+  const store = openKvCacheStore({ root });
+  const cachePath = store.createSession(modelIdOf()).customCachePath(key, configHash);
+  void store.close();
+  return cachePath;
 }
