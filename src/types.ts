@@ -304,8 +304,15 @@ export interface SweepResult {
    * `evictNamed`). Above `maxBytes` only when caches in use had to be kept.
    */
   keptBytes: number;
-  /** Every file the sweep removed: each evicted cache's file, manifest and lock file. */
+  /**
+   * Every file the sweep removed: each evicted cache's file, manifest and lock file, and the
+   * chunk files (and dead writers' chunk temps) its chunk GC removed.
+   */
   removedFiles: number;
+  /** Chunk files no manifest referenced any more (docs/chunks-format.md), removed by the sweep's chunk GC. */
+  removedChunks: number;
+  /** Their bytes. */
+  removedChunkBytes: number;
 }
 
 /** What is on disk under the root: every cache, auto and named. */
