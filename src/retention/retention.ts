@@ -33,6 +33,7 @@ import type { RetentionHooks } from "./hooks.js";
 import {
   type Candidate,
   checkLimit,
+  PlanChunkRefs,
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_IDLE_MS,
   DEFAULT_SWEEP_INTERVAL_MS,
@@ -303,14 +304,23 @@ export class Retention implements RetentionHooks {
     }
   }
 
-  /** Evict the idle candidates, then LRU ones until the budget holds; a few at a time. */
+  /**
+   * Evict the idle candidates, then LRU ones until the budget holds; a few at a time. The
+   * budget is physical: evicting a cache frees its file and the chunks no cache left names
+   * (PlanChunkRefs), so evicting one of many conversations sharing a prefix frees its own
+   * chunks only.
+   */
   async #execute(plan: SweepPlan, limits: RetentionLimits, removed: { files: number }): Promise<EvictedCache[]> {
     const done: Array<{ candidate: Candidate; evicted: EvictedCache }> = [];
-    let remaining = plan.evictableBytes;
-    const attempt = async (candidate: Candidate): Promise<void> => {
+    let remaining = this.index.evictableBytes(limits.evictNamed);
+    const refs = new PlanChunkRefs((context, id) => this.index.chunkRefs(context, id));
+    const attempt = async ({ candidate, freed }: Planned): Promise<void> => {
       const outcome = await this.#evictOne(candidate, plan.idleCutoffMs, removed);
-      if (outcome === "kept") return;
-      remaining -= candidate.entry.bytes; // evicted, or already gone: either way not on disk
+      if (outcome === "kept") {
+        refs.giveBack(candidate.entry);
+        return;
+      }
+      remaining -= freed; // evicted, or already gone: either way not on disk
       if (outcome !== "gone") done.push({ candidate, evicted: outcome });
     };
 
@@ -318,7 +328,7 @@ export class Retention implements RetentionHooks {
     await this.#pool(
       () => {
         const next = idle.next();
-        return next.done ? null : next.value;
+        return next.done ? null : { candidate: next.value, freed: refs.take(next.value.entry) };
       },
       attempt,
     );
@@ -330,14 +340,15 @@ export class Retention implements RetentionHooks {
         if (remaining - inFlight <= limits.maxBytes) return null;
         const next = order.next();
         if (next.done) return null;
-        inFlight += next.value.entry.bytes;
-        return next.value;
+        const planned = { candidate: next.value, freed: refs.take(next.value.entry) };
+        inFlight += planned.freed;
+        return planned;
       },
-      async (candidate) => {
+      async (planned) => {
         try {
-          await attempt(candidate);
+          await attempt(planned);
         } finally {
-          inFlight -= candidate.entry.bytes;
+          inFlight -= planned.freed;
         }
       },
     );
@@ -351,9 +362,9 @@ export class Retention implements RetentionHooks {
   }
 
   /** Run `work` on what `next` hands out, `evictConcurrency` at a time, until it hands out null. */
-  async #pool(next: () => Candidate | null, work: (candidate: Candidate) => Promise<unknown>): Promise<void> {
+  async #pool(next: () => Planned | null, work: (planned: Planned) => Promise<unknown>): Promise<void> {
     const worker = async (): Promise<void> => {
-      for (let candidate = next(); candidate; candidate = next()) await work(candidate);
+      for (let planned = next(); planned; planned = next()) await work(planned);
     };
     await Promise.all(Array.from({ length: this.#evictConcurrency }, worker));
   }
@@ -450,4 +461,10 @@ export class Retention implements RetentionHooks {
     this.#deps.logger.info(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
     return "gone";
   }
+}
+
+/** A candidate and the physical bytes its eviction is planned to free. */
+interface Planned {
+  candidate: Candidate;
+  freed: number;
 }
