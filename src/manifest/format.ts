@@ -159,6 +159,11 @@ export interface ManifestExpectation {
   fingerprint: string | null;
   configHash: string;
   cacheKey: string;
+  /**
+   * The reader loads the cache file itself and cannot assemble a chunked state (a whole-file
+   * session): a manifest naming chunks is then foreign to it. Default false.
+   */
+  wholeOnly?: boolean | undefined;
 }
 
 const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
@@ -260,6 +265,9 @@ export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file:
   }
   if (manifest.fingerprint !== expect.fingerprint) {
     return foreign(`model fingerprint differs (cache ${manifest.fingerprint ?? "none"}, session ${expect.fingerprint ?? "none"})`);
+  }
+  if (expect.wholeOnly && (manifest.current?.chunks || manifest.pending?.chunks)) {
+    return foreign("chunked cache; this session reads whole files");
   }
   if (file.size === 0) return { verdict: "reject", reason: "cache file is empty", refusal: "corrupt" };
   const slots = (["pending", "current"] as const).flatMap((slot) => {
