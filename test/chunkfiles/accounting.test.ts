@@ -131,8 +131,8 @@ describe("usage() counts physical bytes", () => {
   });
 });
 
-describe("kvkeep usage and scan", () => {
-  it("show shared chunks, logical bytes and the sharing ratio, and each cache's layout", async () => {
+describe("kvkeep usage, scan and gc", () => {
+  it("show shared chunks, logical bytes and the sharing ratio, and each cache's layout; gc after rm collects the removed cache's own chunks", async () => {
     const root = tempDir();
     await openKvCacheStore({ root, logger: quiet }).close();
     const convs = threeSharing();
@@ -151,5 +151,12 @@ describe("kvkeep usage and scan", () => {
     expect(scan).toMatch(/LAYOUT/);
     expect(scan.match(/chunked/g)?.length).toBe(3);
     expect(scan).toMatch(/logical: sharing \d+\.\d\d×/);
+
+    await cli(["rm", "chat0"]);
+    const past = new Date(Date.now() - 3_600_000);
+    for (const chunk of (await listChunkFiles(root)).chunks) await fs.utimes(chunk.path, past, past);
+    const gc = await cli(["gc"]);
+    expect(gc).toMatch(/2 unreferenced chunks/);
+    expect((await listChunkFiles(root)).chunks.length).toBe(12);
   });
 });
