@@ -361,21 +361,40 @@ export interface SweepResult {
   evicted: EvictedCache[];
   /**
    * Bytes of the evictable caches left after the sweep (auto caches, plus named ones with
-   * `evictNamed`). Above `maxBytes` only when caches in use had to be kept.
+   * `evictNamed`), physical: their files and the token chunks only they name, each once.
+   * Above `maxBytes` only when caches in use had to be kept.
    */
   keptBytes: number;
-  /** Every file the sweep removed: each evicted cache's file, manifest and lock file. */
+  /**
+   * Every file the sweep removed: each evicted cache's file, manifest and lock file, and the
+   * chunk files (and dead writers' chunk temps) its chunk GC removed.
+   */
   removedFiles: number;
+  /** Chunk files no manifest referenced any more (docs/chunks-format.md), removed by the sweep's chunk GC. */
+  removedChunks: number;
+  /** Their bytes. */
+  removedChunkBytes: number;
 }
 
 /** What is on disk under the root: every cache, auto and named. */
 export interface StoreUsage {
-  /** Everything kvkeep has on disk under the root: the caches, plus `staleTempBytes`. */
+  /**
+   * Everything kvkeep has on disk under the root (physical bytes): the cache files, each
+   * token chunk once however many caches share it (`chunkBytes`), plus `staleTempBytes`.
+   */
   bytes: number;
   /** Caches (auto and named). */
   count: number;
+  /** Cache files of auto / named caches: whole states, or a chunked cache's tail (its chunks are in `chunkBytes`). */
   autoBytes: number;
   namedBytes: number;
+  /** What the caches would take if each held its own copy of every chunk it names (whole-file caches count as they are). */
+  logicalBytes: number;
+  /** `logicalBytes` / the caches' physical bytes (1 when nothing is shared, or nothing is stored). */
+  sharing: number;
+  /** Distinct token chunks the caches name (docs/chunks-format.md), and their bytes. */
+  chunkCount: number;
+  chunkBytes: number;
   /**
    * Temp files left by writers that died (a crash mid-save) that the last walk of the root
    * (at open, or a sweep's periodic resync) found and could not remove yet.

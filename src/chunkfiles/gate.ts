@@ -12,14 +12,19 @@
  *   (none in the JS fallback, which is single-process by contract).
  *
  * FIFO: a collector waiting behind readers holds back readers that come after it, so a
- * stream of commits in this process cannot starve GC. Across processes flock has no such
- * order; a collector polls (lockFile's backoff) until the commits leave it a gap.
+ * stream of commits in this process cannot starve GC. Across processes flock has no order, so
+ * a turnstile does it: a collector takes `<root>/.kvkeep/chunks-gc.lock` EXCLUSIVE before the
+ * gate (and lets go once it has the gate), and a commit passes the turnstile (takes it SHARED
+ * and releases it at once) before taking the gate. While a collector waits, new commits wait
+ * at the turnstile and the ones in flight drain: the collector gets in after them, however
+ * busy other processes are. (Measured: without it, two processes committing back to back
+ * kept a collector out for seconds.)
  */
 import path from "node:path";
 import { abortedError } from "../errors.js";
 import type { LockHandle, NativeFs } from "../native/index.js";
 import type { LockMode } from "../native/types.js";
-import { chunkGateLockPath } from "./paths.js";
+import { chunkGateLockPath, chunkTurnstileLockPath } from "./paths.js";
 
 interface Waiter {
   readonly mode: LockMode;
@@ -103,13 +108,18 @@ function gateOf(root: string): ReadWriteGate {
   return gate;
 }
 
-/** Hold the root's chunk gate in `mode` while `use` runs: the in-process gate, then the flock. */
+/** Hold the root's chunk gate in `mode` while `use` runs: the in-process gate, then (past the turnstile) the flock. */
 export async function withChunkGate<T>(root: string, fsBackend: NativeFs, mode: LockMode, use: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   const release = await gateOf(root).acquire(mode, signal);
   let osLock: LockHandle | null = null;
   try {
     if (fsBackend.crossProcessLocks) {
-      osLock = await fsBackend.lockFile(chunkGateLockPath(root), mode, { signal, under: root });
+      const turnstile = await fsBackend.lockFile(chunkTurnstileLockPath(root), mode, { signal, under: root });
+      try {
+        osLock = await fsBackend.lockFile(chunkGateLockPath(root), mode, { signal, under: root });
+      } finally {
+        turnstile.release();
+      }
     }
     return await use();
   } finally {

@@ -2,6 +2,7 @@
  * Where chunk files live under a cache root, and what their names prove. Pure (node:path only).
  *
  *   <root>/.kvkeep/chunks.lock                                   the chunk gate (flock: commits shared, GC exclusive)
+ *   <root>/.kvkeep/chunks-gc.lock                                its turnstile (a collector waiting holds it; commits pass it)
  *   <root>/.kvkeep/chunks/<context>/<id[0..2)>/<id>.kvkc         an immutable chunk
  *   <root>/.kvkeep/chunks/<context>/<id[0..2)>/<id>.kvkc.<pid>-<stamp>-<u>.tmp   a writer's temp
  *
@@ -15,6 +16,7 @@ import { INTERNAL_DIR_NAME } from "../keys/safe-key.js";
 export const CHUNKS_DIR_NAME = "chunks";
 export const CHUNK_FILE_SUFFIX = ".kvkc";
 export const CHUNK_GATE_LOCK_NAME = "chunks.lock";
+export const CHUNK_TURNSTILE_LOCK_NAME = "chunks-gc.lock";
 
 /** A context digest or a chunk id: 32 lowercase hex characters (128 bits). */
 export const HEX128 = /^[0-9a-f]{32}$/;
@@ -33,6 +35,11 @@ export function chunksDir(root: string): string {
 /** `<root>/.kvkeep/chunks.lock` */
 export function chunkGateLockPath(root: string): string {
   return path.join(root, INTERNAL_DIR_NAME, CHUNK_GATE_LOCK_NAME);
+}
+
+/** `<root>/.kvkeep/chunks-gc.lock` */
+export function chunkTurnstileLockPath(root: string): string {
+  return path.join(root, INTERNAL_DIR_NAME, CHUNK_TURNSTILE_LOCK_NAME);
 }
 
 /** The directory levels from the root to a chunk's fan-out directory. */

@@ -86,8 +86,9 @@ export class StoreCore {
         }
       }
     };
+    const chunkFiles = new ChunkFiles(root, fsBackend);
     const retention = new Retention(
-      { root, logger, fsBackend, locks, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
+      { root, logger, fsBackend, locks, chunkFiles, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
       resolved.retention,
       options.retentionInternals,
     );
@@ -96,7 +97,7 @@ export class StoreCore {
       root,
       logger,
       fsBackend,
-      chunkFiles: new ChunkFiles(root, fsBackend),
+      chunkFiles,
       locks,
       layers,
       onRollback: resolved.onRollback,
