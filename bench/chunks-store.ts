@@ -140,6 +140,8 @@ for (const size of sizes) {
   // Resumed TTFT: a fresh adapter per repeat, variants interleaved; the same prompt each time
   // (one reply token, so every repeat resumes the same state and evaluates the same tokens).
   const ttft: Record<Variant, number[]> = { chunked: [], whole: [] };
+  const loadMs: Record<Variant, number[]> = { chunked: [], whole: [] };
+  const reused: Record<Variant, number[]> = { chunked: [], whole: [] };
   for (let r = 0; r <= repeats; r++) {
     for (const variant of r % 2 ? [...variants].reverse() : variants) {
       const { store, history } = perVariant[variant];
@@ -147,7 +149,12 @@ for (const size of sizes) {
       const result = await adapter.completion({ history, kvCache: "conv", maxTokens: 1, temperature: 0 });
       await adapter.dispose();
       if (result.stats.source !== "own") throw new Error(`${variant} did not resume its own cache: ${JSON.stringify(result.stats)}`);
-      if (r > 0) ttft[variant].push(result.stats.ttftMs); // the first round warms up
+      if (r > 0) {
+        // the first round warms up
+        ttft[variant].push(result.stats.ttftMs);
+        loadMs[variant].push(result.stats.loadMs);
+        reused[variant].push(result.stats.reusedTokens);
+      }
     }
   }
   const c = perVariant.chunked;
@@ -158,6 +165,8 @@ for (const size of sizes) {
     "whole bytes/turn ÷ new KV": median(w.ratio),
     "resumed TTFT chunked/whole (≤ 1.05)": median(ttft.chunked) / median(ttft.whole),
     "TTFT ms chunked | whole": `${median(ttft.chunked).toFixed(1)} | ${median(ttft.whole).toFixed(1)}`,
+    "load ms chunked | whole": `${median(loadMs.chunked).toFixed(1)} | ${median(loadMs.whole).toFixed(1)}`,
+    "reused tokens chunked | whole": `${median(reused.chunked)} | ${median(reused.whole)}`,
     "save+commit chunked/whole (≤ 0.2)": median(c.saveMs) / median(w.saveMs),
   });
   for (const v of variants) await perVariant[v].store.close();

@@ -59,8 +59,51 @@ export async function withMemoryState<T>(
   empty: () => KvKeepError,
 ): Promise<T> {
   if (memory.size() === 0) throw empty();
-  const bytes = await memory.read();
-  if (bytes.byteLength === 0) throw empty();
+  const slot = scratchOf(env.ctx);
+  const mine = !slot.busy; // one commit at a time reuses it; a concurrent one reads into a fresh buffer
+  if (mine) slot.busy = true;
+  try {
+    const bytes = await memory.read(mine ? (slot.buffer ?? undefined) : undefined);
+    // A scratch too small was not used: the read's own (exactly sized) buffer replaces it.
+    if (mine && (slot.buffer === null || bytes.buffer !== slot.buffer.buffer)) slot.buffer = bytes;
+    if (bytes.byteLength === 0) throw empty();
+    return await commitBytes(env, bytes, target, use);
+  } finally {
+    if (mine) releaseScratch(slot);
+  }
+}
+
+/**
+ * One read buffer per store, reused by its commits: a fresh multi-MB buffer costs more in
+ * page faults than the copy into it (docs/chunks-format.md). Nothing keeps a view of it past
+ * the commit (chunks and tail are encoded into buffers of their own). Dropped after a minute
+ * without commits, so an idle store does not keep a state's worth of memory.
+ */
+interface Scratch {
+  buffer: Buffer | null;
+  busy: boolean;
+  timer: ReturnType<typeof setTimeout> | null;
+}
+const scratchBuffers = new WeakMap<object, Scratch>();
+const SCRATCH_IDLE_MS = 60_000;
+
+function scratchOf(owner: object): Scratch {
+  let slot = scratchBuffers.get(owner);
+  if (!slot) scratchBuffers.set(owner, (slot = { buffer: null, busy: false, timer: null }));
+  return slot;
+}
+
+function releaseScratch(slot: Scratch): void {
+  slot.busy = false;
+  if (slot.timer) clearTimeout(slot.timer);
+  slot.timer = setTimeout(() => {
+    slot.buffer = null;
+    slot.timer = null;
+  }, SCRATCH_IDLE_MS);
+  slot.timer.unref?.();
+}
+
+async function commitBytes<T>(env: SessionEnv, bytes: Buffer, target: string, use: (state: NewState) => Promise<T>): Promise<T> {
   let plan: ChunkPlan | null = null;
   if (env.chunking) {
     try {
