@@ -171,6 +171,22 @@ describe("chunked storage across conversations, layouts and failures", () => {
     await store.close();
   });
 
+  it.each(["tinySwa", "tinyMamba"] as const)("%s (a state kvkeep cannot split) keeps whole files, and stats say so", async (shape) => {
+    const { model: other } = await loadFixtureModel(shape);
+    const root = tempDir();
+    const store = openKvCacheStore({ root });
+    const adapter = createLlamaCppCompletion({ threads: 1, model: other, store, contextSize: 512 });
+    const history: CacheMessage[] = [{ role: "system", content: "Be brief." }, u1];
+    const first = await adapter.completion({ history, kvCache: "w", maxTokens: 4, temperature: 0 });
+    const second = await adapter.completion({ history: [...history, { role: "assistant", content: first.text }, u2], kvCache: "w", maxTokens: 4, temperature: 0 });
+    await adapter.dispose();
+    expect(first.stats.layout).toBe("whole");
+    expect(second.stats).toMatchObject({ layout: "whole", committed: true });
+    expect(chunkFiles(root).size).toBe(0);
+    expect(readdirSync(path.join(root, ".kvkeep")).includes("chunks") ? readdirSync(path.join(root, ".kvkeep", "chunks")) : []).toEqual([]);
+    await store.close();
+  });
+
   it("a whole-file session refuses a chunked cache as foreign (it would load a tail), re-primes and replies as a cold run", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
