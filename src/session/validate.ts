@@ -36,6 +36,7 @@ function validateChunking(chunks: ChunkingOptions): void {
   if (chunks.extra !== undefined && !(Array.isArray(chunks.extra) && chunks.extra.every((e) => typeof e === "string"))) {
     throw bad(".extra must be an array of strings.");
   }
+  if (chunks.wholeWithRemote !== undefined && typeof chunks.wholeWithRemote !== "boolean") throw bad(".wholeWithRemote must be a boolean.");
 }
 
 function isAbortSignal(value: unknown): value is AbortSignal {

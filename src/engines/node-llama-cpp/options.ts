@@ -114,7 +114,8 @@ export interface LlamaCppCompletionOptions {
    * store it once; states go to and from the engine through in-memory files. Applies to
    * attention models whose state kvkeep can split, on platforms with in-memory files (Linux,
    * native addon); sliding-window, recurrent, hybrid and M-RoPE models, and other platforms,
-   * keep whole files (`stats.layout` says which). Default: true.
+   * keep whole files (`stats.layout` says which), as does a store with a remote tier (it does
+   * not move chunks yet). Default: true.
    */
   chunkedStates?: boolean | undefined;
   /**
