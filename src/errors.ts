@@ -27,6 +27,10 @@ export type KvKeepErrorCode =
   | "NO_SPACE"
   | "IO_ERROR"
   | "TARGET_EXISTS"
+  // Token chunks (docs/chunks-format.md): a chunk a chunked cache names is not on the disk, or
+  // its bytes are not that chunk (torn, foreign, checksum or identity wrong). The cache is a miss.
+  | "CHUNK_MISSING"
+  | "CHUNK_CORRUPT"
   // A non-empty directory that is not a kvkeep cache root (no `.kvkeep/root.json`): refused untouched.
   | "ROOT_NOT_KVKEEP"
   // Remote tier (kvkeep/redis), for the calls that report it (CLI listing, explicit deletes).

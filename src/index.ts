@@ -17,6 +17,7 @@ export {
   __kvCacheSessionTestHooks,
 } from "./facade/default-store.js";
 export { generateConfigHash, type ToolLike } from "./keys/config-hash.js";
+export { attentionRotationSetting } from "./chunks/chunk-id.js";
 export { decideCachedHistorySlice, type HistorySlice } from "./slice/decide.js";
 export { KvKeepError, isKvKeepError, type KvKeepErrorCode } from "./errors.js";
 export type { Logger } from "./logger.js";
@@ -54,6 +55,7 @@ export type {
   BeginTurnInput,
   CacheInfo,
   CacheMessage,
+  ChunkingOptions,
   CacheRefusal,
   CacheRefusalReason,
   CommitFailureReason,

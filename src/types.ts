@@ -13,8 +13,18 @@ export interface CacheMessage {
 }
 
 export interface TurnHandle {
-  /** The committed cache file the engine loads from: it exists, trusted, when `beginTurn` resolves. */
+  /**
+   * The committed cache file: it exists, trusted, when `beginTurn` resolves. With
+   * `layout: "whole"` it is the state and the engine may load it (or use `session.loadState`);
+   * with `layout: "chunked"` it holds only the state's last partial chunk (kvkeep's encoding,
+   * not a state): never load it — `session.loadState` assembles the state in memory.
+   */
   readonly cachePath: string;
+  /**
+   * How the committed state at `cachePath` is stored: `"whole"` (the file is the state) or
+   * `"chunked"` (content-addressed token chunks plus the tail in the file; docs/chunks-format.md).
+   */
+  readonly layout: "chunked" | "whole";
   /**
    * Snapshot of the saved-message count at `beginTurn` time (0 if the cache was just primed).
    * Consumed by `decideCachedHistorySlice` to pick the message tail for the engine.
@@ -24,7 +34,9 @@ export interface TurnHandle {
    * Where the engine must write the new state at the end of the turn: a temp file beside
    * `cachePath`. `commitTurn` verifies it, fsyncs it and renames it into place, so a crash
    * mid-save never leaves a torn cache. (Engines that write in place at `cachePath` still
-   * work, without that guarantee for the turn.)
+   * work, without that guarantee for the turn.) In a chunked session (`session.layout`
+   * `"chunked"`) it is an in-memory file's path (`/proc/self/fd/<n>`, valid until the turn
+   * ends): `commitTurn` stores only the chunks the root lacks, the tail and the manifest.
    */
   readonly savePath: string;
   /** The cache key: the custom key, or `auto-<16 hex>` for auto mode. */
@@ -74,7 +86,8 @@ interface BeginTurnCommon {
   configHash: string;
   /**
    * Prime the cache: make the engine write a state holding only the system prompt (and
-   * static tools) to the path given — a temp file beside the cache. Called when no trusted
+   * static tools) to the path given — a temp file beside the cache (in a chunked session an
+   * in-memory file's path). Called when no trusted
    * cache exists in memory or on disk. kvkeep then verifies and commits that file as the
    * cache with a saved count of 0 before `beginTurn` resolves. An error it throws passes
    * through `beginTurn` unchanged.
@@ -214,6 +227,50 @@ export interface KvCacheSession {
   autoCachePath(configHash: string, history: readonly CacheMessage[]): string;
   /** Where a custom key's cache lives. */
   customCachePath(customKey: string, configHash: string): string;
+  /**
+   * How this session stores states it commits: `"chunked"` when it was created with
+   * `chunks` and the store can hand states over in memory (Linux memfd through the native
+   * addon), else `"whole"`. A chunked session still reads whole-file caches (existing roots),
+   * and writes a state it cannot split (an unknown format) whole.
+   */
+  readonly layout: "chunked" | "whole";
+  /**
+   * Hand the turn's committed state to `use` as a path the engine can load, and resolve what
+   * `use` returned. A whole-file cache: `use(turn.cachePath)`. A chunked cache: its chunks
+   * and tail joined into an in-memory file, closed when `use` settles — with `tokens` (the
+   * prompt's), only the leading tokens the state shares with them (at least one), so chunks
+   * the prompt does not share are never read. `tokens` passed to `use` is how many tokens the
+   * state given holds (null when unknown: a whole file). A chunk that is missing or damaged
+   * rejects with CHUNK_MISSING / CHUNK_CORRUPT, and the cache is removed (the commit writes
+   * it anew); only an open turn of this session can be loaded (`INVALID_ARGUMENT` otherwise).
+   */
+  loadState<T>(turn: TurnHandle, use: (loadPath: string, tokens: number | null) => Promise<T>, options?: { tokens?: ArrayLike<number> | undefined }): Promise<T>;
+}
+
+/**
+ * Opting a session into chunked storage (`SessionOptions.chunks`): what the engine's KV
+ * bytes depend on besides the model fingerprint and the state's own layout (which kvkeep
+ * reads from the state). Chunks are shared between conversations of one scope whose states
+ * agree on all of it.
+ */
+export interface ChunkingOptions {
+  /**
+   * The attention-rotation setting the engine's KV cache was made with (llama.cpp rotates
+   * quantized K/V unless LLAMA_ATTN_ROT_DISABLE is set; `attentionRotationSetting(process.env)`).
+   */
+  attentionRotation: string;
+  /** The engine context's sequence count (llama.cpp's n_stream). */
+  sequences: number;
+  /** Tokens per chunk (default 256). */
+  chunkTokens?: number | undefined;
+  /** Anything else the KV depends on (engine build, RoPE overrides, ...). Order matters. */
+  extra?: readonly string[] | undefined;
+  /**
+   * Keep whole files when the store has a remote tier: the tier does not move chunks yet, so
+   * a chunked cache stays on this machine (it is never uploaded). Default false: chunked,
+   * local only. The node-llama-cpp adapter sets it, so a fleet keeps sharing conversations.
+   */
+  wholeWithRemote?: boolean | undefined;
 }
 
 export interface SessionOptions {
@@ -242,6 +299,15 @@ export interface SessionOptions {
    * store's `onRollback` (`"keep-committed"`); `createKvCacheSession` defaults to `"clear"`.
    */
   onRollback?: "clear" | "keep-committed" | undefined;
+  /**
+   * Store this session's states as content-addressed token chunks (docs/chunks-format.md):
+   * a commit writes only the chunks the root lacks, the tail and the manifest, and states are
+   * handed to and from the engine in memory. Only for engines whose state kvkeep can split
+   * (llama.cpp sequence states of attention models: never sliding-window, recurrent or hybrid
+   * models). Honoured where the store has in-memory files (Linux, native addon); elsewhere the
+   * session stays whole-file (`session.layout` says which). Default: none (whole files).
+   */
+  chunks?: ChunkingOptions | undefined;
 }
 
 /**
@@ -301,21 +367,40 @@ export interface SweepResult {
   evicted: EvictedCache[];
   /**
    * Bytes of the evictable caches left after the sweep (auto caches, plus named ones with
-   * `evictNamed`). Above `maxBytes` only when caches in use had to be kept.
+   * `evictNamed`), physical: their files and the token chunks only they name, each once.
+   * Above `maxBytes` only when caches in use had to be kept.
    */
   keptBytes: number;
-  /** Every file the sweep removed: each evicted cache's file, manifest and lock file. */
+  /**
+   * Every file the sweep removed: each evicted cache's file, manifest and lock file, and the
+   * chunk files (and dead writers' chunk temps) its chunk GC removed.
+   */
   removedFiles: number;
+  /** Chunk files no manifest referenced any more (docs/chunks-format.md), removed by the sweep's chunk GC. */
+  removedChunks: number;
+  /** Their bytes. */
+  removedChunkBytes: number;
 }
 
 /** What is on disk under the root: every cache, auto and named. */
 export interface StoreUsage {
-  /** Everything kvkeep has on disk under the root: the caches, plus `staleTempBytes`. */
+  /**
+   * Everything kvkeep has on disk under the root (physical bytes): the cache files, each
+   * token chunk once however many caches share it (`chunkBytes`), plus `staleTempBytes`.
+   */
   bytes: number;
   /** Caches (auto and named). */
   count: number;
+  /** Cache files of auto / named caches: whole states, or a chunked cache's tail (its chunks are in `chunkBytes`). */
   autoBytes: number;
   namedBytes: number;
+  /** What the caches would take if each held its own copy of every chunk it names (whole-file caches count as they are). */
+  logicalBytes: number;
+  /** `logicalBytes` / the caches' physical bytes (1 when nothing is shared, or nothing is stored). */
+  sharing: number;
+  /** Distinct token chunks the caches name (docs/chunks-format.md), and their bytes. */
+  chunkCount: number;
+  chunkBytes: number;
   /**
    * Temp files left by writers that died (a crash mid-save) that the last walk of the root
    * (at open, or a sweep's periodic resync) found and could not remove yet.
@@ -330,8 +415,15 @@ export interface CacheInfo {
   messageCount: number;
   /** Tokens in the state, when the engine reported them at commit. */
   tokenCount: number | null;
-  /** Size of the state file in bytes. */
+  /** Size of the state file in bytes (for a chunked cache, of its tail file). */
   bytes: number;
+  /** How the cache is stored: `"chunked"` caches must be loaded from `loadPath`, never `cachePath`. */
+  layout: "chunked" | "whole";
+  /**
+   * Where the engine loads the state from while `use` runs: `cachePath` for a whole file; for
+   * a chunked cache an in-memory file holding the state joined from its chunks (closed after `use`).
+   */
+  loadPath: string;
 }
 
 /** A question to the prefix index: which cache of this model and config shares the most of `history`? */
@@ -349,6 +441,13 @@ export interface PrefixQuery {
   history: readonly CacheMessage[];
   /** Cache paths never to return, e.g. the turn's own `cachePath`. */
   exclude?: readonly string[] | undefined;
+  /**
+   * The prompt's tokens, when the engine has them. A chunked source is then read only as far
+   * as it shares them: its shared full chunks and the shared part of the next chunk (or of its
+   * tail), joined in memory — never the rest of a longer conversation. Without them the whole
+   * source is lent.
+   */
+  tokens?: ArrayLike<number> | undefined;
   /** Only caches sharing at least this many leading messages. Default 1. */
   minCommonMessages?: number | undefined;
   /**
@@ -379,7 +478,15 @@ export interface BorrowedCache extends PrefixMatch {
   /**
    * Where the engine loads the state from while `use` runs: the very file that was verified
    * (on Linux `/proc/self/fd/<n>` of a descriptor kvkeep holds open, so a delete or a commit
-   * replacing it meanwhile cannot change what is loaded), else `cachePath`.
+   * replacing it meanwhile cannot change what is loaded), else `cachePath`. For a chunked
+   * source, an in-memory file holding the state joined from its chunks (closed after `use`).
    */
   loadPath: string;
+  /** How the source is stored (a chunked source is lent joined, see `loadPath`). */
+  layout: "chunked" | "whole";
+  /**
+   * Tokens in the state at `loadPath`: for a chunked source read with `query.tokens`, only
+   * the leading tokens it shares with them; null when unknown (a whole file: its own count).
+   */
+  loadedTokens: number | null;
 }

@@ -16,10 +16,10 @@ import { touchLastUse } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
 import { type HistoryChain, type PrefixCandidate, type PrefixLookup, prefixScope } from "../prefix/prefix-index.js";
 import type { StoreUsage } from "../types.js";
-import { clampUse, entryFor, type IndexEntry, locationOf, prefixInfoOf } from "./entry.js";
+import { chunkRefsOf, clampUse, entryFor, type IndexEntry, locationOf, prefixInfoOf } from "./entry.js";
 import { COLLECT_CONCURRENCY, collectFromWalk, entryFromDisk, type Visit } from "./from-disk.js";
 import { IndexLog, type LogRead } from "./index-log.js";
-import { type LogRecord, prefixFields, prefixOfRecord } from "./log-record.js";
+import { chunkFields, chunksOfRecord, type LogRecord, prefixFields, prefixOfRecord } from "./log-record.js";
 import { RetentionIndex } from "./retention-index.js";
 import { scanRoot } from "./scan.js";
 
@@ -137,8 +137,9 @@ export class RootCatalog {
     if (!loc) return;
     const u = Date.now();
     const prefix = prefixInfoOf(entry, fingerprint);
-    this.index.put(cachePath, entryFor(loc, entry.size, u, prefix));
-    this.log.append({ op: "put", p: relativeCachePath(loc), b: entry.size, u, w: this.log.writerId, ...prefixFields(prefix) });
+    const chunks = chunkRefsOf(entry);
+    this.index.put(cachePath, entryFor(loc, entry.size, u, prefix, chunks));
+    this.log.append({ op: "put", p: relativeCachePath(loc), b: entry.size, u, w: this.log.writerId, ...prefixFields(prefix), ...chunkFields(chunks) });
   }
 
   async noteUsed(cachePath: string, entry: ManifestEntry): Promise<void> {
@@ -151,7 +152,7 @@ export class RootCatalog {
       // Only the persisted use time is lost (a restart sees the last commit instead).
       this.#deps.logger.debug(logLine("could not record the cache's last use on disk", { cachePath, error }));
     }
-    this.index.use(cachePath, u, entryFor(loc, entry.size, u));
+    this.index.use(cachePath, u, entryFor(loc, entry.size, u, null, chunkRefsOf(entry)));
     this.log.append({ op: "use", p: relativeCachePath(loc), b: entry.size, u, w: this.log.writerId });
   }
 
@@ -191,7 +192,8 @@ export class RootCatalog {
     await this.refresh(false);
     await this.confirmRecords();
     const caches = this.index.usage();
-    return { ...caches, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
+    const sharing = caches.bytes > 0 ? caches.logicalBytes / caches.bytes : 1;
+    return { ...caches, sharing, bytes: caches.bytes + this.#staleTempBytes, staleTempBytes: this.#staleTempBytes };
   }
 
   /**
@@ -305,7 +307,7 @@ export class RootCatalog {
         const writer = this.log.writerId;
         const snapshot: LogRecord[] = [];
         for (const [, e] of this.index.entries()) {
-          snapshot.push({ op: "put", p: relativeCachePath(locationOf(e)), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix) });
+          snapshot.push({ op: "put", p: relativeCachePath(locationOf(e)), b: e.bytes, u: e.lastUsedMs, w: writer, ...prefixFields(e.prefix), ...chunkFields(e.chunks) });
         }
         await this.log.replaceWith(snapshot);
         this.stats.compactions++;
@@ -413,7 +415,7 @@ export class RootCatalog {
       // sweep or usage() relies on them (confirmRecords). A `use` of a known cache changes
       // only its last use, which can delay an eviction, never cause one.
       if (record.op === "put") {
-        this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record)));
+        this.index.put(cachePath, entryFor(loc, record.b ?? 0, record.u, prefixOfRecord(record), chunksOfRecord(record)));
         this.#unconfirmed.add(cachePath);
       } else if (record.op === "use") {
         const known = this.index.get(cachePath) !== undefined;

@@ -3,6 +3,7 @@
  * the prefix index answers from. The catalog builds entries from the disk, this store's
  * turns and other processes' log records; the sweeper plans over them.
  */
+import { chunkByteLength, decodeKvGeometry } from "../chunks/state-format.js";
 import { cacheKindOf } from "../keys/safe-key.js";
 import type { CacheLocation } from "../layout/paths.js";
 import type { ManifestEntry } from "../manifest/format.js";
@@ -21,6 +22,21 @@ export interface IndexEntry {
   lastUsedMs: number;
   /** What the state holds, for the prefix index (src/prefix/); absent when unknown. */
   prefix?: PrefixInfo | null | undefined;
+  /**
+   * A chunked cache's full chunks (`bytes` is then its tail only): shared with every other
+   * cache naming the same ids, counted once in physical bytes. Absent for a whole-file cache.
+   */
+  chunks?: ChunkRefs | null | undefined;
+}
+
+/** The chunks a chunked cache names, as the catalog counts them. */
+export interface ChunkRefs {
+  /** The state context's digest (the chunks' directory). */
+  context: string;
+  /** Full chunk ids, in order. */
+  ids: readonly string[];
+  /** Bytes of each of them (they all hold chunkTokens tokens of one geometry). */
+  chunkBytes: number;
 }
 
 /** The part of a cache's manifest entry the prefix index needs. */
@@ -49,7 +65,7 @@ export function clampUse(ms: number, now: number): number {
 }
 
 /** The index entry of the cache at `loc`. */
-export function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, prefix: PrefixInfo | null = null): IndexEntry {
+export function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, prefix: PrefixInfo | null = null, chunks: ChunkRefs | null = null): IndexEntry {
   return {
     scopeId: loc.scopeId,
     cacheKey: loc.cacheKey,
@@ -59,6 +75,7 @@ export function entryFor(loc: CacheLocation, bytes: number, lastUsedMs: number, 
     bytes,
     lastUsedMs,
     prefix,
+    chunks,
   };
 }
 
@@ -71,4 +88,25 @@ export function locationOf(entry: IndexEntry): CacheLocation {
 export function prefixInfoOf(entry: ManifestEntry, fingerprint: string | null): PrefixInfo | null {
   if (!entry.chain || entry.chain.length === 0) return null;
   return { fingerprint, chain: entry.chain, messageCount: entry.messageCount, tokenCount: entry.tokenCount };
+}
+
+/**
+ * The chunks a committed entry names, with the size each takes on disk
+ * (chunkByteLength of its geometry and chunk size); null for a whole-file entry, or one whose
+ * geometry does not decode (then it is counted by its tail alone).
+ */
+export function chunkRefsOf(entry: ManifestEntry): ChunkRefs | null {
+  const chunks = entry.chunks;
+  if (!chunks) return null;
+  try {
+    const geometry = decodeKvGeometry(Buffer.from(chunks.geometry, "base64"));
+    return { context: chunks.context, ids: chunks.ids, chunkBytes: chunkByteLength(geometry, chunks.chunkTokens) };
+  } catch {
+    return null;
+  }
+}
+
+/** Bytes the cache would take holding its own copy of every chunk: its tail plus its chunks. */
+export function logicalBytesOf(entry: IndexEntry): number {
+  return entry.bytes + (entry.chunks ? entry.chunks.ids.length * entry.chunks.chunkBytes : 0);
 }

@@ -12,7 +12,8 @@ import { type CacheLocation, cachePathOf, manifestPathOf } from "../layout/paths
 import { manifestNames } from "../manifest/ownership.js";
 import { type ManifestRead, readManifest } from "../manifest/store.js";
 import type { NativeFs } from "../native/index.js";
-import { clampUse, entryFor, type IndexEntry, type PrefixInfo, prefixInfoOf } from "./entry.js";
+import type { ManifestEntry } from "../manifest/format.js";
+import { chunkRefsOf, clampUse, entryFor, type IndexEntry, prefixInfoOf } from "./entry.js";
 import type { ScannedModelDir } from "./scan.js";
 
 /** A walk of the root: calls `visit` for every model directory. */
@@ -76,7 +77,8 @@ export async function entryFromDisk(fsBackend: NativeFs, cachePath: string, loc:
     // Only a cache its manifest proves kvkeep's is retention's to count or evict.
     if (!bin || !manifest.isFile() || !manifestNames(read, loc)) return null;
     const lastUse = clampUse(Math.floor(manifest.mtimeMs), Date.now());
-    return entryFor(loc, bin.size, lastUse, prefixOfManifest(read, bin));
+    const slot = slotOf(read, bin);
+    return entryFor(loc, bin.size, lastUse, slot && prefixInfoOf(slot.entry, slot.fingerprint), slot && chunkRefsOf(slot.entry));
   } catch (error) {
     if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return null; // removed meanwhile
     throw error;
@@ -110,10 +112,10 @@ async function staleTempBytesIn(modelDir: ScannedModelDir): Promise<number> {
   return bytes;
 }
 
-/** The prefix facts of the manifest slot the file on disk is (by identity), or null. */
-function prefixOfManifest(read: ManifestRead, file: FileIdentity): PrefixInfo | null {
+/** The manifest slot the file on disk is (by identity), with the manifest's fingerprint; or null. */
+function slotOf(read: ManifestRead, file: FileIdentity): { entry: ManifestEntry; fingerprint: string | null } | null {
   if (!("manifest" in read)) return null;
   const { manifest } = read;
   const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, file));
-  return entry ? prefixInfoOf(entry, manifest.fingerprint) : null;
+  return entry ? { entry, fingerprint: manifest.fingerprint } : null;
 }

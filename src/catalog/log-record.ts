@@ -9,9 +9,11 @@
  * (ms since the epoch); `w` identifies the store that wrote it, so a store skips its own.
  * A `put` of a state whose conversation is known also carries what the prefix index needs:
  *   "f": model fingerprint (or null), "c": [message keys], "m": messages, "t": tokens (or null).
+ * A `put` of a chunked state carries its chunks (docs/chunks-format.md), for physical-bytes
+ * accounting: "kc": the context digest, "k": [full chunk ids], "cb": bytes of each chunk.
  */
-import { MAX_CHAIN_KEYS } from "../manifest/format.js";
-import type { IndexEntry, PrefixInfo } from "./entry.js";
+import { MAX_CHAIN_KEYS, MAX_CHUNK_IDS } from "../manifest/format.js";
+import type { ChunkRefs, IndexEntry, PrefixInfo } from "./entry.js";
 
 export type LogOp = "put" | "use" | "del";
 
@@ -28,6 +30,35 @@ export interface LogRecord {
   c?: readonly string[];
   m?: number;
   t?: number | null;
+  /** Chunks of a `put` (all three or none). */
+  kc?: string;
+  k?: readonly string[];
+  cb?: number;
+}
+
+/** The chunks a `put` record names, or null. */
+export function chunksOfRecord(record: LogRecord): ChunkRefs | null {
+  if (record.kc === undefined || record.k === undefined || record.cb === undefined) return null;
+  return { context: record.kc, ids: record.k, chunkBytes: record.cb };
+}
+
+/** The fields of a `put` record that carry `chunks`. */
+export function chunkFields(chunks: ChunkRefs | null | undefined): Pick<LogRecord, "kc" | "k" | "cb"> {
+  return chunks ? { kc: chunks.context, k: chunks.ids, cb: chunks.chunkBytes } : {};
+}
+
+const HEX128 = /^[0-9a-f]{32}$/;
+
+function parseChunks(r: Partial<LogRecord>): Pick<LogRecord, "kc" | "k" | "cb"> | null {
+  if (r.k === undefined && r.kc === undefined && r.cb === undefined) return {};
+  const ok =
+    typeof r.kc === "string" &&
+    HEX128.test(r.kc) &&
+    Array.isArray(r.k) &&
+    r.k.length <= MAX_CHUNK_IDS &&
+    r.k.every((id) => typeof id === "string" && HEX128.test(id)) &&
+    isMs(r.cb);
+  return ok ? { kc: r.kc!, k: r.k!, cb: r.cb! } : null;
 }
 
 /** The prefix facts a `put` record carries, or null. */
@@ -49,7 +80,8 @@ export function prefixFields(prefix: PrefixInfo | null | undefined): Pick<LogRec
 export function snapshotRecordBytes(entry: IndexEntry): number {
   const path = entry.cacheKey.length + entry.modelId.length + entry.configHash.length + 6 + (entry.scopeId ? 41 : 0);
   const prefix = entry.prefix ? 40 + (entry.prefix.fingerprint?.length ?? 4) + 19 * entry.prefix.chain.length : 0;
-  return 64 + path + prefix;
+  const chunks = entry.chunks ? 70 + 35 * entry.chunks.ids.length : 0;
+  return 64 + path + prefix + chunks;
 }
 
 const CHAIN_KEY = /^[0-9a-f]{16}$/;
@@ -87,8 +119,9 @@ function parseRecord(text: string): LogRecord | null {
   if (r.op === "put" && !isMs(r.b)) return null;
   if (r.op === "put") {
     const prefix = parsePrefix(r);
-    if (!prefix) return null;
-    return { op: r.op, p: r.p, b: r.b!, u: r.u, w: r.w, ...prefix };
+    const chunks = parseChunks(r);
+    if (!prefix || !chunks) return null;
+    return { op: r.op, p: r.p, b: r.b!, u: r.u, w: r.w, ...prefix, ...chunks };
   }
   return r.op !== "del" && isMs(r.b) ? { op: r.op, p: r.p, b: r.b, u: r.u, w: r.w } : { op: r.op, p: r.p, u: r.u, w: r.w };
 }

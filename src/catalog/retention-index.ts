@@ -13,16 +13,36 @@
  *
  * The prefix index (`prefix`) is a second view of the same entries: it changes exactly when
  * an entry is stored or removed here, so both answer from the same knowledge of the root.
+ *
+ * Chunks (docs/chunks-format.md) are counted by reference: each chunk a cache names
+ * (`<context>/<id>`) has a count of the caches naming it (and of the named ones among them),
+ * kept with every put and remove. A chunk's bytes count once in physical bytes however many
+ * caches name it; an entry's `bytes` is then its tail alone.
  */
 import { PrefixIndex } from "../prefix/prefix-index.js";
 import { snapshotRecordBytes } from "./log-record.js";
-import type { IndexEntry } from "./entry.js";
+import { type IndexEntry, logicalBytesOf } from "./entry.js";
 
 export interface IndexUsage {
+  /** Physical: every cache file (whole states, tails) plus every distinct chunk once. */
   bytes: number;
   count: number;
+  /** Cache files of auto / named caches (whole states, tails; chunks are in `chunkBytes`). */
   autoBytes: number;
   namedBytes: number;
+  /** What the caches would take each holding its own copy of every chunk it names. */
+  logicalBytes: number;
+  /** Distinct chunks named by the caches, and their bytes. */
+  chunkCount: number;
+  chunkBytes: number;
+}
+
+/** How many caches name one chunk. */
+interface ChunkCount {
+  refs: number;
+  /** Of those, named (custom-key) caches: a sweep without `evictNamed` can never free it. */
+  namedRefs: number;
+  bytes: number;
 }
 
 type Change =
@@ -39,6 +59,12 @@ export class RetentionIndex {
   #autoCount = 0;
   #namedCount = 0;
   #snapshotBytes = 0;
+  #logicalBytes = 0;
+  /** `<context>/<id>` → the caches naming it. */
+  #chunks = new Map<string, ChunkCount>();
+  #chunkBytes = 0;
+  /** Bytes of the chunks no named cache names (a sweep of auto caches alone can free them). */
+  #unnamedChunkBytes = 0;
   /** Changes noted while a rebuild runs, replayed onto its result. */
   #replay: Change[] | null = null;
 
@@ -56,11 +82,19 @@ export class RetentionIndex {
 
   usage(): IndexUsage {
     return {
-      bytes: this.#autoBytes + this.#namedBytes,
+      bytes: this.#autoBytes + this.#namedBytes + this.#chunkBytes,
       count: this.#autoCount + this.#namedCount,
       autoBytes: this.#autoBytes,
       namedBytes: this.#namedBytes,
+      logicalBytes: this.#logicalBytes,
+      chunkCount: this.#chunks.size,
+      chunkBytes: this.#chunkBytes,
     };
+  }
+
+  /** How many caches name the chunk `<context>/<id>` (0 when none). */
+  chunkRefs(context: string, id: string): number {
+    return this.#chunks.get(`${context}/${id}`)?.refs ?? 0;
   }
 
   /** About how many bytes a snapshot of the index takes in the shared log (see `snapshotRecordBytes`). */
@@ -68,9 +102,12 @@ export class RetentionIndex {
     return this.#snapshotBytes;
   }
 
-  /** Bytes of the caches a sweep may evict. */
+  /**
+   * Physical bytes a sweep could free by evicting every cache it may: their files, and the
+   * chunks only they name (without `evictNamed`, a chunk a named cache names stays).
+   */
   evictableBytes(evictNamed: boolean): number {
-    return evictNamed ? this.#autoBytes + this.#namedBytes : this.#autoBytes;
+    return evictNamed ? this.#autoBytes + this.#namedBytes + this.#chunkBytes : this.#autoBytes + this.#unnamedChunkBytes;
   }
 
   /** A cache was written (commit or prime) at `entry.lastUsedMs` with `entry.bytes`. */
@@ -127,7 +164,9 @@ export class RetentionIndex {
     this.#replay = null;
     this.#entries = new Map();
     this.prefix.clear();
-    this.#autoBytes = this.#namedBytes = this.#autoCount = this.#namedCount = this.#snapshotBytes = 0;
+    this.#autoBytes = this.#namedBytes = this.#autoCount = this.#namedCount = this.#snapshotBytes = this.#logicalBytes = 0;
+    this.#chunks = new Map();
+    this.#chunkBytes = this.#unnamedChunkBytes = 0;
     for (const [cachePath, entry] of rebuilt) this.#put(this.#entries, cachePath, entry);
     for (const change of replay) {
       if (change.op === "put") this.put(change.cachePath, change.entry);
@@ -162,6 +201,33 @@ export class RetentionIndex {
     } else this.prefix.remove(cachePath);
   }
 
+  #countChunks(entry: IndexEntry, sign: 1 | -1): void {
+    const { context, ids, chunkBytes } = entry.chunks!;
+    const named = entry.kind === "named" ? 1 : 0;
+    for (const id of ids) {
+      const key = `${context}/${id}`;
+      let count = this.#chunks.get(key);
+      if (!count) {
+        if (sign < 0) continue; // (never counted: nothing to take back)
+        count = { refs: 0, namedRefs: 0, bytes: chunkBytes };
+        this.#chunks.set(key, count);
+        this.#chunkBytes += count.bytes;
+        this.#unnamedChunkBytes += count.bytes;
+      }
+      const wasUnnamed = count.namedRefs === 0;
+      count.refs += sign;
+      count.namedRefs += sign * named;
+      const isUnnamed = count.namedRefs === 0;
+      if (wasUnnamed && !isUnnamed) this.#unnamedChunkBytes -= count.bytes;
+      if (!wasUnnamed && isUnnamed) this.#unnamedChunkBytes += count.bytes;
+      if (count.refs <= 0) {
+        this.#chunks.delete(key);
+        this.#chunkBytes -= count.bytes;
+        if (isUnnamed) this.#unnamedChunkBytes -= count.bytes;
+      }
+    }
+  }
+
   #remove(map: Map<string, IndexEntry>, cachePath: string, u: number): void {
     const existing = map.get(cachePath);
     // A cache written or used after this removal is a new one: keep it.
@@ -173,6 +239,8 @@ export class RetentionIndex {
 
   #account(entry: IndexEntry, sign: 1 | -1): void {
     this.#snapshotBytes += sign * snapshotRecordBytes(entry);
+    this.#logicalBytes += sign * logicalBytesOf(entry);
+    if (entry.chunks) this.#countChunks(entry, sign);
     if (entry.kind === "auto") {
       this.#autoBytes += sign * entry.bytes;
       this.#autoCount += sign;

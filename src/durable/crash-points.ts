@@ -28,7 +28,18 @@ export const CRASH_POINTS = [
 /** Remote tier uploads (src/remote/redis/tier.ts): a chunk acknowledged; every chunk sent, before publishing. */
 export const REMOTE_CRASH_POINTS = ["remote:after-chunk", "remote:before-publish"] as const;
 
-export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof REMOTE_CRASH_POINTS)[number];
+/** Chunk files (src/chunkfiles/chunk-files.ts): a chunk's temp is written and fsynced; renamed to its name, its directory not fsynced yet. */
+export const CHUNK_CRASH_POINTS = ["chunk:after-temp-synced", "chunk:after-rename"] as const;
+
+/**
+ * A chunked commit (src/session/chunk-commit.ts): every chunk the state names is on the disk
+ * (written or touched), no tail yet; the tail's temp is written beside the cache, before the
+ * two-slot install.
+ */
+export const CHUNKED_COMMIT_CRASH_POINTS = ["chunked:after-chunks-stored", "chunked:after-tail-temp"] as const;
+
+export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof REMOTE_CRASH_POINTS)[number] | (typeof CHUNK_CRASH_POINTS)[number]
+  | (typeof CHUNKED_COMMIT_CRASH_POINTS)[number];
 
 const [crashStep, crashNth] = (process.env.KVKEEP_TEST_CRASH_AT ?? "").split("@");
 let hits = 0;

@@ -14,6 +14,12 @@ import type { CacheRefusalReason } from "../types.js";
 export const MANIFEST_FORMAT = 1;
 
 /**
+ * The format of a manifest that names chunks (an entry with `chunks`): a version that reads
+ * only format 1 refuses it instead of handing the tail file (not a whole state) to an engine.
+ */
+export const CHUNKED_MANIFEST_FORMAT = 2;
+
+/**
  * The largest manifest kvkeep reads (256 KiB). A manifest kvkeep writes is well under 1 KiB
  * today; the bound leaves room for per-entry data to come (a prefix chain of ~4096 messages ×
  * 16 hex chars per slot is ~140 KiB) while a planted huge or sparse file costs nothing.
@@ -36,6 +42,72 @@ export interface ManifestEntry extends FileIdentity {
    * did not pass its history). See src/prefix/prefix-index.ts.
    */
   chain?: readonly string[] | null;
+  /**
+   * Set when the state is stored as content-addressed token chunks (docs/chunks-format.md):
+   * the cache file then holds only the tail chunk (kvkc encoding), and the full chunks live
+   * under `.kvkeep/chunks/<context>/`. Absent: the cache file is the whole state.
+   */
+  chunks?: ChunkedState | null;
+}
+
+/** How a chunked state is assembled: its full chunks in order, then the cache file (the tail). */
+export interface ChunkedState {
+  /** The state context's digest (32 hex): model, KV layout and scope; the chunks' directory. */
+  context: string;
+  /** The KV geometry (encodeKvGeometry, base64): what a join needs to rebuild the state. */
+  geometry: string;
+  /** Where the sequence sits in the engine's state (stream count, stream, sequence id). */
+  placement: { nStream: number; streamIndex: number; seqId: number };
+  /** Tokens per full chunk (256 by default). */
+  chunkTokens: number;
+  /** The full chunks' ids (32 hex each), first token first. */
+  ids: readonly string[];
+  /** Tokens in the whole state: ids.length × chunkTokens + the tail's. */
+  tokens: number;
+}
+
+/** Most full chunks one entry names (~1.8 M tokens at 256 per chunk; ~250 KiB of ids). */
+export const MAX_CHUNK_IDS = 6000;
+
+const CHUNK_ID = /^[0-9a-f]{32}$/;
+
+/** The chunks of an entry: a chunked entry this version cannot read makes the manifest invalid. */
+export function parseChunkedState(value: unknown): ChunkedState | null | "invalid" {
+  if (value === undefined || value === null) return null;
+  const c = value as Partial<ChunkedState>;
+  if (typeof c !== "object") return "invalid";
+  const p = c.placement as Partial<ChunkedState["placement"]> | undefined;
+  if (
+    typeof c.context !== "string" ||
+    !CHUNK_ID.test(c.context) ||
+    typeof c.geometry !== "string" ||
+    c.geometry.length > 64 * 1024 ||
+    !/^[A-Za-z0-9+/]*={0,2}$/.test(c.geometry) ||
+    !p ||
+    typeof p !== "object" ||
+    !isInt(p.nStream) ||
+    !isInt(p.streamIndex) ||
+    !isInt(p.seqId) ||
+    !isInt(c.chunkTokens) ||
+    c.chunkTokens < 1 ||
+    c.chunkTokens > 1 << 20 ||
+    !Array.isArray(c.ids) ||
+    c.ids.length > MAX_CHUNK_IDS ||
+    !c.ids.every((id) => typeof id === "string" && CHUNK_ID.test(id)) ||
+    !isInt(c.tokens) ||
+    c.tokens < c.ids.length * c.chunkTokens ||
+    c.tokens >= (c.ids.length + 1) * c.chunkTokens
+  ) {
+    return "invalid";
+  }
+  return {
+    context: c.context,
+    geometry: c.geometry,
+    placement: { nStream: p.nStream, streamIndex: p.streamIndex, seqId: p.seqId },
+    chunkTokens: c.chunkTokens,
+    ids: c.ids as string[],
+    tokens: c.tokens,
+  };
 }
 
 /** Keys of a chain kept in a manifest entry: the first 4 096 messages (~80 KB of JSON per slot). */
@@ -62,7 +134,8 @@ export function parseChain(value: unknown, messageCount: number): readonly strin
 }
 
 export interface Manifest {
-  format: typeof MANIFEST_FORMAT;
+  /** 1, or CHUNKED_MANIFEST_FORMAT when an entry names chunks (serializeManifest decides). */
+  format: typeof MANIFEST_FORMAT | typeof CHUNKED_MANIFEST_FORMAT;
   kind: "named" | "auto";
   /**
    * The id of the cache's isolation scope (src/keys/scope.ts); absent for the shared space,
@@ -86,6 +159,11 @@ export interface ManifestExpectation {
   fingerprint: string | null;
   configHash: string;
   cacheKey: string;
+  /**
+   * The reader loads the cache file itself and cannot assemble a chunked state (a whole-file
+   * session): a manifest naming chunks is then foreign to it. Default false.
+   */
+  wholeOnly?: boolean | undefined;
 }
 
 const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
@@ -109,6 +187,8 @@ function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
     return "invalid";
   }
   const chain = parseChain(e.chain, e.messageCount);
+  const chunks = parseChunkedState(e.chunks);
+  if (chunks === "invalid") return "invalid";
   return {
     size: e.size,
     ino: e.ino,
@@ -118,6 +198,7 @@ function parseEntry(value: unknown): ManifestEntry | null | "invalid" {
     tokenCount: e.tokenCount,
     committedAt: e.committedAt,
     chain,
+    ...(chunks ? { chunks } : {}),
   };
 }
 
@@ -131,7 +212,9 @@ export function parseManifest(text: string): Manifest | { error: string } {
   }
   const m = raw as Partial<Manifest> | null;
   if (!m || typeof m !== "object") return { error: "manifest is not an object" };
-  if (m.format !== MANIFEST_FORMAT) return { error: `manifest format ${String(m.format)} is not ${MANIFEST_FORMAT}` };
+  if (m.format !== MANIFEST_FORMAT && m.format !== CHUNKED_MANIFEST_FORMAT) {
+    return { error: `manifest format ${String(m.format)} is not ${MANIFEST_FORMAT} or ${CHUNKED_MANIFEST_FORMAT}` };
+  }
   if (m.kind !== "named" && m.kind !== "auto") return { error: "manifest kind is invalid" };
   for (const field of ["modelId", "configHash", "cacheKey"] as const) {
     if (typeof m[field] !== "string") return { error: `manifest ${field} is missing` };
@@ -143,7 +226,7 @@ export function parseManifest(text: string): Manifest | { error: string } {
   if (current === "invalid" || pending === "invalid") return { error: "manifest entry is invalid" };
   if (current === null && pending === null) return { error: "manifest describes no state" };
   return {
-    format: MANIFEST_FORMAT,
+    format: m.format,
     kind: m.kind,
     ...(m.scope !== undefined ? { scope: m.scope } : {}),
     modelId: m.modelId!,
@@ -156,7 +239,8 @@ export function parseManifest(text: string): Manifest | { error: string } {
 }
 
 export function serializeManifest(manifest: Manifest): string {
-  return JSON.stringify(manifest, null, 1) + "\n";
+  const chunked = Boolean(manifest.current?.chunks || manifest.pending?.chunks);
+  return JSON.stringify({ ...manifest, format: chunked ? CHUNKED_MANIFEST_FORMAT : MANIFEST_FORMAT }, null, 1) + "\n";
 }
 
 /**
@@ -181,6 +265,9 @@ export function judgeFile(manifest: Manifest, expect: ManifestExpectation, file:
   }
   if (manifest.fingerprint !== expect.fingerprint) {
     return foreign(`model fingerprint differs (cache ${manifest.fingerprint ?? "none"}, session ${expect.fingerprint ?? "none"})`);
+  }
+  if (expect.wholeOnly && (manifest.current?.chunks || manifest.pending?.chunks)) {
+    return foreign("chunked cache; this session reads whole files");
   }
   if (file.size === 0) return { verdict: "reject", reason: "cache file is empty", refusal: "corrupt" };
   const slots = (["pending", "current"] as const).flatMap((slot) => {

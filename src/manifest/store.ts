@@ -13,6 +13,7 @@ import { loadNativeFs, type NativeFs } from "../native/index.js";
 import type { CacheRefusalReason } from "../types.js";
 import { type FileIdentity, sameIdentity } from "../durable/identity.js";
 import {
+  type ChunkedState,
   judgeFile,
   type Manifest,
   type ManifestEntry,
@@ -124,6 +125,11 @@ export interface InstallParams {
   tokenCount: number | null;
   /** The message-key chain of what the new state holds (prefix reuse), or null when unknown. */
   chain: readonly string[] | null;
+  /**
+   * The new state's chunks when it is stored chunked (the file at `source` is then its tail
+   * chunk; the chunks are on disk before this is called), or null/absent for a whole state.
+   */
+  chunks?: ChunkedState | null;
   /** Refuse to replace an existing target (auto targets): rejects with TARGET_EXISTS. */
   noReplace: boolean;
 }
@@ -187,6 +193,7 @@ export async function installCache(fsBackend: NativeFs, params: InstallParams): 
       tokenCount: params.tokenCount,
       committedAt: Date.now(),
       chain: params.chain,
+      ...(params.chunks ? { chunks: params.chunks } : {}),
     };
     await crashPoint("install:after-fsync-state");
   } catch (error) {

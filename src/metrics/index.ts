@@ -130,13 +130,15 @@ export function createKvKeepMetrics(options: KvKeepMetricsOptions = {}): KvKeepM
   if (store) {
     new Gauge({
       name: "kvkeep_store_bytes",
-      help: "Bytes of the caches under the store's root, by kind (auto: keyed by history; named: kv_cache names).",
+      help: "Bytes of the caches under the store's root, by kind (auto: keyed by history; named: kv_cache names; chunks: token chunks they share, each once).",
       labelNames: ["kind"],
       registers,
       async collect() {
         const usage = await store.usage();
         this.set({ kind: "auto" }, usage.autoBytes);
         this.set({ kind: "named" }, usage.namedBytes);
+        // (a store of an older kvkeep has no chunks)
+        this.set({ kind: "chunks" }, usage.chunkBytes ?? 0);
       },
     });
   }

@@ -132,3 +132,59 @@ export function stillVictim(candidate: Candidate, diskUseMs: number | null, idle
   if (candidate.reason === "idle") return diskUseMs < idleCutoffMs;
   return diskUseMs <= candidate.entry.lastUsedMs + USE_TIME_SLACK_MS;
 }
+
+/**
+ * The chunk reference counts as a sweep's plan goes: the counts `refsOf` gives (the index's),
+ * minus the caches the plan has taken so far. Evicting a cache frees its file and each chunk
+ * whose count reaches 0 — so evicting one of many conversations sharing a prefix frees only
+ * what it alone names.
+ */
+export class PlanChunkRefs {
+  readonly #taken = new Map<string, number>();
+
+  constructor(private readonly refsOf: (context: string, id: string) => number) {}
+
+  /** Count the entry's chunks down; the physical bytes its eviction frees. */
+  take(entry: IndexEntry): number {
+    let freed = entry.bytes;
+    if (!entry.chunks) return freed;
+    const { context, ids, chunkBytes } = entry.chunks;
+    for (const id of ids) {
+      const key = `${context}/${id}`;
+      const taken = (this.#taken.get(key) ?? 0) + 1;
+      this.#taken.set(key, taken);
+      if (taken === this.refsOf(context, id)) freed += chunkBytes;
+    }
+    return freed;
+  }
+
+  /** The entry was kept after all: its chunks count again. */
+  giveBack(entry: IndexEntry): void {
+    if (!entry.chunks) return;
+    for (const id of entry.chunks.ids) {
+      const key = `${entry.chunks.context}/${id}`;
+      this.#taken.set(key, (this.#taken.get(key) ?? 1) - 1);
+    }
+  }
+}
+
+/** Reference counts of the chunks `entries` name (`<context>/<id>` → caches), and the physical bytes the evictable ones could free. */
+export function chunkCountsOf(entries: Iterable<[string, IndexEntry]>, evictNamed: boolean): { refs: Map<string, number>; evictableBytes: number } {
+  const refs = new Map<string, number>();
+  const pinned = new Set<string>();
+  const bytes = new Map<string, number>();
+  let evictableBytes = 0;
+  for (const [, entry] of entries) {
+    const evictable = isEvictable(entry, evictNamed);
+    if (evictable) evictableBytes += entry.bytes;
+    if (!entry.chunks) continue;
+    for (const id of entry.chunks.ids) {
+      const key = `${entry.chunks.context}/${id}`;
+      refs.set(key, (refs.get(key) ?? 0) + 1);
+      bytes.set(key, entry.chunks.chunkBytes);
+      if (!evictable) pinned.add(key);
+    }
+  }
+  for (const [key, size] of bytes) if (!pinned.has(key)) evictableBytes += size;
+  return { refs, evictableBytes };
+}

@@ -11,6 +11,7 @@
  * chosen for.
  */
 import { promises as fs } from "node:fs";
+import type { ChunkFiles } from "../chunkfiles/chunk-files.js";
 import { type CatalogInternals, RootCatalog, type Visit } from "../catalog/catalog.js";
 import { clampUse, locationOf } from "../catalog/entry.js";
 import type { IndexLog } from "../catalog/index-log.js";
@@ -27,10 +28,12 @@ import { readLastUse, readManifest, removeCacheFiles } from "../manifest/store.j
 import type { NativeFs } from "../native/index.js";
 import type { HistoryChain, PrefixCandidate, PrefixLookup } from "../prefix/prefix-index.js";
 import type { EvictedCache, StoreUsage, SweepOptions, SweepResult } from "../types.js";
+import { collectChunkGarbage, type ChunkGcOptions, type ChunkGcReport } from "./chunk-gc.js";
 import type { RetentionHooks } from "./hooks.js";
 import {
   type Candidate,
   checkLimit,
+  PlanChunkRefs,
   DEFAULT_MAX_BYTES,
   DEFAULT_MAX_IDLE_MS,
   DEFAULT_SWEEP_INTERVAL_MS,
@@ -56,6 +59,8 @@ export interface RetentionDeps {
    * recovery walk, which also removes dead writers' temp files). Default: a plain scan.
    */
   walkRoot?: ((visit: Visit) => Promise<unknown>) | undefined;
+  /** The root's chunk files: each sweep ends with a chunk GC (chunk-gc.ts). None: no chunk GC. */
+  chunkFiles?: ChunkFiles | undefined;
 }
 
 export interface RetentionSettings {
@@ -73,6 +78,8 @@ export interface RetentionInternals extends CatalogInternals {
   evictConcurrency?: number;
   /** Awaited before each eviction attempt (tests pause a sweep here). */
   beforeEvict?: (cachePath: string) => Promise<void>;
+  /** Chunk GC's knobs (margin, batch, a hook after t0). */
+  chunkGc?: ChunkGcOptions;
 }
 
 export interface RetentionStats {
@@ -115,6 +122,9 @@ export class Retention implements RetentionHooks {
   readonly #resyncEverySweeps: number;
   readonly #evictConcurrency: number;
   readonly #beforeEvict: ((cachePath: string) => Promise<void>) | undefined;
+  readonly #chunkGc: ChunkGcOptions;
+  /** What the last chunk GC did (tests, the CLI). */
+  lastChunkGc: ChunkGcReport | null = null;
   #sweeps = 0;
   /** Sweeps, one at a time. */
   #sweepChain: Promise<unknown> = Promise.resolve();
@@ -129,6 +139,7 @@ export class Retention implements RetentionHooks {
     this.#resyncEverySweeps = internals.resyncEverySweeps ?? DEFAULT_RESYNC_EVERY_SWEEPS;
     this.#evictConcurrency = Math.max(1, internals.evictConcurrency ?? DEFAULT_EVICT_CONCURRENCY);
     this.#beforeEvict = internals.beforeEvict;
+    this.#chunkGc = internals.chunkGc ?? {};
     this.catalog = new RootCatalog(
       { root: deps.root, logger: deps.logger, fsBackend: deps.fsBackend, walkRoot: deps.walkRoot },
       { compactLogBytes: internals.compactLogBytes, beforeOpenWalk: internals.beforeOpenWalk },
@@ -263,6 +274,8 @@ export class Retention implements RetentionHooks {
     const plan = planSweep(this.index.entries(), limits, Date.now());
     const removed = { files: 0 };
     const evicted = await this.#execute(plan, limits, removed);
+    // After the evictions: the chunks only they referenced are unreferenced now.
+    const chunks = await this.#collectChunks();
     const keptBytes = this.index.evictableBytes(limits.evictNamed);
     this.#deps.logger.debug(
       logLine("retention sweep finished", {
@@ -270,20 +283,44 @@ export class Retention implements RetentionHooks {
         freedBytes: evicted.reduce((sum, e) => sum + e.bytes, 0),
         keptBytes,
         maxBytes: limits.maxBytes,
+        removedChunks: chunks.removedChunks,
         ms: Date.now() - started,
       }),
     );
-    return { evicted, keptBytes, removedFiles: removed.files };
+    return { evicted, keptBytes, removedFiles: removed.files + chunks.removedChunks + chunks.removedTemps, removedChunks: chunks.removedChunks, removedChunkBytes: chunks.removedBytes };
   }
 
-  /** Evict the idle candidates, then LRU ones until the budget holds; a few at a time. */
+  /** Chunk GC after a sweep's evictions; a failure is logged and deletes nothing more (the next sweep retries). */
+  async #collectChunks(): Promise<ChunkGcReport> {
+    const { chunkFiles, root, fsBackend, logger } = this.#deps;
+    const none: ChunkGcReport = { listed: 0, referenced: 0, removedTemps: 0, removedChunks: 0, removedBytes: 0, keptYoung: 0, removedDirs: 0 };
+    if (!chunkFiles) return none;
+    try {
+      this.lastChunkGc = await collectChunkGarbage({ root, fsBackend, chunkFiles, logger }, this.#chunkGc);
+      return this.lastChunkGc;
+    } catch (error) {
+      logger.warn(logLine("chunk GC failed; unreferenced chunks stay until a later sweep", { error }));
+      return none;
+    }
+  }
+
+  /**
+   * Evict the idle candidates, then LRU ones until the budget holds; a few at a time. The
+   * budget is physical: evicting a cache frees its file and the chunks no cache left names
+   * (PlanChunkRefs), so evicting one of many conversations sharing a prefix frees its own
+   * chunks only.
+   */
   async #execute(plan: SweepPlan, limits: RetentionLimits, removed: { files: number }): Promise<EvictedCache[]> {
     const done: Array<{ candidate: Candidate; evicted: EvictedCache }> = [];
-    let remaining = plan.evictableBytes;
-    const attempt = async (candidate: Candidate): Promise<void> => {
+    let remaining = this.index.evictableBytes(limits.evictNamed);
+    const refs = new PlanChunkRefs((context, id) => this.index.chunkRefs(context, id));
+    const attempt = async ({ candidate, freed }: Planned): Promise<void> => {
       const outcome = await this.#evictOne(candidate, plan.idleCutoffMs, removed);
-      if (outcome === "kept") return;
-      remaining -= candidate.entry.bytes; // evicted, or already gone: either way not on disk
+      if (outcome === "kept") {
+        refs.giveBack(candidate.entry);
+        return;
+      }
+      remaining -= freed; // evicted, or already gone: either way not on disk
       if (outcome !== "gone") done.push({ candidate, evicted: outcome });
     };
 
@@ -291,7 +328,7 @@ export class Retention implements RetentionHooks {
     await this.#pool(
       () => {
         const next = idle.next();
-        return next.done ? null : next.value;
+        return next.done ? null : { candidate: next.value, freed: refs.take(next.value.entry) };
       },
       attempt,
     );
@@ -303,14 +340,15 @@ export class Retention implements RetentionHooks {
         if (remaining - inFlight <= limits.maxBytes) return null;
         const next = order.next();
         if (next.done) return null;
-        inFlight += next.value.entry.bytes;
-        return next.value;
+        const planned = { candidate: next.value, freed: refs.take(next.value.entry) };
+        inFlight += planned.freed;
+        return planned;
       },
-      async (candidate) => {
+      async (planned) => {
         try {
-          await attempt(candidate);
+          await attempt(planned);
         } finally {
-          inFlight -= candidate.entry.bytes;
+          inFlight -= planned.freed;
         }
       },
     );
@@ -324,9 +362,9 @@ export class Retention implements RetentionHooks {
   }
 
   /** Run `work` on what `next` hands out, `evictConcurrency` at a time, until it hands out null. */
-  async #pool(next: () => Candidate | null, work: (candidate: Candidate) => Promise<unknown>): Promise<void> {
+  async #pool(next: () => Planned | null, work: (planned: Planned) => Promise<unknown>): Promise<void> {
     const worker = async (): Promise<void> => {
-      for (let candidate = next(); candidate; candidate = next()) await work(candidate);
+      for (let planned = next(); planned; planned = next()) await work(planned);
     };
     await Promise.all(Array.from({ length: this.#evictConcurrency }, worker));
   }
@@ -423,4 +461,10 @@ export class Retention implements RetentionHooks {
     this.#deps.logger.info(logLine("retention left a file no kvkeep manifest names (not a cache it may remove)", { cachePath }));
     return "gone";
   }
+}
+
+/** A candidate and the physical bytes its eviction is planned to free. */
+interface Planned {
+  candidate: Candidate;
+  freed: number;
 }

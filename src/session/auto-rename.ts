@@ -4,12 +4,14 @@ import { crashPoint } from "../durable/crash-points.js";
 import { statIdentity, unlinkIfExists } from "../durable/files.js";
 import { chainKeyOfAuto } from "../keys/auto-key.js";
 import { type CacheLocation, cachePathOf } from "../layout/paths.js";
+import type { ManifestEntry } from "../manifest/format.js";
 import { verifyCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { manifestHeader } from "../store/trust.js";
 import type { CommitResult } from "../types.js";
-import { commitStatic, findNewState } from "./commit-static.js";
+import { commitStatic } from "./commit-static.js";
+import { assertSavedInMemory, findNewState, type NewState, withNewState } from "./new-state.js";
 import { assertNotDeleted, type CommittedOutcome, identityOf, install, type SessionEnv, stateChain, type TurnState } from "./turn.js";
 
 /**
@@ -30,7 +32,9 @@ export async function commitAuto(
   // What the new state holds: the turn's history and the reply, whose key names the target.
   const chain = st.historyChain ? stateChain(st.historyChain, result.messageCount, [chainKeyOfAuto(target.cacheKey)]) : null;
   if (targetPath === st.cachePath) return commitStatic(env, st, { ...result, kind: "static" }, chain);
-  const source = await findNewState(env, st);
+  // A chunked session's state is in memory: it is written beside the target at the install.
+  const source = st.memory ? null : await findNewState(env, st);
+  assertSavedInMemory(st);
   const targetInit = initKey(target);
   const targetHeader = manifestHeader(target, fingerprint);
   let outcome: CommittedOutcome;
@@ -45,7 +49,7 @@ export async function commitAuto(
       outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: true, file: null };
     } else {
       targetLease ??= await ctx.locks.acquire(targetPath);
-      const existing = await verifyCache(ctx.fsBackend, targetPath, targetHeader, { checksum: false });
+      const existing = await verifyCache(ctx.fsBackend, targetPath, { ...targetHeader, wholeOnly: env.chunking === null }, { checksum: false });
       if (existing.ok) {
         ctx.layers.recordTrusted(targetPath, targetInit, existing.entry, fingerprint);
         outcome = { committed: true, cachePath: targetPath, messageCount: existing.entry.messageCount, keptExisting: true, file: null };
@@ -55,16 +59,19 @@ export async function commitAuto(
           await ctx.removeCache(targetPath);
         }
         try {
-          const entry = await install(env, {
-            source: source.path,
-            target: targetPath,
-            header: targetHeader,
-            previous: null,
-            messageCount: result.messageCount,
-            tokenCount: result.tokenCount ?? null,
-            chain,
-            noReplace: true,
-          });
+          const install_ = (state: NewState): Promise<ManifestEntry> =>
+            install(env, {
+              source: state.path,
+              target: targetPath,
+              header: targetHeader,
+              previous: null,
+              messageCount: result.messageCount,
+              tokenCount: result.tokenCount ?? null,
+              chain,
+              chunks: state.chunks,
+              noReplace: true,
+            });
+          const entry = source ? await install_({ ...source, chunks: null }) : await withNewState(env, st, targetPath, install_);
           ctx.layers.recordTrusted(targetPath, targetInit, entry, fingerprint);
           ctx.retention.noteCommitted(targetPath, entry, fingerprint);
           outcome = { committed: true, cachePath: targetPath, messageCount: result.messageCount, keptExisting: false, file: identityOf(entry) };
@@ -87,7 +94,7 @@ export async function commitAuto(
   try {
     await crashPoint("auto:after-target-installed");
     // The source is superseded by the target: remove it and every layer of it.
-    if (!source.inPlace || outcome.keptExisting) await unlinkIfExists(source.path);
+    if (source && (!source.inPlace || outcome.keptExisting)) await unlinkIfExists(source.path);
     await ctx.removeCache(st.cachePath);
     await crashPoint("auto:after-source-removed");
   } catch (error) {

@@ -7,12 +7,14 @@ import { inspectFile, statIdentity, unlinkIfExists } from "../durable/files.js";
 import { autoConversationId, autoKeyOf, type KeyChain, messageKeyChain } from "../keys/auto-key.js";
 import { type CacheLocation, cachePathOf } from "../layout/paths.js";
 import { ownTempPath } from "../durable/temp-owner.js";
-import type { ManifestEntry } from "../manifest/format.js";
+import type { Manifest, ManifestEntry } from "../manifest/format.js";
+import type { MemoryFile } from "../native/index.js";
 import type { Lease } from "../locks/path-locks.js";
 import { initKey } from "../store/layers.js";
 import { establishTrust, manifestHeader } from "../store/trust.js";
 import type { DeleteMark } from "../store/deletes.js";
 import type { BeginTurnInput, CacheRefusal, TurnHandle } from "../types.js";
+import { withMemoryState } from "./new-state.js";
 import { deletedWhileBeginningError, install, type SessionEnv, type TurnState } from "./turn.js";
 import { validateBeginInput } from "./validate.js";
 
@@ -36,8 +38,8 @@ export async function openTurn(
   const init = initKey(loc);
   ctx.layers.refDir(cachePath);
   let lease: Lease | null = null;
-  let primeTemp: string | null = null;
   let deleteMark: DeleteMark | null = null;
+  let memory: MemoryFile | null = null;
   try {
     // The directory first: it refuses symlinks, and the OS lock file is created inside it.
     await ctx.ensureCacheDir(loc);
@@ -46,7 +48,7 @@ export async function openTurn(
     ctx.assertOpen();
     const header = manifestHeader(loc, fingerprint);
     let primed = false;
-    const trust = await establishTrust(ctx, cachePath, loc, fingerprint);
+    const trust = await establishTrust(ctx, cachePath, loc, fingerprint, { wholeOnly: env.chunking === null });
     let committedEntry: ManifestEntry | null = trust.trusted;
     const refused = trust.refused ?? refusedBefore;
     // Remote hook (read-through): a local miss asks the shared tier; a verified state is
@@ -65,56 +67,30 @@ export async function openTurn(
         lease = null;
         return { st: null, refused };
       }
-      primeTemp = ownTempPath(cachePath);
-      await input.primeIfMissing(primeTemp);
-      await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, false);
-      const primeState = await inspectFile(primeTemp, ctx.fsBackend);
-      if (primeState.kind === "other") {
-        throw new KvKeepError(
-          "UNSAFE_PATH",
-          `primeIfMissing left a ${primeState.type} at ${primeTemp}, not a regular file; kvkeep never commits through it.`,
-        );
+      if (env.chunking) {
+        committedEntry = await primeInMemory(env, input, cachePath, header, deleteMark);
+      } else {
+        committedEntry = await primeToFile(env, input, cachePath, header, deleteMark);
       }
-      const primedIdentity = primeState.kind === "file" ? primeState.identity : null;
-      if (!primedIdentity) {
-        throw new KvKeepError(
-          "NO_CACHE_WRITTEN",
-          `primeIfMissing resolved but no cache file was written at ${primeTemp}; the engine must save its state to the path it is given.`,
-        );
-      }
-      if (primedIdentity.size === 0) {
-        throw new KvKeepError(
-          "CACHE_EMPTY",
-          `primeIfMissing resolved but the cache file is empty at ${primeTemp}; the engine's save failed (disk full?).`,
-        );
-      }
-      committedEntry = await install(env, {
-        source: primeTemp,
-        target: cachePath,
-        header,
-        previous: null,
-        messageCount: 0,
-        tokenCount: null,
-        chain: null,
-        noReplace: false,
-      });
-      primeTemp = null;
       ctx.layers.recordTrusted(cachePath, init, committedEntry, fingerprint);
       ctx.retention.noteCommitted(cachePath, committedEntry, fingerprint);
       // A delete that started after the mark may have scanned before the install: take it back.
       await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, true);
       primed = true;
-      log("debug", "primed cache", { cachePath });
+      log("debug", "primed cache", { cachePath, layout: committedEntry.chunks ? "chunked" : "whole" });
     } else {
       // A state fetched from the remote tier was installed here: a delete since the mark takes it back.
       await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, fetched);
       await ctx.retention.noteUsed(cachePath, committedEntry); // a load is a use (retention's LRU)
     }
 
+    // A chunked session's engine saves into memory (the commit stores only what is new).
+    memory = env.chunking ? createTurnMemory(env) : null;
     const handle: TurnHandle = Object.freeze({
       cachePath,
+      layout: committedEntry.chunks ? ("chunked" as const) : ("whole" as const),
       savedCount,
-      savePath: ownTempPath(cachePath),
+      savePath: memory?.path ?? ownTempPath(cachePath),
       cacheKey: loc.cacheKey,
       modelId: loc.modelId,
       configHash: loc.configHash,
@@ -136,12 +112,14 @@ export async function openTurn(
       deleteMark,
       settling: null,
       historyChain,
+      memory,
     };
     lease = null; // owned by the turn from here on
+    memory = null;
     return { st, refused };
   } catch (caught) {
     let error = caught;
-    if (primeTemp) await unlinkIfExists(primeTemp).catch(() => {});
+    memory?.close();
     // A delete from another process removes the files a beginning turn works on, which then
     // look missing or empty (NO_CACHE_WRITTEN, IO_ERROR ENOENT, …): say what really
     // happened. (An error of the caller's own primeIfMissing passes through unchanged.)
@@ -211,4 +189,84 @@ export async function assertNotDeletedWhileBeginning(env: SessionEnv, cachePath:
   if (!(await ctx.deletedSince(cachePath, mark))) return;
   if (installed) await ctx.removeCache(cachePath);
   throw deletedWhileBeginningError();
+}
+
+type PrimeHeader = Omit<Manifest, "current" | "pending" | "format">;
+
+/** Prime through a temp file beside the cache (a whole-file session): the engine saves there, kvkeep installs it. */
+async function primeToFile(env: SessionEnv, input: BeginTurnInput, cachePath: string, header: PrimeHeader, deleteMark: DeleteMark): Promise<ManifestEntry> {
+  const { ctx } = env;
+  const primeTemp = ownTempPath(cachePath);
+  try {
+    await input.primeIfMissing(primeTemp);
+    await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, false);
+    const primeState = await inspectFile(primeTemp, ctx.fsBackend);
+    if (primeState.kind === "other") {
+      throw new KvKeepError(
+        "UNSAFE_PATH",
+        `primeIfMissing left a ${primeState.type} at ${primeTemp}, not a regular file; kvkeep never commits through it.`,
+      );
+    }
+    const primedIdentity = primeState.kind === "file" ? primeState.identity : null;
+    if (!primedIdentity) {
+      throw new KvKeepError(
+        "NO_CACHE_WRITTEN",
+        `primeIfMissing resolved but no cache file was written at ${primeTemp}; the engine must save its state to the path it is given.`,
+      );
+    }
+    if (primedIdentity.size === 0) {
+      throw new KvKeepError(
+        "CACHE_EMPTY",
+        `primeIfMissing resolved but the cache file is empty at ${primeTemp}; the engine's save failed (disk full?).`,
+      );
+    }
+    return await install(env, { source: primeTemp, target: cachePath, header, previous: null, messageCount: 0, tokenCount: null, chain: null, noReplace: false });
+  } catch (error) {
+    await unlinkIfExists(primeTemp).catch(() => {});
+    throw error;
+  }
+}
+
+/**
+ * Prime through an in-memory file (a chunked session): the engine saves into it, kvkeep
+ * stores its chunks and tail and installs the manifest. The in-memory file is closed after.
+ */
+async function primeInMemory(env: SessionEnv, input: BeginTurnInput, cachePath: string, header: PrimeHeader, deleteMark: DeleteMark): Promise<ManifestEntry> {
+  const memory = createTurnMemory(env);
+  try {
+    await input.primeIfMissing(memory.path);
+    await assertNotDeletedWhileBeginning(env, cachePath, deleteMark, false);
+    const nothing = (): KvKeepError =>
+      new KvKeepError(
+        "NO_CACHE_WRITTEN",
+        `primeIfMissing resolved but no state was written to ${memory.path} (an in-memory file); the engine must save its state to the path it is given.`,
+      );
+    return await withMemoryState(
+      env,
+      memory,
+      cachePath,
+      (state) =>
+        install(env, {
+          source: state.path,
+          target: cachePath,
+          header,
+          previous: null,
+          messageCount: 0,
+          tokenCount: null,
+          chain: null,
+          chunks: state.chunks,
+          noReplace: false,
+        }),
+      nothing,
+    );
+  } finally {
+    memory.close();
+  }
+}
+
+/** A new in-memory file for a turn of a chunked session (which exists only where they can be made). */
+export function createTurnMemory(env: SessionEnv): MemoryFile {
+  const memory = env.ctx.fsBackend.createMemoryFile("kvkeep-turn");
+  if (memory === null) throw new KvKeepError("IO_ERROR", "this store could make in-memory files when the session was created and no longer can; create the session again.");
+  return memory;
 }

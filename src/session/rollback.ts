@@ -12,6 +12,7 @@ export async function settle(
   info: { outcome: "committed" | "rolledBack"; cachePath: string; messageCount?: number; tokenCount?: number | null },
 ): Promise<void> {
   const { ctx, scopeId, modelId, log } = env;
+  st.memory?.close(); // the turn's in-memory file (a chunked session's savePath) ends with it
   await ctx.releaseCache(st.lease, st.cachePath, removed).catch((error: unknown) => {
     log("warn", "could not prune the cache directory", { cachePath: st.cachePath, error });
   });
@@ -39,7 +40,7 @@ export async function rollbackTurn(env: SessionEnv, st: TurnState, rollbackPolic
   const { ctx, log } = env;
   if (st.status !== "open") return false;
   st.status = "rolledBack";
-  await unlinkIfExists(st.handle.savePath).catch(() => {});
+  if (!st.memory) await unlinkIfExists(st.handle.savePath).catch(() => {});
   let clear = rollbackPolicy === "clear" || (await deletedSinceTurnBegan(env, st, st.cachePath));
   if (!clear) {
     const now = await statIdentity(st.cachePath).catch(() => null);

@@ -11,7 +11,10 @@ import { type CacheLocation, cachePathOf } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import type { StoreContext } from "../store/context.js";
 import type { BeginTurnInput, CacheMessage, CommitOutcome, CommitResult, KvCacheSession, SessionOptions, TurnHandle } from "../types.js";
+import { KvKeepError } from "../errors.js";
+import type { NativeFs } from "../native/index.js";
 import { commitTurn } from "./commit.js";
+import { loadTurnState } from "./load.js";
 import { beginTurn } from "./open.js";
 import { rollbackTurn } from "./rollback.js";
 import type { SessionEnv, TurnState } from "./turn.js";
@@ -33,10 +36,25 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   const scopedId = (id: string): string => (scopeId === null ? id : `${scopeId}/${id}`);
   const log = (level: keyof Logger, message: string, fields?: Record<string, unknown>): void =>
     logger[level](logLine(message, fields));
-  const env: SessionEnv = { ctx, modelId, scopeId, fingerprint, policy, log, locate, scopedId };
+  // Chunked only where states can be handed over in memory; elsewhere whole files, as before.
+  // With `wholeWithRemote`, a store with a remote tier keeps whole files too: the tier does not
+  // move chunks yet (CHUNKS-PLAN §9), so a chunked cache would stay on this machine only.
+  const remoteSaysWhole = ctx.remote !== null && options.chunks?.wholeWithRemote === true;
+  const chunking = options.chunks && !remoteSaysWhole && memoryFilesWork(ctx.fsBackend) ? options.chunks : null;
+  const env: SessionEnv = { ctx, modelId, scopeId, fingerprint, chunking, policy, log, locate, scopedId };
 
   return {
     modelId,
+    layout: chunking ? "chunked" : "whole",
+
+    async loadState<T>(turn: TurnHandle, use: (loadPath: string, tokens: number | null) => Promise<T>, loadOptions?: { tokens?: ArrayLike<number> | undefined }): Promise<T> {
+      const st = turns.get(turn);
+      if (!st || st.status !== "open") {
+        throw new KvKeepError("INVALID_ARGUMENT", "loadState needs an open turn of this session (begun, not yet committed or rolled back).", { argument: "turn" });
+      }
+      if (typeof use !== "function") throw new KvKeepError("INVALID_ARGUMENT", "loadState needs a function (loadPath) => Promise.", { argument: "use" });
+      return loadTurnState(env, st, use, loadOptions?.tokens);
+    },
     async beginTurn(input: BeginTurnInput): Promise<TurnHandle> {
       const st = await beginTurn(env, input);
       turns.set(st.handle, st);
@@ -87,4 +105,18 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
       return cachePathOf(ctx.root, locate(customKey, configHash));
     },
   };
+}
+
+const memoryFileSupport = new WeakMap<NativeFs, boolean>();
+
+/** Whether the backend can make in-memory files (asked once per backend: one memfd made and closed). */
+function memoryFilesWork(fsBackend: NativeFs): boolean {
+  let works = memoryFileSupport.get(fsBackend);
+  if (works === undefined) {
+    const probe = fsBackend.createMemoryFile("kvkeep-probe");
+    probe?.close();
+    works = probe !== null;
+    memoryFileSupport.set(fsBackend, works);
+  }
+  return works;
 }

@@ -15,7 +15,8 @@ import { type InstallParams, installCache } from "../manifest/store.js";
 import type { Lease } from "../locks/path-locks.js";
 import type { StoreContext } from "../store/context.js";
 import type { DeleteMark } from "../store/deletes.js";
-import type { CommitOutcome, TurnHandle } from "../types.js";
+import type { MemoryFile } from "../native/index.js";
+import type { ChunkingOptions, CommitOutcome, TurnHandle } from "../types.js";
 
 export type CommittedOutcome = Extract<CommitOutcome, { committed: true }>;
 
@@ -31,10 +32,12 @@ export interface TurnState {
   readonly init: string;
   readonly lease: Lease;
   readonly header: Omit<Manifest, "current" | "pending" | "format">;
-  /** The cache file as the turn found it (after priming); null if there was none. */
-  readonly beginIdentity: FileIdentity | null;
-  /** The committed manifest entry at begin; kept valid while a new state is installed. */
-  readonly committedEntry: ManifestEntry | null;
+  /** The cache file as the turn found it (after priming); null if there was none (or it was dropped as unreadable). */
+  beginIdentity: FileIdentity | null;
+  /** The committed manifest entry at begin; kept valid while a new state is installed (null once dropped as unreadable). */
+  committedEntry: ManifestEntry | null;
+  /** A chunked session's turn: the in-memory file at `handle.savePath` (closed when the turn ends). */
+  readonly memory: MemoryFile | null;
   status: TurnStatus;
   /** The delete records when the turn took its lock: a later delete covering its cache (any process) ends it. */
   readonly deleteMark: DeleteMark;
@@ -51,6 +54,8 @@ export interface SessionEnv {
   /** The scope's id (null: the shared space). */
   readonly scopeId: string | null;
   readonly fingerprint: string | null;
+  /** A chunked session: what its chunks' identities depend on besides the state (null: whole files). */
+  readonly chunking: ChunkingOptions | null;
   /** What a rollback does (the session's option, else the store's). */
   readonly policy: "clear" | "keep-committed";
   log(level: keyof Logger, message: string, fields?: Record<string, unknown>): void;

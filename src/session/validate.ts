@@ -4,7 +4,8 @@ import { assertHistory } from "../keys/auto-key.js";
 import { assertConfigHash, assertCustomKey, assertModelId, AUTO_KEY_PATTERN } from "../keys/safe-key.js";
 import { type CacheLocation, parseCachePath } from "../layout/paths.js";
 import type { StoreContext } from "../store/context.js";
-import type { BeginTurnInput, CommitResult, SessionOptions } from "../types.js";
+import { MAX_CHUNK_TOKENS, MAX_STREAMS } from "../chunks/state-format.js";
+import type { BeginTurnInput, ChunkingOptions, CommitResult, SessionOptions } from "../types.js";
 import type { TurnState } from "./turn.js";
 
 /** `createSession`'s model id and options (before anything is made). */
@@ -19,6 +20,23 @@ export function validateSessionOptions(modelId: string, options: SessionOptions)
   if (options.onRollback !== undefined && options.onRollback !== "clear" && options.onRollback !== "keep-committed") {
     throw new KvKeepError("INVALID_ARGUMENT", `options.onRollback must be "clear" or "keep-committed".`, { argument: "onRollback" });
   }
+  if (options.chunks !== undefined) validateChunking(options.chunks);
+}
+
+function validateChunking(chunks: ChunkingOptions): void {
+  const bad = (message: string): KvKeepError => new KvKeepError("INVALID_ARGUMENT", `options.chunks${message}`, { argument: "chunks" });
+  if (chunks === null || typeof chunks !== "object") throw bad(" must be an object { attentionRotation, sequences, chunkTokens?, extra? }.");
+  if (typeof chunks.attentionRotation !== "string") throw bad(".attentionRotation must be a string (attentionRotationSetting(process.env)).");
+  if (!Number.isSafeInteger(chunks.sequences) || chunks.sequences < 1 || chunks.sequences > MAX_STREAMS) {
+    throw bad(`.sequences must be the context's sequence count (1 to ${MAX_STREAMS}).`);
+  }
+  if (chunks.chunkTokens !== undefined && (!Number.isSafeInteger(chunks.chunkTokens) || chunks.chunkTokens < 1 || chunks.chunkTokens > MAX_CHUNK_TOKENS)) {
+    throw bad(`.chunkTokens must be an integer from 1 to ${MAX_CHUNK_TOKENS}.`);
+  }
+  if (chunks.extra !== undefined && !(Array.isArray(chunks.extra) && chunks.extra.every((e) => typeof e === "string"))) {
+    throw bad(".extra must be an array of strings.");
+  }
+  if (chunks.wholeWithRemote !== undefined && typeof chunks.wholeWithRemote !== "boolean") throw bad(".wholeWithRemote must be a boolean.");
 }
 
 function isAbortSignal(value: unknown): value is AbortSignal {

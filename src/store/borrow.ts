@@ -28,6 +28,7 @@ import type { Lease } from "../locks/path-locks.js";
 import type { RootCatalog } from "../catalog/catalog.js";
 import { manifestHeader } from "./trust.js";
 import type { BorrowedCache, PrefixMatch, PrefixQuery } from "../types.js";
+import { type ChunkedSource, chunkedSource, MAX_TAIL_BYTES, withJoinedState } from "./chunked-load.js";
 import type { StoreContext } from "./context.js";
 import type { RemotePrefixQuery } from "./remote-hooks.js";
 
@@ -62,6 +63,9 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
   if (min !== undefined && (!Number.isSafeInteger(min) || min < 1)) {
     throw new KvKeepError("INVALID_ARGUMENT", "minCommonMessages must be a positive integer.", { argument: "minCommonMessages" });
   }
+  if (query.tokens !== undefined && !isTokenList(query.tokens)) {
+    throw new KvKeepError("INVALID_ARGUMENT", "tokens must be an array of 32-bit integer token ids.", { argument: "tokens" });
+  }
   if (query.exactAncestor !== undefined && typeof query.exactAncestor !== "boolean") {
     throw new KvKeepError("INVALID_ARGUMENT", "exactAncestor must be a boolean.", { argument: "exactAncestor" });
   }
@@ -72,6 +76,15 @@ function checkQuery(query: PrefixQuery): CheckedQuery {
     chain: messageKeyChain(query.history),
     exclude: new Set(query.exclude ?? []),
   };
+}
+
+function isTokenList(tokens: ArrayLike<number>): boolean {
+  if (tokens === null || typeof tokens !== "object" || !Number.isSafeInteger(tokens.length)) return false;
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i];
+    if (!Number.isInteger(t) || t! < -0x80000000 || t! > 0x7fffffff) return false;
+  }
+  return true;
 }
 
 async function candidatesFor(ctx: StoreContext, catalog: RootCatalog, q: CheckedQuery, limit: number): Promise<PrefixCandidate[]> {
@@ -235,6 +248,12 @@ async function lendOne<T>(
     const st = await handle.stat({ bigint: true });
     const opened = { size: Number(st.size), ino: st.ino.toString(), mtimeNs: st.mtimeNs.toString() };
     if (!st.isFile() || !sameIdentity(opened, identity)) return skip("changed while being verified");
+    // A chunked source: its tail is read through the descriptor checked above (a delete or a
+    // commit meanwhile cannot change it); its chunks are immutable and verified as they are read.
+    if (entry.chunks) {
+      if (Number(st.size) > MAX_TAIL_BYTES) return skip("its tail is larger than any chunk");
+      chunked = chunkedSource(cachePath, entry.chunks, await handle.readFile());
+    }
     return {
       cachePath,
       cacheKey: loc.cacheKey,
@@ -244,10 +263,13 @@ async function lendOne<T>(
       tokenCount: entry.tokenCount,
       bytes: entry.size,
       loadPath: loadPathOf(handle, cachePath),
+      layout: entry.chunks ? "chunked" : "whole",
+      loadedTokens: null,
     };
   };
 
   let source: BorrowedCache | null = null;
+  let chunked: ChunkedSource | null = null;
   try {
     source = await holdAndCheck();
   } catch (error) {
@@ -257,7 +279,23 @@ async function lendOne<T>(
   }
   if (!source) return null;
   try {
-    return { value: await use(source) };
+    if (!chunked) return { value: await use(source) };
+    // Joined in memory, only as far as the prompt's tokens share it (when given).
+    const lent = source;
+    let used = false;
+    try {
+      return {
+        value: await withJoinedState(ctx, chunked, q.query.tokens, (loadPath, tokens) => {
+          used = true;
+          return use({ ...lent, loadPath, loadedTokens: tokens });
+        }),
+      };
+    } catch (error) {
+      // A chunk missing or damaged makes this source unusable (it is left as it is: a borrow
+      // never changes its source); an error of `use` passes through.
+      if (used) throw error;
+      return skip(`its chunks could not be joined: ${(error as Error)?.message ?? String(error)}`);
+    }
   } finally {
     await release();
   }

@@ -1,4 +1,5 @@
 /** What a session may use of its store: the internals, never exported from the package. */
+import type { ChunkFiles } from "../chunkfiles/chunk-files.js";
 import type { CacheLocation } from "../layout/paths.js";
 import type { Logger } from "../logger.js";
 import type { Lease, PathLockTable } from "../locks/path-locks.js";
@@ -13,6 +14,8 @@ export interface StoreContext {
   readonly root: string;
   readonly logger: Logger;
   readonly fsBackend: NativeFs;
+  /** The root's chunk files and chunk gate (one per store): chunked commits write and touch chunks through it. */
+  readonly chunkFiles: ChunkFiles;
   readonly locks: PathLockTable;
   readonly layers: StoreLayers;
   readonly onRollback: "clear" | "keep-committed";

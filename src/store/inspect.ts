@@ -8,7 +8,7 @@
  */
 import { readFileSync, promises as fs } from "node:fs";
 import path from "node:path";
-import type { IndexEntry } from "../catalog/entry.js";
+import { type ChunkRefs, chunkRefsOf, type IndexEntry } from "../catalog/entry.js";
 import { listKeyDirs, listScopeIds, scanKeyDir, type ScannedModelDir, scanRoot } from "../catalog/scan.js";
 import { errnoCode } from "../errors.js";
 import { cacheKindOf } from "../keys/safe-key.js";
@@ -17,7 +17,7 @@ import { manifestNames } from "../manifest/ownership.js";
 import { readLastUse, readManifest } from "../manifest/store.js";
 import { loadNativeFs, type NativeBackendKind } from "../native/index.js";
 import { findPackageRoot } from "../native/paths.js";
-import { type Candidate, planSweep, type RetentionLimits } from "../retention/plan.js";
+import { type Candidate, chunkCountsOf, PlanChunkRefs, planSweep, type RetentionLimits } from "../retention/plan.js";
 import type { EvictedCache } from "../types.js";
 
 export { inspectRoot, notARootError, type RootKind, writeRootMarker } from "../durable/root-marker.js";
@@ -46,6 +46,11 @@ export interface CacheRecord {
   owned: boolean;
   /** Why a turn would not trust it, as far as a read-only look can tell; null when it looks fine. */
   problem: string | null;
+  /** `chunked`: the file is the tail and `chunks` names the rest (docs/chunks-format.md); `whole`: the file is the state. */
+  layout: "chunked" | "whole";
+  chunks: ChunkRefs | null;
+  /** The state's size with every chunk it names: `bytes` for a whole-file cache. */
+  logicalBytes: number;
 }
 
 export interface RootContents {
@@ -81,7 +86,11 @@ async function recordsOf(root: string, dir: ScannedModelDir, temps?: RootContent
     if (!st) continue; // removed since the directory was listed
     const read = await readManifest(cachePath);
     const entry = "manifest" in read ? (read.manifest.current ?? read.manifest.pending) : null;
+    const chunks = entry ? chunkRefsOf(entry) : null;
     caches.push({
+      layout: chunks ? "chunked" : "whole",
+      chunks,
+      logicalBytes: st.bytes + (chunks ? chunks.ids.length * chunks.chunkBytes : 0),
       scopeId: dir.scopeId,
       cacheKey: dir.cacheKey,
       modelId: dir.modelId,
@@ -116,12 +125,37 @@ export async function readRoot(root: string): Promise<RootContents> {
   return { caches, temps };
 }
 
+export interface RootTotals {
+  /** Physical: the cache files, plus each distinct chunk once. */
+  bytes: number;
+  count: number;
+  autoBytes: number;
+  namedBytes: number;
+  autoCount: number;
+  namedCount: number;
+  /** Every cache with its own copy of every chunk it names. */
+  logicalBytes: number;
+  /** logical / physical (1 when nothing is stored). */
+  sharing: number;
+  chunkCount: number;
+  chunkBytes: number;
+}
+
 /** Totals by kind of the caches that are kvkeep's, as `store.usage()` reports them. */
-export function totals(caches: readonly CacheRecord[]): { bytes: number; count: number; autoBytes: number; namedBytes: number; autoCount: number; namedCount: number } {
-  const sum = { bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, autoCount: 0, namedCount: 0 };
+export function totals(caches: readonly CacheRecord[]): RootTotals {
+  const sum = { bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, autoCount: 0, namedCount: 0, logicalBytes: 0, sharing: 1, chunkCount: 0, chunkBytes: 0 };
+  const chunks = new Set<string>();
   for (const c of caches) {
     if (!c.owned) continue;
     sum.bytes += c.bytes;
+    sum.logicalBytes += c.logicalBytes;
+    for (const id of c.chunks?.ids ?? []) {
+      const key = `${c.chunks!.context}/${id}`;
+      if (chunks.has(key)) continue;
+      chunks.add(key);
+      sum.chunkCount++;
+      sum.chunkBytes += c.chunks!.chunkBytes;
+    }
     sum.count++;
     if (c.kind === "auto") {
       sum.autoBytes += c.bytes;
@@ -131,6 +165,8 @@ export function totals(caches: readonly CacheRecord[]): { bytes: number; count: 
       sum.namedCount++;
     }
   }
+  sum.bytes += sum.chunkBytes;
+  if (sum.bytes > 0) sum.sharing = sum.logicalBytes / sum.bytes;
   return sum;
 }
 
@@ -169,13 +205,17 @@ export async function readScopeCaches(root: string, scopeId: string | null, mode
  * re-checks, which can only keep more). `keptBytes`: the evictable bytes left.
  */
 export function planEvictions(entries: Iterable<[string, IndexEntry]>, limits: RetentionLimits, now: number): { victims: Candidate[]; keptBytes: number } {
-  const plan = planSweep(entries, limits, now);
+  const list = [...entries];
+  const plan = planSweep(list, limits, now);
+  // Physical bytes, as a store's sweep plans: a cache's file plus the chunks only it names.
+  const counts = chunkCountsOf(list, limits.evictNamed);
+  const refs = new PlanChunkRefs((context, id) => counts.refs.get(`${context}/${id}`) ?? 0);
   const victims: Candidate[] = [...plan.idle];
-  let remaining = plan.evictableBytes - victims.reduce((sum, c) => sum + c.entry.bytes, 0);
+  let remaining = counts.evictableBytes - victims.reduce((sum, c) => sum + refs.take(c.entry), 0);
   const order = plan.budgetOrder();
   for (let next = order.next(); remaining > limits.maxBytes && !next.done; next = order.next()) {
     victims.push(next.value);
-    remaining -= next.value.entry.bytes;
+    remaining -= refs.take(next.value.entry);
   }
   return { victims, keptBytes: remaining };
 }
@@ -185,7 +225,10 @@ export async function planRootSweep(root: string, limits: RetentionLimits): Prom
   const { caches } = await readRoot(root);
   const entries: Array<[string, IndexEntry]> = caches
     .filter((c) => c.owned)
-    .map((c) => [c.cachePath, { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs }]);
+    .map((c) => [
+      c.cachePath,
+      { scopeId: c.scopeId, cacheKey: c.cacheKey, modelId: c.modelId, configHash: c.configHash, kind: cacheKindOf(c.cacheKey), bytes: c.bytes, lastUsedMs: c.lastUsedMs, chunks: c.chunks },
+    ]);
   const { victims, keptBytes } = planEvictions(entries, limits, Date.now());
   return { evicted: victims.map(evictedOf), keptBytes };
 }

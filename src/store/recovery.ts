@@ -1,6 +1,7 @@
 /**
- * Recovery: remove what crashed writers left behind — temp files whose writer is dead, and
- * manifests whose cache file is gone — and nothing else: a temp by its kvkeep name (beside a
+ * Recovery: remove what crashed writers left behind — temp files whose writer is dead (beside
+ * caches, and beside chunks under `.kvkeep/chunks/`), and manifests whose cache file is gone —
+ * and nothing else: a temp by its kvkeep name (beside a
  * cache or manifest, in a model directory), a manifest only when it is a kvkeep manifest
  * naming its own place (src/manifest/ownership.ts). Runs in the background at open, and again on every
  * walk a retention resync makes (so a writer that dies while the store is open has its
@@ -13,6 +14,7 @@
  * another live process (or a turn of this one) is writing is never touched.
  */
 import { promises as fs } from "node:fs";
+import { listChunkFiles, removeDeadChunkTemps } from "../chunkfiles/collect.js";
 import { inspectFile, unlinkIfExists } from "../durable/files.js";
 import { deadWritersTemp } from "../durable/temp-owner.js";
 import { cachePathOf, manifestPathOf } from "../layout/paths.js";
@@ -88,6 +90,12 @@ export async function recoverRoot(
         lease.release({ removeLockFile: (await inspectFile(cachePath, ctx.fsBackend).catch(() => null))?.kind === "missing" });
       }
     }
+  }
+  // Chunk writers' temps under .kvkeep/chunks/ (a chunk file's name + a kvkeep temp suffix) whose writer is dead.
+  try {
+    report.removedTemps += await removeDeadChunkTemps((await listChunkFiles(ctx.root)).temps);
+  } catch (error) {
+    ctx.logger.warn(logLine("could not remove dead writers' chunk temps", { error }));
   }
   if (report.removedTemps + report.removedManifests > 0) {
     ctx.logger.info(logLine("recovered cache root", { root: ctx.root, ...report }));

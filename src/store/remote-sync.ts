@@ -71,6 +71,8 @@ export class RemoteSync implements RemoteHooks {
   readonly #uploads: WriteBehind<UploadJob>;
   /** The deletes the tier has not taken yet (see remote-deletes.ts). */
   readonly #deletes: RemoteDeletes;
+  /** Whether the "chunked caches stay local" note was logged (once per store). */
+  #warnedChunked = false;
   /** Commits a pending delete covers: uploaded once it is taken (see afterCommit). */
   readonly #deferredUploads = new Map<string, string | null>();
 
@@ -124,6 +126,16 @@ export class RemoteSync implements RemoteHooks {
       // The descriptor's file must be the one a manifest slot describes, for this identity.
       const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, identity));
       if (!st.isFile() || !entry || entry.messageCount === 0) return;
+      if (entry.chunks) {
+        // The file is only the tail of a chunked state (docs/chunks-format.md), and this tier
+        // moves whole files: published, another machine would install the tail as a whole
+        // state. Not uploaded until the tier carries chunks (CHUNKS-PLAN §9).
+        if (!this.#warnedChunked) {
+          this.#warnedChunked = true;
+          this.#logger.info(logLine("the remote tier does not carry chunked caches yet; they stay local", { cachePath }));
+        }
+        return;
+      }
       if (manifest.modelId !== job.id.modelId || manifest.configHash !== job.id.configHash) return;
       if ((manifest.scope ?? null) !== (job.id.scopeId ?? null)) return;
       if (manifest.cacheKey !== job.id.cacheKey || manifest.fingerprint !== job.id.fingerprint) return;

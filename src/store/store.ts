@@ -1,6 +1,7 @@
 /** The store core (the facade, src/facade/kvkeep-store.ts, adds the sessions). */
 import path from "node:path";
-import { KvKeepError } from "../errors.js";
+import { isKvKeepError, KvKeepError } from "../errors.js";
+import { ChunkFiles } from "../chunkfiles/chunk-files.js";
 import { assertRealDirs, mkdirUnderRoot, pruneEmptyDirs, statIdentity } from "../durable/files.js";
 import { claimRoot, syncRootMarker } from "../durable/root-marker.js";
 import { type CacheLocation, cacheDirComponents, cachePathOf, parseCachePath } from "../layout/paths.js";
@@ -12,6 +13,7 @@ import { Retention } from "../retention/retention.js";
 import { establishTrust } from "./trust.js";
 import type { BorrowedCache, CacheInfo, DeleteTarget, EvictedCache, PrefixMatch, PrefixQuery, StoreUsage, SweepOptions, SweepResult, TurnEvent } from "../types.js";
 import { borrowPrefix, findPrefix } from "./borrow.js";
+import { type ChunkedSource, chunkedSource, MAX_TAIL_BYTES, withJoinedState } from "./chunked-load.js";
 import { type DeleteReport, deleteReporting } from "./delete.js";
 import { type InternalStoreOptions, type KvCacheStoreOptions, resolveStoreOptions } from "./options.js";
 import type { StoreContext } from "./context.js";
@@ -84,8 +86,9 @@ export class StoreCore {
         }
       }
     };
+    const chunkFiles = new ChunkFiles(root, fsBackend);
     const retention = new Retention(
-      { root, logger, fsBackend, locks, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
+      { root, logger, fsBackend, locks, chunkFiles, forgetCache: (cachePath, loc) => forgetCache(cachePath, initKey(loc)), prune, onEvicted, walkRoot: (visit) => recoverRoot(this.context, visit) },
       resolved.retention,
       options.retentionInternals,
     );
@@ -94,6 +97,7 @@ export class StoreCore {
       root,
       logger,
       fsBackend,
+      chunkFiles,
       locks,
       layers,
       onRollback: resolved.onRollback,
@@ -213,11 +217,53 @@ export class StoreCore {
     try {
       ({ trusted } = await establishTrust(ctx, resolved, loc, options.fingerprint ?? null));
       if (!trusted) return null;
-      const result = await use({ cachePath: resolved, messageCount: trusted.messageCount, tokenCount: trusted.tokenCount, bytes: trusted.size });
+      const info = {
+        cachePath: resolved,
+        messageCount: trusted.messageCount,
+        tokenCount: trusted.tokenCount,
+        bytes: trusted.size,
+      };
+      let result: T;
+      if (!trusted.chunks) {
+        result = await use({ ...info, layout: "whole", loadPath: resolved });
+      } else {
+        const source = await this.#chunkedSourceOf(resolved, trusted);
+        if (!source) {
+          trusted = null; // removed: its lock file goes with the lease
+          return null;
+        }
+        let used = false;
+        try {
+          result = await withJoinedState(ctx, source, undefined, (loadPath) => {
+            used = true;
+            return use({ ...info, layout: "chunked", loadPath });
+          });
+        } catch (error) {
+          if (used || !isKvKeepError(error) || (error.code !== "CHUNK_MISSING" && error.code !== "CHUNK_CORRUPT")) throw error;
+          ctx.logger.warn(logLine("a chunked cache could not be assembled; removing it", { cachePath: resolved, code: error.code }));
+          await ctx.removeCache(resolved);
+          trusted = null;
+          return null;
+        }
+      }
       await ctx.retention.noteUsed(resolved, trusted);
       return result;
     } finally {
       await ctx.releaseCache(lease, resolved, trusted === null);
+    }
+  }
+
+  /** A trusted chunked cache's checked tail, or null (removed) when the tail is not what its manifest says. */
+  async #chunkedSourceOf(cachePath: string, entry: TrustedCache): Promise<ChunkedSource | null> {
+    const read = await this.context.fsBackend.readFileBounded(cachePath, MAX_TAIL_BYTES);
+    try {
+      if (!read || read.identity.size !== entry.size) throw new KvKeepError("CHUNK_CORRUPT", `the tail ${cachePath} is not the one its manifest names.`);
+      return chunkedSource(cachePath, entry.chunks!, read.data);
+    } catch (error) {
+      if (!isKvKeepError(error, "CHUNK_CORRUPT")) throw error;
+      this.context.logger.warn(logLine("a chunked cache's tail is damaged; removing it", { cachePath, error }));
+      await this.context.removeCache(cachePath);
+      return null;
     }
   }
 

@@ -37,14 +37,17 @@ export type TrustOutcome =
  * trusted (logged, and returned as `refused` with its reason) and forgetting a missing one.
  * A file this store wrote or verified for the same fingerprint is trusted while its identity
  * is unchanged; any other is verified against its manifest (and by checksum with
- * `verify: "checksum"`).
+ * `verify: "checksum"`). With `wholeOnly` (a reader that loads the file itself), a chunked
+ * cache is refused as foreign.
  */
 export async function establishTrust(
   ctx: StoreContext,
   cachePath: string,
   loc: CacheLocation,
   fingerprint: string | null,
+  options: { wholeOnly?: boolean } = {},
 ): Promise<TrustOutcome> {
+  const wholeOnly = options.wholeOnly ?? false;
   const init = initKey(loc);
   const state = await inspectFile(cachePath, ctx.fsBackend);
   if (state.kind === "missing") {
@@ -58,12 +61,13 @@ export async function establishTrust(
     state.kind === "file" &&
     known &&
     known.fingerprint === fingerprint &&
+    !(wholeOnly && known.chunks) &&
     sameIdentity(known, state.identity) &&
     ctx.layers.initialized.has(init)
   ) {
     return { trusted: known, refused: null };
   }
-  const verdict = await verifyCache(ctx.fsBackend, cachePath, manifestHeader(loc, fingerprint), {
+  const verdict = await verifyCache(ctx.fsBackend, cachePath, { ...manifestHeader(loc, fingerprint), wholeOnly }, {
     checksum: ctx.verify === "checksum",
   });
   if (verdict.ok) {

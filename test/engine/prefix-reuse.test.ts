@@ -10,6 +10,7 @@ import type { LlamaModel, Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createLlamaCppCompletion, modelIdFromModel } from "../../src/engines/node-llama-cpp/index.js";
 import { cachePathOf, manifestPathOf } from "../../src/layout/paths.js";
+import { committedTokens } from "../helpers/committed-state.js";
 import { type CacheMessage, generateConfigHash, KvKeepError, openKvCacheStore, type KvCacheStore } from "../../src/index.js";
 import { coldGreedyReply, createContext, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
@@ -51,16 +52,9 @@ function coldReply(history: CacheMessage[]): Promise<string> {
   return coldGreedyReply(model, history as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX });
 }
 
-/** The tokens a committed state file holds (loaded into a scratch context; the file is only read). */
+/** The tokens a committed cache's state holds (its chunks joined when it is chunked; nothing is changed). */
 async function stateTokens(cachePath: string): Promise<Token[]> {
-  const context = await createContext(model, { contextSize: CONTEXT, threads: 1 });
-  try {
-    const sequence = context.getSequence();
-    await sequence.loadStateFromFile(cachePath, { acceptRisk: true });
-    return [...sequence.contextTokens];
-  } finally {
-    await context.dispose();
-  }
+  return (await committedTokens(cachePath)) as Token[];
 }
 
 function commonPrefix(a: readonly Token[], b: readonly Token[]): number {

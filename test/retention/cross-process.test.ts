@@ -61,7 +61,7 @@ describe("retention across processes", () => {
     const child = runChild(worker, [root, "commit-auto", "4", "2048"]);
     expect(await child.exited, child.stderr()).toBe(0);
 
-    expect(await store.usage()).toEqual({ bytes: 4 * 2048, count: 4, autoBytes: 4 * 2048, namedBytes: 0, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 4 * 2048, count: 4, autoBytes: 4 * 2048, namedBytes: 0, logicalBytes: 4 * 2048, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
     expect(store.retention.stats.resyncs).toBe(0); // learnt from the log, not from a walk of the root
     const result = await store.sweep({ maxBytes: 2048 });
     expect(result.evicted).toHaveLength(3);

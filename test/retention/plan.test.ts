@@ -80,11 +80,11 @@ describe("RetentionIndex", () => {
     index.put("/r/a", entry(1, 100));
     index.put("/r/n", entry(1, 40, "named"));
     index.put("/r/a", entry(2, 300)); // rewritten
-    expect(index.usage()).toEqual({ bytes: 340, count: 2, autoBytes: 300, namedBytes: 40 });
+    expect(index.usage()).toEqual({ bytes: 340, count: 2, autoBytes: 300, namedBytes: 40, logicalBytes: 340, chunkCount: 0, chunkBytes: 0 });
     expect(index.evictableBytes(false)).toBe(300);
     expect(index.evictableBytes(true)).toBe(340);
     index.remove("/r/a");
-    expect(index.usage()).toEqual({ bytes: 40, count: 1, autoBytes: 0, namedBytes: 40 });
+    expect(index.usage()).toEqual({ bytes: 40, count: 1, autoBytes: 0, namedBytes: 40, logicalBytes: 40, chunkCount: 0, chunkBytes: 0 });
   });
 
   it("changes older than what it knows do not override it (records arrive out of order)", () => {

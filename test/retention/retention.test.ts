@@ -33,7 +33,7 @@ describe("budget and order", () => {
     const session = store.createSession(MODEL);
     const paths: string[] = [];
     for (let i = 0; i < 10; i++) paths.push(await commitAuto(session, `c${i}`, 1000));
-    expect(await store.usage()).toEqual({ bytes: 10_000, count: 10, autoBytes: 10_000, namedBytes: 0, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 10_000, count: 10, autoBytes: 10_000, namedBytes: 0, logicalBytes: 10_000, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
 
     const result = await store.sweep({ maxBytes: 3500 });
     expect(result.keptBytes).toBeLessThanOrEqual(3500);
@@ -171,7 +171,7 @@ describe("named caches and usage", () => {
     const second = await evictNamed.sweep({ maxBytes: 0 });
     expect(second.evicted).toEqual([{ scopeId: null, cacheKey: "my-chat", modelId: MODEL, configHash: expect.any(String), bytes: 3000, reason: "idle" }]);
     expect(await exists(named)).toBe(false);
-    expect(await evictNamed.usage()).toEqual({ bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, staleTempBytes: 0 });
+    expect(await evictNamed.usage()).toEqual({ bytes: 0, count: 0, autoBytes: 0, namedBytes: 0, logicalBytes: 0, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
     await evictNamed.close();
   });
 
@@ -182,19 +182,19 @@ describe("named caches and usage", () => {
     await commitNamed(session, "n1", 2000);
     await commitNamed(session, "n2", 500);
     await commitAuto(session, "a1", 1200);
-    expect(await store.usage()).toEqual({ bytes: 3700, count: 3, autoBytes: 1200, namedBytes: 2500, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 3700, count: 3, autoBytes: 1200, namedBytes: 2500, logicalBytes: 3700, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
 
     await store.delete({ kvCacheKey: "n2" });
-    expect(await store.usage()).toEqual({ bytes: 3200, count: 2, autoBytes: 1200, namedBytes: 2000, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 3200, count: 2, autoBytes: 1200, namedBytes: 2000, logicalBytes: 3200, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
 
     const turn = await openAutoLoad(session, "a1");
     await session.rollback(turn); // "clear" removes the cache
-    expect(await store.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, logicalBytes: 2000, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
 
     // A reopened store builds the same picture from the disk.
     await store.close();
     const reopened = openKvCacheStore({ root });
-    expect(await reopened.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, staleTempBytes: 0 });
+    expect(await reopened.usage()).toEqual({ bytes: 2000, count: 1, autoBytes: 0, namedBytes: 2000, logicalBytes: 2000, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
     await reopened.close();
   });
 });
@@ -304,7 +304,7 @@ describe("the shared index log", () => {
     await other.delete({ kvCacheKey: keyOf(a) });
     await other.retention.log.flushed();
 
-    expect(await store.usage()).toEqual({ bytes: 1700, count: 2, autoBytes: 800, namedBytes: 900, staleTempBytes: 0 });
+    expect(await store.usage()).toEqual({ bytes: 1700, count: 2, autoBytes: 800, namedBytes: 900, logicalBytes: 1700, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 });
     expect(store.retention.stats.resyncs).toBe(0);
     expect(store.retention.stats.recordsApplied).toBeGreaterThan(0);
     const result = await store.sweep({ maxBytes: 0 });

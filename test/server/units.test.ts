@@ -374,7 +374,7 @@ describe("kvkeep/metrics", () => {
     const registry = new Registry();
     const metrics = createKvKeepMetrics({
       registry,
-      store: { usage: async () => ({ bytes: 30, count: 2, autoBytes: 10, namedBytes: 20, staleTempBytes: 0 }) },
+      store: { usage: async () => ({ bytes: 30, count: 2, autoBytes: 10, namedBytes: 20, logicalBytes: 30, sharing: 1, chunkCount: 0, chunkBytes: 0, staleTempBytes: 0 }) },
     });
     const turn = { reusedTokens: 90, evaluatedTokens: 10, completionTokens: 5, ttftMs: 20, loadMs: 3, saveMs: 8, commitMs: 6 };
     metrics.observeTurn({ ...turn, hit: true }); // no source: an older adapter → own

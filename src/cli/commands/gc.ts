@@ -15,7 +15,7 @@ export const gcCommand: Command = {
   summary: "evict idle and least recently used auto caches down to a budget; --remote: report (and trim) Redis too",
   usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json] [--remote URL [--remote-max-bytes SIZE] [--remote-max-idle DURATION]]",
   description:
-    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). Only files kvkeep can prove are its own are removed — evicted caches (a manifest names each) and what crashed writers left (temps named by kvkeep, manifests of vanished caches) — and the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt. With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
+    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). Only files kvkeep can prove are its own are removed — evicted caches (a manifest names each), what crashed writers left (temps named by kvkeep, manifests of vanished caches) and token chunks no manifest references any more (chunk GC: chunks under .kvkeep/chunks/, touched or written in the last 2 s kept) — and the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt. With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "budget for the evictable caches: 512M, 2G, … (default 4G)" },
     "max-idle": { type: "string", value: "DURATION", help: "evict caches unused this long: 30m, 12h, 7d, … (default 24h)" },
@@ -66,7 +66,7 @@ export const gcCommand: Command = {
           rootExists: root !== null,
           dryRun,
           ...limitsJson(limits),
-          ...(local ?? { evicted: [], keptBytes: 0, freedBytes: 0, removedFiles: 0, recoveredFiles: 0, warnings: [] }),
+          ...(local ?? { evicted: [], keptBytes: 0, freedBytes: 0, removedFiles: 0, recoveredFiles: 0, removedChunks: 0, removedChunkBytes: 0, warnings: [] }),
           remote: trimmed,
         },
         () => [...(local ? [...localLines(local, limits, dryRun), ""] : []), ...remoteLines(trimmed, dryRun)],
@@ -85,6 +85,9 @@ interface LocalGc {
   removedFiles: number;
   /** Of those, what the store's recovery at open removed: dead writers' temps, manifests of vanished caches. */
   recoveredFiles: number;
+  /** Of those, chunk files no manifest referenced any more (chunk GC), and their bytes. */
+  removedChunks: number;
+  removedChunkBytes: number;
   warnings: string[];
 }
 
@@ -92,11 +95,11 @@ const limitsJson = (limits: RetentionLimits) => ({ maxBytes: limits.maxBytes, ma
 
 /** One sweep of the root (a plan only, for a dry run). */
 async function sweepLocal(ctx: CommandContext, root: RootState, limits: RetentionLimits, dryRun: boolean): Promise<LocalGc> {
-  let result: { evicted: EvictedCache[]; keptBytes: number; removedFiles: number };
+  let result: { evicted: EvictedCache[]; keptBytes: number; removedFiles: number; removedChunks: number; removedChunkBytes: number };
   let warnings: string[] = [];
   let recoveredFiles = 0;
   if (dryRun) {
-    result = { ...(await planRootSweep(ctx.root, limits)), removedFiles: 0 };
+    result = { ...(await planRootSweep(ctx.root, limits)), removedFiles: 0, removedChunks: 0, removedChunkBytes: 0 };
   } else {
     assertWritable(ctx.root, root, "evict caches");
     const opened = await openCliStore(ctx, { evictNamed: limits.evictNamed });
@@ -114,6 +117,8 @@ async function sweepLocal(ctx: CommandContext, root: RootState, limits: Retentio
     freedBytes: result.evicted.reduce((sum, e) => sum + e.bytes, 0),
     removedFiles: result.removedFiles + recoveredFiles,
     recoveredFiles,
+    removedChunks: result.removedChunks,
+    removedChunkBytes: result.removedChunkBytes,
     warnings,
   };
 }
@@ -140,8 +145,11 @@ function localLines(local: LocalGc, limits: RetentionLimits, dryRun: boolean): s
 
 /** Every file gc removed, said in so many words (a sweep's caches and recovery's leftovers). */
 function removedFilesLine(local: LocalGc): string {
-  const recovered = local.recoveredFiles > 0 ? ` (${local.recoveredFiles} of them left by crashed writers)` : "";
-  return `removed ${plural(local.removedFiles, "file")}${recovered}`;
+  const parts = [
+    ...(local.recoveredFiles > 0 ? [`${local.recoveredFiles} of them left by crashed writers`] : []),
+    ...(local.removedChunks > 0 ? [`${plural(local.removedChunks, "unreferenced chunk")}, ${formatBytes(local.removedChunkBytes)}`] : []),
+  ];
+  return `removed ${plural(local.removedFiles, "file")}${parts.length > 0 ? ` (${parts.join("; ")})` : ""}`;
 }
 
 function failIfProblems(warnings: readonly string[]): void {

@@ -55,21 +55,25 @@ export const scanCommand: Command = {
         if (caches.length === 0) return `${ctx.root}: no caches`;
         const sum = totals(caches);
         const anyProblem = caches.some((c) => c.problem);
+        // SIZE is the state's (a chunked cache's tail plus its chunks); LAYOUT shows once a cache is chunked.
+        const anyChunked = caches.some((c) => c.layout === "chunked");
         const table = renderTable(
-          [...cacheColumns(withScope), { header: "LAST USE" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
+          [...cacheColumns(withScope), ...(anyChunked ? [{ header: "LAYOUT" }] : []), { header: "LAST USE" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
           caches.map((c) => [
             c.cacheKey,
             ...(withScope ? [shownScope(c.scopeId)] : []),
             c.modelId,
             c.configHash,
-            formatBytes(c.bytes),
+            formatBytes(c.logicalBytes),
             c.messageCount === null ? "?" : String(c.messageCount),
+            ...(anyChunked ? [c.layout] : []),
             formatAge(now - c.lastUsedMs),
             ...(anyProblem ? [c.problem ?? ""] : []),
           ]),
         );
         const bar = ctx.io.stdout.isTTY ? [...budgetBar(sum, budget), ""] : [];
-        return [...bar, ...table, "", `${plural(sum.count, "cache")}, ${formatBytes(sum.bytes)} in ${ctx.root}`];
+        const shared = sum.chunkCount > 0 ? ` on disk (${formatBytes(sum.logicalBytes)} logical: sharing ${sum.sharing.toFixed(2)}×)` : "";
+        return [...bar, ...table, "", `${plural(sum.count, "cache")}, ${formatBytes(sum.bytes)}${shared} in ${ctx.root}`];
       },
     );
     return 0;

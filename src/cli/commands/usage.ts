@@ -8,7 +8,7 @@ export const usageCommand: Command = {
   summary: "bytes and counts on disk, auto vs named (changes nothing)",
   usage: "kvkeep usage [--root DIR] [--json]",
   description:
-    "Sums the cache files under the root: auto-mode caches (evictable by a sweep) and named ones (your custom keys), and the temp files of writers. It only reads: no store is opened, nothing is removed.",
+    "Sums the cache files under the root: auto-mode caches (evictable by a sweep) and named ones (your custom keys), the token chunks chunked caches share (each counted once: the bytes are physical; logical bytes count every cache with its own copy, and sharing is logical / physical), and the temp files of writers. It only reads: no store is opened, nothing is removed.",
   options: {},
   positionals: { name: "", min: 0, max: 0 },
   examples: [
@@ -29,9 +29,11 @@ export const usageCommand: Command = {
         [
           ["  auto", plural(sum.autoCount, "cache"), formatBytes(sum.autoBytes)],
           ["  named", plural(sum.namedCount, "cache"), formatBytes(sum.namedBytes)],
+          ...(sum.chunkCount > 0 ? [["  shared chunks", plural(sum.chunkCount, "chunk"), formatBytes(sum.chunkBytes)]] : []),
           ...(temps.count > 0 ? [["  temp files", plural(temps.count, "file"), formatBytes(temps.bytes)]] : []),
         ],
       ).slice(1),
+      ...(sum.chunkCount > 0 ? [`  logical ${formatBytes(sum.logicalBytes)} (every cache with its own chunks): sharing ${sum.sharing.toFixed(2)}×`] : []),
     ]);
     return 0;
   },

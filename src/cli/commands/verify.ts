@@ -1,6 +1,6 @@
 import path from "node:path";
 import { readRoot } from "../../store/inspect.js";
-import { type CacheVerdict, verifyCacheFiles, type VerifyStatus } from "../../store/verify-files.js";
+import { type CacheVerdict, chunkCheck, verifyCacheFiles, type VerifyStatus } from "../../store/verify-files.js";
 import type { Command } from "../command.js";
 import { EXIT_FAILURE } from "../errors.js";
 import { formatBytes, formatElapsed, plural, renderTable } from "../format.js";
@@ -23,7 +23,7 @@ export const verifyCommand: Command = {
   summary: "checksum every cache against its manifest; --fix removes the damaged ones",
   usage: "kvkeep verify [--fix] [--root DIR] [--json]",
   description:
-    "Reads every cache file and compares its XXH64 with the committed state its manifest records (and the model, key and config the manifest names). A cache a turn holds right now — in any process — is reported busy, never waited for. Verify changes nothing unless --fix is given; then it removes each damaged cache with its manifest, lock file and emptied directories, and says how many files it removed. A .bin that no kvkeep manifest names is not a cache: reported foreign, never removed, not a failure. --fix refuses a directory that is not a kvkeep root (no .kvkeep/root.json) unless --adopt. A copied or restored root verifies as it is (its manifests are not rewritten, so last-use times survive). A read-only root is checked without locks. On a terminal a progress bar runs on stderr.",
+    "Reads every cache file and compares its XXH64 with the committed state its manifest records (and the model, key and config the manifest names); for a chunked cache, also every token chunk it names (there, its size, header, XXH64, and its identity recomputed from its parent, its tokens and the context), each shared chunk read once. A cache a turn holds right now — in any process — is reported busy, never waited for. Verify changes nothing unless --fix is given; then it removes each damaged cache with its manifest, lock file and emptied directories (and a corrupt chunk file, so every cache naming it goes too), and says how many files it removed. A .bin that no kvkeep manifest names is not a cache: reported foreign, never removed, not a failure. --fix refuses a directory that is not a kvkeep root (no .kvkeep/root.json) unless --adopt. A copied or restored root verifies as it is (its manifests are not rewritten, so last-use times survive). A read-only root is checked without locks. On a terminal a progress bar runs on stderr.",
   options: {
     fix: { type: "boolean", help: "remove the caches that fail (a turn would re-prime them anyway)" },
     ...ADOPT_OPTION,
@@ -52,10 +52,12 @@ export const verifyCommand: Command = {
     const totalBytes = caches.reduce((sum, c) => sum + c.bytes, 0);
     const progress = progressBar(ctx.io.stderr, { label: "verifying", totalBytes, totalItems: caches.length, enabled: !ctx.json });
     const results: Result[] = [];
+    // Chunks shared by several caches are read once per run.
+    const chunks = chunkCheck(ctx.root);
     let doneBytes = 0;
     for (const cache of caches) {
       const base = { scopeId: cache.scopeId, cacheKey: cache.cacheKey, modelId: cache.modelId, configHash: cache.configHash, cachePath: cache.cachePath, bytes: cache.bytes };
-      results.push({ ...base, ...(await verifyCacheFiles(ctx.root, cache, { fix, readOnly: root.readOnly })) });
+      results.push({ ...base, ...(await verifyCacheFiles(ctx.root, cache, { fix, readOnly: root.readOnly, chunks })) });
       doneBytes += cache.bytes;
       progress.update(doneBytes, results.length);
     }

@@ -9,7 +9,8 @@ import os from "node:os";
 import type { ChatWrapper, LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import { type Logger, logLine } from "../../logger.js";
 import type { KvCacheStore } from "../../facade/kvkeep-store.js";
-import type { BorrowedCache, CacheInfo, CacheMessage, TurnHandle } from "../../types.js";
+import { attentionRotationSetting } from "../../chunks/chunk-id.js";
+import type { BorrowedCache, CacheInfo, CacheMessage, ChunkingOptions, TurnHandle } from "../../types.js";
 import { now } from "../shared/clock.js";
 import type { Committed } from "../shared/commit.js";
 import { invalidArgument } from "../shared/params.js";
@@ -39,6 +40,8 @@ export interface OpenedLlama {
    * token for sliding-window models, none for recurrent and hybrid ones (state-trim.ts).
    */
   trim: StateTrimPolicy;
+  /** Whether kvkeep may store this model's states as token chunks (an attention model without M-RoPE). */
+  splittable: boolean;
 }
 
 /** A file's identity (size, inode, mtime ns), as `CommitOutcome.file` and `store.cacheFileIdentity` give it. */
@@ -93,11 +96,20 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     }
     const fingerprint = this.#options.fingerprint ?? (await fingerprintModel(model, context, modelPath));
     const trim = stateTrimPolicy(readStateTrimTraits(model, this.#options.contextOptions ?? {}));
-    return { context, sequence: context.getSequence(), fingerprint, trim };
+    const splittable = trim.maxCutBack === Number.POSITIVE_INFINITY && !hasMultiAxisRope(model);
+    return { context, sequence: context.getSequence(), fingerprint, trim, splittable };
   }
 
   fingerprint(engine: OpenedLlama): string {
     return engine.fingerprint;
+  }
+
+  chunking(engine: OpenedLlama): ChunkingOptions | null {
+    if (this.#options.chunkedStates === false || !engine.splittable) return null;
+    // The state's geometry (KV types, flash-attention layout) is read from the state itself;
+    // what else its bytes depend on: llama.cpp's rotation of quantized K/V and the stream count.
+    // With a remote tier, whole files: the tier does not move chunks yet (a fleet shares whole states).
+    return { attentionRotation: attentionRotationSetting(process.env), sequences: 1, wholeWithRemote: true };
   }
 
   validate(params: CompletionParams): void {
@@ -132,7 +144,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     const leadingSystem = history.findIndex((m) => m.role !== "system");
     const systemMessages = leadingSystem < 0 ? history.length : leadingSystem;
     const borrow = (exclude: string[], minCommon: number): Promise<Reuse | null> =>
-      this.#borrow(engine, call, history, exclude, minCommon);
+      this.#borrow(engine, call, history, prompt.tokens, exclude, minCommon);
     let primeStart: PrimeStart = { ...noReuse(), kept: 0, reach: 0 };
     let borrowed = false;
 
@@ -159,7 +171,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
         await sequence.saveStateToFile(path);
       },
 
-      load: async (turn) => {
+      load: async (turn, loadState) => {
         let start: Reuse = turn.primed
           ? { source: primeStart.source, sourceKey: primeStart.sourceKey, loadMs: primeStart.loadMs }
           : { source: "own", sourceKey: turn.cacheKey, loadMs: 0 };
@@ -178,7 +190,8 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
           this.#holding = null;
           const loadStart = now();
           try {
-            await loadInto(sequence, turn.cachePath);
+            // Only what the state shares with the prompt is read (a chunked cache is joined in memory).
+            await loadState((loadPath) => loadInto(sequence, loadPath), { tokens: prompt.tokens });
           } catch (error) {
             // A state llama.cpp refuses costs the reuse, never the reply: start cold.
             this.#logger.warn(logLine("the engine could not load the cache; starting cold", { cachePath: turn.cachePath, error }));
@@ -231,7 +244,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     return this.#store.useCache(cachePath, { fingerprint: engine.fingerprint }, async (cache) => {
       if (signal?.aborted) return null;
       this.#holding = null;
-      await loadInto(engine.sequence, cache.cachePath);
+      await loadInto(engine.sequence, cache.loadPath);
       // Under the cache's lock: the file cannot change between the load and this look.
       const identity = await this.#store.cacheFileIdentity(cache.cachePath);
       this.#holding = identity ? { cachePath: cache.cachePath, identity } : null;
@@ -248,6 +261,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     engine: OpenedLlama,
     call: TurnCall,
     history: readonly CacheMessage[],
+    tokens: readonly Token[],
     exclude: string[],
     minCommon: number,
   ): Promise<Reuse | null> {
@@ -262,6 +276,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
           fingerprint: engine.fingerprint,
           configHash: call.configHash,
           history,
+          tokens,
           exclude,
           minCommonMessages: minCommon,
           exactAncestor: engine.trim.maxCutBack !== Number.POSITIVE_INFINITY,
@@ -291,6 +306,20 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     const identity = await this.#store.cacheFileIdentity(turn.cachePath);
     return identity !== null && sameFile(identity, holding.identity);
   }
+}
+
+/**
+ * Models with multi-axis RoPE (Qwen2-VL and its kin: `<arch>.rope.dimension_sections`) write
+ * 12 more bytes per KV cell that nothing in the state announces (docs/chunks-format.md): their
+ * states are never split.
+ */
+function hasMultiAxisRope(model: LlamaModel): boolean {
+  const metadata = model.fileInfo.metadata as unknown as Record<string, unknown> & { general?: { architecture?: unknown } };
+  const architecture = metadata.general?.architecture;
+  if (typeof architecture !== "string") return true;
+  if (/vl|omni/i.test(architecture)) return true;
+  const section = metadata[architecture] as { rope?: { dimension_sections?: unknown } } | undefined;
+  return section?.rope?.dimension_sections !== undefined;
 }
 
 function sameFile(a: FileIdentity, b: FileIdentity): boolean {

@@ -109,6 +109,16 @@ export interface LlamaCppCompletionOptions {
    */
   prefixReuse?: boolean | undefined;
   /**
+   * Store states as content-addressed token chunks (docs/chunks-format.md): a turn writes
+   * only its new tokens' chunks, its tail and its manifest; conversations sharing a prefix
+   * store it once; states go to and from the engine through in-memory files. Applies to
+   * attention models whose state kvkeep can split, on platforms with in-memory files (Linux,
+   * native addon); sliding-window, recurrent, hybrid and M-RoPE models, and other platforms,
+   * keep whole files (`stats.layout` says which), as does a store with a remote tier (it does
+   * not move chunks yet). Default: true.
+   */
+  chunkedStates?: boolean | undefined;
+  /**
    * The scope of every call that names none (`CompletionParams.scope`): whose conversations
    * these are. Calls of different scopes never share a cache or a prefix. Default: none (the
    * store's shared space).

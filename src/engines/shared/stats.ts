@@ -92,6 +92,13 @@ export interface CompletionStats {
    * turn primed afresh. Null when nothing was refused (and with `kvCache: false`).
    */
   refused: CacheRefusal | null;
+  /**
+   * How this adapter stores the conversation's states: `"chunked"` (content-addressed token
+   * chunks; a commit writes only what is new) or `"whole"` (one file per state: engines whose
+   * state kvkeep cannot split — sliding-window, recurrent and hybrid models, QVAC — and
+   * platforms without in-memory files). Null with `kvCache: false`.
+   */
+  layout: "chunked" | "whole" | null;
 }
 
 /** A call of a tool the model made: its id (made by kvkeep), the tool's name, and its arguments as JSON text. */
@@ -132,4 +139,5 @@ export const COMPLETION_STATS_FIELDS: Readonly<Record<keyof CompletionStats, tru
   committed: true,
   commitFailure: true,
   refused: true,
+  layout: true,
 };

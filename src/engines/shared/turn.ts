@@ -17,7 +17,7 @@ import { assertScope } from "../../keys/scope.js";
 import { messageKeyChain } from "../../keys/auto-key.js";
 import { type Logger, silentLogger } from "../../logger.js";
 import type { KvCacheStore } from "../../facade/kvkeep-store.js";
-import type { CacheMessage, CacheRefusal, KvCacheSession, TurnHandle } from "../../types.js";
+import type { CacheMessage, CacheRefusal, ChunkingOptions, KvCacheSession, TurnHandle } from "../../types.js";
 import { abortedCompletion, throwIfAborted } from "./abort.js";
 import { now } from "./clock.js";
 import { type Committed, type CommitReport, commitReply } from "./commit.js";
@@ -74,12 +74,19 @@ export interface TurnCall {
   configHash: string;
 }
 
+/** `session.loadState` bound to the call's turn. */
+export type TurnLoader = <T>(use: (loadPath: string, tokens: number | null) => Promise<T>, options?: { tokens?: ArrayLike<number> | undefined }) => Promise<T>;
+
 /** One call's engine work, made by `TurnEngine.begin`; the skeleton calls it in the order above. */
 export interface EngineTurn {
   /** `primeIfMissing`: write a state holding the prime prefix (the system prompt) to `path`. */
   prime(path: string): Promise<void>;
-  /** Make the engine hold the state `turn` starts from (the turn's cache, or a better one). */
-  load(turn: TurnHandle): Promise<Reuse>;
+  /**
+   * Make the engine hold the state `turn` starts from (the turn's cache, or a better one).
+   * `loadState` hands the turn's committed state over as a loadable path (`session.loadState`:
+   * a chunked cache is joined in memory); never load `turn.cachePath` of a chunked cache.
+   */
+  load(turn: TurnHandle, loadState: TurnLoader): Promise<Reuse>;
   /** Run the prompt and generate the reply; `turn` null: no cache (`kvCache: false`), an empty state. */
   generate(turn: TurnHandle | null, reuse: Reuse): Promise<Generation>;
   /** Write the state to `savePath` (omit when the engine writes it while generating). */
@@ -98,6 +105,11 @@ export interface TurnEngine<P extends TurnParams, O> {
   fingerprint(opened: O): Promise<string> | string;
   /** Refuse this engine's own malformed parameters (INVALID_ARGUMENT naming the argument). */
   validate?(params: P): void;
+  /**
+   * Opt the adapter's sessions into chunked storage (`SessionOptions.chunks`): only for states
+   * kvkeep can split (llama.cpp sequence states of attention models). Default: whole files.
+   */
+  chunking?(opened: O): ChunkingOptions | null;
   /** Names that shape the primed state besides the system prompt (node-llama-cpp: the tools). */
   configNames?(params: P): readonly string[] | undefined;
   /** Start one call (render the prompt, check it fits); throws for input the engine cannot run. */
@@ -182,11 +194,11 @@ export class CompletionTurns<P extends TurnParams, O> {
       const generation = await work.generate(null, noReuse());
       if (generation.aborted) throw abortedCompletion(signal);
       throwIfAborted(signal);
-      return resultOf(generation, completionStats(generation, NOTHING_SAVED, null));
+      return resultOf(generation, completionStats(generation, NOTHING_SAVED, null, null));
     }
 
     // A session per call (cheap: no I/O): the call's scope decides where its caches live.
-    const session = this.#session(scope, await this.#fingerprint.get());
+    const session = this.#session(scope, await this.#fingerprint.get(), this.#engine.chunking?.(opened) ?? null);
     messageKeyChain(history); // once per turn: the session and prefix lookups reuse it (memoised)
     const turn = await session.beginTurn({
       ...(params.kvCache === true ? { kind: "auto" as const, history } : { kind: "custom" as const, customKey: params.kvCache }),
@@ -197,7 +209,7 @@ export class CompletionTurns<P extends TurnParams, O> {
     });
     let ended = false; // commitTurn ran: it committed, or rolled the turn back itself
     try {
-      const reuse = await work.load(turn);
+      const reuse = await work.load(turn, (use, options) => session.loadState(turn, use, options));
       throwIfAborted(signal);
       const generation = await work.generate(turn, reuse);
       if (generation.aborted) throw abortedCompletion(signal);
@@ -216,15 +228,16 @@ export class CompletionTurns<P extends TurnParams, O> {
       }
       const saved = { saveMs: work.save || ended ? now() - saveStart : 0, commitMs: report.commitMs, outcome: report.outcome, failure: report.failure };
       work.settled?.(report.outcome);
-      return resultOf(generation, completionStats(generation, saved, turn.refused));
+      return resultOf(generation, completionStats(generation, saved, turn.refused, session.layout));
     } finally {
       if (!ended) await session.rollback(turn);
     }
   }
 
-  #session(scope: string | undefined, fingerprint: string): KvCacheSession {
+  #session(scope: string | undefined, fingerprint: string, chunks: ChunkingOptions | null): KvCacheSession {
     return this.store.createSession(this.modelId, {
       fingerprint,
+      ...(chunks ? { chunks } : {}),
       ...(scope !== undefined ? { scope } : {}),
       ...(this.#sessionLogger ? { logger: this.#sessionLogger } : {}),
     });
@@ -245,7 +258,7 @@ function resultOf(generation: Generation, stats: CompletionStats): CompletionRes
 }
 
 /** The one `CompletionStats` of every adapter, from what the engine measured and the commit. */
-function completionStats(generation: Generation, saved: Saved, refused: CacheRefusal | null): CompletionStats {
+function completionStats(generation: Generation, saved: Saved, refused: CacheRefusal | null, layout: CompletionStats["layout"]): CompletionStats {
   const { reuse } = generation;
   return {
     hit: reuse.source !== "none",
@@ -263,5 +276,6 @@ function completionStats(generation: Generation, saved: Saved, refused: CacheRef
     committed: saved.outcome !== null,
     commitFailure: saved.failure,
     refused,
+    layout,
   };
 }

@@ -1,0 +1,203 @@
+/**
+ * Chunk files: the immutable, content-addressed token chunks of chunked caches
+ * (docs/chunks-format.md for the encoding, CHUNKS-PLAN §4), and the root's chunk gate.
+ *
+ *   <root>/.kvkeep/chunks/<context>/<id[0..2)>/<id>.kvkc
+ *
+ * A chunk is written once, durably, before any manifest names it: temp beside it (stamped
+ * name, so recovery can tell a dead writer's), fsync, rename without replacing, fsync the
+ * directory. Two writers of one id both succeed: the second finds the first's file
+ * (TARGET_EXISTS), keeps it and touches it. The bytes under one id may differ between writers
+ * (docs/chunks-format.md, "What the KV bytes depend on"): either is a valid KV of the prefix.
+ *
+ * Nothing here decides whether a chunk is referenced: GC (gc.ts) derives that from the
+ * manifests, and relies on two things this class does — a commit holds the gate SHARED from
+ * its first `touch`/`write` to its manifest install, and `touch`/`write` leave the chunk's
+ * mtime at "now" (a chunk younger than GC's t0 is never collected).
+ *
+ * Reads never follow a symlink (O_NOFOLLOW on the file, lstat on each directory level) and
+ * are bounded. What a read returns is only bytes: `readVerified` checks them (shape,
+ * geometry, checksum, and the identity recomputed from the parent id and the tokens).
+ */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { readChunkTokens, verifyChunk, type KvGeometry } from "../chunks/state-format.js";
+import { chunkId, type StateContext } from "../chunks/chunk-id.js";
+import { isStateFormatError } from "../chunks/errors.js";
+import { crashPoint } from "../durable/crash-points.js";
+import { assertRealDirs, mkdirUnderRoot, removeEntry, unlinkIfExists, writeSynced } from "../durable/files.js";
+import { ownTempPath } from "../durable/temp-owner.js";
+import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
+import type { NativeFs } from "../native/index.js";
+import { withChunkGate } from "./gate.js";
+import { chunkDirComponents, chunkPathOf, HEX128 } from "./paths.js";
+
+/** Far above any real chunk (256 tokens × 320 KiB of KV per token for a 70B model is 80 MiB); the addon's bound is 1 GiB. */
+export const MAX_CHUNK_FILE_BYTES = 2 ** 30;
+
+function checkHex(value: unknown, argument: string): string {
+  if (typeof value !== "string" || !HEX128.test(value)) {
+    throw new KvKeepError("INVALID_ARGUMENT", `${argument} must be 32 lowercase hex characters (a chunk context digest or id), got ${JSON.stringify(value)}.`, {
+      argument,
+    });
+  }
+  return value;
+}
+
+export class ChunkFiles {
+  readonly root: string;
+  readonly #fs: NativeFs;
+
+  constructor(root: string, fsBackend: NativeFs) {
+    this.root = path.resolve(root);
+    this.#fs = fsBackend;
+  }
+
+  /** `<root>/.kvkeep/chunks/<context>/<id[0..2)>/<id>.kvkc` */
+  pathOf(context: string, id: string): string {
+    return chunkPathOf(this.root, checkHex(context, "context"), checkHex(id, "id"));
+  }
+
+  /** Hold the gate SHARED (a commit: from its first has/touch to its manifest install). Rejects ABORTED when `signal` aborts while waiting. */
+  withCommitGate<T>(use: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return withChunkGate(this.root, this.#fs, "shared", use, signal);
+  }
+
+  /** Hold the gate EXCLUSIVE (GC: noting t0, and deleting). */
+  withCollectGate<T>(use: () => Promise<T>): Promise<T> {
+    return withChunkGate(this.root, this.#fs, "exclusive", use);
+  }
+
+  /**
+   * Whether the chunk is on the disk (a regular file at its name, reached through real
+   * directories); if so its mtime is set to now — it is about to be referenced, and GC never
+   * collects a chunk touched after its t0. Call it under the commit gate.
+   */
+  async touch(context: string, id: string): Promise<boolean> {
+    const target = this.pathOf(context, id);
+    if (!(await assertRealDirs(this.root, chunkDirComponents(context, id)))) return false;
+    const entry = await this.#fs.identity(target);
+    if (entry?.type !== "file") return false;
+    const now = new Date();
+    try {
+      // lutimes: the entry itself, never a symlink's target (checked above to be a file).
+      await fs.lutimes(target, now, now);
+      return true;
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") return false;
+      throw fsWriteError(`touching the chunk ${target}`, error);
+    }
+  }
+
+  /**
+   * Write an immutable chunk durably: temp beside it, fsync, rename without replacing, fsync
+   * its directory (directories it creates are synced into their parents). TARGET_EXISTS means
+   * another writer won: theirs is kept and touched. Resolves the bytes written (0 when the
+   * chunk was already there). Call it under the commit gate. NO_SPACE / IO_ERROR on failure,
+   * with nothing left at the chunk's name.
+   */
+  async write(context: string, id: string, bytes: Uint8Array): Promise<number> {
+    const target = this.pathOf(context, id);
+    const components = chunkDirComponents(context, id);
+    const dir = await mkdirUnderRoot(this.#fs, this.root, ...components);
+    if (await this.touch(context, id)) return 0;
+    for (let attempt = 0; ; attempt++) {
+      const temp = ownTempPath(target);
+      try {
+        await writeSynced(temp, bytes);
+        await crashPoint("chunk:after-temp-synced");
+        await this.#fs.renameNoReplace(temp, target);
+      } catch (error) {
+        await unlinkIfExists(temp).catch(() => {});
+        if (isKvKeepError(error, "TARGET_EXISTS")) {
+          if (await this.touch(context, id)) return 0;
+          // Something that is not a chunk file sits at the name (a symlink, a directory, a
+          // FIFO planted there): it is no chunk of anyone's; replace it once.
+          if (attempt === 0) {
+            await removeEntry(target);
+            continue;
+          }
+        }
+        throw isKvKeepError(error) ? error : fsWriteError(`writing the chunk ${target}`, error);
+      }
+      break;
+    }
+    await crashPoint("chunk:after-rename");
+    await this.#fs.fsyncDir(dir);
+    return bytes.byteLength;
+  }
+
+  /**
+   * One chunk's bytes, bounded, never through a symlink; null when there is none. The bytes
+   * are unchecked: verify them (verifyChunk and the identity recomputed from the parent and
+   * the tokens), or use readVerified. UNSAFE_PATH when a symlink or other non-file sits at
+   * the chunk's name or a directory above it.
+   */
+  async read(context: string, id: string): Promise<Buffer | null> {
+    const target = this.pathOf(context, id);
+    if (!(await assertRealDirs(this.root, chunkDirComponents(context, id)))) return null;
+    const read = await this.#fs.readFileBounded(target, MAX_CHUNK_FILE_BYTES);
+    return read?.data ?? null;
+  }
+
+  /**
+   * `read`, then check the bytes are the chunk `id` names: a whole kvkc chunk of `geometry`
+   * (size, checksum) whose identity, recomputed from `parent` (null for the first chunk), its
+   * tokens and the context, is `id`; with a StateContext, also a full chunk of its chunk
+   * size. CHUNK_MISSING when there is no such file, CHUNK_CORRUPT when the bytes are not that
+   * chunk (or something else sits at its name); other failures are IO_ERROR.
+   */
+  async readVerified(context: StateContext | string, id: string, parent: string | null, geometry: KvGeometry | null): Promise<Buffer> {
+    const digest = typeof context === "string" ? context : context.digest;
+    const target = this.pathOf(digest, id);
+    if (parent !== null) checkHex(parent, "parent");
+    let bytes: Buffer | null;
+    try {
+      bytes = await this.read(digest, id);
+    } catch (error) {
+      if (isKvKeepError(error, "UNSAFE_PATH")) throw corrupt(target, "it is not a plain file in plain directories", error);
+      throw error;
+    }
+    if (bytes === null) {
+      throw new KvKeepError(
+        "CHUNK_MISSING",
+        `the chunk ${target} is not on the disk (removed by hand, or by a GC that did not see the manifest naming it). The cache naming it is a miss: it is removed and the turn starts fresh.`,
+      );
+    }
+    let tokens: Int32Array;
+    try {
+      const header = verifyChunk(bytes, geometry);
+      tokens = readChunkTokens(bytes);
+      if (typeof context !== "string" && header.tokenCount !== context.chunkTokens) {
+        throw corrupt(target, `it holds ${header.tokenCount} tokens where a full chunk holds ${context.chunkTokens}`);
+      }
+      if (header.tokenCount === 0) throw corrupt(target, "it holds no tokens");
+    } catch (error) {
+      if (isStateFormatError(error)) throw corrupt(target, error.message, error);
+      throw error;
+    }
+    const chunkTokens = typeof context === "string" ? tokens.length : context.chunkTokens;
+    if (chunkId({ digest, chunkTokens }, parent, tokens) !== id) {
+      throw corrupt(target, "its tokens (after its parent, in its context) are not the ones its name says");
+    }
+    return bytes;
+  }
+
+  /**
+   * Remove one chunk file (GC, `verify --fix`): whatever sits at its name. Call it under the
+   * collect gate, or for a chunk proven bad. True when something was removed.
+   */
+  async remove(context: string, id: string): Promise<boolean> {
+    const target = this.pathOf(context, id);
+    if (!(await assertRealDirs(this.root, chunkDirComponents(context, id)).catch(() => false))) return false;
+    return removeEntry(target);
+  }
+}
+
+function corrupt(target: string, detail: string, cause?: unknown): KvKeepError {
+  return new KvKeepError(
+    "CHUNK_CORRUPT",
+    `the chunk ${target} is not the chunk its name says: ${detail}. The cache naming it is a miss (removed, the turn starts fresh); \`kvkeep verify --fix\` removes such chunks.`,
+    cause === undefined ? undefined : { cause },
+  );
+}

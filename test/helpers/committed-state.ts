@@ -1,0 +1,51 @@
+/**
+ * The state a committed cache holds, as llama.cpp would load it: the file itself for a whole
+ * cache; for a chunked one (its file is only the tail) its chunks and tail joined, the way
+ * `session.loadState` joins them. Tests read it to check what a cache holds without going
+ * through an engine.
+ */
+import { statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { ChunkFiles } from "../../src/chunkfiles/chunk-files.js";
+import { joinSeqState, parseSeqState } from "../../src/chunks/state-format.js";
+import { manifestPathOf } from "../../src/layout/paths.js";
+import { parseManifest, type ManifestEntry } from "../../src/manifest/format.js";
+import { loadNativeFs } from "../../src/native/index.js";
+import { chunkedSource, piecesToLoad } from "../../src/store/chunked-load.js";
+import type { StoreContext } from "../../src/store/context.js";
+
+/** The committed manifest entry of a cache (its `current` slot). */
+export async function committedEntry(cachePath: string): Promise<ManifestEntry> {
+  const manifest = parseManifest(await readFile(manifestPathOf(cachePath), "utf8"));
+  if ("error" in manifest || !manifest.current) throw new Error(`no committed manifest at ${cachePath}`);
+  return manifest.current;
+}
+
+/** Where the root of a cache path is: the directory holding `.kvkeep`. */
+function rootOf(cachePath: string): string {
+  for (let dir = path.dirname(cachePath); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    try {
+      if (statSync(path.join(dir, ".kvkeep")).isDirectory()) return dir;
+    } catch {
+      // not here
+    }
+  }
+  throw new Error(`no kvkeep root above ${cachePath}`);
+}
+
+/** The whole state a committed cache holds (joined from its chunks when it is chunked). */
+export async function committedState(cachePath: string, root = rootOf(cachePath)): Promise<Buffer> {
+  const entry = await committedEntry(cachePath);
+  const file = await readFile(cachePath);
+  if (!entry.chunks) return file;
+  const ctx = { chunkFiles: new ChunkFiles(root, loadNativeFs()) } as unknown as StoreContext;
+  const source = chunkedSource(cachePath, entry.chunks, file);
+  const { pieces } = await piecesToLoad(ctx, source, undefined);
+  return joinSeqState({ geometry: source.geometry, pieces, placement: entry.chunks.placement });
+}
+
+/** The tokens a committed cache's state holds. */
+export async function committedTokens(cachePath: string, root?: string): Promise<number[]> {
+  return [...parseSeqState(await committedState(cachePath, root)).tokens];
+}
