@@ -164,22 +164,7 @@ export class ChunkFiles {
         `the chunk ${target} is not on the disk (removed by hand, or by a GC that did not see the manifest naming it). The cache naming it is a miss: it is removed and the turn starts fresh.`,
       );
     }
-    let tokens: Int32Array;
-    try {
-      const header = verifyChunk(bytes, geometry);
-      tokens = readChunkTokens(bytes);
-      if (typeof context !== "string" && header.tokenCount !== context.chunkTokens) {
-        throw corrupt(target, `it holds ${header.tokenCount} tokens where a full chunk holds ${context.chunkTokens}`);
-      }
-      if (header.tokenCount === 0) throw corrupt(target, "it holds no tokens");
-    } catch (error) {
-      if (isStateFormatError(error)) throw corrupt(target, error.message, error);
-      throw error;
-    }
-    const chunkTokens = typeof context === "string" ? tokens.length : context.chunkTokens;
-    if (chunkId({ digest, chunkTokens }, parent, tokens) !== id) {
-      throw corrupt(target, "its tokens (after its parent, in its context) are not the ones its name says");
-    }
+    verifyChunkBytes(bytes, context, id, parent, geometry, target);
     return bytes;
   }
 
@@ -191,6 +176,32 @@ export class ChunkFiles {
     const target = this.pathOf(context, id);
     if (!(await assertRealDirs(this.root, chunkDirComponents(context, id)).catch(() => false))) return false;
     return removeEntry(target);
+  }
+}
+
+/**
+ * Check that `bytes` are the chunk `id` names: a whole kvkc chunk of `geometry` (size,
+ * checksum) whose identity, recomputed from `parent`, its tokens and the context, is `id`;
+ * with a StateContext, a full chunk of its size. CHUNK_CORRUPT otherwise (`where` names the
+ * chunk's source in the message: its file, or the remote tier).
+ */
+export function verifyChunkBytes(bytes: Uint8Array, context: StateContext | string, id: string, parent: string | null, geometry: KvGeometry | null, where: string): void {
+  const digest = typeof context === "string" ? context : context.digest;
+  let tokens: Int32Array;
+  try {
+    const header = verifyChunk(bytes, geometry);
+    tokens = readChunkTokens(bytes);
+    if (typeof context !== "string" && header.tokenCount !== context.chunkTokens) {
+      throw corrupt(where, `it holds ${header.tokenCount} tokens where a full chunk holds ${context.chunkTokens}`);
+    }
+    if (header.tokenCount === 0) throw corrupt(where, "it holds no tokens");
+  } catch (error) {
+    if (isStateFormatError(error)) throw corrupt(where, error.message, error);
+    throw error;
+  }
+  const chunkTokens = typeof context === "string" ? tokens.length : context.chunkTokens;
+  if (chunkId({ digest, chunkTokens }, parent, tokens) !== id) {
+    throw corrupt(where, "its tokens (after its parent, in its context) are not the ones its name says");
   }
 }
 

@@ -7,17 +7,23 @@
  */
 import { assertCacheKey, assertConfigHash, assertModelId } from "../keys/safe-key.js";
 import { SCOPE_ID_PATTERN } from "../keys/scope.js";
-import { parseChain } from "../manifest/format.js";
+import { parseChain, parseChunkedState } from "../manifest/format.js";
 import type { RemoteCacheId, RemoteStateRecord } from "./types.js";
 
 export const RECORD_FORMAT = 1;
+/**
+ * A record of a chunked state (`tokenChunks`): its bytes are a tail, so a reader that does not
+ * know chunks must refuse it rather than install the tail as a whole state — and a reader of
+ * format 1 only does (`record format 2 is not 1`).
+ */
+export const CHUNKED_RECORD_FORMAT = 2;
 /** Largest chunk a record may declare (Redis's own limit for one value is 512 MiB). */
 export const MAX_CHUNK_BYTES = 256 * 1024 * 1024;
 /** Largest state a record may declare: far beyond any KV cache, small enough for safe integers. */
 export const MAX_STATE_BYTES = 2 ** 44;
 
 export interface RemoteRecord extends RemoteStateRecord {
-  format: typeof RECORD_FORMAT;
+  format: typeof RECORD_FORMAT | typeof CHUNKED_RECORD_FORMAT;
   /** Bytes per chunk (the last may be shorter); fixed by the writer. */
   chunkBytes: number;
   chunks: number;
@@ -88,7 +94,10 @@ export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord 
   }
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) return { error: "record is not an object" };
   const r = raw as Record<string, unknown>;
-  if (r.format !== RECORD_FORMAT) return { error: `record format ${String(r.format)} is not ${RECORD_FORMAT}` };
+  if (r.format !== RECORD_FORMAT && r.format !== CHUNKED_RECORD_FORMAT) return { error: `record format ${String(r.format)} is not ${RECORD_FORMAT} or ${CHUNKED_RECORD_FORMAT}` };
+  const tokenChunks = r.format === CHUNKED_RECORD_FORMAT ? parseChunkedState(r.tokenChunks) : null;
+  if (r.format === CHUNKED_RECORD_FORMAT && (tokenChunks === null || tokenChunks === "invalid")) return { error: "record token chunks are invalid" };
+  if (r.format === RECORD_FORMAT && r.tokenChunks !== undefined) return { error: "a format 1 record names token chunks" };
   const id = validId(r);
   if (!id) return { error: "record names no valid cache" };
   if (expect && !sameCacheId(id, expect)) return { error: "record names another cache than the one it is filed under" };
@@ -107,7 +116,8 @@ export function parseRecord(text: string, expect?: RemoteCacheId): RemoteRecord 
   // prefix source; the state itself (checked by size and XXH64 on download) stays usable.
   const parsedChain = parseChain(chain, messageCount);
   return {
-    format: RECORD_FORMAT,
+    format: r.format as RemoteRecord["format"],
+    ...(tokenChunks !== null && tokenChunks !== "invalid" ? { tokenChunks } : {}),
     id,
     size,
     xxh64,

@@ -9,6 +9,7 @@
  * a rejection a turn has to handle. Rejections are programmer errors only.
  */
 import type { Logger } from "../logger.js";
+import type { ChunkedState } from "../manifest/format.js";
 
 /** The part of a cache's identity that decides whether its state fits an engine, and whose it is. */
 export interface RemoteScope {
@@ -47,6 +48,12 @@ export interface RemoteState {
   chain: readonly string[] | null;
   /** When the state was committed on the machine that made it (ms since the epoch). */
   committedAt: number;
+  /**
+   * A chunked state (docs/chunks-format.md): the bytes are its tail, and these are the token
+   * chunks it is joined from (the manifest entry's `chunks`), each a key of its own in the
+   * tier (`putChunks` / `getChunk`). Absent or null: the bytes are the whole state.
+   */
+  tokenChunks?: ChunkedState | null | undefined;
 }
 
 /** A remote state with the generation that ordered its commit among the fleet's. */
@@ -87,6 +94,9 @@ export type FetchOutcome =
    * `unavailable` (the server is down or slow, or its circuit breaker is open).
    */
   | { hit: false; reason: "absent" | "corrupt" | "unavailable" };
+
+export type PutChunksOutcome = { ok: true; uploaded: number; bytes: number } | { ok: false; reason: string };
+export type GetChunkOutcome = { ok: true; bytes: Buffer | null } | { ok: false; reason: "unavailable" };
 
 /** The longest prefix of a history that some remote state covers. */
 export interface RemotePrefixHit {
@@ -189,6 +199,14 @@ export interface RemoteTier {
     historyKeys: readonly string[],
     options?: { minMessages?: number | undefined; exactAncestor?: boolean | undefined },
   ): Promise<RemotePrefixHit | null>;
+  /**
+   * Token chunks (content-addressed: one key per context and id, shared by every state naming
+   * it). Uploads the ones the tier lacks — `read` is asked only for those — and refreshes the
+   * TTL of the others. Optional: a tier without it carries whole-file states only.
+   */
+  putChunks?(context: string, ids: readonly string[], read: (id: string) => Promise<Uint8Array | null>): Promise<PutChunksOutcome>;
+  /** One token chunk's bytes (unverified: the caller checks them), null when the tier lacks it. */
+  getChunk?(context: string, id: string): Promise<GetChunkOutcome>;
   /** Remove remote states and leave a tombstone that refuses uploads ordered before it. */
   remove(target: RemoteDeleteTarget): Promise<RemoveOutcome>;
 

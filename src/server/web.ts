@@ -51,7 +51,7 @@ export async function listSessions(root: string, modelId: string, scope: string 
   const sessions: SessionInfo[] = [];
   for (const record of await readScopeCaches(root, scopeId, modelId, "named")) {
     if (!record.owned || record.problem !== null) continue;
-    sessions.push({ name: record.cacheKey, messages: record.messageCount, bytes: record.bytes, last_used_ms: Math.round(record.lastUsedMs) });
+    sessions.push({ name: record.cacheKey, messages: record.messageCount, bytes: record.logicalBytes, last_used_ms: Math.round(record.lastUsedMs) });
   }
   sessions.sort((a, b) => b.last_used_ms - a.last_used_ms);
   // One line per name: a session's caches under several system prompts show as its latest.

@@ -55,7 +55,7 @@ export async function openTurn(
     // installed here under this lock and the turn goes on as a hit.
     let fetched = false;
     if (!committedEntry && ctx.remote) {
-      committedEntry = await ctx.remote.readThrough(cachePath, loc, fingerprint);
+      committedEntry = await ctx.remote.readThrough(cachePath, loc, fingerprint, { chunked: env.chunking !== null });
       fetched = committedEntry !== null;
     }
     // A count dropped as stale stays dropped for this store: 0 until the next commit.

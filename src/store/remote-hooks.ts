@@ -29,8 +29,10 @@ export interface RemoteHooks {
   /**
    * Fetch the remote state of `loc` into `cachePath` and install it as a committed cache
    * (the caller holds the cache's lock). The installed entry, or null on any miss (never rejects).
+   * A chunked remote state is installed only when `accept.chunked` (the reader joins chunks);
+   * otherwise it is a miss — its file would be only a tail.
    */
-  readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null>;
+  readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null, accept?: { chunked: boolean }): Promise<ManifestEntry | null>;
   /** Install a remote state sharing more leading messages than `localBest` at its own place; true when one was. */
   pullPrefix(query: RemotePrefixQuery, localBest: number): Promise<boolean>;
   /** After `store.delete`: drop queued uploads it covers and delete the remote copies (retried until taken). */

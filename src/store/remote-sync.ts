@@ -30,7 +30,9 @@ import { ownTempPath } from "../durable/temp-owner.js";
 import { type CacheLocation, cacheKeyDir, cachePathOf, isWithin, parseCachePath } from "../layout/paths.js";
 import { type Logger, logLine } from "../logger.js";
 import { sameIdentity } from "../durable/identity.js";
-import type { ManifestEntry } from "../manifest/format.js";
+import { verifyChunkBytes } from "../chunkfiles/chunk-files.js";
+import { decodeKvGeometry } from "../chunks/state-format.js";
+import type { ChunkedState, ManifestEntry } from "../manifest/format.js";
 import { installCache, readManifest, removeCacheFiles } from "../manifest/store.js";
 import type { RemoteCacheId, RemoteTier } from "../remote/types.js";
 import { WriteBehind } from "../remote/write-behind.js";
@@ -127,14 +129,23 @@ export class RemoteSync implements RemoteHooks {
       const entry = [manifest.current, manifest.pending].find((e) => e !== null && sameIdentity(e, identity));
       if (!st.isFile() || !entry || entry.messageCount === 0) return;
       if (entry.chunks) {
-        // The file is only the tail of a chunked state (docs/chunks-format.md), and this tier
-        // moves whole files: published, another machine would install the tail as a whole
-        // state. Not uploaded until the tier carries chunks (CHUNKS-PLAN §9).
-        if (!this.#warnedChunked) {
-          this.#warnedChunked = true;
-          this.#logger.info(logLine("the remote tier does not carry chunked caches yet; they stay local", { cachePath }));
+        // The file is only the tail of a chunked state (docs/chunks-format.md): its token
+        // chunks go first, each only if the tier lacks it; the record (format 2) names them,
+        // so a reader that does not know chunks refuses it instead of taking the tail for a state.
+        const chunks = entry.chunks;
+        if (!this.tier.putChunks) {
+          if (!this.#warnedChunked) {
+            this.#warnedChunked = true;
+            this.#logger.info(logLine("this remote tier does not carry token chunks; chunked caches stay local", { cachePath }));
+          }
+          return;
         }
-        return;
+        const files = this.#ctx().chunkFiles;
+        const put = await this.tier.putChunks(chunks.context, chunks.ids, (id) => files.read(chunks.context, id));
+        if (!put.ok) {
+          this.#logger.debug(logLine("remote upload of token chunks failed; the state is not published", { cachePath, reason: put.reason }));
+          return;
+        }
       }
       if (manifest.modelId !== job.id.modelId || manifest.configHash !== job.id.configHash) return;
       if ((manifest.scope ?? null) !== (job.id.scopeId ?? null)) return;
@@ -149,6 +160,7 @@ export class RemoteSync implements RemoteHooks {
           tokenCount: entry.tokenCount,
           chain: entry.chain ?? null,
           committedAt: entry.committedAt,
+          tokenChunks: entry.chunks ?? null,
         },
         handle,
       );
@@ -174,7 +186,7 @@ export class RemoteSync implements RemoteHooks {
    * The caller holds the cache's lock and its directory exists, and nothing trusted is at
    * `cachePath`. Resolves to the installed entry, or null on any miss (never rejects).
    */
-  async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null): Promise<ManifestEntry | null> {
+  async readThrough(cachePath: string, loc: CacheLocation, fingerprint: string | null, accept: { chunked: boolean } = { chunked: false }): Promise<ManifestEntry | null> {
     const ctx = this.#ctx();
     await this.#deletes.refresh();
     if (this.#deletes.covers(loc)) return null;
@@ -183,16 +195,28 @@ export class RemoteSync implements RemoteHooks {
       const got = await this.tier.fetchTo(cacheIdOf(loc, fingerprint), temp);
       if (!got.hit) return null;
       const { state } = got;
-      const { entry, unsettled } = await installCache(ctx.fsBackend, {
-        source: temp,
-        target: cachePath,
-        header: manifestHeader(loc, fingerprint),
-        previous: null,
-        messageCount: state.messageCount,
-        tokenCount: state.tokenCount,
-        chain: state.chain,
-        noReplace: false,
-      });
+      const install = () =>
+        installCache(ctx.fsBackend, {
+          source: temp,
+          target: cachePath,
+          header: manifestHeader(loc, fingerprint),
+          previous: null,
+          messageCount: state.messageCount,
+          tokenCount: state.tokenCount,
+          chain: state.chain,
+          noReplace: false,
+          chunks: state.tokenChunks ?? null,
+        });
+      const tokenChunks = state.tokenChunks ?? null;
+      if (tokenChunks !== null && !accept.chunked) {
+        ctx.logger.debug(logLine("a remote state is chunked and this reader loads whole files only; a miss", { cachePath }));
+        return null;
+      }
+      // A chunked state: the chunks the root lacks come from the tier, verified, before the
+      // manifest naming them — under the commit gate, as a local chunked commit.
+      const installed = tokenChunks === null ? await install() : await ctx.chunkFiles.withCommitGate(async () => ((await this.#fetchTokenChunks(tokenChunks, cachePath)) ? install() : null));
+      if (installed === null) return null;
+      const { entry, unsettled } = installed;
       if (unsettled) {
         ctx.logger.warn(logLine("a state from the remote tier is installed, but a last step of its commit failed; settled at its next use", { cachePath, error: unsettled }));
       }
@@ -212,6 +236,40 @@ export class RemoteSync implements RemoteHooks {
     } finally {
       await unlinkIfExists(temp).catch(() => {});
     }
+  }
+
+  /**
+   * Make every token chunk of `chunks` present under the root: touched when it is there, else
+   * fetched from the tier, verified (size, geometry, checksum, identity from parent + tokens +
+   * context) and written. Call under the commit gate. False (a miss) when one is missing from
+   * the tier, does not verify, or the tier cannot be reached.
+   */
+  async #fetchTokenChunks(chunks: ChunkedState, cachePath: string): Promise<boolean> {
+    const ctx = this.#ctx();
+    const files = ctx.chunkFiles;
+    if (!this.tier.getChunk) return false;
+    const geometry = decodeKvGeometry(Buffer.from(chunks.geometry, "base64"));
+    const context = { digest: chunks.context, chunkTokens: chunks.chunkTokens };
+    let fetched = 0;
+    for (let i = 0; i < chunks.ids.length; i++) {
+      const id = chunks.ids[i]!;
+      if (await files.touch(chunks.context, id)) continue;
+      const got = await this.tier.getChunk(chunks.context, id);
+      if (!got.ok || got.bytes === null) {
+        ctx.logger.debug(logLine("a token chunk of a remote state is not in the tier; a miss", { cachePath, id, reason: got.ok ? "absent" : got.reason }));
+        return false;
+      }
+      try {
+        verifyChunkBytes(got.bytes, context, id, i === 0 ? null : chunks.ids[i - 1]!, geometry, `token chunk ${id} from the remote tier`);
+      } catch (error) {
+        ctx.logger.warn(logLine("a token chunk from the remote tier is not the chunk its name says; a miss", { cachePath, id, error }));
+        return false;
+      }
+      await files.write(chunks.context, id, got.bytes);
+      fetched++;
+    }
+    ctx.logger.debug(logLine("fetched the token chunks this root lacked", { cachePath, fetched, of: chunks.ids.length }));
+    return true;
   }
 
   /**
@@ -241,7 +299,8 @@ export class RemoteSync implements RemoteHooks {
       await ctx.ensureCacheDir(loc);
       lease = ctx.locks.tryAcquire(cachePath);
       if (!lease || (await statIdentity(cachePath))) return false;
-      installed = (await this.readThrough(cachePath, loc, query.fingerprint)) !== null;
+      // (a chunked state is found and joined by the borrow like a local chunked cache)
+      installed = (await this.readThrough(cachePath, loc, query.fingerprint, { chunked: true })) !== null;
       return installed;
     } catch (error) {
       ctx.logger.debug(logLine("remote prefix source not installed", { cachePath, error }));

@@ -147,6 +147,13 @@ describe("kvkeep usage, scan and gc", () => {
     expect(usage.chunkCount).toBe(14);
     expect(usage.sharing).toBeGreaterThan(1);
     expect(await cli(["usage"])).toMatch(/shared chunks\s+14 chunks/);
+    const scanJson = JSON.parse(await cli(["scan", "--json"])) as Array<{ layout: string; logicalBytes: number; bytes: number; chunks: { count: number } | null }>;
+    expect(scanJson.map((c) => [c.layout, c.chunks?.count])).toEqual([
+      ["chunked", 10],
+      ["chunked", 10],
+      ["chunked", 10],
+    ]);
+    for (const c of scanJson) expect(c.logicalBytes).toBeGreaterThan(c.bytes);
     const scan = await cli(["scan"]);
     expect(scan).toMatch(/LAYOUT/);
     expect(scan.match(/chunked/g)?.length).toBe(3);

@@ -50,7 +50,12 @@ export const scanCommand: Command = {
     const withScope = caches.some((c) => c.scopeId !== null);
     const now = Date.now();
     ctx.print(
-      caches.map((c) => ({ ...c, lastUsed: new Date(c.lastUsedMs).toISOString() })),
+      // A chunked cache's chunks as a count, not its (up to thousands of) ids.
+      caches.map((c) => ({
+        ...c,
+        chunks: c.chunks ? { context: c.chunks.context, count: c.chunks.ids.length, chunkBytes: c.chunks.chunkBytes } : null,
+        lastUsed: new Date(c.lastUsedMs).toISOString(),
+      })),
       () => {
         if (caches.length === 0) return `${ctx.root}: no caches`;
         const sum = totals(caches);

@@ -12,6 +12,8 @@ import type { ErrorClass } from "../guard.js";
 /** The command methods the tier uses (node-redis names; replies typed loosely on purpose). */
 interface Commands {
   get(key: string): Promise<unknown>;
+  /** SET with NX (and EX): null when the key was there already. */
+  set(key: string, value: string | Buffer, options?: { NX?: boolean; EX?: number }): Promise<unknown>;
   exists(key: string): Promise<unknown>;
   hGet(key: string, field: string): Promise<unknown>;
   hmGet(key: string, fields: string[]): Promise<unknown>;

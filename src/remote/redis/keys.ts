@@ -7,6 +7,8 @@
  *   <p>{<key tag>}:tombs                      HASH  "*" | "m:<modelId>" → generation of the last delete
  *   <p>{<key tag>}:data:<scope>:<xxh64>:<gen> HASH  chunk index → bytes; one upload's own key
  *   <p>{<scope tag>}:prefix                   HASH  chain key → cache keys of states covering it (prefix index)
+ *   <p>{chunks:<context>}:<id>                STRING a token chunk (kvkc), shared by every state of its
+ *                                             state context (which names the scope) that holds its prefix
  *   <p>{kvkeep}:gen                           the fleet's generation clock
  *   <p>{kvkeep}:deleted-all                   generation of the last delete of everything
  *
@@ -57,6 +59,11 @@ export class RedisKeys {
 
   data(id: RemoteCacheId, xxh64: string, generation: number): string {
     return `${this.prefix}{${keyTag(id.cacheKey, id.scopeId ?? null)}}:data:${scopeTag(id)}:${xxh64}:${generation}`;
+  }
+
+  /** A token chunk: hash-tagged by its context, so one context's chunks share a slot (a pipeline checks several). */
+  tokenChunk(context: string, id: string): string {
+    return `${this.prefix}{chunks:${context}}:${id}`;
   }
 
   prefixIndex(scope: RemoteScope): string {

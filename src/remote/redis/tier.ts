@@ -26,6 +26,8 @@ import type {
   RemoteState,
   RemoteStats,
   RemoteTier,
+  GetChunkOutcome,
+  PutChunksOutcome,
   RemoveOutcome,
   ReserveOutcome,
   ServerUsageOutcome,
@@ -40,6 +42,7 @@ import { Deleter } from "./delete.js";
 import { Downloader } from "./download.js";
 import type { RedisKeys } from "./keys.js";
 import { checkOptions, type RedisTierOptions } from "./options.js";
+import { TokenChunks } from "./token-chunks.js";
 import { Uploader } from "./upload.js";
 
 export type { RedisTierOptions };
@@ -59,6 +62,7 @@ export class RedisTier implements RemoteTier {
   readonly #downloader: Downloader;
   readonly #deleter: Deleter;
   readonly #administration: Administration;
+  readonly #tokenChunks: TokenChunks;
   /** A logger given in the options stays; otherwise the store's replaces the silent default. */
   readonly #loggerGiven: boolean;
   #closed = false;
@@ -76,6 +80,7 @@ export class RedisTier implements RemoteTier {
     this.#downloader = new Downloader(this.#calls);
     this.#deleter = new Deleter(this.#calls);
     this.#administration = new Administration(this.#calls);
+    this.#tokenChunks = new TokenChunks(this.#calls);
     this.#calls.connections.connectInBackground();
   }
 
@@ -110,6 +115,14 @@ export class RedisTier implements RemoteTier {
     options?: { minMessages?: number | undefined; exactAncestor?: boolean | undefined },
   ): Promise<RemotePrefixHit | null> {
     return this.#downloader.lookupPrefix(scope, historyKeys, options);
+  }
+
+  putChunks(context: string, ids: readonly string[], read: (id: string) => Promise<Uint8Array | null>): Promise<PutChunksOutcome> {
+    return this.#tokenChunks.put(context, ids, read);
+  }
+
+  getChunk(context: string, id: string): Promise<GetChunkOutcome> {
+    return this.#tokenChunks.get(context, id);
   }
 
   remove(target: RemoteDeleteTarget): Promise<RemoveOutcome> {

@@ -12,7 +12,7 @@ import { crashPoint } from "../../durable/crash-points.js";
 import { createXxh64, hashReady } from "../../keys/hash.js";
 import { logLine } from "../../logger.js";
 import type { GuardFailure, Guarded } from "../guard.js";
-import { chunkCount, chunkLength, RECORD_FORMAT, type RemoteRecord, serializeRecord } from "../record.js";
+import { CHUNKED_RECORD_FORMAT, chunkCount, chunkLength, RECORD_FORMAT, type RemoteRecord, serializeRecord } from "../record.js";
 import type { RemoteCacheId, RemoteState, ReserveOutcome, UploadOutcome, UploadTicket } from "../types.js";
 import { assertCacheId, invalidArgument } from "./arguments.js";
 import { failureReason, PIPELINE_DEPTH, type RedisCalls } from "./calls.js";
@@ -89,7 +89,8 @@ export class Uploader {
       bytes = state.size;
     }
     const record: RemoteRecord = {
-      format: RECORD_FORMAT,
+      format: state.tokenChunks ? CHUNKED_RECORD_FORMAT : RECORD_FORMAT,
+      ...(state.tokenChunks ? { tokenChunks: state.tokenChunks } : {}),
       id: { scopeId: id.scopeId ?? null, modelId: id.modelId, fingerprint: id.fingerprint, configHash: id.configHash, cacheKey: id.cacheKey },
       size: state.size,
       xxh64: state.xxh64,
