@@ -245,6 +245,7 @@ describe("kvkeep chat's parts", () => {
     const stats: CompletionStats = {
       hit: true,
       source: "own",
+      layout: "chunked",
       sourceKey: "work",
       promptTokens: 77,
       reusedTokens: 45,
