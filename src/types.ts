@@ -266,9 +266,8 @@ export interface ChunkingOptions {
   /** Anything else the KV depends on (engine build, RoPE overrides, ...). Order matters. */
   extra?: readonly string[] | undefined;
   /**
-   * Keep whole files when the store has a remote tier: the tier does not move chunks yet, so
-   * a chunked cache stays on this machine (it is never uploaded). Default false: chunked,
-   * local only. The node-llama-cpp adapter sets it, so a fleet keeps sharing conversations.
+   * Keep whole files when the store has a remote tier (a fleet that mixes in kvkeep versions
+   * that read only whole files). Default false: chunked, and the tier moves chunks.
    */
   wholeWithRemote?: boolean | undefined;
 }

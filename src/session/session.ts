@@ -37,8 +37,8 @@ export function createSession(ctx: StoreContext, modelId: string, options: Sessi
   const log = (level: keyof Logger, message: string, fields?: Record<string, unknown>): void =>
     logger[level](logLine(message, fields));
   // Chunked only where states can be handed over in memory; elsewhere whole files, as before.
-  // With `wholeWithRemote`, a store with a remote tier keeps whole files too: the tier does not
-  // move chunks yet (CHUNKS-PLAN §9), so a chunked cache would stay on this machine only.
+  // With `wholeWithRemote`, a store with a remote tier keeps whole files too (a fleet with
+  // kvkeep versions that read only whole files).
   const remoteSaysWhole = ctx.remote !== null && options.chunks?.wholeWithRemote === true;
   const chunking = options.chunks && !remoteSaysWhole && memoryFilesWork(ctx.fsBackend) ? options.chunks : null;
   const env: SessionEnv = { ctx, modelId, scopeId, fingerprint, chunking, policy, log, locate, scopedId };

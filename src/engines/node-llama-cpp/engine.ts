@@ -108,8 +108,7 @@ export class LlamaCppEngine implements TurnEngine<CompletionParams, OpenedLlama>
     if (this.#options.chunkedStates === false || !engine.splittable) return null;
     // The state's geometry (KV types, flash-attention layout) is read from the state itself;
     // what else its bytes depend on: llama.cpp's rotation of quantized K/V and the stream count.
-    // With a remote tier, whole files: the tier does not move chunks yet (a fleet shares whole states).
-    return { attentionRotation: attentionRotationSetting(process.env), sequences: 1, wholeWithRemote: true };
+    return { attentionRotation: attentionRotationSetting(process.env), sequences: 1 };
   }
 
   validate(params: CompletionParams): void {
