@@ -69,7 +69,7 @@ module.exports = {
     {
       name: "engines-ask-the-store",
       comment:
-        "engines use only the public store/session API (facade/, types.ts), keys, slice, errors, logger and warm types: never the store's files, layout, locks, native addon, catalog or sweeper",
+        "engines use only the public store/session API (facade/, types.ts), keys, slice, chunks (pure), errors, logger and warm types: never the store's files, layout, locks, native addon, catalog or sweeper",
       severity: "error",
       from: { path: "^src/engines/" },
       to: { path: either([...pathsOf(["session", "store", "retention", "catalog", "remote", "chunkfiles", "manifest", "durable", "native"]), "^src/layout/"]) },

@@ -1,6 +1,6 @@
 /**
  * Chunk files: the immutable, content-addressed token chunks of chunked caches
- * (docs/chunks-format.md for the encoding, CHUNKS-PLAN §4), and the root's chunk gate.
+ * (docs/chunks-format.md for the encoding, ARCHITECTURE.md, "Subsystems"), and the root's chunk gate.
  *
  *   <root>/.kvkeep/chunks/<context>/<id[0..2)>/<id>.kvkc
  *
@@ -10,7 +10,7 @@
  * (TARGET_EXISTS), keeps it and touches it. The bytes under one id may differ between writers
  * (docs/chunks-format.md, "What the KV bytes depend on"): either is a valid KV of the prefix.
  *
- * Nothing here decides whether a chunk is referenced: GC (gc.ts) derives that from the
+ * Nothing here decides whether a chunk is referenced: GC (retention/chunk-gc.ts, chunkfiles/collect.ts) derives that from the
  * manifests, and relies on two things this class does — a commit holds the gate SHARED from
  * its first `touch`/`write` to its manifest install, and `touch`/`write` leave the chunk's
  * mtime at "now" (a chunk younger than GC's t0 is never collected).

@@ -1,5 +1,5 @@
 /**
- * The chunk side of chunk GC (CHUNKS-PLAN §6): list the chunk files, and delete the ones no
+ * The chunk side of chunk GC (ARCHITECTURE.md, "Subsystems": chunk GC): list the chunk files, and delete the ones no
  * manifest references once they are old enough, under the collect gate, in batches. Which
  * chunks are referenced is the caller's (src/retention/chunk-gc.ts walks the manifests).
  *

@@ -1,7 +1,7 @@
 /**
  * The chunk gate of a root: a reader/writer lock that commits hold SHARED (from their first
  * chunk existence check to their manifest install) and chunk GC holds EXCLUSIVE (to note its
- * start time t0, and while it deletes). CHUNKS-PLAN §6 argues why this is enough for GC never
+ * start time t0, and while it deletes). ARCHITECTURE.md, "Subsystems": chunk GC argues why this is enough for GC never
  * to delete a chunk a commit is about to name.
  *
  * Two parts, taken in this order and released in the reverse:

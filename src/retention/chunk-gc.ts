@@ -1,5 +1,5 @@
 /**
- * Chunk GC (CHUNKS-PLAN §6): which chunks no manifest references is derived from the disk
+ * Chunk GC (ARCHITECTURE.md, "Subsystems": chunk GC): which chunks no manifest references is derived from the disk
  * each time, never stored.
  *
  *   a. take the chunk gate EXCLUSIVE, note t0 = now, release;

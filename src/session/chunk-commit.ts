@@ -1,5 +1,5 @@
 /**
- * Storing a new state as token chunks (CHUNKS-PLAN §5): the chunks the root lacks are written,
+ * Storing a new state as token chunks (ARCHITECTURE.md, "Commit protocol"): the chunks the root lacks are written,
  * the ones it has are touched, and only the tail goes beside the cache for the two-slot
  * install — so a turn writes its new tokens' KV, its tail and its manifest, never the whole
  * state. The chunk identities chain over the tokens under a state context that names the

@@ -4,7 +4,7 @@
  * the engine loads by path, closed when the engine is done. Given the prompt's tokens, only
  * what the state shares with them is read: the shared full chunks (whose identities equal the
  * prompt's own chunk identities) and the shared part of the next chunk or of the tail — a
- * borrow or a regenerate never reads the longer conversation's rest (CHUNKS-PLAN §8).
+ * borrow or a regenerate never reads the longer conversation's rest (docs/chunks-format.md).
  */
 import { chunkChain, type StateContext } from "../chunks/chunk-id.js";
 import { isStateFormatError } from "../chunks/errors.js";

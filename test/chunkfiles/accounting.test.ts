@@ -1,5 +1,5 @@
 /**
- * Physical-bytes accounting (CHUNKS-PLAN §7) on real files: usage() counts each chunk once
+ * Physical-bytes accounting (docs/chunks-format.md) on real files: usage() counts each chunk once
  * however many caches name it (and the figures match the bytes on disk), reports logical
  * bytes and the sharing ratio; the budget sweep plans on physical bytes — evicting one of
  * several conversations sharing a prefix frees its tail and its own chunks only; index-log

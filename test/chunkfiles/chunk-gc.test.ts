@@ -1,5 +1,5 @@
 /**
- * Chunk GC on a real disk (CHUNKS-PLAN §6): a sweep deletes exactly the chunks no manifest
+ * Chunk GC on a real disk (ARCHITECTURE.md, "Subsystems": chunk GC): a sweep deletes exactly the chunks no manifest
  * names and that nobody touched since its start (minus a 2 s margin); deleting one of two
  * caches sharing a prefix frees only what the other does not name; a manifest GC cannot parse
  * still protects the chunk ids it lists; dead chunk writers' temps go at open; and GC racing

@@ -1,5 +1,5 @@
 /**
- * A chunked cache written the way a chunked commit writes one (CHUNKS-PLAN §5), with the
+ * A chunked cache written the way a chunked commit writes one (ARCHITECTURE.md, "Commit protocol"), with the
  * manifest layer's own writers, before the session's chunked commit exists: under the commit
  * gate, every full chunk touched or written, then the tail as the `.bin` and a manifest whose
  * entry names the chunks.

@@ -1,5 +1,5 @@
 /**
- * `kvkeep verify` on chunked caches (CHUNKS-PLAN §10), through the built CLI on real files:
+ * `kvkeep verify` on chunked caches (docs/chunks-format.md), through the built CLI on real files:
  * every chunk a manifest names is checked (there, size, header, checksum, identity recomputed
  * from parent + tokens + context); a missing, torn, flipped or mislabelled chunk fails the
  * caches naming it; `--fix` removes those caches and the corrupt chunk file, and leaves the

@@ -1,5 +1,5 @@
 /**
- * Chunked caches through the Redis tier (CHUNKS-PLAN §9), real redis-server, roots standing
+ * Chunked caches through the Redis tier (docs/chunks-format.md), real redis-server, roots standing
  * for machines, real sessions committing sequence states (written from the layout table)
  * through the memory handoff: an upload sends only the token chunks the tier lacks; a
  * read-through on another machine fetches only the chunks its root lacks, verifies each, and

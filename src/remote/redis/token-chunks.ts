@@ -1,5 +1,5 @@
 /**
- * Token chunks in Redis (CHUNKS-PLAN §9): content-addressed, one STRING key per state context
+ * Token chunks in Redis (docs/chunks-format.md): content-addressed, one STRING key per state context
  * and id (`keys.tokenChunk`), shared by every state that names it. An upload sends only the
  * chunks the tier lacks (EXISTS first, then SET NX: two writers of one chunk both succeed, the
  * first one's bytes stay) and refreshes the TTL of the others; a fetch reads one chunk (and
