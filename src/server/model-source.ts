@@ -7,6 +7,8 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
+import type { Llama, LlamaModel } from "node-llama-cpp";
+import type { StartupStep } from "./startup-status.js";
 
 /** `"uri"` for `hf:…`, `https://…`, `http://…` (any scheme of two or more letters); `"file"` for a path. */
 export function modelSpecKind(spec: string): "file" | "uri" {
@@ -70,4 +72,33 @@ export async function resolveModelSpec(spec: string, options: ResolveModelOption
   }
   const st = await fs.stat(file);
   return { path: file, bytes: st.size, createdSeconds: Math.floor(st.mtimeMs / 1000), downloaded };
+}
+
+/**
+ * Load a resolved model on `llama`, reporting its progress as "load" steps. When it cannot be
+ * loaded, `llama` is disposed and `fail(error)` is thrown. (kvkeep serve and kvkeep chat.)
+ */
+export async function loadModelReporting(
+  llama: Llama,
+  resolved: ResolvedModel,
+  onStep: (step: StartupStep) => void,
+  fail: (error: Error) => Error,
+): Promise<LlamaModel> {
+  // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
+  // loadModel resolved, and must not reopen a step that is over.
+  let loading = true;
+  const load = (fraction: number): void => {
+    if (loading) onStep({ step: "load", file: path.basename(resolved.path), bytes: resolved.bytes, fraction });
+  };
+  try {
+    load(0);
+    const model = await llama.loadModel({ modelPath: resolved.path, onLoadProgress: load });
+    load(1);
+    return model;
+  } catch (error) {
+    await llama.dispose();
+    throw fail(error as Error);
+  } finally {
+    loading = false;
+  }
 }

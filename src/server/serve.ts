@@ -5,8 +5,7 @@
  * when it serves.
  */
 import { promises as fs } from "node:fs";
-import path from "node:path";
-import { getLlama, type Llama, type LlamaModel, LlamaLogLevel, resolveChatWrapper } from "node-llama-cpp";
+import { getLlama, type Llama, LlamaLogLevel, resolveChatWrapper } from "node-llama-cpp";
 import { createLlamaCppCompletion, type LlamaCppCompletion } from "../engines/node-llama-cpp/completion.js";
 import { modelIdFromModel } from "../engines/node-llama-cpp/fingerprint.js";
 import { describeLlamaBinary, llamaBuildOptions } from "../engines/node-llama-cpp/llama-build.js";
@@ -14,7 +13,7 @@ import type { Logger } from "../logger.js";
 import type { KvKeepMetrics } from "../metrics/index.js";
 import { openKvCacheStore } from "../facade/kvkeep-store.js";
 import type { CompletionEngine } from "./app.js";
-import { ModelSourceError, resolveModelSpec } from "./model-source.js";
+import { loadModelReporting, ModelSourceError, resolveModelSpec } from "./model-source.js";
 import { type ServeOptions, threadsPerContext } from "./options.js";
 import { SlotPool } from "./pool.js";
 import { maxTokenBytesOf } from "./prompt-bounds.js";
@@ -76,23 +75,12 @@ export async function startServer(options: ServeOptions, logger: Logger, onStep:
   }
   const binary = describeLlamaBinary(llama);
   onStep({ step: "engine", build: options.engineBuild, binary: binary.line });
-  let model: LlamaModel;
-  // node-llama-cpp delivers load progress from a queue: the last calls can arrive after
-  // loadModel resolved, and must not reopen a step that is over.
-  let loading = true;
-  const load = (fraction: number): void => {
-    if (loading) onStep({ step: "load", file: path.basename(modelPath), bytes: resolved.bytes, fraction });
-  };
-  try {
-    load(0);
-    model = await llama.loadModel({ modelPath, onLoadProgress: load });
-    load(1);
-    loading = false;
-  } catch (error) {
-    loading = false;
-    await llama.dispose();
-    throw new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
-  }
+  const model = await loadModelReporting(
+    llama,
+    resolved,
+    onStep,
+    (error) => new ServeStartError(`--model ${options.modelPath}: node-llama-cpp could not load ${modelPath}: ${error.message}`),
+  );
   let http: Awaited<typeof httpModules>;
   try {
     http = await httpModules;

@@ -4,12 +4,11 @@
  * context, one sequence). Imported by run.ts only when a chat starts, so no other kvkeep
  * command loads node-llama-cpp.
  */
-import path from "node:path";
-import { getLlama, type Llama, type LlamaModel, LlamaLogLevel } from "node-llama-cpp";
+import { getLlama, type Llama, LlamaLogLevel } from "node-llama-cpp";
 import { createLlamaCppCompletion, type LlamaCppCompletion, modelIdFromModel } from "../../engines/node-llama-cpp/index.js";
 import type { KvCacheStore } from "../../facade/kvkeep-store.js";
 import type { Logger } from "../../logger.js";
-import { ModelSourceError, resolveModelSpec } from "../../server/model-source.js";
+import { loadModelReporting, ModelSourceError, resolveModelSpec } from "../../server/model-source.js";
 import type { StartupStep } from "../../server/startup-status.js";
 import { CliError } from "../errors.js";
 
@@ -46,22 +45,12 @@ export async function loadChatEngine(options: ChatEngineOptions, store: KvCacheS
 
   onStep({ step: "engine" });
   const llama: Llama = await getLlama({ logLevel: LlamaLogLevel.warn, maxThreads: options.threads, progressLogs: false });
-  let model: LlamaModel;
-  // node-llama-cpp reports load progress from a queue: late calls must not reopen a finished step.
-  let loading = true;
-  const load = (fraction: number): void => {
-    if (loading) onStep({ step: "load", file: path.basename(modelPath), bytes: resolved.bytes, fraction });
-  };
-  try {
-    load(0);
-    model = await llama.loadModel({ modelPath, onLoadProgress: load });
-    load(1);
-    loading = false;
-  } catch (error) {
-    loading = false;
-    await llama.dispose();
-    throw new CliError("START_FAILED", `--model ${options.modelSpec}: node-llama-cpp could not load ${modelPath}: ${(error as Error).message}`);
-  }
+  const model = await loadModelReporting(
+    llama,
+    resolved,
+    onStep,
+    (error) => new CliError("START_FAILED", `--model ${options.modelSpec}: node-llama-cpp could not load ${modelPath}: ${error.message}`),
+  );
   const modelId = modelIdFromModel(model);
   const adapter = createLlamaCppCompletion({
     model,
