@@ -12,6 +12,7 @@ namespace kvkeep {
 
 const char* ErrnoName(int err) {
   if (err == kErrNotRegular) return "ENOTREG";
+  if (err == kErrWrongSize) return "EWRONGSIZE";
   switch (err) {
 #define KVKEEP_ERRNO(name) \
   case name:               \
@@ -55,7 +56,7 @@ const char* ErrnoName(int err) {
 
 Napi::Error SystemError(Napi::Env env, int err, const char* syscall, const std::string& path,
                         const std::string& dest) {
-  const char* text = err == kErrNotRegular ? "not a regular file" : std::strerror(err);
+  const char* text = err == kErrNotRegular ? "not a regular file" : err == kErrWrongSize ? "not the expected size" : std::strerror(err);
   std::string message = std::string(ErrnoName(err)) + ": " + text + ", " + syscall + " '" + path + "'";
   if (!dest.empty()) message += " -> '" + dest + "'";
   Napi::Error error = Napi::Error::New(env, message);

@@ -73,6 +73,8 @@ void CloseFd(int fd);
 // A pseudo errno for "the path names something other than a regular file" (a FIFO, a
 // device, a directory, a socket). Reported with code "ENOTREG".
 constexpr int kErrNotRegular = 1 << 20;
+// A pseudo errno for "the file is not the size it must be" (a torn or foreign piece). Code "EWRONGSIZE".
+constexpr int kErrWrongSize = 1 << 21;
 
 // Flags for opening a file kvkeep reads: never through a symlink at the last component
 // (ELOOP), never blocking (a FIFO opens at once instead of waiting for a writer, a device

@@ -14,6 +14,23 @@
 //   .write(parts)          Promise<void>: the file becomes the concatenation of `parts`
 //                          (Uint8Arrays): ftruncate, then pwritev — a gather write, so a state
 //                          assembled from chunk slices is never concatenated in JS first
+//   .gather(size, files, fileSizes, prefixBytes, runs, literals, checksumFrom)
+//                          Promise<{ prefixes, digests }>: the file becomes `size` bytes assembled
+//                          from pieces of regular files (opened without following a symlink, each
+//                          of exactly its expected size) and of `literals`, by `runs` (a
+//                          Float64Array of (source, srcOffset, dstOffset, length) quadruples, a
+//                          source < files.length being a file, else literals[source - files.length],
+//                          the runs of one file together). Each file is read once, into a scratch
+//                          buffer, and its runs copied into a populated shared mapping: a state
+//                          joined from hundreds of chunk files in one call off the event loop.
+//                          `prefixes` holds the first prefixBytes[i] bytes of each file (for the
+//                          caller to check headers and tokens); `digests` the XXH64 of each file's
+//                          bytes from `checksumFrom` on (a BigUint64Array; empty when it is -1).
+//   .readRanges(into, ranges, size)
+//                          Promise<void>: the (offset, length) pairs of `ranges` (a Float64Array)
+//                          pread into the same offsets of `into`; rejects unless the file is
+//                          `size` bytes before and after (a commit reads a state's headers and its
+//                          new rows, not the rest)
 //   .close()               idempotent; while a read or write is in flight it is deferred to
 //                          its end (the fd number is never closed under a worker, where it
 //                          could be reused by an unrelated open)
@@ -39,16 +56,19 @@
 #endif
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common.h"
+#include "xxh64.h"
 
 #if defined(__linux__) && !defined(MFD_CLOEXEC)
 #define MFD_CLOEXEC 0x0001U
 #endif
+
 
 namespace kvkeep {
 namespace {
@@ -72,6 +92,8 @@ class MemoryFile : public Napi::ObjectWrap<MemoryFile> {
                            InstanceMethod<&MemoryFile::Size>("size"),
                            InstanceMethod<&MemoryFile::Read>("read"),
                            InstanceMethod<&MemoryFile::Write>("write"),
+                           InstanceMethod<&MemoryFile::Gather>("gather"),
+                           InstanceMethod<&MemoryFile::ReadRanges>("readRanges"),
                            InstanceMethod<&MemoryFile::Close>("close"),
                        });
   }
@@ -136,6 +158,8 @@ class MemoryFile : public Napi::ObjectWrap<MemoryFile> {
   Napi::Value Size(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
+  Napi::Value Gather(const Napi::CallbackInfo& info);
+  Napi::Value ReadRanges(const Napi::CallbackInfo& info);
 
   void Close(const Napi::CallbackInfo&) {
     if (pending_ > 0) {
@@ -306,6 +330,281 @@ class WriteWorker : public MemoryFileWorker {
   size_t total_ = 0;
 };
 
+
+// Assembling the file from pieces of other files and of memory (see the header comment).
+class GatherWorker : public MemoryFileWorker {
+ public:
+  struct Literal {
+    const uint8_t* data;
+    size_t size;
+  };
+
+  GatherWorker(Napi::Env env, MemoryFile* file, Napi::Object self, size_t size, std::vector<std::string> files,
+               std::vector<uint64_t> file_sizes, std::vector<size_t> prefix_bytes, std::vector<double> runs,
+               Napi::Array literals, std::vector<Literal> literal_pieces, int64_t checksum_from)
+      : MemoryFileWorker(env, "kvkeep:memoryFileGather", file, self),
+        size_(size),
+        files_(std::move(files)),
+        file_sizes_(std::move(file_sizes)),
+        prefix_bytes_(std::move(prefix_bytes)),
+        runs_(std::move(runs)),
+        literals_(Napi::Persistent(literals.As<Napi::Object>())),
+        literal_pieces_(std::move(literal_pieces)),
+        checksum_from_(checksum_from) {}
+
+ protected:
+  void Work() override {
+#if defined(__linux__)
+    int rc;
+    do {
+      rc = ::ftruncate(fd_, static_cast<off_t>(size_));
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      failure_.Set(errno, "ftruncate", label_);
+      return;
+    }
+    size_t prefix_total = 0;
+    prefix_offsets_.reserve(files_.size());
+    for (size_t p : prefix_bytes_) {
+      prefix_offsets_.push_back(prefix_total);
+      prefix_total += p;
+    }
+    prefixes_.assign(prefix_total, 0);
+    if (checksum_from_ >= 0) digests_.assign(files_.size(), 0);
+    uint8_t* dst = nullptr;
+    if (size_ > 0) {
+      // MAP_POPULATE: one call allocates and maps every page, instead of a fault per page.
+      void* mapped = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd_, 0);
+      if (mapped == MAP_FAILED) {
+        failure_.Set(errno, "mmap", label_);
+        return;
+      }
+      dst = static_cast<uint8_t*>(mapped);
+    }
+    Copy(dst);
+    if (dst != nullptr) ::munmap(dst, size_);
+#endif
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("prefixes", Napi::Buffer<uint8_t>::Copy(env, prefixes_.data(), prefixes_.size()));
+    std::vector<uint8_t> digests(digests_.size() * 8);
+    for (size_t i = 0; i < digests_.size(); ++i) {
+      for (int b = 0; b < 8; ++b) digests[i * 8 + b] = static_cast<uint8_t>(digests_[i] >> (8 * b));  // little-endian
+    }
+    out.Set("digests", Napi::Buffer<uint8_t>::Copy(env, digests.data(), digests.size()));
+    return out;
+  }
+
+ private:
+#if defined(__linux__)
+  // Opens file `index` (never through a symlink, a regular file only) and checks its exact
+  // size. The fd, or -1 with failure_ set.
+  int OpenChecked(size_t index) {
+    const std::string& path = files_[index];
+    struct stat st;
+    const int fd = OpenRegularFile(AT_FDCWD, path.c_str(), 0, &st);
+    if (fd < 0) {
+      failure_.Set(errno, "open", path);
+      return -1;
+    }
+    const uint64_t expected = file_sizes_[index];
+    if (static_cast<uint64_t>(st.st_size) != expected || prefix_bytes_[index] > expected ||
+        (checksum_from_ >= 0 && static_cast<uint64_t>(checksum_from_) > expected)) {
+      CloseFd(fd);
+      failure_.Set(kErrWrongSize, "read", path);
+      return -1;
+    }
+    return fd;
+  }
+
+  // pread exactly `len` bytes at `offset`; false with failure_ set (EWRONGSIZE when the file ends first).
+  bool PreadExactly(int fd, size_t index, uint8_t* to, size_t len, size_t offset) {
+    size_t got = 0;
+    while (got < len) {
+      const ssize_t n = ::pread(fd, to + got, len - got, static_cast<off_t>(offset + got));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        failure_.Set(errno, "pread", files_[index]);
+        return false;
+      }
+      if (n == 0) {
+        failure_.Set(kErrWrongSize, "read", files_[index]);
+        return false;
+      }
+      got += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  // Reads file `index` whole into scratch_, records its prefix and digest. False with failure_ set.
+  bool Load(size_t index) {
+    const int fd = OpenChecked(index);
+    if (fd < 0) return false;
+    const size_t size = static_cast<size_t>(file_sizes_[index]);
+    scratch_.resize(size);
+    const bool ok = PreadExactly(fd, index, scratch_.data(), size, 0);
+    CloseFd(fd);
+    if (!ok) return false;
+    std::copy(scratch_.begin(), scratch_.begin() + static_cast<std::ptrdiff_t>(prefix_bytes_[index]),
+              prefixes_.begin() + static_cast<std::ptrdiff_t>(prefix_offsets_[index]));
+    if (checksum_from_ >= 0) {
+      const size_t from = static_cast<size_t>(checksum_from_);
+      digests_[index] = Xxh64::Oneshot(scratch_.data() + from, scratch_.size() - from, 0);
+    }
+    return true;
+  }
+
+  // Copies file `index`'s runs [first, end) straight from the file into place, and its prefix:
+  // one copy of each byte instead of two (for files of a few large runs, without checksums).
+  bool Direct(size_t index, uint8_t* dst, size_t first, size_t end) {
+    const int fd = OpenChecked(index);
+    if (fd < 0) return false;
+    bool ok = PreadExactly(fd, index, prefixes_.data() + prefix_offsets_[index], prefix_bytes_[index], 0);
+    for (size_t i = first; ok && i < end; ++i) {
+      const double* run = &runs_[4 * i];
+      const size_t src = static_cast<size_t>(run[1]), at = static_cast<size_t>(run[2]), len = static_cast<size_t>(run[3]);
+      if (src > file_sizes_[index] || len > file_sizes_[index] - src) {
+        SetError("kvkeep: a gather run reads past its file's end");
+        ok = false;
+      } else {
+        ok = PreadExactly(fd, index, dst + at, len, src);
+      }
+    }
+    CloseFd(fd);
+    return ok;
+  }
+
+  // Files read by runs at most this many are read straight into place (chunks whose V is not
+  // transposed: 1 + 2 × layers runs); more (a transposed V: a run per element row) go through
+  // one read into the scratch buffer, as do all when checksums are asked for.
+  static constexpr size_t kDirectRuns = 512;
+
+  void Copy(uint8_t* dst) {
+    const size_t count = runs_.size() / 4;
+    const size_t file_count = files_.size();
+    std::vector<bool> loaded(file_count, false);
+    size_t current = SIZE_MAX;
+    size_t covered = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const double* run = &runs_[4 * i];
+      const size_t source = static_cast<size_t>(run[0]);
+      const size_t src = static_cast<size_t>(run[1]);
+      const size_t at = static_cast<size_t>(run[2]);
+      const size_t len = static_cast<size_t>(run[3]);
+      if (at > size_ || len > size_ - at) return SetError("kvkeep: a gather run ends past the file's size");
+      const uint8_t* from = nullptr;
+      if (source < file_count) {
+        if (source != current) {
+          if (loaded[source]) return SetError("kvkeep: the runs of one source file must be together");
+          loaded[source] = true;
+          current = source;
+          size_t end = i;
+          size_t bytes = 0;
+          while (end < count && static_cast<size_t>(runs_[4 * end]) == source) {
+            const size_t a = static_cast<size_t>(runs_[4 * end + 2]), l = static_cast<size_t>(runs_[4 * end + 3]);
+            if (a > size_ || l > size_ - a) return SetError("kvkeep: a gather run ends past the file's size");
+            bytes += l;
+            ++end;
+          }
+          if (checksum_from_ < 0 && end - i <= kDirectRuns) {
+            if (!Direct(source, dst, i, end)) return;
+            covered += bytes;
+            i = end - 1;
+            continue;
+          }
+          if (!Load(source)) return;
+        }
+        if (src > scratch_.size() || len > scratch_.size() - src) return SetError("kvkeep: a gather run reads past its file's end");
+        from = scratch_.data() + src;
+      } else {
+        const size_t literal = source - file_count;
+        if (literal >= literal_pieces_.size()) return SetError("kvkeep: a gather run names no source");
+        const Literal& piece = literal_pieces_[literal];
+        if (src > piece.size || len > piece.size - src) return SetError("kvkeep: a gather run reads past its literal's end");
+        from = piece.data + src;
+      }
+      if (len > 0) std::memcpy(dst + at, from, len);
+      covered += len;
+    }
+    // Files no run reads still give their prefix and digest.
+    for (size_t f = 0; f < file_count; ++f) {
+      if (!loaded[f] && !Load(f)) return;
+    }
+    if (covered != size_) SetError("kvkeep: the gather runs do not cover the file exactly");
+  }
+#endif
+
+  size_t size_;
+  std::vector<std::string> files_;
+  std::vector<uint64_t> file_sizes_;
+  std::vector<size_t> prefix_bytes_;
+  std::vector<double> runs_;
+  Napi::ObjectReference literals_;
+  std::vector<Literal> literal_pieces_;
+  int64_t checksum_from_;
+  std::vector<size_t> prefix_offsets_;
+  std::vector<uint8_t> prefixes_;
+  std::vector<uint64_t> digests_;
+  std::vector<uint8_t> scratch_;
+};
+
+// Reads chosen ranges of the file into the same offsets of the caller's buffer: a commit
+// reads a state's headers and its new rows, never the rest. The size is checked before and
+// after (a file that changes size is still being written: its bytes are not one state).
+class ReadRangesWorker : public MemoryFileWorker {
+ public:
+  ReadRangesWorker(Napi::Env env, MemoryFile* file, Napi::Object self, Napi::Uint8Array target, std::vector<double> ranges, size_t size)
+      : MemoryFileWorker(env, "kvkeep:memoryFileReadRanges", file, self),
+        target_(Napi::Persistent(target)),
+        data_(target.Data()),
+        ranges_(std::move(ranges)),
+        size_(size) {}
+
+ protected:
+  void Work() override {
+#if defined(__linux__)
+    if (!SizeIs()) return;
+    for (size_t i = 0; i + 1 < ranges_.size(); i += 2) {
+      const size_t offset = static_cast<size_t>(ranges_[i]);
+      const size_t length = static_cast<size_t>(ranges_[i + 1]);
+      size_t got = 0;
+      while (got < length) {
+        const ssize_t n = ::pread(fd_, data_ + offset + got, length - got, static_cast<off_t>(offset + got));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          failure_.Set(errno, "pread", label_);
+          return;
+        }
+        if (n == 0) return SetError("kvkeep: the memory file changed size while it was being read");
+        got += static_cast<size_t>(n);
+      }
+    }
+    SizeIs();
+#endif
+  }
+
+ private:
+  bool SizeIs() {
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) {
+      failure_.Set(errno, "fstat", label_);
+      return false;
+    }
+    if (static_cast<size_t>(st.st_size) != size_) {
+      SetError("kvkeep: the memory file changed size while it was being read");
+      return false;
+    }
+    return true;
+  }
+
+  Napi::Reference<Napi::Uint8Array> target_;
+  uint8_t* data_;
+  std::vector<double> ranges_;
+  size_t size_;
+};
+
 Napi::Value MemoryFile::Size(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckUsable(env, "fstat");
@@ -359,6 +658,87 @@ Napi::Value MemoryFile::Write(const Napi::CallbackInfo& info) {
     total += bytes.ByteLength();
   }
   auto* worker = new WriteWorker(env, this, Value(), parts, std::move(pieces), total);
+  worker->Queue();
+  return worker->Promise();
+}
+
+
+Napi::Value MemoryFile::Gather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckUsable(env, "gather");
+  auto fail = [&](const char* what) { throw Napi::TypeError::New(env, what); };
+  if (info.Length() < 7) fail("gather(size, files, fileSizes, prefixBytes, runs, literals, checksumFrom)");
+  if (!info[0].IsNumber()) fail("size must be a number");
+  const double size = info[0].As<Napi::Number>().DoubleValue();
+  if (!(size >= 0 && size <= 9007199254740991.0) || size != static_cast<double>(static_cast<uint64_t>(size))) fail("size must be a non-negative integer");
+  if (!info[1].IsArray() || !info[2].IsArray() || !info[3].IsArray()) fail("files, fileSizes and prefixBytes must be arrays");
+  Napi::Array files_in = info[1].As<Napi::Array>();
+  Napi::Array sizes_in = info[2].As<Napi::Array>();
+  Napi::Array prefix_in = info[3].As<Napi::Array>();
+  const uint32_t n = files_in.Length();
+  if (sizes_in.Length() != n || prefix_in.Length() != n) fail("files, fileSizes and prefixBytes must have one entry per file");
+  std::vector<std::string> files;
+  std::vector<uint64_t> sizes;
+  std::vector<size_t> prefixes;
+  for (uint32_t i = 0; i < n; ++i) {
+    Napi::Value f = files_in.Get(i), z = sizes_in.Get(i), p = prefix_in.Get(i);
+    if (!f.IsString() || !z.IsNumber() || !p.IsNumber()) fail("files must be strings, fileSizes and prefixBytes numbers");
+    std::string path = f.As<Napi::String>().Utf8Value();
+    if (path.find('\0') != std::string::npos) fail("a file path must not contain NUL");
+    const double zs = z.As<Napi::Number>().DoubleValue(), ps = p.As<Napi::Number>().DoubleValue();
+    if (!(zs >= 0 && zs <= 1073741824.0) || !(ps >= 0 && ps <= zs)) fail("a file size must be in [0, 1 GiB], its prefix at most its size");
+    files.push_back(std::move(path));
+    sizes.push_back(static_cast<uint64_t>(zs));
+    prefixes.push_back(static_cast<size_t>(ps));
+  }
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) fail("runs must be a Float64Array");
+  Napi::Float64Array runs_in = info[4].As<Napi::Float64Array>();
+  if (runs_in.ElementLength() % 4 != 0) fail("runs must hold (source, srcOffset, dstOffset, length) quadruples");
+  std::vector<double> runs(runs_in.Data(), runs_in.Data() + runs_in.ElementLength());
+  for (double v : runs) {
+    if (!(v >= 0 && v <= 9007199254740991.0) || v != static_cast<double>(static_cast<uint64_t>(v))) fail("runs must hold non-negative integers");
+  }
+  if (!info[5].IsArray()) fail("literals must be an array of Uint8Arrays");
+  Napi::Array literals = info[5].As<Napi::Array>();
+  std::vector<GatherWorker::Literal> pieces;
+  for (uint32_t i = 0; i < literals.Length(); ++i) {
+    Napi::Value part = literals.Get(i);
+    if (!part.IsTypedArray() || part.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) fail("literals must be an array of Uint8Arrays");
+    Napi::Uint8Array bytes = part.As<Napi::Uint8Array>();
+    pieces.push_back({bytes.Data(), bytes.ByteLength()});
+  }
+  if (!info[6].IsNumber()) fail("checksumFrom must be a number (-1: no checksums)");
+  const int64_t checksum_from = info[6].As<Napi::Number>().Int64Value();
+  auto* worker = new GatherWorker(env, this, Value(), static_cast<size_t>(size), std::move(files), std::move(sizes), std::move(prefixes),
+                                  std::move(runs), literals, std::move(pieces), checksum_from < 0 ? -1 : checksum_from);
+  worker->Queue();
+  return worker->Promise();
+}
+
+Napi::Value MemoryFile::ReadRanges(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckUsable(env, "read");
+  if (info.Length() < 3 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw Napi::TypeError::New(env, "readRanges(into: Uint8Array, ranges: Float64Array, size: number)");
+  }
+  Napi::Uint8Array into = info[0].As<Napi::Uint8Array>();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) throw Napi::TypeError::New(env, "ranges must be a Float64Array");
+  Napi::Float64Array ranges_in = info[1].As<Napi::Float64Array>();
+  if (ranges_in.ElementLength() % 2 != 0) throw Napi::TypeError::New(env, "ranges must hold (offset, length) pairs");
+  if (!info[2].IsNumber()) throw Napi::TypeError::New(env, "size must be a number");
+  const double size = info[2].As<Napi::Number>().DoubleValue();
+  if (!(size >= 0 && size <= static_cast<double>(into.ByteLength())) || size != static_cast<double>(static_cast<uint64_t>(size))) {
+    throw Napi::TypeError::New(env, "size must be an integer no larger than into");
+  }
+  std::vector<double> ranges(ranges_in.Data(), ranges_in.Data() + ranges_in.ElementLength());
+  for (size_t i = 0; i < ranges.size(); i += 2) {
+    const double offset = ranges[i], length = ranges[i + 1];
+    if (!(offset >= 0 && length >= 0) || offset != static_cast<double>(static_cast<uint64_t>(offset)) ||
+        length != static_cast<double>(static_cast<uint64_t>(length)) || offset + length > size) {
+      throw Napi::TypeError::New(env, "ranges must be non-negative integers within size");
+    }
+  }
+  auto* worker = new ReadRangesWorker(env, this, Value(), into, std::move(ranges), static_cast<size_t>(size));
   worker->Queue();
   return worker->Promise();
 }

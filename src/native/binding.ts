@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import type { EntryIdentity } from "./types.js";
 
 /** Must equal kKvkeepNativeAbi in native/src/addon.cc. */
-export const NATIVE_ABI = 4;
+export const NATIVE_ABI = 5;
 
 export interface NativeLock {
   /** Non-blocking flock + identity check; true once held (then idempotent). Throws a system error. */
@@ -29,6 +29,26 @@ export interface NativeMemoryFile {
   read(into?: Uint8Array): Promise<Uint8Array>;
   /** The file becomes the concatenation of `parts` (ftruncate, then pwritev); don't change them until it settles. */
   write(parts: readonly Uint8Array[]): Promise<void>;
+  /**
+   * The file becomes `size` bytes assembled by `runs` ((source, srcOffset, dstOffset, length)
+   * quadruples; a source below files.length is that file, read whole once, else a literal)
+   * from regular files of exactly `fileSizes` bytes (opened without following a symlink) and
+   * `literals`; the runs of one file together. Resolves each file's first `prefixBytes` bytes
+   * (concatenated) and, unless `checksumFrom` is -1, the XXH64 of each file from that offset
+   * (8 bytes each, little-endian). Rejects with the file's system error (ENOENT, ENOTREG,
+   * EWRONGSIZE for a file of another size).
+   */
+  gather(
+    size: number,
+    files: readonly string[],
+    fileSizes: readonly number[],
+    prefixBytes: readonly number[],
+    runs: Float64Array,
+    literals: readonly Uint8Array[],
+    checksumFrom: number,
+  ): Promise<{ prefixes: Uint8Array; digests: Uint8Array }>;
+  /** Pread the (offset, length) pairs of `ranges` into the same offsets of `into`; rejects unless the file is `size` bytes before and after. */
+  readRanges(into: Uint8Array, ranges: Float64Array, size: number): Promise<void>;
   /** Idempotent; deferred to the end of a read or write in flight. */
   close(): void;
 }

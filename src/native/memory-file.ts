@@ -6,7 +6,7 @@
 import { errnoCode, fsWriteError } from "../errors.js";
 import type { NativeBinding, NativeMemoryFile } from "./binding.js";
 import { fsReadError, invalidArgument } from "./fs-errors.js";
-import type { MemoryFile, NativeFs } from "./types.js";
+import type { GatherPlan, GatherResult, MemoryFile, NativeFs } from "./types.js";
 
 export const DEFAULT_MEMORY_FILE_NAME = "kvkeep-state";
 
@@ -55,6 +55,46 @@ function wrap(native: NativeMemoryFile): MemoryFile {
       } catch (error) {
         if (error instanceof TypeError) throw invalidArgument("bytes", `${label}: ${error.message}`);
         throw fsWriteError(`writing ${label}`, error);
+      }
+    },
+    async gather(plan: GatherPlan): Promise<GatherResult> {
+      const files = plan.files;
+      let result: { prefixes: Uint8Array; digests: Uint8Array };
+      try {
+        result = await native.gather(
+          plan.size,
+          files.map((f) => f.path),
+          files.map((f) => f.size),
+          files.map((f) => f.prefixBytes),
+          plan.runs,
+          plan.literals,
+          plan.checksumFrom ?? -1,
+        );
+      } catch (error) {
+        if (error instanceof TypeError) throw invalidArgument("plan", `${label}: ${error.message}`);
+        const code = errnoCode(error);
+        // A piece's own failure (missing, not a file, not its size) is the caller's to judge: it names the file.
+        if (code === "ENOENT" || code === "ENOTREG" || code === "ELOOP" || code === "EWRONGSIZE") throw error;
+        throw fsWriteError(`assembling ${label}`, error);
+      }
+      const bytes = toBuffer(result.prefixes);
+      const prefixes: Buffer[] = [];
+      let at = 0;
+      for (const f of files) {
+        prefixes.push(bytes.subarray(at, at + f.prefixBytes));
+        at += f.prefixBytes;
+      }
+      const digestBytes = toBuffer(result.digests);
+      const digests: bigint[] = [];
+      for (let i = 0; i + 8 <= digestBytes.byteLength; i += 8) digests.push(digestBytes.readBigUInt64LE(i));
+      return { prefixes, digests };
+    },
+    async readRanges(into: Uint8Array, ranges: Float64Array, size: number): Promise<void> {
+      try {
+        await native.readRanges(into, ranges, size);
+      } catch (error) {
+        if (error instanceof TypeError) throw invalidArgument("ranges", `${label}: ${error.message}`);
+        throw fsReadError(`reading ${label}`, error);
       }
     },
     close(): void {

@@ -51,6 +51,27 @@ export interface LockHandle {
  * names the same memory. Close it when done (a `finally`, or `withMemoryFile`): it holds a
  * state's worth of RAM; one dropped unclosed is closed when garbage-collected.
  */
+/** What `MemoryFile.gather` assembles. */
+export interface GatherPlan {
+  /** The file's size afterwards. */
+  readonly size: number;
+  /** Regular files to read (each whole, once), with the exact size each must have. */
+  readonly files: ReadonlyArray<{ readonly path: string; readonly size: number; readonly prefixBytes: number }>;
+  /** Byte arrays besides the files; source `files.length + i` is `literals[i]`. */
+  readonly literals: readonly Uint8Array[];
+  /** (source, srcOffset, dstOffset, length) quadruples covering `size` exactly; one file's runs together. */
+  readonly runs: Float64Array;
+  /** Hash each file from this offset (XXH64, seed 0); omit for none. */
+  readonly checksumFrom?: number | undefined;
+}
+
+export interface GatherResult {
+  /** Each file's first `prefixBytes` bytes, in file order. */
+  readonly prefixes: Buffer[];
+  /** Each file's XXH64 from `checksumFrom` on; empty without `checksumFrom`. */
+  readonly digests: bigint[];
+}
+
 export interface MemoryFile {
   /** The descriptor (`-1` once closed). */
   readonly fd: number;
@@ -71,6 +92,22 @@ export interface MemoryFile {
    * arrays until it settles. NO_SPACE when memory (or RLIMIT_FSIZE) runs out.
    */
   write(bytes: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  /**
+   * Replace the contents with `plan.size` bytes gathered from files and literals, off the
+   * event loop (a state joined from its chunk files in one call: each file read once, no JS
+   * copy). Resolves each file's first `prefixBytes` bytes (to check headers and tokens) and,
+   * with `checksumFrom`, each file's XXH64 from that offset. A file that is missing rejects
+   * with its system error (`code` ENOENT), one that is not a regular file or not its expected
+   * size with ENOTREG / EWRONGSIZE (`path` names it); NO_SPACE when memory runs out.
+   */
+  gather(plan: GatherPlan): Promise<GatherResult>;
+  /**
+   * Read only the (offset, length) pairs of `ranges` into the same offsets of `into` (at
+   * least `size` bytes), off the event loop: a commit reads a state's headers and its new
+   * rows, not the rest. IO_ERROR unless the file is `size` bytes before and after (someone
+   * still writes it); INVALID_ARGUMENT for ranges outside `size`.
+   */
+  readRanges(into: Uint8Array, ranges: Float64Array, size: number): Promise<void>;
   /** Free it. Idempotent; a read or write in flight finishes first. */
   close(): void;
 }

@@ -5,7 +5,10 @@
  * test/engine/memory-handoff.test.ts hands them to the real engine.
  */
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync, readlinkSync, readSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { xxh64 } from "../../src/keys/hash.js";
 import { afterAll, describe, expect, it } from "vitest";
 import { withMemoryFile } from "../../src/native/memory-file.js";
 import { createJsFallbackFs } from "../../src/native/fallback.js";
@@ -171,6 +174,75 @@ describe.skipIf(nativeSkipped || !onLinux)(nativeSuiteName("native in-memory fil
     expect(await withMemoryFile(requireNative().fs, async (file) => (await file.write(Buffer.from("ok")), (await file.read()).toString()), name)).toBe("ok");
     expect(memfdsNamed(name)).toBe(0);
     expect(await withMemoryFile(createJsFallbackFs(), async () => "never")).toBeNull();
+  });
+
+  describe("gather: the file assembled from ranges of other files and of buffers", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "kvkeep-gather-"));
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    const a = seededBytes(300_000, 11);
+    const b = seededBytes(5_000, 12);
+    writeFileSync(path.join(dir, "a"), a);
+    writeFileSync(path.join(dir, "b"), b);
+    const literal = seededBytes(64, 13);
+    const files = [
+      { path: path.join(dir, "a"), size: a.byteLength, prefixBytes: 10 },
+      { path: path.join(dir, "b"), size: b.byteLength, prefixBytes: 0 },
+    ];
+    // dst: literal[0..16) | a[1000..201000) | b[0..5000) | a[0..10) — one file's runs together, in any dst order
+    const runs = new Float64Array([0, 1000, 16, 200_000, 0, 0, 205_016, 10, 1, 0, 200_016, 5_000, 2, 0, 0, 16]);
+    const size = 205_026;
+    const expected = Buffer.concat([literal.subarray(0, 16), a.subarray(1000, 201_000), b, a.subarray(0, 10)]);
+
+    it("puts every range where the runs say, returns each file's prefix and, when asked, its XXH64", async () => {
+      const file = create();
+      await file.write(seededBytes(500_000, 14)); // a longer old content is replaced entirely
+      const result = await file.gather({ size, files, literals: [literal], runs, checksumFrom: 3 });
+      expect((await file.read()).equals(expected)).toBe(true);
+      expect(result.prefixes.map((p) => Buffer.from(p))).toEqual([Buffer.from(a.subarray(0, 10)), Buffer.alloc(0)]);
+      expect(result.digests).toEqual([xxh64(a.subarray(3)), xxh64(b.subarray(3))]);
+      expect((await file.gather({ size, files, literals: [literal], runs })).digests).toEqual([]);
+    });
+
+    it("refuses a file of another size (EWRONGSIZE), a missing one (ENOENT) and a symlink (ELOOP), naming it", async () => {
+      const file = create();
+      await expect(file.gather({ size, files: [{ ...files[0]!, size: a.byteLength - 1 }, files[1]!], literals: [literal], runs })).rejects.toMatchObject({
+        code: "EWRONGSIZE",
+        path: files[0]!.path,
+      });
+      await expect(file.gather({ size, files: [files[0]!, { ...files[1]!, path: path.join(dir, "nope") }], literals: [literal], runs })).rejects.toMatchObject({
+        code: "ENOENT",
+      });
+      symlinkSync(path.join(dir, "a"), path.join(dir, "link"));
+      await expect(file.gather({ size, files: [{ ...files[0]!, path: path.join(dir, "link") }, files[1]!], literals: [literal], runs })).rejects.toMatchObject({
+        code: "ELOOP",
+      });
+    });
+
+    it("refuses runs that leave a gap, reach past a source or the file, or split one file's runs (INVALID_ARGUMENT / IO_ERROR)", async () => {
+      const file = create();
+      const bad = (r: number[]) => file.gather({ size, files, literals: [literal], runs: new Float64Array(r) });
+      await expect(bad([...runs].slice(0, 12))).rejects.toThrow(/do not cover/);
+      await expect(bad([2, 60, 0, 16, ...[...runs].slice(0, 12)])).rejects.toThrow(/past its literal/);
+      await expect(bad([0, 1000, 16, 200_000, 1, 0, 200_016, 5_000, 0, 0, 205_016, 10, 2, 0, 0, 16])).rejects.toThrow(/together/);
+      await expect(bad([0, 0, size, 1])).rejects.toThrow(/past the file's size/);
+      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array([0, 1]) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array([-1, 0, 0, 1]) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    });
+  });
+
+  it("readRanges reads only the ranges asked for, at their offsets, and refuses a file of another size", async () => {
+    const file = create();
+    const content = seededBytes(100_000, 21);
+    await file.write(content);
+    const into = Buffer.alloc(120_000, 0xaa);
+    await file.readRanges(into, new Float64Array([0, 10, 50_000, 30_000, 99_990, 10]), 100_000);
+    expect(into.subarray(0, 10).equals(content.subarray(0, 10))).toBe(true);
+    expect(into.subarray(50_000, 80_000).equals(content.subarray(50_000, 80_000))).toBe(true);
+    expect(into.subarray(99_990, 100_000).equals(content.subarray(99_990))).toBe(true);
+    expect(into.subarray(10, 50_000).every((b) => b === 0xaa)).toBe(true);
+    await expect(file.readRanges(into, new Float64Array([0, 10]), 99_999)).rejects.toMatchObject({ code: "IO_ERROR" });
+    await expect(file.readRanges(into, new Float64Array([99_995, 10]), 100_000)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(file.readRanges(Buffer.alloc(10), new Float64Array([0, 5]), 100_000)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
   });
 
   it("a thousand files created and closed leave no descriptor behind", () => {
