@@ -16,7 +16,7 @@ export const CHUNK_FORMAT_VERSION = 1;
 /** u32 magic, u16 version, u16 flags, u32 tokens, u32 first position, u64 geometry digest, u64 checksum. */
 export const CHUNK_HEADER_BYTES = 32;
 const CHUNK_FLAG_CHECKSUM = 1;
-export const DEFAULT_CHUNK_TOKENS = 256;
+export const DEFAULT_CHUNK_TOKENS = 64;
 /** Chunks larger than this many tokens are refused (a u32 in the header could say more; no real chunk does). */
 export const MAX_CHUNK_TOKENS = 1 << 20;
 
@@ -129,34 +129,47 @@ export function checkChunkFits(chunk: Uint8Array, header: ChunkHeader, geometry:
   }
 }
 
-export function chunkSpan(chunk: Uint8Array, header: ChunkHeader, geometry: KvGeometry | null): Span {
-  const t = header.tokenCount;
+/** A range of bytes in a source the caller names by number (a file a gather reads, or a buffer). */
+export interface SourceRange {
+  readonly source: number;
+  readonly offset: number;
+  readonly byteLength: number;
+}
+
+/** A span whose pieces are ranges of one source (an encoded chunk) instead of views. */
+export interface SpanRanges {
+  readonly count: number;
+  readonly tokens: SourceRange;
+  readonly k: readonly SourceRange[];
+  readonly v: readonly (readonly SourceRange[])[];
+}
+
+/** Where a chunk of `tokenCount` tokens keeps its tokens, K and V: the one statement of the kvkc payload layout. */
+export function chunkSpanRanges(source: number, tokenCount: number, geometry: KvGeometry | null): SpanRanges {
+  const t = tokenCount;
   let at = CHUNK_HEADER_BYTES;
-  const tokens = chunk.subarray(at, at + 4 * t);
-  at += 4 * t;
-  const k: Uint8Array[] = [];
-  const v: Uint8Array[][] = [];
+  const range = (byteLength: number): SourceRange => {
+    const r = { source, offset: at, byteLength };
+    at += byteLength;
+    return r;
+  };
+  const tokens = range(4 * t);
+  const k: SourceRange[] = [];
+  const v: SourceRange[][] = [];
   if (geometry !== null) {
+    for (const layer of geometry.layers) k.push(range(t * layer.kRowBytes));
     for (const layer of geometry.layers) {
-      k.push(chunk.subarray(at, at + t * layer.kRowBytes));
-      at += t * layer.kRowBytes;
-    }
-    for (const layer of geometry.layers) {
-      if (!geometry.vTrans) {
-        v.push([chunk.subarray(at, at + t * layer.vRowBytes)]);
-        at += t * layer.vRowBytes;
-      } else {
-        const rows: Uint8Array[] = [];
-        const run = t * layer.vElementBytes;
-        for (let j = 0; j < layer.vWidth; j++) {
-          rows.push(chunk.subarray(at, at + run));
-          at += run;
-        }
-        v.push(rows);
-      }
+      if (!geometry.vTrans) v.push([range(t * layer.vRowBytes)]);
+      else v.push(Array.from({ length: layer.vWidth }, () => range(t * layer.vElementBytes)));
     }
   }
   return { count: t, tokens, k, v };
+}
+
+export function chunkSpan(chunk: Uint8Array, header: ChunkHeader, geometry: KvGeometry | null): Span {
+  const ranges = chunkSpanRanges(0, header.tokenCount, geometry);
+  const view = (r: SourceRange): Uint8Array => chunk.subarray(r.offset, r.offset + r.byteLength);
+  return { count: ranges.count, tokens: view(ranges.tokens), k: ranges.k.map(view), v: ranges.v.map((rows) => rows.map(view)) };
 }
 
 /** A chunk's bytes in payload order: tokens, every layer's K, every layer's V. */

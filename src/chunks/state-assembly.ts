@@ -2,7 +2,7 @@
  * Assembling a sequence state (pure): a chain of chunks joined back into the state llama.cpp
  * saved, a state cut to its first tokens, and a state moved to another stream placement.
  */
-import { checkChecksum, checkChunkFits, chunkMismatch, chunkSpan, readChunkHeader, type Span, stateSpan } from "./chunk-codec.js";
+import { checkChecksum, checkChunkFits, chunkMismatch, chunkSpan, readChunkHeader, type SourceRange, type Span, stateSpan } from "./chunk-codec.js";
 import { geometryDigest, type KvGeometry, writeVHeader } from "./kv-geometry.js";
 import { CELL_BYTES, MAX_STREAMS, parseSeqState, requireCuttable, SEQ_STATE_MAGIC, SEQ_STATE_VERSION, STATE_HEAD_BYTES, type StreamPlacement } from "./seq-state-parser.js";
 import { concat, u32 } from "./state-bytes.js";
@@ -11,7 +11,7 @@ import { concat, u32 } from "./state-bytes.js";
  * `given` over `fallback`. A stream index not given follows the sequence id when there are
  * several streams (llama.cpp keeps sequence s in stream s unless the cache is unified), else 0.
  */
-function placementOf(given: Partial<StreamPlacement> | undefined, fallback: StreamPlacement): StreamPlacement {
+export function placementOf(given: Partial<StreamPlacement> | undefined, fallback: StreamPlacement): StreamPlacement {
   const nStream = given?.nStream ?? fallback.nStream;
   const seqId = given?.seqId ?? fallback.seqId;
   const streamIndex = given?.streamIndex ?? (nStream === 1 ? 0 : given?.seqId ?? fallback.streamIndex);
@@ -39,10 +39,35 @@ export interface StateParts {
   readonly tokenCount: number;
 }
 
+/** A piece of a state being assembled: bytes at hand, or a range of a source read later (a gather). */
+export type AssemblyPiece = Uint8Array | SourceRange;
+
+/** A run of tokens whose pieces are bytes or source ranges (a Span, or chunkSpanRanges). */
+export interface AssemblySpan {
+  readonly count: number;
+  readonly tokens: AssemblyPiece;
+  readonly k: readonly AssemblyPiece[];
+  readonly v: readonly (readonly AssemblyPiece[])[];
+}
+
 function assemble(spans: readonly Span[], geometry: KvGeometry | null, placement: StreamPlacement): StateParts {
+  const { parts, byteLength, tokenCount } = assembleParts(spans, geometry, placement);
+  return { parts: parts as Uint8Array[], byteLength, tokenCount };
+}
+
+/**
+ * The state the spans make, as pieces in order: the fields kvkeep writes (head, cells, layer
+ * headers) as bytes, the spans' own pieces as they are. The one statement of how a sequence
+ * state is put together, for a gather write of views and for a gather plan of file ranges.
+ */
+export function assembleParts(
+  spans: readonly AssemblySpan[],
+  geometry: KvGeometry | null,
+  placement: StreamPlacement,
+): { parts: AssemblyPiece[]; byteLength: number; tokenCount: number } {
   let n = 0;
   for (const span of spans) n += span.count;
-  const parts: Uint8Array[] = [];
+  const parts: AssemblyPiece[] = [];
   const head = Buffer.allocUnsafe(STATE_HEAD_BYTES);
   head.writeUInt32LE(SEQ_STATE_MAGIC, 0);
   head.writeUInt32LE(SEQ_STATE_VERSION, 4);

@@ -7,7 +7,8 @@
  * module: seq-state-parser.ts (read a state's layout), kv-geometry.ts (the KV section's
  * header fields and their encoding), chunk-codec.ts (the kvkc chunk), state-split.ts (a
  * state into chunks), state-assembly.ts (join, cut, placement), state-bytes.ts (the checked
- * reader they share).
+ * reader they share), state-gather.ts (a join planned as file ranges, for a native gather),
+ * state-ranges.ts (the bytes of a state a commit needs to read).
  *
  * The state (all integers little-endian; "ggsq" version 3):
  *
@@ -47,4 +48,6 @@ export {
 export { decodeKvGeometry, encodeKvGeometry, geometryDigest, type KvGeometry, type LayerKv } from "./kv-geometry.js";
 export { MAX_STREAMS, parseSeqState, SEQ_STATE_MAGIC, SEQ_STATE_VERSION, type SeqStateLayout, type StreamPlacement } from "./seq-state-parser.js";
 export { type CutOptions, cutSeqState, type JoinInput, joinSeqState, joinSeqStateParts, type StateParts, withPlacement } from "./state-assembly.js";
+export { type GatherPiece, type GatherPlan, gatherPlan, type GatherPlanInput } from "./state-gather.js";
 export { type SplitOptions, type SplitSeqState, splitSeqState } from "./state-split.js";
+export { type ByteRanges, stateHeadRanges, stateRowRanges } from "./state-ranges.js";

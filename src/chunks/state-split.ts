@@ -4,12 +4,14 @@ import { geometryDigest } from "./kv-geometry.js";
 import { parseSeqState, requireCuttable, type SeqStateLayout } from "./seq-state-parser.js";
 
 export interface SplitOptions {
-  /** Tokens per chunk (default 256). */
+  /** Tokens per chunk (default DEFAULT_CHUNK_TOKENS). */
   readonly chunkTokens?: number;
   /** Encode only chunks from this index on (the caller already holds the earlier ones). Default 0. */
   readonly skipChunks?: number;
   /** Record an XXH64 of each chunk's payload in its header (default true). */
   readonly checksums?: boolean;
+  /** The state's layout, when the caller parsed it already (then only the rows it splits are read). */
+  readonly layout?: SeqStateLayout | undefined;
 }
 
 export interface SplitSeqState {
@@ -37,7 +39,7 @@ export function splitSeqState(state: Uint8Array, options: SplitOptions = {}): Sp
   const skip = options.skipChunks ?? 0;
   if (!Number.isSafeInteger(skip) || skip < 0) throw new RangeError(`skipChunks must be a non-negative integer, got ${skip}`);
   const checksums = options.checksums ?? true;
-  const layout = parseSeqState(state);
+  const layout = options.layout ?? parseSeqState(state);
   requireCuttable(layout);
   const digest = geometryDigest(layout.geometry);
   const full = Math.floor(layout.tokenCount / chunkTokens);
