@@ -21,16 +21,39 @@
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { readChunkTokens, verifyChunk, type KvGeometry } from "../chunks/state-format.js";
+import {
+  CHUNK_HEADER_BYTES,
+  chunkByteLength,
+  gatherPlan,
+  geometryDigest,
+  type KvGeometry,
+  readChunkHeader,
+  readChunkTokens,
+  type StreamPlacement,
+  verifyChunk,
+} from "../chunks/state-format.js";
 import { chunkId, type StateContext } from "../chunks/chunk-id.js";
 import { isStateFormatError } from "../chunks/errors.js";
 import { crashPoint } from "../durable/crash-points.js";
 import { assertRealDirs, mkdirUnderRoot, removeEntry, unlinkIfExists, writeSynced } from "../durable/files.js";
 import { ownTempPath } from "../durable/temp-owner.js";
 import { errnoCode, fsWriteError, isKvKeepError, KvKeepError } from "../errors.js";
-import type { NativeFs } from "../native/index.js";
+import type { MemoryFile, NativeFs } from "../native/index.js";
 import { withChunkGate } from "./gate.js";
 import { chunkDirComponents, chunkPathOf, HEX128 } from "./paths.js";
+
+/** What `ChunkFiles.gather` assembles: a chain of full chunks from position 0, then its last piece. */
+export interface ChunkChainLoad {
+  readonly context: StateContext;
+  /** The full chunks, in order (each `context.chunkTokens` tokens). */
+  readonly ids: readonly string[];
+  readonly geometry: KvGeometry;
+  /** The encoded piece after them (the tail, or a chunk cut short), already checked; null for none. */
+  readonly last: Uint8Array | null;
+  readonly placement: StreamPlacement;
+  /** Also check every chunk's XXH64 (the store's `verify: "checksum"`); else size, header and identity. */
+  readonly checksums: boolean;
+}
 
 /** Far above any real chunk (256 tokens × 320 KiB of KV per token for a 70B model is 80 MiB); the addon's bound is 1 GiB. */
 export const MAX_CHUNK_FILE_BYTES = 2 ** 30;
@@ -158,14 +181,90 @@ export class ChunkFiles {
       if (isKvKeepError(error, "UNSAFE_PATH")) throw corrupt(target, "it is not a plain file in plain directories", error);
       throw error;
     }
-    if (bytes === null) {
-      throw new KvKeepError(
-        "CHUNK_MISSING",
-        `the chunk ${target} is not on the disk (removed by hand, or by a GC that did not see the manifest naming it). The cache naming it is a miss: it is removed and the turn starts fresh.`,
-      );
-    }
+    if (bytes === null) throw missing(target);
     verifyChunkBytes(bytes, context, id, parent, geometry, target);
     return bytes;
+  }
+
+  /**
+   * Assemble the state `load` names into `memory` (the engine loads it by path): one native
+   * gather reads each chunk file once and copies its ranges into place — no chunk passes
+   * through JavaScript. Every chunk is checked before this resolves, as `readVerified` checks
+   * one (size, header, geometry, identity recomputed from the parent and its tokens; its
+   * XXH64 with `checksums`). Resolves the state's token count. CHUNK_MISSING / CHUNK_CORRUPT
+   * as readVerified; the memory file's bytes are then not a state (the caller drops it).
+   */
+  async gather(memory: MemoryFile, load: ChunkChainLoad): Promise<number> {
+    const { context, ids, geometry } = load;
+    const size = context.chunkTokens;
+    const digest = context.digest;
+    const paths = ids.map((id) => this.pathOf(digest, id));
+    await this.#checkDirs(digest, ids);
+    const plan = gatherPlan({
+      geometry,
+      files: ids.length,
+      pieces: [...ids.map((_, file) => ({ file, tokenCount: size })), ...(load.last ? [{ bytes: load.last }] : [])],
+      placement: load.placement,
+    });
+    const fileBytes = chunkByteLength(geometry, size);
+    const prefixBytes = CHUNK_HEADER_BYTES + 4 * size;
+    let result;
+    try {
+      result = await memory.gather({
+        size: plan.size,
+        files: paths.map((p) => ({ path: p, size: fileBytes, prefixBytes })),
+        literals: plan.literals,
+        runs: plan.runs,
+        checksumFrom: load.checksums ? CHUNK_HEADER_BYTES : undefined,
+      });
+    } catch (error) {
+      const code = errnoCode(error);
+      const where = (error as { path?: unknown }).path;
+      const target = typeof where === "string" ? where : "a chunk";
+      if (code === "ENOENT") throw missing(target);
+      if (code === "EWRONGSIZE") throw corrupt(target, `it is not ${fileBytes} bytes (a torn or foreign file)`, error);
+      if (code === "ENOTREG" || code === "ELOOP") throw corrupt(target, "it is not a plain file in plain directories", error);
+      throw error;
+    }
+    const expectedDigest = geometryDigest(geometry);
+    ids.forEach((id, i) => {
+      const prefix = result.prefixes[i]!;
+      try {
+        const header = readChunkHeader(prefix);
+        if (header.tokenCount !== size || header.firstPosition !== i * size) {
+          throw corrupt(paths[i]!, `it holds tokens ${header.firstPosition}..${header.firstPosition + header.tokenCount} where the chain needs ${i * size}..${(i + 1) * size}`);
+        }
+        if (header.geometryDigest !== expectedDigest) throw corrupt(paths[i]!, "it was cut from a state of another KV geometry");
+        if (load.checksums && header.checksum !== null && header.checksum !== result.digests[i]) throw corrupt(paths[i]!, "its checksum does not match its bytes");
+        if (chunkId(context, i === 0 ? null : ids[i - 1]!, readChunkTokens(prefix)) !== id) {
+          throw corrupt(paths[i]!, "its tokens (after its parent, in its context) are not the ones its name says");
+        }
+      } catch (error) {
+        if (isStateFormatError(error)) throw corrupt(paths[i]!, error.message, error);
+        throw error;
+      }
+    });
+    return plan.tokenCount;
+  }
+
+  /** Every directory level above the chunks is a real directory: CHUNK_MISSING when one is missing, CHUNK_CORRUPT when one is not a plain directory. */
+  async #checkDirs(digest: string, ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    // The levels down to the context directory once, then each fan-out directory (one lstat each).
+    const contextLevels = chunkDirComponents(digest, ids[0]!).slice(0, -1);
+    const contextDir = path.join(this.root, ...contextLevels);
+    const check = async (base: string, components: string[]): Promise<void> => {
+      let there: boolean;
+      try {
+        there = await assertRealDirs(base, components);
+      } catch (error) {
+        if (isKvKeepError(error, "UNSAFE_PATH")) throw corrupt(path.join(base, ...components), "it is not a plain directory", error);
+        throw error;
+      }
+      if (!there) throw missing(path.join(base, ...components));
+    };
+    await check(this.root, contextLevels);
+    await Promise.all([...new Set(ids.map((id) => id.slice(0, 2)))].map((fan) => check(contextDir, [fan])));
   }
 
   /**
@@ -203,6 +302,13 @@ export function verifyChunkBytes(bytes: Uint8Array, context: StateContext | stri
   if (chunkId({ digest, chunkTokens }, parent, tokens) !== id) {
     throw corrupt(where, "its tokens (after its parent, in its context) are not the ones its name says");
   }
+}
+
+function missing(target: string): KvKeepError {
+  return new KvKeepError(
+    "CHUNK_MISSING",
+    `the chunk ${target} is not on the disk (removed by hand, or by a GC that did not see the manifest naming it). The cache naming it is a miss: it is removed and the turn starts fresh.`,
+  );
 }
 
 function corrupt(target: string, detail: string, cause?: unknown): KvKeepError {

@@ -14,8 +14,9 @@
 import { type ChunkId, chunkChain, type StateContext, stateContext } from "../chunks/chunk-id.js";
 import { StateFormatError } from "../chunks/errors.js";
 import { requireCuttable } from "../chunks/seq-state-parser.js";
-import { DEFAULT_CHUNK_TOKENS, encodeKvGeometry, parseSeqState, splitSeqState } from "../chunks/state-format.js";
+import { DEFAULT_CHUNK_TOKENS, encodeKvGeometry, type SeqStateLayout, splitSeqState } from "../chunks/state-format.js";
 import { type ChunkedState, MAX_CHUNK_IDS } from "../manifest/format.js";
+import type { SavedState } from "./saved-state.js";
 import type { SessionEnv } from "./turn.js";
 
 /** What a state will be stored as: its chunk identities and the manifest entry's `chunks`. */
@@ -23,6 +24,8 @@ export interface ChunkPlan {
   readonly context: StateContext;
   readonly ids: readonly ChunkId[];
   readonly entry: ChunkedState;
+  /** The state's layout (its rows are read as the store needs them). */
+  readonly layout: SeqStateLayout;
 }
 
 /** The state context of a session's chunks: everything the KV bytes depend on besides the tokens, and the scope. */
@@ -45,8 +48,7 @@ export function sessionStateContext(env: SessionEnv, geometry: Parameters<typeof
  * understand (another version, cells out of order, a sliding-window or recurrent layout, an
  * empty state) or one too long for a manifest: that state is stored whole.
  */
-export function planChunks(env: SessionEnv, state: Uint8Array): ChunkPlan {
-  const layout = parseSeqState(state);
+export function planChunks(env: SessionEnv, layout: SeqStateLayout): ChunkPlan {
   requireCuttable(layout);
   if (layout.geometry === null) throw new StateFormatError("STATE_UNSUPPORTED", "an empty state (no KV) is kept whole.");
   const context = sessionStateContext(env, layout.geometry);
@@ -65,8 +67,12 @@ export function planChunks(env: SessionEnv, state: Uint8Array): ChunkPlan {
       ids,
       tokens: layout.tokenCount,
     },
+    layout,
   };
 }
+
+/** Chunk files written at once (each: temp, fsync, rename, fsync of its directory). */
+const PARALLEL_WRITES = 4;
 
 /** What storing the chunks did: the tail to install, and what was written. */
 export interface StoredChunks {
@@ -80,17 +86,27 @@ export interface StoredChunks {
 
 /**
  * Make every chunk `plan` names durable on the disk: touch the ones there (they are about to
- * be referenced again), encode and write only the missing ones. Call it under the commit gate.
+ * be referenced again), encode and write only the missing ones. Chunks `referenced` names (in
+ * the same context) are skipped: a manifest names them throughout this commit (the target's
+ * own committed one), so GC never takes them and they are known to be there. Call it under
+ * the commit gate.
  */
-export async function storeChunks(env: SessionEnv, plan: ChunkPlan, state: Uint8Array): Promise<StoredChunks> {
+export async function storeChunks(env: SessionEnv, plan: ChunkPlan, saved: SavedState, referenced: ChunkedState | null = null): Promise<StoredChunks> {
   const files = env.ctx.chunkFiles;
   const digest = plan.context.digest;
-  const present = await Promise.all(plan.ids.map((id) => files.touch(digest, id)));
+  const known = referenced?.context === digest ? new Set(referenced.ids) : null;
+  const present = await Promise.all(plan.ids.map((id) => (known?.has(id) ? true : files.touch(digest, id))));
   const missing = present.flatMap((there, i) => (there ? [] : [i]));
   // Encode from the first missing chunk on (usually only the turn's new ones), the tail always.
   const from = missing[0] ?? plan.ids.length;
-  const split = splitSeqState(state, { chunkTokens: plan.context.chunkTokens, skipChunks: from });
+  const chunkTokens = plan.context.chunkTokens;
+  await saved.readRows(from * chunkTokens); // the rows of what is encoded: the missing chunks and the tail
+  const split = splitSeqState(saved.bytes, { chunkTokens, skipChunks: from, layout: plan.layout });
   let writtenBytes = 0;
-  for (const i of missing) writtenBytes += await files.write(digest, plan.ids[i]!, split.chunks[i - from]!);
+  // A few side by side (their fsyncs overlap); every one is durable before the install names it.
+  for (let k = 0; k < missing.length; k += PARALLEL_WRITES) {
+    const sizes = await Promise.all(missing.slice(k, k + PARALLEL_WRITES).map((i) => files.write(digest, plan.ids[i]!, split.chunks[i - from]!)));
+    for (const bytes of sizes) writtenBytes += bytes;
+  }
   return { tail: split.tail, written: missing.length, writtenBytes };
 }

@@ -15,6 +15,7 @@ import { ownTempPath } from "../durable/temp-owner.js";
 import type { ChunkedState } from "../manifest/format.js";
 import type { MemoryFile } from "../native/index.js";
 import { type ChunkPlan, planChunks, storeChunks } from "./chunk-commit.js";
+import { readSavedState, type SavedState } from "./saved-state.js";
 import type { SessionEnv, TurnState } from "./turn.js";
 
 /** The new state as the install takes it: a file (temp or in place), and its chunks when stored chunked. */
@@ -44,7 +45,23 @@ export function assertSavedInMemory(st: TurnState): void {
  */
 export async function withNewState<T>(env: SessionEnv, st: TurnState, target: string, use: (state: NewState) => Promise<T>): Promise<T> {
   if (!st.memory) return use({ ...(await findNewState(env, st)), chunks: null });
-  return withMemoryState(env, st.memory, target, use, () => saveMissingError(st));
+  const committed = st.committedEntry?.chunks ?? null;
+  return withMemoryState(env, st.memory, target, use, () => saveMissingError(st), {
+    // The turn's state most likely continues the committed one: same geometry, same placement.
+    expected: committed,
+    // Rewriting the turn's own cache, the chunks its committed manifest names stay named by a
+    // manifest at that path until the install replaces it with one naming them again: GC sees
+    // them referenced whenever it looks, so they need no touch (chunk-commit.ts, storeChunks).
+    referenced: target === st.cachePath ? committed : null,
+  });
+}
+
+/** What a commit may assume of the state in memory (each optional). */
+export interface MemoryStateHints {
+  /** The geometry and placement the state most likely has: then only what the commit needs is read. */
+  expected?: ChunkedState | null | undefined;
+  /** Chunks a manifest names throughout the commit (the target's own committed ones): storing skips them. */
+  referenced?: ChunkedState | null | undefined;
 }
 
 /**
@@ -57,57 +74,25 @@ export async function withMemoryState<T>(
   target: string,
   use: (state: NewState) => Promise<T>,
   empty: () => KvKeepError,
+  hints: MemoryStateHints = {},
 ): Promise<T> {
-  if (memory.size() === 0) throw empty();
-  const slot = scratchOf(env.ctx);
-  const mine = !slot.busy; // one commit at a time reuses it; a concurrent one reads into a fresh buffer
-  if (mine) slot.busy = true;
+  const size = memory.size();
+  if (size === 0) throw empty();
+  const saved = await readSavedState(env.ctx, memory, size, env.chunking ? (hints.expected ?? null) : null);
   try {
-    const bytes = await memory.read(mine ? (slot.buffer ?? undefined) : undefined);
-    // A scratch too small was not used: the read's own (exactly sized) buffer replaces it.
-    if (mine && (slot.buffer === null || bytes.buffer !== slot.buffer.buffer)) slot.buffer = bytes;
-    if (bytes.byteLength === 0) throw empty();
-    return await commitBytes(env, bytes, target, use);
+    return await commitSaved(env, saved, target, use, hints.referenced ?? null);
   } finally {
-    if (mine) releaseScratch(slot);
+    // Nothing keeps a view of the buffer past the commit: chunks and tail are encoded into buffers of their own.
+    saved.release();
   }
 }
 
-/**
- * One read buffer per store, reused by its commits: a fresh multi-MB buffer costs more in
- * page faults than the copy into it (docs/chunks-format.md). Nothing keeps a view of it past
- * the commit (chunks and tail are encoded into buffers of their own). Dropped after a minute
- * without commits, so an idle store does not keep a state's worth of memory.
- */
-interface Scratch {
-  buffer: Buffer | null;
-  busy: boolean;
-  timer: ReturnType<typeof setTimeout> | null;
-}
-const scratchBuffers = new WeakMap<object, Scratch>();
-const SCRATCH_IDLE_MS = 60_000;
-
-function scratchOf(owner: object): Scratch {
-  let slot = scratchBuffers.get(owner);
-  if (!slot) scratchBuffers.set(owner, (slot = { buffer: null, busy: false, timer: null }));
-  return slot;
-}
-
-function releaseScratch(slot: Scratch): void {
-  slot.busy = false;
-  if (slot.timer) clearTimeout(slot.timer);
-  slot.timer = setTimeout(() => {
-    slot.buffer = null;
-    slot.timer = null;
-  }, SCRATCH_IDLE_MS);
-  slot.timer.unref?.();
-}
-
-async function commitBytes<T>(env: SessionEnv, bytes: Buffer, target: string, use: (state: NewState) => Promise<T>): Promise<T> {
+async function commitSaved<T>(env: SessionEnv, saved: SavedState, target: string, use: (state: NewState) => Promise<T>, referenced: ChunkedState | null): Promise<T> {
   let plan: ChunkPlan | null = null;
   if (env.chunking) {
     try {
-      plan = planChunks(env, bytes);
+      if (isStateFormatError(saved.layout)) throw saved.layout;
+      plan = planChunks(env, saved.layout);
     } catch (error) {
       if (!isStateFormatError(error)) throw error;
       warnWholeOnce(env, error);
@@ -116,13 +101,14 @@ async function commitBytes<T>(env: SessionEnv, bytes: Buffer, target: string, us
   const temp = ownTempPath(target);
   try {
     if (!plan) {
-      await writeTemp(temp, bytes);
+      await saved.readAll();
+      await writeTemp(temp, saved.bytes);
       return await use({ path: temp, inPlace: false, chunks: null });
     }
     const chunked = plan;
     // Shared from the first touch to the manifest install: a GC never collects a chunk in between.
     return await env.ctx.chunkFiles.withCommitGate(async () => {
-      const stored = await storeChunks(env, chunked, bytes);
+      const stored = await storeChunks(env, chunked, saved, referenced);
       await crashPoint("chunked:after-chunks-stored");
       await writeTemp(temp, stored.tail);
       await crashPoint("chunked:after-tail-temp");

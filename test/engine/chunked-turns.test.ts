@@ -1,6 +1,6 @@
 /**
  * Chunked turns on the real engine (the tiny generated model: one token per byte, so a
- * 700-character system prompt is ~3 chunks of 256 tokens). Each turn runs in a fresh adapter
+ * 700-character system prompt is ~10 chunks of 64 tokens). Each turn runs in a fresh adapter
  * (a new context that loads its state from the root), and the reference for "same tokens" is
  * the raw engine continuing from its own in-memory state, as in adapter.test.ts.
  */
@@ -125,7 +125,7 @@ describe.each([
     const entry2 = await committedEntry(cache2);
     expect(entry2.chunks).toBeTruthy();
     const ids2 = entry2.chunks!.ids;
-    expect(ids2.length).toBe(Math.floor(entry2.chunks!.tokens / 256));
+    expect(ids2.length).toBe(Math.floor(entry2.chunks!.tokens / entry2.chunks!.chunkTokens));
     const added = [...after.keys()].filter((id) => !before.has(id)).sort();
     expect(added).toEqual(ids2.filter((id) => !before.has(id)).sort());
     // The cache file is only the tail: less than one chunk of KV.
@@ -149,7 +149,7 @@ describe("chunked storage across conversations, layouts and failures", () => {
     expect(b.stats.layout).toBe("chunked");
     const ea = (await committedEntry(cachePathAfter(store, "chat-a", []))).chunks!;
     const eb = (await committedEntry(cachePathAfter(store, "chat-b", []))).chunks!;
-    const shared = Math.floor(renderChat(model, [system] as ChatMessage[]).length / 256) - 1;
+    const shared = Math.floor(renderChat(model, [system] as ChatMessage[]).length / ea.chunkTokens) - 1;
     expect(shared).toBeGreaterThanOrEqual(1);
     expect(eb.ids.slice(0, shared)).toEqual(ea.ids.slice(0, shared));
     expect(chunkFiles(root).size).toBe(new Set([...ea.ids, ...eb.ids]).size);
@@ -237,7 +237,7 @@ describe("chunked storage across conversations, layouts and failures", () => {
     const sourceTokens = await committedTokens(source);
     let common = 0;
     while (prompt[common] === sourceTokens[common]) common++;
-    const unshared = chunks!.ids.slice(Math.ceil(common / 256));
+    const unshared = chunks!.ids.slice(Math.ceil(common / chunks!.chunkTokens));
     expect(unshared.length).toBeGreaterThanOrEqual(1);
     for (const id of unshared) rmSync(path.join(root, ".kvkeep", "chunks", chunks!.context, id.slice(0, 2), `${id}.kvkc`));
     const fork = await turn(store, forkHistory, "fork");
@@ -312,7 +312,8 @@ describe("a chunked commit SIGKILLed at each of its steps", () => {
   it.each(COMMIT_STEPS)("at %s leaves the previous turn (before the tail's rename) or the new one (from it on), whole, and the conversation goes on", async (step) => {
     const base = await makeCrashBase();
     // The second turn writes a new chunk (so the chunk steps are reached).
-    expect(Math.floor(base.next.length / 256)).toBeGreaterThan(Math.floor(base.previous.length / 256));
+    const chunkTokens = (await committedEntry(customCachePathIn(base.root, "crashy"))).chunks!.chunkTokens;
+    expect(Math.floor(base.next.length / chunkTokens)).toBeGreaterThan(Math.floor(base.previous.length / chunkTokens));
     const root = tempDir();
     await cp(base.root, root, { recursive: true });
     const cachePath = customCachePathIn(root, "crashy");

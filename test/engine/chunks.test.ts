@@ -169,7 +169,7 @@ describe.each(CONFIGS)("chunks on the real engine: $name", (config) => {
 
   it("a cut at M is byte-identical to the engine's own save after evaluating M tokens, from the state or from its chunks", () => {
     const full = statesA.get(a.length)!;
-    const { chunks, tail, layout } = splitSeqState(full);
+    const { chunks, tail, layout } = splitSeqState(full, { chunkTokens: 256 });
     const all = [...chunks, tail];
     for (const m of stopsA) {
       expect(cutSeqState(full, m).equals(statesA.get(m)!), `M = ${m}`).toBe(true);
@@ -196,8 +196,8 @@ describe.each(CONFIGS)("chunks on the real engine: $name", (config) => {
     expect(idsA.slice(0, shared)).toEqual(idsB.slice(0, shared));
     expect(idsA[shared]).not.toBe(idsB[shared]);
 
-    const splitA = splitSeqState(statesA.get(a.length)!);
-    const splitB = splitSeqState(stateB);
+    const splitA = splitSeqState(statesA.get(a.length)!, { chunkTokens: 256 });
+    const splitB = splitSeqState(stateB, { chunkTokens: 256 });
     for (let i = 0; i < shared; i++) expect(splitA.chunks[i]!.equals(splitB.chunks[i]!), `chunk ${i}`).toBe(true);
     const joined = joinSeqState({ geometry: splitB.layout.geometry, pieces: [...splitA.chunks.slice(0, shared), ...splitB.chunks.slice(shared), splitB.tail] });
     expect(joined.equals(stateB)).toBe(true);

@@ -41,8 +41,11 @@ export async function committedState(cachePath: string, root = rootOf(cachePath)
   if (!entry.chunks) return file;
   const ctx = { chunkFiles: new ChunkFiles(root, loadNativeFs()) } as unknown as StoreContext;
   const source = chunkedSource(cachePath, entry.chunks, file);
-  const { pieces } = await piecesToLoad(ctx, source, undefined);
-  return joinSeqState({ geometry: source.geometry, pieces, placement: entry.chunks.placement });
+  // Joined in JavaScript from chunks read one by one: a reference independent of the store's native gather.
+  const { keep, last } = await piecesToLoad(ctx, source, undefined);
+  const { ids, context: digest, chunkTokens } = entry.chunks;
+  const full = await Promise.all(ids.slice(0, keep).map((id, i) => ctx.chunkFiles.readVerified({ digest, chunkTokens }, id, i === 0 ? null : ids[i - 1]!, source.geometry)));
+  return joinSeqState({ geometry: source.geometry, pieces: last ? [...full, last] : full, placement: entry.chunks.placement });
 }
 
 /** The tokens a committed cache's state holds. */
