@@ -10,13 +10,11 @@ import { cp } from "node:fs/promises";
 import path from "node:path";
 import type { LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseSeqState } from "../../src/chunks/state-format.js";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
 import { modelIdFromModel } from "../../src/engines/node-llama-cpp/fingerprint.js";
 import { type CacheMessage, generateConfigHash, type KvCacheStore, openKvCacheStore } from "../../src/index.js";
-import { manifestPathOf } from "../../src/layout/paths.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
-import { committedEntry, committedTokens } from "../helpers/committed-state.js";
+import { committedEntry, committedTokens, loadedTokens, manifestFingerprint } from "../helpers/committed-state.js";
 import { tempDir } from "../helpers/temp-root.js";
 import { coldGreedyReply, createContext, greedyGenerate, loadFixtureModel, renderChat, type ChatMessage } from "../fixtures/engine.js";
 
@@ -247,13 +245,12 @@ describe("chunked storage across conversations, layouts and failures", () => {
   });
 });
 
-/** The tokens of the state a cache holds, as a store loads it (after its recovery and verification), or null when none is trusted. */
-async function loadedTokens(root: string, cachePath: string): Promise<number[] | null> {
+/** The tokens of the state a cache holds, as a fresh store loads it (after its recovery and verification), or null when none is trusted. */
+async function loadedTokensFresh(root: string, cachePath: string): Promise<number[] | null> {
   const store = openKvCacheStore({ root });
   try {
     await store.ready;
-    const { fingerprint } = JSON.parse(readFileSync(manifestPathOf(cachePath), "utf8")) as { fingerprint: string | null };
-    return await store.useCache(cachePath, { fingerprint }, async (cache) => [...parseSeqState(readFileSync(cache.loadPath)).tokens]);
+    return await loadedTokens(store, cachePath, await manifestFingerprint(cachePath));
   } finally {
     await store.close();
   }
@@ -322,7 +319,7 @@ describe("a chunked commit SIGKILLed at each of its steps", () => {
     });
     expect(await run.exited, `the child never reached ${step}: ${run.stderr()}`).toBe("SIGKILL");
 
-    const tokens = await loadedTokens(root, cachePath);
+    const tokens = await loadedTokensFresh(root, cachePath);
     const committedNew = COMMIT_STEPS.indexOf(step) >= COMMIT_STEPS.indexOf("install:after-rename");
     expect(tokens, step).toEqual(committedNew ? base.next : base.previous);
 

@@ -14,6 +14,14 @@ import { parseManifest, type ManifestEntry } from "../../src/manifest/format.js"
 import { loadNativeFs } from "../../src/native/index.js";
 import { chunkedSource, piecesToLoad } from "../../src/store/chunked-load.js";
 import type { StoreContext } from "../../src/store/context.js";
+import type { KvCacheStore } from "../../src/index.js";
+
+/** The model fingerprint a cache's manifest names (what a store must be given to trust it). */
+export async function manifestFingerprint(cachePath: string): Promise<string | null> {
+  const manifest = parseManifest(await readFile(manifestPathOf(cachePath), "utf8"));
+  if ("error" in manifest) throw new Error(`no manifest at ${cachePath}: ${manifest.error}`);
+  return manifest.fingerprint;
+}
 
 /** The committed manifest entry of a cache (its `current` slot). */
 export async function committedEntry(cachePath: string): Promise<ManifestEntry> {
@@ -51,4 +59,12 @@ export async function committedState(cachePath: string, root = rootOf(cachePath)
 /** The tokens a committed cache's state holds. */
 export async function committedTokens(cachePath: string, root?: string): Promise<number[]> {
   return [...parseSeqState(await committedState(cachePath, root)).tokens];
+}
+
+/**
+ * The tokens of the state `store` hands an engine for a cache — after its own checks
+ * (manifest slots, identity, every chunk) — or null when it trusts nothing there.
+ */
+export async function loadedTokens(store: KvCacheStore, cachePath: string, fingerprint: string | null): Promise<number[] | null> {
+  return store.useCache(cachePath, { fingerprint }, async (cache) => [...parseSeqState(await readFile(cache.loadPath)).tokens]);
 }
