@@ -19,7 +19,8 @@ namespace {
 // 3: readFileBounded's bytes reach Bare < 1.33 intact (a binary of ABI 2 hands Bare 1.31
 //    zeros, see safeio.cc): refusing it turns that silent failure into a rebuild message.
 // 4: MemoryFile (memfd for the engine's in-memory state handoff), memoryFileSupported.
-// 5: MemoryFile.gather (a state joined from chunk files in one call) and MemoryFile.readRanges.
+// 5: MemoryFile.gather (a state joined from chunk files in one call), MemoryFile.readRanges,
+//    touchFiles.
 constexpr int kKvkeepNativeAbi = 5;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

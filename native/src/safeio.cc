@@ -54,6 +54,43 @@ class IdentityWorker : public PromiseWorker {
   bool found_ = false;
 };
 
+// Sets the mtime (and atime) of each path that is a regular file to now, never through a
+// symlink at the last component; one byte per path: 1 touched, 0 nothing there or not a
+// regular file (ENOENT/ENOTDIR, or a symlink/FIFO/directory planted at the name). The
+// directories above are the caller's to check. For a commit that is about to name hundreds
+// of chunks: one call instead of three per chunk.
+class TouchWorker : public PromiseWorker {
+ public:
+  TouchWorker(Napi::Env env, std::vector<std::string> paths) : PromiseWorker(env, "kvkeep:touchFiles"), paths_(std::move(paths)) {}
+
+ protected:
+  void Work() override {
+    touched_.assign(paths_.size(), 0);
+    for (size_t i = 0; i < paths_.size(); ++i) {
+      const std::string& path = paths_[i];
+      struct stat st;
+      if (::lstat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR) continue;
+        failure_.Set(errno, "lstat", path);
+        return;
+      }
+      if (!S_ISREG(st.st_mode)) continue;
+      if (::utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) continue;  // removed between the two calls
+        failure_.Set(errno, "utimensat", path);
+        return;
+      }
+      touched_[i] = 1;
+    }
+  }
+
+  Napi::Value Result(Napi::Env env) override { return Napi::Buffer<uint8_t>::Copy(env, touched_.data(), touched_.size()); }
+
+ private:
+  std::vector<std::string> paths_;
+  std::vector<uint8_t> touched_;
+};
+
 class BoundedReadWorker : public PromiseWorker {
  public:
   BoundedReadWorker(Napi::Env env, std::string path, size_t max_bytes)
@@ -126,6 +163,24 @@ Napi::Value Identity(const Napi::CallbackInfo& info) {
   return worker->Promise();
 }
 
+// touchFiles(paths) → Promise<Uint8Array> (1 per path touched)
+Napi::Value TouchFiles(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "paths must be an array of strings");
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<std::string> paths;
+  paths.reserve(list.Length());
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    Napi::Value item = list.Get(i);
+    if (!item.IsString()) throw Napi::TypeError::New(info.Env(), "paths must be an array of strings");
+    std::string path = item.As<Napi::String>().Utf8Value();
+    if (path.find('\0') != std::string::npos) throw Napi::TypeError::New(info.Env(), "a path must not contain NUL");
+    paths.push_back(std::move(path));
+  }
+  auto* worker = new TouchWorker(info.Env(), std::move(paths));
+  worker->Queue();
+  return worker->Promise();
+}
+
 // readFileBounded(path, maxBytes) → Promise<{ data: Uint8Array, identity }>
 Napi::Value ReadFileBounded(const Napi::CallbackInfo& info) {
   std::string path = StringArg(info, 0, "path");
@@ -144,6 +199,7 @@ Napi::Value ReadFileBounded(const Napi::CallbackInfo& info) {
 void InitSafeIo(Napi::Env env, Napi::Object exports) {
   exports.Set("identity", Napi::Function::New<Identity>(env, "identity"));
   exports.Set("readFileBounded", Napi::Function::New<ReadFileBounded>(env, "readFileBounded"));
+  exports.Set("touchFiles", Napi::Function::New<TouchFiles>(env, "touchFiles"));
 }
 
 }  // namespace kvkeep

@@ -249,22 +249,47 @@ export class ChunkFiles {
 
   /** Every directory level above the chunks is a real directory: CHUNK_MISSING when one is missing, CHUNK_CORRUPT when one is not a plain directory. */
   async #checkDirs(digest: string, ids: readonly string[]): Promise<void> {
-    if (ids.length === 0) return;
-    // The levels down to the context directory once, then each fan-out directory (one lstat each).
+    let present: Set<string>;
+    try {
+      present = await this.#fanOutsPresent(digest, ids);
+    } catch (error) {
+      if (isKvKeepError(error, "UNSAFE_PATH")) throw corrupt(path.join(this.root, ...chunkDirComponents(digest, ids[0]!).slice(0, -1)), "a directory on its way is not a plain directory", error);
+      throw error;
+    }
+    const absent = ids.find((id) => !present.has(id.slice(0, 2)));
+    if (absent !== undefined) throw missing(this.pathOf(digest, absent));
+  }
+
+  /**
+   * The fan-out directories (of those `ids` fall in) that exist as real directories below a
+   * real context directory: the levels down to the context once, then one lstat per fan-out.
+   * UNSAFE_PATH when one is a symlink or a file.
+   */
+  async #fanOutsPresent(digest: string, ids: readonly string[]): Promise<Set<string>> {
+    const present = new Set<string>();
+    if (ids.length === 0) return present;
     const contextLevels = chunkDirComponents(digest, ids[0]!).slice(0, -1);
+    if (!(await assertRealDirs(this.root, contextLevels))) return present;
     const contextDir = path.join(this.root, ...contextLevels);
-    const check = async (base: string, components: string[]): Promise<void> => {
-      let there: boolean;
-      try {
-        there = await assertRealDirs(base, components);
-      } catch (error) {
-        if (isKvKeepError(error, "UNSAFE_PATH")) throw corrupt(path.join(base, ...components), "it is not a plain directory", error);
-        throw error;
-      }
-      if (!there) throw missing(path.join(base, ...components));
-    };
-    await check(this.root, contextLevels);
-    await Promise.all([...new Set(ids.map((id) => id.slice(0, 2)))].map((fan) => check(contextDir, [fan])));
+    const fans = [...new Set(ids.map((id) => id.slice(0, 2)))];
+    const there = await Promise.all(fans.map((fan) => assertRealDirs(contextDir, [fan])));
+    fans.forEach((fan, i) => there[i] && present.add(fan));
+    return present;
+  }
+
+  /**
+   * `touch` for many chunks of one context at once (a commit names hundreds): whether each is
+   * on the disk — a regular file at its name, reached through real directories — each found
+   * one's mtime set to now (one native call). Call it under the commit gate.
+   */
+  async touchAll(context: string, ids: readonly string[]): Promise<boolean[]> {
+    for (const id of ids) checkHex(id, "id");
+    const present = await this.#fanOutsPresent(checkHex(context, "context"), ids);
+    const candidates = ids.flatMap((id, i) => (present.has(id.slice(0, 2)) ? [i] : []));
+    const touched = await this.#fs.touchFiles(candidates.map((i) => this.pathOf(context, ids[i]!)));
+    const out = ids.map(() => false);
+    candidates.forEach((i, k) => (out[i] = touched[k]!));
+    return out;
   }
 
   /**

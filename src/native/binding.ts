@@ -65,6 +65,8 @@ export interface NativeBinding {
   identity(path: string): Promise<EntryIdentity | null>;
   /** O_NOFOLLOW | O_NONBLOCK open, fstat: regular (else ENOTREG) and ≤ maxBytes (else EFBIG), then read. */
   readFileBounded(path: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity }>;
+  /** Each path that is a regular file (lstat) gets mtime = now (never through a symlink): 1 per path touched, 0 otherwise. */
+  touchFiles(paths: readonly string[]): Promise<Uint8Array>;
   fsyncFile(path: string): Promise<void>;
   fsyncDir(path: string): Promise<void>;
   /** Resolves with the method used; `forceLinkFallback` exercises the link()+unlink() path. */
@@ -94,6 +96,7 @@ const FUNCTIONS = [
   "Lock",
   "identity",
   "readFileBounded",
+  "touchFiles",
   "MemoryFile",
 ] as const;
 

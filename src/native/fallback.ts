@@ -8,7 +8,7 @@
  * locks, so `crossProcessLocks` is false and the loader says so once through the logger.
  */
 import { constants as fsConstants, closeSync, fstatSync, lstatSync, mkdirSync, openSync, unlinkSync } from "node:fs";
-import { type FileHandle, lstat, link, open, stat, rename, unlink } from "node:fs/promises";
+import { type FileHandle, lstat, link, lutimes, open, stat, rename, unlink } from "node:fs/promises";
 import path from "node:path";
 import { createXxh64, hashReady } from "../keys/hash.js";
 import { abortedError, errnoCode, fsWriteError } from "../errors.js";
@@ -203,6 +203,23 @@ export function createJsFallbackFs(): NativeFs {
         if (isMissing(error)) return null;
         throw fsReadError(`checking ${absPath}`, error);
       }
+    },
+
+    async touchFiles(paths: readonly string[]): Promise<boolean[]> {
+      return Promise.all(
+        paths.map(async (p) => {
+          const absPath = path.resolve(checkPath(p));
+          try {
+            if (!(await lstat(absPath)).isFile()) return false;
+            const now = new Date();
+            await lutimes(absPath, now, now);
+            return true;
+          } catch (error) {
+            if (isMissing(error)) return false;
+            throw fsWriteError(`touching ${absPath}`, error);
+          }
+        }),
+      );
     },
 
     async readFileBounded(filePath: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity } | null> {

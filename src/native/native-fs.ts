@@ -130,6 +130,17 @@ export function createNativeFs(binding: NativeBinding, kind: Exclude<NativeBacke
       }
     },
 
+    async touchFiles(paths: readonly string[]): Promise<boolean[]> {
+      const absPaths = paths.map((p) => path.resolve(checkPath(p)));
+      let touched: Uint8Array;
+      try {
+        touched = await binding.touchFiles(absPaths);
+      } catch (error) {
+        throw fsWriteError(`touching ${absPaths.length} files`, error);
+      }
+      return Array.from(touched, (t) => t === 1);
+    },
+
     async readFileBounded(filePath: string, maxBytes: number): Promise<{ data: Buffer; identity: EntryIdentity } | null> {
       const absPath = path.resolve(checkPath(filePath));
       checkMaxBytes(maxBytes);

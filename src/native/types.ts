@@ -136,6 +136,12 @@ export interface NativeFs {
    */
   identity(path: string): Promise<EntryIdentity | null>;
   /**
+   * Set the mtime of each path that is a regular file to now, never through a symlink at the
+   * last component (the directories above are the caller's to check); one boolean per path:
+   * touched, or nothing (no regular file) there. One call for a commit's hundreds of chunks.
+   */
+  touchFiles(paths: readonly string[]): Promise<boolean[]>;
+  /**
    * Read a regular file whole, opened without following a symlink and without blocking
    * (O_NOFOLLOW | O_NONBLOCK), checked on the descriptor to be a regular file of at most
    * `maxBytes`. Resolves its bytes and the identity of what was read (fstat of the same

@@ -95,7 +95,10 @@ export async function storeChunks(env: SessionEnv, plan: ChunkPlan, saved: Saved
   const files = env.ctx.chunkFiles;
   const digest = plan.context.digest;
   const known = referenced?.context === digest ? new Set(referenced.ids) : null;
-  const present = await Promise.all(plan.ids.map((id) => (known?.has(id) ? true : files.touch(digest, id))));
+  const unknown = known ? plan.ids.filter((id) => !known.has(id)) : plan.ids;
+  const touched = new Map<string, boolean>();
+  (await files.touchAll(digest, unknown)).forEach((there, i) => touched.set(unknown[i]!, there));
+  const present = plan.ids.map((id) => known?.has(id) || touched.get(id) === true);
   const missing = present.flatMap((there, i) => (there ? [] : [i]));
   // Encode from the first missing chunk on (usually only the turn's new ones), the tail always.
   const from = missing[0] ?? plan.ids.length;

@@ -11,6 +11,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { ChunkFiles } from "../../src/chunkfiles/chunk-files.js";
 import { chunkGateForTest } from "../../src/chunkfiles/gate.js";
 import { isChunkTempName } from "../../src/chunkfiles/paths.js";
+import { joinSeqState } from "../../src/chunks/state-format.js";
 import { type KvKeepErrorCode } from "../../src/errors.js";
 import { loadNativeFs } from "../../src/native/index.js";
 import { bundleFixture, runChild } from "../helpers/child.js";
@@ -81,6 +82,60 @@ describe("ChunkFiles: write, touch, read", () => {
     await fs.utimes(file, past, past);
     expect(await files.touch(c.context.digest, c.ids[0]!)).toBe(true);
     expect(statSync(file).mtimeMs).toBeGreaterThan(past.getTime() + 3_000_000);
+  });
+
+  it("touchAll says for many chunks at once which are there, sets only their mtimes, and never follows a symlink at a chunk's name", async () => {
+    const root = tempDir();
+    const outside = tempDir();
+    const files = filesAt(root);
+    const c = conversation(70);
+    const ctx = c.context.digest;
+    expect(await files.touchAll(ctx, c.ids)).toEqual(c.ids.map(() => false)); // no directories yet
+    const past = new Date(Date.now() - 3_600_000);
+    for (const i of [0, 2]) {
+      await files.write(ctx, c.ids[i]!, c.chunks[i]!);
+      await fs.utimes(files.pathOf(ctx, c.ids[i]!), past, past);
+    }
+    // A symlink at chunk 1's name, to a real copy outside the root: not a chunk, never touched through.
+    const copy = path.join(outside, "copy.kvkc");
+    writeFileSync(copy, c.chunks[1]!);
+    await fs.utimes(copy, past, past);
+    await fs.mkdir(path.dirname(files.pathOf(ctx, c.ids[1]!)), { recursive: true });
+    symlinkSync(copy, files.pathOf(ctx, c.ids[1]!));
+    expect(await files.touchAll(ctx, c.ids)).toEqual(c.ids.map((_, i) => i === 0 || i === 2));
+    for (const i of [0, 2]) expect(statSync(files.pathOf(ctx, c.ids[i]!)).mtimeMs).toBeGreaterThan(past.getTime() + 3_000_000);
+    expect(statSync(copy).mtimeMs).toBeLessThan(past.getTime() + 1_000);
+  });
+
+  it("gather joins a chain of chunk files and its tail into a memory file, byte for byte, and names a missing or mislabelled chunk", async () => {
+    const root = tempDir();
+    const files = filesAt(root);
+    const c = conversation(70);
+    const ctx = c.context.digest;
+    for (const [i, id] of c.ids.entries()) await files.write(ctx, id, c.chunks[i]!);
+    const memory = loadNativeFs().createMemoryFile("kvkeep-test-gather")!;
+    try {
+      const load = { context: c.context, ids: c.ids, geometry: c.geometry, last: c.tail, placement: { nStream: 1, streamIndex: 0, seqId: 0 } };
+      for (const checksums of [false, true]) {
+        expect(await files.gather(memory, { ...load, checksums })).toBe(70);
+        expect((await memory.read()).equals(joinSeqState({ geometry: c.geometry, pieces: [...c.chunks, c.tail] }))).toBe(true);
+      }
+      // A flipped KV byte is caught with checksums (size, header and identity still fit).
+      const flipped = Buffer.from(c.chunks[1]!);
+      flipped[flipped.byteLength - 1]! ^= 1;
+      writeFileSync(files.pathOf(ctx, c.ids[1]!), flipped);
+      expect(await files.gather(memory, { ...load, checksums: false })).toBe(70);
+      await expectCode(files.gather(memory, { ...load, checksums: true }), "CHUNK_CORRUPT");
+      // Another conversation's chunk under this id: its tokens do not make the id.
+      writeFileSync(files.pathOf(ctx, c.ids[1]!), conversation(70, { salt: 3 }).chunks[1]!);
+      await expectCode(files.gather(memory, { ...load, checksums: false }), "CHUNK_CORRUPT");
+      writeFileSync(files.pathOf(ctx, c.ids[1]!), c.chunks[1]!.subarray(1));
+      await expectCode(files.gather(memory, { ...load, checksums: false }), "CHUNK_CORRUPT");
+      await fs.unlink(files.pathOf(ctx, c.ids[1]!));
+      await expectCode(files.gather(memory, { ...load, checksums: false }), "CHUNK_MISSING");
+    } finally {
+      memory.close();
+    }
   });
 
   it("a missing chunk is CHUNK_MISSING; a torn, foreign or mislabelled one CHUNK_CORRUPT", async () => {

@@ -5,7 +5,7 @@
  * symlink or non-file, and lock files opened below a root without following a symlink at
  * any level. FIFO and device cases run in a child process with a kill timeout.
  */
-import { existsSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isKvKeepError } from "../../src/errors.js";
@@ -44,6 +44,24 @@ describe.each(backends)("safe file access", (backend) => {
       mkdirSync(sub, { recursive: true });
       return sub;
     };
+
+    it("touchFiles sets the mtime of regular files to now and says which it touched: nothing for a missing path, a symlink (its target untouched) or a directory", async () => {
+      const sub = fresh();
+      const file = path.join(sub, "f");
+      const target = path.join(sub, "target");
+      writeFileSync(file, "x");
+      writeFileSync(target, "y");
+      const past = new Date(Date.now() - 3_600_000);
+      utimesSync(file, past, past);
+      utimesSync(target, past, past);
+      symlinkSync(target, path.join(sub, "link"));
+      mkdirSync(path.join(sub, "dir"));
+      const touched = await fs.touchFiles([file, path.join(sub, "missing"), path.join(sub, "link"), path.join(sub, "dir"), path.join(sub, "no", "parent")]);
+      expect(touched).toEqual([true, false, false, false, false]);
+      expect(statSync(file).mtimeMs).toBeGreaterThan(past.getTime() + 3_000_000);
+      expect(statSync(target).mtimeMs).toBeLessThan(past.getTime() + 1_000);
+      expect(await fs.touchFiles([])).toEqual([]);
+    });
 
     it("identity is lstat's: type, size, inode and mtime in ns exactly as Node's bigint lstat; null when nothing is there", async () => {
       const d = fresh();
