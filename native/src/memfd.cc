@@ -59,6 +59,8 @@
 #include <cstring>
 #include <cstdint>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -399,38 +401,53 @@ class GatherWorker : public MemoryFileWorker {
 
  private:
 #if defined(__linux__)
+  // What one thread of the gather has: its read buffer and its first failure.
+  struct Lane {
+    std::vector<uint8_t> scratch;
+    SysFailure failure;
+    std::string error;  // a failure that is no system error
+    bool failed() const { return failure.failed() || !error.empty(); }
+  };
+
+  // One file's runs [first, end) in runs_ (none: a file only its prefix and digest are wanted).
+  struct Group {
+    size_t source;
+    size_t first;
+    size_t end;
+  };
+
   // Opens file `index` (never through a symlink, a regular file only) and checks its exact
-  // size. The fd, or -1 with failure_ set.
-  int OpenChecked(size_t index) {
+  // size. The fd, or -1 with the lane's failure set.
+  int OpenChecked(Lane& lane, size_t index) {
     const std::string& path = files_[index];
     struct stat st;
     const int fd = OpenRegularFile(AT_FDCWD, path.c_str(), 0, &st);
     if (fd < 0) {
-      failure_.Set(errno, "open", path);
+      lane.failure.Set(errno, "open", path);
       return -1;
     }
     const uint64_t expected = file_sizes_[index];
     if (static_cast<uint64_t>(st.st_size) != expected || prefix_bytes_[index] > expected ||
         (checksum_from_ >= 0 && static_cast<uint64_t>(checksum_from_) > expected)) {
       CloseFd(fd);
-      failure_.Set(kErrWrongSize, "read", path);
+      lane.failure.Set(kErrWrongSize, "read", path);
       return -1;
     }
     return fd;
   }
 
-  // pread exactly `len` bytes at `offset`; false with failure_ set (EWRONGSIZE when the file ends first).
-  bool PreadExactly(int fd, size_t index, uint8_t* to, size_t len, size_t offset) {
+  // pread exactly `len` bytes at `offset`; false with the lane's failure set (EWRONGSIZE when the file ends first).
+  bool PreadExactly(Lane& lane, int fd, size_t index, uint8_t* to, size_t len, size_t offset) {
     size_t got = 0;
     while (got < len) {
       const ssize_t n = ::pread(fd, to + got, len - got, static_cast<off_t>(offset + got));
       if (n < 0) {
         if (errno == EINTR) continue;
-        failure_.Set(errno, "pread", files_[index]);
+        lane.failure.Set(errno, "pread", files_[index]);
         return false;
       }
       if (n == 0) {
-        failure_.Set(kErrWrongSize, "read", files_[index]);
+        lane.failure.Set(kErrWrongSize, "read", files_[index]);
         return false;
       }
       got += static_cast<size_t>(n);
@@ -438,55 +455,60 @@ class GatherWorker : public MemoryFileWorker {
     return true;
   }
 
-  // Reads file `index` whole into scratch_, records its prefix and digest. False with failure_ set.
-  bool Load(size_t index) {
-    const int fd = OpenChecked(index);
-    if (fd < 0) return false;
+  // Copies one file's runs into place. Few large runs without checksums: straight from the file
+  // (one copy of each byte). Else the file is read whole into the lane's scratch (hashed there)
+  // and its runs copied from it (a transposed V has a run per element row).
+  void CopyGroup(Lane& lane, const Group& group, uint8_t* dst) {
+    const size_t index = group.source;
     const size_t size = static_cast<size_t>(file_sizes_[index]);
-    scratch_.resize(size);
-    const bool ok = PreadExactly(fd, index, scratch_.data(), size, 0);
-    CloseFd(fd);
-    if (!ok) return false;
-    std::copy(scratch_.begin(), scratch_.begin() + static_cast<std::ptrdiff_t>(prefix_bytes_[index]),
-              prefixes_.begin() + static_cast<std::ptrdiff_t>(prefix_offsets_[index]));
-    if (checksum_from_ >= 0) {
-      const size_t from = static_cast<size_t>(checksum_from_);
-      digests_[index] = Xxh64::Oneshot(scratch_.data() + from, scratch_.size() - from, 0);
+    const int fd = OpenChecked(lane, index);
+    if (fd < 0) return;
+    const bool direct = checksum_from_ < 0 && group.end - group.first <= kDirectRuns;
+    bool ok;
+    if (direct) {
+      ok = PreadExactly(lane, fd, index, prefixes_.data() + prefix_offsets_[index], prefix_bytes_[index], 0);
+    } else {
+      lane.scratch.resize(size);
+      ok = PreadExactly(lane, fd, index, lane.scratch.data(), size, 0);
+      if (ok) {
+        std::memcpy(prefixes_.data() + prefix_offsets_[index], lane.scratch.data(), prefix_bytes_[index]);
+        if (checksum_from_ >= 0) {
+          const size_t from = static_cast<size_t>(checksum_from_);
+          digests_[index] = Xxh64::Oneshot(lane.scratch.data() + from, size - from, 0);
+        }
+      }
     }
-    return true;
-  }
-
-  // Copies file `index`'s runs [first, end) straight from the file into place, and its prefix:
-  // one copy of each byte instead of two (for files of a few large runs, without checksums).
-  bool Direct(size_t index, uint8_t* dst, size_t first, size_t end) {
-    const int fd = OpenChecked(index);
-    if (fd < 0) return false;
-    bool ok = PreadExactly(fd, index, prefixes_.data() + prefix_offsets_[index], prefix_bytes_[index], 0);
-    for (size_t i = first; ok && i < end; ++i) {
+    for (size_t i = group.first; ok && i < group.end; ++i) {
       const double* run = &runs_[4 * i];
       const size_t src = static_cast<size_t>(run[1]), at = static_cast<size_t>(run[2]), len = static_cast<size_t>(run[3]);
-      if (src > file_sizes_[index] || len > file_sizes_[index] - src) {
-        SetError("kvkeep: a gather run reads past its file's end");
+      if (src > size || len > size - src) {
+        lane.error = "kvkeep: a gather run reads past its file's end";
         ok = false;
-      } else {
-        ok = PreadExactly(fd, index, dst + at, len, src);
+      } else if (direct) {
+        ok = PreadExactly(lane, fd, index, dst + at, len, src);
+      } else if (len > 0) {
+        std::memcpy(dst + at, lane.scratch.data() + src, len);
       }
     }
     CloseFd(fd);
-    return ok;
   }
 
   // Files read by runs at most this many are read straight into place (chunks whose V is not
-  // transposed: 1 + 2 × layers runs); more (a transposed V: a run per element row) go through
-  // one read into the scratch buffer, as do all when checksums are asked for.
+  // transposed: 1 + 2 × layers runs); more go through the scratch buffer, as do all when
+  // checksums are asked for.
   static constexpr size_t kDirectRuns = 512;
+  // Threads copying files at once: a copy of a state is memory-bound, and one thread does not
+  // use all of a machine's bandwidth (measured on a 2-core VM: ~1.5× with two).
+  static constexpr size_t kMaxLanes = 2;
 
   void Copy(uint8_t* dst) {
     const size_t count = runs_.size() / 4;
     const size_t file_count = files_.size();
-    std::vector<bool> loaded(file_count, false);
-    size_t current = SIZE_MAX;
+    std::vector<bool> grouped(file_count, false);
+    std::vector<Group> groups;
     size_t covered = 0;
+    // One pass on this thread: check every run, copy the literals (kvkeep's own small fields
+    // and the tail), group each file's runs.
     for (size_t i = 0; i < count; ++i) {
       const double* run = &runs_[4 * i];
       const size_t source = static_cast<size_t>(run[0]);
@@ -494,45 +516,52 @@ class GatherWorker : public MemoryFileWorker {
       const size_t at = static_cast<size_t>(run[2]);
       const size_t len = static_cast<size_t>(run[3]);
       if (at > size_ || len > size_ - at) return SetError("kvkeep: a gather run ends past the file's size");
-      const uint8_t* from = nullptr;
-      if (source < file_count) {
-        if (source != current) {
-          if (loaded[source]) return SetError("kvkeep: the runs of one source file must be together");
-          loaded[source] = true;
-          current = source;
-          size_t end = i;
-          size_t bytes = 0;
-          while (end < count && static_cast<size_t>(runs_[4 * end]) == source) {
-            const size_t a = static_cast<size_t>(runs_[4 * end + 2]), l = static_cast<size_t>(runs_[4 * end + 3]);
-            if (a > size_ || l > size_ - a) return SetError("kvkeep: a gather run ends past the file's size");
-            bytes += l;
-            ++end;
-          }
-          if (checksum_from_ < 0 && end - i <= kDirectRuns) {
-            if (!Direct(source, dst, i, end)) return;
-            covered += bytes;
-            i = end - 1;
-            continue;
-          }
-          if (!Load(source)) return;
-        }
-        if (src > scratch_.size() || len > scratch_.size() - src) return SetError("kvkeep: a gather run reads past its file's end");
-        from = scratch_.data() + src;
-      } else {
-        const size_t literal = source - file_count;
-        if (literal >= literal_pieces_.size()) return SetError("kvkeep: a gather run names no source");
-        const Literal& piece = literal_pieces_[literal];
-        if (src > piece.size || len > piece.size - src) return SetError("kvkeep: a gather run reads past its literal's end");
-        from = piece.data + src;
-      }
-      if (len > 0) std::memcpy(dst + at, from, len);
       covered += len;
+      if (source < file_count) {
+        if (groups.empty() || groups.back().source != source) {
+          if (grouped[source]) return SetError("kvkeep: the runs of one source file must be together");
+          grouped[source] = true;
+          groups.push_back({source, i, i});
+        }
+        groups.back().end = i + 1;
+        continue;
+      }
+      const size_t literal = source - file_count;
+      if (literal >= literal_pieces_.size()) return SetError("kvkeep: a gather run names no source");
+      const Literal& piece = literal_pieces_[literal];
+      if (src > piece.size || len > piece.size - src) return SetError("kvkeep: a gather run reads past its literal's end");
+      if (len > 0) std::memcpy(dst + at, piece.data + src, len);
     }
+    if (covered != size_) return SetError("kvkeep: the gather runs do not cover the file exactly");
     // Files no run reads still give their prefix and digest.
     for (size_t f = 0; f < file_count; ++f) {
-      if (!loaded[f] && !Load(f)) return;
+      if (!grouped[f]) groups.push_back({f, 0, 0});
     }
-    if (covered != size_) SetError("kvkeep: the gather runs do not cover the file exactly");
+    const size_t lanes_wanted = std::min<size_t>({kMaxLanes, std::max<unsigned>(1, std::thread::hardware_concurrency()), groups.size()});
+    std::vector<Lane> lanes(std::max<size_t>(1, lanes_wanted));
+    auto work = [&](size_t lane_index) {
+      Lane& lane = lanes[lane_index];
+      for (size_t g = lane_index; g < groups.size() && !lane.failed(); g += lanes.size()) CopyGroup(lane, groups[g], dst);
+    };
+    std::vector<std::thread> threads;
+    size_t started = 1;
+    for (; started < lanes.size(); ++started) {
+      try {
+        threads.emplace_back(work, started);
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: this thread does the remaining lanes itself
+      }
+    }
+    for (size_t l = started; l < lanes.size(); ++l) work(l);
+    work(0);
+    for (std::thread& t : threads) t.join();
+    for (const Lane& lane : lanes) {
+      if (lane.failure.failed()) {
+        failure_ = lane.failure;
+        return;
+      }
+      if (!lane.error.empty()) return SetError(lane.error);
+    }
   }
 #endif
 
@@ -547,7 +576,6 @@ class GatherWorker : public MemoryFileWorker {
   std::vector<size_t> prefix_offsets_;
   std::vector<uint8_t> prefixes_;
   std::vector<uint64_t> digests_;
-  std::vector<uint8_t> scratch_;
 };
 
 // Reads chosen ranges of the file into the same offsets of the caller's buffer: a commit
