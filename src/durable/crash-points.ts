@@ -25,8 +25,11 @@ export const CRASH_POINTS = [
   "auto:after-source-removed",
 ] as const;
 
-/** Remote tier uploads (src/remote/redis/tier.ts): a chunk acknowledged; every chunk sent, before publishing. */
-export const REMOTE_CRASH_POINTS = ["remote:after-chunk", "remote:before-publish"] as const;
+/**
+ * Remote tier uploads (src/remote/redis): a token chunk stored (token-chunks.ts); a piece of the
+ * state's bytes acknowledged (upload.ts); every piece sent, before publishing.
+ */
+export const REMOTE_CRASH_POINTS = ["remote:after-token-chunk", "remote:after-chunk", "remote:before-publish"] as const;
 
 /** Chunk files (src/chunkfiles/chunk-files.ts): a chunk's temp is written and fsynced; renamed to its name, its directory not fsynced yet. */
 export const CHUNK_CRASH_POINTS = ["chunk:after-temp-synced", "chunk:after-rename"] as const;

@@ -6,6 +6,7 @@
  * refreshes its TTL). Bytes are never trusted here: the store verifies every chunk it reads
  * (size, geometry, checksum, identity recomputed from parent + tokens + context).
  */
+import { crashPoint } from "../../durable/crash-points.js";
 import type { GetChunkOutcome, PutChunksOutcome } from "../types.js";
 import type { RedisCalls } from "./calls.js";
 import { failureReason } from "./calls.js";
@@ -37,6 +38,7 @@ export class TokenChunks {
           c.set(key, Buffer.from(data.buffer, data.byteOffset, data.byteLength), { NX: true, ...(ttl !== null ? { EX: ttl } : {}) }),
         );
         if (!sent.ok) return { ok: false, reason: failureReason(sent, "sending a token chunk") };
+        await crashPoint("remote:after-token-chunk");
         if (sent.value !== null) {
           uploaded++;
           bytes += data.byteLength;
