@@ -261,7 +261,10 @@ export interface ChunkingOptions {
   attentionRotation: string;
   /** The engine context's sequence count (llama.cpp's n_stream). */
   sequences: number;
-  /** Tokens per chunk (default 256). */
+  /**
+   * Tokens per chunk (default 64: a tail and a shared partial chunk are at most 63 tokens, which
+   * each commit rewrites and each chat beside a shared prompt keeps its own copy of).
+   */
   chunkTokens?: number | undefined;
   /** Anything else the KV depends on (engine build, RoPE overrides, ...). Order matters. */
   extra?: readonly string[] | undefined;
