@@ -58,7 +58,7 @@ export interface ChunkedState {
   geometry: string;
   /** Where the sequence sits in the engine's state (stream count, stream, sequence id). */
   placement: { nStream: number; streamIndex: number; seqId: number };
-  /** Tokens per full chunk (256 by default). */
+  /** Tokens per full chunk (64 by default, DEFAULT_CHUNK_TOKENS). */
   chunkTokens: number;
   /** The full chunks' ids (32 hex each), first token first. */
   ids: readonly string[];
@@ -66,7 +66,7 @@ export interface ChunkedState {
   tokens: number;
 }
 
-/** Most full chunks one entry names (~1.8 M tokens at 256 per chunk; ~250 KiB of ids). */
+/** Most full chunks one entry names (384 000 tokens at 64 per chunk; a longer state is committed whole; ~210 KiB of ids). */
 export const MAX_CHUNK_IDS = 6000;
 
 const CHUNK_ID = /^[0-9a-f]{32}$/;

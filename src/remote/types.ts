@@ -144,6 +144,21 @@ export interface RemoteServerUsage {
 
 export type ServerUsageOutcome = { ok: true; usage: RemoteServerUsage } | { ok: false; reason: string };
 
+/** What `collectTokenChunks` found and removed (bytes: the memory Redis uses for them, MEMORY USAGE). */
+export interface TokenChunkCollection {
+  /** Token chunks the tier holds. */
+  chunks: number;
+  bytes: number;
+  /** Of them, the ones no published state names. */
+  unreferenced: number;
+  unreferencedBytes: number;
+  /** Of those, the ones removed (in a dry run: that would be): unused for at least the margin. */
+  removed: number;
+  removedBytes: number;
+}
+
+export type CollectTokenChunksOutcome = { ok: true; collection: TokenChunkCollection } | { ok: false; reason: string };
+
 /** Counters a tier keeps (monotonic since it was created), for logs and metrics. */
 export interface RemoteStats {
   /** `closed`: in use; `open`: skipped after failures until a probe succeeds. */
@@ -225,6 +240,12 @@ export interface RemoteTier {
   evict(state: { id: RemoteCacheId; generation: number }): Promise<EvictOutcome>;
   /** The server's memory use and limit. */
   serverUsage(): Promise<ServerUsageOutcome>;
+  /**
+   * Remove the token chunks no published state names that were unused (not uploaded, found
+   * present by an upload or fetched) for at least `minIdleMs`; `dryRun` counts them only.
+   * Optional: a tier without token chunks has none to collect.
+   */
+  collectTokenChunks?(options: { minIdleMs: number; dryRun: boolean }): Promise<CollectTokenChunksOutcome>;
   stats(): RemoteStats;
   /** Release the connection if the tier opened it (a client passed in is left open). */
   close(): Promise<void>;

@@ -4,9 +4,11 @@
  * through the memory handoff: an upload sends only the token chunks the tier lacks; a
  * read-through on another machine fetches only the chunks its root lacks, verifies each, and
  * the state it joins is byte for byte the one committed; a whole-file reader never takes the
- * tail for a state; a chunk altered in Redis makes the state a miss.
+ * tail for a state; a chunk altered in Redis makes the state a miss; `kvkeep gc --remote`
+ * removes the chunks no state names once unused for an hour (single node and a cluster).
  */
 import { promises as fs } from "node:fs";
+import { createClient, createCluster, RESP_TYPES } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { listChunkFiles } from "../../src/chunkfiles/collect.js";
 import { openKvCacheStore, type KvCacheStore } from "../../src/index.js";
@@ -14,15 +16,20 @@ import { loadNativeFs } from "../../src/native/index.js";
 import { createRedisTier } from "../../src/remote/redis/index.js";
 import { buildState } from "../chunks/synthetic-state.js";
 import { configHash, MODEL } from "../index/helpers.js";
+import { json, kvkeep } from "../cli/helpers.js";
 import { tempDir } from "../helpers/temp-root.js";
-import { type RedisServer, startRedis } from "./helpers/redis-server.js";
+import { type RedisCluster, type RedisServer, startCluster, startRedis } from "./helpers/redis-server.js";
 import { TEST_TIMEOUT_MS } from "./helpers/states.js";
 
 let server: RedisServer;
+const connectRaw = (url: string) => createClient({ url }).on("error", () => {}).connect();
+let raw: Awaited<ReturnType<typeof connectRaw>>;
 beforeAll(async () => {
   server = await startRedis();
+  raw = await connectRaw(server.url);
 });
 afterAll(async () => {
+  raw?.destroy();
   await server?.stop();
 });
 
@@ -33,12 +40,22 @@ const layers = [{ kType: 1, kRowBytes: 32, vType: 1, vRowBytes: 32 }];
 const state = (tokens: number, salt = 0, saltFrom = 0): Buffer => buildState({ tokenCount: tokens, vTrans: false, layers, salt, saltFrom });
 
 let tenant = 0;
+const newCluster = (rootNodes: Array<{ url: string }>) => createCluster({ rootNodes });
+const clusterClients: Array<ReturnType<typeof newCluster>> = [];
 
 /** A machine: a store on a root of its own, on the shared Redis (the tier counts its chunk fetches). */
-function machines() {
+function machines(options: { ttlSeconds?: number | null; cluster?: RedisCluster } = {}) {
   const keyPrefix = `kvkeep:tc${++tenant}:`;
+  const { cluster, ...tierOptions } = options;
   return (root = tempDir()) => {
-    const tier = createRedisTier({ url: server.url, keyPrefix, chunkBytes: 4096, timeoutMs: TEST_TIMEOUT_MS });
+    // A cluster client passed in is the caller's to close (the tier leaves it open).
+    let connection: { client: ReturnType<typeof newCluster> } | { url: string } = { url: server.url };
+    if (cluster) {
+      const client = newCluster(cluster.rootNodes);
+      clusterClients.push(client);
+      connection = { client };
+    }
+    const tier = createRedisTier({ ...connection, keyPrefix, chunkBytes: 4096, timeoutMs: TEST_TIMEOUT_MS, ...tierOptions });
     const counts = { getChunk: 0 };
     const getChunk = tier.getChunk.bind(tier);
     tier.getChunk = (context, id) => {
@@ -80,8 +97,36 @@ async function resume(store: KvCacheStore, key: string, chunked = true): Promise
 }
 
 async function tokenChunkKeys(keyPrefix: string): Promise<number> {
-  const out = await server.cli("--scan", "--pattern", `${keyPrefix}{chunks:*`);
-  return out.split("\n").filter(Boolean).length;
+  return (await tokenChunkNames(keyPrefix)).length;
+}
+
+async function tokenChunkNames(keyPrefix: string, nodes: readonly RedisServer[] = [server]): Promise<string[]> {
+  const names: string[] = [];
+  for (const node of nodes) names.push(...(await node.cli("--scan", "--pattern", `${keyPrefix}{chunks:*`)).split("\n").filter(Boolean));
+  return names.sort();
+}
+
+/** Make every token chunk of a tenant look unused for `seconds` (RESTORE … IDLETIME, expiry kept), on each node. */
+async function ageChunks(keyPrefix: string, seconds: number, nodes: readonly RedisServer[] = [server]): Promise<void> {
+  for (const node of nodes) {
+    const client = node === server ? raw : await connectRaw(node.url);
+    try {
+      const bin = client.withTypeMapping({ [RESP_TYPES.BLOB_STRING]: Buffer });
+      for (const key of await tokenChunkNames(keyPrefix, [node])) {
+        const dump = (await bin.dump(key)) as unknown as Buffer;
+        await client.restore(key, Math.max(Number(await client.pTTL(key)), 0), dump, { REPLACE: true, IDLETIME: seconds });
+      }
+    } finally {
+      if (client !== raw) client.destroy();
+    }
+  }
+}
+
+/** Delete `key` on a machine of the tenant: its remote state (record and tail) goes, its token chunks stay. */
+async function deleteOn(machine: ReturnType<typeof machines>, key: string): Promise<void> {
+  const m = machine();
+  await m.store.delete({ kvCacheKey: key });
+  await m.store.close();
 }
 
 describe("chunked caches through the Redis tier", () => {
@@ -143,5 +188,106 @@ describe("chunked caches through the Redis tier", () => {
     } finally {
       await d.store.close();
     }
+  });
+});
+
+describe("collecting the token chunks no remote state names (kvkeep gc --remote)", () => {
+  const x = state(100); // 6 full chunks + a tail of 4
+  const y = state(100, 7, 64); // shares x's first 4 chunks, 2 of its own
+
+  it("after a delete, removes only the chunks no state names and only once unused for an hour; the other conversation still resumes byte for byte", async () => {
+    if (loadNativeFs().createMemoryFile() === null) return;
+    const machine = machines();
+    const a = machine();
+    await commitChunked(a.store, "x", x);
+    await commitChunked(a.store, "y", y);
+    await a.store.close();
+    await deleteOn(machine, "x");
+    expect(await tokenChunkKeys(a.keyPrefix)).toBe(8); // x's 2 own chunks are left behind
+    const gc = (...extra: string[]) => kvkeep(["gc", "--root", a.root, "--remote", server.url, "--remote-prefix", a.keyPrefix, "--json", ...extra]);
+
+    // Used just now (uploaded): kept, whatever no state names them.
+    const young = await gc();
+    expect(young.code, young.stderr).toBe(0);
+    expect(json(young).remote.tokenChunks).toMatchObject({ chunks: 8, unreferenced: 2, removed: 0, removedBytes: 0 });
+    expect(await tokenChunkKeys(a.keyPrefix)).toBe(8);
+
+    await ageChunks(a.keyPrefix, 7200);
+    const dry = await gc("--dry-run");
+    expect(json(dry).remote.tokenChunks).toMatchObject({ chunks: 8, unreferenced: 2, removed: 2 });
+    expect(await tokenChunkKeys(a.keyPrefix)).toBe(8);
+    const human = await kvkeep(["gc", "--root", a.root, "--remote", server.url, "--remote-prefix", a.keyPrefix, "--dry-run"]);
+    expect(human.stdout).toMatch(/^token chunks: 8 chunks \(.+\), 2 named by no state \(.+\): would remove 2 \(.+\)$/m);
+
+    const run = await gc();
+    const collected = json(run).remote.tokenChunks;
+    expect(collected).toMatchObject({ chunks: 8, unreferenced: 2, removed: 2 });
+    expect(collected.removedBytes).toBe(collected.unreferencedBytes);
+    expect(await tokenChunkKeys(a.keyPrefix)).toBe(6); // y's 6, of them the 4 it shared with x
+
+    const b = machine();
+    try {
+      expect(Buffer.compare((await resume(b.store, "y"))!, y)).toBe(0);
+      expect(await resume(b.store, "x")).toBeNull();
+    } finally {
+      await b.store.close();
+    }
+  });
+
+  it("an upload that finds a chunk present uses it (also without a TTL): a collection meanwhile keeps it for that upload", async () => {
+    if (loadNativeFs().createMemoryFile() === null) return;
+    const machine = machines({ ttlSeconds: null });
+    const a = machine();
+    await commitChunked(a.store, "x", x);
+    await a.store.close();
+    await deleteOn(machine, "x");
+    await ageChunks(a.keyPrefix, 7200);
+    const names = await tokenChunkNames(a.keyPrefix);
+    expect(names).toHaveLength(6);
+    // Another machine's upload under way: it finds two of the chunks present (and publishes later).
+    const tier = createRedisTier({ url: server.url, keyPrefix: a.keyPrefix, timeoutMs: TEST_TIMEOUT_MS, ttlSeconds: null });
+    try {
+      const [context] = /\{chunks:([0-9a-f]+)\}/.exec(names[0]!)!.slice(1);
+      const ids = names.slice(0, 2).map((name) => name.slice(name.lastIndexOf(":") + 1));
+      expect(await tier.putChunks(context!, ids, async () => null)).toEqual({ ok: true, uploaded: 0, bytes: 0 });
+      const collected = await tier.collectTokenChunks({ minIdleMs: 3_600_000, dryRun: false });
+      expect(collected).toMatchObject({ ok: true, collection: { chunks: 6, unreferenced: 6, removed: 4 } });
+    } finally {
+      await tier.close();
+    }
+    expect(await tokenChunkNames(a.keyPrefix)).toEqual(names.slice(0, 2));
+  });
+
+  describe("on a 3-node cluster", () => {
+    let cluster: RedisCluster;
+    beforeAll(async () => {
+      cluster = await startCluster();
+    });
+    afterAll(async () => {
+      await Promise.all(clusterClients.splice(0).map((client) => client.close().catch(() => {})));
+      await cluster?.stop();
+    });
+
+    it("gc --remote given one node's URL collects on every node: the chunks only a deleted state named go, the shared ones stay", async () => {
+      if (loadNativeFs().createMemoryFile() === null) return;
+      const machine = machines({ cluster });
+      const a = machine();
+      await commitChunked(a.store, "x", x);
+      await commitChunked(a.store, "y", y);
+      await a.store.close();
+      await deleteOn(machine, "x");
+      expect(await tokenChunkNames(a.keyPrefix, cluster.nodes)).toHaveLength(8);
+      await ageChunks(a.keyPrefix, 7200, cluster.nodes);
+      const run = await kvkeep(["gc", "--root", a.root, "--remote", cluster.nodes[2]!.url, "--remote-prefix", a.keyPrefix, "--json"]);
+      expect(run.code, run.stderr).toBe(0);
+      expect(json(run).remote).toMatchObject({ cluster: true, tokenChunks: { chunks: 8, unreferenced: 2, removed: 2 } });
+      expect(await tokenChunkNames(a.keyPrefix, cluster.nodes)).toHaveLength(6);
+      const b = machine();
+      try {
+        expect(Buffer.compare((await resume(b.store, "y"))!, y)).toBe(0);
+      } finally {
+        await b.store.close();
+      }
+    });
   });
 });

@@ -1,4 +1,4 @@
-import type { RemoteListing, RemoteServerUsage } from "../../remote/types.js";
+import type { RemoteListing, RemoteServerUsage, TokenChunkCollection } from "../../remote/types.js";
 import { DEFAULT_MAX_BYTES, DEFAULT_MAX_IDLE_MS, type IndexEntry, planEvictions, planRootSweep, type RetentionLimits } from "../../store/inspect.js";
 import type { EvictedCache } from "../../types.js";
 import type { Command, CommandContext } from "../command.js";
@@ -15,7 +15,7 @@ export const gcCommand: Command = {
   summary: "evict idle and least recently used auto caches down to a budget; --remote: report (and trim) Redis too",
   usage: "kvkeep gc [--max-bytes SIZE] [--max-idle DURATION] [--evict-named] [--dry-run] [--root DIR] [--json] [--remote URL [--remote-max-bytes SIZE] [--remote-max-idle DURATION]]",
   description:
-    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). Only files kvkeep can prove are its own are removed — evicted caches (a manifest names each), what crashed writers left (temps named by kvkeep, manifests of vanished caches) and token chunks no manifest references any more (chunk GC: chunks under .kvkeep/chunks/, touched or written in the last 2 s kept) — and the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt. With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss).",
+    "Runs one retention sweep, as a store does in the background: evictable caches (auto-mode ones; named ones too with --evict-named) unused for longer than --max-idle go first, then the least recently used until they fit in --max-bytes. A cache a turn holds — in any process — is kept, never waited for. Exits 1 if an eviction failed (e.g. a read-only file system). Only files kvkeep can prove are its own are removed — evicted caches (a manifest names each), what crashed writers left (temps named by kvkeep, manifests of vanished caches) and token chunks no manifest references any more (chunk GC: chunks under .kvkeep/chunks/, touched or written in the last 2 s kept) — and the summary counts every file removed. A directory that is not a kvkeep root (no .kvkeep/root.json) is refused unless --adopt. With --remote it also reports the shared Redis tier: its states by kind, Redis's memory and maxmemory policy. Remote states are not evicted by default — each expires by its TTL after its last upload or download, and Redis evicts under its maxmemory policy — unless --remote-max-bytes or --remote-max-idle is given: then the evictable remote states (auto; named with --evict-named) idle longer than --remote-max-idle go, then the least recently used until they fit in --remote-max-bytes. A remote state re-committed since the listing is kept; a machine that still has a cache uploads it again at its next commit. States whose chunks Redis already dropped are removed in any case (a fetch would miss), and so are the token chunks (of chunked caches) that no remote state names and nothing has used for an hour.",
   options: {
     "max-bytes": { type: "string", value: "SIZE", help: "budget for the evictable caches: 512M, 2G, … (default 4G)" },
     "max-idle": { type: "string", value: "DURATION", help: "evict caches unused this long: 30m, 12h, 7d, … (default 24h)" },
@@ -178,8 +178,17 @@ interface RemoteGc {
   keptBytes: number;
   /** The soonest a listed state expires by its TTL; null when none does. */
   soonestExpiryMs: number | null;
+  /** Token chunks: held, named by no state, removed (null: the tier could not say). */
+  tokenChunks: TokenChunkCollection | null;
   warnings: string[];
 }
+
+/**
+ * A token chunk no published state names is removed once unused for this long: an upload
+ * uses every chunk it names before it publishes its record, so a younger one may belong to
+ * an upload still under way (the hour a pending upload's data also lives).
+ */
+export const REMOTE_CHUNK_MIN_IDLE_MS = 3_600_000;
 
 const UNLIMITED = Number.MAX_SAFE_INTEGER;
 
@@ -226,6 +235,13 @@ async function gcRemote(
     }
     evicted.push({ scopeId: state.id.scopeId ?? null, cacheKey: state.id.cacheKey, modelId: state.id.modelId, configHash: state.id.configHash, bytes: state.size, reason, generation: state.generation });
   }
+  // After the evictions: the chunks only an evicted state named go in the same run.
+  let tokenChunks: TokenChunkCollection | null = null;
+  if (remote.tier.collectTokenChunks) {
+    const collected = await remote.tier.collectTokenChunks({ minIdleMs: REMOTE_CHUNK_MIN_IDLE_MS, dryRun });
+    if (collected.ok) tokenChunks = collected.collection;
+    else warnings.push(`could not collect the remote token chunks: ${collected.reason}`);
+  }
   const expiring = states.map((s) => s.expiresInMs).filter((ms): ms is number => ms !== null);
   const sum = remoteTotals(states);
   return {
@@ -243,6 +259,7 @@ async function gcRemote(
     freedBytes: evicted.filter((e) => e.reason !== "chunks gone").reduce((total, e) => total + e.bytes, 0),
     keptBytes,
     soonestExpiryMs: expiring.length > 0 ? Math.min(...expiring) : null,
+    tokenChunks,
     warnings,
   };
 }
@@ -265,5 +282,14 @@ function remoteLines(gc: RemoteGc, dryRun: boolean): string[] {
     ? `${verb} ${plural(gc.evicted.length, "remote state")} (${formatBytes(gc.freedBytes)}); ${formatBytes(gc.keptBytes)} of evictable remote states ${dryRun ? "would stay" : "kept"}` +
       `${gc.maxBytes !== null ? `, budget ${formatBytes(gc.maxBytes)}` : ""}${gc.maxIdleMs !== null ? `, idle limit ${formatSpan(gc.maxIdleMs)}` : ""}`
     : `${gc.evicted.length > 0 ? `${verb} ${plural(gc.evicted.length, "remote state")} whose chunks are gone; ` : ""}no remote state evicted for age or size without --remote-max-bytes or --remote-max-idle: ${ttlNote(gc.soonestExpiryMs)} (${gc.server?.policy ?? "unknown"})`;
-  return [head, ...table, outcome];
+  const chunks = gc.tokenChunks;
+  const chunkLine =
+    chunks === null || chunks.chunks === 0
+      ? []
+      : [
+          `token chunks: ${plural(chunks.chunks, "chunk")} (${formatBytes(chunks.bytes)}), ${chunks.unreferenced} named by no state (${formatBytes(chunks.unreferencedBytes)}): ` +
+            `${dryRun ? "would remove" : "removed"} ${chunks.removed} (${formatBytes(chunks.removedBytes)})` +
+            (chunks.unreferenced > chunks.removed ? `; ${chunks.unreferenced - chunks.removed} used in the last ${formatSpan(REMOTE_CHUNK_MIN_IDLE_MS)} kept (an upload may be under way)` : ""),
+        ];
+  return [head, ...table, outcome, ...chunkLine];
 }

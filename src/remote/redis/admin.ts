@@ -2,18 +2,30 @@
  * Administering the Redis tier (`kvkeep scan | gc --remote`; the store uses none of it):
  * list the published states with what the server knows of their use — idle time and
  * expiry read with commands that do not count as a use, and whether their chunks are still
- * there — evict one state while it is still the listed commit, and read the server's memory
- * use. A listing that cannot read the server rejects with REMOTE_UNAVAILABLE.
+ * there — evict one state while it is still the listed commit, collect the token chunks no
+ * published state names any more, and read the server's memory use. A listing that cannot
+ * read the server rejects with REMOTE_UNAVAILABLE.
  */
 import { KvKeepError } from "../../errors.js";
 import { assertCacheKey } from "../../keys/safe-key.js";
 import { parseRecord, type RemoteRecord, stateOfRecord } from "../record.js";
-import type { EvictOutcome, RemoteCacheId, RemoteListing, RemoteServerUsage, ServerUsageOutcome } from "../types.js";
+import type {
+  CollectTokenChunksOutcome,
+  EvictOutcome,
+  RemoteCacheId,
+  RemoteListing,
+  RemoteServerUsage,
+  ServerUsageOutcome,
+  TokenChunkCollection,
+} from "../types.js";
 import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
 import { failureReason, type RedisCalls } from "./calls.js";
 import { asText } from "./connections.js";
 import { scopeTag } from "./keys.js";
-import { DROP_IF_GENERATION } from "./scripts.js";
+import { DROP_IF_GENERATION, DROP_IF_IDLE } from "./scripts.js";
+
+/** Token chunk keys read (idle time and size) per round trip when collecting. */
+const COLLECT_BATCH = 256;
 
 export class Administration {
   readonly #calls: RedisCalls;
@@ -23,6 +35,105 @@ export class Administration {
   }
 
   async *list(filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined }): AsyncIterable<RemoteListing> {
+    const { keys } = this.#calls;
+    for await (const records of this.#records(filter)) {
+      // About each state's data key, with commands that do not count as a use of it.
+      const facts = await this.#calls.transfer("inspect states", (c) =>
+        Promise.all(
+          records.map(async (r) => {
+            const dataKey = keys.data(r.id, r.xxh64, r.dataGeneration);
+            // An LFU maxmemory policy answers OBJECT IDLETIME with an error: idle time unknown.
+            const [pttl, idle] = await Promise.all([c.pTTL(dataKey), c.objectIdleTime(dataKey).catch(() => null)]);
+            return { pttl: Number(pttl), idle: idle === null ? null : Number(idle) };
+          }),
+        ),
+      );
+      if (!facts.ok) throw listingFailed(failureReason(facts, "inspecting the states"));
+      for (const [i, record] of records.entries()) {
+        const { pttl, idle } = facts.value[i]!;
+        const whole = pttl !== -2; // -2: the data key is gone
+        yield {
+          ...stateOfRecord(record),
+          idleMs: whole && idle !== null && Number.isFinite(idle) ? idle * 1000 : null,
+          expiresInMs: whole && pttl >= 0 ? pttl : null,
+          whole,
+        };
+      }
+    }
+  }
+
+  /**
+   * Remove the token chunks no published state names and that nothing has used (uploaded,
+   * found present by an upload, or fetched) for at least `minIdleMs`. The chunk keys are read
+   * first and the records after, so a chunk a state published meanwhile names is either seen
+   * named or was used recently (an upload uses every chunk it names before it publishes), and
+   * each removal re-checks the idle time atomically. What a race can still cost is a miss for
+   * a state whose upload took longer than `minIdleMs`, never a torn load (every chunk is
+   * verified when fetched). Under an LFU maxmemory policy idle times are unknown: nothing is
+   * removed. `dryRun`: count what would go, remove nothing.
+   */
+  async collectTokenChunks(options: { minIdleMs: number; dryRun: boolean }): Promise<CollectTokenChunksOutcome> {
+    const { keys } = this.#calls;
+    const minIdleSeconds = Math.ceil(Math.max(0, options.minIdleMs) / 1000);
+    const chunkKeys = await this.#scanKeys(keys.tokenChunksPattern, "string");
+    const found: Array<{ key: string; bytes: number; idleSeconds: number | null }> = [];
+    for (let at = 0; at < chunkKeys.length; at += COLLECT_BATCH) {
+      const batch = chunkKeys.slice(at, at + COLLECT_BATCH);
+      const read = await this.#calls.transfer("inspect token chunks", (c) =>
+        Promise.all(
+          batch.map(async (key) => {
+            // Neither counts as a use (STRLEN would: then no chunk would ever look idle).
+            const [bytes, idle] = await Promise.all([c.memoryUsage(key), c.objectIdleTime(key).catch(() => null)]);
+            return { key, bytes: Number(bytes ?? 0), idleSeconds: idle === null || !Number.isFinite(Number(idle)) ? null : Number(idle) };
+          }),
+        ),
+      );
+      if (!read.ok) return { ok: false, reason: failureReason(read, "inspecting the token chunks") };
+      found.push(...read.value);
+    }
+    const named = new Set<string>();
+    try {
+      for await (const records of this.#records()) {
+        for (const record of records) {
+          const chunks = record.tokenChunks;
+          if (!chunks) continue;
+          for (const id of chunks.ids) named.add(keys.tokenChunk(chunks.context, id));
+        }
+      }
+    } catch (error) {
+      if (error instanceof KvKeepError) return { ok: false, reason: error.message };
+      throw error;
+    }
+    const collection: TokenChunkCollection = { chunks: 0, bytes: 0, unreferenced: 0, unreferencedBytes: 0, removed: 0, removedBytes: 0 };
+    const candidates: typeof found = [];
+    for (const chunk of found) {
+      if (!(chunk.bytes > 0)) continue; // gone since the scan
+      collection.chunks++;
+      collection.bytes += chunk.bytes;
+      if (named.has(chunk.key)) continue;
+      collection.unreferenced++;
+      collection.unreferencedBytes += chunk.bytes;
+      if (chunk.idleSeconds !== null && chunk.idleSeconds >= minIdleSeconds) candidates.push(chunk);
+    }
+    for (const chunk of candidates) {
+      if (options.dryRun) {
+        collection.removed++;
+        collection.removedBytes += chunk.bytes;
+        continue;
+      }
+      const dropped = await this.#calls.control("collect a token chunk", (c) => c.eval(DROP_IF_IDLE, { keys: [chunk.key], arguments: [String(minIdleSeconds)] }));
+      if (!dropped.ok) return { ok: false, reason: failureReason(dropped, "removing a token chunk") };
+      const bytes = Number(asText(dropped.value));
+      if (bytes >= 0) {
+        collection.removed++;
+        collection.removedBytes += bytes;
+      }
+    }
+    return { ok: true, collection };
+  }
+
+  /** The well-formed records of every heads hash (or one cache key's), a hash at a time. */
+  async *#records(filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined }): AsyncIterable<RemoteRecord[]> {
     const { keys } = this.#calls;
     let headsKeys: string[];
     if (filter?.cacheKey !== undefined) {
@@ -43,29 +154,7 @@ export class Administration {
         if (key !== keys.heads(record.id.cacheKey, record.id.scopeId) || field !== scopeTag(record.id)) continue;
         records.push(record);
       }
-      if (records.length === 0) continue;
-      // About each state's data key, with commands that do not count as a use of it.
-      const facts = await this.#calls.transfer("inspect states", (c) =>
-        Promise.all(
-          records.map(async (r) => {
-            const dataKey = keys.data(r.id, r.xxh64, r.dataGeneration);
-            // An LFU maxmemory policy answers OBJECT IDLETIME with an error: idle time unknown.
-            const [pttl, idle] = await Promise.all([c.pTTL(dataKey), c.objectIdleTime(dataKey).catch(() => null)]);
-            return { pttl: Number(pttl), idle: idle === null ? null : Number(idle) };
-          }),
-        ),
-      );
-      if (!facts.ok) throw listingFailed(failureReason(facts, `inspecting the states of ${key}`));
-      for (const [i, record] of records.entries()) {
-        const { pttl, idle } = facts.value[i]!;
-        const whole = pttl !== -2; // -2: the data key is gone
-        yield {
-          ...stateOfRecord(record),
-          idleMs: whole && idle !== null && Number.isFinite(idle) ? idle * 1000 : null,
-          expiresInMs: whole && pttl >= 0 ? pttl : null,
-          whole,
-        };
-      }
+      if (records.length > 0) yield records;
     }
   }
 

@@ -20,6 +20,10 @@ interface Commands {
   hSet(key: string, field: string | Record<string, string | Buffer>, value?: string | Buffer): Promise<unknown>;
   hGetAll(key: string): Promise<unknown>;
   expire(key: string, seconds: number): Promise<unknown>;
+  /** TOUCH: a use of the key (resets its idle time), nothing else. */
+  touch(key: string): Promise<unknown>;
+  /** MEMORY USAGE: not a use of the key either. */
+  memoryUsage(key: string): Promise<unknown>;
   unlink(key: string): Promise<unknown>;
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
   /** Neither PTTL nor OBJECT IDLETIME counts as a use of the key (its idle time stays). */

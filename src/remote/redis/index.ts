@@ -14,8 +14,11 @@ export {
 } from "./tier.js";
 export type { NodeRedisClientLike } from "./connections.js";
 export type {
+  CollectTokenChunksOutcome,
   EvictOutcome,
   FetchOutcome,
+  GetChunkOutcome,
+  PutChunksOutcome,
   RemoteCacheId,
   RemoteDeleteTarget,
   RemoteListing,
@@ -29,6 +32,7 @@ export type {
   RemoveOutcome,
   ReserveOutcome,
   ServerUsageOutcome,
+  TokenChunkCollection,
   UploadOutcome,
   UploadTicket,
 } from "../types.js";

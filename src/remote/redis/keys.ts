@@ -78,6 +78,11 @@ export class RedisKeys {
     return `${this.prefix}{kvkeep}:deleted-all`;
   }
 
+  /** SCAN pattern for every token chunk of this prefix. */
+  get tokenChunksPattern(): string {
+    return `${this.prefix}{chunks:*}:*`;
+  }
+
   /** SCAN pattern for every heads hash of this prefix (the prefix has no glob characters). */
   get headsPattern(): string {
     return `${this.prefix}{*}:heads`;

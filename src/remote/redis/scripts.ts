@@ -131,3 +131,16 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 `;
+
+/**
+ * Remove a token chunk only if it is still unused for at least ARGV[1] seconds (an upload that
+ * found it present, or a fetch, since the collector read its idle time keeps it).
+ * KEYS[1] = the chunk. Returns the memory it used when removed, -1 when kept.
+ */
+export const DROP_IF_IDLE = `
+local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', KEYS[1])
+if not ok or not idle or idle < tonumber(ARGV[1]) then return -1 end
+local n = redis.call('MEMORY', 'USAGE', KEYS[1])
+redis.call('UNLINK', KEYS[1])
+return n
+`;

@@ -6,7 +6,7 @@
  *   its prefixes;
  * - download.ts: has, fetchTo (chunk by chunk, verified), lookupPrefix;
  * - delete.ts: remove, with tombstones;
- * - admin.ts: list, evict, serverUsage (the CLI's; the store uses none of it);
+ * - admin.ts: list, evict, collectTokenChunks, serverUsage (the CLI's; the store uses none of it);
  * - calls.ts: what they share — every server call through the guard under its deadline
  *   (lookups `timeoutMs`, 200 ms by default; transfers `transferTimeoutMs` per chunk;
  *   failures open a circuit breaker), the generation clock, the logger;
@@ -31,6 +31,7 @@ import type {
   RemoveOutcome,
   ReserveOutcome,
   ServerUsageOutcome,
+  CollectTokenChunksOutcome,
   UploadOutcome,
   UploadTicket,
 } from "../types.js";
@@ -139,6 +140,10 @@ export class RedisTier implements RemoteTier {
 
   serverUsage(): Promise<ServerUsageOutcome> {
     return this.#administration.serverUsage();
+  }
+
+  collectTokenChunks(options: { minIdleMs: number; dryRun: boolean }): Promise<CollectTokenChunksOutcome> {
+    return this.#administration.collectTokenChunks(options);
   }
 
   async close(): Promise<void> {

@@ -29,7 +29,8 @@ export class TokenChunks {
       for (const [i, id] of batch.entries()) {
         const key = keys.tokenChunk(context, id);
         if (Number(present.value[i]) === 1) {
-          if (ttl !== null) await this.calls.transfer("refresh token chunk", (c) => c.expire(key, ttl));
+          // A use, for its TTL and for `kvkeep gc --remote`'s idle margin (EXISTS is not one).
+          await this.calls.transfer("refresh token chunk", (c) => (ttl !== null ? c.expire(key, ttl) : c.touch(key)));
           continue;
         }
         const data = await read(id);
