@@ -15,6 +15,9 @@
  *                      chunked / whole, at the largest size (goal ≤ 0.2).
  *
  *   npx tsx bench/chunks-store.ts      (BENCH_SIZES=2000,8000  BENCH_TURNS=4  BENCH_REPEATS=5)
+ *
+ * BENCH_FLASH_ATTENTION=off runs the contexts with flash attention off (llama.cpp then saves V
+ * transposed: a chunk's V layer is a row per element, which the load gathers as strided runs).
  */
 import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
@@ -30,6 +33,7 @@ import { median, table } from "./lib.js";
 const sizes = (process.env.BENCH_SIZES ?? "2000,8000").split(",").map(Number);
 const turns = Number(process.env.BENCH_TURNS ?? 4);
 const repeats = Number(process.env.BENCH_REPEATS ?? 5);
+const flashAttentionOff = process.env.BENCH_FLASH_ATTENTION === "off";
 const REPLY = 24;
 const variants = ["chunked", "whole"] as const;
 type Variant = (typeof variants)[number];
@@ -86,7 +90,14 @@ function systemPrompt(tokens: number, salt = ""): CacheMessage {
 }
 
 function adapterOn(model: LlamaModel, store: KvCacheStore, variant: Variant, contextSize: number) {
-  return createLlamaCppCompletion({ model, store, contextSize, threads: machineThreads(), chunkedStates: variant === "chunked" });
+  return createLlamaCppCompletion({
+    model,
+    store,
+    contextSize,
+    threads: machineThreads(),
+    chunkedStates: variant === "chunked",
+    ...(flashAttentionOff ? { contextOptions: { flashAttention: false } } : {}),
+  });
 }
 
 const { model } = await loadFixtureModel("realistic");
@@ -189,7 +200,7 @@ for (const variant of variants) {
   }
 }
 
-console.log(`realistic model, ${kvPerToken} KV bytes per token; ${turns} measured turns per size, ${repeats} TTFT repeats\n`);
+console.log(`realistic model, ${kvPerToken} KV bytes per token, flash attention ${flashAttentionOff ? "off (V transposed)" : "auto (on: V rows)"}; ${turns} measured turns per size, ${repeats} TTFT repeats\n`);
 console.log(table(rows));
 console.log("");
 console.log(table(ratios));

@@ -21,7 +21,9 @@ namespace {
 // 4: MemoryFile (memfd for the engine's in-memory state handoff), memoryFileSupported.
 // 5: MemoryFile.gather (a state joined from chunk files in one call), MemoryFile.readRanges,
 //    touchFiles.
-constexpr int kKvkeepNativeAbi = 5;
+// 6: MemoryFile.gather's runs are 7-tuples with a count and two strides (a transposed V's rows
+//    of one chunk in one run, instead of one run per element row).
+constexpr int kKvkeepNativeAbi = 6;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abi", Napi::Number::New(env, kKvkeepNativeAbi));

@@ -18,10 +18,14 @@
 //                          Promise<{ prefixes, digests }>: the file becomes `size` bytes assembled
 //                          from pieces of regular files (opened without following a symlink, each
 //                          of exactly its expected size) and of `literals`, by `runs` (a
-//                          Float64Array of (source, srcOffset, dstOffset, length) quadruples, a
+//                          Float64Array of (source, srcOffset, dstOffset, length, count,
+//                          srcStride, dstStride) 7-tuples: `count` copies of `length` bytes, the
+//                          k-th from srcOffset + k·srcStride to dstOffset + k·dstStride; a
 //                          source < files.length being a file, else literals[source - files.length],
-//                          the runs of one file together). Each file is read once, into a scratch
-//                          buffer, and its runs copied into a populated shared mapping: a state
+//                          the runs of one file together). Each file is read once: straight into
+//                          place (few plain runs), or whole into a batch buffer whose files' runs
+//                          are then copied interleaved (a transposed V: the rows of consecutive
+//                          chunks land side by side) — into a populated shared mapping, a state
 //                          joined from hundreds of chunk files in one call off the event loop.
 //                          `prefixes` holds the first prefixBytes[i] bytes of each file (for the
 //                          caller to check headers and tokens); `digests` the XXH64 of each file's
@@ -409,12 +413,38 @@ class GatherWorker : public MemoryFileWorker {
     bool failed() const { return failure.failed() || !error.empty(); }
   };
 
+  // One run, checked: `count` copies of `len` bytes, the k-th from src + k·src_stride to
+  // dst + k·dst_stride (count 1: one range; a transposed V: a row of elements per copy).
+  struct Run {
+    size_t source, src, dst, len, count, src_stride, dst_stride;
+  };
+
   // One file's runs [first, end) in runs_ (none: a file only its prefix and digest are wanted).
   struct Group {
     size_t source;
     size_t first;
     size_t end;
+    bool strided;  // a run of more than one copy
   };
+
+  static constexpr size_t kRunFields = 7;
+
+  Run RunAt(size_t i) const {
+    const double* r = &runs_[kRunFields * i];
+    return {static_cast<size_t>(r[0]), static_cast<size_t>(r[1]), static_cast<size_t>(r[2]), static_cast<size_t>(r[3]),
+            static_cast<size_t>(r[4]), static_cast<size_t>(r[5]), static_cast<size_t>(r[6])};
+  }
+
+  // Whether every copy of `run` lies within [0, limit) from `start` and `stride` (no overflow).
+  static bool Within(size_t start, size_t stride, const Run& run, size_t limit) {
+    if (run.count == 0) return true;
+    size_t reach;
+    if (__builtin_mul_overflow(run.count - 1, stride, &reach) || __builtin_add_overflow(reach, start, &reach) ||
+        __builtin_add_overflow(reach, run.len, &reach)) {
+      return false;
+    }
+    return reach <= limit;
+  }
 
   // Opens file `index` (never through a symlink, a regular file only) and checks its exact
   // size. The fd, or -1 with the lane's failure set.
@@ -455,54 +485,106 @@ class GatherWorker : public MemoryFileWorker {
     return true;
   }
 
-  // Copies one file's runs into place. Few large runs without checksums: straight from the file
-  // (one copy of each byte). Else the file is read whole into the lane's scratch (hashed there)
-  // and its runs copied from it (a transposed V has a run per element row).
-  void CopyGroup(Lane& lane, const Group& group, uint8_t* dst) {
-    const size_t index = group.source;
+  // Reads file `index` whole into `to` (its size), records its prefix and, when asked, its digest.
+  bool LoadWhole(Lane& lane, size_t index, uint8_t* to) {
+    const int fd = OpenChecked(lane, index);
+    if (fd < 0) return false;
     const size_t size = static_cast<size_t>(file_sizes_[index]);
+    const bool ok = PreadExactly(lane, fd, index, to, size, 0);
+    CloseFd(fd);
+    if (!ok) return false;
+    std::memcpy(prefixes_.data() + prefix_offsets_[index], to, prefix_bytes_[index]);
+    if (checksum_from_ >= 0) {
+      const size_t from = static_cast<size_t>(checksum_from_);
+      digests_[index] = Xxh64::Oneshot(to + from, size - from, 0);
+    }
+    return true;
+  }
+
+  // Copies one file's runs into place, straight from the file (one copy of each byte): for
+  // files of a few plain runs, without checksums.
+  void CopyDirect(Lane& lane, const Group& group, uint8_t* dst) {
+    const size_t index = group.source;
     const int fd = OpenChecked(lane, index);
     if (fd < 0) return;
-    const bool direct = checksum_from_ < 0 && group.end - group.first <= kDirectRuns;
-    bool ok;
-    if (direct) {
-      ok = PreadExactly(lane, fd, index, prefixes_.data() + prefix_offsets_[index], prefix_bytes_[index], 0);
-    } else {
-      lane.scratch.resize(size);
-      ok = PreadExactly(lane, fd, index, lane.scratch.data(), size, 0);
-      if (ok) {
-        std::memcpy(prefixes_.data() + prefix_offsets_[index], lane.scratch.data(), prefix_bytes_[index]);
-        if (checksum_from_ >= 0) {
-          const size_t from = static_cast<size_t>(checksum_from_);
-          digests_[index] = Xxh64::Oneshot(lane.scratch.data() + from, size - from, 0);
-        }
-      }
-    }
+    bool ok = PreadExactly(lane, fd, index, prefixes_.data() + prefix_offsets_[index], prefix_bytes_[index], 0);
     for (size_t i = group.first; ok && i < group.end; ++i) {
-      const double* run = &runs_[4 * i];
-      const size_t src = static_cast<size_t>(run[1]), at = static_cast<size_t>(run[2]), len = static_cast<size_t>(run[3]);
-      if (src > size || len > size - src) {
-        lane.error = "kvkeep: a gather run reads past its file's end";
-        ok = false;
-      } else if (direct) {
-        ok = PreadExactly(lane, fd, index, dst + at, len, src);
-      } else if (len > 0) {
-        std::memcpy(dst + at, lane.scratch.data() + src, len);
-      }
+      const Run run = RunAt(i);
+      ok = PreadExactly(lane, fd, index, dst + run.dst, run.len, run.src);
     }
     CloseFd(fd);
   }
 
+  // Copies the runs of a batch of files read whole into `slots` (one per group): run by run,
+  // copy by copy, file by file — so the copies of consecutive chunks into one row of a
+  // transposed V land next to each other instead of a page apart.
+  static void CopyInterleaved(const std::vector<const Group*>& batch, const std::vector<uint8_t*>& slots,
+                              const std::vector<double>& runs, uint8_t* dst, size_t lane, size_t lanes) {
+    size_t most = 0;
+    for (const Group* g : batch) most = std::max(most, g->end - g->first);
+    for (size_t r = lane; r < most; r += lanes) {
+      size_t copies = 0;
+      for (const Group* g : batch) {
+        if (r < g->end - g->first) copies = std::max(copies, static_cast<size_t>(runs[kRunFields * (g->first + r) + 4]));
+      }
+      for (size_t k = 0; k < copies; ++k) {
+        for (size_t f = 0; f < batch.size(); ++f) {
+          const Group* g = batch[f];
+          if (r >= g->end - g->first) continue;
+          const double* run = &runs[kRunFields * (g->first + r)];
+          const size_t count = static_cast<size_t>(run[4]);
+          if (k >= count) continue;
+          const size_t len = static_cast<size_t>(run[3]);
+          if (len == 0) continue;
+          std::memcpy(dst + static_cast<size_t>(run[2]) + k * static_cast<size_t>(run[6]),
+                      slots[f] + static_cast<size_t>(run[1]) + k * static_cast<size_t>(run[5]), len);
+        }
+      }
+    }
+  }
+
   // Files read by runs at most this many are read straight into place (chunks whose V is not
-  // transposed: 1 + 2 × layers runs); more go through the scratch buffer, as do all when
-  // checksums are asked for.
+  // transposed: 1 + 2 × layers runs), unless checksums are asked for or a run is strided.
   static constexpr size_t kDirectRuns = 512;
-  // Threads copying files at once: a copy of a state is memory-bound, and one thread does not
-  // use all of a machine's bandwidth (measured on a 2-core VM: ~1.5× with two).
+  // Threads copying at once: a copy of a state is memory-bound, and one thread does not use
+  // all of a machine's bandwidth (measured on a 2-core VM: ~1.5× with two).
   static constexpr size_t kMaxLanes = 2;
+  // Bytes of files read whole at a time before their runs are copied interleaved.
+  static constexpr size_t kBatchBytes = 32u << 20;
+
+  // Runs `work(lane)` for lane 0..lanes-1, lanes past the first on threads when they can be had.
+  template <typename Work>
+  static void OnLanes(size_t lanes, Work&& work) {
+    std::vector<std::thread> threads;
+    size_t started = 1;
+    for (; started < lanes; ++started) {
+      try {
+        threads.emplace_back(work, started);
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: this thread does the remaining lanes itself
+      }
+    }
+    for (size_t l = started; l < lanes; ++l) work(l);
+    work(0);
+    for (std::thread& t : threads) t.join();
+  }
+
+  bool TakeLaneFailure(std::vector<Lane>& lanes) {
+    for (const Lane& lane : lanes) {
+      if (lane.failure.failed()) {
+        failure_ = lane.failure;
+        return true;
+      }
+      if (!lane.error.empty()) {
+        SetError(lane.error);
+        return true;
+      }
+    }
+    return false;
+  }
 
   void Copy(uint8_t* dst) {
-    const size_t count = runs_.size() / 4;
+    const size_t count = runs_.size() / kRunFields;
     const size_t file_count = files_.size();
     std::vector<bool> grouped(file_count, false);
     std::vector<Group> groups;
@@ -510,57 +592,73 @@ class GatherWorker : public MemoryFileWorker {
     // One pass on this thread: check every run, copy the literals (kvkeep's own small fields
     // and the tail), group each file's runs.
     for (size_t i = 0; i < count; ++i) {
-      const double* run = &runs_[4 * i];
-      const size_t source = static_cast<size_t>(run[0]);
-      const size_t src = static_cast<size_t>(run[1]);
-      const size_t at = static_cast<size_t>(run[2]);
-      const size_t len = static_cast<size_t>(run[3]);
-      if (at > size_ || len > size_ - at) return SetError("kvkeep: a gather run ends past the file's size");
-      covered += len;
-      if (source < file_count) {
-        if (groups.empty() || groups.back().source != source) {
-          if (grouped[source]) return SetError("kvkeep: the runs of one source file must be together");
-          grouped[source] = true;
-          groups.push_back({source, i, i});
+      const Run run = RunAt(i);
+      if (run.count == 0) return SetError("kvkeep: a gather run has no copies");
+      if (run.count > 1 && run.src_stride < run.len) return SetError("kvkeep: a gather run's copies overlap in its source");
+      if (!Within(run.dst, run.dst_stride, run, size_)) return SetError("kvkeep: a gather run ends past the file's size");
+      size_t bytes;
+      if (__builtin_mul_overflow(run.len, run.count, &bytes) || __builtin_add_overflow(covered, bytes, &covered)) {
+        return SetError("kvkeep: the gather runs do not cover the file exactly");
+      }
+      if (run.source < file_count) {
+        if (!Within(run.src, run.src_stride, run, static_cast<size_t>(file_sizes_[run.source]))) return SetError("kvkeep: a gather run reads past its file's end");
+        if (groups.empty() || groups.back().source != run.source) {
+          if (grouped[run.source]) return SetError("kvkeep: the runs of one source file must be together");
+          grouped[run.source] = true;
+          groups.push_back({run.source, i, i, false});
         }
         groups.back().end = i + 1;
+        if (run.count > 1) groups.back().strided = true;
         continue;
       }
-      const size_t literal = source - file_count;
+      const size_t literal = run.source - file_count;
       if (literal >= literal_pieces_.size()) return SetError("kvkeep: a gather run names no source");
       const Literal& piece = literal_pieces_[literal];
-      if (src > piece.size || len > piece.size - src) return SetError("kvkeep: a gather run reads past its literal's end");
-      if (len > 0) std::memcpy(dst + at, piece.data + src, len);
+      if (!Within(run.src, run.src_stride, run, piece.size)) return SetError("kvkeep: a gather run reads past its literal's end");
+      for (size_t k = 0; k < run.count && run.len > 0; ++k) std::memcpy(dst + run.dst + k * run.dst_stride, piece.data + run.src + k * run.src_stride, run.len);
     }
     if (covered != size_) return SetError("kvkeep: the gather runs do not cover the file exactly");
     // Files no run reads still give their prefix and digest.
     for (size_t f = 0; f < file_count; ++f) {
-      if (!grouped[f]) groups.push_back({f, 0, 0});
+      if (!grouped[f]) groups.push_back({f, 0, 0, false});
     }
-    const size_t lanes_wanted = std::min<size_t>({kMaxLanes, std::max<unsigned>(1, std::thread::hardware_concurrency()), groups.size()});
-    std::vector<Lane> lanes(std::max<size_t>(1, lanes_wanted));
-    auto work = [&](size_t lane_index) {
-      Lane& lane = lanes[lane_index];
-      for (size_t g = lane_index; g < groups.size() && !lane.failed(); g += lanes.size()) CopyGroup(lane, groups[g], dst);
-    };
-    std::vector<std::thread> threads;
-    size_t started = 1;
-    for (; started < lanes.size(); ++started) {
-      try {
-        threads.emplace_back(work, started);
-      } catch (const std::system_error&) {
-        break;  // no thread to be had: this thread does the remaining lanes itself
-      }
+    const size_t lanes_wanted = std::min<size_t>({kMaxLanes, std::max<unsigned>(1, std::thread::hardware_concurrency()), std::max<size_t>(1, groups.size())});
+    std::vector<Lane> lanes(lanes_wanted);
+
+    // Files of a few plain runs, without checksums: straight into place, files spread over the lanes.
+    std::vector<const Group*> direct, staged;
+    for (const Group& g : groups) {
+      if (checksum_from_ < 0 && !g.strided && g.end - g.first <= kDirectRuns) direct.push_back(&g);
+      else staged.push_back(&g);
     }
-    for (size_t l = started; l < lanes.size(); ++l) work(l);
-    work(0);
-    for (std::thread& t : threads) t.join();
-    for (const Lane& lane : lanes) {
-      if (lane.failure.failed()) {
-        failure_ = lane.failure;
-        return;
+    OnLanes(std::min(lanes.size(), std::max<size_t>(1, direct.size())), [&](size_t l) {
+      for (size_t i = l; i < direct.size() && !lanes[l].failed(); i += lanes.size()) CopyDirect(lanes[l], *direct[i], dst);
+    });
+    if (TakeLaneFailure(lanes)) return;
+
+    // The rest in batches: each batch's files read whole (spread over the lanes), then their
+    // runs copied interleaved (run indexes spread over the lanes: their copies never overlap).
+    std::vector<uint8_t> scratch;
+    for (size_t at = 0; at < staged.size();) {
+      std::vector<const Group*> batch;
+      std::vector<size_t> offsets;
+      size_t bytes = 0;
+      while (at < staged.size() && (batch.empty() || bytes + file_sizes_[staged[at]->source] <= kBatchBytes)) {
+        offsets.push_back(bytes);
+        bytes += static_cast<size_t>(file_sizes_[staged[at]->source]);
+        batch.push_back(staged[at++]);
       }
-      if (!lane.error.empty()) return SetError(lane.error);
+      if (scratch.size() < bytes) scratch.resize(bytes);
+      std::vector<uint8_t*> slots;
+      for (size_t offset : offsets) slots.push_back(scratch.data() + offset);
+      const size_t read_lanes = std::min(lanes.size(), batch.size());
+      OnLanes(read_lanes, [&](size_t l) {
+        for (size_t i = l; i < batch.size() && !lanes[l].failed(); i += read_lanes) {
+          if (!LoadWhole(lanes[l], batch[i]->source, slots[i])) return;
+        }
+      });
+      if (TakeLaneFailure(lanes)) return;
+      OnLanes(lanes.size(), [&](size_t l) { CopyInterleaved(batch, slots, runs_, dst, l, lanes.size()); });
     }
   }
 #endif
@@ -721,7 +819,7 @@ Napi::Value MemoryFile::Gather(const Napi::CallbackInfo& info) {
   }
   if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) fail("runs must be a Float64Array");
   Napi::Float64Array runs_in = info[4].As<Napi::Float64Array>();
-  if (runs_in.ElementLength() % 4 != 0) fail("runs must hold (source, srcOffset, dstOffset, length) quadruples");
+  if (runs_in.ElementLength() % 7 != 0) fail("runs must hold (source, srcOffset, dstOffset, length, count, srcStride, dstStride) 7-tuples");
   std::vector<double> runs(runs_in.Data(), runs_in.Data() + runs_in.ElementLength());
   for (double v : runs) {
     if (!(v >= 0 && v <= 9007199254740991.0) || v != static_cast<double>(static_cast<uint64_t>(v))) fail("runs must hold non-negative integers");

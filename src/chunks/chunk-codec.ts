@@ -136,6 +136,14 @@ export interface SourceRange {
   readonly byteLength: number;
 }
 
+/** `rows` ranges of `rowBytes` each, back to back in `source` from `offset` (a transposed V layer of a chunk). */
+export interface RowsRange {
+  readonly source: number;
+  readonly offset: number;
+  readonly rowBytes: number;
+  readonly rows: number;
+}
+
 /** A span whose pieces are ranges of one source (an encoded chunk) instead of views. */
 export interface SpanRanges {
   readonly count: number;
@@ -144,8 +152,17 @@ export interface SpanRanges {
   readonly v: readonly (readonly SourceRange[])[];
 }
 
+/** SpanRanges with each transposed V layer as one RowsRange (not one range per element row). */
+export interface SpanBlocks {
+  readonly count: number;
+  readonly tokens: SourceRange;
+  readonly k: readonly SourceRange[];
+  /** Per layer: its V rows, or (transposed V) its element rows as one block. */
+  readonly v: readonly (SourceRange | RowsRange)[];
+}
+
 /** Where a chunk of `tokenCount` tokens keeps its tokens, K and V: the one statement of the kvkc payload layout. */
-export function chunkSpanRanges(source: number, tokenCount: number, geometry: KvGeometry | null): SpanRanges {
+export function chunkSpanBlocks(source: number, tokenCount: number, geometry: KvGeometry | null): SpanBlocks {
   const t = tokenCount;
   let at = CHUNK_HEADER_BYTES;
   const range = (byteLength: number): SourceRange => {
@@ -155,15 +172,31 @@ export function chunkSpanRanges(source: number, tokenCount: number, geometry: Kv
   };
   const tokens = range(4 * t);
   const k: SourceRange[] = [];
-  const v: SourceRange[][] = [];
+  const v: (SourceRange | RowsRange)[] = [];
   if (geometry !== null) {
     for (const layer of geometry.layers) k.push(range(t * layer.kRowBytes));
     for (const layer of geometry.layers) {
-      if (!geometry.vTrans) v.push([range(t * layer.vRowBytes)]);
-      else v.push(Array.from({ length: layer.vWidth }, () => range(t * layer.vElementBytes)));
+      if (!geometry.vTrans) {
+        v.push(range(t * layer.vRowBytes));
+      } else {
+        const rowBytes = t * layer.vElementBytes;
+        v.push({ source, offset: at, rowBytes, rows: layer.vWidth });
+        at += rowBytes * layer.vWidth;
+      }
     }
   }
   return { count: t, tokens, k, v };
+}
+
+/** chunkSpanBlocks with every transposed V row as a range of its own. */
+export function chunkSpanRanges(source: number, tokenCount: number, geometry: KvGeometry | null): SpanRanges {
+  const blocks = chunkSpanBlocks(source, tokenCount, geometry);
+  const v = blocks.v.map((layer) =>
+    "rows" in layer
+      ? Array.from({ length: layer.rows }, (_, j) => ({ source, offset: layer.offset + j * layer.rowBytes, byteLength: layer.rowBytes }))
+      : [layer],
+  );
+  return { count: blocks.count, tokens: blocks.tokens, k: blocks.k, v };
 }
 
 export function chunkSpan(chunk: Uint8Array, header: ChunkHeader, geometry: KvGeometry | null): Span {

@@ -2,7 +2,7 @@
  * Assembling a sequence state (pure): a chain of chunks joined back into the state llama.cpp
  * saved, a state cut to its first tokens, and a state moved to another stream placement.
  */
-import { checkChecksum, checkChunkFits, chunkMismatch, chunkSpan, readChunkHeader, type SourceRange, type Span, stateSpan } from "./chunk-codec.js";
+import { checkChecksum, checkChunkFits, chunkMismatch, chunkSpan, readChunkHeader, type RowsRange, type SourceRange, type Span, stateSpan } from "./chunk-codec.js";
 import { geometryDigest, type KvGeometry, writeVHeader } from "./kv-geometry.js";
 import { CELL_BYTES, MAX_STREAMS, parseSeqState, requireCuttable, SEQ_STATE_MAGIC, SEQ_STATE_VERSION, STATE_HEAD_BYTES, type StreamPlacement } from "./seq-state-parser.js";
 import { concat, u32 } from "./state-bytes.js";
@@ -39,15 +39,27 @@ export interface StateParts {
   readonly tokenCount: number;
 }
 
-/** A piece of a state being assembled: bytes at hand, or a range of a source read later (a gather). */
-export type AssemblyPiece = Uint8Array | SourceRange;
+/**
+ * A transposed V layer of every span at once, as one piece: row j of the state is row j of
+ * each span's block in turn, `rows` times (what a gather plan turns into one strided run per
+ * span instead of one run per span and row).
+ */
+export interface TransposedRows {
+  readonly rows: number;
+  readonly blocks: readonly RowsRange[];
+  readonly byteLength: number;
+}
 
-/** A run of tokens whose pieces are bytes or source ranges (a Span, or chunkSpanRanges). */
+/** A piece of a state being assembled: bytes at hand, a range of a source read later (a gather), or a transposed V layer's rows. */
+export type AssemblyPiece = Uint8Array | SourceRange | TransposedRows;
+
+/** A run of tokens whose pieces are bytes or source ranges (a Span, chunkSpanRanges or chunkSpanBlocks). */
 export interface AssemblySpan {
   readonly count: number;
-  readonly tokens: AssemblyPiece;
-  readonly k: readonly AssemblyPiece[];
-  readonly v: readonly (readonly AssemblyPiece[])[];
+  readonly tokens: Uint8Array | SourceRange;
+  readonly k: readonly (Uint8Array | SourceRange)[];
+  /** Per layer: its V pieces (one, or one per element row when transposed), or its element rows as one block. */
+  readonly v: readonly (readonly (Uint8Array | SourceRange)[] | SourceRange | RowsRange)[];
 }
 
 function assemble(spans: readonly Span[], geometry: KvGeometry | null, placement: StreamPlacement): StateParts {
@@ -95,8 +107,21 @@ export function assembleParts(
       const vHead = Buffer.allocUnsafe(12);
       writeVHeader(vHead, 0, geometry.vTrans, layer);
       parts.push(vHead);
+      const layers = spans.map((span) => span.v[l]!);
+      if (layers.every((v) => "rows" in v)) {
+        const blocks = layers as RowsRange[];
+        let rowBytes = 0;
+        for (const block of blocks) {
+          if (block.rows !== layer.vWidth) throw chunkMismatch(`a transposed V block of ${block.rows} rows where the layer has ${layer.vWidth}`);
+          rowBytes += block.rowBytes;
+        }
+        parts.push({ rows: layer.vWidth, blocks, byteLength: rowBytes * layer.vWidth });
+        return;
+      }
+      if (layers.some((v) => "rows" in v)) throw chunkMismatch("transposed V blocks mixed with V rows");
       const rows = geometry.vTrans ? layer.vWidth : 1;
-      for (let j = 0; j < rows; j++) for (const span of spans) parts.push(span.v[l]![j]!);
+      const listed = layers.map((v) => (Array.isArray(v) ? v : [v])) as (Uint8Array | SourceRange)[][];
+      for (let j = 0; j < rows; j++) for (const pieces of listed) parts.push(pieces[j]!);
     });
     parts.push(Buffer.alloc(4 * (placement.nStream - placement.streamIndex - 1)));
   }

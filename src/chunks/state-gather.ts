@@ -6,7 +6,7 @@
  * chunk's bytes pass through JavaScript. The layout is state-assembly.ts's, the same code
  * that joins views (joinSeqStateParts), so both give the state byte for byte.
  */
-import { chunkMismatch, chunkSpanRanges, readChunkHeader, type SourceRange } from "./chunk-codec.js";
+import { chunkMismatch, chunkSpanBlocks, readChunkHeader } from "./chunk-codec.js";
 import type { KvGeometry } from "./kv-geometry.js";
 import type { StreamPlacement } from "./seq-state-parser.js";
 import { assembleParts, placementOf } from "./state-assembly.js";
@@ -29,7 +29,11 @@ export interface GatherPlan {
   readonly tokenCount: number;
   /** Buffers besides the files: source `files + i` is `literals[i]`. */
   readonly literals: Uint8Array[];
-  /** (source, srcOffset, dstOffset, length) quadruples, each file's together, covering `size` exactly. */
+  /**
+   * (source, srcOffset, dstOffset, length, count, srcStride, dstStride) 7-tuples, each file's
+   * together, covering `size` exactly (MemoryFile.gather's runs): a transposed V layer of a
+   * chunk is one run of `vWidth` copies, one per element row.
+   */
   readonly runs: Float64Array;
 }
 
@@ -49,31 +53,50 @@ export function gatherPlan(input: GatherPlanInput): GatherPlan {
     if ("file" in piece) {
       if (!Number.isSafeInteger(piece.file) || piece.file < 0 || piece.file >= input.files) throw new RangeError(`file must be in [0, ${input.files}), got ${piece.file}`);
       position += piece.tokenCount;
-      return chunkSpanRanges(piece.file, piece.tokenCount, input.geometry);
+      return chunkSpanBlocks(piece.file, piece.tokenCount, input.geometry);
     }
     const header = readChunkHeader(piece.bytes);
     if (header.firstPosition !== position) throw chunkMismatch(`a piece starts at position ${header.firstPosition} where the chain has reached ${position}`);
     position += header.tokenCount;
     literals.push(piece.bytes);
-    return chunkSpanRanges(input.files + literals.length - 1, header.tokenCount, input.geometry);
+    return chunkSpanBlocks(input.files + literals.length - 1, header.tokenCount, input.geometry);
   });
   const { parts, byteLength, tokenCount } = assembleParts(spans, input.geometry, placement);
-  const runs: Array<[number, number, number, number]> = [];
+  // Each source's runs in the state's order, sources in number order (the gather reads a file once).
+  const bySource = new Map<number, number[]>();
+  const run = (source: number, src: number, dst: number, length: number, count = 1, srcStride = 0, dstStride = 0): void => {
+    let list = bySource.get(source);
+    if (!list) bySource.set(source, (list = []));
+    list.push(source, src, dst, length, count, srcStride, dstStride);
+  };
   let at = 0;
   for (const part of parts) {
     if (part.byteLength === 0) continue;
     if (part instanceof Uint8Array) {
       literals.push(part);
-      runs.push([input.files + literals.length - 1, 0, at, part.byteLength]);
+      run(input.files + literals.length - 1, 0, at, part.byteLength);
+    } else if ("rows" in part) {
+      // Row j of the layer is row j of each block in turn: one strided run per block.
+      const rowBytes = part.byteLength / part.rows;
+      let inRow = 0;
+      for (const block of part.blocks) {
+        if (block.rowBytes > 0) run(block.source, block.offset, at + inRow, block.rowBytes, part.rows, block.rowBytes, rowBytes);
+        inRow += block.rowBytes;
+      }
     } else {
-      const range: SourceRange = part;
-      runs.push([range.source, range.offset, at, range.byteLength]);
+      run(part.source, part.offset, at, part.byteLength);
     }
     at += part.byteLength;
   }
-  // Each file's runs together (the gather reads a file once); the order within stays the state's.
-  runs.sort((a, b) => a[0] - b[0] || a[2] - b[2]);
-  const flat = new Float64Array(runs.length * 4);
-  runs.forEach((run, i) => flat.set(run, 4 * i));
+  const sources = [...bySource.keys()].sort((a, b) => a - b);
+  let total = 0;
+  for (const source of sources) total += bySource.get(source)!.length;
+  const flat = new Float64Array(total);
+  let write = 0;
+  for (const source of sources) {
+    const list = bySource.get(source)!;
+    flat.set(list, write);
+    write += list.length;
+  }
   return { size: byteLength, tokenCount, literals, runs: flat };
 }

@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import type { EntryIdentity } from "./types.js";
 
 /** Must equal kKvkeepNativeAbi in native/src/addon.cc. */
-export const NATIVE_ABI = 5;
+export const NATIVE_ABI = 6;
 
 export interface NativeLock {
   /** Non-blocking flock + identity check; true once held (then idempotent). Throws a system error. */

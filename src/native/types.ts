@@ -59,7 +59,11 @@ export interface GatherPlan {
   readonly files: ReadonlyArray<{ readonly path: string; readonly size: number; readonly prefixBytes: number }>;
   /** Byte arrays besides the files; source `files.length + i` is `literals[i]`. */
   readonly literals: readonly Uint8Array[];
-  /** (source, srcOffset, dstOffset, length) quadruples covering `size` exactly; one file's runs together. */
+  /**
+   * (source, srcOffset, dstOffset, length, count, srcStride, dstStride) 7-tuples covering
+   * `size` exactly, one file's runs together: `count` copies of `length` bytes, the k-th from
+   * srcOffset + k·srcStride to dstOffset + k·dstStride (count 1: one range).
+   */
   readonly runs: Float64Array;
   /** Hash each file from this offset (XXH64, seed 0); omit for none. */
   readonly checksumFrom?: number | undefined;

@@ -7,25 +7,31 @@ import { describe, expect, it } from "vitest";
 import { type GatherPlan, gatherPlan, joinSeqState, splitSeqState, truncateChunk } from "../../src/chunks/state-format.js";
 import { buildState, F16_LAYERS, MIXED_LAYERS, type SyntheticState } from "./synthetic-state.js";
 
-/** What MemoryFile.gather does with a plan, in JavaScript. */
+/** What MemoryFile.gather does with a plan, in JavaScript: every byte written exactly once. */
 function applyGatherPlan(plan: GatherPlan, files: readonly Uint8Array[]): Buffer {
   const out = Buffer.alloc(plan.size, 0xee);
-  let covered = 0;
+  const written = new Uint8Array(plan.size);
   const seen = new Set<number>();
   let current = -1;
-  for (let i = 0; i < plan.runs.length; i += 4) {
-    const [source, src, dst, len] = [plan.runs[i]!, plan.runs[i + 1]!, plan.runs[i + 2]!, plan.runs[i + 3]!];
+  expect(plan.runs.length % 7).toBe(0);
+  for (let i = 0; i < plan.runs.length; i += 7) {
+    const [source, src, dst, len, count, srcStride, dstStride] = Array.from(plan.runs.subarray(i, i + 7));
     if (source !== current) {
-      expect(seen.has(source), "the runs of one source are together").toBe(false);
-      seen.add(source);
-      current = source;
+      expect(seen.has(source!), "the runs of one source are together").toBe(false);
+      seen.add(source!);
+      current = source!;
     }
-    const from = source < files.length ? files[source]! : plan.literals[source - files.length]!;
-    expect(src + len).toBeLessThanOrEqual(from.byteLength);
-    out.set(from.subarray(src, src + len), dst);
-    covered += len;
+    expect(count).toBeGreaterThanOrEqual(1);
+    const from = source! < files.length ? files[source!]! : plan.literals[source! - files.length]!;
+    for (let k = 0; k < count!; k++) {
+      const s = src! + k * srcStride!;
+      const d = dst! + k * dstStride!;
+      expect(s + len!).toBeLessThanOrEqual(from.byteLength);
+      out.set(from.subarray(s, s + len!), d);
+      for (let b = d; b < d + len!; b++) written[b]!++;
+    }
   }
-  expect(covered).toBe(plan.size);
+  expect(written.every((n) => n === 1), "every byte of the state written exactly once").toBe(true);
   return out;
 }
 
@@ -50,6 +56,23 @@ describe("gatherPlan", () => {
       expect(plan.tokenCount).toBe(tokenCount);
       expect(applyGatherPlan(plan, chunks).equals(state), `${tokenCount} tokens`).toBe(true);
     }
+  });
+
+  it("a transposed V layer of a chunk is one strided run (a copy per element row), not a run per row", () => {
+    const state = buildState({ layers: F16_LAYERS, vTrans: true, tokenCount: 12 });
+    const { chunks, layout } = splitSeqState(state, { chunkTokens: 4 });
+    const plan = gatherPlan({ geometry: layout.geometry!, files: chunks.length, pieces: chunks.map((_, file) => ({ file, tokenCount: 4 })) });
+    const layers = layout.geometry!.layers;
+    const ofFile0 = [];
+    for (let i = 0; i < plan.runs.length; i += 7) if (plan.runs[i] === 0) ofFile0.push(Array.from(plan.runs.subarray(i, i + 7)));
+    // Its tokens, each layer's K, each layer's V block.
+    expect(ofFile0).toHaveLength(1 + 2 * layers.length);
+    const vRuns = ofFile0.slice(1 + layers.length);
+    vRuns.forEach(([, , , len, count, srcStride, dstStride], l) => {
+      expect([len, count, srcStride]).toEqual([4 * layers[l]!.vElementBytes, layers[l]!.vWidth, 4 * layers[l]!.vElementBytes]);
+      expect(dstStride).toBe(12 * layers[l]!.vElementBytes); // a row of the state: all 12 tokens
+    });
+    expect(applyGatherPlan(plan, chunks).equals(state)).toBe(true);
   });
 
   it("a chain cut inside a chunk (a borrow) equals the join of the same pieces", () => {

@@ -10,6 +10,7 @@ import { cp } from "node:fs/promises";
 import path from "node:path";
 import type { LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeKvGeometry } from "../../src/chunks/state-format.js";
 import { createLlamaCppCompletion } from "../../src/engines/node-llama-cpp/index.js";
 import { modelIdFromModel } from "../../src/engines/node-llama-cpp/fingerprint.js";
 import { type CacheMessage, generateConfigHash, type KvCacheStore, openKvCacheStore } from "../../src/index.js";
@@ -37,8 +38,8 @@ const u3: CacheMessage = { role: "user", content: "One last thing: what does a c
 const long2: CacheMessage = { role: "user", content: `${u2.content} ${"Here is more context for you to weigh. ".repeat(10)}` };
 
 /** Replies of the raw engine over consecutive turns, continuing from its in-memory state. */
-async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
-  const context = await createContext(model, { contextSize: CONTEXT, threads: 1 });
+async function referenceReplies(turns: CacheMessage[][], contextOptions: ContextOptions = {}): Promise<string[]> {
+  const context = await createContext(model, { contextSize: CONTEXT, threads: 1, ...contextOptions });
   try {
     const sequence = context.getSequence();
     const replies: string[] = [];
@@ -60,13 +61,16 @@ async function referenceReplies(turns: CacheMessage[][]): Promise<string[]> {
   }
 }
 
-function adapterOn(store: KvCacheStore, chunkedStates = true) {
-  return createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, chunkedStates });
+/** What a test varies of the engine's context (flash attention: V rows or transposed V). */
+type ContextOptions = { flashAttention?: boolean };
+
+function adapterOn(store: KvCacheStore, chunkedStates = true, contextOptions: ContextOptions = {}) {
+  return createLlamaCppCompletion({ threads: 1, model, store, contextSize: CONTEXT, chunkedStates, contextOptions });
 }
 
 /** One turn in a fresh adapter (a new context: the state comes from the root). */
-async function turn(store: KvCacheStore, history: CacheMessage[], kvCache: string | true, chunkedStates = true) {
-  const adapter = adapterOn(store, chunkedStates);
+async function turnWith(store: KvCacheStore, history: CacheMessage[], kvCache: string | true, chunkedStates = true, contextOptions: ContextOptions = {}) {
+  const adapter = adapterOn(store, chunkedStates, contextOptions);
   try {
     return await adapter.completion({ history, kvCache, maxTokens: MAX, temperature: 0 });
   } finally {
@@ -96,11 +100,14 @@ function chunkFiles(root: string): Map<string, bigint> {
 }
 
 describe.each([
-  ["named", "chat-1" as const],
-  ["auto", true as const],
-])("a chunked %s conversation", (_mode, kvCache) => {
+  ["named", "chat-1" as const, {}],
+  ["auto", true as const, {}],
+  // Flash attention off: llama.cpp saves V transposed, a chunk's V layer is one strided gather run.
+  ["named, flash attention off,", "chat-1" as const, { flashAttention: false }],
+])("a chunked %s conversation", (_mode, kvCache, contextOptions: ContextOptions) => {
+  const turn = (store: KvCacheStore, history: CacheMessage[], key: string | true) => turnWith(store, history, key, true, contextOptions);
   it("resumes every turn from its chunks with exactly the tokens of the engine continuing from memory, and each commit writes only the chunks its new tokens completed", async () => {
-    const [r1, r2, r3] = await referenceReplies([[system, u1], [u2], [u3]]);
+    const [r1, r2, r3] = await referenceReplies([[system, u1], [u2], [u3]], contextOptions);
     const root = tempDir();
     const store = openKvCacheStore({ root });
     const h1 = [system, u1];
@@ -122,6 +129,8 @@ describe.each([
     const cache2 = cachePathAfter(store, kvCache, [...h2, { role: "assistant", content: t2.text }]);
     const entry2 = await committedEntry(cache2);
     expect(entry2.chunks).toBeTruthy();
+    // Flash attention off saves V transposed (on, or "auto" on a CPU: V rows).
+    expect(decodeKvGeometry(Buffer.from(entry2.chunks!.geometry, "base64")).vTrans).toBe(contextOptions.flashAttention === false);
     const ids2 = entry2.chunks!.ids;
     expect(ids2.length).toBe(Math.floor(entry2.chunks!.tokens / entry2.chunks!.chunkTokens));
     const added = [...after.keys()].filter((id) => !before.has(id)).sort();
@@ -141,8 +150,8 @@ describe("chunked storage across conversations, layouts and failures", () => {
   it("two conversations opening with the same long system prompt store its chunks once", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const a = await turn(store, [system, u1], "chat-a");
-    const b = await turn(store, [system, u2], "chat-b");
+    const a = await turnWith(store, [system, u1], "chat-a");
+    const b = await turnWith(store, [system, u2], "chat-b");
     expect(a.stats.layout).toBe("chunked");
     expect(b.stats.layout).toBe("chunked");
     const ea = (await committedEntry(cachePathAfter(store, "chat-a", []))).chunks!;
@@ -158,11 +167,11 @@ describe("chunked storage across conversations, layouts and failures", () => {
     const [r1, r2] = await referenceReplies([[system, u1], [u2]]);
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const t1 = await turn(store, [system, u1], "old", false);
+    const t1 = await turnWith(store, [system, u1], "old", false);
     expect(t1.text).toBe(r1);
     expect(t1.stats.layout).toBe("whole");
     expect((await committedEntry(cachePathAfter(store, "old", []))).chunks).toBeUndefined();
-    const t2 = await turn(store, [system, u1, { role: "assistant", content: t1.text }, u2], "old");
+    const t2 = await turnWith(store, [system, u1, { role: "assistant", content: t1.text }, u2], "old");
     expect(t2.text).toBe(r2);
     expect(t2.stats).toMatchObject({ layout: "chunked", hit: true, source: "own" });
     expect((await committedEntry(cachePathAfter(store, "old", []))).chunks?.ids.length).toBeGreaterThanOrEqual(3);
@@ -188,9 +197,9 @@ describe("chunked storage across conversations, layouts and failures", () => {
   it("a whole-file session refuses a chunked cache as foreign (it would load a tail), re-primes and replies as a cold run", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const t1 = await turn(store, [system, u1], "mixed");
+    const t1 = await turnWith(store, [system, u1], "mixed");
     const h2 = [system, u1, { role: "assistant", content: t1.text }, u2];
-    const t2 = await turn(store, h2, "mixed", false);
+    const t2 = await turnWith(store, h2, "mixed", false);
     expect(t2.stats).toMatchObject({ layout: "whole", refused: { reason: "foreign" } });
     expect(t2.text).toBe(await coldGreedyReply(model, h2 as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX }));
     await store.close();
@@ -199,13 +208,13 @@ describe("chunked storage across conversations, layouts and failures", () => {
   it("a missing chunk makes the cache a miss: the turn runs cold with the cold reply, and its commit stores every chunk again", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const t1 = await turn(store, [system, u1], "holed");
+    const t1 = await turnWith(store, [system, u1], "holed");
     const cachePath = cachePathAfter(store, "holed", []);
     const { chunks } = await committedEntry(cachePath);
     const victim = chunks!.ids[1]!;
     rmSync(path.join(root, ".kvkeep", "chunks", chunks!.context, victim.slice(0, 2), `${victim}.kvkc`));
     const h2 = [system, u1, { role: "assistant", content: t1.text }, u2];
-    const t2 = await turn(store, h2, "holed");
+    const t2 = await turnWith(store, h2, "holed");
     expect(t2.stats).toMatchObject({ layout: "chunked", hit: false, reusedTokens: 0, committed: true });
     expect(t2.text).toBe(await coldGreedyReply(model, h2 as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX }));
     const after = await committedEntry(cachePath);
@@ -217,11 +226,11 @@ describe("chunked storage across conversations, layouts and failures", () => {
   it("a regenerate and a named fork borrow from chunks and reply as a cold run; the fork reads only the chunks it shares", async () => {
     const root = tempDir();
     const store = openKvCacheStore({ root });
-    const t1 = await turn(store, [system, u1], true);
+    const t1 = await turnWith(store, [system, u1], true);
     const h2 = [system, u1, { role: "assistant", content: t1.text }, long2];
-    const t2 = await turn(store, h2, true);
+    const t2 = await turnWith(store, h2, true);
     // Regenerate the last reply: the same history again (its lookup key was superseded: it borrows).
-    const again = await turn(store, h2, true);
+    const again = await turnWith(store, h2, true);
     expect(again.stats).toMatchObject({ layout: "chunked", hit: true });
     expect(again.text).toBe(await coldGreedyReply(model, h2 as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX }));
 
@@ -238,7 +247,7 @@ describe("chunked storage across conversations, layouts and failures", () => {
     const unshared = chunks!.ids.slice(Math.ceil(common / chunks!.chunkTokens));
     expect(unshared.length).toBeGreaterThanOrEqual(1);
     for (const id of unshared) rmSync(path.join(root, ".kvkeep", "chunks", chunks!.context, id.slice(0, 2), `${id}.kvkc`));
-    const fork = await turn(store, forkHistory, "fork");
+    const fork = await turnWith(store, forkHistory, "fork");
     expect(fork.stats).toMatchObject({ layout: "chunked", source: "prefix", reusedTokens: Math.min(common, prompt.length - 1) });
     expect(fork.text).toBe(await coldGreedyReply(model, forkHistory as ChatMessage[], { contextSize: CONTEXT, maxTokens: MAX }));
     await store.close();
@@ -288,7 +297,7 @@ function makeCrashBase(): Promise<CrashBase> {
     lasting.push(root);
     const store = openKvCacheStore({ root });
     const h1 = [system, u1];
-    const t1 = await turn(store, h1, "crashy");
+    const t1 = await turnWith(store, h1, "crashy");
     const cachePath = cachePathAfter(store, "crashy", []);
     await store.close();
     const previous = await committedTokens(cachePath, root);
@@ -297,7 +306,7 @@ function makeCrashBase(): Promise<CrashBase> {
     await cp(root, copy, { recursive: true });
     const h2 = [...h1, { role: "assistant", content: t1.text }, long2];
     const copyStore = openKvCacheStore({ root: copy });
-    await turn(copyStore, h2, "crashy");
+    await turnWith(copyStore, h2, "crashy");
     await copyStore.close();
     const next = await committedTokens(cachePath.replace(root, copy), copy);
     return { root, h2, previous, next };
@@ -324,7 +333,7 @@ describe("a chunked commit SIGKILLed at each of its steps", () => {
     expect(tokens, step).toEqual(committedNew ? base.next : base.previous);
 
     const again = openKvCacheStore({ root });
-    const t3 = await turn(again, [...base.h2, { role: "assistant", content: "fine" }, u3], "crashy");
+    const t3 = await turnWith(again, [...base.h2, { role: "assistant", content: "fine" }, u3], "crashy");
     expect(t3.stats).toMatchObject({ layout: "chunked", hit: true, committed: true });
     await again.close();
   });

@@ -179,17 +179,19 @@ describe.skipIf(nativeSkipped || !onLinux)(nativeSuiteName("native in-memory fil
   describe("gather: the file assembled from ranges of other files and of buffers", () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "kvkeep-gather-"));
     afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    /** A file of `bytes` in the test's directory, as a gather names it. */
+    const fileOf = (name: string, bytes: Buffer, prefixBytes: number) => {
+      writeFileSync(path.join(dir, name), bytes);
+      return { path: path.join(dir, name), size: bytes.byteLength, prefixBytes };
+    };
     const a = seededBytes(300_000, 11);
     const b = seededBytes(5_000, 12);
-    writeFileSync(path.join(dir, "a"), a);
-    writeFileSync(path.join(dir, "b"), b);
     const literal = seededBytes(64, 13);
-    const files = [
-      { path: path.join(dir, "a"), size: a.byteLength, prefixBytes: 10 },
-      { path: path.join(dir, "b"), size: b.byteLength, prefixBytes: 0 },
-    ];
+    const files = [fileOf("a", a, 10), fileOf("b", b, 0)];
+    /** (source, src, dst, length) quadruples as the gather's runs: one copy each. */
+    const plain = (quads: number[]): number[] => quads.flatMap((v, i) => (i % 4 === 3 ? [v, 1, 0, 0] : [v]));
     // dst: literal[0..16) | a[1000..201000) | b[0..5000) | a[0..10) — one file's runs together, in any dst order
-    const runs = new Float64Array([0, 1000, 16, 200_000, 0, 0, 205_016, 10, 1, 0, 200_016, 5_000, 2, 0, 0, 16]);
+    const runs = new Float64Array(plain([0, 1000, 16, 200_000, 0, 0, 205_016, 10, 1, 0, 200_016, 5_000, 2, 0, 0, 16]));
     const size = 205_026;
     const expected = Buffer.concat([literal.subarray(0, 16), a.subarray(1000, 201_000), b, a.subarray(0, 10)]);
 
@@ -221,12 +223,42 @@ describe.skipIf(nativeSkipped || !onLinux)(nativeSuiteName("native in-memory fil
     it("refuses runs that leave a gap, reach past a source or the file, or split one file's runs (INVALID_ARGUMENT / IO_ERROR)", async () => {
       const file = create();
       const bad = (r: number[]) => file.gather({ size, files, literals: [literal], runs: new Float64Array(r) });
-      await expect(bad([...runs].slice(0, 12))).rejects.toThrow(/do not cover/);
-      await expect(bad([2, 60, 0, 16, ...[...runs].slice(0, 12)])).rejects.toThrow(/past its literal/);
-      await expect(bad([0, 1000, 16, 200_000, 1, 0, 200_016, 5_000, 0, 0, 205_016, 10, 2, 0, 0, 16])).rejects.toThrow(/together/);
-      await expect(bad([0, 0, size, 1])).rejects.toThrow(/past the file's size/);
-      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array([0, 1]) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array([-1, 0, 0, 1]) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+      await expect(bad([...runs].slice(0, 21))).rejects.toThrow(/do not cover/);
+      await expect(bad([...plain([2, 60, 0, 16]), ...[...runs].slice(0, 21)])).rejects.toThrow(/past its literal/);
+      await expect(bad(plain([0, 1000, 16, 200_000, 1, 0, 200_016, 5_000, 0, 0, 205_016, 10, 2, 0, 0, 16]))).rejects.toThrow(/together/);
+      await expect(bad(plain([0, 0, size, 1]))).rejects.toThrow(/past the file's size/);
+      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array([0, 1, 0, 1]) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+      await expect(file.gather({ size, files, literals: [literal], runs: new Float64Array(plain([-1, 0, 0, 1])) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    });
+
+    // Two "chunks" of 10 rows each (rows of 30 and 20 bytes, back to back in each file) and a
+    // literal of 10 rows of 5: row j of the result is row j of each in turn — a transposed V.
+    const c = seededBytes(300, 15);
+    const d = seededBytes(200, 16);
+    const rowsLiteral = seededBytes(50, 17);
+    const rowFiles = [fileOf("c", c, 4), fileOf("d", d, 0)];
+    const strided = new Float64Array([0, 0, 0, 30, 10, 30, 55, 1, 0, 30, 20, 10, 20, 55, 2, 0, 50, 5, 10, 5, 55]);
+    const interleaved = Buffer.concat(
+      Array.from({ length: 10 }, (_, j) => [c.subarray(30 * j, 30 * j + 30), d.subarray(20 * j, 20 * j + 20), rowsLiteral.subarray(5 * j, 5 * j + 5)]).flat(),
+    );
+
+    it("a strided run copies `count` rows from one file or literal, each to its own row of the result (with and without checksums)", async () => {
+      const file = create();
+      for (const checksumFrom of [undefined, 0]) {
+        const result = await file.gather({ size: 550, files: rowFiles, literals: [rowsLiteral], runs: strided, checksumFrom });
+        expect((await file.read()).equals(interleaved)).toBe(true);
+        expect(Buffer.from(result.prefixes[0]!).equals(c.subarray(0, 4))).toBe(true);
+        expect(result.digests).toEqual(checksumFrom === undefined ? [] : [xxh64(c), xxh64(d)]);
+      }
+    });
+
+    it("refuses a strided run whose last row reads past its file, whose rows overlap in the source, or with no rows", async () => {
+      const file = create();
+      const bad = (r: number[]) => file.gather({ size: 550, files: rowFiles, literals: [rowsLiteral], runs: new Float64Array(r) });
+      const tail = [...strided].slice(7);
+      await expect(bad([0, 1, 0, 30, 10, 30, 55, ...tail])).rejects.toThrow(/past its file's end/);
+      await expect(bad([0, 0, 0, 30, 10, 29, 55, ...tail])).rejects.toThrow(/overlap/);
+      await expect(bad([0, 0, 0, 30, 0, 30, 55, ...tail])).rejects.toThrow(/no copies/);
     });
   });
 
