@@ -631,8 +631,9 @@ class GatherWorker : public MemoryFileWorker {
       if (checksum_from_ < 0 && !g.strided && g.end - g.first <= kDirectRuns) direct.push_back(&g);
       else staged.push_back(&g);
     }
-    OnLanes(std::min(lanes.size(), std::max<size_t>(1, direct.size())), [&](size_t l) {
-      for (size_t i = l; i < direct.size() && !lanes[l].failed(); i += lanes.size()) CopyDirect(lanes[l], *direct[i], dst);
+    const size_t direct_lanes = std::min(lanes.size(), std::max<size_t>(1, direct.size()));
+    OnLanes(direct_lanes, [&](size_t l) {
+      for (size_t i = l; i < direct.size() && !lanes[l].failed(); i += direct_lanes) CopyDirect(lanes[l], *direct[i], dst);
     });
     if (TakeLaneFailure(lanes)) return;
 
