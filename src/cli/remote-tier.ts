@@ -223,6 +223,7 @@ export function listingJson(state: RemoteListing, now: number) {
     configHash: state.id.configHash,
     kind: cacheKind(state),
     bytes: state.size,
+    tokenChunks: state.tokenChunks?.ids.length ?? 0,
     messageCount: state.messageCount,
     tokenCount: state.tokenCount,
     generation: state.generation,

@@ -204,6 +204,11 @@ describe("collecting the token chunks no remote state names (kvkeep gc --remote)
     await a.store.close();
     await deleteOn(machine, "x");
     expect(await tokenChunkKeys(a.keyPrefix)).toBe(8); // x's 2 own chunks are left behind
+    const scan = await kvkeep(["scan", "--remote", server.url, "--remote-prefix", a.keyPrefix, "--json"]);
+    expect(json(scan)).toMatchObject([{ cacheKey: "y", tokenChunks: 6 }]);
+    const scanTable = await kvkeep(["scan", "--remote", server.url, "--remote-prefix", a.keyPrefix]);
+    expect(scanTable.stdout).toMatch(/CHUNKS/);
+    expect(scanTable.stdout).toMatch(/^y\s.*\s6\s/m);
     const gc = (...extra: string[]) => kvkeep(["gc", "--root", a.root, "--remote", server.url, "--remote-prefix", a.keyPrefix, "--json", ...extra]);
 
     // Used just now (uploaded): kept, whatever no state names them.

@@ -105,8 +105,16 @@ async function scanRemote(ctx: CommandContext, target: RemoteTarget, scopeId: st
       if (states.length === 0) return `${where}: no states`;
       const sum = remoteTotals(states);
       const anyProblem = states.some((s) => !s.whole);
+      const anyChunked = states.some((s) => s.tokenChunks);
       const table = renderTable(
-        [...cacheColumns(withScope), { header: "COMMITTED" }, { header: "LAST USE" }, { header: "EXPIRES" }, ...(anyProblem ? [{ header: "PROBLEM" }] : [])],
+        [
+          ...cacheColumns(withScope),
+          ...(anyChunked ? [{ header: "CHUNKS", align: "right" as const }] : []),
+          { header: "COMMITTED" },
+          { header: "LAST USE" },
+          { header: "EXPIRES" },
+          ...(anyProblem ? [{ header: "PROBLEM" }] : []),
+        ],
         states.map((s) => [
           s.id.cacheKey,
           ...(withScope ? [shownScope(s.id.scopeId)] : []),
@@ -114,13 +122,15 @@ async function scanRemote(ctx: CommandContext, target: RemoteTarget, scopeId: st
           s.id.configHash,
           formatBytes(s.size),
           String(s.messageCount),
+          ...(anyChunked ? [String(s.tokenChunks?.ids.length ?? 0)] : []),
           formatAge(now - s.committedAt),
           s.idleMs === null ? "?" : formatAge(now - lastUseOf(s, now)),
           formatExpiry(s.expiresInMs),
           ...(anyProblem ? [remoteProblem(s) ?? ""] : []),
         ]),
       );
-      return [...table, "", `${plural(sum.states, "state")}, ${formatBytes(sum.bytes)} in ${where}`];
+      const shared = anyChunked ? " (of chunked states their tails: the token chunks they name are shared, counted by kvkeep gc --remote)" : "";
+      return [...table, "", `${plural(sum.states, "state")}, ${formatBytes(sum.bytes)} in ${where}${shared}`];
     },
   );
   return 0;
