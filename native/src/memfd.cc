@@ -355,6 +355,7 @@ class GatherWorker : public MemoryFileWorker {
         prefix_bytes_(std::move(prefix_bytes)),
         runs_(std::move(runs)),
         literals_(Napi::Persistent(literals.As<Napi::Object>())),
+        literal_views_(ViewReferences(literals)),
         literal_pieces_(std::move(literal_pieces)),
         checksum_from_(checksum_from) {}
 
@@ -387,8 +388,15 @@ class GatherWorker : public MemoryFileWorker {
       }
       dst = static_cast<uint8_t*>(mapped);
     }
+    // Unmapped however Copy ends (a bad_alloc of a batch buffer included).
+    struct Unmap {
+      uint8_t* at;
+      size_t size;
+      ~Unmap() {
+        if (at != nullptr) ::munmap(at, size);
+      }
+    } unmap{dst, size_};
     Copy(dst);
-    if (dst != nullptr) ::munmap(dst, size_);
 #endif
   }
 
@@ -569,6 +577,50 @@ class GatherWorker : public MemoryFileWorker {
     for (std::thread& t : threads) t.join();
   }
 
+  // Whether no two copies of the runs overlap in the file (with the byte count equal to the
+  // size: every byte written exactly once, so nothing of the memfd's earlier content — another
+  // state, perhaps of another scope — survives). Strided runs are grouped into families: runs
+  // of one count and destination stride whose first copies lie within one stride of the
+  // family's first (a transposed V layer: each chunk's piece of a row). A family is sound when
+  // its first copies are disjoint within that stride; it then occupies [base, base + count ·
+  // stride), and those spans and the plain runs must be disjoint.
+  bool Disjoint() const {
+    const size_t count = runs_.size() / kRunFields;
+    std::vector<Run> strided;
+    std::vector<std::pair<size_t, size_t>> spans;  // [begin, end)
+    for (size_t i = 0; i < count; ++i) {
+      const Run run = RunAt(i);
+      if (run.len == 0) continue;
+      if (run.count == 1) {
+        spans.emplace_back(run.dst, run.dst + run.len);
+      } else {
+        if (run.dst_stride < run.len) return false;  // its own copies overlap
+        strided.push_back(run);
+      }
+    }
+    std::sort(strided.begin(), strided.end(), [](const Run& a, const Run& b) { return a.dst < b.dst; });
+    for (size_t i = 0; i < strided.size();) {
+      const Run& first = strided[i];
+      size_t end_in_row = 0;  // how far the family's first copies reach, from its base
+      size_t j = i;
+      for (; j < strided.size(); ++j) {
+        const Run& r = strided[j];
+        if (r.count != first.count || r.dst_stride != first.dst_stride || r.dst - first.dst >= first.dst_stride) break;
+        if (r.dst - first.dst < end_in_row) return false;  // overlaps the previous piece of the row
+        end_in_row = r.dst - first.dst + r.len;
+        if (end_in_row > first.dst_stride) return false;  // reaches into the next row
+      }
+      // Within the file (checked per run): (count - 1) · stride + a piece ≤ size, no overflow.
+      spans.emplace_back(first.dst, first.dst + (first.count - 1) * first.dst_stride + end_in_row);
+      i = j;
+    }
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) {
+      if (spans[i].first < spans[i - 1].second) return false;
+    }
+    return true;
+  }
+
   bool TakeLaneFailure(std::vector<Lane>& lanes) {
     for (const Lane& lane : lanes) {
       if (lane.failure.failed()) {
@@ -588,13 +640,13 @@ class GatherWorker : public MemoryFileWorker {
     const size_t file_count = files_.size();
     std::vector<bool> grouped(file_count, false);
     std::vector<Group> groups;
+    std::vector<size_t> literal_runs;
     size_t covered = 0;
-    // One pass on this thread: check every run, copy the literals (kvkeep's own small fields
-    // and the tail), group each file's runs.
+    // One pass on this thread: check every run and group each file's runs; nothing is written
+    // until every run is known sound.
     for (size_t i = 0; i < count; ++i) {
       const Run run = RunAt(i);
       if (run.count == 0) return SetError("kvkeep: a gather run has no copies");
-      if (run.count > 1 && run.src_stride < run.len) return SetError("kvkeep: a gather run's copies overlap in its source");
       if (!Within(run.dst, run.dst_stride, run, size_)) return SetError("kvkeep: a gather run ends past the file's size");
       size_t bytes;
       if (__builtin_mul_overflow(run.len, run.count, &bytes) || __builtin_add_overflow(covered, bytes, &covered)) {
@@ -613,11 +665,17 @@ class GatherWorker : public MemoryFileWorker {
       }
       const size_t literal = run.source - file_count;
       if (literal >= literal_pieces_.size()) return SetError("kvkeep: a gather run names no source");
-      const Literal& piece = literal_pieces_[literal];
-      if (!Within(run.src, run.src_stride, run, piece.size)) return SetError("kvkeep: a gather run reads past its literal's end");
-      for (size_t k = 0; k < run.count && run.len > 0; ++k) std::memcpy(dst + run.dst + k * run.dst_stride, piece.data + run.src + k * run.src_stride, run.len);
+      if (!Within(run.src, run.src_stride, run, literal_pieces_[literal].size)) return SetError("kvkeep: a gather run reads past its literal's end");
+      literal_runs.push_back(i);
     }
     if (covered != size_) return SetError("kvkeep: the gather runs do not cover the file exactly");
+    if (!Disjoint()) return SetError("kvkeep: gather runs overlap in the file");
+    // Checked: now the literals (kvkeep's own small fields and the tail).
+    for (size_t i : literal_runs) {
+      const Run run = RunAt(i);
+      const Literal& piece = literal_pieces_[run.source - file_count];
+      for (size_t k = 0; k < run.count && run.len > 0; ++k) std::memcpy(dst + run.dst + k * run.dst_stride, piece.data + run.src + k * run.src_stride, run.len);
+    }
     // Files no run reads still give their prefix and digest.
     for (size_t f = 0; f < file_count; ++f) {
       if (!grouped[f]) groups.push_back({f, 0, 0, false});
@@ -670,6 +728,15 @@ class GatherWorker : public MemoryFileWorker {
   std::vector<size_t> prefix_bytes_;
   std::vector<double> runs_;
   Napi::ObjectReference literals_;
+  // Each literal view held too: the worker reads them off the JS thread, and the array alone
+  // would not keep a view that JS replaced in it alive.
+  std::vector<Napi::ObjectReference> literal_views_;
+
+  static std::vector<Napi::ObjectReference> ViewReferences(Napi::Array literals) {
+    std::vector<Napi::ObjectReference> views;
+    for (uint32_t i = 0; i < literals.Length(); ++i) views.push_back(Napi::Persistent(literals.Get(i).As<Napi::Object>()));
+    return views;
+  }
   std::vector<Literal> literal_pieces_;
   int64_t checksum_from_;
   std::vector<size_t> prefix_offsets_;

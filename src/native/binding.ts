@@ -30,8 +30,9 @@ export interface NativeMemoryFile {
   /** The file becomes the concatenation of `parts` (ftruncate, then pwritev); don't change them until it settles. */
   write(parts: readonly Uint8Array[]): Promise<void>;
   /**
-   * The file becomes `size` bytes assembled by `runs` ((source, srcOffset, dstOffset, length)
-   * quadruples; a source below files.length is that file, read whole once, else a literal)
+   * The file becomes `size` bytes assembled by `runs` ((source, srcOffset, dstOffset, length,
+   * count, srcStride, dstStride) 7-tuples, each byte of the file written by exactly one copy;
+   * a source below files.length is that file, read whole once, else a literal)
    * from regular files of exactly `fileSizes` bytes (opened without following a symlink) and
    * `literals`; the runs of one file together. Resolves each file's first `prefixBytes` bytes
    * (concatenated) and, unless `checksumFrom` is -1, the XXH64 of each file from that offset

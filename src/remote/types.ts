@@ -155,6 +155,8 @@ export interface TokenChunkCollection {
   /** Of those, the ones removed (in a dry run: that would be): unused for at least the margin. */
   removed: number;
   removedBytes: number;
+  /** Unnamed ones kept because Redis reports no idle time (an LFU maxmemory policy). */
+  idleUnknown: number;
 }
 
 export type CollectTokenChunksOutcome = { ok: true; collection: TokenChunkCollection } | { ok: false; reason: string };

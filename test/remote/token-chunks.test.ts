@@ -102,13 +102,20 @@ async function tokenChunkKeys(keyPrefix: string): Promise<number> {
 
 async function tokenChunkNames(keyPrefix: string, nodes: readonly RedisServer[] = [server]): Promise<string[]> {
   const names: string[] = [];
-  for (const node of nodes) names.push(...(await node.cli("--scan", "--pattern", `${keyPrefix}{chunks:*`)).split("\n").filter(Boolean));
+  for (const node of nodes) names.push(...(await node.cli("--scan", "--pattern", `${keyPrefix}{chunks:*`)).split("\n").filter((name) => name && !name.endsWith(":used")));
   return names.sort();
 }
 
-/** Make every token chunk of a tenant look unused for `seconds` (RESTORE … IDLETIME, expiry kept), on each node. */
+/**
+ * Make every token chunk of a tenant look unused for `seconds`, on each node: its idle time
+ * (RESTORE … IDLETIME, expiry kept) and the uses recorded in its context's `used` set.
+ */
 async function ageChunks(keyPrefix: string, seconds: number, nodes: readonly RedisServer[] = [server]): Promise<void> {
   for (const node of nodes) {
+    const sets = (await node.cli("--scan", "--pattern", `${keyPrefix}{chunks:*}:used`)).split("\n").filter(Boolean);
+    for (const set of sets) {
+      await node.cli("EVAL", "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('ZINCRBY', KEYS[1], -tonumber(ARGV[1]), id) end return 1", "1", set, String(seconds * 1000));
+    }
     const client = node === server ? raw : await connectRaw(node.url);
     try {
       const bin = client.withTypeMapping({ [RESP_TYPES.BLOB_STRING]: Buffer });
@@ -120,6 +127,24 @@ async function ageChunks(keyPrefix: string, seconds: number, nodes: readonly Red
       if (client !== raw) client.destroy();
     }
   }
+}
+
+/**
+ * A tenant without a TTL holding x's 6 token chunks, named by no state (x was deleted) and
+ * unused for two hours: their context, ids and key names.
+ */
+async function orphanedChunks(x: Buffer) {
+  const machine = machines({ ttlSeconds: null });
+  const a = machine();
+  await commitChunked(a.store, "x", x);
+  await a.store.close();
+  await deleteOn(machine, "x");
+  await ageChunks(a.keyPrefix, 7200);
+  const names = await tokenChunkNames(a.keyPrefix);
+  const context = /\{chunks:([0-9a-f]+)\}/.exec(names[0]!)![1]!;
+  const ids = names.map((name) => name.slice(name.lastIndexOf(":") + 1));
+  const tier = () => createRedisTier({ url: server.url, keyPrefix: a.keyPrefix, timeoutMs: TEST_TIMEOUT_MS, ttlSeconds: null });
+  return { keyPrefix: a.keyPrefix, names, context, ids, tier };
 }
 
 /** Delete `key` on a machine of the tenant: its remote state (record and tail) goes, its token chunks stay. */
@@ -179,7 +204,7 @@ describe("chunked caches through the Redis tier", () => {
     const a = machine();
     await commitChunked(a.store, "x", x);
     await a.store.close();
-    const keys = (await server.cli("--scan", "--pattern", `${a.keyPrefix}{chunks:*`)).split("\n").filter(Boolean).sort();
+    const keys = await tokenChunkNames(a.keyPrefix);
     // One chunk key's value copied over another's, inside Redis (the bytes stay exact).
     await server.cli("EVAL", `redis.call('SET', KEYS[2], redis.call('GET', KEYS[1])) return 1`, "2", keys[0]!, keys[1]!);
     const d = machine();
@@ -241,26 +266,60 @@ describe("collecting the token chunks no remote state names (kvkeep gc --remote)
 
   it("an upload that finds a chunk present uses it (also without a TTL): a collection meanwhile keeps it for that upload", async () => {
     if (loadNativeFs().createMemoryFile() === null) return;
-    const machine = machines({ ttlSeconds: null });
-    const a = machine();
-    await commitChunked(a.store, "x", x);
-    await a.store.close();
-    await deleteOn(machine, "x");
-    await ageChunks(a.keyPrefix, 7200);
-    const names = await tokenChunkNames(a.keyPrefix);
+    const { keyPrefix, names, context, ids, tier: newTier } = await orphanedChunks(x);
     expect(names).toHaveLength(6);
     // Another machine's upload under way: it finds two of the chunks present (and publishes later).
-    const tier = createRedisTier({ url: server.url, keyPrefix: a.keyPrefix, timeoutMs: TEST_TIMEOUT_MS, ttlSeconds: null });
+    const tier = newTier();
     try {
-      const [context] = /\{chunks:([0-9a-f]+)\}/.exec(names[0]!)!.slice(1);
-      const ids = names.slice(0, 2).map((name) => name.slice(name.lastIndexOf(":") + 1));
-      expect(await tier.putChunks(context!, ids, async () => null)).toEqual({ ok: true, uploaded: 0, bytes: 0 });
+      expect(await tier.putChunks(context, ids.slice(0, 2), async () => null)).toEqual({ ok: true, uploaded: 0, bytes: 0 });
       const collected = await tier.collectTokenChunks({ minIdleMs: 3_600_000, dryRun: false });
       expect(collected).toMatchObject({ ok: true, collection: { chunks: 6, unreferenced: 6, removed: 4 } });
     } finally {
       await tier.close();
     }
-    expect(await tokenChunkNames(a.keyPrefix)).toEqual(names.slice(0, 2));
+    expect(await tokenChunkNames(keyPrefix)).toEqual(names.slice(0, 2));
+  });
+
+  it("a collection while an upload reads its next chunk keeps the chunks that upload found present: finding one is its use", async () => {
+    if (loadNativeFs().createMemoryFile() === null) return;
+    const { keyPrefix, names, context, ids, tier } = await orphanedChunks(x);
+    const absent = "0".repeat(32);
+    const uploader = tier();
+    const collector = tier();
+    try {
+      // The upload names an absent chunk first and two present ones after it; a gc runs while it reads the absent one.
+      let during: unknown = null;
+      const put = await uploader.putChunks(context, [absent, ids[0]!, ids[1]!], async () => {
+        during = await collector.collectTokenChunks({ minIdleMs: 3_600_000, dryRun: false });
+        return Buffer.alloc(100, 2);
+      });
+      expect(put).toEqual({ ok: true, uploaded: 1, bytes: 100 });
+      expect(during).toMatchObject({ ok: true, collection: { removed: 4 } });
+      expect(await tokenChunkNames(keyPrefix)).toEqual([...names.slice(0, 2), `${keyPrefix}{chunks:${context}}:${absent}`].sort());
+    } finally {
+      await uploader.close();
+      await collector.close();
+    }
+  });
+
+  it("collects nothing while a record cannot be read (a newer kvkeep's format would make its chunks look unnamed), and refuses a margin under a minute", async () => {
+    if (loadNativeFs().createMemoryFile() === null) return;
+    const machine = machines();
+    const a = machine();
+    await commitChunked(a.store, "x", x);
+    await a.store.close();
+    await ageChunks(a.keyPrefix, 7200);
+    const heads = (await server.cli("--scan", "--pattern", `${a.keyPrefix}{*}:heads`)).split("\n").filter(Boolean);
+    expect(heads).toHaveLength(1);
+    await server.cli("HSET", heads[0]!, "from-a-newer-kvkeep", JSON.stringify({ format: 99 }));
+    const tier = createRedisTier({ url: server.url, keyPrefix: a.keyPrefix, timeoutMs: TEST_TIMEOUT_MS });
+    try {
+      expect(await tier.collectTokenChunks({ minIdleMs: 3_600_000, dryRun: false })).toMatchObject({ ok: false, reason: expect.stringMatching(/cannot read/) });
+      expect(await tokenChunkKeys(a.keyPrefix)).toBe(6);
+      await expect(tier.collectTokenChunks({ minIdleMs: 0, dryRun: true })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    } finally {
+      await tier.close();
+    }
   });
 
   describe("on a 3-node cluster", () => {

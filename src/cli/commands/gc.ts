@@ -289,7 +289,10 @@ function remoteLines(gc: RemoteGc, dryRun: boolean): string[] {
       : [
           `token chunks: ${plural(chunks.chunks, "chunk")} (${formatBytes(chunks.bytes)}), ${chunks.unreferenced} named by no state (${formatBytes(chunks.unreferencedBytes)}): ` +
             `${dryRun ? "would remove" : "removed"} ${chunks.removed} (${formatBytes(chunks.removedBytes)})` +
-            (chunks.unreferenced > chunks.removed ? `; ${chunks.unreferenced - chunks.removed} used in the last ${formatSpan(REMOTE_CHUNK_MIN_IDLE_MS)} kept (an upload may be under way)` : ""),
+            (chunks.unreferenced - chunks.removed - chunks.idleUnknown > 0
+              ? `; ${chunks.unreferenced - chunks.removed - chunks.idleUnknown} used in the last ${formatSpan(REMOTE_CHUNK_MIN_IDLE_MS)} kept (an upload may be under way)`
+              : "") +
+            (chunks.idleUnknown > 0 ? `; ${chunks.idleUnknown} kept: Redis reports no idle times under its maxmemory policy (LFU)` : ""),
         ];
   return [head, ...table, outcome, ...chunkLine];
 }

@@ -22,10 +22,12 @@ import { assertCacheId, assertScopeId, invalidArgument } from "./arguments.js";
 import { failureReason, type RedisCalls } from "./calls.js";
 import { asText } from "./connections.js";
 import { scopeTag } from "./keys.js";
-import { DROP_IF_GENERATION, DROP_IF_IDLE } from "./scripts.js";
+import { DROP_IF_GENERATION, DROP_IF_UNUSED } from "./scripts.js";
 
 /** Token chunk keys read (idle time and size) per round trip when collecting. */
 const COLLECT_BATCH = 256;
+/** The least margin collectTokenChunks takes: a younger unnamed chunk is likely an upload's under way. */
+export const MIN_CHUNK_IDLE_MS = 60_000;
 
 export class Administration {
   readonly #calls: RedisCalls;
@@ -63,20 +65,34 @@ export class Administration {
   }
 
   /**
-   * Remove the token chunks no published state names and that nothing has used (uploaded,
-   * found present by an upload, or fetched) for at least `minIdleMs`. The chunk keys are read
-   * first and the records after, so a chunk a state published meanwhile names is either seen
-   * named or was used recently (an upload uses every chunk it names before it publishes), and
-   * each removal re-checks the idle time atomically. What a race can still cost is a miss for
-   * a state whose upload took longer than `minIdleMs`, never a torn load (every chunk is
-   * verified when fetched). Under an LFU maxmemory policy idle times are unknown: nothing is
-   * removed. `dryRun`: count what would go, remove nothing.
+   * Remove the token chunks no published state names and that nothing has used for at least
+   * `minIdleMs` (at least a minute): no upload recorded a use (the context's `used` set,
+   * written by the script that finds or stores the chunk, before its state is published) and
+   * Redis saw no read or write (its idle time). The chunk keys are read first and the records
+   * after, so a chunk a state published meanwhile names is either seen named or was used
+   * recently; each removal re-checks both atomically. What a race can still cost is a miss
+   * for a state whose upload took longer than `minIdleMs`, never a torn load (every chunk is
+   * verified when fetched). Nothing is removed when a record cannot be read (a newer kvkeep's
+   * format: its chunks would look unnamed), or while a cluster moves slots (a scan may miss a
+   * moving key). Under an LFU maxmemory policy idle times are unknown: nothing is removed.
+   * `dryRun`: count what would go (by the idle times read), remove nothing.
    */
   async collectTokenChunks(options: { minIdleMs: number; dryRun: boolean }): Promise<CollectTokenChunksOutcome> {
+    if (!Number.isFinite(options?.minIdleMs) || options.minIdleMs < MIN_CHUNK_IDLE_MS) {
+      throw invalidArgument("minIdleMs", `collectTokenChunks needs minIdleMs of at least ${MIN_CHUNK_IDLE_MS} ms (younger chunks may belong to an upload under way).`);
+    }
     const { keys } = this.#calls;
-    const minIdleSeconds = Math.ceil(Math.max(0, options.minIdleMs) / 1000);
-    const chunkKeys = await this.#scanKeys(keys.tokenChunksPattern, "string");
-    const found: Array<{ key: string; bytes: number; idleSeconds: number | null }> = [];
+    const minIdleSeconds = Math.ceil(options.minIdleMs / 1000);
+    const migrating = await this.#slotsMoving();
+    if (migrating !== null) return { ok: false, reason: migrating };
+    let chunkKeys: string[];
+    try {
+      chunkKeys = await this.#scanKeys(keys.tokenChunksPattern, "string");
+    } catch (error) {
+      if (error instanceof KvKeepError) return { ok: false, reason: error.message };
+      throw error;
+    }
+    const found: Array<{ key: string; context: string; id: string; bytes: number; idleSeconds: number | null }> = [];
     for (let at = 0; at < chunkKeys.length; at += COLLECT_BATCH) {
       const batch = chunkKeys.slice(at, at + COLLECT_BATCH);
       const read = await this.#calls.transfer("inspect token chunks", (c) =>
@@ -84,16 +100,20 @@ export class Administration {
           batch.map(async (key) => {
             // Neither counts as a use (STRLEN would: then no chunk would ever look idle).
             const [bytes, idle] = await Promise.all([c.memoryUsage(key), c.objectIdleTime(key).catch(() => null)]);
-            return { key, bytes: Number(bytes ?? 0), idleSeconds: idle === null || !Number.isFinite(Number(idle)) ? null : Number(idle) };
+            return { bytes: Number(bytes ?? 0), idleSeconds: idle === null || !Number.isFinite(Number(idle)) ? null : Number(idle) };
           }),
         ),
       );
       if (!read.ok) return { ok: false, reason: failureReason(read, "inspecting the token chunks") };
-      found.push(...read.value);
+      for (const [i, key] of batch.entries()) {
+        const parsed = keys.parseTokenChunk(key);
+        if (parsed) found.push({ key, ...parsed, ...read.value[i]! });
+      }
     }
     const named = new Set<string>();
+    let unreadable = 0;
     try {
-      for await (const records of this.#records()) {
+      for await (const records of this.#records(undefined, () => unreadable++)) {
         for (const record of records) {
           const chunks = record.tokenChunks;
           if (!chunks) continue;
@@ -104,7 +124,12 @@ export class Administration {
       if (error instanceof KvKeepError) return { ok: false, reason: error.message };
       throw error;
     }
-    const collection: TokenChunkCollection = { chunks: 0, bytes: 0, unreferenced: 0, unreferencedBytes: 0, removed: 0, removedBytes: 0 };
+    if (unreadable > 0) {
+      return { ok: false, reason: `${unreadable} remote record(s) this kvkeep cannot read (a newer kvkeep's?): their chunks would look unnamed, so none is removed` };
+    }
+    const movedMeanwhile = await this.#slotsMoving();
+    if (movedMeanwhile !== null) return { ok: false, reason: movedMeanwhile };
+    const collection: TokenChunkCollection = { chunks: 0, bytes: 0, unreferenced: 0, unreferencedBytes: 0, removed: 0, removedBytes: 0, idleUnknown: 0 };
     const candidates: typeof found = [];
     for (const chunk of found) {
       if (!(chunk.bytes > 0)) continue; // gone since the scan
@@ -113,7 +138,8 @@ export class Administration {
       if (named.has(chunk.key)) continue;
       collection.unreferenced++;
       collection.unreferencedBytes += chunk.bytes;
-      if (chunk.idleSeconds !== null && chunk.idleSeconds >= minIdleSeconds) candidates.push(chunk);
+      if (chunk.idleSeconds === null) collection.idleUnknown++;
+      else if (chunk.idleSeconds >= minIdleSeconds) candidates.push(chunk);
     }
     for (const chunk of candidates) {
       if (options.dryRun) {
@@ -121,8 +147,10 @@ export class Administration {
         collection.removedBytes += chunk.bytes;
         continue;
       }
-      const dropped = await this.#calls.control("collect a token chunk", (c) => c.eval(DROP_IF_IDLE, { keys: [chunk.key], arguments: [String(minIdleSeconds)] }));
-      if (!dropped.ok) return { ok: false, reason: failureReason(dropped, "removing a token chunk") };
+      const dropped = await this.#calls.control("collect a token chunk", (c) =>
+        c.eval(DROP_IF_UNUSED, { keys: [chunk.key, keys.tokenChunkUses(chunk.context)], arguments: [String(options.minIdleMs), chunk.id] }),
+      );
+      if (!dropped.ok) return { ok: false, reason: `${failureReason(dropped, "removing a token chunk")} (after removing ${collection.removed})` };
       const bytes = Number(asText(dropped.value));
       if (bytes >= 0) {
         collection.removed++;
@@ -132,8 +160,25 @@ export class Administration {
     return { ok: true, collection };
   }
 
+  /** Why collecting is unsafe now: a cluster slot migrating or importing (CLUSTER NODES), else null. */
+  async #slotsMoving(): Promise<string | null> {
+    const { connections } = this.#calls;
+    if (!connections.isCluster) return null;
+    const read = await this.#calls.guard.run("read the cluster's slots", this.#calls.timeoutOf("control"), async () => {
+      await connections.ready();
+      const nodes = await connections.nodes();
+      return Promise.all(nodes.map(async (node) => asText(await node.clusterNodes()) ?? ""));
+    });
+    if (!read.ok) return failureReason(read, "reading CLUSTER NODES");
+    // A moving slot shows as [slot->-node] (migrating) or [slot-<-node] (importing).
+    return read.value.some((text) => /\[\d+-[<>]-/.test(text)) ? "the cluster is moving slots: collect token chunks once it is done" : null;
+  }
+
   /** The well-formed records of every heads hash (or one cache key's), a hash at a time. */
-  async *#records(filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined }): AsyncIterable<RemoteRecord[]> {
+  async *#records(
+    filter?: { cacheKey?: string | undefined; scopeId?: string | null | undefined },
+    onUnreadable?: () => void,
+  ): AsyncIterable<RemoteRecord[]> {
     const { keys } = this.#calls;
     let headsKeys: string[];
     if (filter?.cacheKey !== undefined) {
@@ -149,7 +194,10 @@ export class Administration {
       const records: RemoteRecord[] = [];
       for (const [field, value] of recordPairs(read.value)) {
         const record = parseRecord(value);
-        if ("error" in record) continue;
+        if ("error" in record) {
+          onUnreadable?.();
+          continue;
+        }
         // Filed where it belongs, or it is not trusted (not even listed).
         if (key !== keys.heads(record.id.cacheKey, record.id.scopeId) || field !== scopeTag(record.id)) continue;
         records.push(record);

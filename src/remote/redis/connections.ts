@@ -25,11 +25,13 @@ interface Commands {
   /** MEMORY USAGE: not a use of the key either. */
   memoryUsage(key: string): Promise<unknown>;
   unlink(key: string): Promise<unknown>;
-  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  eval(script: string, options: { keys: string[]; arguments: Array<string | Buffer> }): Promise<unknown>;
   /** Neither PTTL nor OBJECT IDLETIME counts as a use of the key (its idle time stays). */
   pTTL(key: string): Promise<unknown>;
   objectIdleTime(key: string): Promise<unknown>;
   info(section: string): Promise<unknown>;
+  /** CLUSTER NODES (a cluster's node only). */
+  clusterNodes(): Promise<unknown>;
   scanIterator?(options: { MATCH: string; COUNT: number; TYPE?: string }): AsyncIterable<unknown>;
 }
 

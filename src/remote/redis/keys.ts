@@ -78,7 +78,19 @@ export class RedisKeys {
     return `${this.prefix}{kvkeep}:deleted-all`;
   }
 
-  /** SCAN pattern for every token chunk of this prefix. */
+  /** A context's record of its token chunks' uses by uploads (sorted set: id → server ms); same slot as its chunks. */
+  tokenChunkUses(context: string): string {
+    return `${this.prefix}{chunks:${context}}:used`;
+  }
+
+  /** A token chunk key's context and id, or null for another key. */
+  parseTokenChunk(key: string): { context: string; id: string } | null {
+    if (!key.startsWith(this.prefix)) return null;
+    const match = /^\{chunks:([0-9a-f]{32})\}:([0-9a-f]{32})$/.exec(key.slice(this.prefix.length));
+    return match ? { context: match[1]!, id: match[2]! } : null;
+  }
+
+  /** SCAN pattern for every token chunk of this prefix (with TYPE string: not the `used` sets). */
   get tokenChunksPattern(): string {
     return `${this.prefix}{chunks:*}:*`;
   }

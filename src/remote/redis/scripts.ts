@@ -132,15 +132,71 @@ if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 `;
 
+/** The server's clock in milliseconds, in a script (Redis 7 replicates a script's effects, so TIME is allowed). */
+const NOW_MS = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
 /**
- * Remove a token chunk only if it is still unused for at least ARGV[1] seconds (an upload that
- * found it present, or a fetch, since the collector read its idle time keeps it).
- * KEYS[1] = the chunk. Returns the memory it used when removed, -1 when kept.
+ * An upload's check of the token chunks it names: each one present is used — its TTL
+ * refreshed and its use recorded in the context's `used` sorted set (id → server time in ms)
+ * — in the same step that finds it, so `kvkeep gc --remote` can never remove it between the
+ * check and the upload's record. A use is a write: it reaches replicas and is seen while a
+ * fork child runs (Redis does not update idle times then). KEYS = used, chunk keys (one hash
+ * tag: one slot). ARGV = ttl seconds (0: none), the chunks' ids. Returns 1 (present, used) or
+ * 0 (absent) per chunk.
  */
-export const DROP_IF_IDLE = `
+export const USE_CHUNKS = `
+${NOW_MS}
+local ttl = tonumber(ARGV[1])
+local out = {}
+local any = false
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+    out[i - 1] = 1
+    any = true
+  else
+    out[i - 1] = 0
+  end
+end
+if any and ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return out
+`;
+
+/**
+ * Store a token chunk the tier lacks (SET NX: two writers of one chunk both succeed, the
+ * first one's bytes stay) and record its use. KEYS = chunk, used. ARGV = bytes, ttl seconds
+ * (0: none), id. Returns 1 when this call stored it, 0 when it was there.
+ */
+export const PUT_CHUNK = `
+${NOW_MS}
+local ttl = tonumber(ARGV[2])
+local set
+if ttl > 0 then set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl) else set = redis.call('SET', KEYS[1], ARGV[1], 'NX') end
+if not set and ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+if set then return 1 end
+return 0
+`;
+
+/**
+ * Remove a token chunk only if nothing has used it for ARGV[1] ms: neither a recorded use (an
+ * upload's, in the context's \`used\` set) nor a read or write Redis saw (its idle time; unknown
+ * under an LFU policy: then it stays). KEYS = chunk, used. ARGV = min idle ms, id. Returns
+ * the memory it used when removed, -1 when kept.
+ */
+export const DROP_IF_UNUSED = `
+${NOW_MS}
+local margin = tonumber(ARGV[1])
+local used = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if used and now - tonumber(used) < margin then return -1 end
 local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', KEYS[1])
-if not ok or not idle or idle < tonumber(ARGV[1]) then return -1 end
+if not ok or not idle or idle * 1000 < margin then return -1 end
 local n = redis.call('MEMORY', 'USAGE', KEYS[1])
+if not n then return -1 end
 redis.call('UNLINK', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
 return n
 `;

@@ -1,46 +1,50 @@
 /**
  * Token chunks in Redis (docs/chunks-format.md): content-addressed, one STRING key per state context
- * and id (`keys.tokenChunk`), shared by every state that names it. An upload sends only the
- * chunks the tier lacks (EXISTS first, then SET NX: two writers of one chunk both succeed, the
- * first one's bytes stay) and refreshes the TTL of the others; a fetch reads one chunk (and
- * refreshes its TTL). Bytes are never trusted here: the store verifies every chunk it reads
- * (size, geometry, checksum, identity recomputed from parent + tokens + context).
+ * and id (`keys.tokenChunk`), shared by every state that names it. An upload uses the chunks
+ * its state names before it publishes: one script per batch finds the present ones and
+ * records their use (USE_CHUNKS), then each absent one is stored with its use (PUT_CHUNK);
+ * `kvkeep gc --remote` removes only chunks no published state names and no use touched for
+ * an hour (DROP_IF_UNUSED). A fetch reads one chunk (and refreshes its TTL). Bytes are never
+ * trusted here: the store verifies every chunk it reads (size, geometry, checksum, identity
+ * recomputed from parent + tokens + context).
  */
 import { crashPoint } from "../../durable/crash-points.js";
 import type { GetChunkOutcome, PutChunksOutcome } from "../types.js";
 import type { RedisCalls } from "./calls.js";
+import { asText } from "./connections.js";
 import { failureReason } from "./calls.js";
+import { PUT_CHUNK, USE_CHUNKS } from "./scripts.js";
 
-/** Ids checked per EXISTS round trip. */
-const EXISTS_BATCH = 64;
+/** Chunks checked (and used) per script call. */
+const USE_BATCH = 64;
 
 export class TokenChunks {
   constructor(private readonly calls: RedisCalls) {}
 
   async put(context: string, ids: readonly string[], read: (id: string) => Promise<Uint8Array | null>): Promise<PutChunksOutcome> {
     const { keys, settings } = this.calls;
-    const ttl = settings.ttlSeconds;
+    const ttl = String(settings.ttlSeconds ?? 0);
+    const used = keys.tokenChunkUses(context);
     let uploaded = 0;
     let bytes = 0;
-    for (let at = 0; at < ids.length; at += EXISTS_BATCH) {
-      const batch = ids.slice(at, at + EXISTS_BATCH);
-      const present = await this.calls.transfer("check token chunks", (c) => Promise.all(batch.map((id) => c.exists(keys.tokenChunk(context, id)))));
+    for (let at = 0; at < ids.length; at += USE_BATCH) {
+      const batch = ids.slice(at, at + USE_BATCH);
+      const present = await this.calls.transfer("check token chunks", (c) =>
+        c.eval(USE_CHUNKS, { keys: [used, ...batch.map((id) => keys.tokenChunk(context, id))], arguments: [ttl, ...batch] }),
+      );
       if (!present.ok) return { ok: false, reason: failureReason(present, "checking token chunks") };
+      const found = present.value as unknown[];
+      if (!Array.isArray(found) || found.length !== batch.length) return { ok: false, reason: "checking token chunks: an unexpected reply" };
       for (const [i, id] of batch.entries()) {
-        const key = keys.tokenChunk(context, id);
-        if (Number(present.value[i]) === 1) {
-          // A use, for its TTL and for `kvkeep gc --remote`'s idle margin (EXISTS is not one).
-          await this.calls.transfer("refresh token chunk", (c) => (ttl !== null ? c.expire(key, ttl) : c.touch(key)));
-          continue;
-        }
+        if (Number(found[i]) === 1) continue; // present, and its use recorded
         const data = await read(id);
         if (data === null) return { ok: false, reason: `token chunk ${id} is not on the local disk` };
         const sent = await this.calls.transfer("send token chunk", (c) =>
-          c.set(key, Buffer.from(data.buffer, data.byteOffset, data.byteLength), { NX: true, ...(ttl !== null ? { EX: ttl } : {}) }),
+          c.eval(PUT_CHUNK, { keys: [keys.tokenChunk(context, id), used], arguments: [Buffer.from(data.buffer, data.byteOffset, data.byteLength), ttl, id] }),
         );
         if (!sent.ok) return { ok: false, reason: failureReason(sent, "sending a token chunk") };
         await crashPoint("remote:after-token-chunk");
-        if (sent.value !== null) {
+        if (Number(asText(sent.value)) === 1) {
           uploaded++;
           bytes += data.byteLength;
         }
